@@ -1,0 +1,49 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_HOME ?= $(CURDIR)/.demo
+
+.PHONY: install services browser lint format test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Start PostgreSQL and Redis when they are not already running (CI machines start them before us).
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
+		--save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && redis-cli ping >/dev/null 2>&1 && exit 0; sleep 1; done; \
+		echo "PostgreSQL or Redis did not start" >&2; exit 1
+
+# Debian's Chromium for the console's browser tests (Playwright cannot download browsers here).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk >/dev/null)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: install services browser lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+demo: install
+	INFAAS_HOME=$(DEMO_HOME) $(PY) -m infaas.demo
+
+bench: install
+	$(PY) benchmarks/variants.py
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(DEMO_HOME) .pytest_cache

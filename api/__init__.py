@@ -1,0 +1,1 @@
+"""infaas HTTP API: FastAPI app factory, REST routes, Open Inference Protocol and admin console."""

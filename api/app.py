@@ -1,0 +1,49 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.limits import BodySizeLimit
+from api.routes import models
+from infaas import __version__
+from infaas.auth import KeyRing
+from infaas.config import Settings, get_settings
+from infaas.services import Services, build_services
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    """Build the app; services are opened in the lifespan unless given (tests may share them)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = services is None
+        app.state.services = services or build_services(settings)
+        app.state.services.extras.setdefault(
+            "keyring", KeyRing(app.state.services.metadata, settings.admin_key)
+        )
+        if not settings.auth_enabled:
+            log.warning(
+                "INFAAS_ADMIN_KEY is not set: authentication is off and only localhost clients are served"
+            )
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.services.close()
+
+    app = FastAPI(title="infaas", version=__version__, lifespan=lifespan)
+    app.add_middleware(
+        BodySizeLimit,
+        upload_limit=int(settings.max_upload_mb * 1e6),
+        body_limit=int(settings.max_body_mb * 1e6),
+    )
+    app.include_router(models.router)
+    return app

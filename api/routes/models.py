@@ -1,0 +1,109 @@
+"""Model registration and catalog routes (``/v1/models``)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import can_use, get_principal, get_services, visible_model
+from api.schemas import DeletedOut, ModelOut, VariantOut
+from api.uploads import save_upload
+from infaas.auth import Principal
+from infaas.registration import RegistrationError, RegistrationRequest, delete_model, register_model
+from infaas.services import Services
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut)
+async def register(
+    model: UploadFile = File(..., description="the .onnx model file"),
+    name: str = Form(...),
+    task: str = Form(...),
+    accuracy: float | None = Form(None, description="declared accuracy in [0, 1]"),
+    max_batch: int = Form(16),
+    public: bool = Form(False),
+    validation: UploadFile | None = File(None, description="optional .npz validation set"),
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(get_principal),
+) -> ModelOut:
+    """Register a model: every check runs before anything is stored; the variant build is queued."""
+    limit = int(services.settings.max_upload_mb * 1e6)
+    workdir = Path(tempfile.mkdtemp(prefix="infaas-register-"))
+    try:
+        model_path = await save_upload(model, workdir, limit, "the model file")
+        validation_path = None
+        if validation is not None and validation.filename:
+            validation_path = await save_upload(validation, workdir, limit, "the validation file")
+        request = RegistrationRequest(
+            name=name,
+            task=task,
+            model_path=model_path,
+            validation_path=validation_path,
+            declared_accuracy=accuracy,
+            max_batch=max_batch,
+            owner=principal.tenant,
+            public=public,
+        )
+        try:
+            info = await run_in_threadpool(register_model, services, request)
+        except RegistrationError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return ModelOut.of(info)
+
+
+@router.get("", response_model=list[ModelOut])
+def list_models(
+    services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
+) -> list[ModelOut]:
+    """Models the caller may use, without variant details."""
+    return [
+        ModelOut.of(m, with_variants=False) for m in services.metadata.list_models() if can_use(principal, m)
+    ]
+
+
+@router.get("/{name}", response_model=ModelOut)
+def describe(
+    name: str, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
+) -> ModelOut:
+    """One model with every variant, its status, reason and profile."""
+    return ModelOut.of(visible_model(services, principal, name))
+
+
+@router.get("/{name}/variants", response_model=list[VariantOut])
+def variants(
+    name: str, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
+) -> list[VariantOut]:
+    """The model's variants with status, reason and profiles."""
+    return [VariantOut.of(v) for v in visible_model(services, principal, name).variants]
+
+
+@router.post("/{name}/profile", status_code=status.HTTP_202_ACCEPTED, response_model=ModelOut)
+def reprofile(
+    name: str, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
+) -> ModelOut:
+    """Queue a re-profile of every ready variant (e.g. after moving to new hardware)."""
+    model = visible_model(services, principal, name)
+    if services.jobs is not None:
+        services.jobs.submit("profile_variants", model_name=name)
+    return ModelOut.of(model)
+
+
+@router.delete("/{name}", response_model=DeletedOut)
+def delete(
+    name: str, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
+) -> DeletedOut:
+    """Delete a model, its variants, profiles and every stored file (owner or admin only)."""
+    model = visible_model(services, principal, name)
+    if not (principal.is_admin or model.owner == principal.tenant):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"model {name!r} is public but belongs to another tenant"
+        )
+    delete_model(services, name)
+    return DeletedOut(deleted=name)

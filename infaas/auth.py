@@ -1,0 +1,91 @@
+"""API keys and tenants: keys are random, shown once, and kept only as SHA-256 hashes.
+
+Key checks sit on the query path, so verified keys are cached in memory for a few seconds; a revoke
+through this process drops the cache at once, other processes see it within ``CACHE_TTL_S``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from infaas.catalog import ApiKeyInfo
+from infaas.metadata import MetadataStore
+
+KEY_PREFIX = "infaas_"
+CACHE_TTL_S = 5.0
+ADMIN_TENANT = "admin"
+LOCAL_TENANT = "local"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a tenant, and whether it may use admin routes."""
+
+    tenant: str
+    is_admin: bool
+    key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A new key: the secret is only ever returned here."""
+
+    info: ApiKeyInfo
+    secret: str
+
+
+def hash_key(secret: str) -> str:
+    """The stored form of a key."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyRing:
+    """Creates, verifies and revokes keys against the metadata store."""
+
+    def __init__(self, metadata: MetadataStore, admin_key: str | None) -> None:
+        self.metadata = metadata
+        self.admin_key = admin_key
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def create(self, tenant: str, is_admin: bool = False) -> CreatedKey:
+        """A new random key for ``tenant``."""
+        if not tenant or len(tenant) > 128 or not tenant.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("tenant must be 1-128 letters, digits, '-' or '_'")
+        key_id = secrets.token_hex(8)
+        secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        info = self.metadata.add_api_key(key_id, tenant, hash_key(secret), is_admin)
+        return CreatedKey(info=info, secret=secret)
+
+    def revoke(self, key_id: str) -> bool:
+        """Revoke a key; effective at once in this process."""
+        revoked = self.metadata.revoke_api_key(key_id)
+        with self._lock:
+            self._cache.clear()
+        return revoked
+
+    def verify(self, secret: str) -> Principal | None:
+        """The principal a bearer secret stands for, or ``None`` when unknown or revoked."""
+        if self.admin_key and hmac.compare_digest(secret.encode(), self.admin_key.encode()):
+            return Principal(tenant=ADMIN_TENANT, is_admin=True)
+        digest = hash_key(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached and now - cached[0] < CACHE_TTL_S:
+            return cached[1]
+        info = self.metadata.find_api_key(digest)
+        principal = (
+            Principal(tenant=info.tenant, is_admin=info.is_admin, key_id=info.id)
+            if info is not None and info.revoked_at is None
+            else None
+        )
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now, principal)
+        return principal

@@ -1,0 +1,127 @@
+"""Plain, immutable snapshots of catalog rows.
+
+The metadata store hands these out instead of ORM objects so that callers (selector caches, API
+responses, other threads) never touch a database session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ProfileInfo:
+    """A measurement of a variant at one batch size."""
+
+    batch_size: int
+    threads: int
+    load_ms: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    throughput_per_s: float
+    memory_mb: float
+    accuracy: float | None
+    accuracy_metric: str = "top1"
+    host: str = ""
+    measured_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    """One variant of a model with its profiles (sorted by batch size)."""
+
+    id: int
+    model_name: str
+    name: str
+    kind: str
+    precision: str
+    hardware: str
+    threads: int
+    providers: tuple[str, ...]
+    artifact_key: str | None
+    status: str
+    reason: str | None
+    profiles: tuple[ProfileInfo, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Cluster-wide identity of the variant: ``model/variant``."""
+        return f"{self.model_name}/{self.name}"
+
+    @property
+    def accuracy(self) -> float | None:
+        """Measured accuracy (the same at every batch size; taken from the first profile)."""
+        measured = [p.accuracy for p in self.profiles if p.accuracy is not None]
+        return measured[0] if measured else None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model and its variants."""
+
+    id: int
+    name: str
+    task: str
+    framework: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    opset: int | None
+    declared_accuracy: float | None
+    max_batch: int
+    owner: str
+    public: bool
+    status: str
+    status_reason: str | None
+    artifact_key: str
+    validation_key: str | None
+    size_bytes: int
+    created_at: datetime
+    variants: tuple[VariantInfo, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class DecisionInfo:
+    """An autoscaler decision."""
+
+    id: int
+    at: datetime
+    level: str
+    action: str
+    target: str
+    inputs: dict[str, Any]
+    reason: str
+    dry_run: bool
+    outcome: str | None
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """An offline (batch) job."""
+
+    id: str
+    owner: str
+    model_name: str | None
+    task: str | None
+    input_key: str
+    min_accuracy: float
+    deadline_s: float | None
+    status: str
+    progress: float
+    variant: str | None
+    result_key: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """An API key's public facts (never the secret)."""
+
+    id: str
+    tenant: str
+    is_admin: bool
+    created_at: datetime
+    revoked_at: datetime | None

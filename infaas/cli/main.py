@@ -1,0 +1,210 @@
+"""Top-level CLI commands."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from infaas.cli.client import call
+from infaas.config import get_settings
+
+app = typer.Typer(help="infaas: model-less inference serving.", no_args_is_help=True)
+db_app = typer.Typer(help="Metadata database.")
+examples_app = typer.Typer(help="The example model zoo.")
+app.add_typer(db_app, name="db")
+app.add_typer(examples_app, name="examples")
+out = Console()
+
+TERMINAL_VARIANT_STATES = {"ready", "failed", "skipped"}
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="interface to bind (default INFAAS_HOST, 127.0.0.1)"),
+    port: int = typer.Option(None, help="port (default INFAAS_PORT, 8000)"),
+) -> None:
+    """Run the API server (applies database migrations first)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = get_settings()
+    host = host or settings.host
+    if not settings.auth_enabled and host not in {"127.0.0.1", "localhost", "::1"}:
+        out.print(
+            "[yellow]No INFAAS_ADMIN_KEY set: binding to 127.0.0.1 only (set a key to listen elsewhere).[/yellow]"
+        )
+        host = "127.0.0.1"
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port or settings.port,
+        log_level="warning",
+        http="httptools",
+        loop="uvloop",
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply the Alembic migrations to INFAAS_DATABASE_URL."""
+    from infaas.db.migrate import upgrade
+
+    settings = get_settings()
+    settings.ensure_home()
+    upgrade(settings.resolved_database_url, revision)
+    out.print(f"database at revision {revision}")
+
+
+@examples_app.command("build")
+def examples_build(
+    out_dir: Path = typer.Option(..., "--out", help="folder to write the models into"),
+    quick: bool = typer.Option(False, help="train briefly (tests)"),
+) -> None:
+    """Train the example zoo offline and export it to ONNX."""
+    from infaas.examples.zoo import build_zoo
+
+    for model in build_zoo(out_dir, quick=quick):
+        out.print(f"{model.name}: accuracy {model.accuracy:.3f} → {model.onnx_path}")
+
+
+@app.command()
+def register(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="the .onnx file"),
+    name: str = typer.Option(..., help="model name"),
+    task: str = typer.Option(..., help="task, e.g. image-classification"),
+    accuracy: float = typer.Option(None, help="declared accuracy in [0, 1]"),
+    validation: Path = typer.Option(None, exists=True, dir_okay=False, help=".npz validation set"),
+    max_batch: int = typer.Option(16, help="largest batch to build and profile"),
+    public: bool = typer.Option(False, help="let every tenant use the model"),
+    wait: bool = typer.Option(False, help="wait for the variant build, showing progress"),
+) -> None:
+    """Register a model; its variants are built in the background."""
+    data = {"name": name, "task": task, "max_batch": str(max_batch), "public": str(public).lower()}
+    if accuracy is not None:
+        data["accuracy"] = str(accuracy)
+    with open(path, "rb") as model_file:
+        files = {"model": (path.name, model_file, "application/octet-stream")}
+        if validation is not None:
+            with open(validation, "rb") as validation_file:
+                files["validation"] = (validation.name, validation_file, "application/octet-stream")
+                model = call("POST", "/v1/models", data=data, files=files)
+        else:
+            model = call("POST", "/v1/models", data=data, files=files)
+    out.print(f"registered [bold]{model['name']}[/bold] ({model['task']}); variant build {model['status']}")
+    if wait:
+        _wait_for_build(name)
+
+
+def _wait_for_build(name: str, timeout_s: float = 1800.0) -> None:
+    """Poll the model and show one progress bar per variant until every variant is settled."""
+    bars: dict[str, int] = {}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[state]}")
+    ) as progress:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            model = call("GET", f"/v1/models/{name}")
+            for variant in model["variants"] or []:
+                if variant["name"] not in bars:
+                    bars[variant["name"]] = progress.add_task(variant["name"], total=1, state="")
+                done = variant["status"] in TERMINAL_VARIANT_STATES
+                progress.update(bars[variant["name"]], completed=1 if done else 0, state=variant["status"])
+            if model["status"] in {"ready", "failed"}:
+                break
+            time.sleep(0.5)
+    out.print(f"model {name}: {model['status']} {model.get('status_reason') or ''}")
+
+
+@app.command()
+def models() -> None:
+    """List the models you can use."""
+    table = Table("name", "task", "status", "ready", "failed", "skipped", "owner")
+    for m in call("GET", "/v1/models"):
+        c = m["variant_counts"]
+        table.add_row(
+            m["name"],
+            m["task"],
+            m["status"],
+            str(c["ready"]),
+            str(c["failed"]),
+            str(c["skipped"]),
+            m["owner"],
+        )
+    out.print(table)
+
+
+@app.command()
+def describe(name: str) -> None:
+    """Show one model, its signature and variant statuses."""
+    m = call("GET", f"/v1/models/{name}")
+    out.print(
+        f"[bold]{m['name']}[/bold]  task={m['task']}  status={m['status']}  opset={m['opset']}  "
+        f"max_batch={m['max_batch']}  owner={m['owner']}  public={m['public']}"
+    )
+    if m.get("status_reason"):
+        out.print(f"  reason: {m['status_reason']}")
+    for io in ("inputs", "outputs"):
+        for t in m[io]:
+            out.print(f"  {io[:-1]} {t['name']}: {t['dtype']}{t['shape']}")
+    for v in m["variants"] or []:
+        out.print(f"  variant {v['name']:<24} {v['status']:<9} {v.get('reason') or ''}")
+
+
+@app.command()
+def variants(name: str) -> None:
+    """Print each variant's measured profile per batch size."""
+    table = Table(
+        "variant", "kind", "precision", "hw", "status", "batch", "p50 ms", "p99 ms", "thr/s", "MB", "acc"
+    )
+    for v in call("GET", f"/v1/models/{name}/variants"):
+        if not v["profiles"]:
+            table.add_row(
+                v["name"],
+                v["kind"],
+                v["precision"],
+                v["hardware"],
+                v["status"],
+                "",
+                "",
+                "",
+                "",
+                "",
+                (v.get("reason") or "")[:40],
+            )
+        for p in v["profiles"]:
+            table.add_row(
+                v["name"],
+                v["kind"],
+                v["precision"],
+                v["hardware"],
+                v["status"],
+                str(p["batch_size"]),
+                f"{p['latency_p50_ms']:.3f}",
+                f"{p['latency_p99_ms']:.3f}",
+                f"{p['throughput_per_s']:.0f}",
+                f"{p['memory_mb']:.1f}",
+                "" if p["accuracy"] is None else f"{p['accuracy']:.3f}",
+            )
+    out.print(table)
+
+
+@app.command()
+def profile(name: str) -> None:
+    """Re-profile a model's variants on the serving host."""
+    call("POST", f"/v1/models/{name}/profile")
+    out.print(f"re-profiling of {name} queued")
+
+
+@app.command()
+def delete(name: str, yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
+    """Delete a model with its variants and files."""
+    if not yes:
+        typer.confirm(f"delete model {name} and all its variants?", abort=True)
+    call("DELETE", f"/v1/models/{name}")
+    out.print(f"deleted {name}")

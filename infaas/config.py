@@ -1,0 +1,95 @@
+"""Configuration, read once from the environment.
+
+One pydantic-settings class holds every knob so that the embedded default and the scaled-out
+deployment differ only in environment variables, never in code paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PRICES: dict[str, float] = {
+    # $ per hour of one unit of the hardware kind; a CPU variant holds `threads` cores.
+    "cpu-core": 0.048,
+    "gpu": 2.50,
+}
+
+
+class Settings(BaseSettings):
+    """All infaas settings; every field maps to ``INFAAS_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="INFAAS_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.infaas")))
+    database_url: str | None = None
+    model_store: str | None = None
+    redis_url: str | None = None
+    broker_url: str | None = None
+    url: str = "http://127.0.0.1:8000"
+    admin_key: str | None = None
+    api_key: str | None = None  # what the CLI sends; falls back to admin_key
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Limits (safe defaults; a serving system exposed to a network must bound everything it accepts).
+    max_upload_mb: float = 200.0
+    max_body_mb: float = 16.0
+    max_batch_per_query: int = 256
+    max_inputs_per_request: int = 16
+    max_concurrent_per_key: int = 64
+
+    # Workers.
+    worker_id: str | None = None
+    worker_memory_mb: float = 2048.0
+    worker_cores: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    in_process_worker: bool = True
+    heartbeat_s: float = 1.0
+    heartbeat_ttl_s: float = 3.0
+
+    # Variant generation / profiling.
+    build_variants: bool = True
+    profile_runs: int = 30
+    profile_max_seconds: float = 4.0
+
+    # Cost: $/hour per hardware unit.
+    prices: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    # Autoscaler: "off", "dry-run" or "on".
+    autoscaler: str = "on"
+    autoscaler_period_s: float = 1.0
+    vm_autoscaler_period_s: float = 10.0
+    idle_unload_s: float = 120.0
+    min_workers: int = 1
+    max_workers: int = 4
+    provider: str = "local"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL; defaults to a SQLite file in the home folder."""
+        return self.database_url or f"sqlite:///{self.home / 'infaas.db'}"
+
+    @property
+    def resolved_model_store(self) -> str:
+        """Model store location: ``s3://bucket/prefix`` or a local folder."""
+        return self.model_store or str(self.home / "models")
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Auth is on whenever an admin key is configured."""
+        return bool(self.admin_key)
+
+    def ensure_home(self) -> None:
+        """Create the home folder; the embedded default keeps its SQLite file and models there."""
+        self.home.mkdir(parents=True, exist_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests build their own ``Settings`` and pass it explicitly."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Metadata database: ORM models, engine/session factory and Alembic migration runner."""

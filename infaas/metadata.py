@@ -1,0 +1,423 @@
+"""Metadata store: create/read/update/delete functions over the SQL catalog.
+
+Everything here returns the frozen snapshots of ``infaas.catalog``. Each change to models, variants or
+profiles bumps the catalog version and calls the registered listeners, which is how the selector's
+in-memory candidate cache (and, scaled out, every other front-end's) learns to refresh.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from infaas.catalog import ApiKeyInfo, DecisionInfo, JobInfo, ModelInfo, ProfileInfo, VariantInfo
+from infaas.db.models import ApiKey, Decision, Job, Model, Profile, Variant, VariantStatus
+from infaas.db.session import Database
+
+
+class DuplicateModel(ValueError):
+    """A model with that name already exists."""
+
+
+class NotFound(LookupError):
+    """The named row does not exist."""
+
+
+@dataclass(frozen=True)
+class NewModel:
+    """The fields of a model being registered."""
+
+    name: str
+    task: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    opset: int | None
+    declared_accuracy: float | None
+    max_batch: int
+    owner: str
+    public: bool
+    artifact_key: str
+    validation_key: str | None
+    size_bytes: int
+    framework: str = "onnx"
+
+
+def _profile_info(row: Profile) -> ProfileInfo:
+    return ProfileInfo(
+        batch_size=row.batch_size,
+        threads=row.threads,
+        load_ms=row.load_ms,
+        latency_p50_ms=row.latency_p50_ms,
+        latency_p99_ms=row.latency_p99_ms,
+        throughput_per_s=row.throughput_per_s,
+        memory_mb=row.memory_mb,
+        accuracy=row.accuracy,
+        accuracy_metric=row.accuracy_metric,
+        host=row.host,
+        measured_at=row.measured_at,
+    )
+
+
+def _variant_info(row: Variant, model_name: str) -> VariantInfo:
+    return VariantInfo(
+        id=row.id,
+        model_name=model_name,
+        name=row.name,
+        kind=row.kind,
+        precision=row.precision,
+        hardware=row.hardware,
+        threads=row.threads,
+        providers=tuple(row.providers or ()),
+        artifact_key=row.artifact_key,
+        status=row.status,
+        reason=row.reason,
+        profiles=tuple(_profile_info(p) for p in row.profiles),
+    )
+
+
+def _model_info(row: Model, with_variants: bool = True) -> ModelInfo:
+    return ModelInfo(
+        id=row.id,
+        name=row.name,
+        task=row.task,
+        framework=row.framework,
+        inputs=list(row.inputs),
+        outputs=list(row.outputs),
+        opset=row.opset,
+        declared_accuracy=row.declared_accuracy,
+        max_batch=row.max_batch,
+        owner=row.owner,
+        public=row.public,
+        status=row.status,
+        status_reason=row.status_reason,
+        artifact_key=row.artifact_key,
+        validation_key=row.validation_key,
+        size_bytes=row.size_bytes,
+        created_at=row.created_at,
+        variants=tuple(_variant_info(v, row.name) for v in row.variants) if with_variants else (),
+    )
+
+
+def _decision_info(row: Decision) -> DecisionInfo:
+    return DecisionInfo(
+        id=row.id,
+        at=row.at,
+        level=row.level,
+        action=row.action,
+        target=row.target,
+        inputs=dict(row.inputs or {}),
+        reason=row.reason,
+        dry_run=row.dry_run,
+        outcome=row.outcome,
+    )
+
+
+def _job_info(row: Job) -> JobInfo:
+    return JobInfo(
+        id=row.id,
+        owner=row.owner,
+        model_name=row.model_name,
+        task=row.task,
+        input_key=row.input_key,
+        min_accuracy=row.min_accuracy,
+        deadline_s=row.deadline_s,
+        status=row.status,
+        progress=row.progress,
+        variant=row.variant,
+        result_key=row.result_key,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _key_info(row: ApiKey) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=row.id,
+        tenant=row.tenant,
+        is_admin=row.is_admin,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+_MODEL_LOAD = (selectinload(Model.variants).selectinload(Variant.profiles),)
+
+
+class MetadataStore:
+    """CRUD over the catalog, with change notification for caches."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._listeners: list[Callable[[str], None]] = []
+        self._version = 0
+        self._lock = threading.Lock()
+
+    # -- change notification -------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """Local catalog version, bumped on every change made through this store."""
+        return self._version
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(model_name)`` after any change to a model, its variants or profiles."""
+        self._listeners.append(listener)
+
+    def _changed(self, model_name: str) -> None:
+        with self._lock:
+            self._version += 1
+        for listener in list(self._listeners):
+            listener(model_name)
+
+    # -- models --------------------------------------------------------------------------------
+    def add_model(self, new: NewModel) -> ModelInfo:
+        """Insert a model; raises ``DuplicateModel`` if the name is taken."""
+        row = Model(**new.__dict__)
+        try:
+            with self.db.session() as session:
+                session.add(row)
+                session.flush()
+                info = _model_info(row, with_variants=False)
+        except IntegrityError as exc:
+            raise DuplicateModel(new.name) from exc
+        self._changed(new.name)
+        return info
+
+    def model_exists(self, name: str) -> bool:
+        """Whether a model of that name exists (whoever owns it)."""
+        with self.db.session() as session:
+            return session.scalar(select(Model.id).where(Model.name == name)) is not None
+
+    def get_model(self, name: str) -> ModelInfo | None:
+        """A model with its variants and profiles, or ``None``."""
+        with self.db.session() as session:
+            row = session.scalar(select(Model).where(Model.name == name).options(*_MODEL_LOAD))
+            return _model_info(row) if row else None
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every model, with variants and profiles, by name."""
+        with self.db.session() as session:
+            rows = session.scalars(select(Model).options(*_MODEL_LOAD).order_by(Model.name)).all()
+            return [_model_info(r) for r in rows]
+
+    def delete_model(self, name: str) -> bool:
+        """Delete a model with its variants and profiles; ``False`` if it did not exist."""
+        with self.db.session() as session:
+            row = session.scalar(select(Model).where(Model.name == name))
+            if row is None:
+                return False
+            session.delete(row)
+        self._changed(name)
+        return True
+
+    def set_model_status(self, name: str, status: str, reason: str | None = None) -> None:
+        """Move a model through pending → building → ready/failed."""
+        with self.db.session() as session:
+            row = self._model_row(session, name)
+            row.status = status
+            row.status_reason = reason
+        self._changed(name)
+
+    @staticmethod
+    def _model_row(session: Session, name: str) -> Model:
+        row = session.scalar(select(Model).where(Model.name == name))
+        if row is None:
+            raise NotFound(f"model {name!r} not found")
+        return row
+
+    # -- variants and profiles -----------------------------------------------------------------
+    def upsert_variant(
+        self,
+        model_name: str,
+        name: str,
+        *,
+        kind: str,
+        precision: str,
+        hardware: str,
+        threads: int = 0,
+        providers: Sequence[str] = (),
+        status: str = VariantStatus.PENDING,
+        reason: str | None = None,
+        artifact_key: str | None = None,
+    ) -> VariantInfo:
+        """Create or update a variant row (idempotent, so a redone build job is safe)."""
+        with self.db.session() as session:
+            model = self._model_row(session, model_name)
+            row = session.scalar(select(Variant).where(Variant.model_id == model.id, Variant.name == name))
+            if row is None:
+                row = Variant(model_id=model.id, name=name)
+                session.add(row)
+            row.kind, row.precision, row.hardware, row.threads = kind, precision, hardware, threads
+            row.providers = list(providers)
+            row.status, row.reason, row.artifact_key = status, reason, artifact_key
+            session.flush()
+            session.refresh(row, ["profiles"])
+            info = _variant_info(row, model_name)
+        self._changed(model_name)
+        return info
+
+    def set_variant_status(
+        self,
+        model_name: str,
+        name: str,
+        status: str,
+        reason: str | None = None,
+        artifact_key: str | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        """Update a variant's status (and where its artifact is, once built)."""
+        with self.db.session() as session:
+            row = self._variant_row(session, model_name, name)
+            row.status, row.reason = status, reason
+            if artifact_key is not None:
+                row.artifact_key = artifact_key
+            if providers is not None:
+                row.providers = list(providers)
+        self._changed(model_name)
+
+    @staticmethod
+    def _variant_row(session: Session, model_name: str, name: str) -> Variant:
+        row = session.scalar(
+            select(Variant).join(Model).where(Model.name == model_name, Variant.name == name)
+        )
+        if row is None:
+            raise NotFound(f"variant {model_name}/{name} not found")
+        return row
+
+    def replace_profiles(self, model_name: str, variant_name: str, profiles: Iterable[ProfileInfo]) -> None:
+        """Replace a variant's profile rows with a fresh measurement."""
+        with self.db.session() as session:
+            variant = self._variant_row(session, model_name, variant_name)
+            session.execute(delete(Profile).where(Profile.variant_id == variant.id))
+            for p in profiles:
+                session.add(
+                    Profile(
+                        variant_id=variant.id,
+                        batch_size=p.batch_size,
+                        threads=p.threads,
+                        load_ms=p.load_ms,
+                        latency_p50_ms=p.latency_p50_ms,
+                        latency_p99_ms=p.latency_p99_ms,
+                        throughput_per_s=p.throughput_per_s,
+                        memory_mb=p.memory_mb,
+                        accuracy=p.accuracy,
+                        accuracy_metric=p.accuracy_metric,
+                        host=p.host,
+                        measured_at=p.measured_at or datetime.now(UTC),
+                    )
+                )
+        self._changed(model_name)
+
+    def ready_variants(self) -> list[tuple[ModelInfo, VariantInfo]]:
+        """Every ready, profiled variant with its model: the selector's candidate set."""
+        out: list[tuple[ModelInfo, VariantInfo]] = []
+        for model in self.list_models():
+            for variant in model.variants:
+                if variant.status == VariantStatus.READY and variant.profiles:
+                    out.append((model, variant))
+        return out
+
+    # -- decisions -----------------------------------------------------------------------------
+    def record_decision(
+        self,
+        *,
+        level: str,
+        action: str,
+        target: str,
+        inputs: dict[str, Any],
+        reason: str,
+        dry_run: bool = False,
+        outcome: str | None = None,
+    ) -> DecisionInfo:
+        """Keep an autoscaler decision with its inputs and reason."""
+        with self.db.session() as session:
+            row = Decision(
+                level=level,
+                action=action,
+                target=target,
+                inputs=inputs,
+                reason=reason,
+                dry_run=dry_run,
+                outcome=outcome,
+            )
+            session.add(row)
+            session.flush()
+            return _decision_info(row)
+
+    def list_decisions(self, limit: int = 100, level: str | None = None) -> list[DecisionInfo]:
+        """Newest decisions first."""
+        with self.db.session() as session:
+            query = select(Decision).order_by(Decision.id.desc()).limit(limit)
+            if level:
+                query = query.where(Decision.level == level)
+            return [_decision_info(r) for r in session.scalars(query)]
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def add_job(self, job: Job) -> JobInfo:
+        """Insert a new offline job row."""
+        with self.db.session() as session:
+            session.add(job)
+            session.flush()
+            return _job_info(job)
+
+    def get_job(self, job_id: str) -> JobInfo | None:
+        """One job or ``None``."""
+        with self.db.session() as session:
+            row = session.get(Job, job_id)
+            return _job_info(row) if row else None
+
+    def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[JobInfo]:
+        """Newest jobs first, optionally one owner's."""
+        with self.db.session() as session:
+            query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+            if owner is not None:
+                query = query.where(Job.owner == owner)
+            return [_job_info(r) for r in session.scalars(query)]
+
+    def update_job(self, job_id: str, **fields: Any) -> JobInfo:
+        """Set fields of a job (status, progress, variant, result_key, error)."""
+        with self.db.session() as session:
+            row = session.get(Job, job_id)
+            if row is None:
+                raise NotFound(f"job {job_id!r} not found")
+            for key, value in fields.items():
+                setattr(row, key, value)
+            session.flush()
+            return _job_info(row)
+
+    # -- API keys ------------------------------------------------------------------------------
+    def add_api_key(self, key_id: str, tenant: str, key_hash: str, is_admin: bool) -> ApiKeyInfo:
+        """Store a new key's hash."""
+        with self.db.session() as session:
+            row = ApiKey(id=key_id, tenant=tenant, key_hash=key_hash, is_admin=is_admin)
+            session.add(row)
+            session.flush()
+            return _key_info(row)
+
+    def find_api_key(self, key_hash: str) -> ApiKeyInfo | None:
+        """The key with this hash (revoked or not), or ``None``."""
+        with self.db.session() as session:
+            row = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+            return _key_info(row) if row else None
+
+    def list_api_keys(self) -> list[ApiKeyInfo]:
+        """Every key, oldest first."""
+        with self.db.session() as session:
+            return [_key_info(r) for r in session.scalars(select(ApiKey).order_by(ApiKey.created_at))]
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        """Mark a key revoked; ``False`` if unknown."""
+        with self.db.session() as session:
+            row = session.get(ApiKey, key_id)
+            if row is None:
+                return False
+            if row.revoked_at is None:
+                row.revoked_at = datetime.now(UTC)
+            return True

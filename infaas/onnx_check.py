@@ -1,0 +1,171 @@
+"""Checks an uploaded ONNX model before anything is stored, and reads its signature.
+
+Order matters: parse → structural checks (checker, external data, absurd tensors) → ONNX Runtime load →
+one inference at the declared shapes. A model that passes all four is safe to store and to serve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto
+
+from infaas.runtime import create_session, numpy_dtype
+
+# Far beyond any model infaas serves on one host; a declared tensor past this is an attack or a bug.
+MAX_TENSOR_ELEMENTS = 2_000_000_000
+
+
+class ModelCheckError(ValueError):
+    """The upload is not a model infaas can serve; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype and shape (``-1`` for a dynamic dimension) of a graph input or output."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form stored in the metadata."""
+        return {"name": self.name, "dtype": self.dtype, "shape": self.shape}
+
+
+@dataclass(frozen=True)
+class CheckedModel:
+    """What the checks learned about a valid model."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int | None
+
+
+def _parse(data: bytes) -> onnx.ModelProto:
+    if not data:
+        raise ModelCheckError("the model file is empty")
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelCheckError(f"the file is not an ONNX model (protobuf parse failed: {exc})") from exc
+    if not model.graph.node and not model.graph.output:
+        raise ModelCheckError("the file is not an ONNX model (no graph found)")
+    return model
+
+
+def _check_tensors(model: onnx.ModelProto) -> None:
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+            raise ModelCheckError(
+                f"initializer {tensor.name!r} uses external data; upload a single self-contained .onnx file"
+            )
+        elements = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
+        if any(d < 0 for d in tensor.dims) or elements > MAX_TENSOR_ELEMENTS:
+            raise ModelCheckError(
+                f"initializer {tensor.name!r} declares an invalid or huge shape {list(tensor.dims)}"
+            )
+        if tensor.raw_data:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            if len(tensor.raw_data) != elements * itemsize:
+                raise ModelCheckError(
+                    f"initializer {tensor.name!r} holds {len(tensor.raw_data)} bytes but its shape needs "
+                    f"{elements * itemsize}; the file is corrupt"
+                )
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = [d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or [])]
+    return TensorSpec(name=arg.name, dtype=numpy_dtype(arg.type).name, shape=shape)
+
+
+def _probe_inputs(inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Inputs of the declared shapes (dynamic dimensions set to 1) for one test inference."""
+    return {spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype) for spec in inputs}
+
+
+def check_model_bytes(data: bytes) -> CheckedModel:
+    """Run every check on an in-memory model; raises ``ModelCheckError`` with a fix-it message."""
+    model = _parse(data)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelCheckError(f"ONNX checker rejected the model: {str(exc).splitlines()[0]}") from exc
+    _check_tensors(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    try:
+        session = create_session(data, threads=1)
+    except Exception as exc:  # ONNX Runtime raises several unrelated exception types.
+        raise ModelCheckError(
+            f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:500]}"
+        ) from exc
+    try:
+        inputs = [_spec(a) for a in session.get_inputs()]
+        outputs = [_spec(a) for a in session.get_outputs()]
+    except ValueError as exc:
+        raise ModelCheckError(f"unsupported input or output type: {exc}") from exc
+    try:
+        session.run(None, _probe_inputs(inputs))
+    except Exception as exc:
+        raise ModelCheckError(
+            f"a test inference at the declared input shapes failed: {str(exc).splitlines()[0][:500]}"
+        ) from exc
+    return CheckedModel(inputs=inputs, outputs=outputs, opset=opset)
+
+
+def check_model_file(path: Path) -> CheckedModel:
+    """``check_model_bytes`` on a file."""
+    return check_model_bytes(Path(path).read_bytes())
+
+
+def check_validation_file(path: Path, inputs: list[TensorSpec]) -> int:
+    """Check a validation ``.npz`` against the model's inputs; returns the number of samples.
+
+    Arrays are named after the model's inputs (a single-input model may use ``inputs``), plus an optional
+    ``labels`` array of one integer per sample.
+    """
+    try:
+        archive = np.load(path, allow_pickle=False)
+        arrays = {name: archive[name] for name in archive.files}
+    except Exception as exc:
+        raise ModelCheckError(f"the validation file is not a readable .npz archive: {exc}") from exc
+    if len(inputs) == 1 and inputs[0].name not in arrays and "inputs" in arrays:
+        arrays[inputs[0].name] = arrays.pop("inputs")
+    count: int | None = None
+    for spec in inputs:
+        if spec.name not in arrays:
+            raise ModelCheckError(
+                f"the validation file has no array {spec.name!r}; name arrays after the model inputs "
+                f"({', '.join(s.name for s in inputs)})"
+            )
+        array = arrays[spec.name]
+        if array.dtype != np.dtype(spec.dtype):
+            raise ModelCheckError(
+                f"validation array {spec.name!r} has dtype {array.dtype}, the model expects {spec.dtype}"
+            )
+        expected = spec.shape[1:]
+        actual = list(array.shape[1:])
+        if array.ndim != len(spec.shape) or any(
+            e > 0 and e != a for e, a in zip(expected, actual, strict=True)
+        ):
+            raise ModelCheckError(
+                f"validation array {spec.name!r} has shape {list(array.shape)}, the model expects "
+                f"[N, {', '.join(str(d) if d > 0 else '?' for d in expected)}]"
+            )
+        if count is not None and array.shape[0] != count:
+            raise ModelCheckError("validation arrays disagree on the number of samples")
+        count = int(array.shape[0])
+    if not count:
+        raise ModelCheckError("the validation file holds no samples")
+    if "labels" in arrays:
+        labels = arrays["labels"]
+        if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ModelCheckError(
+                f"'labels' must be {count} integers, one per sample; got {labels.dtype}{list(labels.shape)}"
+            )
+    return count

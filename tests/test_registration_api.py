@@ -1,0 +1,198 @@
+"""Registration over REST: the happy path, and every bad input gets a 4xx and leaves nothing behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper
+
+from infaas.services import Services
+from tests.onnx_factory import mlp_model, write_validation
+
+
+def _register(
+    client: TestClient, model: Path | bytes, name: str = "mlp", validation: Path | None = None, **fields: str
+):
+    data = {"name": name, "task": "tabular-classification", **fields}
+    body = model.read_bytes() if isinstance(model, Path) else model
+    files = {"model": ("m.onnx", body, "application/octet-stream")}
+    if validation is not None:
+        files["validation"] = ("v.npz", validation.read_bytes(), "application/octet-stream")
+    return client.post("/v1/models", data=data, files=files)
+
+
+def _nothing_stored(services: Services, name: str = "mlp") -> None:
+    assert services.metadata.get_model(name) is None
+    assert services.store.list(f"models/{name}/") == []
+
+
+def test_register_list_describe_delete(
+    client: TestClient, services: Services, mlp_path: Path, validation_path: Path
+) -> None:
+    response = _register(client, mlp_path, validation=validation_path, accuracy="0.8", max_batch="8")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["inputs"] == [{"name": "x", "dtype": "float32", "shape": [-1, 8]}]
+    assert body["outputs"] == [{"name": "y", "dtype": "float32", "shape": [-1, 3]}]
+    assert body["opset"] == 17 and body["declared_accuracy"] == 0.8 and body["max_batch"] == 8
+    assert body["status"] == "pending" and body["owner"] == "local"
+    assert services.store.exists("models/mlp/model.onnx")
+    assert services.store.exists("models/mlp/validation.npz")
+
+    assert [m["name"] for m in client.get("/v1/models").json()] == ["mlp"]
+    assert client.get("/v1/models/mlp").json()["task"] == "tabular-classification"
+
+    assert client.delete("/v1/models/mlp").json() == {"deleted": "mlp"}
+    _nothing_stored(services)
+    assert client.get("/v1/models/mlp").status_code == 404
+
+
+def test_register_queues_variant_build(client: TestClient, services: Services, mlp_path: Path) -> None:
+    submitted: list[tuple[str, dict]] = []
+
+    class Recorder:
+        def submit(self, task_name: str, **kwargs: object) -> None:
+            submitted.append((task_name, kwargs))
+
+        def shutdown(self) -> None:
+            pass
+
+    services.settings.build_variants = True
+    services.jobs = Recorder()  # type: ignore[assignment]
+    assert _register(client, mlp_path).status_code == 201
+    assert submitted == [("build_variants", {"model_name": "mlp"})]
+
+
+def test_not_onnx_rejected(client: TestClient, services: Services) -> None:
+    response = _register(client, b"this is plainly a text file, not a protobuf")
+    assert response.status_code == 400
+    assert "not an ONNX model" in response.json()["detail"]
+    _nothing_stored(services)
+
+
+def test_corrupt_onnx_rejected(client: TestClient, services: Services, mlp_path: Path) -> None:
+    data = mlp_path.read_bytes()
+    response = _register(client, data[: len(data) // 2])
+    assert response.status_code == 400
+    _nothing_stored(services)
+
+
+def test_model_onnx_runtime_cannot_load(client: TestClient, services: Services) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOperator", ["x"], ["y"], domain="com.example.missing")],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example.missing", 1)]
+    )
+    response = _register(client, model.SerializeToString())
+    assert response.status_code == 400
+    assert "ONNX Runtime cannot load" in response.json()["detail"]
+    _nothing_stored(services)
+
+
+def test_checker_rejects_invalid_graph(client: TestClient, services: Services) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["undefined_input"], ["y"])],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    response = _register(client, model.SerializeToString())
+    assert response.status_code == 400
+    assert "checker" in response.json()["detail"]
+    _nothing_stored(services)
+
+
+def test_duplicate_name_rejected_and_original_kept(
+    client: TestClient, services: Services, mlp_path: Path, tmp_path: Path
+) -> None:
+    assert _register(client, mlp_path).status_code == 201
+    other = tmp_path / "other.onnx"
+    onnx.save(mlp_model(in_dim=4), other)
+    response = _register(client, other)
+    assert response.status_code == 409
+    assert "already exists" in response.json()["detail"]
+    assert services.metadata.get_model("mlp").inputs[0]["shape"] == [-1, 8]
+    assert services.store.get_bytes("models/mlp/model.onnx") == mlp_path.read_bytes()
+
+
+@pytest.mark.parametrize("missing", ["name", "task"])
+def test_missing_required_field(client: TestClient, services: Services, mlp_path: Path, missing: str) -> None:
+    data = {"name": "mlp", "task": "t"}
+    del data[missing]
+    response = client.post("/v1/models", data=data, files={"model": ("m.onnx", mlp_path.read_bytes())})
+    assert response.status_code == 422
+    assert missing in str(response.json()["detail"])
+    _nothing_stored(services)
+
+
+def test_missing_model_file(client: TestClient, services: Services) -> None:
+    response = client.post("/v1/models", data={"name": "mlp", "task": "t"})
+    assert response.status_code == 422
+    assert "model" in str(response.json()["detail"])
+    _nothing_stored(services)
+
+
+def test_upload_over_size_limit(client: TestClient, services: Services, mlp_path: Path) -> None:
+    services.settings.max_upload_mb = 0.0005  # 500 bytes; the route reads the limit per request
+    response = _register(client, mlp_path.read_bytes() + b"\0" * 2000)
+    assert response.status_code == 413
+    assert "limit" in response.json()["detail"]
+    _nothing_stored(services)
+
+
+def test_validation_shape_mismatch(
+    client: TestClient, services: Services, mlp_path: Path, tmp_path: Path
+) -> None:
+    bad = write_validation(tmp_path / "bad.npz", in_dim=5)
+    response = _register(client, mlp_path, validation=bad)
+    assert response.status_code == 400
+    assert "shape" in response.json()["detail"] and "[N, 8]" in response.json()["detail"]
+    _nothing_stored(services)
+
+
+def test_validation_dtype_and_name_mismatch(
+    client: TestClient, services: Services, mlp_path: Path, tmp_path: Path
+) -> None:
+    wrong_dtype = tmp_path / "d.npz"
+    np.savez(wrong_dtype, x=np.zeros((4, 8), dtype=np.float64))
+    response = _register(client, mlp_path, validation=wrong_dtype)
+    assert response.status_code == 400 and "dtype" in response.json()["detail"]
+    wrong_name = tmp_path / "n.npz"
+    np.savez(wrong_name, features=np.zeros((4, 8), dtype=np.float32))
+    response = _register(client, mlp_path, validation=wrong_name)
+    assert response.status_code == 400 and "no array 'x'" in response.json()["detail"]
+    _nothing_stored(services)
+
+
+def test_validation_inputs_alias_for_single_input(
+    client: TestClient, services: Services, mlp_path: Path, tmp_path: Path
+) -> None:
+    alias = write_validation(tmp_path / "alias.npz", input_name="inputs")
+    assert _register(client, mlp_path, validation=alias).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "../escape", "name must be"),
+        ("accuracy", "1.5", "between 0 and 1"),
+        ("max_batch", "0", "max_batch"),
+    ],
+)
+def test_bad_field_values(
+    client: TestClient, services: Services, mlp_path: Path, field: str, value: str, message: str
+) -> None:
+    fields = {"name": "mlp", field: value}
+    response = _register(client, mlp_path, **fields)
+    assert response.status_code == 400
+    assert message in response.json()["detail"]
+    _nothing_stored(services, fields["name"] if field != "name" else "mlp")
