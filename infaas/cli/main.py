@@ -208,3 +208,7 @@ def delete(name: str, yes: bool = typer.Option(False, "--yes", "-y", help="do no
         typer.confirm(f"delete model {name} and all its variants?", abort=True)
     call("DELETE", f"/v1/models/{name}")
     out.print(f"deleted {name}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,131 @@
+"""The profiler's numbers are plausible, its batch list is right, and accuracy is scored as specified."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from infaas.catalog import ModelInfo
+from infaas.config import Settings
+from variant_generator.accuracy import ValidationSet, load_validation, score, synthetic_set
+from variant_generator.profiler import batch_sizes, profile_variant, reference_outputs
+
+SETTINGS = Settings(home=Path("/nonexistent"), profile_runs=10, profile_max_seconds=0.3)
+
+
+def linear_classifier(path: Path) -> Path:
+    """y = x @ w + b with 8 features and 3 classes, dynamic batch."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
+    ]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def info(max_batch: int = 8, inputs: list[dict] | None = None) -> ModelInfo:
+    return ModelInfo(
+        id=1, name="linear", task="classification", framework="onnx",
+        inputs=inputs or [{"name": "x", "dtype": "float32", "shape": ["batch", 8]}],
+        outputs=[{"name": "y", "dtype": "float32", "shape": ["batch", 3]}], opset=17, declared_accuracy=None,
+        max_batch=max_batch, owner="test", public=True, status="ready", status_reason=None,
+        artifact_key="models/linear/model.onnx", validation_key=None, size_bytes=0, created_at=datetime.now(UTC),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "expected"), [(1, [1]), (8, [1, 2, 4, 8]), (12, [1, 2, 4, 8, 12]), (3, [1, 2, 3])]
+)
+def test_batch_sizes_are_powers_of_two_then_max(max_batch: int, expected: list[int]) -> None:
+    assert batch_sizes(info(max_batch)) == expected
+
+
+def test_a_pinned_batch_axis_is_profiled_only_at_that_size() -> None:
+    assert batch_sizes(info(16, [{"name": "x", "dtype": "float32", "shape": [1, 8]}])) == [1]
+
+
+def test_profiles_are_plausible_with_labels(tmp_path: Path) -> None:
+    path, model = linear_classifier(tmp_path / "m.onnx"), info()
+    x = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32)
+    labels = reference_outputs(path, model, ValidationSet({"x": x})).argmax(-1)
+    profiles = profile_variant(
+        path,
+        model,
+        providers=["CPUExecutionProvider"],
+        threads=1,
+        settings=SETTINGS,
+        data=ValidationSet({"x": x}, labels=labels),
+    )
+    assert [p.batch_size for p in profiles] == [1, 2, 4, 8]
+    for p in profiles:
+        assert p.latency_p99_ms >= p.latency_p50_ms > 0
+        assert p.throughput_per_s > 0 and p.load_ms > 0 and p.memory_mb >= 0
+        assert (p.accuracy, p.accuracy_metric, p.threads) == (1.0, "top1", 1)
+        assert p.host and p.measured_at is not None
+
+
+def test_without_labels_accuracy_is_agreement_with_the_original(tmp_path: Path) -> None:
+    path, model = linear_classifier(tmp_path / "m.onnx"), info(max_batch=2)
+    data = synthetic_set(model)
+    profiles = profile_variant(
+        path,
+        model,
+        providers=["CPUExecutionProvider"],
+        threads=1,
+        settings=SETTINGS,
+        data=data,
+        reference=reference_outputs(path, model, data),
+    )
+    assert {(p.accuracy, p.accuracy_metric) for p in profiles} == {(1.0, "agreement-synthetic")}
+
+
+def test_score_rules() -> None:
+    scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert score(scores, None, np.array([1, 0, 0])) == (pytest.approx(2 / 3), "top1")
+    assert score(scores, scores[[0, 1, 1]], None) == (pytest.approx(2 / 3), "agreement")
+    regression = np.array([[1.0], [2.0], [3.0]])
+    assert score(regression * 1.1, regression, None) == (pytest.approx(0.9), "fidelity")
+    assert score(regression * 5, regression, None) == (0.0, "fidelity")  # clipped, never negative
+    assert score(np.array([1, 2, 2]), None, np.array([1, 2, 3])) == (pytest.approx(2 / 3), "top1")
+
+
+def test_synthetic_integer_inputs_are_valid_token_data() -> None:
+    model = info(
+        inputs=[
+            {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+            {"name": "attention_mask", "dtype": "int64", "shape": [-1, -1]},
+        ]
+    )
+    data = synthetic_set(model, rows=4)
+    ids, mask = data.inputs["input_ids"], data.inputs["attention_mask"]
+    assert ids.shape == mask.shape == (4, 16) and ids.dtype == np.int64
+    assert ids.min() >= 0 and ids.max() < 100 and (mask == 1).all()
+
+
+def test_validation_file_conventions(tmp_path: Path) -> None:
+    x = np.ones((5, 8), np.float64)
+    np.savez(tmp_path / "single.npz", inputs=x, labels=np.arange(5))
+    loaded = load_validation(tmp_path / "single.npz", info())
+    assert loaded.inputs["x"].dtype == np.float32 and loaded.rows == 5 and loaded.labels is not None
+    np.savez(tmp_path / "named.npz", x=x)
+    assert load_validation(tmp_path / "named.npz", info()).labels is None
+    np.savez(tmp_path / "bad.npz", z=x)
+    with pytest.raises(ValueError, match="no array for input"):
+        load_validation(tmp_path / "bad.npz", replace(info(), inputs=[*info().inputs, {"name": "k", "shape": []}]))

@@ -1,0 +1,148 @@
+"""The data variants are measured on, and how their accuracy is scored.
+
+Accuracy is what the selector checks a query's minimum against, so it is measured on every variant
+the same way: top-1 against the registration's ``labels`` when there are any, otherwise agreement with
+the *original* model's outputs (a quantized variant is only as good as it stays faithful).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infaas.catalog import ModelInfo
+from variant_generator.base import Runner
+
+DEFAULT_DYNAMIC_DIM = 16  # e.g. a sequence axis left dynamic by the exporter
+MAX_ROWS = 1024  # bound on rows used for accuracy, so a big validation set cannot stall a build
+SYNTHETIC_ROWS = 64
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """Input arrays by input name (same number of rows each), optional labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    synthetic: bool = False
+
+    @property
+    def rows(self) -> int:
+        """Number of examples."""
+        return len(next(iter(self.inputs.values())))
+
+    def batch(self, size: int, start: int = 0) -> dict[str, np.ndarray]:
+        """``size`` rows from ``start``, wrapping around so any batch size can be fed."""
+        index = (np.arange(size) + start) % self.rows
+        return {name: array[index] for name, array in self.inputs.items()}
+
+
+def is_fixed(dim: Any) -> bool:
+    """Whether a declared dimension is a known size (anything else -- -1, None, "batch" -- is dynamic)."""
+    return isinstance(dim, int) and not isinstance(dim, bool) and dim > 0
+
+
+def _input_dtype(spec: dict[str, Any]) -> np.dtype:
+    return np.dtype(spec.get("dtype") or "float32")
+
+
+def load_validation(path: Path, model: ModelInfo) -> ValidationSet:
+    """Read ``validation.npz``: arrays named after the inputs (or ``inputs`` for one input), ``labels``."""
+    names = [spec["name"] for spec in model.inputs]
+    with np.load(path, allow_pickle=False) as data:
+        if len(names) == 1 and names[0] not in data and "inputs" in data:
+            arrays = {names[0]: data["inputs"]}
+        else:
+            missing = [n for n in names if n not in data]
+            if missing:
+                raise ValueError(f"validation set has no array for input(s) {', '.join(missing)}")
+            arrays = {n: data[n] for n in names}
+        labels = data["labels"][:MAX_ROWS] if "labels" in data else None
+    inputs = {
+        spec["name"]: np.ascontiguousarray(arrays[spec["name"]][:MAX_ROWS], dtype=_input_dtype(spec))
+        for spec in model.inputs
+    }
+    rows = {len(a) for a in inputs.values()} | ({len(labels)} if labels is not None else set())
+    if len(rows) != 1 or 0 in rows:
+        raise ValueError("validation arrays (and labels) must have the same, non-zero number of rows")
+    return ValidationSet(inputs=inputs, labels=labels)
+
+
+def _synthetic_array(spec: dict[str, Any], batch: int, rng: np.random.Generator) -> np.ndarray:
+    dims = list(spec.get("shape") or [])
+    shape = tuple(d if is_fixed(d) else DEFAULT_DYNAMIC_DIM for d in dims[1:])
+    shape = (batch, *shape) if dims else ()
+    dtype, name = _input_dtype(spec), spec["name"].lower()
+    if dtype == np.bool_:
+        return np.ones(shape, dtype=dtype)
+    if np.issubdtype(dtype, np.integer):
+        # Token ids, attention masks, segment ids: keep them valid for an embedding table.
+        if "mask" in name:
+            return np.ones(shape, dtype=dtype)
+        if "type" in name or "segment" in name:
+            return np.zeros(shape, dtype=dtype)
+        high = 256 if dtype == np.uint8 else 100
+        return rng.integers(0, high, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def synthetic_set(model: ModelInfo, rows: int = SYNTHETIC_ROWS, seed: int = 0) -> ValidationSet:
+    """Deterministic random inputs of the declared dtypes, used when no validation set was given."""
+    rng = np.random.default_rng(seed)
+    rows = fixed_batch(model) or rows
+    return ValidationSet({spec["name"]: _synthetic_array(spec, rows, rng) for spec in model.inputs}, synthetic=True)
+
+
+def fixed_batch(model: ModelInfo) -> int | None:
+    """The batch size if an input pins dim 0 to a number (then no other batch size can be fed)."""
+    for spec in model.inputs:
+        shape = spec.get("shape") or []
+        if shape and is_fixed(shape[0]):
+            return int(shape[0])
+    return None
+
+
+def predict(runner: Runner, data: ValidationSet, batch: int, pinned: bool = False) -> np.ndarray:
+    """The first output over every row of ``data``, ``batch`` rows at a time.
+
+    With a ``pinned`` batch size the last, short batch is padded (wrapping around) and trimmed.
+    """
+    parts = []
+    for start in range(0, data.rows, batch):
+        remaining = data.rows - start
+        out = np.asarray(runner.run(data.batch(batch if pinned else min(batch, remaining), start))[0])
+        parts.append(out[:remaining])
+    return np.concatenate(parts)
+
+
+def _is_class_scores(output: np.ndarray) -> bool:
+    return output.ndim == 2 and output.shape[-1] > 1
+
+
+def _closeness(predicted: np.ndarray, target: np.ndarray) -> float:
+    """1 - L1 relative error, clipped to [0, 1] (L1 over the whole set, so near-zero values don't explode)."""
+    predicted, target = predicted.astype(np.float64), target.astype(np.float64).reshape(predicted.shape)
+    error = np.abs(predicted - target).sum() / (np.abs(target).sum() + _EPS)
+    return float(np.clip(1.0 - error, 0.0, 1.0))
+
+
+def _labels_of(output: np.ndarray) -> np.ndarray:
+    return output.argmax(axis=-1) if _is_class_scores(output) else output.reshape(len(output), -1)[:, 0]
+
+
+def score(predicted: np.ndarray, reference: np.ndarray | None, labels: np.ndarray | None) -> tuple[float, str]:
+    """Accuracy and its metric name: ``top1`` vs labels, else ``agreement``/``fidelity`` vs the original."""
+    if labels is not None:
+        if _is_class_scores(predicted) or np.issubdtype(predicted.dtype, np.integer):
+            target = _labels_of(labels) if labels.ndim == 2 else labels.reshape(-1)
+            return float(np.mean(_labels_of(predicted) == target)), "top1"
+        return _closeness(predicted, labels), "1-rel-error"
+    if reference is None:
+        raise ValueError("need labels or the original model's outputs to score against")
+    if _is_class_scores(predicted) or np.issubdtype(predicted.dtype, np.integer):
+        return float(np.mean(_labels_of(predicted) == _labels_of(reference))), "agreement"
+    return _closeness(predicted, reference), "fidelity"

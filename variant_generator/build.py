@@ -1,0 +1,209 @@
+"""Background tasks: build every registered kind of variant of a model, and re-profile them.
+
+Each variant is built, profiled and recorded on its own: a generator that fails records its error on
+its own row (``failed``) and one that does not apply records why (``skipped``), and neither stops the
+others. Re-running the task rebuilds and overwrites, so a redone job is harmless. If the model is
+deleted meanwhile, the task stops quietly and removes what it had just written.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from infaas.catalog import ModelInfo, VariantInfo
+from infaas.db.models import ModelStatus, VariantStatus
+from infaas.metadata import NotFound
+from infaas.model_store import ObjectNotFound
+from infaas.services import Services
+from variant_generator import registry
+from variant_generator.accuracy import ValidationSet, load_validation, synthetic_set
+from variant_generator.base import BuildContext, Skip, VariantGenerator
+from variant_generator.profiler import profile_variant, reference_outputs
+
+log = logging.getLogger(__name__)
+MAX_REASON_CHARS = 2000
+
+
+class ModelGone(Exception):
+    """The model was deleted while its variants were being built."""
+
+
+def variant_key(model_name: str, generator: VariantGenerator) -> str:
+    """Store key of a generator's artifact: under ``models/{name}/`` so deleting the model removes it."""
+    return f"models/{model_name}/variants/{generator.name}{generator.suffix}"
+
+
+class Measurement:
+    """The data every variant of one model is measured on, and the original's outputs on it."""
+
+    def __init__(self, services: Services, model: ModelInfo, source: Path) -> None:
+        self.model, self.source = model, source
+        self.validation = _validation(services, model)
+        self.data: ValidationSet = self.validation or synthetic_set(model)
+
+    @functools.cached_property
+    def reference(self) -> np.ndarray | None:
+        """Computed on first use, so skipped GPU variants never pay for it."""
+        return reference_outputs(self.source, self.model, self.data)
+
+
+def _validation(services: Services, model: ModelInfo) -> ValidationSet | None:
+    """The registration's validation set; an unusable one is logged and treated as absent."""
+    if not model.validation_key:
+        return None
+    try:
+        return load_validation(services.store.local_path(model.validation_key), model)
+    except Exception as exc:  # a bad upload must not fail the build: variants needing it skip with why
+        log.warning("ignoring validation set of %s: %s", model.name, exc)
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+
+
+def _build_one(
+    services: Services,
+    ctx: BuildContext,
+    measurement: Measurement,
+    generator: VariantGenerator,
+    built: dict[str, Path],
+) -> str:
+    """Build, profile, store and record one variant; returns its final status."""
+    metadata, model_name = services.metadata, ctx.model.name
+    name, threads = generator.variant_name, generator.threads_for(ctx.cores)
+    metadata.upsert_variant(
+        model_name,
+        name,
+        kind=generator.kind,
+        precision=generator.precision,
+        hardware=generator.hardware,
+        threads=threads,
+        providers=generator.providers,
+        status=VariantStatus.BUILDING,
+    )
+    try:
+        if generator.threads and generator.threads >= ctx.cores:
+            raise Skip(f"this worker has {ctx.cores} core(s), so it is the same as {generator.name}")
+        if generator.name not in built:
+            built[generator.name] = generator.build(ctx)
+        artifact = built[generator.name]
+        profiles = profile_variant(
+            artifact,
+            ctx.model,
+            providers=generator.providers,
+            threads=threads,
+            settings=services.settings,
+            data=measurement.data,
+            reference=measurement.reference,
+        )
+        key = variant_key(model_name, generator)
+        if not metadata.model_exists(model_name):
+            raise ModelGone(model_name)
+        services.store.put_file(key, artifact)
+        if not metadata.model_exists(model_name):  # deleted during the upload: take ours back out
+            services.store.delete_prefix(key)
+            raise ModelGone(model_name)
+        metadata.replace_profiles(model_name, name, profiles)
+        metadata.set_variant_status(model_name, name, VariantStatus.READY, artifact_key=key)
+        return VariantStatus.READY
+    except (ModelGone, NotFound):
+        raise
+    except Skip as exc:
+        status, reason = VariantStatus.SKIPPED, str(exc)
+    except Exception as exc:
+        log.exception("variant %s/%s failed", model_name, name)
+        status, reason = VariantStatus.FAILED, _reason(exc)
+    metadata.replace_profiles(model_name, name, [])
+    metadata.set_variant_status(model_name, name, status, reason=reason)
+    return status
+
+
+def build_model_variants(services: Services, model_name: str) -> None:
+    """Build and profile every registered variant of ``model_name``, then mark the model ready/failed."""
+    metadata = services.metadata
+    model = metadata.get_model(model_name)
+    if model is None:
+        log.info("model %s no longer exists; nothing to build", model_name)
+        return
+    try:
+        metadata.set_model_status(model_name, ModelStatus.BUILDING)
+        source = services.store.local_path(model.artifact_key)
+        measurement = Measurement(services, model, source)
+        with tempfile.TemporaryDirectory(prefix="infaas-build-") as tmp:
+            ctx = BuildContext(model, source, measurement.validation, Path(tmp), services.settings.worker_cores)
+            built: dict[str, Path] = {}
+            statuses = {g.variant_name: _build_one(services, ctx, measurement, g, built) for g in registry.generators()}
+        if VariantStatus.READY in statuses.values():
+            metadata.set_model_status(model_name, ModelStatus.READY)
+            return
+        failures = [
+            f"{v.name}: {v.reason}" for v in (metadata.get_model(model_name) or model).variants if v.name in statuses
+        ]
+        metadata.set_model_status(model_name, ModelStatus.FAILED, "no variant could be built; " + "; ".join(failures))
+    except (ModelGone, NotFound, ObjectNotFound):
+        if metadata.model_exists(model_name):
+            raise
+        log.info("model %s was deleted while building; stopped", model_name)
+
+
+def _reprofile_one(
+    services: Services, model: ModelInfo, variant: VariantInfo, artifact_key: str, measurement: Measurement
+) -> None:
+    """Re-measure one ready variant; one that no longer runs here is marked skipped/failed with why."""
+    metadata, generator = services.metadata, registry.get(variant.name)
+    threads = generator.threads_for(services.settings.worker_cores) if generator else variant.threads
+    try:
+        profiles = profile_variant(
+            services.store.local_path(artifact_key),
+            model,
+            providers=variant.providers,
+            threads=threads,
+            settings=services.settings,
+            data=measurement.data,
+            reference=measurement.reference,
+        )
+    except NotFound:
+        raise
+    except Exception as exc:  # Skip included: e.g. the GPU this variant needs is not on this host
+        skipped = isinstance(exc, Skip)
+        if not skipped:
+            log.exception("re-profiling %s failed", variant.key)
+        metadata.replace_profiles(model.name, variant.name, [])
+        status = VariantStatus.SKIPPED if skipped else VariantStatus.FAILED
+        metadata.set_variant_status(model.name, variant.name, status, reason=str(exc) if skipped else _reason(exc))
+        return
+    if threads != variant.threads:  # "every core" is a different count on new hardware
+        metadata.upsert_variant(
+            model.name,
+            variant.name,
+            kind=variant.kind,
+            precision=variant.precision,
+            hardware=variant.hardware,
+            threads=threads,
+            providers=variant.providers,
+            status=VariantStatus.READY,
+            artifact_key=artifact_key,
+        )
+    metadata.replace_profiles(model.name, variant.name, profiles)
+
+
+def reprofile_model(services: Services, model_name: str) -> None:
+    """Re-measure every ready variant on this host (e.g. after moving to new hardware)."""
+    model = services.metadata.get_model(model_name)
+    if model is None:
+        return
+    try:
+        measurement = Measurement(services, model, services.store.local_path(model.artifact_key))
+        for variant in model.variants:
+            if variant.status == VariantStatus.READY and variant.artifact_key:
+                _reprofile_one(services, model, variant, variant.artifact_key, measurement)
+    except (NotFound, ObjectNotFound):
+        if services.metadata.model_exists(model_name):
+            raise
+        log.info("model %s was deleted while re-profiling; stopped", model_name)

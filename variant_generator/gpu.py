@@ -1,0 +1,119 @@
+"""CUDA device detection that does not trust ONNX Runtime's provider list.
+
+``onnxruntime-gpu`` lists the CUDA and TensorRT execution providers even on a host without a GPU and
+then silently runs on the CPU, so a variant must never be called "GPU" on that evidence. We ask the
+driver itself (``cuInit`` + ``cuDeviceGetCount`` through ``libcuda``), falling back to ``nvidia-smi``;
+once a session exists, ``base.open_runner`` also checks that the wanted provider is really active.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import shutil
+import subprocess
+
+import numpy as np
+
+from variant_generator.base import Skip
+
+NO_CUDA_DEVICE = "no CUDA device"
+_LIBCUDA_NAMES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll", "libcuda.dylib")
+
+
+def _load_libcuda() -> ctypes.CDLL | None:
+    for name in _LIBCUDA_NAMES:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def _driver_device_count() -> int | None:
+    """Devices the CUDA driver reports, or ``None`` when the driver library is absent."""
+    lib = _load_libcuda()
+    if lib is not None:
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return None
+
+
+def _nvidia_smi_device_count() -> int:
+    """GPUs listed by ``nvidia-smi -L`` (0 when the tool is missing or fails)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        listing = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """How many CUDA devices this host really has (cached: hardware does not change under a process)."""
+    count = _driver_device_count()
+    return count if count is not None else _nvidia_smi_device_count()
+
+
+def has_cuda_device() -> bool:
+    """Whether at least one CUDA device is present."""
+    return cuda_device_count() > 0
+
+
+def require_cuda() -> None:
+    """Raise ``Skip("no CUDA device")`` unless a CUDA device is present (GPU generators call this first)."""
+    if not has_cuda_device():
+        raise Skip(NO_CUDA_DEVICE)
+
+
+class CudaDriver:
+    """Just enough of the CUDA driver API (through ``libcuda``) to move arrays for TensorRT.
+
+    Using the driver library that detection already relies on avoids depending on ``cuda-python``,
+    PyCUDA or a CUDA build of torch. Works in the device's primary context, as the CUDA runtime does.
+    """
+
+    def __init__(self, device: int = 0) -> None:
+        lib = _load_libcuda()
+        if lib is None:
+            raise RuntimeError("libcuda is not available")
+        self._lib = lib
+        dev, ctx = ctypes.c_int(0), ctypes.c_void_p()
+        self._check(lib.cuInit(0), "cuInit")
+        self._check(lib.cuDeviceGet(ctypes.byref(dev), device), "cuDeviceGet")
+        self._check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+        self._check(lib.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+
+    @staticmethod
+    def _check(code: int, call: str) -> None:
+        if code != 0:
+            raise RuntimeError(f"{call} failed with CUDA error {code}")
+
+    def alloc(self, nbytes: int) -> int:
+        """Device memory of ``nbytes`` (at least 1); returns the device pointer."""
+        ptr = ctypes.c_uint64(0)
+        self._check(self._lib.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(max(1, nbytes))), "cuMemAlloc")
+        return ptr.value
+
+    def free(self, ptr: int) -> None:
+        """Release memory from ``alloc``."""
+        self._check(self._lib.cuMemFree_v2(ctypes.c_uint64(ptr)), "cuMemFree")
+
+    def to_device(self, ptr: int, array: np.ndarray) -> None:
+        """Copy a C-contiguous host array to the device."""
+        host = ctypes.c_void_p(array.ctypes.data)
+        self._check(self._lib.cuMemcpyHtoD_v2(ctypes.c_uint64(ptr), host, ctypes.c_size_t(array.nbytes)), "HtoD")
+
+    def to_host(self, array: np.ndarray, ptr: int) -> None:
+        """Copy device memory into a C-contiguous host array of the right size."""
+        host = ctypes.c_void_p(array.ctypes.data)
+        self._check(self._lib.cuMemcpyDtoH_v2(host, ctypes.c_uint64(ptr), ctypes.c_size_t(array.nbytes)), "DtoH")
+
+    def synchronize(self) -> None:
+        """Wait for queued work (TensorRT enqueues asynchronously)."""
+        self._check(self._lib.cuCtxSynchronize(), "cuCtxSynchronize")

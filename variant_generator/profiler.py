@@ -1,0 +1,138 @@
+"""Measures a variant on this host: load time, latency and throughput per batch size, memory, accuracy.
+
+These numbers are what the selector trades latency, accuracy and cost on, so they are taken with the
+same session settings a worker serves with (``base.open_runner`` -> ``infaas.runtime.create_session``)
+and bounded by ``settings.profile_runs`` / ``settings.profile_max_seconds`` so that building a small
+model takes seconds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import socket
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from infaas.catalog import ModelInfo, ProfileInfo
+from infaas.config import Settings
+from variant_generator.accuracy import ValidationSet, fixed_batch, predict, score
+from variant_generator.base import Runner, open_runner
+
+WARMUP_RUNS = 2
+MIN_RUNS = 3  # even a slow model gets a p50 that is not a single sample
+ACCURACY_BATCH = 64
+
+
+def _release_freed_memory() -> None:
+    """Return freed heap pages to the OS so the next RSS growth is this variant's, not a reuse of the last's."""
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):  # glibc only
+        libc.malloc_trim(0)
+
+
+def batch_sizes(model: ModelInfo) -> list[int]:
+    """1, 2, 4, ... below ``max_batch``, then ``max_batch`` itself (or only the batch an input pins)."""
+    pinned = fixed_batch(model)
+    if pinned is not None:
+        return [pinned]
+    top, sizes, size = max(1, model.max_batch), [], 1
+    while size < top:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, top]
+
+
+def _time_batch(runner: Runner, feeds: dict[str, np.ndarray], runs: int, budget_s: float) -> tuple[list[float], float]:
+    """Warm runs, then up to ``runs`` timed runs within ``budget_s``; latencies (ms) and elapsed seconds."""
+    for _ in range(WARMUP_RUNS):
+        runner.run(feeds)
+    latencies: list[float] = []
+    started = time.perf_counter()
+    while len(latencies) < max(runs, MIN_RUNS):
+        t0 = time.perf_counter()
+        runner.run(feeds)
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        if len(latencies) >= MIN_RUNS and time.perf_counter() - started > budget_s:
+            break
+    return latencies, time.perf_counter() - started
+
+
+def _predict(runner: Runner, model: ModelInfo, data: ValidationSet) -> np.ndarray:
+    pinned = fixed_batch(model)
+    batch = pinned or min(ACCURACY_BATCH, max(1, model.max_batch))
+    return predict(runner, data, batch, pinned=pinned is not None)
+
+
+def _accuracy(
+    runner: Runner, model: ModelInfo, data: ValidationSet, reference: np.ndarray | None
+) -> tuple[float | None, str]:
+    predicted = _predict(runner, model, data)
+    if predicted.dtype == object:  # e.g. a ZipMap's list of dicts: nothing numeric to compare
+        return None, "unavailable"
+    value, metric = score(predicted, reference, None if data.synthetic else data.labels)
+    return value, f"{metric}-synthetic" if data.synthetic else metric
+
+
+def profile_variant(
+    artifact: Path,
+    model: ModelInfo,
+    *,
+    providers: Sequence[str],
+    threads: int,
+    settings: Settings,
+    data: ValidationSet,
+    reference: np.ndarray | None = None,
+) -> list[ProfileInfo]:
+    """One ``ProfileInfo`` per batch size for the artifact loaded with ``providers`` and ``threads``.
+
+    ``data`` is the validation set (or deterministic synthetic inputs when none was registered);
+    ``reference`` is the original model's first output on ``data``, scored against when there are no
+    labels. ``memory_mb`` is the growth of this process's resident set from before loading to after the
+    largest batch ran (clamped at 0): a worker's footprint, not device memory.
+    """
+    process = psutil.Process()
+    _release_freed_memory()
+    rss_before = process.memory_info().rss
+    t0 = time.perf_counter()
+    runner = open_runner(artifact, providers, threads)
+    load_ms = (time.perf_counter() - t0) * 1000.0
+    accuracy, metric = _accuracy(runner, model, data, reference)
+
+    sizes = batch_sizes(model)
+    budget_s = settings.profile_max_seconds / len(sizes)
+    timings = {size: _time_batch(runner, data.batch(size), max(1, settings.profile_runs), budget_s) for size in sizes}
+    memory_mb = max(0.0, (process.memory_info().rss - rss_before) / 2**20)
+    host, now = socket.gethostname(), datetime.now(UTC)
+    del runner
+    return [
+        ProfileInfo(
+            batch_size=size,
+            threads=threads,
+            load_ms=load_ms,
+            latency_p50_ms=float(np.percentile(latencies, 50)),
+            latency_p99_ms=float(np.percentile(latencies, 99)),
+            throughput_per_s=size * len(latencies) / elapsed,
+            memory_mb=memory_mb,
+            accuracy=accuracy,
+            accuracy_metric=metric,
+            host=host,
+            measured_at=now,
+        )
+        for size, (latencies, elapsed) in timings.items()
+    ]
+
+
+def reference_outputs(original: Path, model: ModelInfo, data: ValidationSet) -> np.ndarray | None:
+    """The original model's first output on ``data`` (what variants are scored against without labels)."""
+    if data.labels is not None and not data.synthetic:
+        return None
+    return _predict(open_runner(original, ["CPUExecutionProvider"], 0), model, data)
