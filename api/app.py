@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.limits import BodySizeLimit
-from api.routes import models
+from api.routes import jobs, models
 from infaas import __version__
 from infaas.auth import KeyRing
 from infaas.config import Settings, get_settings
@@ -46,4 +46,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         body_limit=int(settings.max_body_mb * 1e6),
     )
     app.include_router(models.router)
+    app.include_router(jobs.router)
     return app

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from infaas.cli.client import call
+from infaas.cli.jobs import job_app, jobs_worker
 from infaas.config import get_settings
 
 app = typer.Typer(help="infaas: model-less inference serving.", no_args_is_help=True)
@@ -18,6 +19,8 @@ db_app = typer.Typer(help="Metadata database.")
 examples_app = typer.Typer(help="The example model zoo.")
 app.add_typer(db_app, name="db")
 app.add_typer(examples_app, name="examples")
+app.add_typer(job_app, name="job")
+app.command("jobs")(jobs_worker)
 out = Console()
 
 TERMINAL_VARIANT_STATES = {"ready", "failed", "skipped"}

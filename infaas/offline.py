@@ -1,0 +1,311 @@
+"""Offline (batch) jobs: run a whole input file through the cheapest variant that is accurate enough.
+
+Offline queries have no per-request latency SLO, so the choice is about cost: among the ready variants
+the job may use that reach its accuracy floor, take the one with the lowest cost per sample at its
+best-throughput profiled batch size. A deadline, when given, narrows the choice to variants whose
+profile says they finish in time; when none does, the job still runs on the fastest accurate variant
+and the job row carries a note saying the deadline will probably be missed (a late result is more
+useful than none, and the caller can see why).
+
+``run_offline_job`` is idempotent because Celery (``acks_late``) may deliver it twice: a job that is
+``done`` is left alone, and a job whose result object already exists is only marked done.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infaas.catalog import ModelInfo, VariantInfo
+from infaas.db.models import VariantStatus
+from infaas.runtime import available_providers, create_session
+from infaas.services import Services
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 0.5  # progress writes are throttled so a fast job does not hammer the database
+
+
+class JobStatus:
+    """Lifecycle of an offline job."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobInputError(ValueError):
+    """The job's input does not fit the model (shown to the caller as a 400 or as the job's error)."""
+
+
+class NoVariant(LookupError):
+    """No ready variant the job may use reaches its accuracy floor."""
+
+
+def result_key(job_id: str) -> str:
+    """Where a job's outputs are stored."""
+    return f"jobs/{job_id}/result.npz"
+
+
+# -- input ---------------------------------------------------------------------------------------
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npy`` (named ``inputs``) or ``.npz`` file, told apart by content, not name.
+
+    Pickles are refused: a job input is untrusted data.
+    """
+    try:
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r")
+        if isinstance(loaded, np.ndarray):
+            return {"inputs": loaded}
+        with loaded:
+            return {name: loaded[name] for name in loaded.files}
+    except Exception as exc:
+        raise JobInputError(f"the input is not a readable .npy or .npz file: {exc}") from exc
+
+
+def match_inputs(arrays: Mapping[str, np.ndarray], specs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Map input arrays onto a model's inputs, checking names, dtypes and shapes.
+
+    A single-input model also takes an array named ``inputs`` (which is what a ``.npy`` holds). Dtypes
+    are converted within the same kind (float64 → float32 is fine, float → int is not), because numpy
+    defaults to float64 and refusing that would only annoy; the first axis is the sample axis.
+    """
+    arrays = dict(arrays)
+    if len(specs) == 1 and specs[0]["name"] not in arrays and "inputs" in arrays:
+        arrays[specs[0]["name"]] = arrays.pop("inputs")
+    matched: dict[str, np.ndarray] = {}
+    count: int | None = None
+    for spec in specs:
+        name, dtype, shape = spec["name"], np.dtype(spec["dtype"]), list(spec["shape"])
+        if name not in arrays:
+            raise JobInputError(
+                f"the input has no array {name!r}; name .npz arrays after the model inputs "
+                f"({', '.join(s['name'] for s in specs)})"
+            )
+        array = arrays[name]
+        if array.dtype != dtype and not np.can_cast(array.dtype, dtype, casting="same_kind"):
+            raise JobInputError(f"input {name!r} has dtype {array.dtype}, the model expects {dtype}")
+        expected = shape[1:]
+        if array.ndim != len(shape) or any(e > 0 and e != a for e, a in zip(expected, array.shape[1:], strict=True)):
+            raise JobInputError(
+                f"input {name!r} has shape {list(array.shape)}, the model expects "
+                f"[N, {', '.join(str(d) if d > 0 else '?' for d in expected)}]"
+            )
+        if count is not None and array.shape[0] != count:
+            raise JobInputError("the input arrays disagree on the number of samples")
+        count = int(array.shape[0])
+        matched[name] = array
+    if not count:
+        raise JobInputError("the input holds no samples")
+    return matched
+
+
+# -- choice --------------------------------------------------------------------------------------
+
+
+def cost_per_sample(
+    hardware: str, threads: int, cores: int, service_ms: float, batch: int, prices: Mapping[str, float]
+) -> float:
+    """Dollars per sample of running batches of ``batch`` that each take ``service_ms``.
+
+    A CPU variant holds ``threads`` cores (all ``cores`` of the worker when ``threads`` is 0), each priced
+    as ``cpu-core``; any other hardware holds one unit priced under its own name (e.g. ``gpu``). This is
+    the same hardware accounting as the online selector's ``query_cost``, divided over the batch.
+    """
+    if hardware == "cpu":
+        per_hour = prices.get("cpu-core", 0.0) * (threads or cores)
+    else:
+        per_hour = prices.get(hardware, prices.get(f"{hardware}-core", 0.0))
+    return per_hour * (service_ms / 3_600_000.0) / max(batch, 1)
+
+
+def effective_accuracy(model: ModelInfo, variant: VariantInfo) -> float | None:
+    """Measured accuracy of the variant, else the owner's declared accuracy of the model."""
+    return variant.accuracy if variant.accuracy is not None else model.declared_accuracy
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A variant at its best-throughput batch, with what running the job on it would cost and take."""
+
+    model: ModelInfo
+    variant: VariantInfo
+    batch: int
+    service_ms: float
+    load_ms: float
+    accuracy: float | None
+    cost_per_sample: float
+    estimated_s: float
+
+    @property
+    def key(self) -> str:
+        """``model/variant``."""
+        return self.variant.key
+
+
+def plan_variant(model: ModelInfo, variant: VariantInfo, samples: int, cores: int, prices: Mapping[str, float]) -> Plan:
+    """Cost and duration of ``samples`` on ``variant`` at its highest-throughput profiled batch size."""
+    best = max(variant.profiles, key=lambda p: (p.throughput_per_s, -p.batch_size))
+    batches = math.ceil(max(samples, 1) / best.batch_size)
+    return Plan(
+        model=model,
+        variant=variant,
+        batch=best.batch_size,
+        service_ms=best.latency_p50_ms,
+        load_ms=best.load_ms,
+        accuracy=effective_accuracy(model, variant),
+        cost_per_sample=cost_per_sample(
+            variant.hardware, variant.threads, cores, best.latency_p50_ms, best.batch_size, prices
+        ),
+        estimated_s=(best.load_ms + batches * best.latency_p50_ms) / 1000.0,
+    )
+
+
+def meets_floor(accuracy: float | None, min_accuracy: float) -> bool:
+    """An unknown accuracy only satisfies a floor of zero."""
+    return min_accuracy <= 0 or (accuracy is not None and accuracy >= min_accuracy)
+
+
+def best_accuracy(plans: Sequence[Plan]) -> Plan | None:
+    """The most accurate plan (for the "best available is ..." message)."""
+    known = [p for p in plans if p.accuracy is not None]
+    return max(known, key=lambda p: p.accuracy or 0.0) if known else None
+
+
+def choose_plan(plans: Sequence[Plan], min_accuracy: float, deadline_s: float | None) -> tuple[Plan, str | None]:
+    """The cheapest accurate plan that meets the deadline; returns it with a note when it will be late.
+
+    Raises ``NoVariant`` naming the best available accuracy when no plan reaches ``min_accuracy``.
+    """
+    accurate = [p for p in plans if meets_floor(p.accuracy, min_accuracy)]
+    if not accurate:
+        best = best_accuracy(plans)
+        detail = f"; the best available is {best.key} at {best.accuracy:.3f}" if best else ""
+        raise NoVariant(f"no ready variant reaches accuracy {min_accuracy}{detail}")
+    cheapest = sorted(accurate, key=lambda p: (p.cost_per_sample, p.estimated_s))
+    if deadline_s is None:
+        return cheapest[0], None
+    in_time = [p for p in cheapest if p.estimated_s <= deadline_s]
+    if in_time:
+        return in_time[0], None
+    fastest = min(accurate, key=lambda p: (p.estimated_s, p.cost_per_sample))
+    return fastest, (
+        f"deadline {deadline_s:g}s will probably be missed: the fastest accurate variant {fastest.key} "
+        f"needs about {fastest.estimated_s:.1f}s by its profile"
+    )
+
+
+def job_models(services: Services, model_name: str | None, task: str | None, owner: str) -> list[ModelInfo]:
+    """The models a job may use: the named one, or every model of the task ``owner`` owns or that is public.
+
+    The API (when accepting) and the worker (when choosing) both call this, so they apply one rule. A
+    named model's visibility is checked by the API before the job exists.
+    """
+    if model_name:
+        model = services.metadata.get_model(model_name)
+        return [model] if model is not None else []
+    return [m for m in services.metadata.list_models() if m.task == task and (m.public or m.owner == owner)]
+
+
+def ready_variants(models: Sequence[ModelInfo]) -> list[tuple[ModelInfo, VariantInfo]]:
+    """The ready, profiled variants of ``models``."""
+    return [(m, v) for m in models for v in m.variants if v.status == VariantStatus.READY and v.profiles]
+
+
+def _runnable_here(variant: VariantInfo) -> bool:
+    """Whether this process's ONNX Runtime offers every execution provider the variant needs."""
+    return set(variant.providers) <= set(available_providers())
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def _run_batches(services: Services, job_id: str, plan: Plan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run every sample through the plan's variant in batches, writing progress to the job row."""
+    variant = plan.variant
+    artifact = services.store.local_path(variant.artifact_key or plan.model.artifact_key)
+    session = create_session(artifact, providers=list(variant.providers) or None, threads=variant.threads)
+    specs = {s["name"]: s for s in plan.model.inputs}
+    fixed = {int(specs[name]["shape"][0]) for name in inputs if int(specs[name]["shape"][0]) > 0}
+    # A model with a fixed batch axis gets exactly that many rows; its last batch is zero-padded.
+    batch = min(fixed) if fixed else plan.batch
+    casted = {name: a.astype(np.dtype(specs[name]["dtype"]), copy=False) for name, a in inputs.items()}
+    total = next(iter(casted.values())).shape[0]
+    output_names = [o.name for o in session.get_outputs()]
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
+    last_report = time.monotonic()
+    for start in range(0, total, batch):
+        feed = {name: np.ascontiguousarray(a[start : start + batch]) for name, a in casted.items()}
+        rows = next(iter(feed.values())).shape[0]
+        if fixed and rows < batch:
+            feed = {n: np.concatenate([a, np.zeros((batch - rows, *a.shape[1:]), a.dtype)]) for n, a in feed.items()}
+        for name, value in zip(output_names, session.run(output_names, feed), strict=True):
+            chunks[name].append(value[:rows])
+        now = time.monotonic()
+        if now - last_report >= PROGRESS_EVERY_S:
+            services.metadata.update_job(job_id, progress=round(min(start + rows, total) / total, 4))
+            last_report = now
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def _store_result(services: Services, key: str, outputs: dict[str, np.ndarray]) -> None:
+    """Write the outputs as one ``.npz`` (via a temp file, so large results never sit in memory twice)."""
+    with tempfile.TemporaryDirectory(prefix="infaas-job-") as tmp:
+        path = Path(tmp) / "result.npz"
+        np.savez(path, **outputs)  # type: ignore[arg-type]
+        services.store.put_file(key, path)
+
+
+def run_offline_job(services: Services, job_id: str) -> None:
+    """Run one offline job to completion (the ``offline_job`` background task); safe to run twice."""
+    job = services.metadata.get_job(job_id)
+    if job is None:
+        log.warning("offline job %s does not exist; nothing to do", job_id)
+        return
+    if job.status == JobStatus.DONE:
+        return
+    key = result_key(job_id)
+    if services.store.exists(key):
+        services.metadata.update_job(job_id, status=JobStatus.DONE, progress=1.0, result_key=key)
+        return
+    services.metadata.update_job(job_id, status=JobStatus.RUNNING, progress=0.0, error=None)
+    try:
+        arrays = read_arrays(services.store.local_path(job.input_key))
+        plans: list[Plan] = []
+        rejected: list[str] = []
+        for model, variant in ready_variants(job_models(services, job.model_name, job.task, job.owner)):
+            if not _runnable_here(variant):
+                continue
+            try:
+                samples = int(next(iter(match_inputs(arrays, model.inputs).values())).shape[0])
+            except JobInputError as exc:
+                rejected.append(f"{model.name}: {exc}")
+                continue
+            plans.append(
+                plan_variant(model, variant, samples, services.settings.worker_cores, services.settings.prices)
+            )
+        if not plans:
+            reason = "; ".join(dict.fromkeys(rejected)) or "no ready variant can run on this worker"
+            raise JobInputError(f"no usable variant for this input: {reason}")
+        plan, note = choose_plan(plans, job.min_accuracy, job.deadline_s)
+        log.info("job %s runs on %s at batch %d (%.3g $/sample)", job_id, plan.key, plan.batch, plan.cost_per_sample)
+        services.metadata.update_job(job_id, variant=plan.key, error=note)
+        outputs = _run_batches(services, job_id, plan, match_inputs(arrays, plan.model.inputs))
+        _store_result(services, key, outputs)
+        services.metadata.update_job(job_id, status=JobStatus.DONE, progress=1.0, result_key=key)
+    except (JobInputError, NoVariant) as exc:
+        services.metadata.update_job(job_id, status=JobStatus.FAILED, error=str(exc))
+    except Exception as exc:
+        log.exception("offline job %s failed", job_id)
+        services.metadata.update_job(job_id, status=JobStatus.FAILED, error=f"internal error: {exc}")

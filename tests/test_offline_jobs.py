@@ -1,0 +1,410 @@
+"""Offline jobs, embedded mode: REST submit → in-process runner → result equal to ONNX Runtime's own."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.routes import jobs as job_routes
+from infaas.catalog import ProfileInfo
+from infaas.config import Settings
+from infaas.db.models import VariantStatus
+from infaas.offline import Plan, choose_plan, cost_per_sample, plan_variant, run_offline_job
+from infaas.runtime import create_session
+from infaas.services import Services, build_services
+from tests.onnx_factory import write_mlp
+
+TASK = "tabular-classification"
+
+
+def with_job_routes(app: FastAPI) -> FastAPI:
+    """Mount the job routes unless ``api.app`` already does."""
+    if not any(getattr(r, "path", None) == "/v1/jobs" for r in app.routes):
+        app.include_router(job_routes.router)
+    return app
+
+
+def register_ready_model(
+    services: Services,
+    model_path: Path,
+    name: str = "mlp",
+    *,
+    owner: str = "local",
+    public: bool = False,
+    variants: dict[str, tuple[int, float, float]] | None = None,
+    batch_factors: tuple[tuple[int, float], ...] = ((1, 0.25), (8, 1.0), (32, 8.0)),
+) -> None:
+    """Register a model with ready, profiled CPU variants directly in the catalog (no variant build).
+
+    ``variants`` maps a variant name to (threads, accuracy, p50 ms at batch 8); ``batch_factors`` gives
+    the p50 at other batch sizes relative to that (by default batch 8 has the best throughput).
+    """
+    from infaas.registration import RegistrationRequest, register_model
+
+    register_model(
+        services,
+        RegistrationRequest(
+            name=name,
+            task=TASK,
+            model_path=model_path,
+            validation_path=None,
+            declared_accuracy=None,
+            max_batch=32,
+            owner=owner,
+            public=public,
+        ),
+    )
+    artifact = f"models/{name}/model.onnx"
+    for variant, (threads, accuracy, p50_ms) in (variants or {"cpu-fp32-1t": (1, 0.9, 1.0)}).items():
+        services.metadata.upsert_variant(
+            name,
+            variant,
+            kind="original",
+            precision="fp32",
+            hardware="cpu",
+            threads=threads,
+            providers=["CPUExecutionProvider"],
+            status=VariantStatus.READY,
+            artifact_key=artifact,
+        )
+        services.metadata.replace_profiles(
+            name,
+            variant,
+            [
+                ProfileInfo(
+                    batch_size=b,
+                    threads=threads,
+                    load_ms=5.0,
+                    latency_p50_ms=ms,
+                    latency_p99_ms=ms * 1.5,
+                    throughput_per_s=b / ms * 1000.0,
+                    memory_mb=10.0,
+                    accuracy=accuracy,
+                    host="test",
+                )
+                for b, ms in ((b, p50_ms * factor) for b, factor in batch_factors)
+            ],
+        )
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 30.0, headers: dict | None = None) -> dict:
+    """Poll until the job is done or failed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if body["status"] in {"done", "failed"}:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {body}")
+
+
+def reference_outputs(model_path: Path, x: np.ndarray) -> np.ndarray:
+    """What ONNX Runtime itself computes for ``x``."""
+    return create_session(model_path).run(["y"], {"x": x})[0]
+
+
+@pytest.fixture
+def client(settings: Settings, services: Services) -> Iterator[TestClient]:
+    with TestClient(with_job_routes(create_app(settings, services=services))) as test_client:
+        yield test_client
+
+
+# -- pure functions ------------------------------------------------------------------------------
+
+
+def test_cost_per_sample_counts_cores_time_and_batch() -> None:
+    prices = {"cpu-core": 0.036, "gpu": 3.6}
+    # 2 cores × $0.036/h for 10 ms over 10 samples: 0.072 $/h × 10/3.6e6 h / 10.
+    assert cost_per_sample("cpu", 2, 16, 10.0, 10, prices) == pytest.approx(0.072 * 10 / 3.6e6 / 10)
+    # threads=0 holds every core of the worker.
+    assert cost_per_sample("cpu", 0, 4, 10.0, 1, prices) == pytest.approx(4 * 0.036 * 10 / 3.6e6)
+    # A GPU variant holds one GPU whatever its thread count; bigger batches are cheaper per sample.
+    assert cost_per_sample("gpu", 0, 4, 36.0, 4, prices) == pytest.approx(3.6 * 36 / 3.6e6 / 4)
+    assert cost_per_sample("tpu", 1, 1, 10.0, 1, prices) == 0.0
+
+
+def _plans(services: Services, mlp_path: Path, samples: int) -> list[Plan]:
+    register_ready_model(
+        services,
+        mlp_path,
+        variants={"cheap-slow": (1, 0.90, 8.0), "fast-dear": (8, 0.90, 2.0), "accurate": (2, 0.99, 5.0)},
+    )
+    model = services.metadata.get_model("mlp")
+    assert model is not None
+    return [plan_variant(model, v, samples, 8, {"cpu-core": 1.0}) for v in model.variants]
+
+
+def test_choose_plan_prefers_cheapest_then_deadline(services: Services, mlp_path: Path) -> None:
+    plans = _plans(services, mlp_path, samples=8000)  # 1000 batches of 8
+    by_name = {p.variant.name: p for p in plans}
+    assert all(p.batch == 8 for p in plans)  # best throughput is at batch 8
+    assert by_name["cheap-slow"].estimated_s == pytest.approx((5 + 1000 * 8.0) / 1000)
+
+    chosen, note = choose_plan(plans, 0.5, None)
+    assert chosen.variant.name == "cheap-slow" and note is None  # 1 core × 8 ms < 2 × 5 < 8 × 2
+    chosen, note = choose_plan(plans, 0.95, None)
+    assert chosen.variant.name == "accurate" and note is None
+    chosen, note = choose_plan(plans, 0.5, 5.5)  # cheap-slow needs ~8 s; accurate ~5 s fits
+    assert chosen.variant.name == "accurate" and note is None
+    chosen, note = choose_plan(plans, 0.5, 1.0)  # nothing fits: the fastest runs, with a note
+    assert chosen.variant.name == "fast-dear" and note and "deadline" in note
+    with pytest.raises(LookupError, match=r"best available is mlp/accurate at 0\.990"):
+        choose_plan(plans, 0.999, None)
+
+
+# -- REST ----------------------------------------------------------------------------------------
+
+
+def test_job_roundtrip_matches_onnxruntime(client: TestClient, services: Services, mlp_path: Path) -> None:
+    register_ready_model(services, mlp_path)
+    x = np.random.default_rng(3).normal(size=(203, 8))  # float64: converted to the model's float32
+    response = client.post(
+        "/v1/jobs",
+        data={"model": "mlp", "min_accuracy": "0.8"},
+        files={"input": ("x.npy", npy_bytes(x), "application/octet-stream")},
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert response.json()["status"] == "queued"
+
+    body = wait_for_job(client, job_id)
+    assert body["status"] == "done", body
+    assert body["progress"] == 1.0 and body["variant"] == "mlp/cpu-fp32-1t"
+    assert body["result_key"] == f"jobs/{job_id}/result.npz" and body["result_url"] == f"/v1/jobs/{job_id}/result"
+    assert body["error"] is None and body["note"] is None
+
+    result = client.get(f"/v1/jobs/{job_id}/result")
+    assert result.status_code == 200
+    outputs = np.load(io.BytesIO(result.content))
+    np.testing.assert_allclose(outputs["y"], reference_outputs(mlp_path, x.astype(np.float32)), rtol=1e-5)
+    assert [j["id"] for j in client.get("/v1/jobs").json()] == [job_id]
+
+
+def test_task_job_with_npz_picks_cheapest_visible_model(
+    client: TestClient, services: Services, mlp_path: Path, tmp_path: Path
+) -> None:
+    other = write_mlp(tmp_path / "other.onnx", seed=5)
+    register_ready_model(services, mlp_path, "dear", variants={"v": (4, 0.95, 1.0)})
+    register_ready_model(services, other, "cheap", variants={"v": (1, 0.92, 1.0)})
+    register_ready_model(services, other, "foreign", owner="someone-else", variants={"v": (1, 0.99, 0.1)})
+    x = np.random.default_rng(4).normal(size=(50, 8)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x)
+    response = client.post(
+        "/v1/jobs",
+        data={"task": TASK, "min_accuracy": "0.9"},
+        files={"input": ("in.npz", buffer.getvalue(), "application/octet-stream")},
+    )
+    assert response.status_code == 202, response.text
+    body = wait_for_job(client, response.json()["id"])
+    assert body["status"] == "done" and body["variant"] == "cheap/v", body  # never the other tenant's model
+    outputs = np.load(io.BytesIO(client.get(f"/v1/jobs/{body['id']}/result").content))
+    np.testing.assert_allclose(outputs["y"], reference_outputs(other, x), rtol=1e-5)
+
+    # A missed deadline still runs, with a note.
+    response = client.post(
+        "/v1/jobs",
+        data={"task": TASK, "deadline_s": "0.001"},
+        files={"input": ("in.npz", buffer.getvalue(), "application/octet-stream")},
+    )
+    body = wait_for_job(client, response.json()["id"])
+    assert body["status"] == "done" and "deadline" in body["note"] and body["error"] is None
+
+
+def test_input_key_reuses_a_stored_input(client: TestClient, services: Services, mlp_path: Path) -> None:
+    register_ready_model(services, mlp_path)
+    x = np.ones((4, 8), np.float32)
+    services.store.put_bytes("uploads/local/batch.npy", npy_bytes(x))
+    response = client.post("/v1/jobs", data={"model": "mlp", "input_key": "uploads/local/batch.npy"})
+    assert response.status_code == 202, response.text
+    first = wait_for_job(client, response.json()["id"])
+    assert first["status"] == "done"
+    # A finished job's files are valid inputs for the same tenant.
+    response = client.post("/v1/jobs", data={"model": "mlp", "input_key": f"jobs/{first['id']}/input.npy"})
+    assert response.status_code == 400  # the first job read from uploads/, it has no input.npy
+    response = client.post("/v1/jobs", data={"model": "mlp", "input_key": "uploads/local/batch.npy"})
+    assert wait_for_job(client, response.json()["id"])["status"] == "done"
+
+
+def test_bad_job_requests_are_refused_before_queueing(client: TestClient, services: Services, mlp_path: Path) -> None:
+    register_ready_model(services, mlp_path, variants={"cpu-fp32-1t": (1, 0.85, 1.0)})
+    services.store.put_bytes("uploads/other/x.npy", npy_bytes(np.ones((2, 8), np.float32)))
+    good = {"input": ("x.npy", npy_bytes(np.ones((2, 8), np.float32)), "application/octet-stream")}
+
+    def post(data: dict, files: dict | None = None) -> tuple[int, str]:
+        response = client.post("/v1/jobs", data=data, files=files)
+        return response.status_code, str(response.json().get("detail"))
+
+    assert post({"model": "nope"}, good)[0] == 404
+    assert post({"task": "no-such-task"}, good)[0] == 404
+    code, detail = post({"model": "mlp"}, {"input": ("x.npy", npy_bytes(np.ones((2, 5), np.float32)), "a/b")})
+    assert code == 400 and "[N, 8]" in detail
+    code, detail = post({"model": "mlp"}, {"input": ("x.npy", npy_bytes(np.ones((2, 8), np.complex64)), "a/b")})
+    assert code == 400 and "dtype" in detail
+    code, detail = post({"model": "mlp"}, {"input": ("x.npy", b"not numpy at all", "a/b")})
+    assert code == 400 and ".npy or .npz" in detail
+    code, detail = post({"model": "mlp", "min_accuracy": "0.95"}, good)
+    assert code == 422 and "best available is mlp/cpu-fp32-1t at 0.850" in detail
+    for key in (
+        "models/mlp/model.onnx",
+        "uploads/other/x.npy",
+        "../etc/passwd",
+        "jobs/nope/input.npy",
+        "uploads/local",
+    ):
+        code, detail = post({"model": "mlp", "input_key": key})
+        assert code == 400 and "input_key" in detail, (key, detail)
+    assert post({"model": "mlp", "task": TASK}, good)[0] == 400
+    assert post({"model": "mlp"})[0] == 400  # no input at all
+    assert post({"model": "mlp", "min_accuracy": "1.5"}, good)[0] == 400
+    assert post({"model": "mlp", "deadline_s": "-1"}, good)[0] == 400
+    assert services.metadata.list_jobs() == []
+    assert services.store.list("jobs/") == []
+    assert client.get("/v1/jobs/nope").status_code == 404
+
+
+def test_rerun_is_idempotent(client: TestClient, services: Services, mlp_path: Path) -> None:
+    register_ready_model(services, mlp_path)
+    response = client.post(
+        "/v1/jobs", data={"model": "mlp"}, files={"input": ("x.npy", npy_bytes(np.ones((3, 8), np.float32)), "a/b")}
+    )
+    job_id = response.json()["id"]
+    done = wait_for_job(client, job_id)
+    stored = services.store.list("jobs/")
+    result = services.store.get_bytes(f"jobs/{job_id}/result.npz")
+
+    run_offline_job(services, job_id)  # a redelivered message for a finished job: nothing happens
+    assert client.get(f"/v1/jobs/{job_id}").json()["updated_at"] == done["updated_at"]
+    # Died after writing the result but before marking done: the rerun only marks it done.
+    services.metadata.update_job(job_id, status="running", progress=0.5)
+    run_offline_job(services, job_id)
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "done"
+    assert services.store.list("jobs/") == stored
+    assert services.store.get_bytes(f"jobs/{job_id}/result.npz") == result
+    assert len(services.metadata.list_jobs()) == 1
+
+
+def test_worker_side_failures_are_recorded(client: TestClient, services: Services, mlp_path: Path) -> None:
+    register_ready_model(services, mlp_path)
+    response = client.post(
+        "/v1/jobs", data={"model": "mlp"}, files={"input": ("x.npy", npy_bytes(np.ones((3, 8), np.float32)), "a/b")}
+    )
+    job_id = response.json()["id"]
+    wait_for_job(client, job_id)
+    # The model lost its variant between acceptance and execution: the job fails with a reason.
+    services.store.delete_prefix(f"jobs/{job_id}/result.npz")
+    services.metadata.set_variant_status("mlp", "cpu-fp32-1t", VariantStatus.FAILED, "rebuilt")
+    services.metadata.update_job(job_id, status="queued")
+    run_offline_job(services, job_id)
+    body = client.get(f"/v1/jobs/{job_id}").json()
+    assert body["status"] == "failed" and "no usable variant" in body["error"] and body["note"] is None
+    assert client.get(f"/v1/jobs/{job_id}/result").status_code == 409
+
+
+def test_jobs_are_private_to_their_tenant(tmp_path: Path, mlp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "auth-home", build_variants=False, autoscaler="off", admin_key="admin-secret")
+    services = build_services(settings)
+    try:
+        with TestClient(with_job_routes(create_app(settings, services=services))) as client:
+            keyring = services.extras["keyring"]
+            alice = {"Authorization": f"Bearer {keyring.create('alice').secret}"}
+            bob = {"Authorization": f"Bearer {keyring.create('bob').secret}"}
+            register_ready_model(services, mlp_path, owner="alice", public=True)
+            x = npy_bytes(np.ones((2, 8), np.float32))
+            response = client.post("/v1/jobs", headers=alice, data={"model": "mlp"}, files={"input": ("x", x, "a/b")})
+            assert response.status_code == 202, response.text
+            job_id = response.json()["id"]
+            assert wait_for_job(client, job_id, headers=alice)["status"] == "done"
+
+            assert client.get(f"/v1/jobs/{job_id}", headers=bob).status_code == 404
+            assert client.get(f"/v1/jobs/{job_id}/result", headers=bob).status_code == 404
+            assert client.get("/v1/jobs", headers=bob).json() == []
+            refused = client.post(
+                "/v1/jobs", headers=bob, data={"model": "mlp", "input_key": f"jobs/{job_id}/input.npy"}
+            )
+            assert refused.status_code == 400
+            services.store.put_bytes("uploads/bob/x.npy", x)
+            own = client.post("/v1/jobs", headers=bob, data={"model": "mlp", "input_key": "uploads/bob/x.npy"})
+            assert own.status_code == 202, own.text
+            assert client.get(f"/v1/jobs/{job_id}", headers={"Authorization": "Bearer admin-secret"}).status_code == 200
+    finally:
+        services.close()
+
+
+def test_cli_submit_wait_status_fetch(
+    client: TestClient, services: Services, mlp_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import infaas.cli.client
+    import infaas.cli.jobs
+    from infaas.cli.jobs import job_app
+
+    def local_client(timeout: float = 120.0) -> TestClient:
+        return TestClient(client.app)
+
+    monkeypatch.setattr(infaas.cli.client, "client", local_client)
+    monkeypatch.setattr(infaas.cli.jobs, "client", local_client)
+    register_ready_model(services, mlp_path)
+    x = np.random.default_rng(9).normal(size=(10, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    runner = CliRunner()
+
+    submitted = runner.invoke(job_app, ["submit", "mlp", "--input", str(tmp_path / "x.npy"), "--wait"])
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.output.split()[1]
+    assert "done" in submitted.output and "mlp/cpu-fp32-1t" in submitted.output
+    shown = runner.invoke(job_app, ["status", job_id])
+    assert shown.exit_code == 0 and "done" in shown.output
+    fetched = runner.invoke(job_app, ["fetch", job_id, "--out", str(tmp_path / "y.npz")])
+    assert fetched.exit_code == 0, fetched.output
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["y"], reference_outputs(mlp_path, x), rtol=1e-5)
+    missing = runner.invoke(job_app, ["fetch", "nope", "--out", str(tmp_path / "z.npz")])
+    assert missing.exit_code == 1 and not (tmp_path / "z.npz").exists()
+    assert runner.invoke(job_app, ["submit", "mlp", "--task", TASK, "--input", str(tmp_path / "x.npy")]).exit_code == 2
+
+
+def test_celery_delivery_settings_and_runner_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infaas.jobs.celery_app import RUN_TASK, make_celery
+    from infaas.jobs.celery_runner import CeleryRunner
+
+    monkeypatch.setenv("INFAAS_JOBS_QUEUE", "q-test")
+    conf = make_celery("redis://127.0.0.1:6379/15").conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"] and conf.task_default_queue == "q-test"
+
+    runner = CeleryRunner("redis://127.0.0.1:6379/15")
+    sent: list[tuple] = []
+    monkeypatch.setattr(runner.celery, "send_task", lambda name, args: sent.append((name, args)))
+    runner.submit("offline_job", job_id="abc")
+    assert sent == [(RUN_TASK, ["offline_job", {"job_id": "abc"}])]
+    with pytest.raises(KeyError):
+        runner.submit("no_such_task")
+    runner.shutdown()
+
+
+def test_jobs_worker_needs_a_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from infaas.cli.jobs import jobs_worker
+
+    monkeypatch.setattr("infaas.cli.jobs.get_settings", lambda: Settings(broker_url=None))
+    app = typer.Typer()
+    app.command()(jobs_worker)
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 2 and "INFAAS_BROKER_URL" in result.output
