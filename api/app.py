@@ -8,14 +8,25 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.concurrency import ConcurrencyLimit
 from api.limits import BodySizeLimit
-from api.routes import jobs, models
+from api.routes import admin, jobs, models
+from api.schemas import ErrorOut
 from infaas import __version__
 from infaas.auth import KeyRing
 from infaas.config import Settings, get_settings
 from infaas.services import Services, build_services
 
 log = logging.getLogger(__name__)
+
+# Statuses any route can answer (auth, body limits, per-key concurrency); documented so that clients and
+# the OpenAPI conformance fuzzing know them.
+COMMON_RESPONSES: dict[int | str, dict] = {
+    401: {"model": ErrorOut, "description": "missing, invalid or revoked API key"},
+    403: {"model": ErrorOut, "description": "not allowed for this key"},
+    413: {"model": ErrorOut, "description": "request body over the configured limit"},
+    429: {"model": ErrorOut, "description": "too many concurrent requests for this key (see Retry-After)"},
+}
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -26,25 +37,23 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         app.state.services = services or build_services(settings)
-        app.state.services.extras.setdefault(
-            "keyring", KeyRing(app.state.services.metadata, settings.admin_key)
-        )
+        app.state.services.extras.setdefault("keyring", KeyRing(app.state.services.metadata, settings.admin_key))
         if not settings.auth_enabled:
-            log.warning(
-                "INFAAS_ADMIN_KEY is not set: authentication is off and only localhost clients are served"
-            )
+            log.warning("INFAAS_ADMIN_KEY is not set: authentication is off and only localhost clients are served")
         try:
             yield
         finally:
             if owned:
                 app.state.services.close()
 
-    app = FastAPI(title="infaas", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="infaas", version=__version__, lifespan=lifespan, responses=COMMON_RESPONSES)
     app.add_middleware(
         BodySizeLimit,
         upload_limit=int(settings.max_upload_mb * 1e6),
         body_limit=int(settings.max_body_mb * 1e6),
     )
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_per_key)
     app.include_router(models.router)
+    app.include_router(admin.router)
     app.include_router(jobs.router)
     return app

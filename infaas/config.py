@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     model_store: str | None = None
     redis_url: str | None = None
+    redis_prefix: str = "infaas"  # every live-state key starts with '<prefix>:' (one Redis, many clusters)
     broker_url: str | None = None
     url: str = "http://127.0.0.1:8000"
     admin_key: str | None = None

@@ -1,11 +1,13 @@
 """Checks an uploaded ONNX model before anything is stored, and reads its signature.
 
-Order matters: parse → structural checks (checker, external data, absurd tensors) → ONNX Runtime load →
-one inference at the declared shapes. A model that passes all four is safe to store and to serve.
+Order matters: parse → structural checks (checker, external data anywhere, absurd stored or declared
+tensors) → ONNX Runtime load → one inference at the declared shapes. A model that passes all four is
+safe to store and to serve.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,10 @@ from infaas.runtime import create_session, numpy_dtype
 
 # Far beyond any model infaas serves on one host; a declared tensor past this is an attack or a bug.
 MAX_TENSOR_ELEMENTS = 2_000_000_000
+# The largest graph input, output or intermediate (known dimensions, batch of one) the test inference may
+# allocate: 128 Mi elements, 512 MB of float32. A graph past it (e.g. an Expand to a constant huge shape)
+# would exhaust the server's memory during the check, which runs in the API process.
+MAX_DECLARED_ELEMENTS = 1 << 27
 
 
 class ModelCheckError(ValueError):
@@ -59,17 +65,81 @@ def _parse(data: bytes) -> onnx.ModelProto:
     return model
 
 
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[TensorProto]:
+    """Tensors held in node attributes (e.g. ``Constant``), descending into subgraphs (``If``, ``Loop``)."""
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sparse in [attr.sparse_tensor, *attr.sparse_tensors]:
+                yield from (sparse.values, sparse.indices)
+            for graph in [attr.g, *attr.graphs]:
+                yield from _graph_tensors(graph)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every tensor stored in the file, wherever it hides: external data in a subgraph or a function is as
+    dangerous as in the main graph, since ONNX Runtime resolves it against the model's folder."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+
+
+def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs]:
+                yield from _all_graphs(sub)
+
+
+def _check_declared_shapes(model: onnx.ModelProto) -> None:
+    """Reject graphs whose inputs, outputs or intermediates are declared (or inferred, constants folded)
+    absurdly large, before the test inference tries to allocate them."""
+    _check_value_infos(model)
+    # Infer again from the inputs alone: a declared output shape must not hide what the graph computes.
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    del stripped.graph.value_info[:]
+    for output in stripped.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(stripped, data_prop=True)
+    except Exception:  # inference is best effort; ONNX Runtime's load and the probe still follow.
+        return
+    _check_value_infos(inferred)
+
+
+def _check_value_infos(model: onnx.ModelProto) -> None:
+    for graph in _all_graphs(model.graph):
+        for info in [*graph.input, *graph.output, *graph.value_info]:
+            if not info.type.HasField("tensor_type"):
+                continue
+            dims = [d.dim_value for d in info.type.tensor_type.shape.dim if d.HasField("dim_value")]
+            if any(d < 0 for d in dims) or float(np.prod(dims, dtype=np.float64)) > MAX_DECLARED_ELEMENTS:
+                raise ModelCheckError(
+                    f"tensor {info.name!r} has shape {dims}, past the limit of {MAX_DECLARED_ELEMENTS} "
+                    "elements for one sample"
+                )
+
+
 def _check_tensors(model: onnx.ModelProto) -> None:
-    for tensor in model.graph.initializer:
+    for tensor in _all_tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
             raise ModelCheckError(
-                f"initializer {tensor.name!r} uses external data; upload a single self-contained .onnx file"
+                f"tensor {tensor.name!r} uses external data; upload a single self-contained .onnx file"
             )
         elements = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
         if any(d < 0 for d in tensor.dims) or elements > MAX_TENSOR_ELEMENTS:
-            raise ModelCheckError(
-                f"initializer {tensor.name!r} declares an invalid or huge shape {list(tensor.dims)}"
-            )
+            raise ModelCheckError(f"initializer {tensor.name!r} declares an invalid or huge shape {list(tensor.dims)}")
         if tensor.raw_data:
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
             if len(tensor.raw_data) != elements * itemsize:
@@ -97,13 +167,12 @@ def check_model_bytes(data: bytes) -> CheckedModel:
     except onnx.checker.ValidationError as exc:
         raise ModelCheckError(f"ONNX checker rejected the model: {str(exc).splitlines()[0]}") from exc
     _check_tensors(model)
+    _check_declared_shapes(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     try:
         session = create_session(data, threads=1)
     except Exception as exc:  # ONNX Runtime raises several unrelated exception types.
-        raise ModelCheckError(
-            f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:500]}"
-        ) from exc
+        raise ModelCheckError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:500]}") from exc
     try:
         inputs = [_spec(a) for a in session.get_inputs()]
         outputs = [_spec(a) for a in session.get_outputs()]
@@ -150,9 +219,7 @@ def check_validation_file(path: Path, inputs: list[TensorSpec]) -> int:
             )
         expected = spec.shape[1:]
         actual = list(array.shape[1:])
-        if array.ndim != len(spec.shape) or any(
-            e > 0 and e != a for e, a in zip(expected, actual, strict=True)
-        ):
+        if array.ndim != len(spec.shape) or any(e > 0 and e != a for e, a in zip(expected, actual, strict=True)):
             raise ModelCheckError(
                 f"validation array {spec.name!r} has shape {list(array.shape)}, the model expects "
                 f"[N, {', '.join(str(d) if d > 0 else '?' for d in expected)}]"

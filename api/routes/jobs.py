@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse
 
 from api.deps import get_principal, get_services, visible_model
 from api.job_schemas import JobAccepted, JobOut
+from api.schemas import ErrorOut
 from api.uploads import save_upload
 from infaas.auth import Principal
 from infaas.catalog import JobInfo, ModelInfo
@@ -36,7 +37,14 @@ from infaas.offline import (
 )
 from infaas.services import Services
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    responses={
+        400: {"model": ErrorOut, "description": "invalid input file, input key or field"},
+        404: {"model": ErrorOut, "description": "no such job, model or task (or not visible to this key)"},
+    },
+)
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"

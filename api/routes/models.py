@@ -10,13 +10,21 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, s
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import can_use, get_principal, get_services, visible_model
-from api.schemas import DeletedOut, ModelOut, VariantOut
+from api.schemas import DeletedOut, ErrorOut, ModelOut, VariantOut
 from api.uploads import save_upload
 from infaas.auth import Principal
 from infaas.registration import RegistrationError, RegistrationRequest, delete_model, register_model
 from infaas.services import Services
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(
+    prefix="/v1/models",
+    tags=["models"],
+    responses={
+        400: {"model": ErrorOut, "description": "invalid model, validation set or field"},
+        404: {"model": ErrorOut, "description": "no such model (or not visible to this key)"},
+        409: {"model": ErrorOut, "description": "a model of that name already exists"},
+    },
+)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut)
@@ -63,9 +71,7 @@ def list_models(
     services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
 ) -> list[ModelOut]:
     """Models the caller may use, without variant details."""
-    return [
-        ModelOut.of(m, with_variants=False) for m in services.metadata.list_models() if can_use(principal, m)
-    ]
+    return [ModelOut.of(m, with_variants=False) for m in services.metadata.list_models() if can_use(principal, m)]
 
 
 @router.get("/{name}", response_model=ModelOut)
@@ -102,8 +108,6 @@ def delete(
     """Delete a model, its variants, profiles and every stored file (owner or admin only)."""
     model = visible_model(services, principal, name)
     if not (principal.is_admin or model.owner == principal.tenant):
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, f"model {name!r} is public but belongs to another tenant"
-        )
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"model {name!r} is public but belongs to another tenant")
     delete_model(services, name)
     return DeletedOut(deleted=name)

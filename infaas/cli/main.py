@@ -12,6 +12,7 @@ from rich.table import Table
 
 from infaas.cli.client import call
 from infaas.cli.jobs import job_app, jobs_worker
+from infaas.cli.keys import keys_app
 from infaas.config import get_settings
 
 app = typer.Typer(help="infaas: model-less inference serving.", no_args_is_help=True)
@@ -20,6 +21,7 @@ examples_app = typer.Typer(help="The example model zoo.")
 app.add_typer(db_app, name="db")
 app.add_typer(examples_app, name="examples")
 app.add_typer(job_app, name="job")
+app.add_typer(keys_app, name="keys")
 app.command("jobs")(jobs_worker)
 out = Console()
 
@@ -107,9 +109,7 @@ def register(
 def _wait_for_build(name: str, timeout_s: float = 1800.0) -> None:
     """Poll the model and show one progress bar per variant until every variant is settled."""
     bars: dict[str, int] = {}
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[state]}")
-    ) as progress:
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[state]}")) as progress:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             model = call("GET", f"/v1/models/{name}")
@@ -162,9 +162,7 @@ def describe(name: str) -> None:
 @app.command()
 def variants(name: str) -> None:
     """Print each variant's measured profile per batch size."""
-    table = Table(
-        "variant", "kind", "precision", "hw", "status", "batch", "p50 ms", "p99 ms", "thr/s", "MB", "acc"
-    )
+    table = Table("variant", "kind", "precision", "hw", "status", "batch", "p50 ms", "p99 ms", "thr/s", "MB", "acc")
     for v in call("GET", f"/v1/models/{name}/variants"):
         if not v["profiles"]:
             table.add_row(
