@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api import console
 from api.concurrency import ConcurrencyLimit
 from api.limits import BodySizeLimit
 from api.routes import admin, jobs, models
@@ -55,5 +56,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_per_key)
     app.include_router(models.router)
     app.include_router(admin.router)
+    app.include_router(console.router)
     app.include_router(jobs.router)
     return app

@@ -1,0 +1,1 @@
+"""Browser tests of the admin console (headless Chromium via Playwright)."""
