@@ -11,12 +11,13 @@ from fastapi import FastAPI
 from api import console
 from api.concurrency import ConcurrencyLimit
 from api.limits import BodySizeLimit
-from api.routes import admin, jobs, models
+from api.routes import admin, infer, jobs, models, v2
 from api.schemas import ErrorOut
 from infaas import __version__
 from infaas.auth import KeyRing
 from infaas.config import Settings, get_settings
 from infaas.services import Services, build_services
+from infaas.serving import get_engine
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.state.services.extras.setdefault("keyring", KeyRing(app.state.services.metadata, settings.admin_key))
         if not settings.auth_enabled:
             log.warning("INFAAS_ADMIN_KEY is not set: authentication is off and only localhost clients are served")
+        engine = get_engine(app.state.services)
         try:
             yield
         finally:
+            engine.stop()
             if owned:
                 app.state.services.close()
 
@@ -55,6 +58,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_per_key)
     app.include_router(models.router)
+    app.include_router(infer.router)
+    app.include_router(v2.router)
     app.include_router(admin.router)
     app.include_router(console.router)
     app.include_router(jobs.router)

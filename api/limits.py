@@ -50,7 +50,13 @@ class BodySizeLimit:
             if not refused:
                 await send(message)
 
-        await self.app(scope, limited_receive, guarded_send)
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            # The app may fail on the disconnect we fed it (e.g. starlette's ClientDisconnect); the client
+            # already has its 413, so that failure is expected and not an error of the server.
+            if not refused:
+                raise
 
 
 async def _too_large(send: Send, limit: int) -> None:

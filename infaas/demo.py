@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -68,8 +67,10 @@ def _wait_for_variants(http: httpx.Client, names: list[str], timeout_s: float = 
             model = http.get(f"/v1/models/{name}").json()
             if model["status"] in {"ready", "failed"}:
                 counts = model["variant_counts"]
-                out.print(f"{name}: {model['status']} — {counts['ready']} ready, {counts['skipped']} skipped, "
-                          f"{counts['failed']} failed")
+                out.print(
+                    f"{name}: {model['status']} — {counts['ready']} ready, {counts['skipped']} skipped, "
+                    f"{counts['failed']} failed"
+                )
                 pending.discard(name)
         time.sleep(1.0)
 
@@ -80,8 +81,14 @@ def _variant_table(http: httpx.Client, names: list[str]) -> Table:
         for variant in http.get(f"/v1/models/{name}/variants").json():
             profiles = variant["profiles"]
             if profiles:
-                table.add_row(name, variant["name"], variant["status"], f"{profiles[0]['latency_p50_ms']:.3f}",
-                              f"{profiles[-1]['throughput_per_s']:.0f}", f"{variant['accuracy']:.3f}")
+                table.add_row(
+                    name,
+                    variant["name"],
+                    variant["status"],
+                    f"{profiles[0]['latency_p50_ms']:.3f}",
+                    f"{profiles[-1]['throughput_per_s']:.0f}",
+                    f"{variant['accuracy']:.3f}",
+                )
             else:
                 table.add_row(name, variant["name"], variant["status"], "", "", (variant["reason"] or "")[:50])
     return table
@@ -91,24 +98,50 @@ def _query_table(http: httpx.Client, zoo: list[dict]) -> Table:
     validation = np.load(zoo[0]["validation_path"])
     sample = validation["inputs"][:1]
     label = int(validation["labels"][0])
-    table = Table("latency_ms", "min_accuracy", "served by", "est ms", "actual ms", "predicted", "label",
-                  title=f"task queries ({zoo[0]['task']})")
+    table = Table(
+        "latency_ms",
+        "min_accuracy",
+        "served by",
+        "est ms",
+        "actual ms",
+        "predicted",
+        "label",
+        title=f"task queries ({zoo[0]['task']})",
+    )
     for latency_ms, min_accuracy in SAMPLE_QUERIES:
-        response = http.post("/v1/infer", json={
-            "task": zoo[0]["task"], "inputs": {zoo[0]["input_name"]: sample.tolist()},
-            "latency_ms": latency_ms, "min_accuracy": min_accuracy,
-        })
+        response = http.post(
+            "/v1/infer",
+            json={
+                "task": zoo[0]["task"],
+                "inputs": {zoo[0]["input_name"]: sample.tolist()},
+                "latency_ms": latency_ms,
+                "min_accuracy": min_accuracy,
+            },
+        )
         if response.status_code != 200:
-            table.add_row(str(latency_ms), str(min_accuracy), f"HTTP {response.status_code}: "
-                          f"{response.json().get('detail')}", "", "", "", str(label))
+            table.add_row(
+                str(latency_ms),
+                str(min_accuracy),
+                f"HTTP {response.status_code}: {response.json().get('detail')}",
+                "",
+                "",
+                "",
+                str(label),
+            )
             continue
         body = response.json()
         served = body["served_by"]
         logits = np.asarray(next(iter(body["outputs"].values())))
         flag = " (SLO at risk)" if served["slo_at_risk"] else ""
-        table.add_row(str(latency_ms), str(min_accuracy), f"{served['model']}/{served['variant']}{flag}",
-                      f"{served['estimated_ms']:.2f}", f"{served['actual_ms']:.2f}", str(int(logits.argmax())),
-                      str(label))
+        table.add_row(
+            str(latency_ms),
+            str(min_accuracy),
+            f"{served['model']}/{served['variant']}{flag}",
+            f"{served['estimated_ms']:.2f}",
+            f"{served['actual_ms']:.2f}",
+            str(int(logits.argmax())),
+            str(label),
+        )
     return table
 
 

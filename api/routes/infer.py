@@ -1,0 +1,185 @@
+"""Model-less inference (``POST /v1/infer``) and what it observed (``/v1/stats``, ``/v1/queries``).
+
+The body is parsed with orjson and checked by hand rather than through pydantic: tensors arrive as
+nested lists and must reach numpy without a per-element validation pass. See ``run_query`` for which
+thread a query runs on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import can_use, get_principal, get_services
+from infaas.auth import Principal
+from infaas.catalog import ModelInfo
+from infaas.selector import Requirements
+from infaas.services import Services
+from infaas.serving import QueryEngine, ServedBy, error_status, get_engine
+
+router = APIRouter(tags=["inference"])
+INLINE_BODY_BYTES = 64 * 1024  # bodies up to this size are parsed and planned on the event loop
+
+_INFER_BODY = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "model": {"type": "string", "description": "a registered model name (or give 'task')"},
+        "task": {"type": "string", "description": "any model registered for this task may serve"},
+        "inputs": {
+            "type": "object",
+            "additionalProperties": {"description": "a nested list shaped like the model input, batch first"},
+        },
+        "latency_ms": {"type": "number", "exclusiveMinimum": 0, "description": "latency budget"},
+        "min_accuracy": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+        "max_cost": {"type": "number", "minimum": 0, "description": "dollars per query"},
+    },
+}
+
+
+def _json(content: Any, status_code: int = 200) -> Response:
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY, default=_fallback),
+        status_code=status_code,
+        media_type="application/json",
+    )
+
+
+def _fallback(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _number(document: dict[str, Any], key: str, low: float, high: float | None = None) -> float | None:
+    value = document.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"'{key}' must be a number")
+    if value < low or (high is not None and value > high) or (key == "latency_ms" and value == 0):
+        bounds = f"in [{low:g}, {high:g}]" if high is not None else f"> {low:g}"
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"'{key}' must be {bounds}")
+    return float(value)
+
+
+def parse_infer_body(body: bytes) -> tuple[Requirements, dict[str, Any]]:
+    """Requirements and raw inputs of a ``/v1/infer`` body; 400 on anything malformed."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the body must be a JSON object")
+    model, task = document.get("model"), document.get("task")
+    if (model is None) == (task is None) or not isinstance(model or task, str):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "give exactly one of 'model' or 'task' (a string)")
+    inputs = document.get("inputs")
+    if not isinstance(inputs, dict) or not inputs:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "'inputs' must be an object of name → nested list")
+    requirements = Requirements(
+        model=model,
+        task=task,
+        latency_ms=_number(document, "latency_ms", 0.0),
+        min_accuracy=_number(document, "min_accuracy", 0.0, 1.0) or 0.0,
+        max_cost=_number(document, "max_cost", 0.0),
+    )
+    return requirements, inputs
+
+
+async def run_query(
+    engine: QueryEngine, principal: Principal, requirements: Requirements, inputs: dict[str, Any], small: bool
+) -> tuple[dict[str, np.ndarray], ServedBy]:
+    """Run a query; failures become ``HTTPException`` with their status.
+
+    A small query (body under ``INLINE_BODY_BYTES``) is validated and selected on the event loop, and
+    runs there too when the chosen instance is idle and the model takes under a millisecond, saving
+    the thread-pool hop; everything else runs in the pool because it blocks while the model runs.
+    """
+
+    def allowed(model: ModelInfo) -> bool:
+        return can_use(principal, model)
+
+    try:
+        if not small:
+            return await run_in_threadpool(engine.infer, allowed, requirements, inputs, tenant=principal.tenant)
+        plan = engine.plan(allowed, requirements, inputs, tenant=principal.tenant)
+        return engine.try_run_inline(plan) or await run_in_threadpool(engine.run, plan)
+    except Exception as exc:
+        code = error_status(exc)
+        if code is None:
+            raise
+        raise HTTPException(code, str(exc)) from None
+
+
+@router.post(
+    "/v1/infer",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _INFER_BODY}}}},
+    responses={
+        400: {"description": "malformed body, or inputs of the wrong name, dtype or shape"},
+        404: {"description": "unknown model or task (or one the caller may not use)"},
+        422: {"description": "no variant reaches min_accuracy; the message names the best available"},
+        503: {"description": "the model has no ready variant yet"},
+    },
+)
+async def infer(
+    request: Request,
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(get_principal),
+) -> Response:
+    """Serve a query with whichever variant meets its latency, accuracy and cost needs most cheaply."""
+    body = await request.body()
+    small = len(body) <= INLINE_BODY_BYTES
+    requirements, inputs = parse_infer_body(body) if small else await run_in_threadpool(parse_infer_body, body)
+    outputs, served = await run_query(get_engine(services), principal, requirements, inputs, small)
+    return _json({"outputs": outputs, "served_by": asdict(served)})
+
+
+@router.get("/v1/stats")
+def stats(
+    window_s: float = Query(60.0, gt=0, le=3600),
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(get_principal),
+) -> Response:
+    """Per variant over the window: requests, rate, p50/p99 latency, SLO-miss rate, estimate error.
+
+    Admins also see the workers with their loaded instances and queue depths.
+    """
+    engine = get_engine(services)
+    out = []
+    for key, s in sorted(engine.live.variant_stats(window_s).items()):
+        model = engine.cache.model(key.split("/", 1)[0])
+        if model is not None and can_use(principal, model):
+            out.append(asdict(s))
+    content: dict[str, Any] = {"window_s": window_s, "variants": out}
+    if principal.is_admin:
+        snapshot = engine.live.snapshot()
+        content["workers"] = [
+            asdict(w)
+            | {
+                "instances": [
+                    asdict(i) | {"queue_depth": snapshot.depth(w.id, i.variant_key)}
+                    for i in engine.live.instances(w.id)
+                ]
+            }
+            for w in snapshot.workers
+        ]
+    return _json(content)
+
+
+@router.get("/v1/queries")
+def queries(
+    limit: int = Query(100, ge=1, le=1000),
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(get_principal),
+) -> Response:
+    """Recent queries, newest first: requirements, chosen variant, estimated vs actual latency."""
+    engine = get_engine(services)
+    records = engine.live.recent_queries(1000 if not principal.is_admin else limit)
+    mine = [r for r in records if principal.is_admin or r.tenant == principal.tenant][:limit]
+    return _json({"queries": [asdict(r) | {"slo_missed": r.slo_missed} for r in mine]})

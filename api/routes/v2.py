@@ -1,0 +1,175 @@
+"""Open Inference Protocol (KServe v2) REST, so Triton/KServe clients work unmodified.
+
+A v2 model name is an infaas model; the variant is chosen per query from the flat request
+``parameters`` ``slo_latency_ms`` / ``slo_min_accuracy`` / ``slo_max_cost`` and reported back in the
+response ``parameters``. Errors are ``{"error": "..."}`` with Triton's statuses: 400 bad request
+(including an unreachable accuracy floor), 404 unknown model, 503 not ready.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import can_use, get_principal, get_services
+from api.routes.infer import INLINE_BODY_BYTES, run_query
+from infaas import __version__
+from infaas.auth import Principal
+from infaas.catalog import ModelInfo
+from infaas.oip import HEADER, OipError, decode_request, encode_response, tensor_metadata
+from infaas.selector import Requirements
+from infaas.services import Services
+from infaas.serving import get_engine
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+VERSION = "1"
+
+
+def _error(status_code: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status_code=status_code, media_type="application/json")
+
+
+def _ok(content: Any) -> Response:
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
+def _model(services: Services, principal: Principal, name: str, version: str | None) -> ModelInfo | None:
+    model = get_engine(services).cache.model(name)
+    if model is None or not can_use(principal, model) or version not in (None, "", VERSION):
+        return None
+    return model
+
+
+def _not_found(name: str, version: str | None) -> Response:
+    suffix = f" version {version!r}" if version not in (None, "", VERSION) else ""
+    return _error(404, f"unknown model {name!r}{suffix}")
+
+
+@router.get("/health/live")
+def live() -> Response:
+    """The process is up."""
+    return _ok({"live": True})
+
+
+@router.get("/health/ready")
+def ready(services: Services = Depends(get_services)) -> Response:
+    """Ready when the query engine has a worker to run on."""
+    engine = get_engine(services)
+    is_ready = bool(engine.live.workers())
+    return Response(
+        orjson.dumps({"ready": is_ready}), status_code=200 if is_ready else 503, media_type="application/json"
+    )
+
+
+@router.get("")
+def server_metadata(_: Principal = Depends(get_principal)) -> Response:
+    """Server name, version and protocol extensions."""
+    return _ok({"name": "infaas", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+def model_metadata(
+    name: str,
+    version: str | None = None,
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(get_principal),
+) -> Response:
+    """A model's tensors as OIP metadata (``-1`` marks a dynamic dimension)."""
+    model = _model(services, principal, name, version)
+    if model is None:
+        return _not_found(name, version)
+    return _ok(
+        {
+            "name": model.name,
+            "versions": [VERSION],
+            "platform": "onnxruntime_onnx",
+            "inputs": [tensor_metadata(t) for t in model.inputs],
+            "outputs": [tensor_metadata(t) for t in model.outputs],
+        }
+    )
+
+
+@router.get("/models/{name}/ready")
+@router.get("/models/{name}/versions/{version}/ready")
+def model_ready(
+    name: str,
+    version: str | None = None,
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(get_principal),
+) -> Response:
+    """200 when the model has a ready variant, 503 while it is still being built."""
+    model = _model(services, principal, name, version)
+    if model is None:
+        return _not_found(name, version)
+    is_ready = bool(get_engine(services).cache.for_model(name))
+    return Response(
+        orjson.dumps({"name": name, "ready": is_ready}),
+        status_code=200 if is_ready else 503,
+        media_type="application/json",
+    )
+
+
+def _slo(parameters: dict[str, Any], key: str) -> float | None:
+    value = parameters.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise OipError(f"parameter {key!r} must be a non-negative number")
+    return float(value)
+
+
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
+async def model_infer(
+    name: str,
+    request: Request,
+    version: str | None = None,
+    services: Services = Depends(get_services),
+    principal: Principal = Depends(get_principal),
+) -> Response:
+    """Run a query; JSON or binary tensors in, JSON or binary tensors out, as the client asks."""
+    if _model(services, principal, name, version) is None:
+        return _not_found(name, version)
+    if request.headers.get("content-encoding", "identity") != "identity":
+        return _error(400, "compressed request bodies are not supported")
+    body = await request.body()
+    small = len(body) <= INLINE_BODY_BYTES
+    try:
+        if small:
+            decoded = decode_request(body, request.headers.get(HEADER))
+        else:
+            decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER))
+        requirements = Requirements(
+            model=name,
+            latency_ms=_slo(decoded.parameters, "slo_latency_ms") or None,
+            min_accuracy=_slo(decoded.parameters, "slo_min_accuracy") or 0.0,
+            max_cost=_slo(decoded.parameters, "slo_max_cost"),
+        )
+    except OipError as exc:
+        return _error(400, str(exc))
+    try:
+        outputs, served = await run_query(get_engine(services), principal, requirements, decoded.inputs, small)
+    except HTTPException as exc:
+        return _error(400 if exc.status_code == 422 else exc.status_code, str(exc.detail))
+    parameters = {
+        "variant": f"{served.model}/{served.variant}",
+        "worker": served.worker,
+        "batch": served.batch,
+        "estimated_ms": round(served.estimated_ms, 3),
+        "actual_ms": round(served.actual_ms, 3),
+        "queue_ms": round(served.queue_ms, 3),
+        "cost": served.cost,
+        "slo_at_risk": served.slo_at_risk,
+        "reason": served.reason,
+    }
+    try:
+        body, header_length = encode_response(decoded, name, outputs, parameters, VERSION)
+    except OipError as exc:
+        return _error(400, str(exc))
+    headers = {HEADER: str(header_length)} if header_length is not None else None
+    media_type = "application/octet-stream" if header_length is not None else "application/json"
+    return Response(body, headers=headers, media_type=media_type)

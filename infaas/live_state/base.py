@@ -1,0 +1,183 @@
+"""The live-state interface: what is running where, how loaded it is, and how queries went.
+
+The selector reads one ``LiveSnapshot`` per query; workers and the query engine write through the
+``LiveState`` methods. The in-process implementation (``memory.py``) and the scaled-out one (Redis)
+implement the same class, so nothing above this module knows which is in use. Every write method is
+meant to be cheap enough for the per-query path: the Redis implementation may buffer and flush them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """A worker as the selector and autoscaler see it."""
+
+    id: str
+    address: str  # "local" for the in-process worker, else a base URL
+    cores: int
+    memory_budget_mb: float
+    memory_used_mb: float = 0.0
+    hardware: tuple[str, ...] = ("cpu",)
+    heartbeat_at: float = 0.0  # time.time() of the last heartbeat
+    draining: bool = False
+
+    @property
+    def memory_free_mb(self) -> float:
+        """Memory left in the budget (may be negative if over-committed)."""
+        return self.memory_budget_mb - self.memory_used_mb
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    """One variant loaded on one worker."""
+
+    worker_id: str
+    variant_key: str  # "model/variant"
+    replicas: int
+    memory_mb: float
+    last_used_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    """One served query: what was asked, what was chosen, what was estimated and what happened."""
+
+    at: float  # time.time()
+    tenant: str
+    model: str
+    variant: str
+    worker: str
+    batch: int
+    latency_ms: float | None
+    min_accuracy: float
+    max_cost: float | None
+    estimated_ms: float
+    actual_ms: float
+    queue_ms: float
+    cost: float
+    slo_at_risk: bool
+    reason: str
+
+    @property
+    def variant_key(self) -> str:
+        """The ``model/variant`` key this query was served by."""
+        return f"{self.model}/{self.variant}"
+
+    @property
+    def slo_missed(self) -> bool:
+        """Whether the actual latency exceeded the requested budget."""
+        return self.latency_ms is not None and self.actual_ms > self.latency_ms
+
+
+@dataclass(frozen=True)
+class VariantStats:
+    """Windowed statistics of one variant, computed on read."""
+
+    variant_key: str
+    requests: int  # in the window
+    rate_per_s: float
+    p50_ms: float
+    p99_ms: float
+    slo_miss_rate: float
+    mean_estimate_error_ms: float  # mean of (actual − estimated); positive means under-estimated
+    total_requests: int = 0  # since start
+
+
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """What the selector needs, read once per query.
+
+    ``queue_depth`` maps ``(worker_id, variant_key)`` to requests outstanding (waiting or running).
+    Implementations may hand out mappings that keep changing underneath (the in-memory one does, to
+    stay O(1)); readers must only look keys up, never iterate ``queue_depth``.
+    """
+
+    workers: tuple[WorkerState, ...]
+    instances: Mapping[str, tuple[InstanceState, ...]]  # variant_key -> where it is loaded
+    queue_depth: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    def depth(self, worker_id: str, variant_key: str) -> int:
+        """Outstanding requests for a variant on a worker (0 when unknown)."""
+        return self.queue_depth.get((worker_id, variant_key), 0)
+
+
+class LiveState(ABC):
+    """Cluster-wide live state shared by front-ends, workers and the autoscaler."""
+
+    # -- workers --------------------------------------------------------------------------------
+    @abstractmethod
+    def register_worker(self, worker: WorkerState) -> None:
+        """Add or replace a worker (its instances are kept)."""
+
+    @abstractmethod
+    def heartbeat(self, worker_id: str, memory_used_mb: float) -> None:
+        """Refresh a worker's heartbeat time and memory use."""
+
+    @abstractmethod
+    def set_draining(self, worker_id: str, draining: bool) -> None:
+        """Mark a worker draining: it finishes its work but is never chosen for new queries."""
+
+    @abstractmethod
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker and everything loaded on it."""
+
+    @abstractmethod
+    def workers(self) -> list[WorkerState]:
+        """Every registered worker."""
+
+    # -- instances ------------------------------------------------------------------------------
+    @abstractmethod
+    def set_instance(self, instance: InstanceState) -> None:
+        """Record that a variant is loaded on a worker with ``replicas`` replicas."""
+
+    @abstractmethod
+    def remove_instance(self, worker_id: str, variant_key: str) -> None:
+        """Record that a variant was unloaded from a worker."""
+
+    @abstractmethod
+    def instances(self, worker_id: str | None = None) -> list[InstanceState]:
+        """Loaded instances, on one worker or everywhere."""
+
+    # -- per-query path -------------------------------------------------------------------------
+    @abstractmethod
+    def set_queue_depth(self, worker_id: str, variant_key: str, depth: int) -> None:
+        """Requests outstanding (waiting or running) for a variant on a worker. Hot path: O(1)."""
+
+    @abstractmethod
+    def record_query(self, record: QueryRecord) -> None:
+        """Account one served query (rate, latency, SLO miss, estimate error, recent list). O(1)."""
+
+    @abstractmethod
+    def snapshot(self) -> LiveSnapshot:
+        """What the selector reads; cheap enough to take once per query."""
+
+    # -- reads for the console and the autoscaler -----------------------------------------------
+    @abstractmethod
+    def variant_stats(self, window_s: float = 60.0) -> dict[str, VariantStats]:
+        """Windowed statistics per variant key (computed on read, not on write)."""
+
+    @abstractmethod
+    def recent_queries(self, limit: int = 100) -> list[QueryRecord]:
+        """The newest queries first, at most ``limit``."""
+
+    # -- shared between processes (no-ops when everything lives in one process) -----------------
+    def note_local_depth(self, worker_id: str, variant_key: str, depth: int) -> None:
+        """Requests this process has outstanding on another process's worker, seen before that worker reports."""
+        return None
+
+    def catalog_changed(self, model_name: str) -> None:
+        """Tell other processes that a model, its variants or profiles changed (a metadata listener)."""
+        return None
+
+    def on_catalog_change(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(model_name)`` when another process changes the catalog."""
+        return None
+
+    def close(self) -> None:
+        """Flush buffered writes and release connections."""
+        return None

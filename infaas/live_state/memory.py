@@ -1,0 +1,161 @@
+"""In-process live state: the embedded default (one front-end, in-process worker).
+
+Writes that happen per query (queue depth, query records) are a dict store or a deque append under
+a lock held for a few instructions. Rarely changing facts (workers, instances) are kept as immutable
+tuples replaced on change (copy-on-write), so ``snapshot()`` hands them out without copying.
+Statistics are computed when read, never when written.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+from types import MappingProxyType
+
+import numpy as np
+
+from infaas.live_state.base import (
+    InstanceState,
+    LiveSnapshot,
+    LiveState,
+    QueryRecord,
+    VariantStats,
+    WorkerState,
+)
+
+_WINDOW_SAMPLES = 4096
+
+
+class _VariantWindow:
+    """Recent samples of one variant: (time, actual ms, estimated ms, SLO missed)."""
+
+    __slots__ = ("samples", "total")
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float, float, bool]] = deque(maxlen=_WINDOW_SAMPLES)
+        self.total = 0
+
+
+class MemoryLiveState(LiveState):
+    """Live state held in this process's memory."""
+
+    def __init__(self, recent: int = 1000) -> None:
+        self._lock = threading.Lock()
+        self._workers: dict[str, WorkerState] = {}
+        self._instances: dict[tuple[str, str], InstanceState] = {}
+        self._queue_depth: dict[tuple[str, str], int] = {}
+        self._windows: dict[str, _VariantWindow] = {}
+        self._recent: deque[QueryRecord] = deque(maxlen=recent)
+        self._snapshot = LiveSnapshot(workers=(), instances=MappingProxyType({}), queue_depth=self._queue_depth)
+
+    def _publish(self) -> None:
+        """Rebuild the immutable parts of the snapshot; call with the lock held."""
+        by_variant: dict[str, list[InstanceState]] = {}
+        for inst in self._instances.values():
+            by_variant.setdefault(inst.variant_key, []).append(inst)
+        self._snapshot = LiveSnapshot(
+            workers=tuple(self._workers.values()),
+            instances=MappingProxyType({k: tuple(v) for k, v in by_variant.items()}),
+            queue_depth=self._queue_depth,
+        )
+
+    # -- workers --------------------------------------------------------------------------------
+    def register_worker(self, worker: WorkerState) -> None:
+        with self._lock:
+            self._workers[worker.id] = worker
+            self._publish()
+
+    def heartbeat(self, worker_id: str, memory_used_mb: float) -> None:
+        with self._lock:
+            current = self._workers.get(worker_id)
+            if current is None:
+                return
+            self._workers[worker_id] = replace(current, heartbeat_at=time.time(), memory_used_mb=memory_used_mb)
+            self._publish()
+
+    def set_draining(self, worker_id: str, draining: bool) -> None:
+        with self._lock:
+            current = self._workers.get(worker_id)
+            if current is None:
+                return
+            self._workers[worker_id] = replace(current, draining=draining)
+            self._publish()
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)
+            for key in [k for k in self._instances if k[0] == worker_id]:
+                del self._instances[key]
+                self._queue_depth.pop(key, None)
+            self._publish()
+
+    def workers(self) -> list[WorkerState]:
+        return list(self._snapshot.workers)
+
+    # -- instances ------------------------------------------------------------------------------
+    def set_instance(self, instance: InstanceState) -> None:
+        with self._lock:
+            self._instances[(instance.worker_id, instance.variant_key)] = instance
+            self._publish()
+
+    def remove_instance(self, worker_id: str, variant_key: str) -> None:
+        with self._lock:
+            self._instances.pop((worker_id, variant_key), None)
+            self._queue_depth.pop((worker_id, variant_key), None)
+            self._publish()
+
+    def instances(self, worker_id: str | None = None) -> list[InstanceState]:
+        found = [i for group in self._snapshot.instances.values() for i in group]
+        return [i for i in found if worker_id is None or i.worker_id == worker_id]
+
+    # -- per-query path -------------------------------------------------------------------------
+    def set_queue_depth(self, worker_id: str, variant_key: str, depth: int) -> None:
+        self._queue_depth[(worker_id, variant_key)] = depth
+
+    def record_query(self, record: QueryRecord) -> None:
+        key = record.variant_key
+        sample = (record.at, record.actual_ms, record.estimated_ms, record.slo_missed)
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None:
+                window = self._windows[key] = _VariantWindow()
+            window.samples.append(sample)
+            window.total += 1
+            self._recent.append(record)
+
+    def snapshot(self) -> LiveSnapshot:
+        return self._snapshot
+
+    # -- reads ----------------------------------------------------------------------------------
+    def variant_stats(self, window_s: float = 60.0) -> dict[str, VariantStats]:
+        now = time.time()
+        with self._lock:
+            copied = {k: (list(w.samples), w.total) for k, w in self._windows.items()}
+        out: dict[str, VariantStats] = {}
+        for key, (samples, total) in copied.items():
+            recent = [s for s in samples if s[0] >= now - window_s]
+            if not recent:
+                out[key] = VariantStats(key, 0, 0.0, 0.0, 0.0, 0.0, 0.0, total)
+                continue
+            actual = np.fromiter((s[1] for s in recent), dtype=np.float64, count=len(recent))
+            estimated = np.fromiter((s[2] for s in recent), dtype=np.float64, count=len(recent))
+            # When the ring is full, the window really starts at its oldest sample.
+            span = window_s if len(samples) < _WINDOW_SAMPLES else max(now - recent[0][0], 1e-3)
+            out[key] = VariantStats(
+                variant_key=key,
+                requests=len(recent),
+                rate_per_s=len(recent) / span,
+                p50_ms=float(np.percentile(actual, 50)),
+                p99_ms=float(np.percentile(actual, 99)),
+                slo_miss_rate=sum(1 for s in recent if s[3]) / len(recent),
+                mean_estimate_error_ms=float(np.mean(actual - estimated)),
+                total_requests=total,
+            )
+        return out
+
+    def recent_queries(self, limit: int = 100) -> list[QueryRecord]:
+        with self._lock:
+            items = list(self._recent)
+        return items[::-1][: max(0, limit)]

@@ -1,0 +1,266 @@
+"""One loaded variant: an ONNX Runtime session per replica and an adaptive batching queue.
+
+Fast path: when a replica is free and nobody is waiting, the request runs on the caller's thread,
+so an idle instance adds no thread hand-off to ``session.run`` (which releases the GIL).
+Otherwise the request is queued and one replica thread gathers a batch: it flushes when the batch
+reaches the variant's best profiled batch size (highest throughput) or when waiting longer would
+spend the tightest queued request's slack (deadline − now − estimated service time), whichever
+comes first; the wait is also capped at one best-batch service time so requests without a deadline
+are not held for long. Multi-row requests are concatenated along axis 0 and split back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from infaas.selector import ProfileCurve
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """Outputs of one request and where its time went."""
+
+    outputs: dict[str, np.ndarray]
+    queue_ms: float
+    service_ms: float
+    batch: int  # rows in the session run this request was part of
+
+
+class InstanceClosed(RuntimeError):
+    """The instance was unloaded between being looked up and being called."""
+
+
+class _Request:
+    __slots__ = ("inputs", "rows", "deadline", "enqueued", "done", "result", "error")
+
+    def __init__(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.deadline = deadline
+        self.enqueued = time.monotonic()
+        self.done = threading.Event()
+        self.result: InferResult | None = None
+        self.error: BaseException | None = None
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    for value in inputs.values():
+        return int(value.shape[0]) if value.ndim else 1
+    return 1
+
+
+class Instance:
+    """A variant loaded with one or more replicas; thread-safe ``infer``."""
+
+    def __init__(
+        self,
+        key: str,
+        make_session: Callable[[], ort.InferenceSession],
+        curve: ProfileCurve,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        self.key = key
+        self.curve = curve
+        self.last_used = time.monotonic()
+        self._make_session = make_session
+        self._on_depth = on_depth or (lambda _depth: None)
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: deque[_Request] = deque()
+        self._free: list[ort.InferenceSession] = []
+        self._threads: list[threading.Thread] = []
+        self._retire = 0  # replica threads asked to exit
+        self._gathering = False
+        self._closed = False
+        self._outstanding = 0
+        first = make_session()
+        self._output_names = [o.name for o in first.get_outputs()]
+        # Inputs with a fixed first dimension cannot be concatenated: run such requests one by one.
+        self.batchable = all(not isinstance(i.shape[0], int) for i in first.get_inputs() if i.shape)
+        self.max_batch = max(1, curve.best_batch) if self.batchable else 1
+        self._add_session(first)
+
+    # -- replicas ------------------------------------------------------------------------------
+    @property
+    def replicas(self) -> int:
+        """Replica threads currently serving."""
+        return len(self._threads) - self._retire
+
+    @property
+    def outstanding(self) -> int:
+        """Requests waiting or running."""
+        return self._outstanding
+
+    def add_replica(self) -> None:
+        """Load one more session and start its thread."""
+        self._add_session(self._make_session())
+
+    def _add_session(self, session: ort.InferenceSession) -> None:
+        thread = threading.Thread(target=self._serve, name=f"infaas-{self.key}", daemon=True)
+        with self._cond:
+            self._free.append(session)
+            self._threads.append(thread)
+        thread.start()
+
+    def remove_replica(self) -> bool:
+        """Retire one replica (never the last); ``False`` if only one is left."""
+        with self._cond:
+            if self.replicas <= 1:
+                return False
+            self._retire += 1
+            self._cond.notify_all()
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop accepting work, let queued requests finish, stop the threads."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in list(self._threads):
+            thread.join(timeout_s)
+
+    # -- requests ------------------------------------------------------------------------------
+    def infer(self, inputs: dict[str, np.ndarray], deadline: float | None = None) -> InferResult:
+        """Run one request (possibly batched with others); ``deadline`` is ``time.monotonic()`` based."""
+        self.last_used = time.monotonic()
+        cond = self._cond
+        with cond:
+            if self._closed:
+                raise InstanceClosed(f"instance {self.key} is unloaded")
+            self._outstanding += 1
+            depth = self._outstanding
+            session = self._free.pop() if self._free and not self._pending else None
+            if session is None:
+                request = _Request(inputs, _rows(inputs), deadline)
+                self._pending.append(request)
+                cond.notify_all()  # the gathering thread must see it, not just any waiter
+        self._on_depth(depth)
+        if session is not None:
+            return self._run_direct(session, inputs)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def try_run_now(self, inputs: dict[str, np.ndarray]) -> InferResult | None:
+        """Run on this thread if a replica is free and nobody waits; else ``None`` (nothing queued)."""
+        with self._cond:
+            if self._closed or self._pending or not self._free:
+                return None
+            session = self._free.pop()
+            self._outstanding += 1
+            depth = self._outstanding
+        self.last_used = time.monotonic()
+        self._on_depth(depth)
+        return self._run_direct(session, inputs)
+
+    def _run_direct(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> InferResult:
+        start = time.perf_counter()
+        try:
+            values = session.run(self._output_names, inputs)
+        finally:
+            service_ms = (time.perf_counter() - start) * 1000.0
+            self._release(session, 1)
+        return InferResult(dict(zip(self._output_names, values, strict=True)), 0.0, service_ms, _rows(inputs))
+
+    def _release(self, session: ort.InferenceSession, finished: int) -> None:
+        with self._cond:
+            self._free.append(session)
+            self._outstanding -= finished
+            depth = self._outstanding
+            if self._pending or self._retire:
+                self._cond.notify_all()
+        self._on_depth(depth)
+
+    # -- replica threads -----------------------------------------------------------------------
+    def _serve(self) -> None:
+        cond = self._cond
+        me = threading.current_thread()
+        while True:
+            with cond:
+                while True:
+                    if self._retire > 0 and self._free:
+                        self._free.pop()  # sessions are pooled: drop any free one
+                        self._retire -= 1
+                        self._threads.remove(me)
+                        return
+                    if self._pending and self._free and not self._gathering:
+                        break
+                    if self._closed and not self._pending:
+                        self._threads.remove(me)
+                        return
+                    cond.wait()
+                session = self._free.pop()
+                batch = self._gather()
+            self._run_batch(session, batch)
+
+    def _gather(self) -> list[_Request]:
+        """Wait (lock held, released while waiting) for a full batch or until slack runs out."""
+        self._gathering = True
+        try:
+            cap = self.curve.service_ms(self.max_batch) / 1000.0
+            while not self._closed:
+                rows = sum(r.rows for r in self._pending)
+                if rows >= self.max_batch:
+                    break
+                service_s = self.curve.service_ms(max(rows, 1) + 1) / 1000.0
+                flush_at = self._pending[0].enqueued + cap
+                for r in self._pending:
+                    if r.deadline is not None:
+                        flush_at = min(flush_at, r.deadline - service_s)
+                now = time.monotonic()
+                if now >= flush_at:
+                    break
+                self._cond.wait(flush_at - now)
+            batch: list[_Request] = []
+            rows = 0
+            while self._pending and (not batch or rows + self._pending[0].rows <= self.max_batch):
+                request = self._pending.popleft()
+                batch.append(request)
+                rows += request.rows
+            return batch
+        finally:
+            self._gathering = False
+
+    def _run_batch(self, session: ort.InferenceSession, batch: list[_Request]) -> None:
+        start = time.monotonic()
+        try:
+            if len(batch) == 1:
+                results = [session.run(self._output_names, batch[0].inputs)]
+            else:
+                results = self._run_concatenated(session, batch)
+            service_ms = (time.monotonic() - start) * 1000.0
+            rows = sum(r.rows for r in batch)
+            for request, values in zip(batch, results, strict=True):
+                request.result = InferResult(
+                    dict(zip(self._output_names, values, strict=True)),
+                    (start - request.enqueued) * 1000.0,
+                    service_ms,
+                    rows,
+                )
+        except BaseException as exc:  # every waiter must be woken, whatever went wrong
+            for request in batch:
+                request.error = exc
+        finally:
+            self._release(session, len(batch))
+            for request in batch:
+                request.done.set()
+
+    def _run_concatenated(self, session: ort.InferenceSession, batch: list[_Request]) -> list[list[np.ndarray]]:
+        names = batch[0].inputs.keys()
+        feeds = {n: np.concatenate([r.inputs[n] for r in batch], axis=0) for n in names}
+        total = sum(r.rows for r in batch)
+        values = session.run(self._output_names, feeds)
+        if any(v.ndim == 0 or v.shape[0] != total for v in values):
+            # Outputs without a per-row first dimension cannot be split: run one by one instead.
+            return [session.run(self._output_names, r.inputs) for r in batch]
+        bounds = np.cumsum([r.rows for r in batch])[:-1]
+        split = [np.split(v, bounds, axis=0) for v in values]
+        return [[parts[i] for parts in split] for i in range(len(batch))]

@@ -1,0 +1,360 @@
+"""``/v1/infer``, ``/v1/stats``, ``/v1/queries`` and the v2 (Open Inference Protocol) routes, end to end.
+
+Models are tiny ONNX graphs written straight into the model store and catalog, so outputs can be
+compared with ONNX Runtime run directly on the same file.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper, numpy_helper
+
+from api.app import create_app
+from api.routes import infer as infer_routes
+from api.routes import v2 as v2_routes
+from infaas.catalog import ProfileInfo
+from infaas.config import Settings
+from infaas.metadata import NewModel
+from infaas.selector import Requirements
+from infaas.services import Services
+from infaas.serving import UnknownModel, get_engine
+
+IN, OUT = 4, 3
+
+
+def tiny_model(seed: int = 0) -> bytes:
+    """y = x @ W + b, batch dimension dynamic."""
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["t"]), helper.make_node("Add", ["t", "b"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", IN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", OUT])],
+        initializer=[
+            numpy_helper.from_array(rng.standard_normal((IN, OUT)).astype(np.float32), "W"),
+            numpy_helper.from_array(rng.standard_normal(OUT).astype(np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def register(
+    services: Services, name: str, task: str = "tiny-task", accuracy: float = 0.9, seed: int = 0, ready: bool = True
+) -> bytes:
+    """Store a model and one ready, profiled variant, as the variant generator would."""
+    data = tiny_model(seed)
+    services.store.put_bytes(f"models/{name}/model.onnx", data)
+    services.store.put_bytes(f"models/{name}/fp32/model.onnx", data)
+    services.metadata.add_model(
+        NewModel(
+            name=name,
+            task=task,
+            inputs=[{"name": "x", "dtype": "float32", "shape": [-1, IN]}],
+            outputs=[{"name": "y", "dtype": "float32", "shape": [-1, OUT]}],
+            opset=17,
+            declared_accuracy=accuracy,
+            max_batch=16,
+            owner="local",
+            public=False,
+            artifact_key=f"models/{name}/model.onnx",
+            validation_key=None,
+            size_bytes=len(data),
+        )
+    )
+    services.metadata.upsert_variant(
+        name,
+        "fp32",
+        kind="fp32",
+        precision="fp32",
+        hardware="cpu",
+        threads=1,
+        providers=["CPUExecutionProvider"],
+        status="ready" if ready else "building",
+        artifact_key=f"models/{name}/fp32/model.onnx",
+    )
+    services.metadata.replace_profiles(
+        name,
+        "fp32",
+        [
+            ProfileInfo(b, 1, 5.0, 0.1 * b, 0.2 * b, 10_000.0, 20.0, accuracy)
+            for b in (1, 4, 16)  # equal throughput: best batch is the smallest
+        ],
+    )
+    return data
+
+
+def make_app(tmp_path: Path, **settings: object) -> FastAPI:
+    app = create_app(Settings(home=tmp_path, **settings))
+    paths = {getattr(r, "path", "") for r in app.routes}
+    if "/v1/infer" not in paths:  # until the app factory includes these routers itself
+        app.include_router(infer_routes.router)
+        app.include_router(v2_routes.router)
+    return app
+
+
+@pytest.fixture()
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(make_app(tmp_path, max_batch_per_query=8)) as test_client:
+        services: Services = test_client.app.state.services  # type: ignore[attr-defined]
+        register(services, "tiny")
+        yield test_client
+
+
+def reference(data: bytes, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_outputs_are_the_models_outputs(client: TestClient) -> None:
+    x = np.random.default_rng(0).standard_normal((3, IN)).astype(np.float32)
+    response = client.post("/v1/infer", json={"model": "tiny", "inputs": {"x": x.tolist()}, "latency_ms": 200})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    np.testing.assert_allclose(np.array(body["outputs"]["y"], np.float32), reference(tiny_model(), x), rtol=1e-6)
+    served = body["served_by"]
+    assert served["model"] == "tiny" and served["variant"] == "fp32" and served["worker"] == "local"
+    assert served["rows"] == 3 and served["batch"] >= 3 and not served["slo_at_risk"]
+    assert served["actual_ms"] > 0 and served["estimated_ms"] > 0 and served["cost"] > 0
+    assert "tiny/fp32 on local (cold" in served["reason"]
+    again = client.post("/v1/infer", json={"model": "tiny", "inputs": {"x": x.tolist()}, "latency_ms": 200})
+    assert "tiny/fp32 on local (loaded)" in again.json()["served_by"]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"z": [[1, 2, 3, 4]]}, "missing ['x']; unexpected ['z']"),
+        ({"x": [[1, 2, 3]]}, "shape [1, 3], the model expects ['N', 4]"),
+        ({"x": [1, 2, 3, 4]}, "shape [4]"),
+        ({"x": [["a", "b", "c", "d"]]}, "expects float32"),
+        ({"x": [[True, False, True, False]]}, "holds bool values"),
+        ({"x": [[1, 2, 3, 4], [1, 2]]}, "not a rectangular array"),
+        ({"x": [[0.0] * IN] * 9}, "at most 8 per query"),
+        ({"x": []}, "shape [0]"),
+    ],
+)
+def test_bad_inputs_are_400_with_a_clear_message(client: TestClient, inputs: dict, message: str) -> None:
+    response = client.post("/v1/infer", json={"model": "tiny", "inputs": inputs})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (orjson.dumps({"inputs": {"x": [[1, 2, 3, 4]]}}), "exactly one of 'model' or 'task'"),
+        (orjson.dumps({"model": "tiny", "task": "t", "inputs": {"x": [[1, 2, 3, 4]]}}), "exactly one"),
+        (orjson.dumps({"model": "tiny"}), "'inputs' must be"),
+        (orjson.dumps({"model": "tiny", "inputs": {"x": [[1, 2, 3, 4]]}, "latency_ms": "fast"}), "must be a number"),
+        (orjson.dumps({"model": "tiny", "inputs": {"x": [[1, 2, 3, 4]]}, "min_accuracy": 2}), "in [0, 1]"),
+        (orjson.dumps({"model": "tiny", "inputs": {"x": [[1, 2, 3, 4]]}, "latency_ms": 0}), "latency_ms"),
+    ],
+)
+def test_malformed_bodies_are_400(client: TestClient, body: bytes, message: str) -> None:
+    response = client.post("/v1/infer", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["detail"]
+
+
+def test_too_many_inputs_is_400(tmp_path: Path) -> None:
+    with TestClient(make_app(tmp_path, max_inputs_per_request=1)) as c:
+        register(c.app.state.services, "tiny")  # type: ignore[attr-defined]
+        response = c.post("/v1/infer", json={"model": "tiny", "inputs": {"x": [[0] * IN], "y": [[0]]}})
+    assert response.status_code == 400
+    assert "at most 1 are accepted" in response.json()["detail"]
+
+
+def test_unknown_model_or_task_is_404(client: TestClient) -> None:
+    response = client.post("/v1/infer", json={"model": "nope", "inputs": {"x": [[0] * IN]}})
+    assert response.status_code == 404 and "'nope' not found" in response.json()["detail"]
+    response = client.post("/v1/infer", json={"task": "nope", "inputs": {"x": [[0] * IN]}})
+    assert response.status_code == 404 and "task 'nope'" in response.json()["detail"]
+
+
+def test_models_the_caller_may_not_use_look_unknown(client: TestClient) -> None:
+    engine = get_engine(client.app.state.services)  # type: ignore[attr-defined]
+    with pytest.raises(UnknownModel, match="not found"):
+        engine.infer(lambda m: False, Requirements(model="tiny"), {"x": [[0.0] * IN]})
+
+
+def test_unreachable_accuracy_is_422_naming_the_best(client: TestClient) -> None:
+    response = client.post("/v1/infer", json={"model": "tiny", "inputs": {"x": [[0] * IN]}, "min_accuracy": 0.99})
+    assert response.status_code == 422
+    assert "best available is 0.9" in response.json()["detail"]
+
+
+def test_model_without_ready_variant_is_503(client: TestClient) -> None:
+    register(client.app.state.services, "building", ready=False)  # type: ignore[attr-defined]
+    response = client.post("/v1/infer", json={"model": "building", "inputs": {"x": [[0] * IN]}})
+    assert response.status_code == 503 and "not ready" in response.json()["detail"]
+
+
+def test_task_queries_span_models_and_respect_accuracy(client: TestClient) -> None:
+    services = client.app.state.services  # type: ignore[attr-defined]
+    accurate = register(services, "accurate", accuracy=0.97, seed=5)
+    x = np.ones((2, IN), np.float32)
+    response = client.post("/v1/infer", json={"task": "tiny-task", "inputs": {"x": x.tolist()}, "min_accuracy": 0.95})
+    assert response.status_code == 200, response.text
+    assert response.json()["served_by"]["model"] == "accurate"
+    np.testing.assert_allclose(np.array(response.json()["outputs"]["y"], np.float32), reference(accurate, x), rtol=1e-6)
+
+
+def test_stats_and_recent_queries(client: TestClient) -> None:
+    for _ in range(3):
+        assert client.post(
+            "/v1/infer", json={"model": "tiny", "inputs": {"x": [[0] * IN]}, "latency_ms": 500}
+        ).is_success
+    stats = client.get("/v1/stats").json()["variants"]
+    assert [s["variant_key"] for s in stats] == ["tiny/fp32"]
+    assert stats[0]["requests"] == 3 and stats[0]["p99_ms"] >= stats[0]["p50_ms"] > 0
+    assert stats[0]["slo_miss_rate"] == 0.0
+    (worker,) = client.get("/v1/stats").json()["workers"]  # the local principal is an admin
+    assert worker["id"] == "local" and worker["instances"][0]["variant_key"] == "tiny/fp32"
+    assert worker["instances"][0]["queue_depth"] == 0
+    recent = client.get("/v1/queries", params={"limit": 2}).json()["queries"]
+    assert len(recent) == 2
+    assert recent[0]["variant"] == "fp32" and recent[0]["latency_ms"] == 500 and recent[0]["estimated_ms"] > 0
+
+
+# -- Open Inference Protocol ------------------------------------------------------------------------
+
+
+def test_v2_metadata_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    meta = client.get("/v2/models/tiny").json()
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, IN]}]
+    assert client.get("/v2/models/tiny/ready").status_code == 200
+    assert client.get("/v2/models/tiny/versions/1/ready").status_code == 200
+    assert client.get("/v2/models/tiny/versions/7").status_code == 404
+    assert client.get("/v2/models/nope").json() == {"error": "unknown model 'nope'"}
+    register(client.app.state.services, "building", ready=False)  # type: ignore[attr-defined]
+    assert client.get("/v2/models/building/ready").status_code == 503
+
+
+def test_v2_json_infer_and_errors(client: TestClient) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, IN)
+    body = {
+        "id": "q1",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, IN], "data": x.reshape(-1).tolist()}],
+        "parameters": {"slo_latency_ms": 100, "slo_min_accuracy": 0.5},
+    }
+    response = client.post("/v2/models/tiny/infer", json=body)
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["id"] == "q1" and out["parameters"]["variant"] == "tiny/fp32"
+    y = np.array(out["outputs"][0]["data"], np.float32).reshape(out["outputs"][0]["shape"])
+    np.testing.assert_allclose(y, reference(tiny_model(), x), rtol=1e-6)
+
+    assert client.post("/v2/models/nope/infer", json=body).status_code == 404
+    wrong = {**body, "inputs": [{**body["inputs"][0], "datatype": "INT64", "data": [0] * 8}]}
+    response = client.post("/v2/models/tiny/infer", json=wrong)
+    assert response.status_code == 400 and "dtype int64" in response.json()["error"]
+    picky = {**body, "parameters": {"slo_min_accuracy": 0.99}}
+    response = client.post("/v2/models/tiny/infer", json=picky)
+    assert response.status_code == 400 and "best available is 0.9" in response.json()["error"]
+    register(client.app.state.services, "building", ready=False)  # type: ignore[attr-defined]
+    assert client.post("/v2/models/building/infer", json=body).status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("header_length", "message"),
+    [("999", "body has"), ("-1", "body has"), ("abc", "must be an integer"), ("3", "not valid JSON")],
+)
+def test_v2_malformed_binary_header_is_400(client: TestClient, header_length: str, message: str) -> None:
+    header = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, IN], "parameters": {"binary_data_size": 16}}]}
+    )
+    response = client.post(
+        "/v2/models/tiny/infer",
+        content=header + np.zeros(IN, np.float32).tobytes(),
+        headers={"Inference-Header-Content-Length": header_length},
+    )
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+# -- the unmodified Triton client against a live server ---------------------------------------------
+
+
+@pytest.fixture()
+def live_server(tmp_path: Path) -> Iterator[tuple[str, Services]]:
+    app = make_app(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"127.0.0.1:{port}", app.state.services
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_http_works_unmodified(live_server: tuple[str, Services], binary: bool) -> None:
+    import tritonclient.http as httpclient
+
+    url, services = live_server
+    data = register(services, "tiny")
+    client = httpclient.InferenceServerClient(url)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("tiny")
+    assert client.get_model_metadata("tiny")["outputs"][0]["name"] == "y"
+    x = np.random.default_rng(7).standard_normal((5, IN)).astype(np.float32)
+    tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    # Default (no outputs named) asks for binary outputs; naming them with binary_data=False asks for JSON.
+    outputs = None if binary else [httpclient.InferRequestedOutput("y", binary_data=False)]
+    result = client.infer("tiny", [tensor], outputs=outputs, parameters={"slo_latency_ms": 100})
+    np.testing.assert_allclose(result.as_numpy("y"), reference(data, x), rtol=1e-6)
+    assert result.get_response()["parameters"]["variant"] == "tiny/fp32"
+    with pytest.raises(httpclient.InferenceServerException) as excinfo:
+        client.infer("nope", [tensor])
+    assert excinfo.value.status() == "404"
+    client.close()
+
+
+def test_candidate_cache_reads_the_catalog_only_after_a_change(client: TestClient) -> None:
+    services = client.app.state.services  # type: ignore[attr-defined]
+    engine = get_engine(services)
+    calls = 0
+    original = services.metadata.list_models
+
+    def counting():  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return original()
+
+    services.metadata.list_models = counting
+    body = {"model": "tiny", "inputs": {"x": [[0] * IN]}}
+    engine.cache.model("tiny")
+    calls = 0
+    for _ in range(5):
+        assert client.post("/v1/infer", json=body).status_code == 200
+    assert calls == 0  # no SQL on the query path
+    register(services, "second")  # the metadata store's listener invalidates the cache
+    assert client.post("/v1/infer", json={**body, "model": "second"}).status_code == 200
+    assert calls >= 1

@@ -1,0 +1,91 @@
+"""The in-memory live state: workers, instances, queue depth, windowed stats, recent queries."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from infaas.live_state import InstanceState, MemoryLiveState, QueryRecord, WorkerState
+
+
+def record(
+    variant: str = "v", actual: float = 10.0, estimated: float = 8.0, budget: float | None = 20.0
+) -> QueryRecord:
+    return QueryRecord(
+        at=time.time(), tenant="t", model="m", variant=variant, worker="w1", batch=1, latency_ms=budget,
+        min_accuracy=0.0, max_cost=None, estimated_ms=estimated, actual_ms=actual, queue_ms=0.0, cost=1e-9,
+        slo_at_risk=False, reason="r",
+    )  # fmt: skip
+
+
+def test_workers_heartbeat_and_draining() -> None:
+    live = MemoryLiveState()
+    live.register_worker(WorkerState(id="w1", address="local", cores=2, memory_budget_mb=100))
+    before = live.snapshot()
+    live.heartbeat("w1", 40.0)
+    live.set_draining("w1", True)
+    (w,) = live.workers()
+    assert w.memory_used_mb == 40.0 and w.memory_free_mb == 60.0 and w.draining and w.heartbeat_at > 0
+    assert before.workers[0].memory_used_mb == 0.0  # snapshots already handed out do not change
+    live.heartbeat("unknown", 1.0)  # ignored
+    live.remove_worker("w1")
+    assert live.workers() == []
+
+
+def test_instances_and_queue_depth() -> None:
+    live = MemoryLiveState()
+    live.register_worker(WorkerState(id="w1", address="local", cores=2, memory_budget_mb=100))
+    live.set_instance(InstanceState("w1", "m/v", 2, 20.0))
+    live.set_instance(InstanceState("w2", "m/v", 1, 10.0))
+    live.set_queue_depth("w1", "m/v", 3)
+    snap = live.snapshot()
+    assert {i.worker_id for i in snap.instances["m/v"]} == {"w1", "w2"}
+    assert snap.depth("w1", "m/v") == 3 and snap.depth("w2", "m/v") == 0
+    live.remove_instance("w1", "m/v")
+    assert [i.worker_id for i in live.instances()] == ["w2"]
+    assert live.snapshot().depth("w1", "m/v") == 0
+    live.remove_worker("w2")
+    assert live.instances() == []
+
+
+def test_variant_stats_over_the_window() -> None:
+    live = MemoryLiveState()
+    for ms in range(1, 101):
+        live.record_query(record(actual=float(ms), estimated=float(ms) - 2, budget=50.0))
+    live.record_query(record(variant="other", budget=None))
+    stats = live.variant_stats(window_s=10.0)
+    s = stats["m/v"]
+    assert s.requests == 100 and s.total_requests == 100
+    assert s.p50_ms == pytest.approx(50.5) and s.p99_ms == pytest.approx(99.01)
+    assert s.slo_miss_rate == pytest.approx(0.5)  # 51..100 exceed 50 ms
+    assert s.mean_estimate_error_ms == pytest.approx(2.0)
+    assert s.rate_per_s == pytest.approx(10.0)
+    assert stats["m/other"].slo_miss_rate == 0.0
+    old = MemoryLiveState()
+    old.record_query(QueryRecord(**{**record().__dict__, "at": time.time() - 100}))
+    assert old.variant_stats(window_s=10.0)["m/v"].requests == 0
+
+
+def test_recent_queries_are_a_bounded_ring_newest_first() -> None:
+    live = MemoryLiveState(recent=5)
+    for i in range(8):
+        live.record_query(record(actual=float(i)))
+    recent = live.recent_queries(limit=3)
+    assert [r.actual_ms for r in recent] == [7.0, 6.0, 5.0]
+    assert len(live.recent_queries(limit=100)) == 5
+
+
+def test_recording_is_cheap_and_thread_safe() -> None:
+    live = MemoryLiveState()
+    r = record()
+    start = time.perf_counter()
+    threads = [threading.Thread(target=lambda: [live.record_query(r) for _ in range(5000)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    per_call_us = (time.perf_counter() - start) / 20000 * 1e6
+    assert live.variant_stats()["m/v"].total_requests == 20000
+    assert per_call_us < 50

@@ -1,0 +1,200 @@
+"""The selector as a pure function over hand-made profiles and live state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from infaas.catalog import ModelInfo, ProfileInfo, VariantInfo
+from infaas.live_state import InstanceState, LiveSnapshot, WorkerState
+from infaas.selector import (
+    AccuracyUnavailable,
+    Candidate,
+    NoWorkerAvailable,
+    ProfileCurve,
+    Requirements,
+    select,
+)
+
+PRICES = {"cpu-core": 0.048, "gpu": 2.5}
+
+
+def model(name: str, task: str = "classify") -> ModelInfo:
+    return ModelInfo(
+        id=1, name=name, task=task, framework="onnx", inputs=[], outputs=[], opset=17, declared_accuracy=None,
+        max_batch=16, owner="t", public=False, status="ready", status_reason=None, artifact_key="k",
+        validation_key=None, size_bytes=1, created_at=datetime.now(UTC),
+    )  # fmt: skip
+
+
+def candidate(
+    model_name: str,
+    name: str,
+    latencies: dict[int, float],
+    accuracy: float | None = 0.9,
+    threads: int = 1,
+    hardware: str = "cpu",
+    load_ms: float = 100.0,
+    memory_mb: float = 100.0,
+    task: str = "classify",
+) -> Candidate:
+    profiles = tuple(
+        ProfileInfo(b, threads, load_ms, ms, ms * 1.2, b * 1000 / ms, memory_mb, accuracy)
+        for b, ms in sorted(latencies.items())
+    )
+    variant = VariantInfo(
+        id=1, model_name=model_name, name=name, kind=name, precision="fp32", hardware=hardware, threads=threads,
+        providers=(), artifact_key="a", status="ready", reason=None, profiles=profiles,
+    )  # fmt: skip
+    return Candidate.of(model(model_name, task), variant)
+
+
+def worker(worker_id: str = "w1", cores: int = 4, draining: bool = False, **kw: object) -> WorkerState:
+    return WorkerState(id=worker_id, address="local", cores=cores, memory_budget_mb=1000, draining=draining, **kw)  # type: ignore[arg-type]
+
+
+def live(*workers: WorkerState, loaded: dict[str, list[tuple[str, int]]] | None = None, depth=None) -> LiveSnapshot:  # type: ignore[no-untyped-def]
+    instances = {
+        key: tuple(InstanceState(w, key, replicas, 100.0) for w, replicas in places)
+        for key, places in (loaded or {}).items()
+    }
+    return LiveSnapshot(workers=workers or (worker(),), instances=instances, queue_depth=depth or {})
+
+
+FAST_PRICEY = candidate("m", "fast", {1: 2.0, 8: 6.0}, threads=4)  # 4 cores × 2 ms
+SLOW_CHEAP = candidate("m", "slow", {1: 5.0, 8: 20.0}, threads=1)  # 1 core × 5 ms
+
+
+def test_cheapest_meeting_the_budget_wins() -> None:
+    both = [FAST_PRICEY, SLOW_CHEAP]
+    loaded = {"m/fast": [("w1", 1)], "m/slow": [("w1", 1)]}
+    decision = select(Requirements(model="m", latency_ms=10), both, live(loaded=loaded), PRICES)
+    assert decision.variant.name == "slow" and not decision.slo_at_risk
+    assert decision.estimated_ms == 5.0
+    assert decision.estimated_cost == pytest.approx(0.048 * 5 / 3_600_000)
+    # A tighter budget only the fast one meets: not always the same variant.
+    decision = select(Requirements(model="m", latency_ms=3), both, live(loaded=loaded), PRICES)
+    assert decision.variant.name == "fast"
+    assert "cheapest of 1" in decision.reason
+
+
+def test_loaded_instance_wins_a_cost_tie() -> None:
+    decision = select(
+        Requirements(model="m", latency_ms=1000),
+        [SLOW_CHEAP],
+        live(worker("w1"), worker("w2"), loaded={"m/slow": [("w2", 1)]}),
+        PRICES,
+    )
+    assert decision.worker == "w2" and decision.loaded
+
+
+def test_load_time_is_counted_for_cold_variants() -> None:
+    decision = select(Requirements(model="m", latency_ms=50), [SLOW_CHEAP], live(), PRICES)
+    assert not decision.loaded and decision.estimated_ms == 105.0 and decision.slo_at_risk
+    assert "cold, +100 ms load" in decision.reason
+
+
+def test_queueing_changes_the_choice() -> None:
+    loaded = {"m/fast": [("w1", 1)], "m/slow": [("w1", 1)]}
+    idle = select(Requirements(model="m", latency_ms=12), [FAST_PRICEY, SLOW_CHEAP], live(loaded=loaded), PRICES)
+    assert idle.variant.name == "slow"
+    # 3 outstanding on slow: (3 − 1 + 1) × 5 ms waiting + 5 ms service = 20 ms > 12 ms.
+    busy = live(loaded=loaded, depth={("w1", "m/slow"): 3})
+    decision = select(Requirements(model="m", latency_ms=12), [FAST_PRICEY, SLOW_CHEAP], busy, PRICES)
+    assert decision.variant.name == "fast"
+    # More replicas absorb the same queue.
+    replicated = live(loaded={"m/fast": [("w1", 1)], "m/slow": [("w1", 4)]}, depth={("w1", "m/slow"): 3})
+    assert (
+        select(Requirements(model="m", latency_ms=12), [FAST_PRICEY, SLOW_CHEAP], replicated, PRICES).variant.name
+        == "slow"
+    )
+
+
+def test_slo_at_risk_falls_back_to_the_fastest() -> None:
+    loaded = {"m/fast": [("w1", 1)], "m/slow": [("w1", 1)]}
+    decision = select(Requirements(model="m", latency_ms=1), [FAST_PRICEY, SLOW_CHEAP], live(loaded=loaded), PRICES)
+    assert decision.variant.name == "fast" and decision.slo_at_risk
+    assert decision.reason.startswith("m/fast on w1") and "SLO at risk" in decision.reason
+
+
+def test_accuracy_floor_error_carries_the_best_accuracy() -> None:
+    low = candidate("m", "int8", {1: 1.0}, accuracy=0.81)
+    high = candidate("m", "fp32", {1: 3.0}, accuracy=0.88)
+    with pytest.raises(AccuracyUnavailable) as excinfo:
+        select(Requirements(model="m", min_accuracy=0.9), [low, high], live(), PRICES)
+    assert excinfo.value.best == 0.88 and "best available is 0.88" in str(excinfo.value)
+    unmeasured = candidate("m", "x", {1: 1.0}, accuracy=None)
+    with pytest.raises(AccuracyUnavailable, match="no variant has a measured accuracy"):
+        select(Requirements(model="m", min_accuracy=0.5), [unmeasured], live(), PRICES)
+    # Without a floor, unmeasured variants qualify.
+    assert select(Requirements(model="m"), [unmeasured], live(), PRICES).variant.name == "x"
+
+
+def test_accuracy_floor_filters_cheaper_variants() -> None:
+    cheap_inaccurate = candidate("m", "int8", {1: 1.0}, accuracy=0.8)
+    accurate = candidate("m", "fp32", {1: 3.0}, accuracy=0.95)
+    pick = select(Requirements(model="m", min_accuracy=0.9), [cheap_inaccurate, accurate], live(), PRICES)
+    assert pick.variant.name == "fp32"
+    assert select(Requirements(model="m"), [cheap_inaccurate, accurate], live(), PRICES).variant.name == "int8"
+
+
+def test_task_spans_models() -> None:
+    a = candidate("resnet", "fp32", {1: 8.0}, accuracy=0.76)
+    b = candidate("mobilenet", "fp32", {1: 2.0}, accuracy=0.70)
+    assert select(Requirements(task="classify"), [a, b], live(), PRICES).candidate.model.name == "mobilenet"
+    assert (
+        select(Requirements(task="classify", min_accuracy=0.75), [a, b], live(), PRICES).variant.model_name == "resnet"
+    )
+
+
+def test_max_cost_excludes_expensive_placements() -> None:
+    gpu = candidate("m", "gpu", {1: 1.0}, hardware="gpu")
+    cpu = candidate("m", "cpu", {1: 4.0}, threads=2)
+    gpu_worker = worker("g1", hardware=("cpu", "gpu"))
+    snapshot = live(gpu_worker, loaded={"m/gpu": [("g1", 1)], "m/cpu": [("g1", 1)]})
+    assert select(Requirements(model="m", latency_ms=2), [gpu, cpu], snapshot, PRICES).variant.name == "gpu"
+    cpu_cost = 2 * 0.048 * 4 / 3_600_000
+    decision = select(Requirements(model="m", latency_ms=10, max_cost=cpu_cost * 1.01), [gpu, cpu], snapshot, PRICES)
+    assert decision.variant.name == "cpu" and not decision.slo_at_risk
+    # Nothing meets both the budget and the cost cap: the affordable one is served, flagged.
+    decision = select(Requirements(model="m", latency_ms=2, max_cost=cpu_cost * 1.01), [gpu, cpu], snapshot, PRICES)
+    assert decision.variant.name == "cpu" and decision.slo_at_risk
+
+
+def test_threads_zero_means_every_core_of_the_worker() -> None:
+    all_cores = candidate("m", "all", {1: 1.0}, threads=0)
+    decision = select(Requirements(model="m"), [all_cores], live(worker(cores=8)), PRICES)
+    assert decision.estimated_cost == pytest.approx(8 * 0.048 * 1 / 3_600_000)
+
+
+def test_gpu_variants_need_a_gpu_worker() -> None:
+    gpu = candidate("m", "gpu", {1: 1.0}, hardware="gpu")
+    with pytest.raises(NoWorkerAvailable):
+        select(Requirements(model="m"), [gpu], live(worker()), PRICES)
+
+
+def test_draining_workers_are_never_chosen() -> None:
+    snapshot = live(worker("old", draining=True), worker("new"), loaded={"m/slow": [("old", 1)]})
+    decision = select(Requirements(model="m", latency_ms=1000), [SLOW_CHEAP], snapshot, PRICES)
+    assert decision.worker == "new" and not decision.loaded
+    with pytest.raises(NoWorkerAvailable):
+        select(Requirements(model="m"), [SLOW_CHEAP], live(worker("old", draining=True)), PRICES)
+
+
+def test_variants_too_big_for_every_worker_are_skipped() -> None:
+    huge = candidate("m", "huge", {1: 1.0}, memory_mb=5000)
+    with pytest.raises(NoWorkerAvailable):
+        select(Requirements(model="m"), [huge], live(), PRICES)
+
+
+def test_profile_at_the_batch_it_runs_with_extrapolation() -> None:
+    curve = ProfileCurve.of(candidate("m", "v", {1: 2.0, 4: 5.0, 8: 9.0}).variant)
+    assert curve.service_ms(1) == 2.0
+    assert curve.service_ms(3) == 5.0  # smallest profiled batch ≥ 3
+    assert curve.service_ms(8) == 9.0
+    assert curve.service_ms(16) == pytest.approx(9.0 + 8 * 1.0)  # slope of the last two profiles
+    single = ProfileCurve.of(candidate("m", "v", {4: 8.0}).variant)
+    assert single.service_ms(8) == pytest.approx(16.0)
+    decision = select(Requirements(model="m", batch=3), [candidate("m", "v", {1: 2.0, 4: 5.0})], live(), PRICES)
+    assert decision.estimated_ms == 105.0 and decision.batch == 3
