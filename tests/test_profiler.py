@@ -100,6 +100,10 @@ def test_score_rules() -> None:
     scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     assert score(scores, None, np.array([1, 0, 0])) == (pytest.approx(2 / 3), "top1")
     assert score(scores, scores[[0, 1, 1]], None) == (pytest.approx(2 / 3), "agreement")
+    # Vector outputs of a non-classification task (embeddings) are scored by cosine, not argmax.
+    embedding = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert score(embedding, embedding, None, task="sentence-embedding") == (pytest.approx(1.0), "cosine")
+    assert score(embedding, embedding[[1, 0]], None, task="sentence-embedding") == (0.0, "cosine")
     regression = np.array([[1.0], [2.0], [3.0]])
     assert score(regression * 1.1, regression, None) == (pytest.approx(0.9), "fidelity")
     assert score(regression * 5, regression, None) == (0.0, "fidelity")  # clipped, never negative

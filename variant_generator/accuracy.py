@@ -134,8 +134,28 @@ def _labels_of(output: np.ndarray) -> np.ndarray:
     return output.argmax(axis=-1) if _is_class_scores(output) else output.reshape(len(output), -1)[:, 0]
 
 
-def score(predicted: np.ndarray, reference: np.ndarray | None, labels: np.ndarray | None) -> tuple[float, str]:
-    """Accuracy and its metric name: ``top1`` vs labels, else ``agreement``/``fidelity`` vs the original."""
+def is_classification(task: str) -> bool:
+    """Whether a task's outputs are class scores (argmax agreement is meaningful) rather than vectors."""
+    return "classif" in task.lower()
+
+
+def _cosine(predicted: np.ndarray, target: np.ndarray) -> float:
+    """Mean per-row cosine similarity, clipped to [0, 1]: how faithful an embedding variant stays."""
+    a = predicted.astype(np.float64).reshape(len(predicted), -1)
+    b = target.astype(np.float64).reshape(a.shape)
+    cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + _EPS)
+    return float(np.clip(cos.mean(), 0.0, 1.0))
+
+
+def score(
+    predicted: np.ndarray, reference: np.ndarray | None, labels: np.ndarray | None, task: str = "classification"
+) -> tuple[float, str]:
+    """Accuracy and its metric name.
+
+    ``top1`` vs labels; otherwise, against the original model: ``agreement`` of argmax for classifiers,
+    ``cosine`` for vector outputs of other tasks (embeddings: argmax of an embedding means nothing), and
+    ``fidelity`` (1 - relative error) for the rest.
+    """
     if labels is not None:
         if _is_class_scores(predicted) or np.issubdtype(predicted.dtype, np.integer):
             target = _labels_of(labels) if labels.ndim == 2 else labels.reshape(-1)
@@ -143,6 +163,8 @@ def score(predicted: np.ndarray, reference: np.ndarray | None, labels: np.ndarra
         return _closeness(predicted, labels), "1-rel-error"
     if reference is None:
         raise ValueError("need labels or the original model's outputs to score against")
-    if _is_class_scores(predicted) or np.issubdtype(predicted.dtype, np.integer):
+    if np.issubdtype(predicted.dtype, np.integer) or (_is_class_scores(predicted) and is_classification(task)):
         return float(np.mean(_labels_of(predicted) == _labels_of(reference))), "agreement"
+    if _is_class_scores(predicted):
+        return _cosine(predicted, reference), "cosine"
     return _closeness(predicted, reference), "fidelity"

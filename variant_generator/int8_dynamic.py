@@ -52,7 +52,7 @@ def require_quantized(path: Path) -> Path:
 
 
 class Int8Dynamic(VariantGenerator):
-    """``quantize_dynamic`` of the MatMul-like operators, INT8 weights."""
+    """``quantize_dynamic`` of the MatMul-like operators, INT8 per-channel weights."""
 
     name = "cpu-int8-dynamic"
     kind = "cpu-int8-dynamic"
@@ -61,6 +61,10 @@ class Int8Dynamic(VariantGenerator):
     def build(self, ctx: BuildContext) -> Path:
         out = self.output_path(ctx)
         quantize_dynamic(
-            quantizable_source(ctx), out, op_types_to_quantize=DYNAMIC_OP_TYPES, weight_type=QuantType.QInt8
+            quantizable_source(ctx),
+            out,
+            op_types_to_quantize=DYNAMIC_OP_TYPES,
+            weight_type=QuantType.QInt8,
+            per_channel=True,  # per-tensor cost MiniLM cosine 0.963 vs 0.993 per-channel, at equal speed
         )
         return require_quantized(out)

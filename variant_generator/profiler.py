@@ -78,7 +78,7 @@ def _accuracy(
     predicted = _predict(runner, model, data)
     if predicted.dtype == object:  # e.g. a ZipMap's list of dicts: nothing numeric to compare
         return None, "unavailable"
-    value, metric = score(predicted, reference, None if data.synthetic else data.labels)
+    value, metric = score(predicted, reference, None if data.synthetic else data.labels, task=model.task)
     return value, f"{metric}-synthetic" if data.synthetic else metric
 
 
