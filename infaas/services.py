@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from infaas.config import Settings
 from infaas.db.migrate import upgrade
 from infaas.db.session import Database
+from infaas.live_state import make_live_state
 from infaas.metadata import MetadataStore
 from infaas.model_store import ModelStore, open_model_store
 
@@ -34,6 +35,9 @@ class Services:
         """Stop background work and release connections."""
         if self.jobs is not None:
             self.jobs.shutdown()
+        live = self.extras.get("live_state")
+        if live is not None:
+            live.close()
         self.db.dispose()
 
 
@@ -50,6 +54,10 @@ def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool 
         metadata=MetadataStore(db),
         store=open_model_store(settings.resolved_model_store, cache_dir=str(settings.home / "cache")),
     )
+    # Live state is chosen here like every other backend; catalog changes made in this process
+    # (registration, builds, profiling) are announced to every other process through it.
+    live = services.extras["live_state"] = make_live_state(settings)
+    services.metadata.add_listener(live.catalog_changed)
     if with_jobs:
         from infaas.jobs.runner import make_runner
 

@@ -54,7 +54,7 @@ def live() -> Response:
     return _ok({"live": True})
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", responses={503: {"description": "no worker is available to run queries"}})
 def ready(services: Services = Depends(get_services)) -> Response:
     """Ready when the query engine has a worker to run on."""
     engine = get_engine(services)

@@ -13,6 +13,7 @@ from rich.table import Table
 from infaas.cli.client import call
 from infaas.cli.jobs import job_app, jobs_worker
 from infaas.cli.keys import keys_app
+from infaas.cli.worker import worker_command
 from infaas.config import get_settings
 
 app = typer.Typer(help="infaas: model-less inference serving.", no_args_is_help=True)
@@ -22,6 +23,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(examples_app, name="examples")
 app.add_typer(job_app, name="job")
 app.add_typer(keys_app, name="keys")
+app.command("worker")(worker_command)
 app.command("jobs")(jobs_worker)
 out = Console()
 

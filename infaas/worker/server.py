@@ -1,0 +1,181 @@
+"""The worker process's HTTP app: a ``LocalWorker`` behind infer/load/unload/replica/status routes.
+
+The worker registers itself in the shared live state with its base URL, so every front-end can find
+it, and heartbeats; if its registration vanished (it was paused past the TTL, or Redis restarted) it
+registers again and re-reports its instances. Variants are loaded from the shared model store on
+demand: a query for a variant the worker has not seen gets 409 ``need-variant`` and the front-end
+sends the variant's description once (see ``infaas.worker.remote``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+
+import orjson
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from infaas.catalog import VariantInfo
+from infaas.live_state.base import InstanceState, LiveState, WorkerState
+from infaas.selector import ProfileCurve
+from infaas.serving import INLINE_MAX_MS
+from infaas.worker.remote import FRAME_TYPE, NEED_VARIANT, FrameError, decode_frame, encode_frame, variant_from_json
+from infaas.worker.worker import LocalWorker, WorkerError
+
+
+class WorkerService:
+    """A ``LocalWorker`` plus what a remote worker adds: its address in live state and known variants."""
+
+    def __init__(self, worker: LocalWorker, live: LiveState, address: str, heartbeat_s: float) -> None:
+        self.worker = worker
+        self.live = live
+        self.address = address
+        self._heartbeat_s = heartbeat_s
+        self._variants: dict[str, tuple[VariantInfo, ProfileCurve]] = {}
+        self._variants_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- registration ---------------------------------------------------------------------------
+    def _register(self) -> None:
+        status = self.worker.status()
+        self.live.register_worker(
+            WorkerState(
+                id=self.worker.id,
+                address=self.address,
+                cores=status.cores,
+                memory_budget_mb=status.memory_budget_mb,
+                memory_used_mb=status.memory_used_mb,
+                heartbeat_at=time.time(),
+            )
+        )
+        for inst in status.instances:
+            self.live.set_instance(InstanceState(self.worker.id, inst.variant_key, inst.replicas, inst.memory_mb))
+
+    def start(self) -> None:
+        """Register and start heartbeating."""
+        self._register()
+        self._thread = threading.Thread(target=self._beat, name="worker-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._heartbeat_s):
+            try:
+                if any(w.id == self.worker.id for w in self.live.workers()):
+                    self.live.heartbeat(self.worker.id, self.worker.memory_used_mb)
+                else:
+                    self._register()
+            except Exception:  # Redis away for a moment: keep serving, try again next beat
+                continue
+
+    def stop(self) -> None:
+        """Stop heartbeating, unload everything and leave live state."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.worker.stop()
+
+    # -- variants -------------------------------------------------------------------------------
+    def known(self, key: str, variant_id: int) -> tuple[VariantInfo, ProfileCurve] | None:
+        """The variant description last sent for ``key`` (with its curve), if it is the same variant row."""
+        found = self._variants.get(key)
+        return found if found is not None and found[0].id == variant_id else None
+
+    def remember(self, variant: VariantInfo) -> None:
+        """Keep a variant's description; a different row under the same key (rebuilt) replaces the old one."""
+        with self._variants_lock:
+            previous = self._variants.get(variant.key)
+            self._variants[variant.key] = (variant, ProfileCurve.of(variant))
+        if previous is not None and previous[0] != variant:
+            self.worker.unload(variant.key)
+
+
+def _error(exc: WorkerError) -> HTTPException:
+    return HTTPException(409, str(exc))
+
+
+def create_worker_app(service: WorkerService) -> FastAPI:
+    """The worker's HTTP API; the lifespan registers it and, on shutdown, unregisters it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.stop)
+
+    app = FastAPI(title="infaas worker", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    worker = service.worker
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"id": worker.id, "status": "ok"}
+
+    @app.post("/infer/{model}/{name}")
+    async def infer(model: str, name: str, request: Request) -> Response:
+        try:
+            meta, inputs = decode_frame(await request.body())
+        except FrameError as exc:
+            raise HTTPException(400, str(exc)) from None
+        found = service.known(f"{model}/{name}", int(meta.get("variant_id", -1)))
+        if found is None:
+            return Response(status_code=409, headers={"x-infaas-error": NEED_VARIANT})
+        variant, curve = found
+        remaining = meta.get("remaining_ms")
+        deadline = None if remaining is None else time.monotonic() + float(remaining) / 1000.0
+        # Like the front-end: a sub-millisecond run on an idle replica costs less than a thread hop.
+        rows = max((int(a.shape[0]) for a in inputs.values() if a.ndim), default=1)
+        result = worker.try_infer_now(variant, inputs) if curve.service_ms(rows) <= INLINE_MAX_MS else None
+        if result is None:
+            try:
+                result = await run_in_threadpool(worker.infer, variant, inputs, deadline)
+            except WorkerError as exc:
+                raise _error(exc) from None
+        body = encode_frame(
+            {"queue_ms": result.queue_ms, "service_ms": result.service_ms, "batch": result.batch}, result.outputs
+        )
+        return Response(body, media_type=FRAME_TYPE)
+
+    async def _variant(request: Request) -> VariantInfo:
+        try:
+            return variant_from_json(await request.body())
+        except (TypeError, ValueError, KeyError) as exc:
+            raise HTTPException(400, f"not a variant description: {exc}") from None
+
+    @app.post("/load")
+    async def load(request: Request) -> dict[str, str]:
+        variant = await _variant(request)
+        service.remember(variant)
+        try:
+            await run_in_threadpool(worker.load, variant)
+        except WorkerError as exc:
+            raise _error(exc) from None
+        return {"loaded": variant.key}
+
+    @app.post("/unload")
+    def unload(body: dict[str, str]) -> dict[str, bool]:
+        return {"unloaded": worker.unload(body["variant_key"])}
+
+    @app.post("/replicas/add")
+    async def add_replica(request: Request) -> dict[str, int]:
+        variant = await _variant(request)
+        service.remember(variant)
+        try:
+            return {"replicas": await run_in_threadpool(worker.add_replica, variant)}
+        except WorkerError as exc:
+            raise _error(exc) from None
+
+    @app.post("/replicas/remove")
+    def remove_replica(body: dict[str, str]) -> dict[str, int]:
+        return {"replicas": worker.remove_replica(body["variant_key"])}
+
+    @app.get("/status")
+    def status() -> Response:
+        return Response(orjson.dumps(asdict(worker.status())), media_type="application/json")
+
+    return app
