@@ -483,7 +483,7 @@ def get_engine(services: Services) -> QueryEngine:
     if engine is None:
         with _ENGINE_LOCK:
             engine = services.extras.get("engine") or build_engine(services)
-            engine.start()
+    engine.start()  # idempotent: an engine built elsewhere (e.g. by the autoscaler) may not be started yet
     return engine
 
 
