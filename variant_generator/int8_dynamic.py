@@ -35,7 +35,9 @@ def quantizable_source(ctx: BuildContext) -> Path:
     if prepared.exists():
         return prepared
     try:
-        quant_pre_process(str(ctx.source), str(prepared))
+        # Symbolic shape inference is skipped: on graphs it cannot finish (MiniLM) ONNX Runtime dumps
+        # `sym_shape_infer_temp.onnx` and its external data into the *current directory* of the server.
+        quant_pre_process(str(ctx.source), str(prepared), skip_symbolic_shape=True)
     except Exception as exc:  # best effort: quantizing the raw graph still works, just less well
         log.info("quant_pre_process failed for %s (%s); quantizing the original graph", ctx.model.name, exc)
         prepared.unlink(missing_ok=True)
