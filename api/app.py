@@ -11,13 +11,14 @@ from fastapi import FastAPI
 from api import console
 from api.concurrency import ConcurrencyLimit
 from api.limits import BodySizeLimit
-from api.routes import admin, infer, jobs, models, v2
+from api.routes import admin, decisions, infer, jobs, models, v2
 from api.schemas import ErrorOut
+from autoscaler import Autoscaler
 from infaas import __version__
 from infaas.auth import KeyRing
 from infaas.config import Settings, get_settings
 from infaas.services import Services, build_services
-from infaas.serving import get_engine
+from infaas.serving import QueryEngine, get_engine
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,16 @@ COMMON_RESPONSES: dict[int | str, dict] = {
     413: {"model": ErrorOut, "description": "request body over the configured limit"},
     429: {"model": ErrorOut, "description": "too many concurrent requests for this key (see Retry-After)"},
 }
+
+
+def _start_autoscaler(services: Services, engine: QueryEngine) -> Autoscaler | None:
+    """Run both autoscaler levels unless switched off (``dry-run`` records decisions without acting)."""
+    if services.settings.autoscaler == "off":
+        return None
+    scaler = Autoscaler(services, engine)
+    scaler.start()
+    services.extras["autoscaler"] = scaler
+    return scaler
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -43,9 +54,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if not settings.auth_enabled:
             log.warning("INFAAS_ADMIN_KEY is not set: authentication is off and only localhost clients are served")
         engine = get_engine(app.state.services)
+        scaler = _start_autoscaler(app.state.services, engine)
         try:
             yield
         finally:
+            if scaler is not None:
+                scaler.stop()
             engine.stop()
             if owned:
                 app.state.services.close()
@@ -63,4 +77,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(admin.router)
     app.include_router(console.router)
     app.include_router(jobs.router)
+    app.include_router(decisions.router)
     return app

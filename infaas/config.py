@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     idle_unload_s: float = 120.0
     min_workers: int = 1
     max_workers: int = 4
-    provider: str = "local"
+    provider: str | None = None  # "local", "ec2" or "inprocess"; default: see resolved_provider
 
     @property
     def resolved_database_url(self) -> str:
@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     def resolved_model_store(self) -> str:
         """Model store location: ``s3://bucket/prefix`` or a local folder."""
         return self.model_store or str(self.home / "models")
+
+    @property
+    def resolved_provider(self) -> str:
+        """Where new workers come from: local ``infaas worker`` processes need Redis to be found, so the
+        embedded default (no Redis) adds in-process workers instead."""
+        return self.provider or ("local" if self.redis_url else "inprocess")
 
     @property
     def auth_enabled(self) -> bool:

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from infaas.cli.client import call
+from infaas.cli.decisions import decisions_command
 from infaas.cli.jobs import job_app, jobs_worker
 from infaas.cli.keys import keys_app
 from infaas.cli.worker import worker_command
@@ -24,6 +25,7 @@ app.add_typer(examples_app, name="examples")
 app.add_typer(job_app, name="job")
 app.add_typer(keys_app, name="keys")
 app.command("worker")(worker_command)
+app.command("decisions")(decisions_command)
 app.command("jobs")(jobs_worker)
 out = Console()
 

@@ -1,0 +1,376 @@
+"""The control loop: observe, decide (pure policies), act or only record, on two periods.
+
+One background thread runs the model level every ``autoscaler_period_s`` and the VM level every
+``vm_autoscaler_period_s``. Each period it builds a ``ClusterView`` from live state (arrival rates,
+latencies and SLO misses per variant; queue depths), the workers' own status (replicas, idle time)
+and the candidate cache (profiles), asks the policies, and for every action records a decision
+(``metadata.record_decision``) and, unless ``settings.autoscaler`` is ``"dry-run"``, executes it
+through the worker clients, live state and the provider. Starting a worker can take minutes (a VM),
+so it runs on its own thread; the loop counts it as pending meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from autoscaler import model_level, vm_level
+from autoscaler.policy_types import Action, ClusterView, History, InstanceLoad, PolicyConfig, VariantOption, WorkerLoad
+from autoscaler.providers import Provider, ProviderError, make_provider
+from infaas.catalog import VariantInfo
+from infaas.selector import Candidate
+from infaas.services import Services
+
+if TYPE_CHECKING:
+    from infaas.serving import QueryEngine
+
+log = logging.getLogger(__name__)
+
+MODES = ("off", "dry-run", "on")
+
+
+def variant_option(candidate: Candidate, worker_cores: int, prices: dict[str, float]) -> VariantOption:
+    """The policies' view of a ready variant: its profile curve, footprint and $/hour per replica."""
+    variant = candidate.variant
+    profiles = sorted(variant.profiles, key=lambda p: p.batch_size)
+    cores = variant.threads or worker_cores
+    if variant.hardware == "cpu":
+        per_hour = prices.get("cpu-core", 0.0) * cores
+    else:
+        per_hour = prices.get(variant.hardware, prices.get(f"{variant.hardware}-core", 0.0))
+    return VariantOption(
+        key=variant.key,
+        model=variant.model_name,
+        accuracy=candidate.accuracy,
+        curve=tuple((p.batch_size, p.latency_p50_ms, p.throughput_per_s) for p in profiles),
+        p99_ms=profiles[0].latency_p99_ms,
+        memory_mb=candidate.curve.memory_mb,
+        cores=cores,
+        cost_per_hour=per_hour,
+    )
+
+
+class Autoscaler:
+    """Both autoscaling levels on their periods, in one background thread."""
+
+    def __init__(
+        self,
+        services: Services,
+        engine: QueryEngine,
+        *,
+        provider: Provider | None = None,
+        config: PolicyConfig | None = None,
+        stats_window_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        settings = services.settings
+        if settings.autoscaler not in MODES:
+            raise ValueError(f"INFAAS_AUTOSCALER must be one of {MODES}, not {settings.autoscaler!r}")
+        self.services = services
+        self.engine = engine
+        self.config = config or PolicyConfig(idle_unload_s=settings.idle_unload_s)
+        self.dry_run = settings.autoscaler == "dry-run"
+        self.stats_window_s = stats_window_s
+        self._provider = provider
+        self._clock = clock
+        self._model_history = History()
+        self._vm_history = History()
+        self._unmet: tuple[str, ...] = ()
+        self._owned: set[str] = set()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._starters: list[threading.Thread] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def provider(self) -> Provider:
+        """The provider, made from settings on first use (so ``off`` never touches a cloud API)."""
+        if self._provider is None:
+            self._provider = make_provider(self.services)
+        return self._provider
+
+    def start(self) -> None:
+        """Adopt the provider's running workers and start the loop thread."""
+        if self._thread is not None:
+            return
+        try:
+            handles = self.provider.workers()
+        except ProviderError as exc:
+            # Without a provider the model level still runs; the VM level records why it cannot act.
+            log.warning("autoscaler provider unavailable: %s", exc)
+            handles = []
+        for handle in handles:
+            try:
+                self.engine.add_worker(self.provider.connect(handle))
+                self._owned.add(handle.id)
+            except Exception:
+                log.exception("could not adopt worker %s", handle.id)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="infaas-autoscaler", daemon=True)
+        self._thread.start()
+
+    def stop(self, stop_workers: bool = True) -> None:
+        """Stop the loop; with ``stop_workers``, also stop every worker it started."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        for starter in list(self._starters):
+            starter.join(30)
+        if stop_workers and self._provider is not None:
+            for worker_id in sorted(self._owned):
+                self._remove_worker(worker_id)
+
+    def _run(self) -> None:
+        settings = self.services.settings
+        next_model = next_vm = self._clock()
+        while not self._stop.is_set():
+            now = self._clock()
+            try:
+                if now >= next_model:
+                    self.step_model()
+                    next_model = now + settings.autoscaler_period_s
+                if now >= next_vm:
+                    self.step_vm()
+                    next_vm = now + settings.vm_autoscaler_period_s
+            except Exception:  # the loop must outlive one bad period
+                log.exception("autoscaler period failed")
+            self._stop.wait(max(0.01, min(next_model, next_vm) - self._clock()))
+
+    # -- one period of each level ---------------------------------------------------------------
+    def step_model(self) -> list[Action]:
+        """Observe, decide and act once at the model level; returns the actions decided."""
+        view = self.view()
+        plan = model_level.decide(view, self._model_history, self.config)
+        self._model_history = plan.history
+        self._unmet = plan.unmet
+        for action in plan.actions:
+            self._apply(action)
+        return list(plan.actions)
+
+    def step_vm(self) -> list[Action]:
+        """Observe, decide and act once at the VM level; returns the actions decided."""
+        view = self.view()
+        plan = vm_level.decide(view, self._vm_history, self.config, self._unmet)
+        self._vm_history = plan.history
+        for action in plan.actions:
+            self._apply(action)
+        return list(plan.actions)
+
+    # -- observing ------------------------------------------------------------------------------
+    def _variants(self) -> dict[str, tuple[Candidate, VariantOption]]:
+        settings = self.services.settings
+        cache = self.engine.cache
+        out: dict[str, tuple[Candidate, VariantOption]] = {}
+        for model in cache.all_models():
+            for candidate in cache.for_model(model.name):
+                option = variant_option(candidate, settings.worker_cores, dict(settings.prices))
+                out[candidate.key] = (candidate, option)
+        return out
+
+    def view(self) -> ClusterView:
+        """The cluster as the policies see it now."""
+        live = self.engine.live
+        settings = self.services.settings
+        variants = {k: v[1] for k, v in self._variants().items()}
+        snapshot = live.snapshot()
+        stats = live.variant_stats(self.stats_window_s)
+        wall = time.time()
+        floors: dict[str, float] = {}
+        budgets: dict[str, float] = {}
+        rows: dict[str, list[int]] = {}  # rows per query: capacities are profiled in rows/s
+        last_seen: dict[tuple[str, str], float] = {}
+        for record in live.recent_queries(1000):
+            key = record.variant_key
+            last_seen[(record.worker, key)] = max(last_seen.get((record.worker, key), 0.0), record.at)
+            if record.at < wall - self.stats_window_s:
+                continue
+            floors[key] = max(floors.get(key, 0.0), record.min_accuracy)
+            rows.setdefault(key, []).append(max(1, record.batch))
+            if record.latency_ms is not None:
+                budgets[key] = min(budgets.get(key, record.latency_ms), record.latency_ms)
+        total_replicas: dict[str, int] = {}
+        for key, group in snapshot.instances.items():
+            total_replicas[key] = sum(i.replicas for i in group)
+
+        workers: list[WorkerLoad] = []
+        for state in snapshot.workers:
+            client = self.engine.worker(state.id)
+            loaded: list[tuple[str, int, float | None]] = []  # key, replicas, idle_s (None: unknown)
+            if client is not None:
+                try:
+                    status = client.status()
+                    loaded = [(i.variant_key, i.replicas, i.idle_s) for i in status.instances]
+                except Exception:
+                    log.warning("status of worker %s failed; using live state", state.id, exc_info=True)
+            if not loaded:
+                loaded = [
+                    (i.variant_key, i.replicas, None)
+                    for group in snapshot.instances.values()
+                    for i in group
+                    if i.worker_id == state.id
+                ]
+            instances = []
+            for key, replicas, idle_s in loaded:
+                stat = stats.get(key)
+                sizes = rows.get(key)
+                rows_per_query = sum(sizes) / len(sizes) if sizes else 1.0
+                share = replicas / max(total_replicas.get(key, replicas), replicas, 1)
+                if idle_s is None:
+                    seen = last_seen.get((state.id, key), 0.0)
+                    idle_s = wall - seen if seen else 0.0
+                instances.append(
+                    InstanceLoad(
+                        worker_id=state.id,
+                        variant_key=key,
+                        replicas=replicas,
+                        queue_depth=snapshot.depth(state.id, key),
+                        rate_per_s=(stat.rate_per_s if stat else 0.0) * rows_per_query * share,
+                        p99_ms=stat.p99_ms if stat else 0.0,
+                        slo_miss_rate=stat.slo_miss_rate if stat else 0.0,
+                        idle_s=idle_s,
+                        accuracy_floor=floors.get(key, 0.0),
+                        budget_ms=budgets.get(key),
+                        rows_per_query=rows_per_query,
+                    )
+                )
+            workers.append(
+                WorkerLoad(
+                    id=state.id,
+                    cores=state.cores,
+                    memory_budget_mb=state.memory_budget_mb,
+                    memory_used_mb=state.memory_used_mb,
+                    instances=tuple(instances),
+                    draining=state.draining,
+                    removable=state.id in self._owned,
+                )
+            )
+        with self._lock:
+            pending = self._pending
+        return ClusterView(
+            now=self._clock(),
+            workers=tuple(workers),
+            variants=variants,
+            min_workers=settings.min_workers,
+            max_workers=settings.max_workers,
+            pending_workers=pending,
+        )
+
+    # -- acting ---------------------------------------------------------------------------------
+    def _record(self, action: Action, outcome: str | None, *, name: str | None = None) -> None:
+        try:
+            self.services.metadata.record_decision(
+                level=action.level,
+                action=name or action.action,
+                target=action.target,
+                inputs=action.inputs,
+                reason=action.reason,
+                dry_run=self.dry_run,
+                outcome=outcome,
+            )
+        except Exception:
+            log.exception("could not record decision %s %s", action.action, action.target)
+
+    def _apply(self, action: Action) -> None:
+        if self.dry_run:
+            self._record(action, None)
+            return
+        if action.action == "add_worker":
+            self._record(action, "starting")
+            self._start_worker_async(action)
+            return
+        try:
+            outcome = self._execute(action)
+        except Exception as exc:
+            log.warning("autoscaler action %s on %s failed: %s", action.action, action.target, exc)
+            outcome = f"failed: {exc}"
+        self._record(action, outcome)
+
+    def _variant(self, key: str | None) -> VariantInfo:
+        found = self._variants().get(key or "")
+        if found is None:
+            raise LookupError(f"{key} is not a ready variant")
+        return found[0].variant
+
+    def _execute(self, action: Action) -> str:
+        """Carry out one action; returns what happened."""
+        live = self.engine.live
+        if action.level == vm_level.LEVEL:
+            if action.action == "drain_worker":
+                live.set_draining(action.target, True)
+                return "draining"
+            if action.action == "undrain":
+                live.set_draining(action.target, False)
+                return "taking queries again"
+            if action.action == "remove_worker":
+                self._remove_worker(action.target)
+                return "stopped"
+            raise ValueError(f"unknown VM action {action.action!r}")
+        client = self.engine.worker(action.worker or "")
+        if client is None:
+            raise LookupError(f"worker {action.worker} is not reachable from this front-end")
+        if action.action in {"add_replica", "place"}:
+            variant = self._variant(action.variant)
+            if action.action == "place":
+                client.load(variant)
+                replicas = 1
+                for _ in range(action.count - 1):
+                    replicas = client.add_replica(variant)
+            else:
+                for _ in range(action.count):
+                    replicas = client.add_replica(variant)
+            return f"{replicas} replica(s)"
+        if action.action == "remove_replica":
+            replicas = 0
+            for _ in range(action.count):
+                replicas = client.remove_replica(action.variant or "")
+            return f"{replicas} replica(s)"
+        if action.action in {"upgrade", "downgrade"}:
+            new = self._variant(action.to_variant)
+            client.load(new)
+            for _ in range(action.count - 1):
+                client.add_replica(new)
+            client.unload(action.variant or "")
+            return f"{action.to_variant} loaded with {action.count} replica(s), {action.variant} unloaded"
+        if action.action == "unload":
+            return "unloaded" if client.unload(action.variant or "") else "was not loaded"
+        raise ValueError(f"unknown model action {action.action!r}")
+
+    def _start_worker_async(self, action: Action) -> None:
+        with self._lock:
+            self._pending += 1
+
+        def start() -> None:
+            try:
+                handle = self.provider.start_worker()
+                try:
+                    self.engine.add_worker(self.provider.connect(handle))
+                except Exception:
+                    self.provider.stop_worker(handle.id)
+                    raise
+                self._owned.add(handle.id)
+                self._record(replace(action, target=handle.id), f"started {handle.address}", name="worker_started")
+            except Exception as exc:
+                log.warning("starting a worker failed: %s", exc)
+                self._record(action, f"failed: {exc}", name="worker_failed")
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+        thread = threading.Thread(target=start, name="infaas-autoscaler-start", daemon=True)
+        self._starters = [t for t in self._starters if t.is_alive()] + [thread]
+        thread.start()
+
+    def _remove_worker(self, worker_id: str) -> None:
+        self.engine.remove_worker(worker_id)
+        try:
+            self.provider.stop_worker(worker_id)
+        finally:
+            self._owned.discard(worker_id)
+            self.engine.live.remove_worker(worker_id)

@@ -1,0 +1,340 @@
+"""Model-level autoscaling: replicas and variants of what is loaded on each worker.
+
+Per loaded instance, every period (``autoscaler_period_s``):
+
+* utilization = arrival rate / (replicas × per-replica capacity), where capacity is the profiled
+  throughput at the largest batch that still fits half the tightest latency budget seen;
+* *overloaded* when utilization > ``high_utilization``, or SLO misses exceed the threshold while the
+  observed p99 is well above the profiled p99 and the load is not negligible (the profile is too
+  optimistic under this load; misses at near-zero load are not something replicas fix);
+* *underloaded* when utilization < ``low_utilization`` with no misses and nothing queued.
+
+A scale-up waits for ``up_periods`` overloaded periods in a row and a scale-down for
+``down_periods`` underloaded ones (hysteresis), no instance is touched twice within ``cooldown_s``,
+and none is scaled down within ``down_after_up_s`` of being scaled up, so load near a threshold does
+not make it flap. Replicas are sized to ``target_utilization``, which lies between the two thresholds,
+so the state reached by an action is inside the band and does not trigger the opposite action.
+
+Scaling up replicates within the worker's memory and core budget, or *upgrades* to a faster variant
+of the same model (INT8, more threads, a better batch curve) that still meets the accuracy floor its
+queries asked for, whichever adds less $/hour, or when replication does not fit; what fits on neither
+is placed on another worker, and what fits nowhere is reported as unmet demand for the VM level.
+Scaling down removes replicas, then *downgrades* a lone replica to a cheaper variant when the load is
+low and the latency budget loose. Instances idle past ``idle_unload_s`` are unloaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from autoscaler.policy_types import (
+    Action,
+    ClusterView,
+    History,
+    InstanceLoad,
+    PolicyConfig,
+    VariantOption,
+    WorkerLoad,
+    next_streak,
+    replicas_needed,
+)
+
+LEVEL = "model"
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """The model level's decisions, its updated memory, and what it could not place."""
+
+    actions: tuple[Action, ...]
+    history: History
+    unmet: tuple[str, ...]  # targets overloaded with no room anywhere
+
+
+def instance_target(worker_id: str, variant_key: str) -> str:
+    """The history key of one instance: ``worker/model/variant``."""
+    return f"{worker_id}/{variant_key}"
+
+
+def meets_floor(option: VariantOption, floor: float) -> bool:
+    """Whether a variant may serve queries that asked for at least ``floor`` accuracy."""
+    if floor <= 0:
+        return True
+    return option.accuracy is not None and option.accuracy >= floor
+
+
+class _Budget:
+    """Memory and cores left per worker, debited as actions are planned within one period."""
+
+    def __init__(self, view: ClusterView) -> None:
+        self.memory = {w.id: w.memory_budget_mb - w.memory_used_mb for w in view.workers}
+        self.cores: dict[str, float] = {}
+        for w in view.workers:
+            held = sum(i.replicas * _cores(view, i) for i in w.instances)
+            self.cores[w.id] = w.cores - held
+
+    def fits(self, worker_id: str, option: VariantOption) -> int:
+        """How many more replicas of ``option`` fit on the worker."""
+        by_memory = self.memory[worker_id] / option.memory_mb if option.memory_mb > 0 else math.inf
+        by_cores = self.cores[worker_id] / option.cores if option.cores > 0 else math.inf
+        return max(0, int(min(by_memory, by_cores, 1_000)))
+
+    def take(self, worker_id: str, option: VariantOption, replicas: int) -> None:
+        """Debit (or, negative, credit) ``replicas`` replicas of ``option``."""
+        self.memory[worker_id] -= replicas * option.memory_mb
+        self.cores[worker_id] -= replicas * option.cores
+
+
+def _cores(view: ClusterView, instance: InstanceLoad) -> int:
+    option = view.variants.get(instance.variant_key)
+    return option.cores if option is not None else 0
+
+
+def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPlan:
+    """Plan this period's model-level actions (pure: no I/O, time comes from ``view.now``)."""
+    budget = _Budget(view)
+    streaks: dict[str, int] = {}
+    actions: list[Action] = []
+    unmet: list[str] = []
+    for worker in sorted(view.workers, key=lambda w: w.id):
+        for inst in worker.instances:
+            option = view.variants.get(inst.variant_key)
+            if option is None:
+                continue  # no longer a ready variant: the query engine unloads it
+            target = instance_target(worker.id, inst.variant_key)
+            capacity = inst.capacity(option)
+            utilization = inst.rate_per_s / (max(inst.replicas, 1) * capacity)
+            # Misses count as overload only under real load: at negligible utilization more replicas cannot help.
+            slow = (
+                inst.slo_miss_rate > config.slo_miss_threshold
+                and inst.p99_ms > option.p99_ms * config.slow_factor
+                and utilization >= config.low_utilization
+            )
+            over = utilization > config.high_utilization or slow
+            under = (
+                utilization < config.low_utilization
+                and inst.slo_miss_rate <= config.slo_miss_threshold
+                and inst.queue_depth == 0
+            )
+            streak = next_streak(history.streak(target), over, under)
+            streaks[target] = streak
+            if worker.draining or history.cooling(target, view.now, config.cooldown_s):
+                continue
+            inputs = {
+                "rate_per_s": round(inst.rate_per_s, 3),
+                "replicas": inst.replicas,
+                "capacity_per_replica_per_s": round(capacity, 3),
+                "utilization": round(utilization, 3),
+                "queue_depth": inst.queue_depth,
+                "p99_ms": round(inst.p99_ms, 3),
+                "profiled_p99_ms": round(option.p99_ms, 3),
+                "slo_miss_rate": round(inst.slo_miss_rate, 4),
+                "idle_s": round(inst.idle_s, 1),
+                "accuracy_floor": inst.accuracy_floor,
+                "budget_ms": inst.budget_ms,
+                "rows_per_query": round(inst.rows_per_query, 1),
+                "streak": streak,
+            }
+            if inst.idle_s >= config.idle_unload_s and inst.queue_depth == 0:
+                actions.append(
+                    Action(
+                        LEVEL,
+                        "unload",
+                        target,
+                        f"idle for {inst.idle_s:.0f} s ≥ idle_unload_s {config.idle_unload_s:g} s",
+                        inputs,
+                        worker=worker.id,
+                        variant=inst.variant_key,
+                    )
+                )
+                budget.take(worker.id, option, -inst.replicas)
+            elif streak >= config.up_periods:
+                planned, missing = _scale_up(view, worker, inst, option, capacity, budget, config, inputs)
+                actions.extend(planned)
+                if missing:
+                    unmet.append(target)
+            elif streak <= -config.down_periods:
+                last_up = history.last_up.get(target)
+                if last_up is None or view.now - last_up >= config.down_after_up_s:
+                    actions.extend(_scale_down(view, worker, inst, option, capacity, budget, config, inputs))
+    new_history = history.with_streaks(streaks)
+    for action in actions:
+        up = action.action in {"add_replica", "upgrade", "place"}
+        new_history = new_history.acted(action.target, view.now, up)
+        if action.to_variant is not None and action.worker is not None:
+            new_history = new_history.acted(instance_target(action.worker, action.to_variant), view.now, up)
+    return ModelPlan(tuple(actions), new_history, tuple(unmet))
+
+
+def _alternatives(view: ClusterView, option: VariantOption, inst: InstanceLoad) -> list[VariantOption]:
+    """Other variants of the same model that meet the floor and the budget its queries asked for."""
+    return [
+        alt
+        for alt in view.variants.values()
+        if alt.model == option.model
+        and alt.key != option.key
+        and meets_floor(alt, inst.accuracy_floor)
+        and (inst.budget_ms is None or alt.service_ms <= inst.budget_ms)
+    ]
+
+
+def _scale_up(
+    view: ClusterView,
+    worker: WorkerLoad,
+    inst: InstanceLoad,
+    option: VariantOption,
+    capacity: float,
+    budget: _Budget,
+    config: PolicyConfig,
+    inputs: dict,
+) -> tuple[list[Action], bool]:
+    """Replicate, upgrade or place elsewhere; the flag says demand is left that fits nowhere."""
+    target = instance_target(worker.id, inst.variant_key)
+    needed = max(replicas_needed(inst.rate_per_s, capacity, config.target_utilization), inst.replicas + 1)
+    add = needed - inst.replicas
+    here = min(add, budget.fits(worker.id, option))
+    replicate_cost = add * option.cost_per_hour
+
+    best: tuple[float, float, VariantOption, int] | None = None
+    for alt in _alternatives(view, option, inst):
+        alt_capacity = inst.capacity(alt)
+        if alt_capacity < capacity * config.faster_factor:
+            continue
+        alt_replicas = replicas_needed(inst.rate_per_s, alt_capacity, config.target_utilization)
+        freed_memory = inst.replicas * option.memory_mb
+        freed_cores = inst.replicas * option.cores
+        if (
+            alt_replicas * alt.memory_mb - freed_memory > budget.memory[worker.id]
+            or alt_replicas * alt.cores - freed_cores > budget.cores[worker.id]
+        ):
+            continue
+        extra_cost = alt_replicas * alt.cost_per_hour - inst.replicas * option.cost_per_hour
+        rank = (extra_cost, -alt_capacity, alt, alt_replicas)
+        if best is None or rank[:2] < best[:2]:
+            best = rank
+    if best is not None and (here < add or best[0] < replicate_cost):
+        extra_cost, _, alt, alt_replicas = best
+        why = "replication does not fit" if here < add else f"+${extra_cost:.4f}/h < +${replicate_cost:.4f}/h"
+        budget.take(worker.id, option, -inst.replicas)
+        budget.take(worker.id, alt, alt_replicas)
+        return [
+            Action(
+                LEVEL,
+                "upgrade",
+                target,
+                f"overloaded ({inputs['utilization']:.2f} utilization); {alt.key} serves "
+                f"{inst.capacity(alt):.0f}/s per replica vs {capacity:.0f}/s; {why}",
+                {**inputs, "to_capacity_per_s": round(inst.capacity(alt), 3)},
+                worker=worker.id,
+                variant=inst.variant_key,
+                to_variant=alt.key,
+                count=alt_replicas,
+            )
+        ], False
+
+    actions: list[Action] = []
+    if here > 0:
+        budget.take(worker.id, option, here)
+        actions.append(
+            Action(
+                LEVEL,
+                "add_replica",
+                target,
+                f"overloaded: {inst.rate_per_s:.1f}/s needs {needed} replica(s) at "
+                f"{config.target_utilization:.0%} of {capacity:.0f}/s each; {inst.replicas} loaded",
+                {**inputs, "needed_replicas": needed},
+                worker=worker.id,
+                variant=inst.variant_key,
+                count=here,
+            )
+        )
+    remaining = add - here
+    for other in sorted(view.workers, key=lambda w: -budget.memory[w.id]):
+        if remaining <= 0:
+            break
+        if other.id == worker.id or other.draining or any(i.variant_key == inst.variant_key for i in other.instances):
+            continue
+        fits = min(remaining, budget.fits(other.id, option))
+        if fits <= 0:
+            continue
+        budget.take(other.id, option, fits)
+        remaining -= fits
+        actions.append(
+            Action(
+                LEVEL,
+                "place",
+                instance_target(other.id, inst.variant_key),
+                f"{worker.id} has no room for {remaining + fits} more replica(s) of {inst.variant_key}; "
+                f"loading {fits} on {other.id}",
+                {**inputs, "needed_replicas": needed, "from_worker": worker.id},
+                worker=other.id,
+                variant=inst.variant_key,
+                count=fits,
+            )
+        )
+    return actions, remaining > 0
+
+
+def _scale_down(
+    view: ClusterView,
+    worker: WorkerLoad,
+    inst: InstanceLoad,
+    option: VariantOption,
+    capacity: float,
+    budget: _Budget,
+    config: PolicyConfig,
+    inputs: dict,
+) -> list[Action]:
+    """Remove replicas down to what the load needs, or downgrade a lone busy replica."""
+    target = instance_target(worker.id, inst.variant_key)
+    if inst.replicas > 1:
+        keep = replicas_needed(inst.rate_per_s, capacity, config.target_utilization)
+        if keep >= inst.replicas:
+            return []
+        budget.take(worker.id, option, -(inst.replicas - keep))
+        return [
+            Action(
+                LEVEL,
+                "remove_replica",
+                target,
+                f"underloaded: {inst.rate_per_s:.1f}/s needs {keep} of {inst.replicas} replica(s)",
+                {**inputs, "keep_replicas": keep},
+                worker=worker.id,
+                variant=inst.variant_key,
+                count=inst.replicas - keep,
+            )
+        ]
+    if inst.rate_per_s <= 0:
+        return []  # nothing served: unloading when idle long enough is cheaper than any variant
+    cheaper = [
+        alt
+        for alt in _alternatives(view, option, inst)
+        if (
+            alt.cost_per_hour < option.cost_per_hour
+            or (alt.cost_per_hour == option.cost_per_hour and alt.memory_mb < 0.8 * option.memory_mb)
+        )
+        and (inst.budget_ms is None or alt.p99_ms <= inst.budget_ms / 2)
+        and inst.rate_per_s <= inst.capacity(alt) * config.target_utilization
+        and alt.memory_mb - option.memory_mb <= budget.memory[worker.id]
+        and alt.cores - option.cores <= budget.cores[worker.id]
+    ]
+    if not cheaper:
+        return []
+    alt = min(cheaper, key=lambda a: (a.cost_per_hour, a.memory_mb, a.key))
+    budget.take(worker.id, option, -1)
+    budget.take(worker.id, alt, 1)
+    return [
+        Action(
+            LEVEL,
+            "downgrade",
+            target,
+            f"underloaded and objectives loose: {alt.key} costs ${alt.cost_per_hour:.4f}/h vs "
+            f"${option.cost_per_hour:.4f}/h, p99 {alt.p99_ms:.2f} ms within half of the "
+            f"{'unbounded' if inst.budget_ms is None else f'{inst.budget_ms:g} ms'} budget",
+            inputs,
+            worker=worker.id,
+            variant=inst.variant_key,
+            to_variant=alt.key,
+        )
+    ]

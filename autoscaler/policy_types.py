@@ -1,0 +1,189 @@
+"""The autoscaler's inputs and outputs as plain immutable values.
+
+Both policies (``model_level.decide``, ``vm_level.decide``) are pure functions of these: the control
+loop (``loop.py``) builds a ``ClusterView`` from live state, worker status and the catalog, passes the
+``History`` returned last time, and executes (or, in dry-run, only records) the returned ``Action``s.
+Keeping I/O out of the policies is what lets the tests cover every rule with hand-made states.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Thresholds of both levels. Scale-up and scale-down thresholds are far apart (hysteresis)."""
+
+    high_utilization: float = 0.8  # above: overloaded
+    low_utilization: float = 0.3  # below: underloaded
+    target_utilization: float = 0.6  # replicas are sized so that each runs at this
+    slo_miss_threshold: float = 0.02  # windowed miss rate above which objectives are not met
+    slow_factor: float = 1.5  # observed p99 above profiled p99 × this counts as slow
+    up_periods: int = 2  # consecutive overloaded periods before scaling up
+    down_periods: int = 5  # consecutive underloaded periods before scaling down
+    cooldown_s: float = 3.0  # no second action on the same instance within this
+    down_after_up_s: float = 10.0  # no scale-down of an instance within this of its last scale-up
+    idle_unload_s: float = 120.0
+    faster_factor: float = 1.25  # an upgrade must raise per-replica capacity at least this much
+    vm_up_periods: int = 2
+    vm_down_periods: int = 3
+    vm_cooldown_s: float = 20.0
+    drain_timeout_s: float = 60.0  # a draining worker is stopped after this even if work remains
+
+
+@dataclass(frozen=True)
+class VariantOption:
+    """A ready, profiled variant as the policies see it.
+
+    ``curve`` holds ``(batch, p50 ms, throughput/s)`` per profiled batch size, ascending by batch.
+    ``cores`` is what one replica holds (its thread count, or all the worker's cores when 0).
+    """
+
+    key: str
+    model: str
+    accuracy: float | None
+    curve: tuple[tuple[int, float, float], ...]
+    p99_ms: float  # profiled p99 at batch 1
+    memory_mb: float
+    cores: int
+    cost_per_hour: float  # of one replica
+
+    @property
+    def service_ms(self) -> float:
+        """Profiled p50 at the smallest batch."""
+        return self.curve[0][1]
+
+    def capacity(self, budget_ms: float | None, rows_per_query: float = 1.0) -> float:
+        """Rows/s one replica sustains when a batch must finish within half the budget.
+
+        Half, because a request waits for the batch in front of it as well as its own; with no budget
+        the best profiled throughput counts. Batches smaller than a query's rows never happen, so only
+        profiled batches of at least that size count (the largest one when queries are bigger still).
+        """
+        big_enough = [c for c in self.curve if c[0] >= rows_per_query] or [self.curve[-1]]
+        usable = [thr for _b, p50, thr in big_enough if budget_ms is None or p50 <= budget_ms / 2]
+        return max(usable) if usable else big_enough[0][2]
+
+
+@dataclass(frozen=True)
+class InstanceLoad:
+    """One variant loaded on one worker, with what it is being asked to do."""
+
+    worker_id: str
+    variant_key: str
+    replicas: int
+    queue_depth: int  # outstanding requests now
+    rate_per_s: float  # this worker's share of the variant's windowed arrival rate, in rows/s like profiles
+    p99_ms: float  # observed, windowed (0 when no requests)
+    slo_miss_rate: float  # observed, windowed
+    idle_s: float  # since the last request
+    accuracy_floor: float = 0.0  # the highest floor among recent queries it served
+    budget_ms: float | None = None  # the tightest latency budget among recent queries it served
+    rows_per_query: float = 1.0  # mean rows of recent queries
+
+    def capacity(self, option: VariantOption) -> float:
+        """Rows/s one replica of ``option`` sustains for the queries this instance receives."""
+        return option.capacity(self.budget_ms, self.rows_per_query)
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """A worker's budget and what is loaded on it."""
+
+    id: str
+    cores: int
+    memory_budget_mb: float
+    memory_used_mb: float
+    instances: tuple[InstanceLoad, ...] = ()
+    draining: bool = False
+    removable: bool = True  # false for the front-end's own in-process worker
+
+    @property
+    def outstanding(self) -> int:
+        """Requests waiting or running on this worker."""
+        return sum(i.queue_depth for i in self.instances)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Everything both policies decide from, taken at ``now`` (seconds, any monotonic clock)."""
+
+    now: float
+    workers: tuple[WorkerLoad, ...]
+    variants: Mapping[str, VariantOption]
+    min_workers: int = 1
+    max_workers: int = 4
+    pending_workers: int = 0  # asked of the provider, not yet registered
+
+    def worker(self, worker_id: str) -> WorkerLoad | None:
+        """A worker by id."""
+        return next((w for w in self.workers if w.id == worker_id), None)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One decision: what to do, to what, why, and the inputs that triggered it."""
+
+    level: str  # "model" or "vm"
+    action: str
+    target: str  # "worker/model/variant" at model level, a worker id at VM level
+    reason: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+    worker: str | None = None
+    variant: str | None = None
+    to_variant: str | None = None
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class History:
+    """What the policies remember between periods.
+
+    ``streaks`` counts consecutive periods a target was overloaded (positive) or underloaded
+    (negative); ``last_up`` / ``last_action`` hold when a target was last scaled up / acted on.
+    """
+
+    streaks: Mapping[str, int] = field(default_factory=dict)
+    last_action: Mapping[str, float] = field(default_factory=dict)
+    last_up: Mapping[str, float] = field(default_factory=dict)
+
+    def streak(self, target: str) -> int:
+        """The signed streak of a target (0 when in band or unknown)."""
+        return self.streaks.get(target, 0)
+
+    def cooling(self, target: str, now: float, cooldown_s: float) -> bool:
+        """Whether the target was acted on less than ``cooldown_s`` ago."""
+        last = self.last_action.get(target)
+        return last is not None and now - last < cooldown_s
+
+    def with_streaks(self, streaks: Mapping[str, int]) -> History:
+        """A copy with new streaks (targets not present are forgotten)."""
+        return replace(self, streaks=dict(streaks))
+
+    def acted(self, target: str, now: float, up: bool) -> History:
+        """A copy noting an action on ``target`` at ``now``; its streak restarts."""
+        streaks = dict(self.streaks)
+        streaks[target] = 0
+        last_action = {**self.last_action, target: now}
+        last_up = {**self.last_up, target: now} if up else dict(self.last_up)
+        return History(streaks=streaks, last_action=last_action, last_up=last_up)
+
+
+def next_streak(previous: int, over: bool, under: bool) -> int:
+    """Extend a signed streak: consecutive overloaded periods count up, underloaded ones count down."""
+    if over:
+        return previous + 1 if previous > 0 else 1
+    if under:
+        return previous - 1 if previous < 0 else -1
+    return 0
+
+
+def replicas_needed(rate_per_s: float, capacity_per_s: float, target_utilization: float) -> int:
+    """Replicas that serve ``rate_per_s`` with each at ``target_utilization``; at least one."""
+    if capacity_per_s <= 0:
+        return 1
+    return max(1, math.ceil(rate_per_s / (capacity_per_s * target_utilization)))

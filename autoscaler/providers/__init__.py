@@ -1,0 +1,39 @@
+"""Worker providers: where the VM-level autoscaler gets workers from."""
+
+from __future__ import annotations
+
+from autoscaler.providers.base import Provider, ProviderError, WorkerHandle
+from infaas.services import Services
+
+
+def make_provider(services: Services) -> Provider:
+    """The provider named by ``settings.resolved_provider`` (``local``, ``ec2`` or ``inprocess``)."""
+    settings = services.settings
+    provider = settings.resolved_provider
+    if provider == "local":
+        from autoscaler.providers.local import LocalProvider
+
+        if not settings.redis_url:
+            raise ProviderError("the local provider needs INFAAS_REDIS_URL: workers find front-ends through it")
+
+        return LocalProvider(settings)
+    if provider == "ec2":
+        from autoscaler.providers.ec2 import Ec2Provider
+
+        return Ec2Provider(settings)
+    if provider == "inprocess":
+        from autoscaler.providers.inprocess import InProcessProvider
+        from infaas.serving import get_engine
+
+        engine = get_engine(services)
+        return InProcessProvider(
+            services.store,
+            engine.live,
+            memory_budget_mb=settings.worker_memory_mb,
+            cores=settings.worker_cores,
+            heartbeat_s=settings.heartbeat_s,
+        )
+    raise ProviderError(f"unknown provider {provider!r}: use local, ec2 or inprocess")
+
+
+__all__ = ["Provider", "ProviderError", "WorkerHandle", "make_provider"]

@@ -1,0 +1,375 @@
+"""The autoscaler policies as pure functions of hand-made cluster states: every rule, and no flapping."""
+
+from __future__ import annotations
+
+from autoscaler import model_level, vm_level
+from autoscaler.policy_types import (
+    ClusterView,
+    History,
+    InstanceLoad,
+    PolicyConfig,
+    VariantOption,
+    WorkerLoad,
+    next_streak,
+)
+
+CFG = PolicyConfig(idle_unload_s=60.0)
+
+
+def option(
+    key: str = "m/fp32",
+    accuracy: float = 0.95,
+    p50: float = 10.0,
+    memory: float = 100.0,
+    cores: int = 1,
+    cost: float = 0.048,
+) -> VariantOption:
+    """One replica serves 1000/p50 per second at batch 1 and twice that at batch 4 (2×p50)."""
+    return VariantOption(
+        key=key,
+        model=key.split("/")[0],
+        accuracy=accuracy,
+        curve=((1, p50, 1000.0 / p50), (4, 2 * p50, 4000.0 / (2 * p50))),
+        p99_ms=p50 * 1.5,
+        memory_mb=memory,
+        cores=cores,
+        cost_per_hour=cost,
+    )
+
+
+def inst(key: str = "m/fp32", worker: str = "w1", **kw: float) -> InstanceLoad:
+    fields = dict(replicas=1, queue_depth=0, rate_per_s=0.0, p99_ms=0.0, slo_miss_rate=0.0, idle_s=0.0)
+    fields.update(kw)
+    return InstanceLoad(worker_id=worker, variant_key=key, **fields)  # type: ignore[arg-type]
+
+
+def view(
+    instances: list[InstanceLoad],
+    variants: list[VariantOption],
+    now: float = 100.0,
+    cores: int = 4,
+    memory: float = 1000.0,
+    extra_workers: tuple[WorkerLoad, ...] = (),
+) -> ClusterView:
+    used = sum(i.replicas * next(v.memory_mb for v in variants if v.key == i.variant_key) for i in instances)
+    worker = WorkerLoad("w1", cores, memory, used, tuple(instances), removable=False)
+    return ClusterView(now=now, workers=(worker, *extra_workers), variants={v.key: v for v in variants})
+
+
+def run_periods(make_view, periods: int, history: History | None = None, start: float = 100.0, step: float = 1.0):
+    """Run the model policy ``periods`` times; returns every action and the final history."""
+    history = history or History()
+    actions = []
+    for n in range(periods):
+        plan = model_level.decide(make_view(start + n * step), history, CFG)
+        history = plan.history
+        actions.extend(plan.actions)
+    return actions, history
+
+
+# -- streaks -----------------------------------------------------------------------------------
+
+
+def test_streak_counts_consecutive_periods_and_resets_in_band() -> None:
+    assert next_streak(0, True, False) == 1
+    assert next_streak(2, True, False) == 3
+    assert next_streak(3, False, True) == -1
+    assert next_streak(-2, False, True) == -3
+    assert next_streak(5, False, False) == 0
+
+
+# -- model level: scale up ---------------------------------------------------------------------
+
+
+def test_overload_must_persist_before_a_replica_is_added() -> None:
+    # 1 replica serves 200/s (batch 4 within half of no budget); 300/s is 1.5× over.
+    hot = lambda now: view([inst(rate_per_s=300.0)], [option()], now=now)  # noqa: E731
+    first = model_level.decide(hot(100.0), History(), CFG)
+    assert first.actions == ()  # one overloaded period is not enough (hysteresis)
+    second = model_level.decide(hot(101.0), first.history, CFG)
+    assert [a.action for a in second.actions] == ["add_replica"]
+    action = second.actions[0]
+    assert action.count == 2  # 300/s at 60% of 200/s per replica needs 3
+    assert action.inputs["utilization"] == 1.5 and action.inputs["rate_per_s"] == 300.0
+    assert "overloaded" in action.reason
+
+
+def test_replicas_are_limited_by_the_worker_core_budget() -> None:
+    plan, _ = run_periods(lambda now: view([inst(rate_per_s=1000.0)], [option()], now=now, cores=2), 2)
+    assert [(a.action, a.count) for a in plan] == [("add_replica", 1)]
+
+
+def test_cooldown_stops_a_second_action_on_the_same_instance() -> None:
+    hot = lambda now: view([inst(rate_per_s=300.0)], [option()], now=now)  # noqa: E731
+    actions, history = run_periods(hot, 2)
+    assert len(actions) == 1
+    # Still overloaded (the new replicas are not reported yet) one second later: cooling, no action.
+    again = model_level.decide(hot(102.0), history, CFG)
+    again = model_level.decide(hot(102.5), again.history, CFG)
+    assert again.actions == ()
+
+
+def test_slow_instance_with_slo_misses_is_overloaded_even_at_low_rate() -> None:
+    slow = lambda now: view(  # noqa: E731
+        [inst(rate_per_s=80.0, slo_miss_rate=0.2, p99_ms=40.0)], [option()], now=now
+    )
+    actions, _ = run_periods(slow, 2)
+    assert [a.action for a in actions] == ["add_replica"]
+
+
+def test_misses_at_negligible_load_do_not_replicate() -> None:
+    idle = lambda now: view([inst(rate_per_s=5.0, slo_miss_rate=0.2, p99_ms=40.0)], [option()], now=now)  # noqa: E731
+    actions, _ = run_periods(idle, 10)
+    assert actions == []
+
+
+def test_upgrade_to_a_faster_variant_when_replication_does_not_fit() -> None:
+    fp32 = option("m/fp32", accuracy=0.95, p50=10.0)
+    int8 = option("m/int8", accuracy=0.94, p50=2.0)  # 5× the capacity, same cost
+    hot = lambda now: view([inst(rate_per_s=300.0, accuracy_floor=0.9)], [fp32, int8], now=now, cores=1)  # noqa: E731
+    actions, history = run_periods(hot, 2)
+    assert [(a.action, a.to_variant) for a in actions] == [("upgrade", "m/int8")]
+    assert "does not fit" in actions[0].reason
+    # The new instance starts in its scale-up cool-down: no immediate downgrade back.
+    assert "w1/m/int8" in history.last_up
+
+
+def test_upgrade_is_preferred_when_it_adds_less_cost_than_replicating() -> None:
+    fp32 = option("m/fp32", p50=10.0)
+    int8 = option("m/int8", p50=2.0, accuracy=0.94)
+    actions, _ = run_periods(lambda now: view([inst(rate_per_s=300.0)], [fp32, int8], now=now), 2)
+    assert [a.action for a in actions] == ["upgrade"]
+
+
+def test_capacity_is_judged_at_the_rows_queries_really_send() -> None:
+    fp32 = option("m/fp32", p50=10.0)  # 100 rows/s at batch 1, 200 at batch 4
+    # Five times faster at batch 1, but no faster at batch 4: useless for 4-row queries.
+    small_only = VariantOption("m/int8", "m", 0.95, ((1, 2.0, 500.0), (4, 20.0, 200.0)), 3.0, 100.0, 1, 0.048)
+    hot = lambda now: view([inst(rate_per_s=300.0, rows_per_query=4.0)], [fp32, small_only], now=now)  # noqa: E731
+    actions, _ = run_periods(hot, 2)
+    assert [a.action for a in actions] == ["add_replica"]
+    assert actions[0].inputs["capacity_per_replica_per_s"] == 200.0
+    one_row = lambda now: view([inst(rate_per_s=300.0)], [fp32, small_only], now=now)  # noqa: E731
+    assert [a.action for a in run_periods(one_row, 2)[0]] == ["upgrade"]  # 500/s vs 200/s for 1-row queries
+
+
+def test_no_upgrade_below_the_accuracy_floor_queries_asked_for() -> None:
+    fp32 = option("m/fp32", accuracy=0.95, p50=10.0)
+    int8 = option("m/int8", accuracy=0.80, p50=2.0)
+    hot = lambda now: view([inst(rate_per_s=300.0, accuracy_floor=0.9)], [fp32, int8], now=now)  # noqa: E731
+    actions, _ = run_periods(hot, 2)
+    assert [a.action for a in actions] == ["add_replica"]
+
+
+def test_demand_that_fits_nowhere_here_is_placed_on_another_worker_else_unmet() -> None:
+    other = WorkerLoad("w2", 2, 1000.0, 0.0)
+    hot = lambda now: view([inst(rate_per_s=1000.0)], [option()], now=now, cores=1, extra_workers=(other,))  # noqa: E731
+    first = model_level.decide(hot(100.0), History(), CFG)
+    plan = model_level.decide(hot(101.0), first.history, CFG)
+    assert [(a.action, a.worker, a.count) for a in plan.actions] == [("place", "w2", 2)]
+    assert plan.unmet == ("w1/m/fp32",)  # needs 9 replicas, 2 fit on w2
+
+
+# -- model level: scale down -------------------------------------------------------------------
+
+
+def test_underload_removes_replicas_only_after_down_periods() -> None:
+    cold = lambda now: view([inst(replicas=3, rate_per_s=20.0)], [option()], now=now)  # noqa: E731
+    actions, _ = run_periods(cold, CFG.down_periods - 1)
+    assert actions == []
+    actions, _ = run_periods(cold, CFG.down_periods)
+    assert [(a.action, a.count) for a in actions] == [("remove_replica", 2)]
+
+
+def test_no_scale_down_right_after_a_scale_up() -> None:
+    cold = lambda now: view([inst(replicas=3, rate_per_s=20.0)], [option()], now=now)  # noqa: E731
+    history = History(last_up={"w1/m/fp32": 100.0}, last_action={"w1/m/fp32": 100.0})
+    actions, _ = run_periods(cold, CFG.down_periods + 2, history=history, start=100.0)
+    assert actions == []  # down_after_up_s (10 s) has not passed
+
+
+def test_load_in_the_band_between_thresholds_does_nothing() -> None:
+    # 2 replicas × 200/s at 50% utilization: neither over 0.8 nor under 0.3.
+    steady = lambda now: view([inst(replicas=2, rate_per_s=200.0)], [option()], now=now)  # noqa: E731
+    actions, history = run_periods(steady, 30)
+    assert actions == [] and history.streak("w1/m/fp32") == 0
+
+
+def test_alternating_load_around_a_threshold_does_not_flap() -> None:
+    def flicker(now: float) -> ClusterView:
+        rate = 170.0 if int(now) % 2 else 100.0  # over 0.8 every other period only
+        return view([inst(rate_per_s=rate)], [option()], now=now)
+
+    actions, _ = run_periods(flicker, 20)
+    assert actions == []
+
+
+def test_scale_down_lands_inside_the_band_so_it_does_not_scale_back_up() -> None:
+    cold = lambda now: view([inst(replicas=4, rate_per_s=150.0)], [option()], now=now)  # noqa: E731
+    actions, _ = run_periods(cold, CFG.down_periods)
+    assert [(a.action, a.count) for a in actions] == [("remove_replica", 2)]
+    kept = 4 - actions[0].count
+    after = lambda now: view([inst(replicas=kept, rate_per_s=150.0)], [option()], now=now)  # noqa: E731
+    more, _ = run_periods(after, 20, start=200.0)
+    assert more == []
+
+
+def test_downgrade_to_a_cheaper_variant_when_load_is_low_and_budget_loose() -> None:
+    two_threads = option("m/t2", p50=5.0, cores=2, cost=0.096)
+    one_thread = option("m/t1", p50=8.0, cores=1, cost=0.048)
+    quiet = lambda now: view([inst("m/t2", rate_per_s=10.0, budget_ms=100.0)], [two_threads, one_thread], now=now)  # noqa: E731
+    actions, _ = run_periods(quiet, CFG.down_periods)
+    assert [(a.action, a.to_variant) for a in actions] == [("downgrade", "m/t1")]
+
+
+def test_no_downgrade_when_the_budget_is_tight() -> None:
+    two_threads = option("m/t2", p50=5.0, cores=2, cost=0.096)
+    one_thread = option("m/t1", p50=8.0, cores=1, cost=0.048)  # p99 12 ms > half of 20 ms
+    quiet = lambda now: view([inst("m/t2", rate_per_s=10.0, budget_ms=20.0)], [two_threads, one_thread], now=now)  # noqa: E731
+    actions, _ = run_periods(quiet, CFG.down_periods + 3)
+    assert actions == []
+
+
+def test_idle_instance_is_unloaded_after_idle_unload_s() -> None:
+    fresh = view([inst(idle_s=30.0)], [option()])
+    assert model_level.decide(fresh, History(), CFG).actions == ()
+    stale = view([inst(idle_s=61.0)], [option()])
+    assert [a.action for a in model_level.decide(stale, History(), CFG).actions] == ["unload"]
+    busy = view([inst(idle_s=61.0, queue_depth=1)], [option()])
+    assert model_level.decide(busy, History(), CFG).actions == ()
+
+
+# -- VM level ----------------------------------------------------------------------------------
+
+
+def cluster(
+    rates: dict[str, float],
+    now: float = 100.0,
+    draining: tuple[str, ...] = (),
+    depth: dict[str, int] | None = None,
+    miss: float = 0.0,
+    min_workers: int = 1,
+    max_workers: int = 3,
+    pending: int = 0,
+) -> ClusterView:
+    """Workers with 2 cores each running one 1-core variant at 200/s per replica."""
+    depth = depth or {}
+    workers = tuple(
+        WorkerLoad(
+            wid,
+            2,
+            1000.0,
+            100.0,
+            (inst(worker=wid, rate_per_s=rate, queue_depth=depth.get(wid, 0), slo_miss_rate=miss),),
+            draining=wid in draining,
+            removable=wid != "local",
+        )
+        for wid, rate in rates.items()
+    )
+    return ClusterView(
+        now=now,
+        workers=workers,
+        variants={"m/fp32": option()},
+        min_workers=min_workers,
+        max_workers=max_workers,
+        pending_workers=pending,
+    )
+
+
+def run_vm(make_view, periods: int, history: History | None = None, start: float = 100.0, step: float = 10.0, **kw):
+    history = history or History()
+    actions = []
+    for n in range(periods):
+        plan = vm_level.decide(make_view(start + n * step), history, CFG, **kw)
+        history = plan.history
+        actions.extend(plan.actions)
+    return actions, history
+
+
+def test_high_utilization_adds_a_worker_after_vm_up_periods() -> None:
+    hot = lambda now: cluster({"local": 400.0}, now=now)  # noqa: E731  # 2 busy cores of 2
+    first = vm_level.decide(hot(100.0), History(), CFG)
+    assert first.actions == ()
+    second = vm_level.decide(hot(110.0), first.history, CFG)
+    assert [a.action for a in second.actions] == ["add_worker"]
+    assert second.actions[0].inputs["utilization"] == 1.0
+
+
+def test_persistent_slo_misses_or_unmet_demand_add_a_worker() -> None:
+    actions, _ = run_vm(lambda now: cluster({"local": 150.0}, now=now, miss=0.1), 2)
+    assert [a.action for a in actions] == ["add_worker"]
+    assert run_vm(lambda now: cluster({"local": 20.0}, now=now, miss=0.1), 5)[0] == []  # negligible load
+    actions, _ = run_vm(lambda now: cluster({"local": 50.0}, now=now), 2, unmet=("local/m/fp32",))
+    assert [a.action for a in actions] == ["add_worker"]
+
+
+def test_never_more_than_max_workers_and_pending_workers_count() -> None:
+    full = lambda now: cluster({"local": 400.0, "w2": 400.0, "w3": 400.0}, now=now)  # noqa: E731
+    assert run_vm(full, 5)[0] == []
+    pending = lambda now: cluster({"local": 400.0, "w2": 400.0}, now=now, pending=1)  # noqa: E731
+    assert run_vm(pending, 5)[0] == []
+
+
+def test_vm_cooldown_spaces_additions() -> None:
+    hot = lambda now: cluster({"local": 400.0}, now=now, max_workers=5)  # noqa: E731
+    actions, _ = run_vm(hot, 4, step=5.0)  # 20 s cool-down: the second addition waits
+    assert [a.action for a in actions] == ["add_worker"]
+    actions, _ = run_vm(hot, 8, step=5.0)
+    assert [a.action for a in actions] == ["add_worker", "add_worker"]
+
+
+def test_low_utilization_drains_the_idlest_removable_worker() -> None:
+    quiet = lambda now: cluster({"local": 10.0, "w2": 5.0, "w3": 20.0}, now=now)  # noqa: E731
+    actions, history = run_vm(quiet, CFG.vm_down_periods)
+    assert [(a.action, a.target) for a in actions] == [("drain_worker", "w2")]
+    assert "drain:w2" in history.last_action
+
+
+def test_never_below_min_workers_and_never_the_in_process_worker() -> None:
+    quiet = lambda now: cluster({"local": 0.0, "w2": 0.0}, now=now, min_workers=2)  # noqa: E731
+    assert run_vm(quiet, 10)[0] == []
+    only_local = lambda now: cluster({"local": 0.0}, now=now)  # noqa: E731
+    assert run_vm(only_local, 10)[0] == []
+
+
+def test_below_min_workers_adds_one_at_once() -> None:
+    actions, _ = run_vm(lambda now: cluster({"local": 0.0}, now=now, min_workers=2), 1)
+    assert [a.action for a in actions] == ["add_worker"]
+
+
+def test_drain_when_the_rest_stays_below_target_utilization() -> None:
+    # 1.15 busy cores: 0.29 of 4 cores is underloaded, and 0.575 of the 2 left is under the 0.6 target.
+    ok = lambda now: cluster({"local": 230.0, "w2": 0.0}, now=now)  # noqa: E731  # 1.15 busy: 0.29, then 0.575
+    assert [a.action for a in run_vm(ok, CFG.vm_down_periods)[0]] == ["drain_worker"]
+
+
+def test_drain_needs_the_rest_below_target_utilization() -> None:
+    cfg = PolicyConfig(low_utilization=0.4)  # under 0.4 of 4 cores, yet 0.7 of the 2 that would remain
+    quiet = lambda now: cluster({"local": 280.0, "w2": 0.0}, now=now)  # noqa: E731
+    history = History()
+    for n in range(cfg.vm_down_periods + 2):
+        plan = vm_level.decide(quiet(100.0 + 10 * n), history, cfg)
+        history = plan.history
+        assert plan.actions == ()
+    assert history.streak("cluster") <= -cfg.vm_down_periods
+
+
+def test_drained_worker_is_removed_once_nothing_is_outstanding() -> None:
+    history = History(last_action={"drain:w2": 100.0})
+    busy = vm_level.decide(cluster({"local": 10.0, "w2": 0.0}, draining=("w2",), depth={"w2": 3}), history, CFG)
+    assert [a.action for a in busy.actions] == []
+    done = vm_level.decide(cluster({"local": 10.0, "w2": 0.0}, now=101.0, draining=("w2",)), busy.history, CFG)
+    assert [(a.action, a.target) for a in done.actions] == [("remove_worker", "w2")]
+    assert "drain:w2" not in done.history.last_action
+
+
+def test_drain_times_out() -> None:
+    history = History(last_action={"drain:w2": 0.0})
+    stuck = cluster({"local": 10.0, "w2": 0.0}, now=CFG.drain_timeout_s + 1, draining=("w2",), depth={"w2": 1})
+    assert [a.action for a in vm_level.decide(stuck, history, CFG).actions] == ["remove_worker"]
+
+
+def test_load_returning_during_a_drain_takes_the_worker_back() -> None:
+    hot = lambda now: cluster({"local": 400.0, "w2": 0.0}, now=now, draining=("w2",), depth={"w2": 1})  # noqa: E731
+    actions, _ = run_vm(hot, 2)
+    assert [(a.action, a.target) for a in actions] == [("undrain", "w2")]
