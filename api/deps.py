@@ -41,9 +41,7 @@ def get_principal(request: Request, services: Services = Depends(get_services)) 
         return cached
     if not services.settings.auth_enabled:
         if not _is_loopback(request):
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN, "no INFAAS_ADMIN_KEY is set: only localhost is served"
-            )
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "no INFAAS_ADMIN_KEY is set: only localhost is served")
         principal = Principal(tenant=LOCAL_TENANT, is_admin=True)
     else:
         header = request.headers.get("authorization", "")

@@ -284,9 +284,7 @@ class MetadataStore:
 
     @staticmethod
     def _variant_row(session: Session, model_name: str, name: str) -> Variant:
-        row = session.scalar(
-            select(Variant).join(Model).where(Model.name == model_name, Variant.name == name)
-        )
+        row = session.scalar(select(Variant).join(Model).where(Model.name == model_name, Variant.name == name))
         if row is None:
             raise NotFound(f"variant {model_name}/{name} not found")
         return row

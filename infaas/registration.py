@@ -98,9 +98,7 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
             )
         )
     except DuplicateModel as exc:
-        raise RegistrationError(
-            f"a model named {request.name!r} already exists; pick another name", 409
-        ) from exc
+        raise RegistrationError(f"a model named {request.name!r} already exists; pick another name", 409) from exc
     try:
         services.store.put_bytes(artifact_key, data)
         if request.validation_path and validation_key:

@@ -22,9 +22,7 @@ def _check(url: str) -> None:
     try:
         assert TABLES <= set(inspect(engine).get_table_names())
         with engine.connect() as conn:
-            diff = compare_metadata(
-                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
-            )
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == [], f"migrations and models differ: {diff}"
         upgrade(url)  # idempotent: a second upgrade is a no-op
     finally:

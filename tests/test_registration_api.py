@@ -149,9 +149,7 @@ def test_upload_over_size_limit(client: TestClient, services: Services, mlp_path
     _nothing_stored(services)
 
 
-def test_validation_shape_mismatch(
-    client: TestClient, services: Services, mlp_path: Path, tmp_path: Path
-) -> None:
+def test_validation_shape_mismatch(client: TestClient, services: Services, mlp_path: Path, tmp_path: Path) -> None:
     bad = write_validation(tmp_path / "bad.npz", in_dim=5)
     response = _register(client, mlp_path, validation=bad)
     assert response.status_code == 400

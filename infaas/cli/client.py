@@ -27,9 +27,7 @@ def call(method: str, path: str, **kwargs: Any) -> Any:
         with client() as http:
             response = http.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
-        err.print(
-            f"[red]cannot reach infaas at {get_settings().url}: {exc}[/red] (is `infaas serve` running?)"
-        )
+        err.print(f"[red]cannot reach infaas at {get_settings().url}: {exc}[/red] (is `infaas serve` running?)")
         raise typer.Exit(2) from exc
     if response.status_code >= 400:
         try:

@@ -59,9 +59,7 @@ class LocalModelStore(ModelStore):
         if not base.is_dir():
             return []
         return sorted(
-            str(p.relative_to(self.root))
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".tmp-")
+            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")
         )
 
     def delete_prefix(self, prefix: str) -> int:

@@ -77,11 +77,7 @@ class S3ModelStore(ModelStore):
         return True
 
     def list(self, prefix: str) -> list[str]:
-        full = (
-            self._object_key(prefix.rstrip("/")) + "/"
-            if prefix
-            else (f"{self.prefix}/" if self.prefix else "")
-        )
+        full = self._object_key(prefix.rstrip("/")) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
         keys: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
             for item in page.get("Contents", []):
