@@ -14,6 +14,7 @@ from infaas.cli.client import call
 from infaas.cli.decisions import decisions_command
 from infaas.cli.jobs import job_app, jobs_worker
 from infaas.cli.keys import keys_app
+from infaas.cli.query import query_command
 from infaas.cli.worker import worker_command
 from infaas.config import get_settings
 
@@ -26,6 +27,7 @@ app.add_typer(job_app, name="job")
 app.add_typer(keys_app, name="keys")
 app.command("worker")(worker_command)
 app.command("decisions")(decisions_command)
+app.command("query")(query_command)
 app.command("jobs")(jobs_worker)
 out = Console()
 
