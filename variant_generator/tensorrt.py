@@ -9,6 +9,7 @@ which is why ``reprofile_model`` re-measures them on new hardware rather than tr
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -205,3 +206,38 @@ class EngineRunner:
                 self.cuda.free(ptr)
             except RuntimeError:
                 pass
+
+
+@dataclass(frozen=True)
+class TensorArg:
+    """Name and shape of an engine input/output, shaped like ONNX Runtime's ``NodeArg``."""
+
+    name: str
+    shape: list[int | str]
+
+
+class EngineSession:
+    """An ONNX-Runtime-session-shaped wrapper of ``EngineRunner``, so worker instances (which batch over
+    ``get_inputs``/``get_outputs``/``run(names, feeds)``) serve ``.engine`` variants unchanged."""
+
+    def __init__(self, path: Path) -> None:
+        self.runner = EngineRunner(path)
+        engine = self.runner.engine
+        # -1 dimensions are dynamic (the engine's optimisation profile covers batch 1..max_batch).
+        self._args = {
+            name: TensorArg(name, [d if d >= 0 else "batch" for d in engine.get_tensor_shape(name)])
+            for name in self.runner.inputs + self.runner.outputs
+        }
+
+    def get_inputs(self) -> list[TensorArg]:
+        return [self._args[n] for n in self.runner.inputs]
+
+    def get_outputs(self) -> list[TensorArg]:
+        return [self._args[n] for n in self.runner.outputs]
+
+    def get_providers(self) -> list[str]:
+        return list(self.runner.providers)
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        by_name = dict(zip(self.runner.outputs, self.runner.run(feeds), strict=True))
+        return [by_name[n] for n in (output_names or self.runner.outputs)]

@@ -184,6 +184,10 @@ class LocalWorker(WorkerClient):
             key = variant.key
 
             def make_session() -> ort.InferenceSession:
+                if path.suffix == ".engine":  # a native TensorRT engine, not an ONNX file
+                    from variant_generator.tensorrt import EngineSession
+
+                    return EngineSession(path)  # type: ignore[return-value]
                 return create_session(path, list(variant.providers) or None, variant.threads)
 
             def on_depth(depth: int) -> None:
