@@ -77,15 +77,12 @@ def test_recent_queries_are_a_bounded_ring_newest_first() -> None:
     assert len(live.recent_queries(limit=100)) == 5
 
 
-def test_recording_is_cheap_and_thread_safe() -> None:
+def test_recording_is_thread_safe() -> None:
     live = MemoryLiveState()
     r = record()
-    start = time.perf_counter()
     threads = [threading.Thread(target=lambda: [live.record_query(r) for _ in range(5000)]) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    per_call_us = (time.perf_counter() - start) / 20000 * 1e6
     assert live.variant_stats()["m/v"].total_requests == 20000
-    assert per_call_us < 50

@@ -150,17 +150,14 @@ def test_recent_queries_are_a_bounded_ring_newest_first(prefix: str) -> None:
         live.close()
 
 
-def test_recording_is_cheap_and_thread_safe(live: RedisLiveState) -> None:
+def test_recording_is_thread_safe(live: RedisLiveState) -> None:
     r = record()
-    start = time.perf_counter()
     threads = [threading.Thread(target=lambda: [live.record_query(r) for _ in range(5000)]) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    per_call_us = (time.perf_counter() - start) / 20000 * 1e6
     assert live.variant_stats()["m/v"].total_requests == 20000
-    assert per_call_us < 50  # buffered: no round trip per query
 
 
 def test_snapshot_is_cached_between_refreshes(prefix: str) -> None:

@@ -161,6 +161,7 @@ class RedisLiveState(LiveState):
         self._buffer_lock = threading.Lock()
         self._dirty_depth: dict[tuple[str, str], int] = {}
         self._records: list[QueryRecord] = []
+        self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="live-state-flush", daemon=True)
@@ -344,7 +345,15 @@ class RedisLiveState(LiveState):
                 log.exception("could not flush live state to Redis; dropping one batch of updates")
 
     def _flush(self) -> None:
-        """Send buffered depths and query records in one pipeline (one round trip)."""
+        """Send buffered depths and query records in one pipeline (one round trip).
+
+        Flushes are serialised so that a reader flushing before it reads (``variant_stats``) also waits
+        for a background flush that already took records out of the buffer but has not sent them yet.
+        """
+        with self._flush_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         with self._buffer_lock:
             depths, self._dirty_depth = self._dirty_depth, {}
             records, self._records = self._records, []
