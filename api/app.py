@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api import console
 from api.concurrency import ConcurrencyLimit
+from api.fast_routes import FastInferenceRoutes
 from api.limits import BodySizeLimit
 from api.routes import admin, decisions, infer, jobs, models, v2
 from api.schemas import ErrorOut
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 app.state.services.close()
 
     app = FastAPI(title="infaas", version=__version__, lifespan=lifespan, responses=COMMON_RESPONSES)
+    # Middlewares wrap in reverse order of addition: the inference fast path runs inside both limits.
+    app.add_middleware(FastInferenceRoutes, v1_infer=infer.infer, oip_infer=v2.model_infer)
     app.add_middleware(
         BodySizeLimit,
         upload_limit=int(settings.max_upload_mb * 1e6),

@@ -9,6 +9,7 @@ expects by default.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,7 +127,7 @@ def decode_request(body: bytes, header_length: str | int | None) -> InferRequest
             raise OipError(f"input {name!r} is given twice")
         dtype = numpy_dtype(raw.get("datatype"))
         shape = _shape(raw.get("shape"), name)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # exact, and a tenth of np.prod's cost on a short tuple
         size = _parameters(raw.get("parameters"), f"input {name!r}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, Response, status
 
-from api.deps import get_principal, get_services
+from api.deps import authenticate, get_services
 from infaas.auth import ADMIN_TENANT, Principal
 from infaas.services import Services
 
@@ -140,15 +140,15 @@ def console_session(request: Request, services: Services = Depends(get_services)
         return ConsoleSession(principal, session_id, csrf_token_for(services, session_id))
     if not request.headers.get("authorization"):
         raise LoginRequired()
-    principal = get_principal(request, services)  # 401 for an unknown or revoked key
+    principal = authenticate(request, services)  # 401 for an unknown or revoked key
     if not principal.is_admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the console needs an admin key")
     return ConsoleSession(principal, None, "")
 
 
 def _keyless_session(request: Request, services: Services) -> ConsoleSession:
-    """No admin key: loopback clients only (as ``get_principal``), each given a session for CSRF tokens."""
-    principal = get_principal(request, services)  # 403 unless the client is on loopback
+    """No admin key: loopback clients only (as ``authenticate``), each given a session for CSRF tokens."""
+    principal = authenticate(request, services)  # 403 unless the client is on loopback
     cookie = request.cookies.get(COOKIE_NAME)
     found = _from_cookie(services, cookie) if cookie else None
     if found is not None:

@@ -58,6 +58,7 @@ def serve(
         log_level="warning",
         http="httptools",
         loop="uvloop",
+        access_log=False,  # no per-request log record (they were filtered out at "warning" anyway)
     )
 
 
