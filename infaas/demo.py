@@ -20,7 +20,7 @@ from rich.table import Table
 
 from infaas.config import get_settings
 
-out = Console()
+out = Console(width=150)
 
 # (latency budget ms, accuracy floor): chosen so that different budgets pick different models.
 SAMPLE_QUERIES = [(1.0, 0.0), (2.0, 0.9), (20.0, 0.95), (20.0, 0.0), (50.0, 0.97)]
