@@ -70,8 +70,18 @@ def server_metadata(_: Principal = Depends(get_principal)) -> Response:
     return _ok({"name": "infaas", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
-@router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
+_MODEL_ERRORS: dict[int | str, dict] = {
+    404: {"description": "unknown model (or not visible to this key)", "content": {"application/json": {}}},
+}
+_INFER_ERRORS: dict[int | str, dict] = {
+    **_MODEL_ERRORS,
+    400: {"description": "bad request: inputs, binary header or unmeetable hints", "content": {"application/json": {}}},
+    503: {"description": "model not ready", "content": {"application/json": {}}},
+}
+
+
+@router.get("/models/{name}", responses=_MODEL_ERRORS)
+@router.get("/models/{name}/versions/{version}", responses=_MODEL_ERRORS)
 def model_metadata(
     name: str,
     version: str | None = None,
@@ -93,8 +103,8 @@ def model_metadata(
     )
 
 
-@router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/ready", responses=_MODEL_ERRORS)
+@router.get("/models/{name}/versions/{version}/ready", responses=_MODEL_ERRORS)
 def model_ready(
     name: str,
     version: str | None = None,
@@ -135,8 +145,12 @@ _VERSION_IN_QUERY = {
 }
 
 
-@router.post("/models/{name}/infer", openapi_extra={"parameters": [_NAME, _VERSION_IN_QUERY]})
-@router.post("/models/{name}/versions/{version}/infer", openapi_extra={"parameters": [_NAME, _VERSION_IN_PATH]})
+@router.post("/models/{name}/infer", openapi_extra={"parameters": [_NAME, _VERSION_IN_QUERY]}, responses=_INFER_ERRORS)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    openapi_extra={"parameters": [_NAME, _VERSION_IN_PATH]},
+    responses=_INFER_ERRORS,
+)
 async def model_infer(request: Request) -> Response:
     """Run a query; JSON or binary tensors in, JSON or binary tensors out, as the client asks."""
     path_params = request.path_params
