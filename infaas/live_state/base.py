@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class WorkerState:
@@ -104,6 +106,34 @@ class LiveSnapshot:
     def depth(self, worker_id: str, variant_key: str) -> int:
         """Outstanding requests for a variant on a worker (0 when unknown)."""
         return self.queue_depth.get((worker_id, variant_key), 0)
+
+
+# Latency samples kept per variant (in memory or in Redis): enough for a stable p99, bounded memory.
+WINDOW_SAMPLES = 4096
+
+Sample = tuple[float, float, float, float]  # (unix time, actual ms, estimated ms, 1.0 if SLO missed)
+
+
+def stats_from_samples(key: str, samples: list[Sample], total: int, now: float, window_s: float) -> VariantStats:
+    """Window statistics of one variant from its recent samples; shared by both implementations."""
+    recent = [s for s in samples if s[0] >= now - window_s]
+    if not recent:
+        return VariantStats(key, 0, 0.0, 0.0, 0.0, 0.0, 0.0, total)
+    actual = np.fromiter((s[1] for s in recent), dtype=np.float64, count=len(recent))
+    estimated = np.fromiter((s[2] for s in recent), dtype=np.float64, count=len(recent))
+    # When the ring is full, the window really starts at its oldest sample.
+    oldest = min(s[0] for s in recent)
+    span = window_s if len(samples) < WINDOW_SAMPLES else max(now - oldest, 1e-3)
+    return VariantStats(
+        variant_key=key,
+        requests=len(recent),
+        rate_per_s=len(recent) / span,
+        p50_ms=float(np.percentile(actual, 50)),
+        p99_ms=float(np.percentile(actual, 99)),
+        slo_miss_rate=sum(1 for s in recent if s[3]) / len(recent),
+        mean_estimate_error_ms=float(np.mean(actual - estimated)),
+        total_requests=total,
+    )
 
 
 class LiveState(ABC):

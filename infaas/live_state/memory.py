@@ -14,18 +14,16 @@ from collections import deque
 from dataclasses import replace
 from types import MappingProxyType
 
-import numpy as np
-
 from infaas.live_state.base import (
+    WINDOW_SAMPLES,
     InstanceState,
     LiveSnapshot,
     LiveState,
     QueryRecord,
     VariantStats,
     WorkerState,
+    stats_from_samples,
 )
-
-_WINDOW_SAMPLES = 4096
 
 
 class _VariantWindow:
@@ -34,7 +32,7 @@ class _VariantWindow:
     __slots__ = ("samples", "total")
 
     def __init__(self) -> None:
-        self.samples: deque[tuple[float, float, float, bool]] = deque(maxlen=_WINDOW_SAMPLES)
+        self.samples: deque[tuple[float, float, float, bool]] = deque(maxlen=WINDOW_SAMPLES)
         self.total = 0
 
 
@@ -135,24 +133,7 @@ class MemoryLiveState(LiveState):
             copied = {k: (list(w.samples), w.total) for k, w in self._windows.items()}
         out: dict[str, VariantStats] = {}
         for key, (samples, total) in copied.items():
-            recent = [s for s in samples if s[0] >= now - window_s]
-            if not recent:
-                out[key] = VariantStats(key, 0, 0.0, 0.0, 0.0, 0.0, 0.0, total)
-                continue
-            actual = np.fromiter((s[1] for s in recent), dtype=np.float64, count=len(recent))
-            estimated = np.fromiter((s[2] for s in recent), dtype=np.float64, count=len(recent))
-            # When the ring is full, the window really starts at its oldest sample.
-            span = window_s if len(samples) < _WINDOW_SAMPLES else max(now - recent[0][0], 1e-3)
-            out[key] = VariantStats(
-                variant_key=key,
-                requests=len(recent),
-                rate_per_s=len(recent) / span,
-                p50_ms=float(np.percentile(actual, 50)),
-                p99_ms=float(np.percentile(actual, 99)),
-                slo_miss_rate=sum(1 for s in recent if s[3]) / len(recent),
-                mean_estimate_error_ms=float(np.mean(actual - estimated)),
-                total_requests=total,
-            )
+            out[key] = stats_from_samples(key, samples, total, now, window_s)
         return out
 
     def recent_queries(self, limit: int = 100) -> list[QueryRecord]:

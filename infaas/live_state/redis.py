@@ -28,23 +28,23 @@ from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 import orjson
 import redis
 
 from infaas.config import Settings
 from infaas.live_state.base import (
+    WINDOW_SAMPLES,
     InstanceState,
     LiveSnapshot,
     LiveState,
     QueryRecord,
     VariantStats,
     WorkerState,
+    stats_from_samples,
 )
 
 log = logging.getLogger(__name__)
 
-_WINDOW_SAMPLES = 4096
 
 # One round trip for the whole snapshot: every worker's hash, instances and depths. Workers whose
 # hash expired are dropped from the index sets here, so the sets never grow without bound.
@@ -373,7 +373,7 @@ class RedisLiveState(LiveState):
                 by_variant.setdefault(r.variant_key, []).append(sample)
             for key, samples in by_variant.items():
                 pipe.lpush(self._k("samples", key), *samples)
-                pipe.ltrim(self._k("samples", key), 0, _WINDOW_SAMPLES - 1)
+                pipe.ltrim(self._k("samples", key), 0, WINDOW_SAMPLES - 1)
                 pipe.hincrby(self._k("totals"), key, len(samples))
             pipe.sadd(self._k("variants"), *by_variant)
             pipe.lpush(self._k("recent"), *(orjson.dumps(r.__dict__) for r in records))
@@ -398,24 +398,7 @@ class RedisLiveState(LiveState):
         for key, raw in zip(keys, lists, strict=True):
             total = int(totals.get(key, 0))
             samples = [tuple(float(x) for x in s.split("|")) for s in raw]  # newest first
-            recent = [s for s in samples if s[0] >= now - window_s]
-            if not recent:
-                out[key] = VariantStats(key, 0, 0.0, 0.0, 0.0, 0.0, 0.0, total)
-                continue
-            actual = np.fromiter((s[1] for s in recent), dtype=np.float64, count=len(recent))
-            estimated = np.fromiter((s[2] for s in recent), dtype=np.float64, count=len(recent))
-            oldest = min(s[0] for s in recent)
-            span = window_s if len(samples) < _WINDOW_SAMPLES else max(now - oldest, 1e-3)
-            out[key] = VariantStats(
-                variant_key=key,
-                requests=len(recent),
-                rate_per_s=len(recent) / span,
-                p50_ms=float(np.percentile(actual, 50)),
-                p99_ms=float(np.percentile(actual, 99)),
-                slo_miss_rate=sum(1 for s in recent if s[3]) / len(recent),
-                mean_estimate_error_ms=float(np.mean(actual - estimated)),
-                total_requests=total,
-            )
+            out[key] = stats_from_samples(key, samples, total, now, window_s)
         return out
 
     def recent_queries(self, limit: int = 100) -> list[QueryRecord]:
