@@ -39,6 +39,15 @@ class CreatedKey:
     secret: str
 
 
+def model_namespace(principal: Principal) -> str | None:
+    """The namespace a principal registers models in: its tenant, or none (unqualified names) for admins.
+
+    Each tenant registers as ``<tenant>.<name>``, so a registration can never collide with (and so never
+    reveal) another tenant's private model.
+    """
+    return None if principal.is_admin else principal.tenant
+
+
 def hash_key(secret: str) -> str:
     """The stored form of a key."""
     return hashlib.sha256(secret.encode()).hexdigest()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from infaas.catalog import ModelInfo
@@ -42,6 +42,14 @@ class RegistrationRequest:
     max_batch: int = 16
     owner: str = "local"
     public: bool = False
+    namespace: str | None = None  # tenant registrations are stored as "<namespace>.<name>"
+
+    @property
+    def full_name(self) -> str:
+        """The name the model is stored and addressed under."""
+        if self.namespace is None or self.name.startswith(f"{self.namespace}."):
+            return self.name
+        return f"{self.namespace}.{self.name}"
 
 
 def model_prefix(name: str) -> str:
@@ -54,6 +62,8 @@ def _check_fields(request: RegistrationRequest) -> None:
         raise RegistrationError(
             "name must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
+    if len(request.full_name) > 128:
+        raise RegistrationError(f"the full model name {request.full_name!r} is longer than 128 characters")
     if not request.task or len(request.task) > 128:
         raise RegistrationError("task is required (at most 128 characters), e.g. 'image-classification'")
     if request.declared_accuracy is not None and not 0.0 <= request.declared_accuracy <= 1.0:
@@ -65,6 +75,7 @@ def _check_fields(request: RegistrationRequest) -> None:
 def register_model(services: Services, request: RegistrationRequest) -> ModelInfo:
     """Validate, store and record a model, then queue its variant build; returns the new model."""
     _check_fields(request)
+    request = replace(request, name=request.full_name, namespace=None)
     if services.metadata.model_exists(request.name):
         raise RegistrationError(f"a model named {request.name!r} already exists; pick another name", 409)
     data = request.model_path.read_bytes()

@@ -116,6 +116,22 @@ def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
     return array.astype(spec.dtype, copy=False)
 
 
+def check_limits(inputs: Mapping[str, Any], max_batch: int, max_inputs: int) -> None:
+    """The per-query limits, checked before anything about the model so that an over-limit query gets
+    its 400 whatever state the model is in (and costs no conversion work)."""
+    if len(inputs) > max_inputs:
+        raise InvalidInput(f"{len(inputs)} inputs sent; at most {max_inputs} are accepted")
+    for name, value in inputs.items():
+        if isinstance(value, np.ndarray):
+            rows = value.shape[0] if value.ndim else 1
+        else:
+            rows = len(value) if isinstance(value, list | tuple) else 1
+        if rows > max_batch:
+            raise InvalidInput(
+                f"input {name!r} has {rows} rows; at most {max_batch} per query (INFAAS_MAX_BATCH_PER_QUERY)"
+            )
+
+
 def validate_inputs(
     specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any], max_batch: int, max_inputs: int
 ) -> tuple[dict[str, np.ndarray], int]:
@@ -419,6 +435,7 @@ class QueryEngine:
         self, models: list[ModelInfo], inputs: Mapping[str, Any]
     ) -> tuple[list[Candidate], dict[str, np.ndarray], int]:
         """Ready candidates of the models whose signature the inputs fit, with the converted inputs."""
+        check_limits(inputs, self._max_batch, self._max_inputs)
         ready = [m for m in models if self.cache.for_model(m.name)]
         if not ready:
             first = models[0]

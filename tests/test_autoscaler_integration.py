@@ -4,7 +4,6 @@ profile is hand-made (20 ms per query) so that a modest burst overloads it on an
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -200,17 +199,6 @@ def test_dry_run_records_without_acting(tmp_path: Path) -> None:
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def worker_command_mounted() -> bool:
-    """Whether ``infaas worker`` is a command of the CLI (the other half of the local provider)."""
-    if importlib.util.find_spec("infaas.worker.remote") is None:
-        return False
-    from infaas.cli.main import app
-
-    return any(
-        (c.name or getattr(c.callback, "__name__", "")) in {"worker", "worker_command"} for c in app.registered_commands
-    )
-
-
 def redis_up() -> bool:
     try:
         import redis
@@ -220,7 +208,6 @@ def redis_up() -> bool:
         return False
 
 
-@pytest.mark.skipif(not worker_command_mounted(), reason="until-worker-lands: `infaas worker` is not mounted yet")
 @pytest.mark.skipif(not redis_up(), reason="`infaas worker` needs Redis on 127.0.0.1:6379")
 def test_local_provider_worker_really_serves_queries(tmp_path: Path) -> None:
     from autoscaler.providers.local import LocalProvider

@@ -77,9 +77,9 @@ def test_hostile_file_name_never_reaches_a_path(server: tuple[TestClient, Servic
             headers=tenants.alice,
         )
         assert response.status_code == 201, response.text
-        assert services.store.exists("models/named/model.onnx")
+        assert services.store.exists("models/alice.named/model.onnx")
         assert not Path("/tmp/pwned.onnx").exists()
-        assert client.delete("/v1/models/named", headers=tenants.alice).status_code == 200
+        assert client.delete("/v1/models/alice.named", headers=tenants.alice).status_code == 200
 
 
 @pytest.mark.parametrize("name", ["../../etc", "a/b", "..", "x" * 300, "", " "])
@@ -99,8 +99,8 @@ def test_hostile_model_names_rejected(server: tuple[TestClient, Services, Tenant
 def test_malformed_oip_binary_header_is_400(server: tuple[TestClient, Services, Tenants], length: str) -> None:
     client, services, tenants = server
     if not route_exists(client.app, "/v2/models/{name}/infer", "POST"):
-        pytest.skip("POST /v2/models/{name}/infer is not wired into the app yet")  # until-route-lands
-    if services.metadata.get_model("oip") is None:
+        pytest.fail("POST /v2/models/{name}/infer is not served by the app")
+    if services.metadata.get_model("alice.oip") is None:
         registered = client.post(
             "/v1/models",
             data={"name": "oip", "task": TASK},
@@ -111,7 +111,7 @@ def test_malformed_oip_binary_header_is_400(server: tuple[TestClient, Services, 
     header = b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","parameters":{"binary_data_size":32}}]}'
     body = header + np.zeros(8, np.float32).tobytes()
     response = client.post(
-        "/v2/models/oip/infer",
+        "/v2/models/alice.oip/infer",
         content=body,
         headers={
             **tenants.alice,
@@ -122,7 +122,7 @@ def test_malformed_oip_binary_header_is_400(server: tuple[TestClient, Services, 
     assert response.status_code == 400, (length, response.status_code, response.text)
     # Control: the same body with the right length gets past the decoder (no ready variant yet: 503).
     control = client.post(
-        "/v2/models/oip/infer",
+        "/v2/models/alice.oip/infer",
         content=body,
         headers={**tenants.alice, "Inference-Header-Content-Length": str(len(header))},
     )

@@ -79,14 +79,16 @@ def test_streamed_body_past_limit_is_413_on_pydantic_routes(limited: tuple[TestC
 def test_batch_and_input_count_limits_are_400(limited: tuple[TestClient, Services, Tenants]) -> None:
     client, services, tenants = limited
     if not route_exists(client.app, "/v1/infer", "POST"):
-        pytest.skip("POST /v1/infer is not wired into the app yet")  # until-route-lands
+        pytest.fail("POST /v1/infer is not served by the app")
     assert _register(client, tenants.alice, mlp_bytes()).status_code == 201
-    too_big = client.post("/v1/infer", json={"model": "m", "inputs": {"x": [[0.0] * 8] * 5}}, headers=tenants.alice)
-    assert too_big.status_code in (400, 503), too_big.text
-    too_many = client.post(
-        "/v1/infer", json={"model": "m", "inputs": {"x": [[0.0] * 8], "z": [[0.0]]}}, headers=tenants.alice
+    too_big = client.post(
+        "/v1/infer", json={"model": "alice.m", "inputs": {"x": [[0.0] * 8] * 5}}, headers=tenants.alice
     )
-    assert too_many.status_code in (400, 503), too_many.text
+    assert too_big.status_code == 400 and "at most 4 per query" in too_big.text, too_big.text
+    too_many = client.post(
+        "/v1/infer", json={"model": "alice.m", "inputs": {"x": [[0.0] * 8], "z": [[0.0]]}}, headers=tenants.alice
+    )
+    assert too_many.status_code == 400 and "inputs" in too_many.text, too_many.text
 
 
 def _slow_app(limit: int) -> tuple[FastAPI, asyncio.Event]:

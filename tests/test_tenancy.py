@@ -16,9 +16,10 @@ from infaas.db.models import Job
 from infaas.services import Services, build_services
 from tests.fuzz import TASK, Tenants, make_tenants, mlp_bytes, route_exists, secure_app, secure_settings
 
-PRIVATE = "alice-private"
-PUBLIC = "alice-public"
-GHOST = "no-such-model"
+# Tenant models live in the tenant's namespace: "<tenant>.<name>".
+PRIVATE = "alice.private"
+PUBLIC = "alice.public"
+GHOST = "alice.no-such-model"
 SECRET_TASK = "alice-secret-task"
 GHOST_TASK = "nobody-serves-this-task"
 ROW = [[0.5] * 8]
@@ -52,7 +53,7 @@ def _same_as_missing(hidden: httpx.Response, missing: httpx.Response, hidden_nam
 
 def _require(client: TestClient, path: str, method: str) -> None:
     if not route_exists(client.app, path, method):
-        pytest.skip(f"{method} {path} is not wired into the app yet")  # until-route-lands
+        pytest.fail(f"{method} {path} is not served by the app")
 
 
 def test_list_shows_only_usable_models(world: tuple[TestClient, Services, Tenants]) -> None:
@@ -95,11 +96,6 @@ def test_registered_model_belongs_to_its_tenant(world: tuple[TestClient, Service
     assert services.metadata.get_model(PUBLIC).public is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model names are global: registering a name taken by another tenant's private model answers "
-    "409 'already exists', which reveals it (registration.py; needs per-tenant names or an opaque refusal)",
-)
 def test_registration_does_not_reveal_private_names(world: tuple[TestClient, Services, Tenants]) -> None:
     client, _, tenants = world
 
@@ -111,7 +107,19 @@ def test_registration_does_not_reveal_private_names(world: tuple[TestClient, Ser
             headers=tenants.bob,
         )
 
-    assert register(PRIVATE).status_code == register("fresh-name").status_code
+    taken, fresh = register(PRIVATE), register("fresh-name")
+    assert taken.status_code == fresh.status_code == 201
+    # Each lands in bob's own namespace; alice's model is untouched.
+    assert taken.json()["name"] == f"bob.{PRIVATE}" and fresh.json()["name"] == "bob.fresh-name"
+    assert register("bob.fresh-name").status_code == 409  # bob's own names do collide, as they should
+
+
+def test_tenant_names_are_qualified_admin_names_are_not(world: tuple[TestClient, Services, Tenants]) -> None:
+    client, _, tenants = world
+    files = {"model": ("m.onnx", mlp_bytes(), "application/octet-stream")}
+    by_bob = client.post("/v1/models", data={"name": "plain", "task": TASK}, files=files, headers=tenants.bob)
+    by_admin = client.post("/v1/models", data={"name": "plain", "task": TASK}, files=files, headers=tenants.admin)
+    assert (by_bob.json()["name"], by_admin.json()["name"]) == ("bob.plain", "plain")
 
 
 def test_v1_infer_by_name_is_404(world: tuple[TestClient, Services, Tenants]) -> None:

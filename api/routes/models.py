@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import can_use, get_principal, get_services, visible_model
 from api.schemas import DeletedOut, ErrorOut, ModelOut, VariantOut
 from api.uploads import save_upload
-from infaas.auth import Principal
+from infaas.auth import Principal, model_namespace
 from infaas.registration import RegistrationError, RegistrationRequest, delete_model, register_model
 from infaas.services import Services
 
@@ -49,6 +49,7 @@ async def register(
             validation_path = await save_upload(validation, workdir, limit, "the validation file")
         request = RegistrationRequest(
             name=name,
+            namespace=model_namespace(principal),
             task=task,
             model_path=model_path,
             validation_path=validation_path,

@@ -1,8 +1,9 @@
 """Hand-built ONNX graphs for the example zoo, from plain numpy weights.
 
 The graphs are written with ``onnx.helper`` instead of ``torch.onnx.export`` so that the result does not
-depend on which exporter a PyTorch release ships, and so that every layer is a plain ``MatMul``/``Add``,
-``Conv``, ``Relu`` or ``MaxPool`` node: exactly the ops ONNX Runtime's quantizer knows how to rewrite.
+depend on which exporter a PyTorch release ships, and so that every weighted layer is a plain
+``MatMul`` + ``Add`` or ``Conv`` node (plus ``Relu``/``MaxPool``, and for the CNN's test-time
+augmentation ``Pad``/``Slice``/``Concat``/``ReduceMean``): ops ONNX Runtime's quantizer knows how to rewrite.
 
 Every graph has the same interface, so that all zoo models are interchangeable for one task:
 
@@ -116,11 +117,33 @@ def mlp_graph(layers: Sequence[Dense], name: str, doc: str = "") -> onnx.ModelPr
     return g.model(name, doc)
 
 
-def cnn_graph(size: int, convs: Sequence[Conv], head: Sequence[Dense], name: str, doc: str = "") -> onnx.ModelProto:
-    """Upsample to ``size x size`` (a ``MatMul``), the conv stack, flatten, then an MLP head."""
+def cnn_graph(
+    size: int,
+    convs: Sequence[Conv],
+    head: Sequence[Dense],
+    name: str,
+    doc: str = "",
+    views: Sequence[tuple[int, int]] = ((1, 1),),
+) -> onnx.ModelProto:
+    """Upsample to ``size x size`` (a ``MatMul``), the conv stack, flatten, then an MLP head.
+
+    With several ``views`` (test-time augmentation) the upsampled image is padded by one pixel and cropped
+    at each ``(dy, dx)`` offset; the crops are stacked along the batch axis, run through the network
+    together, and their logits averaged, so the graph really does ``len(views)`` times the work of one
+    pass, and is more accurate for it.
+    """
     g = _GraphBuilder()
     x = g.node("MatMul", [INPUT_NAME, g.const("upsample", bilinear_upsample_matrix(size))])
     x = g.node("Reshape", [x, g.const("image_shape", np.array([-1, 1, size, size], dtype=np.int64))])
+    if len(views) > 1:
+        padded = g.node("Pad", [x, g.const("view_pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64))])
+        axes = g.const("view_axes", np.array([2, 3], dtype=np.int64))
+        crops = []
+        for i, (dy, dx) in enumerate(views):
+            starts = g.const(f"view{i}_starts", np.array([dy, dx], dtype=np.int64))
+            ends = g.const(f"view{i}_ends", np.array([dy + size, dx + size], dtype=np.int64))
+            crops.append(g.node("Slice", [padded, starts, ends, axes]))
+        x = g.node("Concat", crops, axis=0)
     for i, conv in enumerate(convs):
         k = conv.weight.shape[-1]
         w = g.const(f"conv{i + 1}.weight", conv.weight.astype(np.float32))
@@ -132,7 +155,11 @@ def cnn_graph(size: int, convs: Sequence[Conv], head: Sequence[Dense], name: str
     x = g.node("Flatten", [x], axis=1)
     for i, layer in enumerate(head):
         last = i == len(head) - 1
-        x = g.dense(x, layer, f"fc{i + 1}", OUTPUT_NAME if last else None)
+        x = g.dense(x, layer, f"fc{i + 1}", OUTPUT_NAME if last and len(views) == 1 else None)
         if not last:
             x = g.node("Relu", [x])
+    if len(views) > 1:
+        shape = g.const("views_shape", np.array([len(views), -1, NUM_CLASSES], dtype=np.int64))
+        x = g.node("Reshape", [x, shape])
+        g.node("ReduceMean", [x], OUTPUT_NAME, axes=[0], keepdims=0)
     return g.model(name, doc)
