@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -84,30 +85,59 @@ class Arrival:
     sample: int
 
 
-def rate_at(t: float, base: float, step: float, spike: float, duration: float) -> float:
-    """Offered load: base, a step up from 25% to 65% of the trace, a spike from 45% to 55%."""
-    if 0.45 * duration <= t < 0.55 * duration:
-        return spike
-    if 0.25 * duration <= t < 0.65 * duration:
-        return step
-    return base
+@dataclass(frozen=True)
+class Shape:
+    """The offered load: base rate, a step up from 25% to 65% of the trace, a spike inside the step.
+
+    The spike may ramp up (``ramp_s``) instead of jumping: the autoscalers react to measured load (a
+    windowed rate, then a few periods of hysteresis), so a zero-time jump far past one replica's capacity
+    can only be absorbed by headroom, while a burst that builds over seconds is what they can follow.
+
+    With ``burst_class`` set, the spike is one tenant bursting: the step's traffic keeps its class mix
+    and only the extra ``spike - step`` queries/s are of that class. Without it the whole mix scales up.
+    """
+
+    duration: float
+    base: float
+    step: float
+    spike: float
+    spike_from: float = 0.45  # fraction of the trace
+    spike_to: float = 0.55
+    burst_class: str | None = None
+    ramp_s: float = 0.0  # the spike rises linearly from the step rate over this long
+
+    def in_spike(self, t: float) -> bool:
+        return self.spike_from * self.duration <= t < self.spike_to * self.duration
+
+    def rate_at(self, t: float) -> float:
+        if self.in_spike(t):
+            into = t - self.spike_from * self.duration
+            if into < self.ramp_s:
+                return self.step + (self.spike - self.step) * into / self.ramp_s
+            return self.spike
+        if 0.25 * self.duration <= t < 0.65 * self.duration:
+            return self.step
+        return self.base
 
 
-def make_trace(
-    classes: list[QueryClass], duration: float, base: float, step: float, spike: float, samples: int, seed: int
-) -> list[Arrival]:
-    """Poisson arrivals (thinning of a peak-rate process) with the piecewise rate above."""
+def make_trace(classes: list[QueryClass], shape: Shape, samples: int, seed: int) -> list[Arrival]:
+    """Poisson arrivals (thinning of a peak-rate process) with the piecewise rate of ``shape``."""
     rng = random.Random(seed)
-    peak = max(base, step, spike)
+    peak = max(shape.base, shape.step, shape.spike)
     out: list[Arrival] = []
     t = 0.0
     weights = [c.share for c in classes]
+    burst = next((c for c in classes if c.name == shape.burst_class), None)
     while True:
         t += rng.expovariate(peak)
-        if t >= duration:
+        if t >= shape.duration:
             return out
-        if rng.random() < rate_at(t, base, step, spike, duration) / peak:
-            cls = rng.choices(classes, weights)[0]
+        rate = shape.rate_at(t)
+        if rng.random() < rate / peak:
+            if burst is not None and shape.in_spike(t) and rng.random() >= shape.step / rate:
+                cls = burst
+            else:
+                cls = rng.choices(classes, weights)[0]
             out.append(Arrival(t, cls, rng.randrange(samples - cls.rows)))
 
 
@@ -131,6 +161,8 @@ class Run:
     name: str
     outcomes: list[Outcome] = field(default_factory=list)
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, workers, replicas)
+    started_wall: float = 0.0  # time.time() when the trace clock started
+    decisions: list[dict] = field(default_factory=list)  # the autoscaler's, with trace time t_s
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, outcome: Outcome) -> None:
@@ -181,6 +213,7 @@ def replay(
 ) -> None:
     """Open loop: submit each query at its scheduled time whatever the backlog; latency from the schedule."""
     stop = threading.Event()
+    run.started_wall = time.time()
     start = time.perf_counter()
 
     def sampler() -> None:
@@ -294,11 +327,23 @@ def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, con
     finally:
         scaler.stop()
         engine.stop()
-    run.decisions = [  # type: ignore[attr-defined]
-        {"at": d.at.isoformat(), "level": d.level, "action": d.action, "target": d.target, "reason": d.reason}
+    run.decisions = [
+        {
+            "t_s": round(_utc(d.at).timestamp() - run.started_wall, 2),
+            "at": d.at.isoformat(),
+            "level": d.level,
+            "action": d.action,
+            "target": d.target,
+            "outcome": d.outcome,
+            "reason": d.reason,
+        }
         for d in reversed(services.metadata.list_decisions(limit=1000))
     ]
     return run
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def run_fixed(
@@ -373,6 +418,30 @@ def plot(runs: list[Run], trace: list[Arrival], duration: float, path: Path) -> 
             window = [o.latency_ms for o in run.outcomes if lo <= o.at_s < lo + 1]
             p99.append(np.percentile(window, 99) if window else np.nan)
         axes[2].plot(bins[:-1] + 0.5, p99, label=run.name)
+    colours = {
+        "add_replica": "tab:green",
+        "place": "tab:olive",
+        "upgrade": "tab:purple",
+        "add_worker": "tab:red",
+        "worker_started": "tab:pink",
+        "remove_replica": "tab:cyan",
+        "downgrade": "tab:brown",
+        "unload": "tab:gray",
+        "drain_worker": "tab:blue",
+        "remove_worker": "navy",
+        "undrain": "tab:orange",
+    }
+    labelled: set[str] = set()
+    for run in runs:
+        for d in run.decisions:
+            colour = colours.get(d["action"], "black")
+            for ax in axes:
+                ax.axvline(d["t_s"], color=colour, linestyle=":", linewidth=1.0, alpha=0.8)
+            if d["action"] not in labelled:
+                labelled.add(d["action"])
+                axes[0].plot([], [], color=colour, linestyle=":", label=f"{run.name}: {d['action']}")
+    if labelled:
+        axes[0].legend(fontsize=7, ncol=3, title="autoscaler decisions", title_fontsize=7)
     axes[1].set_ylabel("replicas / workers")
     axes[1].legend(fontsize=7, ncol=3)
     axes[2].set_yscale("log")
@@ -392,8 +461,23 @@ def main() -> None:
     parser.add_argument("--base", type=float, default=30.0, help="base rate, queries/s")
     parser.add_argument("--step", type=float, default=80.0, help="rate after the step up")
     parser.add_argument("--spike", type=float, default=250.0, help="rate during the spike")
+    parser.add_argument("--spike-from", type=float, default=0.45, help="spike start, fraction of the trace")
+    parser.add_argument("--spike-to", type=float, default=0.55, help="spike end, fraction of the trace")
+    parser.add_argument(
+        "--burst-class", choices=["tight", "cheap", "accurate"], help="the spike's extra queries are all of this class"
+    )
+    parser.add_argument("--ramp", type=float, default=0.0, help="seconds the spike takes to build up")
+    parser.add_argument(
+        "--util-scale",
+        type=float,
+        default=1.0,
+        help="scale the autoscaler's high/target/low utilization thresholds (profiled capacity is optimistic here)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--only", choices=["infaas", "fixed-accurate", "fixed-peak"], action="append", help="run only these setups"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("infaas").setLevel(logging.WARNING)
@@ -426,14 +510,31 @@ def main() -> None:
                 QueryClass("cheap", 0.25, 50.0, 0.0, ROWS),
                 QueryClass("accurate", 0.5, 100.0, high_floor, ROWS),
             ]
-            trace = make_trace(classes, args.duration, args.base, args.step, args.spike, len(inputs), args.seed)
+            shape = Shape(
+                args.duration,
+                args.base,
+                args.step,
+                args.spike,
+                args.spike_from,
+                args.spike_to,
+                args.burst_class,
+                args.ramp,
+            )
+            trace = make_trace(classes, shape, len(inputs), args.seed)
             log.info("trace: %d queries over %.0f s; classes %s", len(trace), args.duration, classes)
 
             # Ties (INT8 often keeps the accuracy) go to the variant as registered (cpu-fp32): what a
             # deployment without a variant generator would serve.
             most_accurate = max(variants, key=lambda v: (v.accuracy or 0.0, v.name == "cpu-fp32"))
             profile = max(top_fast.profiles, key=lambda p: p.throughput_per_s)
+            # Profiled capacity is one ONNX session alone on the machine; here every worker, the engine and
+            # the client threads share two cores and one interpreter, so a replica sustains less. Scaling
+            # the three utilization thresholds together keeps the hysteresis band's shape.
+            default = PolicyConfig()
             config = PolicyConfig(
+                high_utilization=default.high_utilization * args.util_scale,
+                target_utilization=default.target_utilization * args.util_scale,
+                low_utilization=default.low_utilization * args.util_scale,
                 idle_unload_s=15.0,
                 up_periods=2,
                 down_periods=6,
@@ -449,11 +550,14 @@ def main() -> None:
             per_worker = max(1, WORKER_CORES // max(1, top_fast.threads or WORKER_CORES))
             peak_workers = math.ceil(peak_replicas / per_worker)
 
-            runs = [
-                run_infaas(services, trace, inputs, config),
-                run_fixed("fixed-accurate", services, most_accurate, 1, 1, trace, inputs),
-                run_fixed("fixed-peak", services, top_fast, peak_workers, peak_replicas, trace, inputs),
-            ]
+            setups = {
+                "infaas": lambda: run_infaas(services, trace, inputs, config),
+                "fixed-accurate": lambda: run_fixed("fixed-accurate", services, most_accurate, 1, 1, trace, inputs),
+                "fixed-peak": lambda: run_fixed(
+                    "fixed-peak", services, top_fast, peak_workers, peak_replicas, trace, inputs
+                ),
+            }
+            runs = [run() for name, run in setups.items() if not args.only or name in args.only]
         finally:
             services.close()
 
@@ -464,6 +568,9 @@ def main() -> None:
         "trace": {
             "duration_s": args.duration,
             "rates_qps": {"base": args.base, "step": args.step, "spike": args.spike},
+            "spike_window_s": [args.spike_from * args.duration, args.spike_to * args.duration],
+            "burst_class": args.burst_class,
+            "spike_ramp_s": args.ramp,
             "queries": len(trace),
             "classes": [asdict(c) for c in classes],
             "seed": args.seed,
@@ -487,17 +594,32 @@ def main() -> None:
                 f"{config.target_utilization:.0%} of its profiled {profile.throughput_per_s:.0f} rows/s"
             },
         },
+        "policy": {
+            k: getattr(config, k)
+            for k in ("high_utilization", "target_utilization", "low_utilization", "up_periods", "down_periods")
+        },
         "prices": prices,
         "worker_cores": WORKER_CORES,
     }
     for run in runs:
         report["setups"][run.name].update(run.summary(args.duration, prices))
-    report["setups"]["infaas"]["decisions"] = getattr(runs[0], "decisions", [])
+    for run in runs:
+        if run.name == "infaas":
+            by_action: dict[str, int] = {}
+            for d in run.decisions:
+                by_action[d["action"]] = by_action.get(d["action"], 0) + 1
+            report["setups"]["infaas"]["decisions_by_action"] = dict(sorted(by_action.items()))
+            report["setups"]["infaas"]["decisions"] = run.decisions
+    report["setups"] = {k: v for k, v in report["setups"].items() if "queries" in v}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "trace.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(runs, trace, args.duration, args.out / "trace.png")
     for run in runs:
         s = report["setups"][run.name]
+        print(
+            f"{run.name:15s} by class { {c: v['slo_miss_rate'] for c, v in s['by_class'].items()} }  "
+            f"decisions {s.get('decisions_by_action')}"
+        )
         print(
             f"{run.name:15s} miss {s['slo_miss_rate']:.2%}  acc {s['mean_accuracy']}  thr {s['throughput_qps']}/s  "
             f"p99 {s['p99_ms']} ms  cost ${s['cost_usd']:.6f}  max workers {s['max_workers']} "
