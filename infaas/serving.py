@@ -209,6 +209,8 @@ class QueryEngine:
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the in-process worker (when configured) and register it in live state."""
+        if self._started:  # get_engine calls this per request: no lock once started
+            return
         with self._lock:
             if self._started:
                 return
