@@ -273,7 +273,10 @@ def prepare(zoo_dir: Path, home: Path) -> Services:
         heartbeat_s=0.25,
     )
     services = build_services(settings)
+    registered = {m.name for m in services.metadata.list_models()}
     for model in load_zoo(zoo_dir):
+        if model.name in registered:
+            continue  # a reused --home: built and profiled by an earlier run
         register_model(
             services,
             RegistrationRequest(
@@ -473,6 +476,9 @@ def main() -> None:
         default=1.0,
         help="scale the autoscaler's high/target/low utilization thresholds (profiled capacity is optimistic here)",
     )
+    parser.add_argument(
+        "--home", type=Path, help="keep the registered, profiled zoo here and reuse it next time (default: a temp dir)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
@@ -489,8 +495,8 @@ def main() -> None:
     zoo = load_zoo(args.zoo)
     inputs = np.load(zoo[0].validation_path)["inputs"].astype(np.float32)
 
-    with tempfile.TemporaryDirectory(prefix="infaas-trace-") as home:
-        services = prepare(args.zoo, Path(home))
+    with tempfile.TemporaryDirectory(prefix="infaas-trace-") as scratch:
+        services = prepare(args.zoo, args.home or Path(scratch))
         try:
             variants = ready_variants(services)
             by_model: dict[str, list[VariantInfo]] = {}

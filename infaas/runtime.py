@@ -6,10 +6,13 @@ served (same providers, same thread settings, same graph optimisation level).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+log = logging.getLogger(__name__)
 
 ONNX_TO_NUMPY: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
@@ -56,3 +59,23 @@ def create_session(
 def available_providers() -> list[str]:
     """Execution providers this ONNX Runtime build offers (not proof that a device exists)."""
     return list(ort.get_available_providers())
+
+
+def warm_up(session: ort.InferenceSession) -> bool:
+    """Run one batch-1 inference on zeros so the first real query does not pay for it.
+
+    ONNX Runtime allocates its arenas and picks kernels on the first ``run``: for a small model that is
+    ten times a warm call, which a query would see as a latency the profile (measured warm) never
+    promised. Symbolic dimensions become 1. Returns ``False`` when the model rejects zeros (say a
+    data-dependent shape); the session is still fine, only not warmed.
+    """
+    try:
+        feeds = {
+            i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], dtype=numpy_dtype(i.type))
+            for i in session.get_inputs()
+        }
+        session.run(None, feeds)
+        return True
+    except Exception as exc:  # any failure only means no warm-up; serving reports real errors
+        log.debug("warm-up of a session failed: %s", exc)
+        return False

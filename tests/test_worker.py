@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from infaas.catalog import ProfileInfo, VariantInfo
 from infaas.live_state import MemoryLiveState
 from infaas.model_store import LocalModelStore
+from infaas.runtime import warm_up
 from infaas.selector import ProfileCurve
 from infaas.worker import Instance, LocalWorker, OutOfMemory
 
@@ -284,3 +285,46 @@ def test_try_run_now_never_waits(raw_session: ort.InferenceSession) -> None:
     assert result is not None and result.queue_ms == 0
     np.testing.assert_array_equal(result.outputs["y"], raw_session.run(None, {"x": x})[0])
     instance.close()
+
+
+class RejectingSession:
+    """Stands in for a model whose graph refuses all-zero inputs."""
+
+    def get_inputs(self):  # type: ignore[no-untyped-def]
+        return ort.InferenceSession(tiny_model(), providers=["CPUExecutionProvider"]).get_inputs()
+
+    def run(self, names, feeds):  # type: ignore[no-untyped-def]
+        raise RuntimeError("zeros are not a valid input for this model")
+
+
+def test_warm_up_runs_zeros_through_symbolic_dimensions_and_tolerates_refusal(
+    raw_session: ort.InferenceSession,
+) -> None:
+    seen: list[dict[str, np.ndarray]] = []
+
+    class Recording:
+        def get_inputs(self):  # type: ignore[no-untyped-def]
+            return raw_session.get_inputs()
+
+        def run(self, names, feeds):  # type: ignore[no-untyped-def]
+            seen.append(feeds)
+            return raw_session.run(names, feeds)
+
+    assert warm_up(Recording())  # type: ignore[arg-type]
+    assert [(k, v.shape, v.dtype) for k, v in seen[0].items()] == [("x", (1, 4), np.float32)]
+    assert not warm_up(RejectingSession())  # type: ignore[arg-type]
+
+
+def test_every_replica_is_warmed_before_it_serves(store: LocalModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import infaas.worker.worker as worker_module
+
+    warmed: list[ort.InferenceSession] = []
+    monkeypatch.setattr(worker_module, "warm_up", lambda session: warmed.append(session) or True)
+    worker = LocalWorker("w1", store, MemoryLiveState(), memory_budget_mb=100, cores=2)
+    worker.start()
+    a = variant("v", "models/tiny/v/model.onnx", memory_mb=20)
+    worker.load(a)
+    assert len(warmed) == 1
+    worker.add_replica(a)
+    assert len(warmed) == 2 and warmed[0] is not warmed[1]
+    worker.stop()

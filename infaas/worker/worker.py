@@ -20,7 +20,7 @@ import onnxruntime as ort
 from infaas.catalog import VariantInfo
 from infaas.live_state.base import InstanceState, LiveState, WorkerState
 from infaas.model_store import ModelStore
-from infaas.runtime import create_session
+from infaas.runtime import create_session, warm_up
 from infaas.selector import ProfileCurve
 from infaas.worker.instance import InferResult, Instance, InstanceClosed
 
@@ -188,7 +188,9 @@ class LocalWorker(WorkerClient):
                     from variant_generator.tensorrt import EngineSession
 
                     return EngineSession(path)  # type: ignore[return-value]
-                return create_session(path, list(variant.providers) or None, variant.threads)
+                session = create_session(path, list(variant.providers) or None, variant.threads)
+                warm_up(session)
+                return session
 
             def on_depth(depth: int) -> None:
                 self._live.set_queue_depth(self.id, key, depth)
