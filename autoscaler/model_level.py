@@ -15,7 +15,8 @@ and none is scaled down within ``down_after_up_s`` of being scaled up, so load n
 not make it flap. Replicas are sized to ``target_utilization``, which lies between the two thresholds,
 so the state reached by an action is inside the band and does not trigger the opposite action.
 
-Scaling up replicates within the worker's memory and core budget, or *upgrades* to a faster variant
+Scaling up replicates within the worker's memory and core budget (cores counted as the busy cores of
+what is loaded, see ``_Budget``), or *upgrades* to a faster variant
 of the same model (INT8, more threads, a better batch curve) that still meets the accuracy floor its
 queries asked for, whichever adds less $/hour, or when replication does not fit; what fits on neither
 is placed on another worker, and what fits nowhere is reported as unmet demand for the VM level.
@@ -65,14 +66,19 @@ def meets_floor(option: VariantOption, floor: float) -> bool:
 
 
 class _Budget:
-    """Memory and cores left per worker, debited as actions are planned within one period."""
+    """Memory and cores left per worker, debited as actions are planned within one period.
+
+    Memory is what loaded replicas hold. Cores are what loaded instances keep *busy* (arrival rate ÷
+    per-replica capacity × threads, at most their replicas × threads): a loaded but idle variant kept
+    warm against cold starts holds a thread, not a core, and must not stop a hot variant on the same
+    worker from replicating. Replicas planned this period are debited at their full thread count.
+    """
 
     def __init__(self, view: ClusterView) -> None:
         self.memory = {w.id: w.memory_budget_mb - w.memory_used_mb for w in view.workers}
         self.cores: dict[str, float] = {}
         for w in view.workers:
-            held = sum(i.replicas * _cores(view, i) for i in w.instances)
-            self.cores[w.id] = w.cores - held
+            self.cores[w.id] = w.cores - sum(_busy_cores(view, i) for i in w.instances)
 
     def fits(self, worker_id: str, option: VariantOption) -> int:
         """How many more replicas of ``option`` fit on the worker."""
@@ -86,9 +92,13 @@ class _Budget:
         self.cores[worker_id] -= replicas * option.cores
 
 
-def _cores(view: ClusterView, instance: InstanceLoad) -> int:
+def _busy_cores(view: ClusterView, instance: InstanceLoad) -> float:
     option = view.variants.get(instance.variant_key)
-    return option.cores if option is not None else 0
+    if option is None:
+        return 0.0
+    held = instance.replicas * option.cores
+    capacity = instance.capacity(option)
+    return min(held, instance.rate_per_s / capacity * option.cores) if capacity > 0 else float(held)
 
 
 def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPlan:

@@ -62,6 +62,7 @@ WORKER_MEMORY_MB = 2048.0
 SAMPLE_S = 0.25
 ROWS = 256  # rows per query (clients send mini-batches); INFAAS_MAX_BATCH_PER_QUERY allows 256
 PROFILED_BATCH = 64  # the largest batch the variant builds profile
+ACCURATE_BUDGET_MS = 100.0  # the latency budget of the class that asks for the highest accuracy floor
 
 
 # ------------------------------------------------------------------------------------------ the trace
@@ -324,6 +325,7 @@ def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, con
         return len(engine.live.workers()), sum(i.replicas for i in engine.live.instances())
 
     _warm(serve, trace, inputs)
+    scaler_started = time.time()
     scaler.start()
     try:
         replay(trace, inputs, serve, run, sample)
@@ -341,6 +343,7 @@ def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, con
             "reason": d.reason,
         }
         for d in reversed(services.metadata.list_decisions(limit=1000))
+        if _utc(d.at).timestamp() >= scaler_started  # not an earlier run's, when --home is reused
     ]
     return run
 
@@ -461,9 +464,10 @@ def main() -> None:
     parser.add_argument("--zoo", type=Path, default=Path(tempfile.gettempdir()) / "infaas-zoo")
     parser.add_argument("--quick-zoo", action="store_true", help="train the zoo briefly if it must be built")
     parser.add_argument("--duration", type=float, default=60.0, help="trace length, seconds")
-    parser.add_argument("--base", type=float, default=30.0, help="base rate, queries/s")
-    parser.add_argument("--step", type=float, default=80.0, help="rate after the step up")
-    parser.add_argument("--spike", type=float, default=250.0, help="rate during the spike")
+    rate_unit = "× what one replica of the accurate class's fastest variant serves"
+    parser.add_argument("--base", type=float, default=0.3, help=f"base rate, queries/s {rate_unit}")
+    parser.add_argument("--step", type=float, default=0.8, help=f"rate after the step up, {rate_unit}")
+    parser.add_argument("--spike", type=float, default=2.2, help=f"rate during the spike, {rate_unit}")
     parser.add_argument("--spike-from", type=float, default=0.45, help="spike start, fraction of the trace")
     parser.add_argument("--spike-to", type=float, default=0.55, help="spike end, fraction of the trace")
     parser.add_argument(
@@ -502,9 +506,18 @@ def main() -> None:
             by_model: dict[str, list[VariantInfo]] = {}
             for v in variants:
                 by_model.setdefault(v.model_name, []).append(v)
-            best_of = {m: max(vs, key=lambda v: v.accuracy or 0.0) for m, vs in by_model.items()}
+            # A floor is only worth asking for if some model meets it within the budget: a model whose
+            # fastest variant needs more than a quarter of ACCURATE_BUDGET_MS for one query (the CNN on
+            # two cores) cannot serve that class in any deployment, so the floor comes from those that can.
+            feasible = {
+                m: vs
+                for m, vs in by_model.items()
+                if min(ProfileCurve.of(v).service_ms(ROWS) for v in vs) <= ACCURATE_BUDGET_MS / 4
+            }
+            best_of = {m: max(vs, key=lambda v: v.accuracy or 0.0) for m, vs in feasible.items()}
             ranked = sorted(best_of.values(), key=lambda v: v.accuracy or 0.0, reverse=True)
-            # The highest floor only the most accurate model reaches; the tight budget only fast models meet.
+            # The highest floor only the most accurate feasible model reaches; the tight budget only fast
+            # models meet.
             high_floor = round(((ranked[0].accuracy or 0) + (ranked[1].accuracy or 0)) / 2, 4)
             top_model = ranked[0].model_name
             top_fast = min(
@@ -514,13 +527,17 @@ def main() -> None:
             classes = [
                 QueryClass("tight", 0.25, 5.0, 0.9, ROWS),
                 QueryClass("cheap", 0.25, 50.0, 0.0, ROWS),
-                QueryClass("accurate", 0.5, 100.0, high_floor, ROWS),
+                QueryClass("accurate", 0.5, ACCURATE_BUDGET_MS, high_floor, ROWS),
             ]
+            # Rates are set in units of what one replica of that variant serves (queries of ROWS rows per
+            # second, from its profile), so the trace means the same on a fast and on a slow machine.
+            unit_qps = 1000.0 / ProfileCurve.of(top_fast).service_ms(ROWS)
+            rates = {"base": args.base * unit_qps, "step": args.step * unit_qps, "spike": args.spike * unit_qps}
             shape = Shape(
                 args.duration,
-                args.base,
-                args.step,
-                args.spike,
+                rates["base"],
+                rates["step"],
+                rates["spike"],
                 args.spike_from,
                 args.spike_to,
                 args.burst_class,
@@ -551,7 +568,7 @@ def main() -> None:
                 vm_cooldown_s=4.0,
                 drain_timeout_s=10.0,
             )
-            peak_rows = args.spike * ROWS
+            peak_rows = rates["spike"] * ROWS
             peak_replicas = max(1, math.ceil(peak_rows / (profile.throughput_per_s * config.target_utilization)))
             per_worker = max(1, WORKER_CORES // max(1, top_fast.threads or WORKER_CORES))
             peak_workers = math.ceil(peak_replicas / per_worker)
@@ -573,13 +590,16 @@ def main() -> None:
         "what_is_simulated": "What is simulated" + __doc__.split("What is simulated")[1].split("Setups")[0].rstrip(),
         "trace": {
             "duration_s": args.duration,
-            "rates_qps": {"base": args.base, "step": args.step, "spike": args.spike},
+            "rates_qps": {k: round(v, 1) for k, v in rates.items()},
+            "rates_in_replicas_of_the_accurate_variant": {"base": args.base, "step": args.step, "spike": args.spike},
+            "one_replica_qps": round(unit_qps, 1),
             "spike_window_s": [args.spike_from * args.duration, args.spike_to * args.duration],
             "burst_class": args.burst_class,
             "spike_ramp_s": args.ramp,
             "queries": len(trace),
             "classes": [asdict(c) for c in classes],
             "seed": args.seed,
+            "models_too_slow_for_the_accurate_budget": sorted(set(by_model) - set(feasible)),
         },
         "variants": {
             v.key: {
@@ -596,7 +616,7 @@ def main() -> None:
             "fixed-accurate": {"description": f"{most_accurate.key}, 1 replica, 1 worker"},
             "fixed-peak": {
                 "description": f"{top_fast.key} (fastest meeting floor {high_floor}), {peak_replicas} replicas on "
-                f"{peak_workers} worker(s), sized for the {args.spike:g} qps × {ROWS} rows peak at "
+                f"{peak_workers} worker(s), sized for the {rates['spike']:.0f} qps × {ROWS} rows peak at "
                 f"{config.target_utilization:.0%} of its profiled {profile.throughput_per_s:.0f} rows/s"
             },
         },

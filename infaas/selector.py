@@ -5,6 +5,11 @@ for a placement is: profiled p50 latency at the batch the query runs at + expect
 live state + load time if the variant is not loaded on that worker. Among placements meeting the
 latency budget (and ``max_cost``) the cheapest wins, loaded before cold on equal cost; if none
 meets the budget, the fastest is served and flagged ``slo_at_risk``.
+
+A cold placement's cost includes the load it triggers (the hardware is held for ``load_ms`` too):
+otherwise a variant a few percent cheaper per query would be loaded next to a loaded one that already
+meets the need, and a hot model would be split across variants by the query path while the
+autoscaler sizes replicas for one of them.
 """
 
 from __future__ import annotations
@@ -182,7 +187,7 @@ def _options(candidate: Candidate, batch: int, live: LiveSnapshot, prices: Mappi
         # One cold option per candidate: the worker with the most free memory (least eviction).
         worker = max(cold, key=lambda w: (w.memory_free_mb, w.id))
         est = curve.load_ms + service
-        out.append(_Option(candidate, worker, False, est, query_cost(candidate, worker, service, prices)))
+        out.append(_Option(candidate, worker, False, est, query_cost(candidate, worker, est, prices)))
     return out
 
 

@@ -99,6 +99,27 @@ def test_replicas_are_limited_by_the_worker_core_budget() -> None:
     assert [(a.action, a.count) for a in plan] == [("add_replica", 1)]
 
 
+def test_an_idle_warm_variant_does_not_hold_a_core_against_a_hot_one() -> None:
+    # 2 cores: the hot variant runs at 0.9 of one replica, another model's variant is loaded but idle.
+    idle = option("other/fp32", accuracy=0.9)
+    hot = lambda now: view(  # noqa: E731
+        [inst(rate_per_s=180.0), inst("other/fp32", rate_per_s=0.0)], [option(), idle], now=now, cores=2
+    )
+    actions, _ = run_periods(hot, 2)
+    assert [(a.action, a.count) for a in actions] == [("add_replica", 1)]
+
+
+def test_a_busy_neighbour_does_hold_its_core() -> None:
+    # The neighbour keeps one core busy (200/s of its 200/s): the hot variant's 0.9 leaves 0.1 core.
+    busy = option("other/fp32", accuracy=0.9)
+    hot = lambda now: view(  # noqa: E731
+        [inst(rate_per_s=180.0), inst("other/fp32", rate_per_s=150.0)], [option(), busy], now=now, cores=2
+    )
+    plan = model_level.decide(hot(101.0), model_level.decide(hot(100.0), History(), CFG).history, CFG)
+    assert [a.action for a in plan.actions] == []
+    assert plan.unmet == ("w1/m/fp32",)  # reported to the VM level instead
+
+
 def test_cooldown_stops_a_second_action_on_the_same_instance() -> None:
     hot = lambda now: view([inst(rate_per_s=300.0)], [option()], now=now)  # noqa: E731
     actions, history = run_periods(hot, 2)

@@ -89,6 +89,19 @@ def test_loaded_instance_wins_a_cost_tie() -> None:
     assert decision.worker == "w2" and decision.loaded
 
 
+def test_a_loaded_variant_beats_a_cold_one_that_is_cheaper_only_per_query() -> None:
+    # cheap is 5 ms per query vs 8 ms for loaded, but loading it first costs 100 ms of the same core.
+    cheap = candidate("m", "cheap", {1: 5.0}, accuracy=0.9)
+    loaded = candidate("m", "loaded", {1: 8.0}, accuracy=0.9)
+    decision = select(
+        Requirements(model="m", latency_ms=500), [cheap, loaded], live(loaded={"m/loaded": [("w1", 1)]}), PRICES
+    )
+    assert decision.variant.name == "loaded" and decision.loaded
+    # Once both are loaded the cheaper one per query wins.
+    both = live(loaded={"m/loaded": [("w1", 1)], "m/cheap": [("w1", 1)]})
+    assert select(Requirements(model="m", latency_ms=500), [cheap, loaded], both, PRICES).variant.name == "cheap"
+
+
 def test_load_time_is_counted_for_cold_variants() -> None:
     decision = select(Requirements(model="m", latency_ms=50), [SLOW_CHEAP], live(), PRICES)
     assert not decision.loaded and decision.estimated_ms == 105.0 and decision.slo_at_risk
@@ -164,8 +177,13 @@ def test_max_cost_excludes_expensive_placements() -> None:
 
 def test_threads_zero_means_every_core_of_the_worker() -> None:
     all_cores = candidate("m", "all", {1: 1.0}, threads=0)
-    decision = select(Requirements(model="m"), [all_cores], live(worker(cores=8)), PRICES)
+    decision = select(
+        Requirements(model="m"), [all_cores], live(worker(cores=8), loaded={"m/all": [("w1", 1)]}), PRICES
+    )
     assert decision.estimated_cost == pytest.approx(8 * 0.048 * 1 / 3_600_000)
+    # Cold, the 100 ms load is paid on the same 8 cores.
+    cold = select(Requirements(model="m"), [all_cores], live(worker(cores=8)), PRICES)
+    assert cold.estimated_cost == pytest.approx(8 * 0.048 * 101 / 3_600_000)
 
 
 def test_gpu_variants_need_a_gpu_worker() -> None:
