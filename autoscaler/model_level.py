@@ -72,18 +72,26 @@ class _Budget:
     per-replica capacity × threads, at most their replicas × threads): a loaded but idle variant kept
     warm against cold starts holds a thread, not a core, and must not stop a hot variant on the same
     worker from replicating. Replicas planned this period are debited at their full thread count.
+    An instance's own replicas may together run no more threads than the cores its neighbours leave:
+    past that, another replica adds contention, not capacity.
     """
 
     def __init__(self, view: ClusterView) -> None:
         self.memory = {w.id: w.memory_budget_mb - w.memory_used_mb for w in view.workers}
         self.cores: dict[str, float] = {}
+        self._busy: dict[tuple[str, str], float] = {}
         for w in view.workers:
-            self.cores[w.id] = w.cores - sum(_busy_cores(view, i) for i in w.instances)
+            for i in w.instances:
+                self._busy[(w.id, i.variant_key)] = _busy_cores(view, i)
+            self.cores[w.id] = w.cores - sum(self._busy[(w.id, i.variant_key)] for i in w.instances)
 
-    def fits(self, worker_id: str, option: VariantOption) -> int:
-        """How many more replicas of ``option`` fit on the worker."""
+    def fits(self, worker_id: str, option: VariantOption, loaded: InstanceLoad | None = None) -> int:
+        """How many more replicas of ``option`` fit on the worker (``loaded``: its instance there)."""
         by_memory = self.memory[worker_id] / option.memory_mb if option.memory_mb > 0 else math.inf
         by_cores = self.cores[worker_id] / option.cores if option.cores > 0 else math.inf
+        if loaded is not None and option.cores > 0:
+            left_by_neighbours = self.cores[worker_id] + self._busy.get((worker_id, loaded.variant_key), 0.0)
+            by_cores = min(by_cores, left_by_neighbours / option.cores - loaded.replicas)
         return max(0, int(min(by_memory, by_cores, 1_000)))
 
     def take(self, worker_id: str, option: VariantOption, replicas: int) -> None:
@@ -203,7 +211,7 @@ def _scale_up(
     target = instance_target(worker.id, inst.variant_key)
     needed = max(replicas_needed(inst.rate_per_s, capacity, config.target_utilization), inst.replicas + 1)
     add = needed - inst.replicas
-    here = min(add, budget.fits(worker.id, option))
+    here = min(add, budget.fits(worker.id, option, inst))
     replicate_cost = add * option.cost_per_hour
 
     best: tuple[float, float, VariantOption, int] | None = None

@@ -109,6 +109,15 @@ def test_an_idle_warm_variant_does_not_hold_a_core_against_a_hot_one() -> None:
     assert [(a.action, a.count) for a in actions] == [("add_replica", 1)]
 
 
+def test_replicas_never_run_more_threads_than_the_worker_has_cores() -> None:
+    # 2 one-thread replicas on 2 cores missing objectives at 0.4 utilization (0.8 busy cores): the cores
+    # left idle are not room for a third replica, it would only contend with the two.
+    slow = dict(rate_per_s=160.0, replicas=2, slo_miss_rate=0.1, p99_ms=100.0)
+    hot = lambda now: view([inst(**slow)], [option()], now=now, cores=2)  # noqa: E731
+    plan = model_level.decide(hot(101.0), model_level.decide(hot(100.0), History(), CFG).history, CFG)
+    assert [a.action for a in plan.actions] == [] and plan.unmet == ("w1/m/fp32",)
+
+
 def test_a_busy_neighbour_does_hold_its_core() -> None:
     # The neighbour keeps one core busy (200/s of its 200/s): the hot variant's 0.9 leaves 0.1 core.
     busy = option("other/fp32", accuracy=0.9)
