@@ -91,7 +91,8 @@ class _Budget:
         by_cores = self.cores[worker_id] / option.cores if option.cores > 0 else math.inf
         if loaded is not None and option.cores > 0:
             left_by_neighbours = self.cores[worker_id] + self._busy.get((worker_id, loaded.variant_key), 0.0)
-            by_cores = min(by_cores, left_by_neighbours / option.cores - loaded.replicas)
+            # Rounded to the nearest core: a neighbour keeping 1% of a core busy does not take it.
+            by_cores = min(by_cores, round(left_by_neighbours) / option.cores - loaded.replicas)
         return max(0, int(min(by_memory, by_cores, 1_000)))
 
     def take(self, worker_id: str, option: VariantOption, replicas: int) -> None:
@@ -126,7 +127,7 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
             # Misses count as overload only under real load: at negligible utilization more replicas cannot help.
             slow = (
                 inst.slo_miss_rate > config.slo_miss_threshold
-                and inst.p99_ms > option.p99_ms * config.slow_factor
+                and inst.p99_ms > option.p99_at(inst.rows_per_query) * config.slow_factor
                 and utilization >= config.low_utilization
             )
             over = utilization > config.high_utilization or slow
@@ -146,7 +147,7 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
                 "utilization": round(utilization, 3),
                 "queue_depth": inst.queue_depth,
                 "p99_ms": round(inst.p99_ms, 3),
-                "profiled_p99_ms": round(option.p99_ms, 3),
+                "profiled_p99_ms": round(option.p99_at(inst.rows_per_query), 3),
                 "slo_miss_rate": round(inst.slo_miss_rate, 4),
                 "idle_s": round(inst.idle_s, 1),
                 "accuracy_floor": inst.accuracy_floor,
@@ -193,7 +194,7 @@ def _alternatives(view: ClusterView, option: VariantOption, inst: InstanceLoad) 
         if alt.model == option.model
         and alt.key != option.key
         and meets_floor(alt, inst.accuracy_floor)
-        and (inst.budget_ms is None or alt.service_ms <= inst.budget_ms)
+        and (inst.budget_ms is None or alt.latency_ms(inst.rows_per_query) <= inst.budget_ms)
     ]
 
 
@@ -213,6 +214,12 @@ def _scale_up(
     add = needed - inst.replicas
     here = min(add, budget.fits(worker.id, option, inst))
     replicate_cost = add * option.cost_per_hour
+    inputs = {
+        **inputs,
+        "worker_free_cores": round(budget.cores[worker.id], 3),
+        "worker_free_memory_mb": round(budget.memory[worker.id], 1),
+        "replicas_fitting_here": here,
+    }
 
     best: tuple[float, float, VariantOption, int] | None = None
     for alt in _alternatives(view, option, inst):
@@ -332,7 +339,7 @@ def _scale_down(
             alt.cost_per_hour < option.cost_per_hour
             or (alt.cost_per_hour == option.cost_per_hour and alt.memory_mb < 0.8 * option.memory_mb)
         )
-        and (inst.budget_ms is None or alt.p99_ms <= inst.budget_ms / 2)
+        and (inst.budget_ms is None or alt.p99_at(inst.rows_per_query) <= inst.budget_ms / 2)
         and inst.rate_per_s <= inst.capacity(alt) * config.target_utilization
         and alt.memory_mb - option.memory_mb <= budget.memory[worker.id]
         and alt.cores - option.cores <= budget.cores[worker.id]
@@ -348,7 +355,7 @@ def _scale_down(
             "downgrade",
             target,
             f"underloaded and objectives loose: {alt.key} costs ${alt.cost_per_hour:.4f}/h vs "
-            f"${option.cost_per_hour:.4f}/h, p99 {alt.p99_ms:.2f} ms within half of the "
+            f"${option.cost_per_hour:.4f}/h, p99 {alt.p99_at(inst.rows_per_query):.2f} ms within half of the "
             f"{'unbounded' if inst.budget_ms is None else f'{inst.budget_ms:g} ms'} budget",
             inputs,
             worker=worker.id,

@@ -57,6 +57,22 @@ class VariantOption:
         """Profiled p50 at the smallest batch."""
         return self.curve[0][1]
 
+    def latency_ms(self, rows: float = 1.0) -> float:
+        """Profiled p50 of one query of ``rows`` rows.
+
+        The smallest profiled batch that holds it, or, past the largest, that batch's time scaled by
+        rows (a query bigger than any profiled batch runs as one session call of its size).
+        """
+        for batch, p50, _thr in self.curve:
+            if batch >= rows:
+                return p50
+        batch, p50, _thr = self.curve[-1]
+        return p50 * rows / batch
+
+    def p99_at(self, rows: float = 1.0) -> float:
+        """Profiled p99 of one query of ``rows`` rows (the batch-1 tail ratio applied to its p50)."""
+        return self.latency_ms(rows) * self.p99_ms / self.service_ms if self.service_ms > 0 else self.p99_ms
+
     def capacity(self, budget_ms: float | None, rows_per_query: float = 1.0) -> float:
         """Rows/s one replica sustains when a batch must finish within half the budget.
 

@@ -260,6 +260,27 @@ def test_no_downgrade_when_the_budget_is_tight() -> None:
     assert actions == []
 
 
+def test_a_downgrade_is_judged_at_the_rows_queries_really_send() -> None:
+    two_threads = option("m/t2", p50=5.0, cores=2, cost=0.096)
+    one_thread = option("m/t1", p50=8.0, cores=1, cost=0.048)  # 4-row query: p50 16 ms, p99 24 ms
+
+    def quiet(rows: float):  # type: ignore[no-untyped-def]
+        load = inst("m/t2", rate_per_s=10.0, budget_ms=40.0, rows_per_query=rows)
+        return lambda now: view([load], [two_threads, one_thread], now=now)
+
+    assert [a.action for a in run_periods(quiet(1.0), CFG.down_periods)[0]] == ["downgrade"]  # p99 12 ≤ 20
+    assert run_periods(quiet(4.0), CFG.down_periods + 3)[0] == []  # p99 24 ms > half of 40 ms
+
+
+def test_slowness_is_judged_against_the_profile_at_the_query_size() -> None:
+    # 4-row queries take 20 ms by profile (p99 30 ms): an observed p99 of 40 ms is not slow at 4 rows.
+    observed = dict(rate_per_s=80.0, slo_miss_rate=0.2, p99_ms=40.0)
+    at_four = lambda now: view([inst(rows_per_query=4.0, **observed)], [option()], now=now)  # noqa: E731
+    assert run_periods(at_four, 3)[0] == []
+    at_one = lambda now: view([inst(**observed)], [option()], now=now)  # noqa: E731
+    assert [a.action for a in run_periods(at_one, 2)[0]] == ["add_replica"]
+
+
 def test_idle_instance_is_unloaded_after_idle_unload_s() -> None:
     fresh = view([inst(idle_s=30.0)], [option()])
     assert model_level.decide(fresh, History(), CFG).actions == ()
