@@ -226,7 +226,12 @@ def _scale_up(
         alt_capacity = inst.capacity(alt)
         if alt_capacity < capacity * config.faster_factor:
             continue
-        alt_replicas = replicas_needed(inst.rate_per_s, alt_capacity, config.target_utilization)
+        # Enough replicas to beat what is loaded now as a whole: one two-thread replica that is faster
+        # than one one-thread replica is still slower than the two one-thread replicas it would replace.
+        alt_replicas = max(
+            replicas_needed(inst.rate_per_s, alt_capacity, config.target_utilization),
+            math.ceil(inst.replicas * capacity * config.faster_factor / alt_capacity),
+        )
         freed_memory = inst.replicas * option.memory_mb
         freed_cores = inst.replicas * option.cores
         if (

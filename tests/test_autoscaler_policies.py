@@ -183,6 +183,16 @@ def test_capacity_is_judged_at_the_rows_queries_really_send() -> None:
     assert [a.action for a in run_periods(one_row, 2)[0]] == ["upgrade"]  # 500/s vs 200/s for 1-row queries
 
 
+def test_an_upgrade_must_beat_every_replica_it_replaces() -> None:
+    # Two one-thread replicas fill the 2 cores; the two-thread variant is 1.4× one of them, 0.7× both.
+    t1 = option("m/t1", p50=10.0, cores=1)
+    t2 = VariantOption("m/t2", "m", 0.95, ((1, 7.0, 140.0), (4, 14.0, 280.0)), 10.5, 100.0, 2, 0.096)
+    slow = dict(rate_per_s=160.0, replicas=2, slo_miss_rate=0.1, p99_ms=100.0)
+    hot = lambda now: view([inst("m/t1", **slow)], [t1, t2], now=now, cores=2)  # noqa: E731
+    actions, _ = run_periods(hot, 3)
+    assert [a.action for a in actions] == []  # neither more replicas nor that upgrade fit: left to the VM level
+
+
 def test_no_upgrade_below_the_accuracy_floor_queries_asked_for() -> None:
     fp32 = option("m/fp32", accuracy=0.95, p50=10.0)
     int8 = option("m/int8", accuracy=0.80, p50=2.0)
