@@ -6,7 +6,9 @@ Per loaded instance, every period (``autoscaler_period_s``):
   throughput at the largest batch that still fits half the tightest latency budget seen;
 * *overloaded* when utilization > ``high_utilization``, or SLO misses exceed the threshold while the
   observed p99 is well above the profiled p99 and the load is not negligible (the profile is too
-  optimistic under this load; misses at near-zero load are not something replicas fix);
+  optimistic under this load; misses at near-zero load are not something replicas fix), or when the
+  requests waiting now (queue depth beyond one per replica) would take more than half the tightest
+  budget to drain: queue time reacts within a period, while a windowed rate lags a burst;
 * *underloaded* when utilization < ``low_utilization`` with no misses and nothing queued.
 
 A scale-up waits for ``up_periods`` overloaded periods in a row and a scale-down for
@@ -130,7 +132,10 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
                 and inst.p99_ms > option.p99_at(inst.rows_per_query) * config.slow_factor
                 and utilization >= config.low_utilization
             )
-            over = utilization > config.high_utilization or slow
+            waiting = max(0, inst.queue_depth - inst.replicas)
+            queue_ms = waiting / max(inst.replicas, 1) * option.latency_ms(inst.rows_per_query)
+            queued = inst.budget_ms is not None and queue_ms > inst.budget_ms / 2
+            over = utilization > config.high_utilization or slow or queued
             under = (
                 utilization < config.low_utilization
                 and inst.slo_miss_rate <= config.slo_miss_threshold
@@ -146,6 +151,7 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
                 "capacity_per_replica_per_s": round(capacity, 3),
                 "utilization": round(utilization, 3),
                 "queue_depth": inst.queue_depth,
+                "queue_ms": round(queue_ms, 3),
                 "p99_ms": round(inst.p99_ms, 3),
                 "profiled_p99_ms": round(option.p99_at(inst.rows_per_query), 3),
                 "slo_miss_rate": round(inst.slo_miss_rate, 4),

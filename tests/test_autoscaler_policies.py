@@ -147,6 +147,16 @@ def test_slow_instance_with_slo_misses_is_overloaded_even_at_low_rate() -> None:
     assert [a.action for a in actions] == ["add_replica"]
 
 
+def test_a_queue_that_would_eat_half_the_budget_is_overload_before_the_rate_shows_it() -> None:
+    # 10 ms per query, 100 ms budget: 6 waiting behind 1 replica is 60 ms of queue.
+    def burst(depth: int):  # type: ignore[no-untyped-def]
+        return lambda now: view([inst(rate_per_s=50.0, queue_depth=depth, budget_ms=100.0)], [option()], now=now)
+
+    actions, _ = run_periods(burst(7), 2)
+    assert [a.action for a in actions] == ["add_replica"] and actions[0].inputs["queue_ms"] == 60.0
+    assert run_periods(burst(5), 5)[0] == []  # 40 ms of queue is within half the budget
+
+
 def test_misses_at_negligible_load_do_not_replicate() -> None:
     idle = lambda now: view([inst(rate_per_s=5.0, slo_miss_rate=0.2, p99_ms=40.0)], [option()], now=now)  # noqa: E731
     actions, _ = run_periods(idle, 10)
