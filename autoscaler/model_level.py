@@ -11,6 +11,11 @@ Per loaded instance, every period (``autoscaler_period_s``):
   budget to drain: queue time reacts within a period, while a windowed rate lags a burst;
 * *underloaded* when utilization < ``low_utilization`` with no misses and nothing queued.
 
+Profiles are measured alone on a quiet machine; an instance that is overloaded (misses, queue time)
+below ``high_utilization`` has shown it sustains less, so its capacity is derated to match what it
+showed (``_next_derate``) and recovers slowly while it is calm. That keeps a replica added for misses
+from being removed again as soon as the rate alone looks low.
+
 A scale-up waits for ``up_periods`` overloaded periods in a row and a scale-down for
 ``down_periods`` underloaded ones (hysteresis), no instance is touched twice within ``cooldown_s``,
 and none is scaled down within ``down_after_up_s`` of being scaled up, so load near a threshold does
@@ -116,6 +121,7 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
     """Plan this period's model-level actions (pure: no I/O, time comes from ``view.now``)."""
     budget = _Budget(view)
     streaks: dict[str, int] = {}
+    derates: dict[str, float] = {}
     actions: list[Action] = []
     unmet: list[str] = []
     for worker in sorted(view.workers, key=lambda w: w.id):
@@ -124,7 +130,8 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
             if option is None:
                 continue  # no longer a ready variant: the query engine unloads it
             target = instance_target(worker.id, inst.variant_key)
-            capacity = inst.capacity(option)
+            derate = history.derate.get(target, 1.0)
+            capacity = inst.capacity(option) * derate
             utilization = inst.rate_per_s / (max(inst.replicas, 1) * capacity)
             # Misses count as overload only under real load: at negligible utilization more replicas cannot help.
             slow = (
@@ -143,12 +150,15 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
             )
             streak = next_streak(history.streak(target), over, under)
             streaks[target] = streak
+            calm = not over and inst.slo_miss_rate <= config.slo_miss_threshold and waiting == 0
+            derates[target] = _next_derate(derate, utilization, over and streak >= config.up_periods, calm, config)
             if worker.draining or history.cooling(target, view.now, config.cooldown_s):
                 continue
             inputs = {
                 "rate_per_s": round(inst.rate_per_s, 3),
                 "replicas": inst.replicas,
                 "capacity_per_replica_per_s": round(capacity, 3),
+                "capacity_derate": round(derate, 3),
                 "utilization": round(utilization, 3),
                 "queue_depth": inst.queue_depth,
                 "queue_ms": round(queue_ms, 3),
@@ -183,13 +193,30 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
                 last_up = history.last_up.get(target)
                 if last_up is None or view.now - last_up >= config.down_after_up_s:
                     actions.extend(_scale_down(view, worker, inst, option, capacity, budget, config, inputs))
-    new_history = history.with_streaks(streaks)
+    new_history = history.with_streaks(streaks).with_derate({k: v for k, v in derates.items() if v < 1.0})
     for action in actions:
         up = action.action in {"add_replica", "upgrade", "place"}
         new_history = new_history.acted(action.target, view.now, up)
         if action.to_variant is not None and action.worker is not None:
             new_history = new_history.acted(instance_target(action.worker, action.to_variant), view.now, up)
     return ModelPlan(tuple(actions), new_history, tuple(unmet))
+
+
+def _next_derate(derate: float, utilization: float, overloaded: bool, calm: bool, config: PolicyConfig) -> float:
+    """Learn how much of its profile an instance really sustains.
+
+    Overloaded (by misses or queue time) while its utilization is still below ``high_utilization``
+    means the profile, measured alone on a quiet machine, promises more than the instance delivers
+    here: derate its capacity so that this load reads as ``high_utilization``. Without this, the
+    replica added for the misses is removed again as soon as the rate alone looks low, and added
+    again at the next misses. Calm periods let the derating recover, so a passing disturbance is
+    forgotten.
+    """
+    if overloaded and utilization < config.high_utilization:
+        return max(config.derate_floor, derate * utilization / config.high_utilization)
+    if calm:
+        return min(1.0, derate + (1.0 - derate) * config.derate_recovery)
+    return derate
 
 
 def _alternatives(view: ClusterView, option: VariantOption, inst: InstanceLoad) -> list[VariantOption]:
@@ -227,9 +254,10 @@ def _scale_up(
         "replicas_fitting_here": here,
     }
 
+    derate = capacity / inst.capacity(option)  # what this worker has shown applies to any variant on it
     best: tuple[float, float, VariantOption, int] | None = None
     for alt in _alternatives(view, option, inst):
-        alt_capacity = inst.capacity(alt)
+        alt_capacity = inst.capacity(alt) * derate
         if alt_capacity < capacity * config.faster_factor:
             continue
         # Enough replicas to beat what is loaded now as a whole: one two-thread replica that is faster
@@ -250,7 +278,7 @@ def _scale_up(
         if best is None or rank[:2] < best[:2]:
             best = rank
     if best is not None and (here < add or best[0] < replicate_cost):
-        extra_cost, _, alt, alt_replicas = best
+        extra_cost, minus_alt_capacity, alt, alt_replicas = best
         why = "replication does not fit" if here < add else f"+${extra_cost:.4f}/h < +${replicate_cost:.4f}/h"
         budget.take(worker.id, option, -inst.replicas)
         budget.take(worker.id, alt, alt_replicas)
@@ -260,8 +288,8 @@ def _scale_up(
                 "upgrade",
                 target,
                 f"overloaded ({inputs['utilization']:.2f} utilization); {alt.key} serves "
-                f"{inst.capacity(alt):.0f}/s per replica vs {capacity:.0f}/s; {why}",
-                {**inputs, "to_capacity_per_s": round(inst.capacity(alt), 3)},
+                f"{-minus_alt_capacity:.0f}/s per replica vs {capacity:.0f}/s; {why}",
+                {**inputs, "to_capacity_per_s": round(-minus_alt_capacity, 3)},
                 worker=worker.id,
                 variant=inst.variant_key,
                 to_variant=alt.key,
@@ -351,7 +379,7 @@ def _scale_down(
             or (alt.cost_per_hour == option.cost_per_hour and alt.memory_mb < 0.8 * option.memory_mb)
         )
         and (inst.budget_ms is None or alt.p99_at(inst.rows_per_query) <= inst.budget_ms / 2)
-        and inst.rate_per_s <= inst.capacity(alt) * config.target_utilization
+        and inst.rate_per_s <= inst.capacity(alt) * capacity / inst.capacity(option) * config.target_utilization
         and alt.memory_mb - option.memory_mb <= budget.memory[worker.id]
         and alt.cores - option.cores <= budget.cores[worker.id]
     ]

@@ -23,6 +23,8 @@ class PolicyConfig:
     target_utilization: float = 0.6  # replicas are sized so that each runs at this
     slo_miss_threshold: float = 0.02  # windowed miss rate above which objectives are not met
     slow_factor: float = 1.5  # observed p99 above profiled p99 × this counts as slow
+    derate_floor: float = 0.25  # an instance is never assumed to sustain less than this of its profile
+    derate_recovery: float = 0.02  # per calm period, a derating moves this fraction of the way back to 1
     up_periods: int = 2  # consecutive overloaded periods before scaling up
     down_periods: int = 5  # consecutive underloaded periods before scaling down
     cooldown_s: float = 3.0  # no second action on the same instance within this
@@ -160,12 +162,15 @@ class History:
     """What the policies remember between periods.
 
     ``streaks`` counts consecutive periods a target was overloaded (positive) or underloaded
-    (negative); ``last_up`` / ``last_action`` hold when a target was last scaled up / acted on.
+    (negative); ``last_up`` / ``last_action`` hold when a target was last scaled up / acted on;
+    ``derate`` is the fraction of its profiled capacity an instance has shown it really sustains
+    (see ``model_level``), 1 when it has not missed objectives below the utilization threshold.
     """
 
     streaks: Mapping[str, int] = field(default_factory=dict)
     last_action: Mapping[str, float] = field(default_factory=dict)
     last_up: Mapping[str, float] = field(default_factory=dict)
+    derate: Mapping[str, float] = field(default_factory=dict)
 
     def streak(self, target: str) -> int:
         """The signed streak of a target (0 when in band or unknown)."""
@@ -180,13 +185,17 @@ class History:
         """A copy with new streaks (targets not present are forgotten)."""
         return replace(self, streaks=dict(streaks))
 
+    def with_derate(self, derate: Mapping[str, float]) -> History:
+        """A copy with new capacity deratings (targets not present are forgotten)."""
+        return replace(self, derate=dict(derate))
+
     def acted(self, target: str, now: float, up: bool) -> History:
         """A copy noting an action on ``target`` at ``now``; its streak restarts."""
         streaks = dict(self.streaks)
         streaks[target] = 0
         last_action = {**self.last_action, target: now}
         last_up = {**self.last_up, target: now} if up else dict(self.last_up)
-        return History(streaks=streaks, last_action=last_action, last_up=last_up)
+        return History(streaks=streaks, last_action=last_action, last_up=last_up, derate=self.derate)
 
 
 def next_streak(previous: int, over: bool, under: bool) -> int:

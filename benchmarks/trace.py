@@ -463,21 +463,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", type=Path, default=Path(tempfile.gettempdir()) / "infaas-zoo")
     parser.add_argument("--quick-zoo", action="store_true", help="train the zoo briefly if it must be built")
-    parser.add_argument("--duration", type=float, default=60.0, help="trace length, seconds")
-    rate_unit = "× what one replica of the accurate class's fastest variant serves"
-    parser.add_argument("--base", type=float, default=0.3, help=f"base rate, queries/s {rate_unit}")
+    parser.add_argument("--duration", type=float, default=120.0, help="trace length, seconds")
+    rate_unit = "in queries/s one core serves with the accurate class's best variant (per profile)"
+    parser.add_argument("--base", type=float, default=0.35, help=f"base rate, {rate_unit}")
     parser.add_argument("--step", type=float, default=0.8, help=f"rate after the step up, {rate_unit}")
-    parser.add_argument("--spike", type=float, default=2.2, help=f"rate during the spike, {rate_unit}")
+    parser.add_argument("--spike", type=float, default=1.9, help=f"rate during the spike, {rate_unit}")
     parser.add_argument("--spike-from", type=float, default=0.45, help="spike start, fraction of the trace")
-    parser.add_argument("--spike-to", type=float, default=0.55, help="spike end, fraction of the trace")
+    parser.add_argument("--spike-to", type=float, default=0.6, help="spike end, fraction of the trace")
     parser.add_argument(
         "--burst-class", choices=["tight", "cheap", "accurate"], help="the spike's extra queries are all of this class"
     )
-    parser.add_argument("--ramp", type=float, default=0.0, help="seconds the spike takes to build up")
+    parser.add_argument("--ramp", type=float, default=5.0, help="seconds the spike takes to build up")
     parser.add_argument(
         "--util-scale",
         type=float,
-        default=1.0,
+        default=0.75,
         help="scale the autoscaler's high/target/low utilization thresholds (profiled capacity is optimistic here)",
     )
     parser.add_argument(
@@ -525,13 +525,21 @@ def main() -> None:
                 key=lambda v: ProfileCurve.of(v).service_ms(ROWS),
             )
             classes = [
-                QueryClass("tight", 0.25, 5.0, 0.9, ROWS),
+                QueryClass("tight", 0.25, 10.0, 0.9, ROWS),
                 QueryClass("cheap", 0.25, 50.0, 0.0, ROWS),
                 QueryClass("accurate", 0.5, ACCURATE_BUDGET_MS, high_floor, ROWS),
             ]
-            # Rates are set in units of what one replica of that variant serves (queries of ROWS rows per
-            # second, from its profile), so the trace means the same on a fast and on a slow machine.
-            unit_qps = 1000.0 / ProfileCurve.of(top_fast).service_ms(ROWS)
+            # Rates are set in units of what one core serves of the top model's best variant (queries of
+            # ROWS rows per second, from its profile), so the trace means the same on a fast and on a slow
+            # machine: a spike past 1 needs a second replica, on a second core.
+            unit_qps = (
+                max(
+                    max(p.throughput_per_s for p in v.profiles) / max(1, v.threads or WORKER_CORES)
+                    for v in by_model[top_model]
+                    if (v.accuracy or 0.0) >= high_floor
+                )
+                / ROWS
+            )
             rates = {"base": args.base * unit_qps, "step": args.step * unit_qps, "spike": args.spike * unit_qps}
             shape = Shape(
                 args.duration,
@@ -546,9 +554,13 @@ def main() -> None:
             trace = make_trace(classes, shape, len(inputs), args.seed)
             log.info("trace: %d queries over %.0f s; classes %s", len(trace), args.duration, classes)
 
-            # Ties (INT8 often keeps the accuracy) go to the variant as registered (cpu-fp32): what a
-            # deployment without a variant generator would serve.
-            most_accurate = max(variants, key=lambda v: (v.accuracy or 0.0, v.name == "cpu-fp32"))
+            # Among the models that can serve the accurate class at all; ties (INT8 often keeps the
+            # accuracy) go to the variant as registered (cpu-fp32): what a deployment without a variant
+            # generator would serve.
+            most_accurate = max(
+                (v for v in variants if v.model_name in feasible),
+                key=lambda v: (v.accuracy or 0.0, v.name == "cpu-fp32"),
+            )
             profile = max(top_fast.profiles, key=lambda p: p.throughput_per_s)
             # Profiled capacity is one ONNX session alone on the machine; here every worker, the engine and
             # the client threads share two cores and one interpreter, so a replica sustains less. Scaling

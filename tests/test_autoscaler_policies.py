@@ -157,6 +157,25 @@ def test_a_queue_that_would_eat_half_the_budget_is_overload_before_the_rate_show
     assert run_periods(burst(5), 5)[0] == []  # 40 ms of queue is within half the budget
 
 
+def test_misses_below_the_threshold_derate_the_profile_so_the_new_replica_stays() -> None:
+    # 80/s on one replica profiled at 200/s is 0.4 utilization, yet it misses: it really sustains less.
+    missing = lambda now: view([inst(rate_per_s=80.0, slo_miss_rate=0.2, p99_ms=40.0)], [option()], now=now)  # noqa: E731
+    actions, history = run_periods(missing, 2)
+    assert [a.action for a in actions] == ["add_replica"]
+    assert history.derate["w1/m/fp32"] == 0.5  # 0.4 / high_utilization 0.8
+    # Two replicas, same rate, no misses: 0.2 by the profile would be removed; derated it is 0.4, kept.
+    calm = lambda now: view([inst(rate_per_s=80.0, replicas=2)], [option()], now=now)  # noqa: E731
+    later, history = run_periods(calm, CFG.down_periods + 10, history, start=120.0)
+    assert later == []
+    assert 0.5 < history.derate["w1/m/fp32"] < 1.0  # calm periods let it recover slowly
+
+
+def test_a_derating_is_forgotten_with_its_instance() -> None:
+    history = History(derate={"w1/m/fp32": 0.5, "w1/gone/fp32": 0.4})
+    plan = model_level.decide(view([inst(rate_per_s=10.0)], [option()]), history, CFG)
+    assert set(plan.history.derate) == {"w1/m/fp32"}
+
+
 def test_misses_at_negligible_load_do_not_replicate() -> None:
     idle = lambda now: view([inst(rate_per_s=5.0, slo_miss_rate=0.2, p99_ms=40.0)], [option()], now=now)  # noqa: E731
     actions, _ = run_periods(idle, 10)
