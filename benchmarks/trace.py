@@ -7,11 +7,17 @@ sessions, adaptive batching and replicas, and the real autoscaler loop (both lev
 ``InProcessProvider``. Every latency is measured wall-clock from the query's *scheduled* arrival (so
 dispatch lag under load counts) to its answer.
 
-What is simulated: the time scale is compressed (a one-minute trace; autoscaler periods of 0.5 s and
+What is simulated: the time scale is compressed (a two-minute trace; autoscaler periods of 0.5 s and
 1.5 s instead of 1 s and 10 s), and every "worker" is a ``LocalWorker`` in this process. They all share
 this machine's cores: a worker added by the VM-level autoscaler adds *accounted* capacity (its declared
 cores are billed from the moment it starts until it is stopped), not physical CPU. Cost is therefore
-price table × declared worker core-seconds held, the way a VM bill would be.
+price table × declared worker core-seconds held, the way a VM bill would be. The same holds for the
+fixed deployments: (c)'s workers are billed for the peak but run on the same two cores, so its misses
+say little; its cost is the point of comparison.
+
+The trace's rates are given in units of what one core serves of the accurate class's best variant
+(from its profile), so the same trace shape exercises the same decisions on a faster or slower machine:
+by default the step needs most of one replica and the spike two.
 
 Setups (same trace, run one after the other in one process):
 
@@ -21,7 +27,8 @@ c. ``fixed-peak``: the fastest variant meeting the highest accuracy floor, with 
    (and workers) for the peak rate, held for the whole trace.
 
 Run from the repository root: ``python -m benchmarks.trace`` (builds the zoo into ``--zoo`` first if it is
-not there, which takes ~15 min on two cores; the trace itself ~6 min).
+not there, which takes ~2-15 min on two cores; the three setups then ~8 min). ``--home DIR`` keeps the
+registered, profiled zoo for the next run.
 Writes ``benchmarks/results/trace.json`` and ``trace.png``.
 """
 
