@@ -62,6 +62,11 @@ def _check_fields(request: RegistrationRequest) -> None:
         raise RegistrationError(
             "name must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
+    if request.namespace is None and "." in request.name:
+        raise RegistrationError(
+            f"names with '.' are reserved for tenant namespaces ('<tenant>.<name>'); register {request.name!r} "
+            "with a tenant's key to put it in that tenant's namespace, or pick a name without '.'"
+        )
     if len(request.full_name) > 128:
         raise RegistrationError(f"the full model name {request.full_name!r} is longer than 128 characters")
     if not request.task or len(request.task) > 128:

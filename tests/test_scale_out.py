@@ -321,7 +321,8 @@ def test_two_front_ends_two_workers_survive_a_killed_worker_and_a_restart(cluste
             got = np.asarray(body["outputs"]["y"], dtype=np.float32)
             expected = _reference(cluster.tmp / "store", body["served_by"]["variant"], inputs[i])
             if not np.allclose(got, expected, rtol=1e-5, atol=1e-5):
-                failures.append(f"query {i}: wrong output")
+                diff = float(np.max(np.abs(got - expected)))
+                failures.append(f"query {i}: wrong output from {body['served_by']['variant']} (max diff {diff:.3g})")
         except httpx.HTTPError as exc:
             failures.append(f"query {i}: {exc!r}")
         finally:

@@ -122,6 +122,17 @@ def test_tenant_names_are_qualified_admin_names_are_not(world: tuple[TestClient,
     assert (by_bob.json()["name"], by_admin.json()["name"]) == ("bob.plain", "plain")
 
 
+def test_an_admin_cannot_take_a_name_in_a_tenants_namespace(world: tuple[TestClient, Services, Tenants]) -> None:
+    client, services, tenants = world
+    files = {"model": ("m.onnx", mlp_bytes(), "application/octet-stream")}
+    squat = client.post("/v1/models", data={"name": "bob.later", "task": TASK}, files=files, headers=tenants.admin)
+    assert squat.status_code == 422 and "reserved for tenant namespaces" in squat.json()["detail"]
+    assert services.metadata.get_model("bob.later") is None
+    # So bob's own registration of that name never collides with (and learns of) an admin's model.
+    by_bob = client.post("/v1/models", data={"name": "later", "task": TASK}, files=files, headers=tenants.bob)
+    assert by_bob.status_code == 201 and by_bob.json()["name"] == "bob.later"
+
+
 def test_v1_infer_by_name_is_404(world: tuple[TestClient, Services, Tenants]) -> None:
     client, _, tenants = world
     _require(client, "/v1/infer", "POST")

@@ -143,6 +143,34 @@ def test_batching_gathers_concurrent_requests_up_to_best_batch(raw_session: ort.
     instance.close()
 
 
+def test_batch_dependent_variants_never_share_a_run(raw_session: ort.InferenceSession) -> None:
+    gated = GatedSession(raw_session)
+    instance = Instance("tiny/v", lambda: gated, _curve({1: 1.0, 4: 2.0}), batch_invariant=False)
+    assert instance.max_batch == 1
+    x = np.ones((1, 4), np.float32)
+    blocker = threading.Thread(target=lambda: instance.infer({"x": x}))
+    blocker.start()
+    assert gated.entered.wait(5)
+    queued = [threading.Thread(target=lambda: instance.infer({"x": x})) for _ in range(3)]
+    for n, t in enumerate(queued, start=1):
+        t.start()
+        _wait_for(lambda n=n: len(instance._pending) == n)
+    gated.gate.set()
+    for t in (blocker, *queued):
+        t.join(5)
+    assert gated.batches == [1, 1, 1, 1]  # three requests were waiting together, yet each ran alone
+    instance.close()
+
+
+def test_dynamic_int8_variants_are_served_batch_independently(store: LocalModelStore) -> None:
+    worker = LocalWorker("w1", store, MemoryLiveState(), memory_budget_mb=100, cores=2)
+    worker.start()
+    dynamic = replace(variant("v", "models/tiny/v/model.onnx"), kind="cpu-int8-dynamic")
+    assert not worker._load(dynamic).batchable
+    assert worker._load(variant("w", "models/tiny/v/model.onnx")).batchable
+    worker.stop()
+
+
 def _queued_behind_blocker(instance: Instance, gated: GatedSession, deadline: float | None) -> object:
     """Occupy the only replica, queue one request, release, and return the queued request's result."""
     x = np.ones((1, 4), np.float32)

@@ -65,7 +65,12 @@ class Instance:
         make_session: Callable[[], ort.InferenceSession],
         curve: ProfileCurve,
         on_depth: Callable[[int], None] | None = None,
+        batch_invariant: bool = True,
     ) -> None:
+        """``batch_invariant=False`` for variants whose answer to one request depends on the other rows
+        of the batch it runs in (dynamic quantization scales activations by the whole tensor's range):
+        their requests are never concatenated, so a query's answer never depends on its neighbours.
+        """
         self.key = key
         self.curve = curve
         self.last_used = time.monotonic()
@@ -82,7 +87,7 @@ class Instance:
         first = make_session()
         self._output_names = [o.name for o in first.get_outputs()]
         # Inputs with a fixed first dimension cannot be concatenated: run such requests one by one.
-        self.batchable = all(not isinstance(i.shape[0], int) for i in first.get_inputs() if i.shape)
+        self.batchable = batch_invariant and all(not isinstance(i.shape[0], int) for i in first.get_inputs() if i.shape)
         self.max_batch = max(1, curve.best_batch) if self.batchable else 1
         self._add_session(first)
 

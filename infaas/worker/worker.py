@@ -24,6 +24,11 @@ from infaas.runtime import create_session, warm_up
 from infaas.selector import ProfileCurve
 from infaas.worker.instance import InferResult, Instance, InstanceClosed
 
+# Variant kinds whose output for one row depends on the rest of its batch: dynamic quantization picks
+# each activation's scale from the whole tensor at run time, so co-batched queries would change each
+# other's answers (by more than 1.0 on a small MLP). Their requests run one at a time.
+BATCH_DEPENDENT_KINDS = frozenset({"cpu-int8-dynamic"})
+
 
 class WorkerError(RuntimeError):
     """A worker cannot do what was asked (no memory, no artifact, unknown instance)."""
@@ -195,7 +200,9 @@ class LocalWorker(WorkerClient):
             def on_depth(depth: int) -> None:
                 self._live.set_queue_depth(self.id, key, depth)
 
-            instance = Instance(key, make_session, curve, on_depth=on_depth)
+            instance = Instance(
+                key, make_session, curve, on_depth=on_depth, batch_invariant=variant.kind not in BATCH_DEPENDENT_KINDS
+            )
             self._instances[key] = instance
             self._memory[key] = curve.memory_mb
         self._report(key)
