@@ -126,7 +126,7 @@ def test_an_admin_cannot_take_a_name_in_a_tenants_namespace(world: tuple[TestCli
     client, services, tenants = world
     files = {"model": ("m.onnx", mlp_bytes(), "application/octet-stream")}
     squat = client.post("/v1/models", data={"name": "bob.later", "task": TASK}, files=files, headers=tenants.admin)
-    assert squat.status_code == 422 and "reserved for tenant namespaces" in squat.json()["detail"]
+    assert squat.status_code == 400 and "reserved for tenant namespaces" in squat.json()["detail"]
     assert services.metadata.get_model("bob.later") is None
     # So bob's own registration of that name never collides with (and learns of) an admin's model.
     by_bob = client.post("/v1/models", data={"name": "later", "task": TASK}, files=files, headers=tenants.bob)
