@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     max_batch_per_query: int = 256
     max_inputs_per_request: int = 16
     max_concurrent_per_key: int = 64
+    console_signin_failures: int = 5  # failed console sign-ins per client address within the window ...
+    console_signin_window_s: float = 60.0  # ... after which the next attempt gets 429 until the oldest ages out
 
     # Workers.
     worker_id: str | None = None

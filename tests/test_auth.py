@@ -13,12 +13,23 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from api.app import create_app
+from api.console.throttle import SignInThrottle
 from infaas.auth import hash_key
 from infaas.cli import keys as keys_cli
 from infaas.config import Settings, get_settings
 from infaas.db.models import ApiKey
 from infaas.services import Services, build_services
-from tests.fuzz import TASK, Tenants, make_tenants, mlp_bytes, route_exists, secure_app, secure_settings, served_routes
+from tests.fuzz import (
+    ADMIN_KEY,
+    TASK,
+    Tenants,
+    make_tenants,
+    mlp_bytes,
+    route_exists,
+    secure_app,
+    secure_settings,
+    served_routes,
+)
 
 
 @pytest.fixture
@@ -215,3 +226,34 @@ def test_cli_keys_over_rest(secure: tuple[TestClient, Services, Tenants], monkey
     assert "erin" in listed.stdout and secret not in listed.stdout
     assert runner.invoke(keys_cli.keys_app, ["revoke", secret.split("_")[1]]).exit_code == 0
     assert client.get("/v1/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+
+
+def test_repeated_failed_console_sign_ins_are_throttled(secure: tuple[TestClient, Services, Tenants]) -> None:
+    client, services, tenants = secure
+    assert services.settings.console_signin_failures == 5
+    for _ in range(5):
+        assert client.post("/console/login", data={"key": "guess"}).status_code == 401
+    # The sixth attempt waits, whatever key it carries, and says for how long.
+    refused = client.post("/console/login", data={"key": ADMIN_KEY}, follow_redirects=False)
+    assert refused.status_code == 429 and "set-cookie" not in refused.headers
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60 and "Too many failed sign-ins" in refused.text
+    # Bearer routes are untouched by it.
+    assert client.get("/v1/models", headers=tenants.admin).status_code == 200
+
+
+def test_sign_in_throttle_window_and_reset() -> None:
+    now = [0.0]
+    throttle = SignInThrottle(max_failures=2, window_s=10.0, clock=lambda: now[0])
+    throttle.failed("a")
+    throttle.failed("a")
+    assert throttle.retry_after("a") == 10 and throttle.retry_after("b") == 0  # per address
+    now[0] = 6.0
+    assert throttle.retry_after("a") == 4
+    now[0] = 10.5  # both failures have aged out of the window
+    assert throttle.retry_after("a") == 0
+    throttle.failed("a")
+    throttle.succeeded("a")  # a good key clears the record
+    throttle.failed("a")
+    assert throttle.retry_after("a") == 0
+    with pytest.raises(ValueError):
+        SignInThrottle(max_failures=0, window_s=1.0)

@@ -34,6 +34,7 @@ from api.console.auth import (
     issue_cookie,
     set_session_cookie,
 )
+from api.console.throttle import SignInThrottle
 from api.deps import get_services
 from api.uploads import save_upload
 from infaas.catalog import ModelInfo
@@ -158,18 +159,40 @@ def login(
     next_path: str = Form("/console", alias="next"),
     services: Services = Depends(get_services),
 ) -> Response:
-    """Trade an admin key for a session cookie; tenant keys are refused."""
+    """Trade an admin key for a session cookie; tenant keys are refused, repeated failures throttled."""
     check_origin(request)
+    throttle = _throttle(services)
+    address = request.client.host if request.client else ""
+    wait_s = throttle.retry_after(address)
+    if wait_s:
+        response = _login_page(
+            request, f"Too many failed sign-ins: try again in {wait_s} s.", status.HTTP_429_TOO_MANY_REQUESTS, next_path
+        )
+        response.headers["Retry-After"] = str(wait_s)
+        return response
     principal = services.extras["keyring"].verify(key.strip()) if key.strip() else None
     if principal is None:
+        throttle.failed(address)
         return _login_page(request, "That key is not valid.", status.HTTP_401_UNAUTHORIZED, next_path)
     if not principal.is_admin:
+        throttle.failed(address)
         refused = "That is a tenant key: the console needs an admin key."
         return _login_page(request, refused, status.HTTP_403_FORBIDDEN, next_path)
+    throttle.succeeded(address)
     _, cookie = issue_cookie(services, principal.key_id)
     response = RedirectResponse(_safe_next(next_path), status.HTTP_303_SEE_OTHER)
     set_session_cookie(request, response, cookie)
     return response
+
+
+def _throttle(services: Services) -> SignInThrottle:
+    """The process's sign-in throttle, made on first use from the settings."""
+    throttle = services.extras.get("console_signin_throttle")
+    if throttle is None:
+        settings = services.settings
+        fresh = SignInThrottle(settings.console_signin_failures, settings.console_signin_window_s)
+        throttle = services.extras.setdefault("console_signin_throttle", fresh)
+    return throttle
 
 
 @router.post("/logout")
