@@ -610,8 +610,8 @@ def main() -> None:
         "trace": {
             "duration_s": args.duration,
             "rates_qps": {k: round(v, 1) for k, v in rates.items()},
-            "rates_in_replicas_of_the_accurate_variant": {"base": args.base, "step": args.step, "spike": args.spike},
-            "one_replica_qps": round(unit_qps, 1),
+            "rates_in_cores_of_the_accurate_variant": {"base": args.base, "step": args.step, "spike": args.spike},
+            "one_core_qps": round(unit_qps, 1),
             "spike_window_s": [args.spike_from * args.duration, args.spike_to * args.duration],
             "burst_class": args.burst_class,
             "spike_ramp_s": args.ramp,
