@@ -34,6 +34,7 @@ class PolicyConfig:
     vm_up_periods: int = 2
     vm_down_periods: int = 3
     vm_cooldown_s: float = 20.0
+    vm_down_after_up_s: float = 60.0  # no worker is drained within this of the last one added
     drain_timeout_s: float = 60.0  # a draining worker is stopped after this even if work remains
 
 

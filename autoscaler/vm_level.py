@@ -9,8 +9,10 @@ reported demand that fits on no worker; *underloaded* when utilization is below 
 
 After ``vm_up_periods`` overloaded periods a draining worker is taken back first (it is already paid
 for), else a worker is added, never beyond ``max_workers``. After ``vm_down_periods`` underloaded
-periods the idlest removable worker is drained, never below ``min_workers`` and only when the rest
-would stay below ``target_utilization`` (so removing it does not immediately call for a new one).
+periods the idlest removable worker is drained, never below ``min_workers``, never within
+``vm_down_after_up_s`` of the last addition (a worker is paid for by then, and the burst that called
+for it often comes back in waves), and only when the rest would stay below ``target_utilization``
+(so removing it does not immediately call for a new one).
 A draining worker takes no new queries; once nothing is outstanding on it (or after
 ``drain_timeout_s``) it is removed and stopped. One cool-down (``vm_cooldown_s``) spaces all
 cluster-size changes.
@@ -99,7 +101,8 @@ def decide(view: ClusterView, history: History, config: PolicyConfig, unmet: tup
             Action(LEVEL, "add_worker", CLUSTER, f"fewer than min_workers {view.min_workers} workers", inputs)
         )
     elif not new_history.cooling(CLUSTER, view.now, config.vm_cooldown_s):
-        actions.extend(_resize(view, streak, active, draining, busy, utilization, config, inputs))
+        last_up = new_history.last_up.get(CLUSTER)
+        actions.extend(_resize(view, streak, active, draining, busy, utilization, config, inputs, last_up))
 
     for action in actions:
         if action.action == "remove_worker":
@@ -122,6 +125,7 @@ def _resize(
     utilization: float,
     config: PolicyConfig,
     inputs: dict,
+    last_up: float | None,
 ) -> list[Action]:
     """Grow or shrink the cluster by one worker when the streak is long enough."""
     if streak >= config.vm_up_periods:
@@ -136,7 +140,8 @@ def _resize(
         if len(active) + view.pending_workers < view.max_workers:
             return [Action(LEVEL, "add_worker", CLUSTER, why, inputs)]
         return []
-    if streak <= -config.vm_down_periods and view.pending_workers == 0 and len(active) > view.min_workers:
+    settled = last_up is None or view.now - last_up >= config.vm_down_after_up_s
+    if streak <= -config.vm_down_periods and settled and view.pending_workers == 0 and len(active) > view.min_workers:
         removable = [w for w in active if w.removable]
         if not removable:
             return []

@@ -585,6 +585,7 @@ def main() -> None:
                 vm_up_periods=2,
                 vm_down_periods=3,
                 vm_cooldown_s=4.0,
+                vm_down_after_up_s=10.0,
                 drain_timeout_s=10.0,
             )
             peak_rows = rates["spike"] * ROWS

@@ -85,6 +85,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Services, QueryEngine, Autoscaler]
         vm_up_periods=2,
         vm_down_periods=2,
         vm_cooldown_s=1.0,
+        vm_down_after_up_s=2.0,
         drain_timeout_s=5.0,
     )
     scaler = Autoscaler(services, engine, provider=provider, config=config, stats_window_s=1.5)

@@ -415,6 +415,16 @@ def test_low_utilization_drains_the_idlest_removable_worker() -> None:
     assert "drain:w2" in history.last_action
 
 
+def test_no_drain_soon_after_a_worker_was_added() -> None:
+    quiet = lambda now: cluster({"local": 10.0, "w2": 5.0}, now=now)  # noqa: E731
+    just_added = History(last_up={vm_level.CLUSTER: 95.0})
+    # 10 s periods from t=100: the drain waits until vm_down_after_up_s (60 s) after the addition at t=95.
+    assert run_vm(quiet, 6, just_added)[0] == []  # up to t=150, 55 s after
+    actions, _ = run_vm(quiet, 7, just_added)  # t=160
+    assert [(a.action, a.target) for a in actions] == [("drain_worker", "w2")]
+    assert [a.action for a in run_vm(quiet, CFG.vm_down_periods)[0]] == ["drain_worker"]  # no addition: no wait
+
+
 def test_never_below_min_workers_and_never_the_in_process_worker() -> None:
     quiet = lambda now: cluster({"local": 0.0, "w2": 0.0}, now=now, min_workers=2)  # noqa: E731
     assert run_vm(quiet, 10)[0] == []
