@@ -81,6 +81,26 @@ def test_profiles_are_plausible_with_labels(tmp_path: Path) -> None:
         assert p.host and p.measured_at is not None
 
 
+def test_profiled_load_time_includes_the_warm_up_a_worker_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import variant_generator.base as base
+
+    warmed: list[object] = []
+
+    def slow_warm_up(session: object) -> bool:
+        warmed.append(session)
+        time.sleep(0.05)
+        return True
+
+    monkeypatch.setattr(base, "warm_up", slow_warm_up)
+    path, model = linear_classifier(tmp_path / "m.onnx"), info()
+    x = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32)
+    data = ValidationSet({"x": x}, labels=np.zeros(8, dtype=np.int64))
+    profiles = profile_variant(path, model, providers=["CPUExecutionProvider"], threads=1, settings=SETTINGS, data=data)
+    assert len(warmed) == 1 and all(p.load_ms >= 50.0 for p in profiles)
+
+
 def test_without_labels_accuracy_is_agreement_with_the_original(tmp_path: Path) -> None:
     path, model = linear_classifier(tmp_path / "m.onnx"), info(max_batch=2)
     data = synthetic_set(model)
