@@ -219,6 +219,12 @@ def _next_derate(derate: float, utilization: float, overloaded: bool, calm: bool
     return derate
 
 
+def _alt_capacity(inst: InstanceLoad, option: VariantOption, capacity: float, alt: VariantOption) -> float:
+    """Per-replica capacity of ``alt`` for this instance's queries, derated as much as ``option`` (whose
+    derated capacity is ``capacity``) has shown on this worker: the contention applies to any variant."""
+    return inst.capacity(alt) * capacity / inst.capacity(option)
+
+
 def _alternatives(view: ClusterView, option: VariantOption, inst: InstanceLoad) -> list[VariantOption]:
     """Other variants of the same model that meet the floor and the budget its queries asked for."""
     return [
@@ -254,10 +260,9 @@ def _scale_up(
         "replicas_fitting_here": here,
     }
 
-    derate = capacity / inst.capacity(option)  # what this worker has shown applies to any variant on it
     best: tuple[float, float, VariantOption, int] | None = None
     for alt in _alternatives(view, option, inst):
-        alt_capacity = inst.capacity(alt) * derate
+        alt_capacity = _alt_capacity(inst, option, capacity, alt)
         if alt_capacity < capacity * config.faster_factor:
             continue
         # Enough replicas to beat what is loaded now as a whole: one two-thread replica that is faster
@@ -379,7 +384,7 @@ def _scale_down(
             or (alt.cost_per_hour == option.cost_per_hour and alt.memory_mb < 0.8 * option.memory_mb)
         )
         and (inst.budget_ms is None or alt.p99_at(inst.rows_per_query) <= inst.budget_ms / 2)
-        and inst.rate_per_s <= inst.capacity(alt) * capacity / inst.capacity(option) * config.target_utilization
+        and inst.rate_per_s <= _alt_capacity(inst, option, capacity, alt) * config.target_utilization
         and alt.memory_mb - option.memory_mb <= budget.memory[worker.id]
         and alt.cores - option.cores <= budget.cores[worker.id]
     ]
