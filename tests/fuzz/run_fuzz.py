@@ -47,7 +47,7 @@ def run_schemathesis(examples: int) -> dict[str, object]:
     os.environ.update(INFAAS_FUZZ_EXAMPLES=str(examples), INFAAS_FUZZ_STATS=str(stats))
     outcomes = _Outcomes()
     pytest.main(
-        ["-q", "-p", "no:cacheprovider", "--no-header", "-rN", str(ROOT / "tests" / "test_schemathesis.py")],
+        ["-q", "-p", "no:cacheprovider", "--no-header", "-rN", str(ROOT / "tests" / "api" / "test_schemathesis.py")],
         plugins=[outcomes],
     )
     cases = json.loads(stats.read_text()) if stats.exists() else {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-DOCKER = Path(__file__).resolve().parents[1] / "docker"
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
 INFAAS_ENV = {"INFAAS_DATABASE_URL", "INFAAS_REDIS_URL", "INFAAS_BROKER_URL", "INFAAS_MODEL_STORE"}
 
 

@@ -42,7 +42,7 @@ from tests.s3server import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HEARTBEAT_TTL_S = 2.0
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _servers_up() -> bool:

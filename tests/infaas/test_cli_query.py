@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import infaas.cli.client
 from infaas.cli.main import app
 from infaas.services import Services
-from tests.test_offline_jobs import TASK, reference_outputs, register_ready_model
+from tests.infaas.test_offline_jobs import TASK, reference_outputs, register_ready_model
 
 
 @pytest.fixture

@@ -26,8 +26,14 @@ from api.app import create_app
 from infaas.config import Settings
 from infaas.jobs.celery_runner import CeleryRunner
 from infaas.services import Services, build_services
+from tests.infaas.test_offline_jobs import (
+    npy_bytes,
+    reference_outputs,
+    register_ready_model,
+    wait_for_job,
+    with_job_routes,
+)
 from tests.pg import temporary_database
-from tests.test_offline_jobs import npy_bytes, reference_outputs, register_ready_model, wait_for_job, with_job_routes
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,1 @@
+"""Tests of the HTTP API (`api/`): routes, auth, tenancy, limits, hostile input."""

@@ -1,0 +1,1 @@
+"""Tests of the autoscaler (`autoscaler/`): policies, providers, the control loop."""

@@ -1,0 +1,1 @@
+"""Tests of the variant generators (`variant_generator/`): builders and the profiler."""
