@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import console
+from api import console, errors
 from api.concurrency import ConcurrencyLimit
 from api.fast_routes import FastInferenceRoutes
 from api.limits import BodySizeLimit
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 app.state.services.close()
 
     app = FastAPI(title="infaas", version=__version__, lifespan=lifespan, responses=COMMON_RESPONSES)
+    errors.install(app)
     # Middlewares wrap in reverse order of addition: the inference fast path runs inside both limits.
     app.add_middleware(FastInferenceRoutes, v1_infer=infer.infer, oip_infer=v2.model_infer)
     app.add_middleware(

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import render
+from infaas.errors import TooManyRequests
+
 RETRY_AFTER_S = 1
 
 
@@ -56,7 +59,7 @@ class ConcurrencyLimit:
             return
         count = self.in_flight.get(bucket, 0)
         if count >= self.limit:
-            await _too_many(send, self.limit)
+            await _too_many(scope, receive, send, self.limit)
             return
         self.in_flight[bucket] = count + 1
         try:
@@ -69,20 +72,10 @@ class ConcurrencyLimit:
                 del self.in_flight[bucket]  # keeps the table as small as the set of busy keys
 
 
-async def _too_many(send: Send, limit: int) -> None:
-    body = (
-        f'{{"detail":"more than {limit} concurrent requests with this key '
-        f'(INFAAS_MAX_CONCURRENT_PER_KEY); retry shortly"}}'
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(RETRY_AFTER_S).encode()),
-            ],
-        }
+async def _too_many(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    """The 429, rendered like every other error (a middleware sits outside the app's exception handlers)."""
+    refusal = TooManyRequests(
+        f"more than {limit} concurrent requests with this key (INFAAS_MAX_CONCURRENT_PER_KEY); retry shortly",
+        retry_after_s=RETRY_AFTER_S,
     )
-    await send({"type": "http.response.body", "body": body})
+    await render(scope["path"], refusal)(scope, receive, send)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import render
+from infaas.errors import PayloadTooLarge
+
 
 class BodySizeLimit:
     """413 for bodies over the limit: uploads (multipart) get the upload limit, others the body limit.
@@ -27,7 +30,7 @@ class BodySizeLimit:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit():
             if int(declared) > limit:
-                await _too_large(send, limit)
+                await _too_large(scope, receive, send, limit)
                 return
             if b"transfer-encoding" not in headers:
                 # The HTTP server delivers exactly Content-Length bytes, so there is nothing to count:
@@ -48,7 +51,7 @@ class BodySizeLimit:
                 received += len(message.get("body", b""))
                 if received > limit:
                     refused = True
-                    await _too_large(send, limit)
+                    await _too_large(scope, receive, send, limit)
                     return {"type": "http.disconnect"}
             return message
 
@@ -65,13 +68,7 @@ class BodySizeLimit:
                 raise
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = f'{{"detail":"request body is larger than the limit of {limit} bytes"}}'.encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    """The 413, rendered like every other error (a middleware sits outside the app's exception handlers)."""
+    refusal = PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+    await render(scope["path"], refusal)(scope, receive, send)

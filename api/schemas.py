@@ -114,7 +114,11 @@ class ModelOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
+    """A ``/v1`` error: ``code`` is stable for programs, ``detail`` is for people (``code`` is absent only on
+    FastAPI's own request-validation errors)."""
+
     detail: Any
+    code: str | None = None
 
 
 class DeletedOut(BaseModel):

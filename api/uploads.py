@@ -5,7 +5,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fastapi import HTTPException, UploadFile, status
+from fastapi import UploadFile
+
+from infaas.errors import PayloadTooLarge
 
 CHUNK = 1 << 20
 
@@ -24,9 +26,8 @@ async def save_upload(upload: UploadFile, directory: Path, limit_bytes: int, lab
             if written > limit_bytes:
                 handle.close()
                 path.unlink(missing_ok=True)
-                raise HTTPException(
-                    status.HTTP_413_CONTENT_TOO_LARGE,
-                    f"{label} is larger than the limit of {limit_bytes / 1e6:.1f} MB (INFAAS_MAX_UPLOAD_MB)",
+                raise PayloadTooLarge(
+                    f"{label} is larger than the limit of {limit_bytes / 1e6:.1f} MB (INFAAS_MAX_UPLOAD_MB)"
                 )
             handle.write(chunk)
     return path

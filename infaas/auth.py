@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from infaas.catalog import ApiKeyInfo
+from infaas.errors import Unprocessable
 from infaas.metadata import MetadataStore
 
 KEY_PREFIX = "infaas_"
@@ -65,7 +66,7 @@ class KeyRing:
     def create(self, tenant: str, is_admin: bool = False) -> CreatedKey:
         """A new random key for ``tenant``."""
         if not tenant or len(tenant) > 128 or not tenant.replace("-", "").replace("_", "").isalnum():
-            raise ValueError("tenant must be 1-128 letters, digits, '-' or '_'")
+            raise Unprocessable("tenant must be 1-128 letters, digits, '-' or '_'")
         key_id = secrets.token_hex(8)
         secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         info = self.metadata.add_api_key(key_id, tenant, hash_key(secret), is_admin)

@@ -20,14 +20,16 @@ from sqlalchemy.orm import Session, selectinload
 from infaas.catalog import ApiKeyInfo, DecisionInfo, JobInfo, ModelInfo, ProfileInfo, VariantInfo
 from infaas.db.models import ApiKey, Decision, Job, Model, Profile, Variant, VariantStatus
 from infaas.db.session import Database
+from infaas.errors import Conflict, NotFound
 
 
-class DuplicateModel(ValueError):
+class DuplicateModel(Conflict):
     """A model with that name already exists."""
 
+    code = "duplicate_model"
 
-class NotFound(LookupError):
-    """The named row does not exist."""
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a model named {name!r} already exists; pick another name")
 
 
 @dataclass(frozen=True)

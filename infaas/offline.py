@@ -26,6 +26,7 @@ import numpy as np
 
 from infaas.catalog import ModelInfo, VariantInfo
 from infaas.db.models import VariantStatus
+from infaas.errors import BadRequest, Unprocessable
 from infaas.runtime import available_providers, create_session
 from infaas.services import Services
 
@@ -43,12 +44,16 @@ class JobStatus:
     FAILED = "failed"
 
 
-class JobInputError(ValueError):
-    """The job's input does not fit the model (shown to the caller as a 400 or as the job's error)."""
+class JobInputError(BadRequest):
+    """The job's input does not fit the model (refused at submission, or the job's error when it runs)."""
+
+    code = "invalid_job_input"
 
 
-class NoVariant(LookupError):
+class NoVariant(Unprocessable):
     """No ready variant the job may use reaches its accuracy floor."""
+
+    code = "no_variant"
 
 
 def result_key(job_id: str) -> str:

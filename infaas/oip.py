@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from infaas.errors import BadRequest
+
 _DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -36,8 +38,10 @@ HEADER = "Inference-Header-Content-Length"
 _MAX_RANK = 16
 
 
-class OipError(ValueError):
-    """A malformed or unsupported request (HTTP 400)."""
+class OipError(BadRequest):
+    """A malformed or unsupported Open Inference Protocol request."""
+
+    code = "invalid_oip_request"
 
 
 def numpy_dtype(datatype: str) -> np.dtype:

@@ -17,6 +17,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
+from infaas.errors import BadRequest
 from infaas.runtime import create_session, numpy_dtype
 
 # Far beyond any model infaas serves on one host; a declared tensor past this is an attack or a bug.
@@ -27,8 +28,10 @@ MAX_TENSOR_ELEMENTS = 2_000_000_000
 MAX_DECLARED_ELEMENTS = 1 << 27
 
 
-class ModelCheckError(ValueError):
+class ModelCheckError(BadRequest):
     """The upload is not a model infaas can serve; the message says what to fix."""
+
+    code = "invalid_model"
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from infaas.catalog import ModelInfo
+from infaas.errors import BadRequest
 from infaas.metadata import DuplicateModel, NewModel
-from infaas.onnx_check import ModelCheckError, check_model_bytes, check_validation_file
+from infaas.onnx_check import check_model_bytes, check_validation_file
 from infaas.services import Services
 
 log = logging.getLogger(__name__)
@@ -22,12 +23,14 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_BATCH_LIMIT = 4096
 
 
-class RegistrationError(ValueError):
-    """A registration was refused; ``status`` is the HTTP status that fits."""
+class RegistrationError(BadRequest):
+    """A registration field was refused; the message says what to fix.
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+    A taken name is ``metadata.DuplicateModel`` and a bad file ``onnx_check.ModelCheckError``: each
+    refusal keeps the class (and so the status) of the concern that found it.
+    """
+
+    code = "invalid_registration"
 
 
 @dataclass(frozen=True)
@@ -82,39 +85,33 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
     _check_fields(request)
     request = replace(request, name=request.full_name, namespace=None)
     if services.metadata.model_exists(request.name):
-        raise RegistrationError(f"a model named {request.name!r} already exists; pick another name", 409)
+        raise DuplicateModel(request.name)
     data = request.model_path.read_bytes()
-    try:
-        checked = check_model_bytes(data)
-        if request.validation_path is not None:
-            check_validation_file(request.validation_path, checked.inputs)
-    except ModelCheckError as exc:
-        raise RegistrationError(str(exc)) from exc
+    checked = check_model_bytes(data)
+    if request.validation_path is not None:
+        check_validation_file(request.validation_path, checked.inputs)
 
     prefix = model_prefix(request.name)
     artifact_key = f"{prefix}model.onnx"
     validation_key = f"{prefix}validation.npz" if request.validation_path else None
-    try:
-        # The row goes first: a concurrent registration of the same name fails here, before it could
-        # overwrite the winner's files.
-        model = services.metadata.add_model(
-            NewModel(
-                name=request.name,
-                task=request.task,
-                inputs=[s.as_dict() for s in checked.inputs],
-                outputs=[s.as_dict() for s in checked.outputs],
-                opset=checked.opset,
-                declared_accuracy=request.declared_accuracy,
-                max_batch=request.max_batch,
-                owner=request.owner,
-                public=request.public,
-                artifact_key=artifact_key,
-                validation_key=validation_key,
-                size_bytes=len(data),
-            )
+    # The row goes first: a concurrent registration of the same name fails here (``DuplicateModel``),
+    # before it could overwrite the winner's files.
+    model = services.metadata.add_model(
+        NewModel(
+            name=request.name,
+            task=request.task,
+            inputs=[s.as_dict() for s in checked.inputs],
+            outputs=[s.as_dict() for s in checked.outputs],
+            opset=checked.opset,
+            declared_accuracy=request.declared_accuracy,
+            max_batch=request.max_batch,
+            owner=request.owner,
+            public=request.public,
+            artifact_key=artifact_key,
+            validation_key=validation_key,
+            size_bytes=len(data),
         )
-    except DuplicateModel as exc:
-        raise RegistrationError(f"a model named {request.name!r} already exists; pick another name", 409) from exc
+    )
     try:
         services.store.put_bytes(artifact_key, data)
         if request.validation_path and validation_key:

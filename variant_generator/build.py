@@ -17,7 +17,7 @@ import numpy as np
 
 from infaas.catalog import ModelInfo, VariantInfo
 from infaas.db.models import ModelStatus, VariantStatus
-from infaas.metadata import NotFound
+from infaas.errors import NotFound
 from infaas.model_store import ObjectNotFound
 from infaas.services import Services
 from variant_generator import registry

@@ -24,10 +24,11 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, Request, Response, status
+from fastapi import Depends, Request, Response
 
 from api.deps import authenticate, get_services
 from infaas.auth import ADMIN_TENANT, Principal
+from infaas.errors import Forbidden, Unauthenticated
 from infaas.services import Services
 
 COOKIE_NAME = "infaas_console"
@@ -36,11 +37,13 @@ SESSION_TTL_S = 12 * 3600
 _ROOT = "-"  # key id recorded for sessions opened with INFAAS_ADMIN_KEY itself
 
 
-class LoginRequired(HTTPException):
-    """No valid session or key: the console answers 401 (a sign-in page for browsers)."""
+class LoginRequired(Unauthenticated):
+    """No valid session or key: a 401, which ``ConsoleRoute`` turns into the sign-in page on page routes."""
 
-    def __init__(self, detail: str = "sign in with the admin key at /console/login") -> None:
-        super().__init__(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+    code = "login_required"
+
+    def __init__(self, message: str = "sign in with the admin key at /console/login") -> None:
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ def console_session(request: Request, services: Services = Depends(get_services)
         raise LoginRequired()
     principal = authenticate(request, services)  # 401 for an unknown or revoked key
     if not principal.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "the console needs an admin key")
+        raise Forbidden("the console needs an admin key")
     return ConsoleSession(principal, None, "")
 
 
@@ -167,7 +170,7 @@ def _same_origin(request: Request) -> bool:
 def check_origin(request: Request) -> None:
     """Refuse a POST whose ``Origin`` is another site (login included, which has no session yet)."""
     if not _same_origin(request):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-site request refused")
+        raise Forbidden("cross-site request refused")
 
 
 def check_csrf(request: Request, session: ConsoleSession, token: str) -> None:
@@ -176,4 +179,4 @@ def check_csrf(request: Request, session: ConsoleSession, token: str) -> None:
     if session.session_id is None:
         return
     if not token or not hmac.compare_digest(token.encode(), session.csrf_token.encode()):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or stale form token: reload the page and retry")
+        raise Forbidden("missing or stale form token: reload the page and retry")

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
@@ -38,8 +38,9 @@ from api.console.throttle import SignInThrottle
 from api.deps import get_services
 from api.uploads import save_upload
 from infaas.catalog import ModelInfo
+from infaas.errors import InfaasError, NotFound
 from infaas.live_state import LiveState
-from infaas.registration import RegistrationError, RegistrationRequest, delete_model, register_model
+from infaas.registration import RegistrationRequest, delete_model, register_model
 from infaas.services import Services
 from infaas.serving import get_engine
 
@@ -87,8 +88,8 @@ class ConsoleRoute(APIRoute):
             except LoginRequired as exc:
                 if request.url.path.startswith("/console/api/"):
                     raise
-                response = _login_page(request, None, exc.status_code)
-                response.headers.update(exc.headers or {})
+                response = _login_page(request, None, exc.status)
+                response.headers.update(exc.headers)
             if response.headers.get("content-type", "").startswith("text/html"):
                 response.headers.update(_HTML_HEADERS)
             return response
@@ -136,7 +137,7 @@ def _counts(model: ModelInfo) -> dict[str, int]:
 def _model_or_404(services: Services, name: str) -> ModelInfo:
     model = services.metadata.get_model(name)
     if model is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {name!r} not found")
+        raise NotFound(f"model {name!r} not found")
     return model
 
 
@@ -209,7 +210,7 @@ def static_file(name: str) -> Response:
     """The console's CSS and JS (public: they hold nothing secret, and the sign-in page needs them)."""
     path = STATIC_DIR / name
     if not _STATIC_NAME.match(name) or not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such file")
+        raise NotFound("no such file")
     return FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
@@ -401,8 +402,8 @@ async def register_action(
             public=public,
         )
         info = await run_in_threadpool(register_model, services, registration)
-    except RegistrationError as exc:
-        return _result(request, session, False, "Registration failed", str(exc), exc.status)
+    except InfaasError as exc:  # a refused field, file, name or upload size: shown on the result page
+        return _result(request, session, False, "Registration failed", exc.message, exc.status)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     message = f"Model {info.name!r} registered for task {info.task!r}; its variants are being built."

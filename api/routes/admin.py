@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, Depends, Path, status
 from pydantic import BaseModel, Field
 
 from api.deps import get_services, require_admin
 from api.schemas import ErrorOut
 from infaas.auth import Principal
 from infaas.catalog import ApiKeyInfo
+from infaas.errors import NotFound
 from infaas.services import Services
 
 TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
@@ -85,10 +86,7 @@ def create_key(
     _admin: Principal = Depends(require_admin),
 ) -> KeyCreatedOut:
     """Create a key for a tenant; store the returned secret now, it cannot be shown again."""
-    try:
-        created = services.extras["keyring"].create(body.tenant, is_admin=body.admin)
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    created = services.extras["keyring"].create(body.tenant, is_admin=body.admin)
     return KeyCreatedOut(**KeyOut.of(created.info).model_dump(), secret=created.secret)
 
 
@@ -110,6 +108,6 @@ def revoke_key(
 ) -> KeyOut:
     """Revoke a key: refused at once by this process, by others within the key cache's lifetime."""
     if not services.extras["keyring"].revoke(key_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no API key {key_id!r}")
+        raise NotFound(f"no API key {key_id!r}")
     info = next(k for k in services.metadata.list_api_keys() if k.id == key_id)
     return KeyOut.of(info)

@@ -12,7 +12,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
@@ -23,6 +23,7 @@ from api.uploads import save_upload
 from infaas.auth import Principal
 from infaas.catalog import JobInfo, ModelInfo
 from infaas.db.models import Job
+from infaas.errors import BadRequest, Conflict, NotFound, Unavailable, UnknownModel
 from infaas.model_store.base import check_key
 from infaas.offline import (
     JobInputError,
@@ -50,15 +51,11 @@ NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _bad(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_400_BAD_REQUEST, message)
-
-
 def _job_for(services: Services, principal: Principal, job_id: str) -> JobInfo:
     """The job if the caller owns it (or is an admin); 404 otherwise, never revealing that it exists."""
     job = services.metadata.get_job(job_id)
     if job is None or not (principal.is_admin or job.owner == principal.tenant):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id!r} not found")
+        raise NotFound(f"job {job_id!r} not found")
     return job
 
 
@@ -70,7 +67,7 @@ def _input_suffix(path: Path) -> str:
         return ".npy"
     if head.startswith(ZIP_MAGIC):
         return ".npz"
-    raise _bad("the input must be a .npy or .npz file")
+    raise JobInputError("the input must be a .npy or .npz file")
 
 
 def _check_input_key(services: Services, principal: Principal, key: str) -> str:
@@ -78,7 +75,7 @@ def _check_input_key(services: Services, principal: Principal, key: str) -> str:
 
     Any other key could read another tenant's data (or a model's weights) through a job's outputs.
     """
-    refusal = _bad(
+    refusal = BadRequest(
         f"input_key must name an existing .npy/.npz object under uploads/{principal.tenant}/ "
         "or under jobs/<id>/ of one of your jobs"
     )
@@ -100,23 +97,16 @@ def _check_input_key(services: Services, principal: Principal, key: str) -> str:
 
 
 def _check_accuracy(models: list[ModelInfo], min_accuracy: float, what: str) -> None:
-    """422 when no ready variant reaches the floor, naming the best one available."""
+    """``NoVariant`` when no ready variant reaches the floor, naming the best one available."""
     variants = ready_variants(models)
     if not variants:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{what} has no ready, profiled variant yet")
-    plans = [plan_variant(m, v, 1, 1, {}) for m, v in variants]
-    try:
-        choose_plan(plans, min_accuracy, None)
-    except NoVariant as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+        raise NoVariant(f"{what} has no ready, profiled variant yet")
+    choose_plan([plan_variant(m, v, 1, 1, {}) for m, v in variants], min_accuracy, None)
 
 
 def _check_input(path: Path, models: list[ModelInfo]) -> None:
-    """400 unless the input fits the named model (or, for a task, at least one of its models)."""
-    try:
-        arrays = read_arrays(path)
-    except JobInputError as exc:
-        raise _bad(str(exc)) from exc
+    """``JobInputError`` unless the input fits the named model (or, for a task, at least one of its models)."""
+    arrays = read_arrays(path)
     reasons: list[str] = []
     for model in models:
         try:
@@ -124,7 +114,7 @@ def _check_input(path: Path, models: list[ModelInfo]) -> None:
             return
         except JobInputError as exc:
             reasons.append(str(exc) if len(models) == 1 else f"{model.name}: {exc}")
-    raise _bad("; ".join(reasons))
+    raise JobInputError("; ".join(reasons))
 
 
 def _accept(
@@ -139,15 +129,15 @@ def _accept(
 ) -> JobInfo:
     """Check a job request, store its input, record the job and queue it (blocking: runs in a thread)."""
     if bool(model) == bool(task):
-        raise _bad("give exactly one of 'model' or 'task'")
+        raise BadRequest("give exactly one of 'model' or 'task'")
     if not 0.0 <= min_accuracy <= 1.0:
-        raise _bad("min_accuracy must be between 0 and 1")
+        raise BadRequest("min_accuracy must be between 0 and 1")
     if deadline_s is not None and deadline_s <= 0:
-        raise _bad("deadline_s must be positive")
+        raise BadRequest("deadline_s must be positive")
     if (upload is None) == (input_key is None):
-        raise _bad("give exactly one of an uploaded 'input' file or an 'input_key'")
+        raise BadRequest("give exactly one of an uploaded 'input' file or an 'input_key'")
     if services.jobs is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this server has no job runner")
+        raise Unavailable("this server has no job runner")
     if model:
         models = [visible_model(services, principal, model)]
         what = f"model {model!r}"
@@ -155,7 +145,7 @@ def _accept(
         models = job_models(services, None, task, principal.tenant)
         what = f"task {task!r}"
         if not models:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model you may use serves task {task!r}")
+            raise UnknownModel(f"no model you may use serves task {task!r}")
     _check_accuracy(models, min_accuracy, what)
 
     job_id = str(uuid.uuid4())
@@ -184,7 +174,7 @@ def _accept(
         services.jobs.submit("offline_job", job_id=job_id)
     except Exception as exc:
         services.metadata.update_job(job_id, status=JobStatus.FAILED, error=f"could not queue the job: {exc}")
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"could not queue the job: {exc}") from exc
+        raise Unavailable(f"could not queue the job: {exc}") from exc
     return job
 
 
@@ -237,7 +227,7 @@ def result(
     """The job's outputs as one ``.npz`` (arrays named after the model's outputs)."""
     job = _job_for(services, principal, job_id)
     if job.status != JobStatus.DONE or not job.result_key:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {job.status}, it has no result yet")
+        raise Conflict(f"job {job_id} is {job.status}, it has no result yet")
     return FileResponse(
         services.store.local_path(job.result_key),
         media_type="application/octet-stream",

@@ -6,14 +6,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import can_use, get_principal, get_services, visible_model
 from api.schemas import DeletedOut, ErrorOut, ModelOut, VariantOut
 from api.uploads import save_upload
 from infaas.auth import Principal, model_namespace
-from infaas.registration import RegistrationError, RegistrationRequest, delete_model, register_model
+from infaas.errors import Forbidden
+from infaas.registration import RegistrationRequest, delete_model, register_model
 from infaas.services import Services
 
 router = APIRouter(
@@ -58,10 +59,7 @@ async def register(
             owner=principal.tenant,
             public=public,
         )
-        try:
-            info = await run_in_threadpool(register_model, services, request)
-        except RegistrationError as exc:
-            raise HTTPException(exc.status, str(exc)) from exc
+        info = await run_in_threadpool(register_model, services, request)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return ModelOut.of(info)
@@ -109,6 +107,6 @@ def delete(
     """Delete a model, its variants, profiles and every stored file (owner or admin only)."""
     model = visible_model(services, principal, name)
     if not (principal.is_admin or model.owner == principal.tenant):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"model {name!r} is public but belongs to another tenant")
+        raise Forbidden(f"model {name!r} is public but belongs to another tenant")
     delete_model(services, name)
     return DeletedOut(deleted=name)

@@ -20,6 +20,7 @@ from rich.table import Table
 from infaas.auth import KeyRing
 from infaas.cli.client import call
 from infaas.config import get_settings
+from infaas.errors import InfaasError
 
 keys_app = typer.Typer(help="API keys and tenants (admin only).", no_args_is_help=True)
 out = Console()
@@ -62,7 +63,7 @@ def create(
         with _local_keyring() as ring:
             try:
                 created = ring.create(tenant, is_admin=admin)
-            except ValueError as exc:
+            except InfaasError as exc:
                 err.print(f"[red]error:[/red] {exc}")
                 raise typer.Exit(1) from exc
         key_id, secret = created.info.id, created.secret
