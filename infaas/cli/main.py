@@ -39,10 +39,12 @@ def serve(
     host: str = typer.Option(None, help="interface to bind (default INFAAS_HOST, 127.0.0.1)"),
     port: int = typer.Option(None, help="port (default INFAAS_PORT, 8000)"),
 ) -> None:
-    """Run the API server (applies database migrations first)."""
-    import uvicorn
+    """Run the API server (applies database migrations first).
 
-    from api.app import create_app
+    The app is named by import string, not imported: the core never imports the ``api`` layer above it
+    (``lint-imports``). ``create_app()`` reads the same process-wide ``get_settings()`` as here.
+    """
+    import uvicorn
 
     settings = get_settings()
     host = host or settings.host
@@ -52,7 +54,8 @@ def serve(
         )
         host = "127.0.0.1"
     uvicorn.run(
-        create_app(settings),
+        "api.app:create_app",
+        factory=True,
         host=host,
         port=port or settings.port,
         log_level="warning",
