@@ -1,0 +1,59 @@
+"""What a user meets first: the ``infaas`` command on a plain ``pip install infaas``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from infaas.cli import MISSING_ONNXRUNTIME
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _console_script() -> list[str]:
+    """``python -c`` running the function ``pyproject.toml`` installs as the ``infaas`` command."""
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["infaas"]
+    module, function = target.split(":")
+    return [sys.executable, "-c", f"import sys; sys.argv[0] = 'infaas'; from {module} import {function}; {function}()"]
+
+
+def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def without_onnxruntime(tmp_path: Path) -> dict[str, str]:
+    """An environment where ``import onnxruntime`` fails as it does when neither extra is installed."""
+    shadow = tmp_path / "shadow" / "onnxruntime"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'onnxruntime'\", name='onnxruntime')\n"
+    )
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(ROOT)]),
+        "INFAAS_HOME": str(tmp_path / "home"),
+    }
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m infaas"])
+@pytest.mark.parametrize("args", [["serve", "--port", "1"], ["worker", "--port", "1"]], ids=["serve", "worker"])
+def test_a_command_needing_onnxruntime_names_the_extra_without_a_traceback(
+    entry: str, args: list[str], without_onnxruntime: dict[str, str]
+) -> None:
+    command = _console_script() if entry == "console script" else [sys.executable, "-m", "infaas"]
+    result = _run([*command, *args], without_onnxruntime)
+    assert result.returncode != 0
+    assert result.stderr.strip() == MISSING_ONNXRUNTIME
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_commands_that_do_not_need_onnxruntime_still_run(without_onnxruntime: dict[str, str]) -> None:
+    result = _run([sys.executable, "-m", "infaas", "--help"], without_onnxruntime)
+    assert result.returncode == 0, result.stderr
+    assert "serve" in result.stdout
