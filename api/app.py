@@ -16,10 +16,8 @@ from api.routes import admin, decisions, infer, jobs, models, v2
 from api.schemas import ErrorOut
 from autoscaler import Autoscaler
 from infaas import __version__
-from infaas.auth import KeyRing
 from infaas.config import Settings, get_settings
 from infaas.services import Services, build_services
-from infaas.serving import QueryEngine, get_engine
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +31,12 @@ COMMON_RESPONSES: dict[int | str, dict] = {
 }
 
 
-def _start_autoscaler(services: Services, engine: QueryEngine) -> Autoscaler | None:
+def _start_autoscaler(services: Services) -> Autoscaler | None:
     """Run both autoscaler levels unless switched off (``dry-run`` records decisions without acting)."""
     if services.settings.autoscaler == "off":
         return None
-    scaler = Autoscaler(services, engine)
+    scaler = Autoscaler(services)
     scaler.start()
-    services.extras["autoscaler"] = scaler
     return scaler
 
 
@@ -50,25 +47,23 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
-        app.state.services = services or build_services(settings)
-        app.state.services.extras.setdefault("keyring", KeyRing(app.state.services.metadata, settings.admin_key))
+        app.state.services = running = services or build_services(settings)
         if not settings.auth_enabled:
             log.warning("INFAAS_ADMIN_KEY is not set: authentication is off and only localhost clients are served")
-        engine = get_engine(app.state.services)
-        scaler = _start_autoscaler(app.state.services, engine)
+        running.start_serving()
+        scaler = _start_autoscaler(running)
         try:
             yield
         finally:
             if scaler is not None:
                 scaler.stop()
-            engine.stop()
             if owned:
-                app.state.services.close()
+                running.close()
 
     app = FastAPI(title="infaas", version=__version__, lifespan=lifespan, responses=COMMON_RESPONSES)
     errors.install(app)
     # Middlewares wrap in reverse order of addition: the inference fast path runs inside both limits.
-    app.add_middleware(FastInferenceRoutes, v1_infer=infer.infer, oip_infer=v2.model_infer)
+    app.add_middleware(FastInferenceRoutes, routes=app.router.routes, endpoints=(infer.infer, v2.model_infer))
     app.add_middleware(
         BodySizeLimit,
         upload_limit=int(settings.max_upload_mb * 1e6),

@@ -1,19 +1,21 @@
 """FastAPI dependencies: services, the calling principal, and model visibility.
 
-Auth lives here once: every route asks for ``get_principal`` (or ``require_admin``) instead of checking
-keys itself.
+Auth lives here once: every route asks for ``PrincipalDep`` (or ``AdminDep``) instead of checking keys
+itself. The ``Annotated`` aliases put each route's needs in its signature.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from infaas.auth import LOCAL_TENANT, Principal
 from infaas.catalog import ModelInfo
+from infaas.errors import Forbidden, NotFound, Unauthenticated
 from infaas.services import Services
 
 
@@ -55,24 +57,16 @@ def authenticate(request: Request, services: Services) -> Principal:
         return cached
     if not services.settings.auth_enabled:
         if not _is_loopback(request):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "no INFAAS_ADMIN_KEY is set: only localhost is served")
+            raise Forbidden("no INFAAS_ADMIN_KEY is set: only localhost is served")
         principal = _LOCAL_PRINCIPAL
     else:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "missing API key: send 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        found = services.extras["keyring"].verify(token.strip())
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        found = services.keyring.verify(token.strip())
         if found is None:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "invalid or revoked API key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise Unauthenticated("invalid or revoked API key")
         principal = found
     request.scope["infaas.principal"] = principal
     return principal
@@ -92,11 +86,16 @@ async def get_principal(request: Request) -> Principal:
     return await run_in_threadpool(authenticate, request, services)
 
 
-async def require_admin(principal: Principal = Depends(get_principal)) -> Principal:
+async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     """Admin routes: refuse tenant keys."""
     if not principal.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this route needs an admin key")
+        raise Forbidden("this route needs an admin key")
     return principal
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+AdminDep = Annotated[Principal, Depends(require_admin)]
 
 
 def can_use(principal: Principal, model: ModelInfo) -> bool:
@@ -108,5 +107,5 @@ def visible_model(services: Services, principal: Principal, name: str) -> ModelI
     """The named model if the caller may use it; 404 otherwise (never revealing that it exists)."""
     model = services.metadata.get_model(name)
     if model is None or not can_use(principal, model):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {name!r} not found")
+        raise NotFound(f"model {name!r} not found")
     return model

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from autoscaler import model_level, vm_level
 from autoscaler.policy_types import Action, ClusterView, History, InstanceLoad, PolicyConfig, VariantOption, WorkerLoad
@@ -24,9 +23,6 @@ from autoscaler.providers import Provider, ProviderError, make_provider
 from infaas.catalog import VariantInfo
 from infaas.selector import Candidate
 from infaas.services import Services
-
-if TYPE_CHECKING:
-    from infaas.serving import QueryEngine
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +56,6 @@ class Autoscaler:
     def __init__(
         self,
         services: Services,
-        engine: QueryEngine,
         *,
         provider: Provider | None = None,
         config: PolicyConfig | None = None,
@@ -71,7 +66,7 @@ class Autoscaler:
         if settings.autoscaler not in MODES:
             raise ValueError(f"INFAAS_AUTOSCALER must be one of {MODES}, not {settings.autoscaler!r}")
         self.services = services
-        self.engine = engine
+        self.engine = services.engine
         self.config = config or PolicyConfig(idle_unload_s=settings.idle_unload_s)
         self.dry_run = settings.autoscaler == "dry-run"
         self.stats_window_s = stats_window_s
@@ -107,7 +102,7 @@ class Autoscaler:
             handles = []
         for handle in handles:
             try:
-                self.engine.add_worker(self.provider.connect(handle))
+                self.engine.workers.add(self.provider.connect(handle))
                 self._owned.add(handle.id)
             except Exception:
                 log.exception("could not adopt worker %s", handle.id)
@@ -201,7 +196,7 @@ class Autoscaler:
 
         workers: list[WorkerLoad] = []
         for state in snapshot.workers:
-            client = self.engine.worker(state.id)
+            client = self.engine.workers.get(state.id)
             loaded: list[tuple[str, int, float | None]] = []  # key, replicas, idle_s (None: unknown)
             if client is not None:
                 try:
@@ -312,7 +307,7 @@ class Autoscaler:
                 self._remove_worker(action.target)
                 return "stopped"
             raise ValueError(f"unknown VM action {action.action!r}")
-        client = self.engine.worker(action.worker or "")
+        client = self.engine.workers.get(action.worker or "")
         if client is None:
             raise LookupError(f"worker {action.worker} is not reachable from this front-end")
         if action.action in {"add_replica", "place"}:
@@ -350,7 +345,7 @@ class Autoscaler:
             try:
                 handle = self.provider.start_worker()
                 try:
-                    self.engine.add_worker(self.provider.connect(handle))
+                    self.engine.workers.add(self.provider.connect(handle))
                 except Exception:
                     self.provider.stop_worker(handle.id)
                     raise
@@ -368,7 +363,7 @@ class Autoscaler:
         thread.start()
 
     def _remove_worker(self, worker_id: str) -> None:
-        self.engine.remove_worker(worker_id)
+        self.engine.workers.remove(worker_id)
         try:
             self.provider.stop_worker(worker_id)
         finally:

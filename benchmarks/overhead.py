@@ -343,24 +343,22 @@ def in_process(home: Path, names: list[str], x: np.ndarray, seconds: float) -> t
     that the HTTP reference runs exactly the same session.
     """
     from infaas.config import Settings
+    from infaas.engine import Query
     from infaas.runtime import create_session
     from infaas.selector import Requirements
     from infaas.services import build_services
-    from infaas.serving import get_engine
 
     services = build_services(Settings(home=home, autoscaler="off"), migrate=False, with_jobs=False)
-    engine = get_engine(services)
+    services.start_serving()
+    engine = services.engine
     results: dict[str, Any] = {}
     chosen: dict[str, Any] = {}
-
-    def allowed(_: Any) -> bool:
-        return True
 
     try:
         for name in names:
             requirements = Requirements(model=name)
             inputs = {"input": x}
-            _, served = engine.infer(allowed, requirements, inputs)
+            served = engine.infer(Query(requirements, inputs)).served_by
             variant = next(c.variant for c in engine.cache.for_model(name) if c.variant.name == served.variant)
             path = services.store.local_path(variant.artifact_key or "")
             providers = list(variant.providers) or ["CPUExecutionProvider"]
@@ -377,7 +375,7 @@ def in_process(home: Path, names: list[str], x: np.ndarray, seconds: float) -> t
                 return session.run(names, inputs)
 
             def through_engine(requirements: Requirements = requirements, inputs: Any = inputs) -> Any:
-                return engine.infer(allowed, requirements, inputs)
+                return engine.infer(Query(requirements, inputs))
 
             results[name] = {
                 "raw_c1": closed_loop(raw, seconds, 1, warmup=500),
@@ -386,7 +384,6 @@ def in_process(home: Path, names: list[str], x: np.ndarray, seconds: float) -> t
                 "engine_c8": closed_loop(through_engine, seconds, 8),
             }
     finally:
-        engine.stop()
         services.close()
     return results, chosen
 
@@ -569,7 +566,7 @@ def main() -> None:
         x = sample()
         home = tmp / "home"
         port = free_port()
-        server = start(["-m", "infaas.cli.main", "serve", "--port", str(port)], server_env(home), tmp / "server.log")
+        server = start(["-m", "infaas", "serve", "--port", str(port)], server_env(home), tmp / "server.log")
         procs.append(server)
         wait_until(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, "infaas serve", 60)
         for name in names:

@@ -54,12 +54,12 @@ from autoscaler import Autoscaler, PolicyConfig
 from autoscaler.providers.inprocess import InProcessProvider
 from infaas.catalog import VariantInfo
 from infaas.config import Settings
+from infaas.engine import Query
 from infaas.examples.zoo import TASK, load_zoo
 from infaas.live_state import MemoryLiveState
 from infaas.registration import RegistrationRequest, register_model
 from infaas.selector import ProfileCurve, Requirements
 from infaas.services import Services, build_services
-from infaas.serving import build_engine
 from infaas.worker import LocalWorker
 
 log = logging.getLogger("trace")
@@ -312,19 +312,19 @@ def ready_variants(services: Services) -> list[VariantInfo]:
 
 def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, config: PolicyConfig) -> Run:
     """Setup (a): the engine picks a variant per query; both autoscalers run."""
-    engine = build_engine(services)
-    engine.start()
+    services.start_serving()
+    engine = services.engine
     provider = InProcessProvider(
         services.store, engine.live, memory_budget_mb=WORKER_MEMORY_MB, cores=WORKER_CORES, heartbeat_s=0.25
     )
-    scaler = Autoscaler(services, engine, provider=provider, config=config, stats_window_s=3.0)
+    scaler = Autoscaler(services, provider=provider, config=config, stats_window_s=3.0)
     accuracy = {v.key: v.accuracy for v in ready_variants(services)}
     run = Run("infaas")
 
     def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
         remaining_ms = max(0.1, (deadline - time.monotonic()) * 1000.0)
         requirements = Requirements(task=TASK, latency_ms=remaining_ms, min_accuracy=arrival.cls.floor)
-        _, how = engine.infer(lambda _m: True, requirements, {"input": x}, tenant=arrival.cls.name)
+        how = engine.infer(Query(requirements, {"input": x}, tenant=arrival.cls.name)).served_by
         key = f"{how.model}/{how.variant}"
         return key, accuracy.get(key)
 
@@ -338,7 +338,7 @@ def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, con
         replay(trace, inputs, serve, run, sample)
     finally:
         scaler.stop()
-        engine.stop()
+        engine.workers.stop()  # the next setups run their own workers
     run.decisions = [
         {
             "t_s": round(_utc(d.at).timestamp() - run.started_wall, 2),

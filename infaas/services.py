@@ -1,23 +1,29 @@
-"""The process's service container: settings, database, metadata, model store, live state, jobs.
+"""The composition root: every backend and the query engine, built once at start-up from configuration.
 
-Built once at start-up from configuration; this is the only place that chooses between the embedded
-and scaled-out implementations of each concern.
+The API, the CLI, the Celery worker and the autoscaler all call ``build_services``; it is the only place
+that chooses between the embedded and scaled-out implementation of a concern (metadata SQLite or
+PostgreSQL, model store folder or S3, live state in-process or Redis, jobs in-process or Celery) and
+wires them together. Everything else receives a ``Services`` and never asks which mode it is in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
+from infaas.auth import KeyRing
+from infaas.candidates import CandidateCache
 from infaas.config import Settings
 from infaas.db.migrate import upgrade
 from infaas.db.session import Database
-from infaas.live_state import make_live_state
+from infaas.engine import QueryEngine
+from infaas.jobs import tasks
+from infaas.jobs.runner import JobRunner, make_runner
+from infaas.live_state import LiveState, make_live_state
 from infaas.metadata import MetadataStore
 from infaas.model_store import ModelStore, open_model_store
-
-if TYPE_CHECKING:
-    from infaas.jobs.runner import JobRunner
+from infaas.worker.clients import WorkerClients
+from infaas.worker.worker import LocalWorker
 
 
 @dataclass
@@ -28,16 +34,25 @@ class Services:
     db: Database
     metadata: MetadataStore
     store: ModelStore
+    live: LiveState
+    keyring: KeyRing
+    engine: QueryEngine
     jobs: JobRunner | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+
+    def run_task(self, name: str, **kwargs: Any) -> Any:
+        """Run background task ``name`` here, now (what a job runner does with a queued task)."""
+        return tasks.get(name)(self, **kwargs)
+
+    def start_serving(self) -> None:
+        """Start this process's in-process worker, if configured (front-ends; idempotent)."""
+        self.engine.workers.start()
 
     def close(self) -> None:
-        """Stop background work and release connections."""
+        """Stop serving and background work, and release connections."""
+        self.engine.workers.stop()
         if self.jobs is not None:
             self.jobs.shutdown()
-        live = self.extras.get("live_state")
-        if live is not None:
-            live.close()
+        self.live.close()
         self.db.dispose()
 
 
@@ -48,18 +63,41 @@ def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool 
     if migrate:
         upgrade(url)
     db = Database(url)
+    metadata = MetadataStore(db)
+    store = open_model_store(settings.resolved_model_store, cache_dir=str(settings.home / "cache"))
+    live = make_live_state(settings)
+    local = None
+    if settings.in_process_worker:
+        local = LocalWorker(
+            settings.worker_id or "local",
+            store,
+            live,
+            memory_budget_mb=settings.worker_memory_mb,
+            cores=settings.worker_cores,
+            heartbeat_s=settings.heartbeat_s,
+        )
+    engine = QueryEngine(
+        CandidateCache(metadata),
+        live,
+        WorkerClients(live, local=local, avoid_s=settings.heartbeat_ttl_s),
+        prices=settings.prices,
+        max_batch=settings.max_batch_per_query,
+        max_inputs=settings.max_inputs_per_request,
+    )
+    # Catalog changes made in this process (registration, builds, profiling) refresh this engine and are
+    # announced to every other process through live state; theirs reach this engine the same way.
+    metadata.add_listener(engine.catalog_changed)
+    metadata.add_listener(live.catalog_changed)
+    live.on_catalog_change(engine.catalog_changed)
     services = Services(
         settings=settings,
         db=db,
-        metadata=MetadataStore(db),
-        store=open_model_store(settings.resolved_model_store, cache_dir=str(settings.home / "cache")),
+        metadata=metadata,
+        store=store,
+        live=live,
+        keyring=KeyRing(metadata, settings.admin_key),
+        engine=engine,
     )
-    # Live state is chosen here like every other backend; catalog changes made in this process
-    # (registration, builds, profiling) are announced to every other process through it.
-    live = services.extras["live_state"] = make_live_state(settings)
-    services.metadata.add_listener(live.catalog_changed)
     if with_jobs:
-        from infaas.jobs.runner import make_runner
-
-        services.jobs = make_runner(services)
+        services.jobs = make_runner(settings, services.run_task)
     return services

@@ -42,7 +42,6 @@ from infaas.errors import InfaasError, NotFound
 from infaas.live_state import LiveState
 from infaas.registration import RegistrationRequest, delete_model, register_model
 from infaas.services import Services
-from infaas.serving import get_engine
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -116,7 +115,7 @@ def _render(
 
 
 def _live(services: Services) -> LiveState:
-    return get_engine(services).live
+    return services.live
 
 
 def _model_rates(services: Services) -> dict[str, float]:
@@ -171,7 +170,7 @@ def login(
         )
         response.headers["Retry-After"] = str(wait_s)
         return response
-    principal = services.extras["keyring"].verify(key.strip()) if key.strip() else None
+    principal = services.keyring.verify(key.strip()) if key.strip() else None
     if principal is None:
         throttle.failed(address)
         return _login_page(request, "That key is not valid.", status.HTTP_401_UNAUTHORIZED, next_path)
@@ -443,7 +442,7 @@ def unload_action(
     fields = {"worker": worker, "variant": variant}
     if confirmed != "yes":
         return _confirm(request, session, f"Unload {variant} from worker {worker}?", fields)
-    client = get_engine(services).worker(worker)
+    client = services.engine.workers.get(worker)
     if client is None:
         return _result(request, session, False, "Not unloaded", f"Worker {worker!r} is not reachable from here.", 404)
     if not client.unload(variant):

@@ -1,8 +1,9 @@
 """Model-less inference (``POST /v1/infer``) and what it observed (``/v1/stats``, ``/v1/queries``).
 
 The body is parsed with orjson and checked by hand rather than through pydantic: tensors arrive as
-nested lists and must reach numpy without a per-element validation pass. See ``run_query`` for which
-thread a query runs on.
+nested lists and must reach numpy without a per-element validation pass. The route is an adapter: it
+authenticates, hands the engine a parse function (``QueryEngine.serve`` decides which thread runs what)
+and renders the answer.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import can_use, get_principal, get_services
-from infaas.auth import Principal
-from infaas.catalog import ModelInfo
+from api.deps import PrincipalDep, ServicesDep, can_use, get_principal
+from infaas.engine import Query as EngineQuery
+from infaas.errors import BadRequest
 from infaas.selector import Requirements
 from infaas.services import Services
-from infaas.serving import QueryEngine, ServedBy, error_status, get_engine
 
 router = APIRouter(tags=["inference"])
-INLINE_BODY_BYTES = 64 * 1024  # bodies up to this size are parsed and planned on the event loop
 
 _INFER_BODY = {
     "type": "object",
@@ -61,27 +59,27 @@ def _number(document: dict[str, Any], key: str, low: float, high: float | None =
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"'{key}' must be a number")
+        raise BadRequest(f"'{key}' must be a number")
     if value < low or (high is not None and value > high) or (key == "latency_ms" and value == 0):
         bounds = f"in [{low:g}, {high:g}]" if high is not None else f"> {low:g}"
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"'{key}' must be {bounds}")
+        raise BadRequest(f"'{key}' must be {bounds}")
     return float(value)
 
 
 def parse_infer_body(body: bytes) -> tuple[Requirements, dict[str, Any]]:
-    """Requirements and raw inputs of a ``/v1/infer`` body; 400 on anything malformed."""
+    """Requirements and raw inputs of a ``/v1/infer`` body; ``BadRequest`` on anything malformed."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"the body is not valid JSON: {exc}") from None
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the body must be a JSON object")
+        raise BadRequest("the body must be a JSON object")
     model, task = document.get("model"), document.get("task")
     if (model is None) == (task is None) or not isinstance(model or task, str):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "give exactly one of 'model' or 'task' (a string)")
+        raise BadRequest("give exactly one of 'model' or 'task' (a string)")
     inputs = document.get("inputs")
     if not isinstance(inputs, dict) or not inputs:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "'inputs' must be an object of name → nested list")
+        raise BadRequest("'inputs' must be an object of name → nested list")
     requirements = Requirements(
         model=model,
         task=task,
@@ -90,31 +88,6 @@ def parse_infer_body(body: bytes) -> tuple[Requirements, dict[str, Any]]:
         max_cost=_number(document, "max_cost", 0.0),
     )
     return requirements, inputs
-
-
-async def run_query(
-    engine: QueryEngine, principal: Principal, requirements: Requirements, inputs: dict[str, Any], small: bool
-) -> tuple[dict[str, np.ndarray], ServedBy]:
-    """Run a query; failures become ``HTTPException`` with their status.
-
-    A small query (body under ``INLINE_BODY_BYTES``) is validated and selected on the event loop, and
-    runs there too when the chosen instance is idle and the model takes under a millisecond, saving
-    the thread-pool hop; everything else runs in the pool because it blocks while the model runs.
-    """
-
-    def allowed(model: ModelInfo) -> bool:
-        return can_use(principal, model)
-
-    try:
-        if not small:
-            return await run_in_threadpool(engine.infer, allowed, requirements, inputs, tenant=principal.tenant)
-        plan = engine.plan(allowed, requirements, inputs, tenant=principal.tenant)
-        return engine.try_run_inline(plan) or await run_in_threadpool(engine.run, plan)
-    except Exception as exc:
-        code = error_status(exc)
-        if code is None:
-            raise
-        raise HTTPException(code, str(exc)) from None
 
 
 @router.post(
@@ -129,27 +102,26 @@ async def run_query(
 )
 async def infer(request: Request) -> Response:
     """Serve a query with whichever variant meets its latency, accuracy and cost needs most cheaply."""
-    # No FastAPI dependencies (each costs tens of microseconds per request): api.fast_routes calls this directly.
+    # No FastAPI dependencies (each costs tens of microseconds per request): see api.fast_routes.
     principal = await get_principal(request)
     services: Services = request.app.state.services
     body = await request.body()
-    small = len(body) <= INLINE_BODY_BYTES
-    requirements, inputs = parse_infer_body(body) if small else await run_in_threadpool(parse_infer_body, body)
-    outputs, served = await run_query(get_engine(services), principal, requirements, inputs, small)
-    return _json({"outputs": outputs, "served_by": dict(vars(served))})  # flat: no recursive asdict
+
+    def parse() -> tuple[EngineQuery, None]:
+        requirements, inputs = parse_infer_body(body)
+        return EngineQuery(requirements, inputs, lambda m: can_use(principal, m), principal.tenant), None
+
+    answer, _ = await services.engine.serve(parse, len(body))
+    return _json({"outputs": answer.outputs, "served_by": dict(vars(answer.served_by))})  # flat: no recursive asdict
 
 
 @router.get("/v1/stats")
-def stats(
-    window_s: float = Query(60.0, gt=0, le=3600),
-    services: Services = Depends(get_services),
-    principal: Principal = Depends(get_principal),
-) -> Response:
+def stats(services: ServicesDep, principal: PrincipalDep, window_s: float = Query(60.0, gt=0, le=3600)) -> Response:
     """Per variant over the window: requests, rate, p50/p99 latency, SLO-miss rate, estimate error.
 
     Admins also see the workers with their loaded instances and queue depths.
     """
-    engine = get_engine(services)
+    engine = services.engine
     out = []
     for key, s in sorted(engine.live.variant_stats(window_s).items()):
         model = engine.cache.model(key.split("/", 1)[0])
@@ -172,13 +144,9 @@ def stats(
 
 
 @router.get("/v1/queries")
-def queries(
-    limit: int = Query(100, ge=1, le=1000),
-    services: Services = Depends(get_services),
-    principal: Principal = Depends(get_principal),
-) -> Response:
+def queries(services: ServicesDep, principal: PrincipalDep, limit: int = Query(100, ge=1, le=1000)) -> Response:
     """Recent queries, newest first: requirements, chosen variant, estimated vs actual latency."""
-    engine = get_engine(services)
+    engine = services.engine
     records = engine.live.recent_queries(1000 if not principal.is_admin else limit)
     mine = [r for r in records if principal.is_admin or r.tenant == principal.tenant][:limit]
     return _json({"queries": [asdict(r) | {"slo_missed": r.slo_missed} for r in mine]})

@@ -11,41 +11,33 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request, Response
 
-from api.deps import can_use, get_principal, get_services
-from api.routes.infer import INLINE_BODY_BYTES, run_query
+from api.deps import PrincipalDep, ServicesDep, can_use, get_principal
 from infaas import __version__
 from infaas.auth import Principal
 from infaas.catalog import ModelInfo
-from infaas.oip import HEADER, OipError, decode_request, encode_response, tensor_metadata
+from infaas.engine import Query
+from infaas.errors import BadRequest, NotFound
+from infaas.oip import HEADER, InferRequest, OipError, decode_request, encode_response, tensor_metadata
 from infaas.selector import Requirements
 from infaas.services import Services
-from infaas.serving import get_engine
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 VERSION = "1"
-
-
-def _error(status_code: int, message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), status_code=status_code, media_type="application/json")
 
 
 def _ok(content: Any) -> Response:
     return Response(orjson.dumps(content), media_type="application/json")
 
 
-def _model(services: Services, principal: Principal, name: str, version: str | None) -> ModelInfo | None:
-    model = get_engine(services).cache.model(name)
+def _model(services: Services, principal: Principal, name: str, version: str | None) -> ModelInfo:
+    """The model the path names, if the caller may use it; ``NotFound`` otherwise."""
+    model = services.engine.cache.model(name)
     if model is None or not can_use(principal, model) or version not in (None, "", VERSION):
-        return None
+        suffix = f" version {version!r}" if version not in (None, "", VERSION) else ""
+        raise NotFound(f"unknown model {name!r}{suffix}")
     return model
-
-
-def _not_found(name: str, version: str | None) -> Response:
-    suffix = f" version {version!r}" if version not in (None, "", VERSION) else ""
-    return _error(404, f"unknown model {name!r}{suffix}")
 
 
 @router.get("/health/live")
@@ -55,17 +47,16 @@ def live() -> Response:
 
 
 @router.get("/health/ready", responses={503: {"description": "no worker is available to run queries"}})
-def ready(services: Services = Depends(get_services)) -> Response:
+def ready(services: ServicesDep) -> Response:
     """Ready when the query engine has a worker to run on."""
-    engine = get_engine(services)
-    is_ready = bool(engine.live.workers())
+    is_ready = bool(services.live.workers())
     return Response(
         orjson.dumps({"ready": is_ready}), status_code=200 if is_ready else 503, media_type="application/json"
     )
 
 
 @router.get("")
-def server_metadata(_: Principal = Depends(get_principal)) -> Response:
+def server_metadata(_: PrincipalDep) -> Response:
     """Server name, version and protocol extensions."""
     return _ok({"name": "infaas", "version": __version__, "extensions": ["binary_tensor_data"]})
 
@@ -82,16 +73,9 @@ _INFER_ERRORS: dict[int | str, dict] = {
 
 @router.get("/models/{name}", responses=_MODEL_ERRORS)
 @router.get("/models/{name}/versions/{version}", responses=_MODEL_ERRORS)
-def model_metadata(
-    name: str,
-    version: str | None = None,
-    services: Services = Depends(get_services),
-    principal: Principal = Depends(get_principal),
-) -> Response:
+def model_metadata(name: str, services: ServicesDep, principal: PrincipalDep, version: str | None = None) -> Response:
     """A model's tensors as OIP metadata (``-1`` marks a dynamic dimension)."""
     model = _model(services, principal, name, version)
-    if model is None:
-        return _not_found(name, version)
     return _ok(
         {
             "name": model.name,
@@ -105,17 +89,10 @@ def model_metadata(
 
 @router.get("/models/{name}/ready", responses=_MODEL_ERRORS)
 @router.get("/models/{name}/versions/{version}/ready", responses=_MODEL_ERRORS)
-def model_ready(
-    name: str,
-    version: str | None = None,
-    services: Services = Depends(get_services),
-    principal: Principal = Depends(get_principal),
-) -> Response:
+def model_ready(name: str, services: ServicesDep, principal: PrincipalDep, version: str | None = None) -> Response:
     """200 when the model has a ready variant, 503 while it is still being built."""
-    model = _model(services, principal, name, version)
-    if model is None:
-        return _not_found(name, version)
-    is_ready = bool(get_engine(services).cache.for_model(name))
+    _model(services, principal, name, version)
+    is_ready = bool(services.engine.cache.for_model(name))
     return Response(
         orjson.dumps({"name": name, "ready": is_ready}),
         status_code=200 if is_ready else 503,
@@ -158,29 +135,23 @@ async def model_infer(request: Request) -> Response:
     version: str | None = path_params["version"] if "version" in path_params else request.query_params.get("version")
     principal = await get_principal(request)
     services: Services = request.app.state.services
-    if _model(services, principal, name, version) is None:
-        return _not_found(name, version)
+    _model(services, principal, name, version)
     if request.headers.get("content-encoding", "identity") != "identity":
-        return _error(400, "compressed request bodies are not supported")
+        raise BadRequest("compressed request bodies are not supported")
     body = await request.body()
-    small = len(body) <= INLINE_BODY_BYTES
-    try:
-        if small:
-            decoded = decode_request(body, request.headers.get(HEADER))
-        else:
-            decoded = await run_in_threadpool(decode_request, body, request.headers.get(HEADER))
+
+    def parse() -> tuple[Query, InferRequest]:
+        decoded = decode_request(body, request.headers.get(HEADER))
         requirements = Requirements(
             model=name,
             latency_ms=_slo(decoded.parameters, "slo_latency_ms") or None,
             min_accuracy=_slo(decoded.parameters, "slo_min_accuracy") or 0.0,
             max_cost=_slo(decoded.parameters, "slo_max_cost"),
         )
-    except OipError as exc:
-        return _error(400, str(exc))
-    try:
-        outputs, served = await run_query(get_engine(services), principal, requirements, decoded.inputs, small)
-    except HTTPException as exc:
-        return _error(400 if exc.status_code == 422 else exc.status_code, str(exc.detail))
+        return Query(requirements, decoded.inputs, lambda m: can_use(principal, m), principal.tenant), decoded
+
+    answer, decoded = await services.engine.serve(parse, len(body))
+    served = answer.served_by
     parameters = {
         "variant": f"{served.model}/{served.variant}",
         "worker": served.worker,
@@ -192,10 +163,7 @@ async def model_infer(request: Request) -> Response:
         "slo_at_risk": served.slo_at_risk,
         "reason": served.reason,
     }
-    try:
-        body, header_length = encode_response(decoded, name, outputs, parameters, VERSION)
-    except OipError as exc:
-        return _error(400, str(exc))
+    body, header_length = encode_response(decoded, name, answer.outputs, parameters, VERSION)
     headers = {HEADER: str(header_length)} if header_length is not None else None
     media_type = "application/octet-stream" if header_length is not None else "application/json"
     return Response(body, headers=headers, media_type=media_type)

@@ -23,12 +23,10 @@ def make_provider(services: Services) -> Provider:
         return Ec2Provider(settings)
     if provider == "inprocess":
         from autoscaler.providers.inprocess import InProcessProvider
-        from infaas.serving import get_engine
 
-        engine = get_engine(services)
         return InProcessProvider(
             services.store,
-            engine.live,
+            services.live,
             memory_budget_mb=settings.worker_memory_mb,
             cores=settings.worker_cores,
             heartbeat_s=settings.heartbeat_s,

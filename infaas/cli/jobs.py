@@ -116,7 +116,7 @@ def jobs_worker(
     if not get_settings().broker_url:
         err.print("[red]INFAAS_BROKER_URL is not set[/red]: the embedded server runs jobs in-process already")
         raise typer.Exit(2)
-    from infaas.jobs.celery_app import app as celery_app
+    from infaas.celery_worker import app as celery_app
 
     queue = celery_app.conf.task_default_queue
     celery_app.worker_main(

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from infaas.config import Settings
 from infaas.jobs import tasks
 
-if TYPE_CHECKING:
-    from infaas.services import Services
-
 log = logging.getLogger(__name__)
+
+# Runs a named task with its JSON arguments on this process's services (``Services.run_task``).
+TaskExecutor = Callable[..., Any]
 
 
 class JobRunner(ABC):
@@ -30,19 +32,19 @@ class JobRunner(ABC):
 class InProcessRunner(JobRunner):
     """Runs tasks on a small thread pool inside this process (embedded default)."""
 
-    def __init__(self, services: Services, max_workers: int = 1) -> None:
-        self.services = services
+    def __init__(self, execute: TaskExecutor, max_workers: int = 1) -> None:
+        self._execute = execute
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="infaas-job")
         self.futures: list[Future[None]] = []
 
     def submit(self, task_name: str, **kwargs: Any) -> None:
-        function = tasks.get(task_name)
-        future = self._pool.submit(self._run, function, task_name, kwargs)
+        tasks.get(task_name)  # an unknown name fails in the caller, not later on the pool
+        future = self._pool.submit(self._run, task_name, kwargs)
         self.futures = [f for f in self.futures if not f.done()] + [future]
 
-    def _run(self, function, task_name: str, kwargs: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    def _run(self, task_name: str, kwargs: dict[str, Any]) -> None:
         try:
-            function(self.services, **kwargs)
+            self._execute(task_name, **kwargs)
         except Exception:
             log.exception("background task %s failed", task_name)
 
@@ -55,10 +57,10 @@ class InProcessRunner(JobRunner):
         self._pool.shutdown(wait=True, cancel_futures=False)
 
 
-def make_runner(services: Services) -> JobRunner:
-    """Celery when a broker is configured, otherwise in-process."""
-    if services.settings.broker_url:
+def make_runner(settings: Settings, execute: TaskExecutor) -> JobRunner:
+    """Celery when a broker is configured, otherwise in-process (running tasks through ``execute``)."""
+    if settings.broker_url:
         from infaas.jobs.celery_runner import CeleryRunner
 
-        return CeleryRunner(services.settings.broker_url)
-    return InProcessRunner(services)
+        return CeleryRunner(settings.broker_url)
+    return InProcessRunner(execute)

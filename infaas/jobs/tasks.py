@@ -1,12 +1,13 @@
-"""Registry of background tasks; each is ``function(services, **json_kwargs)`` and idempotent."""
+"""Registry of background tasks; each is ``function(services, **json_kwargs)`` and idempotent.
+
+A table of ``"module:function"`` names, imported on first use: the API process starts fast, and the core
+names its plugins' tasks without importing them (``Services.run_task`` runs one).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from infaas.services import Services
+from typing import Any
 
 TaskFunction = Callable[..., Any]
 _TASKS: dict[str, str] = {
@@ -31,8 +32,3 @@ def get(name: str) -> TaskFunction:
 def names() -> list[str]:
     """Every registered task name."""
     return sorted(_TASKS)
-
-
-def run(services: Services, name: str, **kwargs: Any) -> Any:
-    """Run a task synchronously (what a Celery worker does)."""
-    return get(name)(services, **kwargs)

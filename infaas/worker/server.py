@@ -19,10 +19,10 @@ import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from infaas import offload
 from infaas.catalog import VariantInfo
 from infaas.live_state.base import InstanceState, LiveState, WorkerState
 from infaas.selector import ProfileCurve
-from infaas.serving import INLINE_MAX_MS
 from infaas.worker.remote import FRAME_TYPE, NEED_VARIANT, FrameError, decode_frame, encode_frame, variant_from_json
 from infaas.worker.worker import LocalWorker, WorkerError
 
@@ -128,14 +128,16 @@ def create_worker_app(service: WorkerService) -> FastAPI:
         variant, curve = found
         remaining = meta.get("remaining_ms")
         deadline = None if remaining is None else time.monotonic() + float(remaining) / 1000.0
-        # Like the front-end: a sub-millisecond run on an idle replica costs less than a thread hop.
+        # Like the front-end (one rule, ``infaas.offload``): a short run on an idle replica skips the pool.
         rows = max((int(a.shape[0]) for a in inputs.values() if a.ndim), default=1)
-        result = worker.try_infer_now(variant, inputs) if curve.service_ms(rows) <= INLINE_MAX_MS else None
-        if result is None:
-            try:
-                result = await run_in_threadpool(worker.infer, variant, inputs, deadline)
-            except WorkerError as exc:
-                raise _error(exc) from None
+        try:
+            result = await offload.short_inline_else_pool(
+                curve.service_ms(rows),
+                lambda: worker.try_infer_now(variant, inputs),
+                lambda: worker.infer(variant, inputs, deadline),
+            )
+        except WorkerError as exc:
+            raise _error(exc) from None
         body = encode_frame(
             {"queue_ms": result.queue_ms, "service_ms": result.service_ms, "batch": result.batch}, result.outputs
         )

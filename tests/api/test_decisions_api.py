@@ -71,7 +71,7 @@ def _mounted(request: pytest.FixtureRequest) -> None:
 
 def test_admin_only(auth_client) -> None:  # type: ignore[no-untyped-def]
     test_client, services = auth_client
-    tenant = services.extras["keyring"].create("tenant-a", is_admin=False)
+    tenant = services.keyring.create("tenant-a", is_admin=False)
     assert test_client.get("/v1/decisions").status_code == 401
     assert test_client.get("/v1/decisions", headers={"Authorization": "Bearer admin-secret"}).status_code == 200
     response = test_client.get("/v1/decisions", headers={"Authorization": f"Bearer {tenant.secret}"})

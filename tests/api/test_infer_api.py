@@ -29,7 +29,8 @@ from infaas.config import Settings
 from infaas.metadata import NewModel
 from infaas.selector import Requirements
 from infaas.services import Services
-from infaas.serving import UnknownModel, get_engine
+from infaas.engine import Query
+from infaas.errors import UnknownModel
 
 IN, OUT = 4, 3
 
@@ -187,9 +188,9 @@ def test_unknown_model_or_task_is_404(client: TestClient) -> None:
 
 
 def test_models_the_caller_may_not_use_look_unknown(client: TestClient) -> None:
-    engine = get_engine(client.app.state.services)  # type: ignore[attr-defined]
+    engine = client.app.state.services.engine  # type: ignore[attr-defined]
     with pytest.raises(UnknownModel, match="not found"):
-        engine.infer(lambda m: False, Requirements(model="tiny"), {"x": [[0.0] * IN]})
+        engine.infer(Query(Requirements(model="tiny"), {"x": [[0.0] * IN]}, allowed=lambda m: False))
 
 
 def test_unreachable_accuracy_is_422_naming_the_best(client: TestClient) -> None:
@@ -339,7 +340,7 @@ def test_tritonclient_http_works_unmodified(live_server: tuple[str, Services], b
 
 def test_candidate_cache_reads_the_catalog_only_after_a_change(client: TestClient) -> None:
     services = client.app.state.services  # type: ignore[attr-defined]
-    engine = get_engine(services)
+    engine = services.engine
     calls = 0
     original = services.metadata.list_models
 

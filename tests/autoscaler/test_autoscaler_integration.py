@@ -19,8 +19,8 @@ from infaas.config import Settings
 from infaas.metadata import NewModel
 from infaas.selector import Requirements
 from infaas.services import Services, build_services
-from infaas.serving import QueryEngine, build_engine
-from tests.onnx_factory import write_mlp
+from infaas.engine import Query, QueryEngine
+from tests.factories import write_mlp
 
 MODEL = "burst"
 
@@ -73,8 +73,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Services, QueryEngine, Autoscaler]
     )
     services = build_services(settings, with_jobs=False)
     add_model(services, tmp_path)
-    engine = build_engine(services)
-    engine.start()
+    services.start_serving()
+    engine = services.engine
     provider = InProcessProvider(services.store, engine.live, memory_budget_mb=500.0, cores=2, heartbeat_s=0.2)
     config = PolicyConfig(
         idle_unload_s=2.0,
@@ -88,10 +88,9 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Services, QueryEngine, Autoscaler]
         vm_down_after_up_s=2.0,
         drain_timeout_s=5.0,
     )
-    scaler = Autoscaler(services, engine, provider=provider, config=config, stats_window_s=1.5)
+    scaler = Autoscaler(services, provider=provider, config=config, stats_window_s=1.5)
     yield services, engine, scaler
     scaler.stop()
-    engine.stop()
     services.close()
 
 
@@ -110,14 +109,14 @@ def burst(engine: QueryEngine, stop: threading.Event, per_thread_qps: float, ser
     period = 1.0 / per_thread_qps
     next_at = time.monotonic()
     while not stop.is_set():
-        _, how = engine.infer(lambda _m: True, Requirements(model=MODEL), {"x": x}, tenant="t")
+        how = engine.infer(Query(Requirements(model=MODEL), {"x": x}, tenant="t")).served_by
         served.append(how.worker)
         next_at += period
         time.sleep(max(0.0, next_at - time.monotonic()))
 
 
 def replicas(engine: QueryEngine, worker_id: str) -> int:
-    client = engine.worker(worker_id)
+    client = engine.workers.get(worker_id)
     if client is None:
         return 0
     return sum(i.replicas for i in client.status().instances if i.variant_key == f"{MODEL}/fp32-t1")
@@ -147,7 +146,7 @@ def test_burst_adds_replica_then_worker_and_quiet_removes_them(
         assert wait_for(placed, 10), "nothing was placed on the new worker"
         variant = services.metadata.get_model(MODEL).variants[0]  # type: ignore[union-attr]
         x = np.ones((2, 8), dtype=np.float32)
-        assert engine.worker(new_worker).infer(variant, {"x": x}, None).outputs["y"].shape == (2, 3)  # type: ignore[union-attr]
+        assert engine.workers.get(new_worker).infer(variant, {"x": x}, None).outputs["y"].shape == (2, 3)  # type: ignore[union-attr]
     finally:
         stop.set()
         for t in threads:
@@ -171,10 +170,10 @@ def test_dry_run_records_without_acting(tmp_path: Path) -> None:
     )
     services = build_services(settings, with_jobs=False)
     add_model(services, tmp_path)
-    engine = build_engine(services)
-    engine.start()
+    services.start_serving()
+    engine = services.engine
     provider = InProcessProvider(services.store, engine.live, memory_budget_mb=500.0, cores=2)
-    scaler = Autoscaler(services, engine, provider=provider, config=PolicyConfig(up_periods=1), stats_window_s=1.0)
+    scaler = Autoscaler(services, provider=provider, config=PolicyConfig(up_periods=1), stats_window_s=1.0)
     try:
         stop = threading.Event()
         served: list[str] = []
@@ -193,7 +192,6 @@ def test_dry_run_records_without_acting(tmp_path: Path) -> None:
         assert [w.id for w in engine.live.workers()] == ["local"]
     finally:
         scaler.stop()
-        engine.stop()
         services.close()
 
 
@@ -238,9 +236,9 @@ def test_provider_that_cannot_start_workers_is_recorded_not_fatal(tmp_path: Path
     """Embedded mode has no Redis, so `local` workers could not find this front-end: say so in a decision."""
     settings = Settings(home=tmp_path / "home", build_variants=False, autoscaler="on", provider="local", min_workers=2)
     services = build_services(settings, with_jobs=False)
-    engine = build_engine(services)
-    engine.start()
-    scaler = Autoscaler(services, engine)
+    services.start_serving()
+    engine = services.engine
+    scaler = Autoscaler(services)
     try:
         scaler.start()
         assert wait_for(lambda: any(d.action == "worker_failed" for d in services.metadata.list_decisions()), 10), (
@@ -251,5 +249,4 @@ def test_provider_that_cannot_start_workers_is_recorded_not_fatal(tmp_path: Path
         assert [w.id for w in engine.live.workers()] == ["local"]
     finally:
         scaler.stop()
-        engine.stop()
         services.close()

@@ -26,7 +26,7 @@ from api.app import create_app
 from api.routes import infer as infer_routes
 from infaas.config import Settings
 from infaas.services import Services
-from tests.onnx_factory import write_mlp, write_validation
+from tests.factories import write_mlp, write_validation
 
 pytestmark = pytest.mark.browser
 
@@ -256,7 +256,7 @@ def test_unauthenticated_requests_get_401(server: ConsoleServer) -> None:
 
 
 def test_tenant_keys_are_refused(server: ConsoleServer) -> None:
-    secret = server.services.extras["keyring"].create("tenant-a").secret
+    secret = server.services.keyring.create("tenant-a").secret
     with httpx.Client(base_url=server.url) as tenant:
         assert tenant.get("/console", headers={"Authorization": f"Bearer {secret}"}).status_code == 403
         refused = tenant.post("/console/login", data={"key": secret}, follow_redirects=False)
@@ -314,7 +314,7 @@ def test_register_then_delete_from_the_console(page: Page, server: ConsoleServer
 
 def test_unload_and_drain_from_the_console(page: Page, server: ConsoleServer) -> None:
     server.infer(MODEL)
-    live = server.services.extras["engine"].live
+    live = server.services.live
     loaded = [i for i in live.instances() if i.variant_key.startswith(f"{MODEL}/")]
     assert loaded
     target = loaded[0]

@@ -19,7 +19,7 @@ from api.app import create_app
 from infaas.auth import KeyRing
 from infaas.config import Settings
 from infaas.services import Services
-from tests.onnx_factory import mlp_model
+from tests.factories import mlp_model
 
 ADMIN_KEY = "root-admin-key-for-tests"
 TASK = "tabular-classification"
@@ -34,9 +34,7 @@ def secure_settings(home: Path, **overrides: object) -> Settings:
 
 def secure_app(settings: Settings, services: Services) -> FastAPI:
     """``create_app`` with a key ring ready for tests that create keys before the lifespan runs."""
-    app = create_app(settings, services=services)
-    services.extras.setdefault("keyring", KeyRing(services.metadata, settings.admin_key))
-    return app
+    return create_app(settings, services=services)
 
 
 def served_routes(app: FastAPI) -> list[tuple[str, set[str]]]:
@@ -75,7 +73,7 @@ def bearer(secret: str) -> dict[str, str]:
 
 def make_tenants(services: Services) -> Tenants:
     """Create keys directly on the key ring (the REST route is tested separately)."""
-    ring: KeyRing = services.extras["keyring"]
+    ring: KeyRing = services.keyring
     alice = ring.create("alice")
     bob = ring.create("bob")
     carol = ring.create("carol")

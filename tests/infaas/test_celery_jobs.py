@@ -75,7 +75,7 @@ class Deployment:
         """Start ``celery worker`` and wait until it consumes."""
         log_path = self.tmp_path / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFAAS_")} | self.env
-        command = [CELERY, "-A", "infaas.jobs.celery_app", "worker", "--pool=solo", "-c", "1"]
+        command = [CELERY, "-A", "infaas.celery_worker", "worker", "--pool=solo", "-c", "1"]
         command += ["-Q", self.queue, "-n", f"{name}@%h", "-l", "info"]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         with open(log_path, "wb") as log:

@@ -17,10 +17,10 @@ from api.routes import jobs as job_routes
 from infaas.catalog import ProfileInfo
 from infaas.config import Settings
 from infaas.db.models import VariantStatus
-from infaas.offline import Plan, choose_plan, cost_per_sample, plan_variant, run_offline_job
+from infaas.offline import NoVariant, Plan, choose_plan, cost_per_sample, plan_variant, run_offline_job
 from infaas.runtime import create_session
 from infaas.services import Services, build_services
-from tests.onnx_factory import write_mlp
+from tests.factories import write_mlp
 
 TASK = "tabular-classification"
 
@@ -162,7 +162,7 @@ def test_choose_plan_prefers_cheapest_then_deadline(services: Services, mlp_path
     assert chosen.variant.name == "accurate" and note is None
     chosen, note = choose_plan(plans, 0.5, 1.0)  # nothing fits: the fastest runs, with a note
     assert chosen.variant.name == "fast-dear" and note and "deadline" in note
-    with pytest.raises(LookupError, match=r"best available is mlp/accurate at 0\.990"):
+    with pytest.raises(NoVariant, match=r"best available is mlp/accurate at 0\.990"):
         choose_plan(plans, 0.999, None)
 
 
@@ -320,7 +320,7 @@ def test_jobs_are_private_to_their_tenant(tmp_path: Path, mlp_path: Path) -> Non
     services = build_services(settings)
     try:
         with TestClient(with_job_routes(create_app(settings, services=services))) as client:
-            keyring = services.extras["keyring"]
+            keyring = services.keyring
             alice = {"Authorization": f"Bearer {keyring.create('alice').secret}"}
             bob = {"Authorization": f"Bearer {keyring.create('bob').secret}"}
             register_ready_model(services, mlp_path, owner="alice", public=True)
@@ -379,7 +379,7 @@ def test_cli_submit_wait_status_fetch(
 
 
 def test_celery_delivery_settings_and_runner_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    from infaas.jobs.celery_app import RUN_TASK, make_celery
+    from infaas.jobs.celery_runner import RUN_TASK, make_celery
     from infaas.jobs.celery_runner import CeleryRunner
 
     monkeypatch.setenv("INFAAS_JOBS_QUEUE", "q-test")

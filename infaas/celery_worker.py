@@ -1,0 +1,41 @@
+"""The Celery worker: ``celery -A infaas.celery_worker worker`` (or ``infaas jobs``) runs background tasks.
+
+It sits beside the composition root, not inside ``infaas.jobs``: a worker builds its own services
+(``build_services``), which in turn build the job runner, so living in ``infaas.jobs`` would make the two
+import each other.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from infaas.config import get_settings
+from infaas.jobs.celery_runner import RUN_TASK, make_celery
+from infaas.services import Services, build_services
+
+_services: Services | None = None
+_services_lock = threading.Lock()
+
+
+def worker_services() -> Services:
+    """This worker process's services, built on first use and kept for every later task.
+
+    Built lazily so that each prefork child opens its own database connections after the fork. Its job
+    runner is a ``CeleryRunner`` (``INFAAS_BROKER_URL`` is set in a worker), so a task that queues
+    another sends it back through the broker instead of running it inside this worker.
+    """
+    global _services
+    with _services_lock:
+        if _services is None:
+            _services = build_services(get_settings(), with_jobs=True)
+        return _services
+
+
+app = make_celery(get_settings().broker_url)
+
+
+@app.task(name=RUN_TASK)
+def run(name: str, kwargs: dict[str, Any]) -> None:
+    """Run registered background task ``name`` with JSON ``kwargs`` on this worker's services."""
+    worker_services().run_task(name, **kwargs)

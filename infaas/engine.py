@@ -1,0 +1,386 @@
+"""The query engine: one entry point that serves a query — select, run, record — in memory.
+
+Everything on the per-query path is in memory: the candidate cache (no SQL), a live-state snapshot, the
+pure selector, and a direct call into the worker (which runs idle instances on the caller's thread).
+HTTP adapters (``/v1/infer``, OIP infer) hand ``serve`` a parse function and the body size; the engine
+decides which thread parses and runs the query (``infaas.offload``), and raises ``infaas.errors``
+subclasses that the API renders in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import numpy as np
+
+from infaas import offload
+from infaas.candidates import CandidateCache
+from infaas.catalog import ModelInfo
+from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
+from infaas.live_state import LiveState, QueryRecord
+from infaas.selector import Candidate, Decision, Requirements, select
+from infaas.worker import InferResult, WorkerClient, WorkerError
+from infaas.worker.clients import WorkerClients
+from infaas.worker.remote import WorkerUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed query: what it needs, its raw inputs, and who asks."""
+
+    requirements: Requirements
+    inputs: Mapping[str, Any]
+    allowed: Callable[[ModelInfo], bool] = lambda _model: True  # which models the caller may use
+    tenant: str = ""
+
+
+@dataclass(frozen=True)
+class ServedBy:
+    """How a query was served: returned to the caller and recorded in live state."""
+
+    model: str
+    variant: str
+    worker: str
+    rows: int  # rows in this query
+    batch: int  # rows in the session run the query was part of (≥ rows when batched with others)
+    estimated_ms: float
+    actual_ms: float
+    queue_ms: float
+    service_ms: float
+    cost: float
+    slo_at_risk: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A served query's outputs and how it was served."""
+
+    outputs: dict[str, np.ndarray]
+    served_by: ServedBy
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A validated, selected query, ready to run."""
+
+    query: Query
+    requirements: Requirements  # with the query's batch filled in
+    decision: Decision
+    client: WorkerClient
+    arrays: dict[str, np.ndarray]
+    start: float  # time.monotonic() when the query arrived
+    candidates: tuple[Candidate, ...]  # to choose again if the chosen worker turns out to be gone
+
+
+# -- inputs (one TensorSpec type for the whole code base: see infaas.tensors) --------------------------
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input as registered: numpy dtype and shape with ``-1`` for dynamic dimensions."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> TensorSpec:
+        """From the catalog's ``{"name", "dtype", "shape"}`` dict."""
+        shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in raw.get("shape") or ())
+        return cls(name=str(raw["name"]), dtype=np.dtype(raw["dtype"]), shape=shape)
+
+
+def _kind_ok(expected: np.dtype, got: np.dtype) -> bool:
+    """JSON numbers may feed float tensors; integer tensors need integers; bool needs bool."""
+    if expected.kind == "f":
+        return got.kind in "iuf"
+    if expected.kind in "iu":
+        return got.kind in "iu"
+    return got.kind == expected.kind
+
+
+def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        if value.dtype != spec.dtype:
+            raise InvalidInput(f"input {spec.name!r} has dtype {value.dtype}, the model expects {spec.dtype}")
+        return value
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"input {spec.name!r} is not a rectangular array of numbers") from exc
+    if array.dtype == object or not _kind_ok(spec.dtype, array.dtype):
+        raise InvalidInput(
+            f"input {spec.name!r} holds {array.dtype.name if array.dtype != object else 'mixed'} values, "
+            f"the model expects {spec.dtype}"
+        )
+    if spec.dtype.kind in "iu" and array.size:
+        limits = np.iinfo(spec.dtype)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise InvalidInput(f"input {spec.name!r} has values outside the range of {spec.dtype}")
+    return array.astype(spec.dtype, copy=False)
+
+
+def check_limits(inputs: Mapping[str, Any], max_batch: int, max_inputs: int) -> None:
+    """The per-query limits, checked before anything about the model so that an over-limit query gets
+    its 400 whatever state the model is in (and costs no conversion work)."""
+    if len(inputs) > max_inputs:
+        raise InvalidInput(f"{len(inputs)} inputs sent; at most {max_inputs} are accepted")
+    for name, value in inputs.items():
+        if isinstance(value, np.ndarray):
+            rows = value.shape[0] if value.ndim else 1
+        else:
+            rows = len(value) if isinstance(value, list | tuple) else 1
+        if rows > max_batch:
+            raise InvalidInput(
+                f"input {name!r} has {rows} rows; at most {max_batch} per query (INFAAS_MAX_BATCH_PER_QUERY)"
+            )
+
+
+def validate_inputs(
+    specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any], max_batch: int, max_inputs: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """Arrays of the model's dtypes and shapes, and the query's batch (rows); ``InvalidInput`` if not."""
+    if len(inputs) > max_inputs:
+        raise InvalidInput(f"{len(inputs)} inputs sent; at most {max_inputs} are accepted")
+    expected = {s.name for s in specs}
+    if inputs.keys() != expected:
+        missing = sorted(expected - inputs.keys())
+        extra = sorted(inputs.keys() - expected)
+        parts = [f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else ""]
+        raise InvalidInput(f"inputs {'; '.join(p for p in parts if p)}; the model takes {sorted(expected)}")
+    arrays: dict[str, np.ndarray] = {}
+    batch: int | None = None
+    for spec in specs:
+        array = _to_array(spec, inputs[spec.name])
+        shape = array.shape
+        if len(shape) != len(spec.shape) or any(
+            want > 0 and got != want for want, got in zip(spec.shape, shape, strict=True)
+        ):
+            wanted = ["N" if i == 0 and d < 0 else ("?" if d < 0 else d) for i, d in enumerate(spec.shape)]
+            raise InvalidInput(f"input {spec.name!r} has shape {list(shape)}, the model expects {wanted}")
+        rows = shape[0] if shape else 1
+        if batch is None:
+            batch = rows
+        elif rows != batch:
+            raise InvalidInput(f"inputs disagree on the batch size ({batch} and {rows} rows)")
+        arrays[spec.name] = array
+    batch = batch or 0
+    if batch < 1:
+        raise InvalidInput("the batch is empty: send at least one row")
+    if batch > max_batch:
+        raise InvalidInput(f"{batch} rows sent; at most {max_batch} per query (INFAAS_MAX_BATCH_PER_QUERY)")
+    return arrays, batch
+
+
+class QueryEngine:
+    """Serves queries: candidate cache + live state + selector + worker clients."""
+
+    def __init__(
+        self,
+        cache: CandidateCache,
+        live: LiveState,
+        workers: WorkerClients,
+        *,
+        prices: Mapping[str, float],
+        max_batch: int,
+        max_inputs: int,
+    ) -> None:
+        self.cache = cache
+        self.live = live
+        self.workers = workers
+        self._prices = dict(prices)
+        self._max_batch = max_batch
+        self._max_inputs = max_inputs
+        self._specs: dict[str, tuple[ModelInfo, tuple[TensorSpec, ...]]] = {}
+
+    # -- the entry point ------------------------------------------------------------------------
+    async def serve(self, parse: Callable[[], tuple[Query, T]], body_bytes: int) -> tuple[Answer, T]:
+        """Parse, select, run and record one query; ``parse`` also returns what the adapter needs to render.
+
+        A small body is parsed and planned on the event loop, and the model runs there too when the
+        chosen instance is idle and takes under ``offload.INLINE_MAX_MS``; anything else runs in the pool.
+        """
+        if not offload.body_is_small(body_bytes):
+            return await offload.in_pool(self._parse_and_run, parse)
+        query, context = parse()
+        plan = self._plan(query)
+        decision = plan.decision
+        expected_ms = decision.candidate.curve.service_ms(decision.batch) if decision.loaded else float("inf")
+        ran = await offload.short_inline_else_pool(expected_ms, lambda: self._try_now(plan), lambda: self._run(plan))
+        return self._account(*ran), context
+
+    def infer(self, query: Query) -> Answer:
+        """Serve a query on the calling thread, blocking while it runs (callers already off the event loop:
+        benchmarks, the trace replay, tests)."""
+        return self._account(*self._run(self._plan(query)))
+
+    def _parse_and_run(self, parse: Callable[[], tuple[Query, T]]) -> tuple[Answer, T]:
+        query, context = parse()
+        return self.infer(query), context
+
+    # -- plan, run, record ----------------------------------------------------------------------
+    def _plan(self, query: Query) -> _Plan:
+        """Validate and select without running anything: cheap and non-blocking (no I/O, no waits)."""
+        start = time.monotonic()
+        requirements = query.requirements
+        models = self._resolve(query.allowed, requirements.model, requirements.task)
+        candidates, arrays, batch = self._candidates(models, query.inputs)
+        requirements = replace(requirements, batch=batch)
+        snapshot = self.workers.snapshot()
+        decision = select(requirements, candidates, snapshot, self._prices)
+        client = self.workers.get(decision.worker, snapshot)
+        if client is None:
+            raise ModelNotReady(f"worker {decision.worker!r} is not reachable from this front-end")
+        return _Plan(query, requirements, decision, client, arrays, start, tuple(candidates))
+
+    def _try_now(self, plan: _Plan) -> tuple[_Plan, InferResult] | None:
+        """Run on this thread only if a replica is free right now; ``None`` having done nothing otherwise."""
+        result = plan.client.try_infer_now(plan.decision.variant, plan.arrays)
+        return None if result is None else (plan, result)
+
+    def _run(self, plan: _Plan) -> tuple[_Plan, InferResult]:
+        """Run a plan, waiting for a replica (and loading the variant) if needed: blocking."""
+        latency_ms = plan.requirements.latency_ms
+        deadline = plan.start + latency_ms / 1000.0 if latency_ms is not None else None
+        try:
+            try:
+                return plan, plan.client.infer(plan.decision.variant, plan.arrays, deadline)
+            except WorkerUnavailable as exc:
+                # The worker died or cannot be reached: skip it until the registry forgets it, and
+                # run the query once more on the best remaining worker (inference is idempotent).
+                log.warning("%s; retrying the query on another worker", exc)
+                self.workers.avoid(plan.client.id)
+                snapshot = self.workers.snapshot()
+                decision = select(plan.requirements, plan.candidates, snapshot, self._prices)
+                client = self.workers.get(decision.worker, snapshot)
+                if client is None:
+                    raise ModelNotReady(f"worker {decision.worker!r} is not reachable from this front-end") from exc
+                plan = replace(plan, decision=decision, client=client)
+                return plan, client.infer(decision.variant, plan.arrays, deadline)
+        except WorkerError as exc:
+            raise ModelNotReady(str(exc)) from exc
+
+    def _account(self, plan: _Plan, result: InferResult) -> Answer:
+        """Record the query in live state and describe how it was served."""
+        actual_ms = (time.monotonic() - plan.start) * 1000.0
+        decision, requirements = plan.decision, plan.requirements
+        variant = decision.variant
+        self.live.record_query(
+            QueryRecord(
+                at=time.time(),
+                tenant=plan.query.tenant,
+                model=variant.model_name,
+                variant=variant.name,
+                worker=decision.worker,
+                batch=decision.batch,
+                latency_ms=requirements.latency_ms,
+                min_accuracy=requirements.min_accuracy,
+                max_cost=requirements.max_cost,
+                estimated_ms=decision.estimated_ms,
+                actual_ms=actual_ms,
+                queue_ms=result.queue_ms,
+                cost=decision.estimated_cost,
+                slo_at_risk=decision.slo_at_risk,
+                reason=decision.reason,
+            )
+        )
+        served_by = ServedBy(
+            model=variant.model_name,
+            variant=variant.name,
+            worker=decision.worker,
+            rows=decision.batch,
+            batch=result.batch,
+            estimated_ms=decision.estimated_ms,
+            actual_ms=actual_ms,
+            queue_ms=result.queue_ms,
+            service_ms=result.service_ms,
+            cost=decision.estimated_cost,
+            slo_at_risk=decision.slo_at_risk,
+            reason=decision.reason,
+        )
+        return Answer(result.outputs, served_by)
+
+    # -- models and inputs ----------------------------------------------------------------------
+    def _resolve(self, allowed: Callable[[ModelInfo], bool], model: str | None, task: str | None) -> list[ModelInfo]:
+        """The models a query may use; ``UnknownModel`` when there are none."""
+        if model is not None:
+            info = self.cache.model(model)
+            if info is None or not allowed(info):
+                raise UnknownModel(f"model {model!r} not found")
+            return [info]
+        if task is None:
+            raise InvalidInput("name a model or a task")
+        models = [m for m in self.cache.models_for_task(task) if allowed(m)]
+        if not models:
+            raise UnknownModel(f"no model registered for task {task!r}")
+        return models
+
+    def _signature(self, model: ModelInfo) -> tuple[TensorSpec, ...]:
+        cached = self._specs.get(model.name)
+        if cached is not None and cached[0] is model:
+            return cached[1]
+        specs = tuple(TensorSpec.parse(raw) for raw in model.inputs)
+        self._specs[model.name] = (model, specs)
+        return specs
+
+    def _candidates(
+        self, models: list[ModelInfo], inputs: Mapping[str, Any]
+    ) -> tuple[list[Candidate], dict[str, np.ndarray], int]:
+        """Ready candidates of the models whose signature the inputs fit, with the converted inputs."""
+        check_limits(inputs, self._max_batch, self._max_inputs)
+        ready = [m for m in models if self.cache.for_model(m.name)]
+        if not ready:
+            first = models[0]
+            why = f" ({first.status_reason})" if first.status_reason else ""
+            what = f"model {first.name!r}" if len(models) == 1 else f"no model for task {first.task!r}"
+            raise ModelNotReady(f"{what} is not ready: status {first.status}{why}")
+        first_error: InvalidInput | None = None
+        converted: dict[tuple[TensorSpec, ...], tuple[dict[str, np.ndarray], int]] = {}
+        candidates: list[Candidate] = []
+        chosen: tuple[dict[str, np.ndarray], int] | None = None
+        for model in ready:
+            specs = self._signature(model)
+            if specs not in converted:
+                try:
+                    converted[specs] = validate_inputs(specs, inputs, self._max_batch, self._max_inputs)
+                except InvalidInput as exc:
+                    first_error = first_error or exc
+                    continue
+            # One array set per query: models of a task must share the first fitting signature.
+            if chosen is None:
+                chosen = converted[specs]
+            elif converted[specs] is not chosen:
+                continue
+            candidates.extend(self.cache.for_model(model.name))
+        if chosen is None:
+            assert first_error is not None
+            raise first_error
+        return candidates, chosen[0], chosen[1]
+
+    # -- catalog ------------------------------------------------------------------------------
+    def catalog_changed(self, model_name: str) -> None:
+        """The catalog changed (here or, heard through live state, elsewhere): drop cached candidates and
+        unload this process's instances of variants that are no longer ready (deleted or rebuilt)."""
+        self.cache.invalidate()
+        local = self.workers.local
+        if local is None:
+            return
+        prefix = f"{model_name}/"
+        loaded = [i.variant_key for i in local.status().instances if i.variant_key.startswith(prefix)]
+        if not loaded:
+            return
+        try:
+            ready = {c.key for c in self.cache.for_model(model_name)}
+        except Exception:  # the catalog may be mid-change; a stale instance is harmless for a while
+            log.exception("could not refresh candidates after a change to %s", model_name)
+            return
+        for key in loaded:
+            if key not in ready:
+                local.unload(key)
