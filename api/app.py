@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = FastAPI(title="infaas", version=__version__, lifespan=lifespan, responses=COMMON_RESPONSES)
     errors.install(app)
     # Middlewares wrap in reverse order of addition: the inference fast path runs inside both limits.
-    app.add_middleware(FastInferenceRoutes, routes=app.router.routes, endpoints=(infer.infer, v2.model_infer))
+    if settings.inference_fast_path:
+        app.add_middleware(FastInferenceRoutes, routes=app.router.routes, endpoints=(infer.infer, v2.model_infer))
     app.add_middleware(
         BodySizeLimit,
         upload_limit=int(settings.max_upload_mb * 1e6),

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_concurrent_per_key: int = 64
     console_signin_failures: int = 5  # failed console sign-ins per client address within the window ...
     console_signin_window_s: float = 60.0  # ... after which the next attempt gets 429 until the oldest ages out
+    # Serve the inference routes past FastAPI's router (api/fast_routes.py); off only to measure what it gains.
+    inference_fast_path: bool = True
 
     # Workers.
     worker_id: str | None = None
