@@ -19,17 +19,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from infaas.catalog import ModelInfo, VariantInfo
+from infaas.errors import Unavailable, Unprocessable
 from infaas.live_state.base import LiveSnapshot, WorkerState
 
 _COST_TIE = 1e-9  # relative: costs this close are equal, so loaded instances win
 
 
-class SelectionError(Exception):
-    """No variant can serve the query."""
-
-
-class AccuracyUnavailable(SelectionError):
+class AccuracyUnavailable(Unprocessable):
     """No candidate reaches the accuracy floor; carries the best accuracy that is available."""
+
+    code = "accuracy_unavailable"
 
     def __init__(self, required: float, best: float | None) -> None:
         self.required = required
@@ -38,8 +37,10 @@ class AccuracyUnavailable(SelectionError):
         super().__init__(f"no variant reaches min_accuracy {required:.4g}; {best_text}")
 
 
-class NoWorkerAvailable(SelectionError):
+class NoWorkerAvailable(Unavailable):
     """Candidates exist but no live, non-draining worker can host any of them."""
+
+    code = "no_worker_available"
 
 
 @dataclass(frozen=True)
