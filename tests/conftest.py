@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from infaas.config import Settings
 from infaas.services import Services, build_services
-from tests.onnx_factory import write_mlp, write_validation
+from tests.factories import write_mlp, write_validation
 
 
 @pytest.fixture

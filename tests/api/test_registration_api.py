@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
 from infaas.services import Services
-from tests.onnx_factory import mlp_model, write_validation
+from tests.factories import mlp_model, write_validation
 
 
 def _register(
