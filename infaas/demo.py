@@ -32,6 +32,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def server_command(port: int) -> list[str]:
+    """``infaas serve`` on this interpreter, through ``python -m infaas`` (the console script's entry).
+
+    Not ``python -m infaas.cli.main``: ``infaas.cli`` imports that module, so running it as ``__main__``
+    executes it a second time and Python warns about it.
+    """
+    return [sys.executable, "-m", "infaas", "serve", "--port", str(port)]
+
+
 def _wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -159,7 +168,7 @@ def main() -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "INFAAS_HOME": str(settings.home), "INFAAS_PORT": str(port)}
-    server = subprocess.Popen([sys.executable, "-m", "infaas.cli.main", "serve", "--port", str(port)], env=env)
+    server = subprocess.Popen(server_command(port), env=env)
     try:
         _wait_until_up(url, server)
         out.print(f"infaas serving on {url} (home {settings.home})")

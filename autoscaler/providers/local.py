@@ -75,7 +75,7 @@ class LocalProvider(Provider):
 
     def command(self, port: int) -> list[str]:
         """The worker command line (the same interpreter, so the same virtual environment)."""
-        return [sys.executable, "-m", "infaas.cli.main", "worker", "--port", str(port)]
+        return [sys.executable, "-m", "infaas", "worker", "--port", str(port)]
 
     def start_worker(self) -> WorkerHandle:
         port = free_port(self._host)

@@ -220,6 +220,3 @@ def delete(name: str, yes: bool = typer.Option(False, "--yes", "-y", help="do no
     call("DELETE", f"/v1/models/{name}")
     out.print(f"deleted {name}")
 
-
-if __name__ == "__main__":
-    app()

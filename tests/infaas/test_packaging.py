@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,27 @@ def test_commands_that_do_not_need_onnxruntime_still_run(without_onnxruntime: di
     result = _run([sys.executable, "-m", "infaas", "--help"], without_onnxruntime)
     assert result.returncode == 0, result.stderr
     assert "serve" in result.stdout
+
+
+def _demo_server() -> list[str]:
+    from infaas.demo import server_command
+
+    return server_command(1)
+
+
+def _autoscaler_worker() -> list[str]:
+    from autoscaler.providers.local import LocalProvider
+    from infaas.config import Settings
+
+    return LocalProvider(Settings()).command(1)
+
+
+@pytest.mark.parametrize("command", [_demo_server, _autoscaler_worker], ids=["make demo's server", "local provider"])
+def test_the_cli_subprocesses_infaas_starts_raise_no_python_warning(
+    command: Callable[[], list[str]], tmp_path: Path
+) -> None:
+    """``--help`` stops before serving: what is checked is how the command is launched and imported."""
+    env = {**os.environ, "PYTHONWARNINGS": "error", "INFAAS_HOME": str(tmp_path / "home")}
+    result = _run([*command(), "--help"], env)
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr

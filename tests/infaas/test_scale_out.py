@@ -36,7 +36,7 @@ from infaas.model_store import LocalModelStore
 from infaas.worker import LocalWorker, WorkerError
 from infaas.worker.remote import FrameError, RemoteWorkerClient, WorkerUnavailable, decode_frame, encode_frame
 from infaas.worker.server import WorkerService, create_worker_app
-from tests.factories import write_mlp, write_validation
+from tests.onnx_factory import write_mlp, write_validation
 from tests.pg import temporary_database
 from tests.s3server import free_port
 
@@ -145,7 +145,7 @@ class Cluster:
         home = self.tmp / f"home-{name}"
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "infaas.cli.main", *args],
+            [sys.executable, "-m", "infaas", *args],
             env={**self.env, "INFAAS_HOME": str(home)},
             cwd=ROOT,
             stdout=log,
