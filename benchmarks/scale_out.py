@@ -39,7 +39,7 @@ from infaas.live_state import QueryRecord  # noqa: E402
 from infaas.live_state.redis import RedisLiveState  # noqa: E402
 from infaas.metadata import MetadataStore  # noqa: E402
 from infaas.worker.remote import RemoteWorkerClient  # noqa: E402
-from tests.onnx_factory import write_mlp  # noqa: E402
+from tests.factories import write_mlp  # noqa: E402
 from tests.s3server import free_port  # noqa: E402
 
 REDIS_URL = os.environ.get("INFAAS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -36,7 +36,7 @@ from infaas.model_store import LocalModelStore
 from infaas.worker import LocalWorker, WorkerError
 from infaas.worker.remote import FrameError, RemoteWorkerClient, WorkerUnavailable, decode_frame, encode_frame
 from infaas.worker.server import WorkerService, create_worker_app
-from tests.onnx_factory import write_mlp, write_validation
+from tests.factories import write_mlp, write_validation
 from tests.pg import temporary_database
 from tests.s3server import free_port
 
