@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -82,3 +83,16 @@ def test_the_cli_subprocesses_infaas_starts_raise_no_python_warning(
     result = _run([*command(), "--help"], env)
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr
+
+
+DOCS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_image_a_doc_shows_is_a_file_git_keeps(doc: Path) -> None:
+    for target in re.findall(r"\]\(([^)\s]+\.(?:png|svg|jpe?g|gif))\)", doc.read_text()):
+        image = (doc.parent / target).resolve()
+        assert image.is_file(), f"{doc.name} shows {target}, which does not exist"
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(image)], cwd=ROOT, capture_output=True)
+        assert tracked.returncode == 0, f"{doc.name} shows {target}, which git does not track (.gitignore?)"
