@@ -10,113 +10,42 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper, numpy_helper
 
 from api.app import create_app
-from api.routes import infer as infer_routes
-from api.routes import v2 as v2_routes
-from infaas.catalog import ProfileInfo
 from infaas.config import Settings
-from infaas.metadata import NewModel
-from infaas.selector import Requirements
-from infaas.services import Services
 from infaas.engine import Query
 from infaas.errors import UnknownModel
+from infaas.selector import Requirements
+from infaas.services import Services
+from tests.factories import linear_model, profiles, reference_outputs, seed_model
 
 IN, OUT = 4, 3
-
-
-def tiny_model(seed: int = 0) -> bytes:
-    """y = x @ W + b, batch dimension dynamic."""
-    rng = np.random.default_rng(seed)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["t"]), helper.make_node("Add", ["t", "b"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", IN])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", OUT])],
-        initializer=[
-            numpy_helper.from_array(rng.standard_normal((IN, OUT)).astype(np.float32), "W"),
-            numpy_helper.from_array(rng.standard_normal(OUT).astype(np.float32), "b"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model.SerializeToString()
-
-
-def register(
-    services: Services, name: str, task: str = "tiny-task", accuracy: float = 0.9, seed: int = 0, ready: bool = True
-) -> bytes:
-    """Store a model and one ready, profiled variant, as the variant generator would."""
-    data = tiny_model(seed)
-    services.store.put_bytes(f"models/{name}/model.onnx", data)
-    services.store.put_bytes(f"models/{name}/fp32/model.onnx", data)
-    services.metadata.add_model(
-        NewModel(
-            name=name,
-            task=task,
-            inputs=[{"name": "x", "dtype": "float32", "shape": [-1, IN]}],
-            outputs=[{"name": "y", "dtype": "float32", "shape": [-1, OUT]}],
-            opset=17,
-            declared_accuracy=accuracy,
-            max_batch=16,
-            owner="local",
-            public=False,
-            artifact_key=f"models/{name}/model.onnx",
-            validation_key=None,
-            size_bytes=len(data),
-        )
-    )
-    services.metadata.upsert_variant(
-        name,
-        "fp32",
-        kind="fp32",
-        precision="fp32",
-        hardware="cpu",
-        threads=1,
-        providers=["CPUExecutionProvider"],
-        status="ready" if ready else "building",
-        artifact_key=f"models/{name}/fp32/model.onnx",
-    )
-    services.metadata.replace_profiles(
-        name,
-        "fp32",
-        [
-            ProfileInfo(b, 1, 5.0, 0.1 * b, 0.2 * b, 10_000.0, 20.0, accuracy)
-            for b in (1, 4, 16)  # equal throughput: best batch is the smallest
-        ],
-    )
-    return data
+TINY_TASK = "tiny-task"
+TINY = linear_model(IN, OUT)
+FP32 = profiles({b: 0.1 * b for b in (1, 4, 16)}, p99_factor=2.0, memory_mb=20.0)  # equal throughput: best is 1
+# A model and one ready, profiled variant, as the variant generator would leave them.
+seed_tiny = partial(seed_model, task=TINY_TASK, declared_accuracy=0.9, variants={"fp32": FP32})
 
 
 def make_app(tmp_path: Path, **settings: object) -> FastAPI:
-    app = create_app(Settings(home=tmp_path, **settings))
-    paths = {getattr(r, "path", "") for r in app.routes}
-    if "/v1/infer" not in paths:  # until the app factory includes these routers itself
-        app.include_router(infer_routes.router)
-        app.include_router(v2_routes.router)
-    return app
+    return create_app(Settings(home=tmp_path, **settings))
 
 
 @pytest.fixture()
 def client(tmp_path: Path) -> Iterator[TestClient]:
     with TestClient(make_app(tmp_path, max_batch_per_query=8)) as test_client:
         services: Services = test_client.app.state.services  # type: ignore[attr-defined]
-        register(services, "tiny")
+        seed_tiny(services, "tiny", TINY)
         yield test_client
-
-
-def reference(data: bytes, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
 def test_outputs_are_the_models_outputs(client: TestClient) -> None:
@@ -124,7 +53,7 @@ def test_outputs_are_the_models_outputs(client: TestClient) -> None:
     response = client.post("/v1/infer", json={"model": "tiny", "inputs": {"x": x.tolist()}, "latency_ms": 200})
     assert response.status_code == 200, response.text
     body = response.json()
-    np.testing.assert_allclose(np.array(body["outputs"]["y"], np.float32), reference(tiny_model(), x), rtol=1e-6)
+    np.testing.assert_allclose(np.array(body["outputs"]["y"], np.float32), reference_outputs(TINY, x), rtol=1e-6)
     served = body["served_by"]
     assert served["model"] == "tiny" and served["variant"] == "fp32" and served["worker"] == "local"
     assert served["rows"] == 3 and served["batch"] >= 3 and not served["slo_at_risk"]
@@ -174,7 +103,7 @@ def test_malformed_bodies_are_400(client: TestClient, body: bytes, message: str)
 
 def test_too_many_inputs_is_400(tmp_path: Path) -> None:
     with TestClient(make_app(tmp_path, max_inputs_per_request=1)) as c:
-        register(c.app.state.services, "tiny")  # type: ignore[attr-defined]
+        seed_tiny(c.app.state.services, "tiny", TINY)  # type: ignore[attr-defined]
         response = c.post("/v1/infer", json={"model": "tiny", "inputs": {"x": [[0] * IN], "y": [[0]]}})
     assert response.status_code == 400
     assert "at most 1 are accepted" in response.json()["detail"]
@@ -200,19 +129,23 @@ def test_unreachable_accuracy_is_422_naming_the_best(client: TestClient) -> None
 
 
 def test_model_without_ready_variant_is_503(client: TestClient) -> None:
-    register(client.app.state.services, "building", ready=False)  # type: ignore[attr-defined]
+    seed_tiny(client.app.state.services, "building", TINY, variant_status="building")  # type: ignore[attr-defined]
     response = client.post("/v1/infer", json={"model": "building", "inputs": {"x": [[0] * IN]}})
     assert response.status_code == 503 and "not ready" in response.json()["detail"]
 
 
 def test_task_queries_span_models_and_respect_accuracy(client: TestClient) -> None:
     services = client.app.state.services  # type: ignore[attr-defined]
-    accurate = register(services, "accurate", accuracy=0.97, seed=5)
+    accurate = linear_model(IN, OUT, seed=5)
+    measured = profiles({b: 0.1 * b for b in (1, 4, 16)}, accuracy=0.97, p99_factor=2.0, memory_mb=20.0)
+    seed_tiny(services, "accurate", accurate, declared_accuracy=0.97, variants={"fp32": measured})
     x = np.ones((2, IN), np.float32)
     response = client.post("/v1/infer", json={"task": "tiny-task", "inputs": {"x": x.tolist()}, "min_accuracy": 0.95})
     assert response.status_code == 200, response.text
     assert response.json()["served_by"]["model"] == "accurate"
-    np.testing.assert_allclose(np.array(response.json()["outputs"]["y"], np.float32), reference(accurate, x), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.array(response.json()["outputs"]["y"], np.float32), reference_outputs(accurate, x), rtol=1e-6
+    )
 
 
 def test_stats_and_recent_queries(client: TestClient) -> None:
@@ -245,7 +178,7 @@ def test_v2_metadata_health_and_readiness(client: TestClient) -> None:
     assert client.get("/v2/models/tiny/versions/1/ready").status_code == 200
     assert client.get("/v2/models/tiny/versions/7").status_code == 404
     assert client.get("/v2/models/nope").json() == {"error": "unknown model 'nope'"}
-    register(client.app.state.services, "building", ready=False)  # type: ignore[attr-defined]
+    seed_tiny(client.app.state.services, "building", TINY, variant_status="building")  # type: ignore[attr-defined]
     assert client.get("/v2/models/building/ready").status_code == 503
 
 
@@ -261,7 +194,7 @@ def test_v2_json_infer_and_errors(client: TestClient) -> None:
     out = response.json()
     assert out["id"] == "q1" and out["parameters"]["variant"] == "tiny/fp32"
     y = np.array(out["outputs"][0]["data"], np.float32).reshape(out["outputs"][0]["shape"])
-    np.testing.assert_allclose(y, reference(tiny_model(), x), rtol=1e-6)
+    np.testing.assert_allclose(y, reference_outputs(TINY, x), rtol=1e-6)
 
     assert client.post("/v2/models/nope/infer", json=body).status_code == 404
     wrong = {**body, "inputs": [{**body["inputs"][0], "datatype": "INT64", "data": [0] * 8}]}
@@ -270,7 +203,7 @@ def test_v2_json_infer_and_errors(client: TestClient) -> None:
     picky = {**body, "parameters": {"slo_min_accuracy": 0.99}}
     response = client.post("/v2/models/tiny/infer", json=picky)
     assert response.status_code == 400 and "best available is 0.9" in response.json()["error"]
-    register(client.app.state.services, "building", ready=False)  # type: ignore[attr-defined]
+    seed_tiny(client.app.state.services, "building", TINY, variant_status="building")  # type: ignore[attr-defined]
     assert client.post("/v2/models/building/infer", json=body).status_code == 503
 
 
@@ -319,7 +252,7 @@ def test_tritonclient_http_works_unmodified(live_server: tuple[str, Services], b
     import tritonclient.http as httpclient
 
     url, services = live_server
-    data = register(services, "tiny")
+    seed_tiny(services, "tiny", TINY)
     client = httpclient.InferenceServerClient(url)
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("tiny")
@@ -330,7 +263,7 @@ def test_tritonclient_http_works_unmodified(live_server: tuple[str, Services], b
     # Default (no outputs named) asks for binary outputs; naming them with binary_data=False asks for JSON.
     outputs = None if binary else [httpclient.InferRequestedOutput("y", binary_data=False)]
     result = client.infer("tiny", [tensor], outputs=outputs, parameters={"slo_latency_ms": 100})
-    np.testing.assert_allclose(result.as_numpy("y"), reference(data, x), rtol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("y"), reference_outputs(TINY, x), rtol=1e-6)
     assert result.get_response()["parameters"]["variant"] == "tiny/fp32"
     with pytest.raises(httpclient.InferenceServerException) as excinfo:
         client.infer("nope", [tensor])
@@ -356,6 +289,6 @@ def test_candidate_cache_reads_the_catalog_only_after_a_change(client: TestClien
     for _ in range(5):
         assert client.post("/v1/infer", json=body).status_code == 200
     assert calls == 0  # no SQL on the query path
-    register(services, "second")  # the metadata store's listener invalidates the cache
+    seed_tiny(services, "second", TINY)  # the metadata store's listener invalidates the cache
     assert client.post("/v1/infer", json={**body, "model": "second"}).status_code == 200
     assert calls >= 1

@@ -26,13 +26,7 @@ from api.app import create_app
 from infaas.config import Settings
 from infaas.jobs.celery_runner import CeleryRunner
 from infaas.services import Services, build_services
-from tests.infaas.test_offline_jobs import (
-    npy_bytes,
-    reference_outputs,
-    register_ready_model,
-    wait_for_job,
-    with_job_routes,
-)
+from tests.factories import TASK, npy_bytes, profiles, reference_outputs, seed_model, wait_for, wait_for_job
 from tests.pg import temporary_database
 
 pytestmark = pytest.mark.integration
@@ -128,10 +122,11 @@ def test_celery_worker_runs_jobs_and_survives_a_killed_worker(
     setup, services = deployment
     assert isinstance(services.jobs, CeleryRunner)
     # Best throughput at batch 1, so a big input takes many small batches (slow enough to kill mid-way).
-    register_ready_model(services, mlp_path, batch_factors=((1, 0.1), (8, 1.0)))
+    variants = {"cpu-fp32-1t": profiles({1: 0.1, 8: 1.0})}
+    seed_model(services, "mlp", mlp_path.read_bytes(), task=TASK, max_batch=32, variants=variants)
     first = setup.start_worker("w1")
 
-    with TestClient(with_job_routes(create_app(services.settings, services=services))) as client:
+    with TestClient(create_app(services.settings, services=services)) as client:
         x = np.random.default_rng(7).normal(size=(64, 8)).astype(np.float32)
         started = time.monotonic()
         response = client.post("/v1/jobs", data={"model": "mlp"}, files={"input": ("x.npy", npy_bytes(x), "a/b")})
@@ -147,12 +142,12 @@ def test_celery_worker_runs_jobs_and_survives_a_killed_worker(
         response = client.post("/v1/jobs", data={"model": "mlp", "input_key": "uploads/local/big.npy"})
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            body = client.get(f"/v1/jobs/{job_id}").json()
-            if body["status"] == "running" and body["progress"] > 0:
-                break
-            time.sleep(0.02)
+        body = wait_for(
+            lambda: client.get(f"/v1/jobs/{job_id}").json(),
+            30,
+            until=lambda b: b["status"] == "running" and b["progress"] > 0,
+            interval_s=0.02,
+        )
         assert body["status"] == "running" and 0 < body["progress"] < 1, body
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 import infaas.cli.client
 from infaas.cli.main import app
 from infaas.services import Services
-from tests.infaas.test_offline_jobs import TASK, reference_outputs, register_ready_model
+from tests.factories import TASK, profiles, reference_outputs, seed_model
+
+MLP_VARIANTS = {"cpu-fp32-1t": profiles({1: 0.25, 8: 1.0, 32: 8.0})}
 
 
 @pytest.fixture
@@ -22,7 +24,7 @@ def runner(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 
 def test_query_by_name_and_by_task(runner: CliRunner, services: Services, mlp_path: Path, tmp_path: Path) -> None:
-    register_ready_model(services, mlp_path)
+    seed_model(services, "mlp", mlp_path.read_bytes(), task=TASK, max_batch=32, variants=MLP_VARIANTS)
     x = np.random.default_rng(3).normal(size=(3, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     expected = reference_outputs(mlp_path, x).argmax(axis=-1).tolist()
@@ -38,7 +40,7 @@ def test_query_by_name_and_by_task(runner: CliRunner, services: Services, mlp_pa
 
 
 def test_query_errors(runner: CliRunner, services: Services, mlp_path: Path, tmp_path: Path) -> None:
-    register_ready_model(services, mlp_path)
+    seed_model(services, "mlp", mlp_path.read_bytes(), task=TASK, max_batch=32, variants=MLP_VARIANTS)
     np.save(tmp_path / "x.npy", np.zeros((1, 8), dtype=np.float32))
     both = runner.invoke(app, ["query", "mlp", "--task", TASK, "--input", str(tmp_path / "x.npy")])
     assert both.exit_code == 2

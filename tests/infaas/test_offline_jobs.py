@@ -3,124 +3,31 @@
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.routes import jobs as job_routes
 from infaas.catalog import ProfileInfo
 from infaas.config import Settings
 from infaas.db.models import VariantStatus
 from infaas.offline import NoVariant, Plan, choose_plan, cost_per_sample, plan_variant, run_offline_job
-from infaas.runtime import create_session
 from infaas.services import Services, build_services
-from tests.factories import write_mlp
-
-TASK = "tabular-classification"
+from tests.factories import TASK, npy_bytes, profiles, reference_outputs, seed_model, wait_for_job, write_mlp
 
 
-def with_job_routes(app: FastAPI) -> FastAPI:
-    """Mount the job routes unless ``api.app`` already does."""
-    if not any(getattr(r, "path", None) == "/v1/jobs" for r in app.routes):
-        app.include_router(job_routes.router)
-    return app
-
-
-def register_ready_model(
-    services: Services,
-    model_path: Path,
-    name: str = "mlp",
-    *,
-    owner: str = "local",
-    public: bool = False,
-    variants: dict[str, tuple[int, float, float]] | None = None,
-    batch_factors: tuple[tuple[int, float], ...] = ((1, 0.25), (8, 1.0), (32, 8.0)),
-) -> None:
-    """Register a model with ready, profiled CPU variants directly in the catalog (no variant build).
-
-    ``variants`` maps a variant name to (threads, accuracy, p50 ms at batch 8); ``batch_factors`` gives
-    the p50 at other batch sizes relative to that (by default batch 8 has the best throughput).
-    """
-    from infaas.registration import RegistrationRequest, register_model
-
-    register_model(
-        services,
-        RegistrationRequest(
-            name=name,
-            task=TASK,
-            model_path=model_path,
-            validation_path=None,
-            declared_accuracy=None,
-            max_batch=32,
-            owner=owner,
-            public=public,
-        ),
+def best_at_batch_8(threads: int = 1, accuracy: float = 0.9, p50_ms_at_8: float = 1.0) -> tuple[ProfileInfo, ...]:
+    """Profiles of a CPU variant whose throughput is best at batch 8, the size an offline job then runs."""
+    return profiles(
+        {b: p50_ms_at_8 * f for b, f in ((1, 0.25), (8, 1.0), (32, 8.0))}, threads=threads, accuracy=accuracy
     )
-    artifact = f"models/{name}/model.onnx"
-    for variant, (threads, accuracy, p50_ms) in (variants or {"cpu-fp32-1t": (1, 0.9, 1.0)}).items():
-        services.metadata.upsert_variant(
-            name,
-            variant,
-            kind="original",
-            precision="fp32",
-            hardware="cpu",
-            threads=threads,
-            providers=["CPUExecutionProvider"],
-            status=VariantStatus.READY,
-            artifact_key=artifact,
-        )
-        services.metadata.replace_profiles(
-            name,
-            variant,
-            [
-                ProfileInfo(
-                    batch_size=b,
-                    threads=threads,
-                    load_ms=5.0,
-                    latency_p50_ms=ms,
-                    latency_p99_ms=ms * 1.5,
-                    throughput_per_s=b / ms * 1000.0,
-                    memory_mb=10.0,
-                    accuracy=accuracy,
-                    host="test",
-                )
-                for b, ms in ((b, p50_ms * factor) for b, factor in batch_factors)
-            ],
-        )
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 30.0, headers: dict | None = None) -> dict:
-    """Poll until the job is done or failed."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        body = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-        if body["status"] in {"done", "failed"}:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {body}")
-
-
-def reference_outputs(model_path: Path, x: np.ndarray) -> np.ndarray:
-    """What ONNX Runtime itself computes for ``x``."""
-    return create_session(model_path).run(["y"], {"x": x})[0]
-
-
-@pytest.fixture
-def client(settings: Settings, services: Services) -> Iterator[TestClient]:
-    with TestClient(with_job_routes(create_app(settings, services=services))) as test_client:
-        yield test_client
+# A model with one ready variant, registered straight into the catalog (no variant build).
+seed_mlp = partial(seed_model, task=TASK, max_batch=32, variants={"cpu-fp32-1t": best_at_batch_8()})
 
 
 # -- pure functions ------------------------------------------------------------------------------
@@ -138,11 +45,12 @@ def test_cost_per_sample_counts_cores_time_and_batch() -> None:
 
 
 def _plans(services: Services, mlp_path: Path, samples: int) -> list[Plan]:
-    register_ready_model(
-        services,
-        mlp_path,
-        variants={"cheap-slow": (1, 0.90, 8.0), "fast-dear": (8, 0.90, 2.0), "accurate": (2, 0.99, 5.0)},
-    )
+    variants = {
+        "cheap-slow": best_at_batch_8(1, 0.90, 8.0),
+        "fast-dear": best_at_batch_8(8, 0.90, 2.0),
+        "accurate": best_at_batch_8(2, 0.99, 5.0),
+    }
+    seed_mlp(services, "mlp", mlp_path.read_bytes(), variants=variants)
     model = services.metadata.get_model("mlp")
     assert model is not None
     return [plan_variant(model, v, samples, 8, {"cpu-core": 1.0}) for v in model.variants]
@@ -170,7 +78,7 @@ def test_choose_plan_prefers_cheapest_then_deadline(services: Services, mlp_path
 
 
 def test_job_roundtrip_matches_onnxruntime(client: TestClient, services: Services, mlp_path: Path) -> None:
-    register_ready_model(services, mlp_path)
+    seed_mlp(services, "mlp", mlp_path.read_bytes())
     x = np.random.default_rng(3).normal(size=(203, 8))  # float64: converted to the model's float32
     response = client.post(
         "/v1/jobs",
@@ -198,9 +106,11 @@ def test_task_job_with_npz_picks_cheapest_visible_model(
     client: TestClient, services: Services, mlp_path: Path, tmp_path: Path
 ) -> None:
     other = write_mlp(tmp_path / "other.onnx", seed=5)
-    register_ready_model(services, mlp_path, "dear", variants={"v": (4, 0.95, 1.0)})
-    register_ready_model(services, other, "cheap", variants={"v": (1, 0.92, 1.0)})
-    register_ready_model(services, other, "foreign", owner="someone-else", variants={"v": (1, 0.99, 0.1)})
+    seed_mlp(services, "dear", mlp_path.read_bytes(), variants={"v": best_at_batch_8(4, 0.95, 1.0)})
+    seed_mlp(services, "cheap", other.read_bytes(), variants={"v": best_at_batch_8(1, 0.92, 1.0)})
+    seed_mlp(
+        services, "foreign", other.read_bytes(), owner="someone-else", variants={"v": best_at_batch_8(1, 0.99, 0.1)}
+    )
     x = np.random.default_rng(4).normal(size=(50, 8)).astype(np.float32)
     buffer = io.BytesIO()
     np.savez(buffer, x=x)
@@ -226,7 +136,7 @@ def test_task_job_with_npz_picks_cheapest_visible_model(
 
 
 def test_input_key_reuses_a_stored_input(client: TestClient, services: Services, mlp_path: Path) -> None:
-    register_ready_model(services, mlp_path)
+    seed_mlp(services, "mlp", mlp_path.read_bytes())
     x = np.ones((4, 8), np.float32)
     services.store.put_bytes("uploads/local/batch.npy", npy_bytes(x))
     response = client.post("/v1/jobs", data={"model": "mlp", "input_key": "uploads/local/batch.npy"})
@@ -241,7 +151,7 @@ def test_input_key_reuses_a_stored_input(client: TestClient, services: Services,
 
 
 def test_bad_job_requests_are_refused_before_queueing(client: TestClient, services: Services, mlp_path: Path) -> None:
-    register_ready_model(services, mlp_path, variants={"cpu-fp32-1t": (1, 0.85, 1.0)})
+    seed_mlp(services, "mlp", mlp_path.read_bytes(), variants={"cpu-fp32-1t": best_at_batch_8(accuracy=0.85)})
     services.store.put_bytes("uploads/other/x.npy", npy_bytes(np.ones((2, 8), np.float32)))
     good = {"input": ("x.npy", npy_bytes(np.ones((2, 8), np.float32)), "application/octet-stream")}
 
@@ -278,7 +188,7 @@ def test_bad_job_requests_are_refused_before_queueing(client: TestClient, servic
 
 
 def test_rerun_is_idempotent(client: TestClient, services: Services, mlp_path: Path) -> None:
-    register_ready_model(services, mlp_path)
+    seed_mlp(services, "mlp", mlp_path.read_bytes())
     response = client.post(
         "/v1/jobs", data={"model": "mlp"}, files={"input": ("x.npy", npy_bytes(np.ones((3, 8), np.float32)), "a/b")}
     )
@@ -299,7 +209,7 @@ def test_rerun_is_idempotent(client: TestClient, services: Services, mlp_path: P
 
 
 def test_worker_side_failures_are_recorded(client: TestClient, services: Services, mlp_path: Path) -> None:
-    register_ready_model(services, mlp_path)
+    seed_mlp(services, "mlp", mlp_path.read_bytes())
     response = client.post(
         "/v1/jobs", data={"model": "mlp"}, files={"input": ("x.npy", npy_bytes(np.ones((3, 8), np.float32)), "a/b")}
     )
@@ -319,11 +229,11 @@ def test_jobs_are_private_to_their_tenant(tmp_path: Path, mlp_path: Path) -> Non
     settings = Settings(home=tmp_path / "auth-home", build_variants=False, autoscaler="off", admin_key="admin-secret")
     services = build_services(settings)
     try:
-        with TestClient(with_job_routes(create_app(settings, services=services))) as client:
+        with TestClient(create_app(settings, services=services)) as client:
             keyring = services.keyring
             alice = {"Authorization": f"Bearer {keyring.create('alice').secret}"}
             bob = {"Authorization": f"Bearer {keyring.create('bob').secret}"}
-            register_ready_model(services, mlp_path, owner="alice", public=True)
+            seed_mlp(services, "mlp", mlp_path.read_bytes(), owner="alice", public=True)
             x = npy_bytes(np.ones((2, 8), np.float32))
             response = client.post("/v1/jobs", headers=alice, data={"model": "mlp"}, files={"input": ("x", x, "a/b")})
             assert response.status_code == 202, response.text
@@ -359,7 +269,7 @@ def test_cli_submit_wait_status_fetch(
 
     monkeypatch.setattr(infaas.cli.client, "client", local_client)
     monkeypatch.setattr(infaas.cli.jobs, "client", local_client)
-    register_ready_model(services, mlp_path)
+    seed_mlp(services, "mlp", mlp_path.read_bytes())
     x = np.random.default_rng(9).normal(size=(10, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     runner = CliRunner()
@@ -379,8 +289,7 @@ def test_cli_submit_wait_status_fetch(
 
 
 def test_celery_delivery_settings_and_runner_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    from infaas.jobs.celery_runner import RUN_TASK, make_celery
-    from infaas.jobs.celery_runner import CeleryRunner
+    from infaas.jobs.celery_runner import RUN_TASK, CeleryRunner, make_celery
 
     monkeypatch.setenv("INFAAS_JOBS_QUEUE", "q-test")
     conf = make_celery("redis://127.0.0.1:6379/15").conf
