@@ -400,6 +400,13 @@ def test_never_more_than_max_workers_and_pending_workers_count() -> None:
     assert run_vm(pending, 5)[0] == []
 
 
+def test_at_zero_min_and_max_workers_the_vm_level_leaves_operator_started_workers_alone() -> None:
+    """The README's router-only front-end: the workers the operator started are all there is."""
+    for rates in ({"local": 400.0}, {"local": 1.0}, {}):  # overloaded, idle, every worker gone
+        actions, _ = run_vm(lambda now, r=rates: cluster(r, now=now, min_workers=0, max_workers=0), 10)
+        assert actions == [], rates
+
+
 def test_vm_cooldown_spaces_additions() -> None:
     hot = lambda now: cluster({"local": 400.0}, now=now, max_workers=5)  # noqa: E731
     actions, _ = run_vm(hot, 4, step=5.0)  # 20 s cool-down: the second addition waits

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infaas.config import Settings
+
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 INFAAS_ENV = {"INFAAS_DATABASE_URL", "INFAAS_REDIS_URL", "INFAAS_BROKER_URL", "INFAAS_MODEL_STORE"}
 
@@ -66,3 +68,31 @@ def test_cpu_and_gpu_extras_carry_different_onnxruntime_builds() -> None:
     gpu = {re.split(r"[<>=\[]", d)[0] for d in extras["gpu"]}
     assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
     assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
+
+
+ROUTER_ONLY = {"INFAAS_IN_PROCESS_WORKER", "INFAAS_MIN_WORKERS", "INFAAS_MAX_WORKERS"}
+
+
+def _readme_front_end_env() -> dict[str, str]:
+    """The ``VAR=value`` assignments on the README's scale-out ``infaas serve`` line."""
+    readme = (DOCKER.parent / "README.md").read_text()
+    scale_out = readme.split("## Scale-out", 1)[1].split("\n## ", 1)[0]
+    (line,) = [line for line in scale_out.splitlines() if re.search(r"\binfaas serve\b", line)]
+    return dict(re.findall(r"\b(INFAAS_[A-Z_]+)=(\S+)", line))
+
+
+def test_front_ends_are_router_only_in_the_readme_and_in_compose_alike() -> None:
+    readme = _readme_front_end_env()
+    api = _compose()["services"]["api"]["environment"]
+    assert ROUTER_ONLY <= set(readme)
+    assert {k: str(api.get(k)) for k in ROUTER_ONLY} == {k: readme[k] for k in ROUTER_ONLY}
+    settings = Settings.model_validate({k.removeprefix("INFAAS_").lower(): readme[k] for k in ROUTER_ONLY})
+    assert (settings.in_process_worker, settings.min_workers, settings.max_workers) == (False, 0, 0)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.worker", "Dockerfile.gpu-worker"])
+def test_worker_images_listen_where_front_ends_in_other_containers_reach_them(name: str) -> None:
+    (cmd,) = [line for line in (DOCKER / name).read_text().splitlines() if line.startswith("CMD ")]
+    assert "infaas worker" in cmd and "--host 0.0.0.0" in cmd
+    port = re.search(r"--port (\d+)", cmd).group(1)
+    assert f"--advertise http://$(hostname -i):{port}" in cmd
