@@ -92,8 +92,8 @@ def _cosine_to_baseline(services: Any, model: Any, variants: dict[str, Any]) -> 
     Only for models whose output is an embedding (the profiler's ``fidelity`` is 1 - relative L1 error;
     cosine is what matters for retrieval).
     """
+    from infaas.runtime import open_session
     from variant_generator.accuracy import load_validation, predict
-    from variant_generator.base import open_runner
 
     base = variants.get(BASELINE)
     if base is None or not base.artifact_key or not model.validation_key:
@@ -103,8 +103,8 @@ def _cosine_to_baseline(services: Any, model: Any, variants: dict[str, Any]) -> 
     for name, variant in variants.items():
         if variant.status != "ready" or not variant.artifact_key or variant.hardware != "cpu":
             continue
-        runner = open_runner(services.store.local_path(variant.artifact_key), variant.providers, variant.threads)
-        outputs[name] = np.asarray(predict(runner, data, model.max_batch), dtype=np.float64)
+        session = open_session(services.store.local_path(variant.artifact_key), variant.providers, variant.threads)
+        outputs[name] = np.asarray(predict(session, data, model.max_batch), dtype=np.float64)
     reference = outputs[BASELINE]
     result = {}
     for name, out in outputs.items():
@@ -120,7 +120,7 @@ def _time_runs(runner: Any, feeds: dict[str, np.ndarray], runs: int) -> float:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        runner.run(feeds)
+        runner.run(None, feeds)
         times.append(time.perf_counter() - t0)
     return float(np.median(times)) * 1000.0
 
@@ -134,8 +134,8 @@ def paired_speedups(
     not the other; here every round times both, and the ratio is the median of the per-round ratios.
     Adds ``paired_speedup_batch1`` and ``paired_speedup_max_batch`` to each ready CPU variant's row.
     """
+    from infaas.runtime import open_session
     from variant_generator.accuracy import load_validation, synthetic_set
-    from variant_generator.base import open_runner
 
     if model.validation_key:
         data = load_validation(services.store.local_path(model.validation_key), model)
@@ -146,7 +146,7 @@ def paired_speedups(
     def runner(name: str) -> Any:
         if name not in runners:
             v = variants[name]
-            runners[name] = open_runner(services.store.local_path(v.artifact_key), v.providers, v.threads)
+            runners[name] = open_session(services.store.local_path(v.artifact_key), v.providers, v.threads)
         return runners[name]
 
     for name, row in rows.items():
@@ -157,7 +157,7 @@ def paired_speedups(
         for key, size in (("paired_speedup_batch1", 1), ("paired_speedup_max_batch", row["max_batch"])):
             feeds = data.batch(size)
             for r in pair:  # warm up, and size the rounds so each takes about budget / PAIRED_ROUNDS
-                r.run(feeds)
+                r.run(None, feeds)
             one = max(1e-4, (_time_runs(pair[0], feeds, 1) + _time_runs(pair[1], feeds, 1)) / 1000.0)
             runs = int(max(1, min(200, budget_s / PAIRED_ROUNDS / one)))
             ratios = []
@@ -235,8 +235,8 @@ def summarize_model(services: Any, name: str, extra: dict[str, Any], paired_seco
         "status": model.status,
         "status_reason": model.status_reason,
         "max_batch": model.max_batch,
-        "inputs": model.inputs,
-        "outputs": model.outputs,
+        "inputs": [spec.to_json() for spec in model.inputs],
+        "outputs": [spec.to_json() for spec in model.outputs],
         "size_mb": round(model.size_bytes / 2**20, 2),
         **extra,
         "variants": rows,

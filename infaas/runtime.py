@@ -1,18 +1,153 @@
-"""ONNX Runtime sessions: the one place that knows how a variant is loaded.
+"""The one artifact loader: opens any variant (an ONNX file or a native TensorRT engine) as a ``Session``.
 
-The worker and the profiler both load variants through here, so what is profiled is exactly what is
-served (same providers, same thread settings, same graph optimisation level).
+Workers and the profiler both open variants through ``open_session``, so what is profiled is exactly
+what is served: same runtime, providers, thread settings, graph optimisation level and warm-up. Which
+runtime opens an artifact follows the catalog's ``VariantInfo.providers``: ``("TensorRT",)`` is a native
+engine, anything else is a list of ONNX Runtime execution providers. ``tensorrt`` is imported only when
+an engine is opened: most hosts (and the CPU install) do not have it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
 
+from infaas import cuda
+from infaas.tensorrt_engine import EngineSession
+
 log = logging.getLogger(__name__)
+
+CPU_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+TENSORRT_ENGINE = "TensorRT"  # the "provider" of a native engine: no ONNX Runtime involved
+NO_CUDA_DEVICE = "no CUDA device"
+NO_TENSORRT = "tensorrt package not installed (pip install infaas[gpu])"
+
+
+class Skip(Exception):
+    """The variant does not apply here (no GPU, no ``tensorrt``, nothing to quantize...); the message is why.
+
+    Raised by the loader when this host cannot run an artifact and by generators when a kind of variant
+    makes no sense for a model; a build records either as the variant's ``skipped`` status.
+    """
+
+
+class TensorInfo(Protocol):
+    """Name, shape (ints, or names/``None`` for dynamic axes) and ONNX type string of an input or output."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def shape(self) -> Sequence[int | str | None]: ...
+
+    @property
+    def type(self) -> str: ...
+
+
+class Session(Protocol):
+    """A loaded variant, as ONNX Runtime's ``InferenceSession`` already is (``EngineSession`` for engines)."""
+
+    def get_inputs(self) -> Sequence[TensorInfo]: ...
+
+    def get_outputs(self) -> Sequence[TensorInfo]: ...
+
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray], /) -> list[np.ndarray]:
+        """The named outputs (every output, in the model's order, for ``None``)."""
+        ...
+
+
+def open_session(path: Path, providers: Sequence[str], threads: int) -> Session:
+    """Open a variant artifact as the catalog describes it, warmed up, or raise ``Skip`` saying why not.
+
+    ``providers`` and ``threads`` are the variant's (``threads=0``: every core). A GPU provider that this
+    ONNX Runtime build does not really activate is refused rather than silently run on the CPU: a "GPU"
+    variant served or profiled on the CPU would be a lie.
+    """
+    session: Session
+    if TENSORRT_ENGINE in providers:
+        require_cuda()
+        session = EngineSession(path, import_tensorrt())
+    else:
+        ort_session = create_session(path, providers, threads)
+        wanted = providers[0] if providers else CPU_PROVIDERS[0]
+        active = ort_session.get_providers()
+        if wanted not in active:
+            raise Skip(f"{wanted} is not active in this onnxruntime build (active: {', '.join(active)})")
+        session = ort_session
+    warm_up(session)
+    return session
+
+
+def warm_up(session: Session) -> bool:
+    """Run one batch-1 inference on zeros so the first real query does not pay for it.
+
+    ONNX Runtime allocates its arenas and picks kernels on the first ``run``: for a small model that is
+    ten times a warm call, which a query would see as a latency the profile (measured warm) never
+    promised. Symbolic dimensions become 1. Returns ``False`` when the model rejects zeros (say a
+    data-dependent shape); the session is still fine, only not warmed.
+    """
+    try:
+        feeds = {
+            i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], dtype=numpy_dtype(i.type))
+            for i in session.get_inputs()
+        }
+        session.run(None, feeds)
+        return True
+    except Exception as exc:  # any failure only means no warm-up; serving reports real errors
+        log.debug("warm-up of a session failed: %s", exc)
+        return False
+
+
+def create_session(
+    model: str | Path | bytes, providers: Sequence[str] | None = None, threads: int = 0
+) -> ort.InferenceSession:
+    """An ONNX Runtime session with the serving options (CPU when no providers are given).
+
+    For ONNX files that are not variants (the registration check on an upload); variants go through
+    ``open_session``.
+    """
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(
+        source, sess_options=session_options(threads), providers=list(providers or CPU_PROVIDERS)
+    )
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """Options shared by serving and profiling; ``threads=0`` lets ONNX Runtime use every core."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(0, threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def available_providers() -> list[str]:
+    """Execution providers this ONNX Runtime build offers (not proof that a device exists)."""
+    return list(ort.get_available_providers())
+
+
+def require_cuda() -> None:
+    """Raise ``Skip("no CUDA device")`` unless this host really has one (GPU generators check this first)."""
+    if not cuda.has_cuda_device():
+        raise Skip(NO_CUDA_DEVICE)
+
+
+def import_tensorrt() -> ModuleType:
+    """The ``tensorrt`` module, or ``Skip`` with the install hint."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise Skip(NO_TENSORRT) from exc
+    return tensorrt
+
 
 ONNX_TO_NUMPY: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
@@ -33,49 +168,3 @@ def numpy_dtype(onnx_type: str) -> np.dtype:
         return np.dtype(ONNX_TO_NUMPY[onnx_type])
     except KeyError as exc:
         raise ValueError(f"unsupported tensor type {onnx_type!r}") from exc
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    """Options shared by serving and profiling; ``threads=0`` lets ONNX Runtime use every core."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(0, threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return options
-
-
-def create_session(
-    model: str | Path | bytes, providers: list[str] | None = None, threads: int = 0
-) -> ort.InferenceSession:
-    """Load a model with the given execution providers (CPU when none are given)."""
-    source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(
-        source, sess_options=session_options(threads), providers=providers or ["CPUExecutionProvider"]
-    )
-
-
-def available_providers() -> list[str]:
-    """Execution providers this ONNX Runtime build offers (not proof that a device exists)."""
-    return list(ort.get_available_providers())
-
-
-def warm_up(session: ort.InferenceSession) -> bool:
-    """Run one batch-1 inference on zeros so the first real query does not pay for it.
-
-    ONNX Runtime allocates its arenas and picks kernels on the first ``run``: for a small model that is
-    ten times a warm call, which a query would see as a latency the profile (measured warm) never
-    promised. Symbolic dimensions become 1. Returns ``False`` when the model rejects zeros (say a
-    data-dependent shape); the session is still fine, only not warmed.
-    """
-    try:
-        feeds = {
-            i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], dtype=numpy_dtype(i.type))
-            for i in session.get_inputs()
-        }
-        session.run(None, feeds)
-        return True
-    except Exception as exc:  # any failure only means no warm-up; serving reports real errors
-        log.debug("warm-up of a session failed: %s", exc)
-        return False

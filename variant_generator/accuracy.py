@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from infaas.catalog import ModelInfo
-from variant_generator.base import Runner
+from infaas.runtime import Session
 
 DEFAULT_DYNAMIC_DIM = 16  # e.g. a sequence axis left dynamic by the exporter
 MAX_ROWS = 1024  # bound on rows used for accuracy, so a big validation set cannot stall a build
@@ -106,7 +106,7 @@ def fixed_batch(model: ModelInfo) -> int | None:
     return None
 
 
-def predict(runner: Runner, data: ValidationSet, batch: int, pinned: bool = False) -> np.ndarray:
+def predict(session: Session, data: ValidationSet, batch: int, pinned: bool = False) -> np.ndarray:
     """The first output over every row of ``data``, ``batch`` rows at a time.
 
     With a ``pinned`` batch size the last, short batch is padded (wrapping around) and trimmed.
@@ -114,7 +114,7 @@ def predict(runner: Runner, data: ValidationSet, batch: int, pinned: bool = Fals
     parts = []
     for start in range(0, data.rows, batch):
         remaining = data.rows - start
-        out = np.asarray(runner.run(data.batch(batch if pinned else min(batch, remaining), start))[0])
+        out = np.asarray(session.run(None, data.batch(batch if pinned else min(batch, remaining), start))[0])
         parts.append(out[:remaining])
     return np.concatenate(parts)
 

@@ -19,10 +19,11 @@ from infaas.catalog import ModelInfo, VariantInfo
 from infaas.db.models import ModelStatus, VariantStatus
 from infaas.errors import NotFound
 from infaas.model_store import ObjectNotFound
+from infaas.runtime import Skip
 from infaas.services import Services
 from variant_generator import registry
 from variant_generator.accuracy import ValidationSet, load_validation, synthetic_set
-from variant_generator.base import BuildContext, Skip, VariantGenerator
+from variant_generator.base import BuildContext, VariantGenerator
 from variant_generator.profiler import profile_variant, reference_outputs
 
 log = logging.getLogger(__name__)

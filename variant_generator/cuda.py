@@ -2,7 +2,7 @@
 
 The artifact is the original graph: ONNX Runtime optimises it for the CUDA provider at load time, and a
 file saved after CUDA-specific fusions would not load on a CPU-only build. The provider check that
-proves the session really runs on the GPU happens when it is loaded (``base.OrtRunner``).
+proves the session really runs on the GPU happens when it is loaded (``infaas.runtime.open_session``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from infaas.runtime import require_cuda
 from variant_generator.base import BuildContext, VariantGenerator
-from variant_generator.gpu import require_cuda
 
 CUDA_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import onnx
 
-from variant_generator.base import BuildContext, Skip, VariantGenerator
+from infaas.runtime import Skip, require_cuda
+from variant_generator.base import BuildContext, VariantGenerator
 from variant_generator.cuda import CUDA_PROVIDERS
-from variant_generator.gpu import require_cuda
 from variant_generator.int8_dynamic import ML_DOMAIN
 
 

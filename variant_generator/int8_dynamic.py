@@ -14,7 +14,8 @@ import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from variant_generator.base import BuildContext, Skip, VariantGenerator
+from infaas.runtime import Skip
+from variant_generator.base import BuildContext, VariantGenerator
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
+from infaas.runtime import Skip
 from variant_generator.accuracy import ValidationSet, fixed_batch
-from variant_generator.base import BuildContext, Skip, VariantGenerator
+from variant_generator.base import BuildContext, VariantGenerator
 from variant_generator.int8_dynamic import quantizable_source, require_quantized
 
 log = logging.getLogger(__name__)

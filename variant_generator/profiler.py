@@ -1,7 +1,7 @@
 """Measures a variant on this host: load time, latency and throughput per batch size, memory, accuracy.
 
 These numbers are what the selector trades latency, accuracy and cost on, so they are taken with the
-same session settings a worker serves with (``base.open_runner`` -> ``infaas.runtime.create_session``)
+same loader a worker serves with (``infaas.runtime.open_session``: runtime, providers, threads, warm-up)
 and bounded by ``settings.profile_runs`` / ``settings.profile_max_seconds`` so that building a small
 model takes seconds.
 """
@@ -22,8 +22,8 @@ import psutil
 
 from infaas.catalog import ModelInfo, ProfileInfo
 from infaas.config import Settings
+from infaas.runtime import CPU_PROVIDERS, Session, open_session
 from variant_generator.accuracy import ValidationSet, fixed_batch, predict, score
-from variant_generator.base import Runner, open_runner
 
 WARMUP_RUNS = 2
 MIN_RUNS = 3  # even a slow model gets a p50 that is not a single sample
@@ -51,31 +51,33 @@ def batch_sizes(model: ModelInfo) -> list[int]:
     return [*sizes, top]
 
 
-def _time_batch(runner: Runner, feeds: dict[str, np.ndarray], runs: int, budget_s: float) -> tuple[list[float], float]:
+def _time_batch(
+    session: Session, feeds: dict[str, np.ndarray], runs: int, budget_s: float
+) -> tuple[list[float], float]:
     """Warm runs, then up to ``runs`` timed runs within ``budget_s``; latencies (ms) and elapsed seconds."""
     for _ in range(WARMUP_RUNS):
-        runner.run(feeds)
+        session.run(None, feeds)
     latencies: list[float] = []
     started = time.perf_counter()
     while len(latencies) < max(runs, MIN_RUNS):
         t0 = time.perf_counter()
-        runner.run(feeds)
+        session.run(None, feeds)
         latencies.append((time.perf_counter() - t0) * 1000.0)
         if len(latencies) >= MIN_RUNS and time.perf_counter() - started > budget_s:
             break
     return latencies, time.perf_counter() - started
 
 
-def _predict(runner: Runner, model: ModelInfo, data: ValidationSet) -> np.ndarray:
+def _predict(session: Session, model: ModelInfo, data: ValidationSet) -> np.ndarray:
     pinned = fixed_batch(model)
     batch = pinned or min(ACCURACY_BATCH, max(1, model.max_batch))
-    return predict(runner, data, batch, pinned=pinned is not None)
+    return predict(session, data, batch, pinned=pinned is not None)
 
 
 def _accuracy(
-    runner: Runner, model: ModelInfo, data: ValidationSet, reference: np.ndarray | None
+    session: Session, model: ModelInfo, data: ValidationSet, reference: np.ndarray | None
 ) -> tuple[float | None, str]:
-    predicted = _predict(runner, model, data)
+    predicted = _predict(session, model, data)
     if predicted.dtype == object:  # e.g. a ZipMap's list of dicts: nothing numeric to compare
         return None, "unavailable"
     value, metric = score(predicted, reference, None if data.synthetic else data.labels, task=model.task)
@@ -103,16 +105,16 @@ def profile_variant(
     _release_freed_memory()
     rss_before = process.memory_info().rss
     t0 = time.perf_counter()
-    runner = open_runner(artifact, providers, threads)
+    session = open_session(artifact, providers, threads)
     load_ms = (time.perf_counter() - t0) * 1000.0
-    accuracy, metric = _accuracy(runner, model, data, reference)
+    accuracy, metric = _accuracy(session, model, data, reference)
 
     sizes = batch_sizes(model)
     budget_s = settings.profile_max_seconds / len(sizes)
-    timings = {size: _time_batch(runner, data.batch(size), max(1, settings.profile_runs), budget_s) for size in sizes}
+    timings = {size: _time_batch(session, data.batch(size), max(1, settings.profile_runs), budget_s) for size in sizes}
     memory_mb = max(0.0, (process.memory_info().rss - rss_before) / 2**20)
     host, now = socket.gethostname(), datetime.now(UTC)
-    del runner
+    del session
     return [
         ProfileInfo(
             batch_size=size,
@@ -135,4 +137,4 @@ def reference_outputs(original: Path, model: ModelInfo, data: ValidationSet) -> 
     """The original model's first output on ``data`` (what variants are scored against without labels)."""
     if data.labels is not None and not data.synthetic:
         return None
-    return _predict(open_runner(original, ["CPUExecutionProvider"], 0), model, data)
+    return _predict(open_session(original, CPU_PROVIDERS, 0), model, data)

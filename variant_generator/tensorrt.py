@@ -1,39 +1,31 @@
 """TensorRT variants: the TensorRT execution provider, and native engines in FP16 and INT8.
 
-``tensorrt`` is imported lazily: most hosts (and the CPU install) do not have it. Native engines are
-built from the ONNX file with one optimisation profile covering batch 1..max_batch; INT8 is calibrated
-on the validation inputs. Engines are tied to the GPU model and TensorRT version they were built with,
-which is why ``reprofile_model`` re-measures them on new hardware rather than trusting old numbers.
+This module builds engines; the core serves them (``infaas.tensorrt_engine``). ``tensorrt`` is imported
+lazily (``infaas.runtime.import_tensorrt``): most hosts (and the CPU install) do not have it. Native
+engines are built from the ONNX file with one optimisation profile covering batch 1..max_batch; INT8 is
+calibrated on the validation inputs. Engines are tied to the GPU model and TensorRT version they were
+built with, which is why ``reprofile_model`` re-measures them on new hardware rather than trusting old
+numbers.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from infaas.cuda import CudaDriver
+from infaas.runtime import TENSORRT_ENGINE, Skip, import_tensorrt, require_cuda
 from variant_generator.accuracy import DEFAULT_DYNAMIC_DIM, ValidationSet
-from variant_generator.base import BuildContext, Skip, VariantGenerator
-from variant_generator.gpu import CudaDriver, require_cuda
+from variant_generator.base import BuildContext, VariantGenerator
 
-NO_TENSORRT = "tensorrt package not installed (pip install infaas[gpu])"
 TRT_PROVIDERS: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 WORKSPACE_BYTES = 1 << 30
 CALIBRATION_ROWS = 256
 CALIBRATION_BATCH = 8
-
-
-def import_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, or ``Skip`` with the install hint."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise Skip(NO_TENSORRT) from exc
-    return tensorrt
 
 
 def _require() -> ModuleType:
@@ -97,7 +89,7 @@ class TensorrtEngine(VariantGenerator):
     """A native TensorRT engine (``.engine``) in FP16 or INT8 (INT8 layers fall back to FP16)."""
 
     hardware = "gpu"
-    providers = ("TensorRT",)
+    providers = (TENSORRT_ENGINE,)
     suffix = ".engine"
 
     def __init__(self, precision: str) -> None:
@@ -147,97 +139,3 @@ class TensorrtEngine(VariantGenerator):
         out = self.output_path(ctx)
         out.write_bytes(bytes(serialized))
         return out
-
-
-class EngineRunner:
-    """Runs a native TensorRT engine on numpy feeds (what a worker needs to serve ``.engine`` variants)."""
-
-    providers = ["TensorRT"]
-
-    def __init__(self, path: Path) -> None:
-        require_cuda()
-        self.trt = import_tensorrt()
-        self.cuda = CudaDriver()
-        runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError("TensorRT could not load the engine (built for another GPU or version?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        is_input = {n: self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT for n in names}
-        self.inputs = [n for n in names if is_input[n]]
-        self.outputs = [n for n in names if not is_input[n]]
-        self.buffers: dict[str, tuple[int, int]] = {}
-
-    def _dtype(self, name: str) -> np.dtype:
-        return np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
-
-    def _buffer(self, name: str, nbytes: int) -> int:
-        """A device buffer for ``name`` of at least ``nbytes``, grown (never shrunk) as batches grow."""
-        ptr, size = self.buffers.get(name, (0, 0))
-        if size < nbytes:
-            if ptr:
-                self.cuda.free(ptr)
-            ptr, size = self.cuda.alloc(nbytes), nbytes
-            self.buffers[name] = (ptr, size)
-        self.context.set_tensor_address(name, ptr)
-        return ptr
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        for name in self.inputs:
-            array = np.ascontiguousarray(feeds[name], dtype=self._dtype(name))
-            self.context.set_input_shape(name, array.shape)
-            self.cuda.to_device(self._buffer(name, array.nbytes), array)
-        results = []
-        for name in self.outputs:
-            array = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtype(name))
-            self._buffer(name, array.nbytes)
-            results.append(array)
-        if not self.context.execute_async_v3(0):
-            raise RuntimeError("TensorRT execution failed")
-        self.cuda.synchronize()
-        for name, array in zip(self.outputs, results, strict=True):
-            self.cuda.to_host(array, self.buffers[name][0])
-        return results
-
-    def __del__(self) -> None:
-        for ptr, _ in getattr(self, "buffers", {}).values():
-            try:
-                self.cuda.free(ptr)
-            except RuntimeError:
-                pass
-
-
-@dataclass(frozen=True)
-class TensorArg:
-    """Name and shape of an engine input/output, shaped like ONNX Runtime's ``NodeArg``."""
-
-    name: str
-    shape: list[int | str]
-
-
-class EngineSession:
-    """An ONNX-Runtime-session-shaped wrapper of ``EngineRunner``, so worker instances (which batch over
-    ``get_inputs``/``get_outputs``/``run(names, feeds)``) serve ``.engine`` variants unchanged."""
-
-    def __init__(self, path: Path) -> None:
-        self.runner = EngineRunner(path)
-        engine = self.runner.engine
-        # -1 dimensions are dynamic (the engine's optimisation profile covers batch 1..max_batch).
-        self._args = {
-            name: TensorArg(name, [d if d >= 0 else "batch" for d in engine.get_tensor_shape(name)])
-            for name in self.runner.inputs + self.runner.outputs
-        }
-
-    def get_inputs(self) -> list[TensorArg]:
-        return [self._args[n] for n in self.runner.inputs]
-
-    def get_outputs(self) -> list[TensorArg]:
-        return [self._args[n] for n in self.runner.outputs]
-
-    def get_providers(self) -> list[str]:
-        return list(self.runner.providers)
-
-    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        by_name = dict(zip(self.runner.outputs, self.runner.run(feeds), strict=True))
-        return [by_name[n] for n in (output_names or self.runner.outputs)]

@@ -1,4 +1,4 @@
-"""One loaded variant: an ONNX Runtime session per replica and an adaptive batching queue.
+"""One loaded variant: a session (``runtime.Session``) per replica and an adaptive batching queue.
 
 Fast path: when a replica is free and nobody is waiting, the request runs on the caller's thread,
 so an idle instance adds no thread hand-off to ``session.run`` (which releases the GIL).
@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
+from infaas.runtime import Session
 from infaas.selector import ProfileCurve
 
 
@@ -62,7 +62,7 @@ class Instance:
     def __init__(
         self,
         key: str,
-        make_session: Callable[[], ort.InferenceSession],
+        make_session: Callable[[], Session],
         curve: ProfileCurve,
         on_depth: Callable[[int], None] | None = None,
         batch_invariant: bool = True,
@@ -78,7 +78,7 @@ class Instance:
         self._on_depth = on_depth or (lambda _depth: None)
         self._cond = threading.Condition(threading.Lock())
         self._pending: deque[_Request] = deque()
-        self._free: list[ort.InferenceSession] = []
+        self._free: list[Session] = []
         self._threads: list[threading.Thread] = []
         self._retire = 0  # replica threads asked to exit
         self._gathering = False
@@ -106,7 +106,7 @@ class Instance:
         """Load one more session and start its thread."""
         self._add_session(self._make_session())
 
-    def _add_session(self, session: ort.InferenceSession) -> None:
+    def _add_session(self, session: Session) -> None:
         thread = threading.Thread(target=self._serve, name=f"infaas-{self.key}", daemon=True)
         with self._cond:
             self._free.append(session)
@@ -166,7 +166,7 @@ class Instance:
         self._on_depth(depth)
         return self._run_direct(session, inputs)
 
-    def _run_direct(self, session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> InferResult:
+    def _run_direct(self, session: Session, inputs: dict[str, np.ndarray]) -> InferResult:
         start = time.perf_counter()
         try:
             values = session.run(self._output_names, inputs)
@@ -175,7 +175,7 @@ class Instance:
             self._release(session, 1)
         return InferResult(dict(zip(self._output_names, values, strict=True)), 0.0, service_ms, _rows(inputs))
 
-    def _release(self, session: ort.InferenceSession, finished: int) -> None:
+    def _release(self, session: Session, finished: int) -> None:
         with self._cond:
             self._free.append(session)
             self._outstanding -= finished
@@ -234,7 +234,7 @@ class Instance:
         finally:
             self._gathering = False
 
-    def _run_batch(self, session: ort.InferenceSession, batch: list[_Request]) -> None:
+    def _run_batch(self, session: Session, batch: list[_Request]) -> None:
         start = time.monotonic()
         try:
             if len(batch) == 1:
@@ -258,7 +258,7 @@ class Instance:
             for request in batch:
                 request.done.set()
 
-    def _run_concatenated(self, session: ort.InferenceSession, batch: list[_Request]) -> list[list[np.ndarray]]:
+    def _run_concatenated(self, session: Session, batch: list[_Request]) -> list[list[np.ndarray]]:
         names = batch[0].inputs.keys()
         feeds = {n: np.concatenate([r.inputs[n] for r in batch], axis=0) for n in names}
         total = sum(r.rows for r in batch)

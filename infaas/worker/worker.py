@@ -15,12 +15,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
 from infaas.catalog import VariantInfo
 from infaas.live_state.base import InstanceState, LiveState, WorkerState
 from infaas.model_store import ModelStore
-from infaas.runtime import create_session, warm_up
+from infaas.runtime import Session, open_session
 from infaas.selector import ProfileCurve
 from infaas.worker.instance import InferResult, Instance, InstanceClosed
 
@@ -99,7 +98,7 @@ class WorkerClient(ABC):
 
 
 class LocalWorker(WorkerClient):
-    """Runs variants in this process with ONNX Runtime."""
+    """Runs variants in this process, opened as the profiler opened them (``runtime.open_session``)."""
 
     def __init__(
         self,
@@ -188,14 +187,8 @@ class LocalWorker(WorkerClient):
             path = self._store.local_path(variant.artifact_key)
             key = variant.key
 
-            def make_session() -> ort.InferenceSession:
-                if path.suffix == ".engine":  # a native TensorRT engine, not an ONNX file
-                    from variant_generator.tensorrt import EngineSession
-
-                    return EngineSession(path)  # type: ignore[return-value]
-                session = create_session(path, list(variant.providers) or None, variant.threads)
-                warm_up(session)
-                return session
+            def make_session() -> Session:
+                return open_session(path, variant.providers, variant.threads)
 
             def on_depth(depth: int) -> None:
                 self._live.set_queue_depth(self.id, key, depth)

@@ -10,64 +10,19 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from infaas.catalog import ProfileInfo, VariantInfo
+from infaas.catalog import VariantInfo
 from infaas.live_state import MemoryLiveState
 from infaas.model_store import LocalModelStore
 from infaas.runtime import warm_up
 from infaas.selector import ProfileCurve
 from infaas.worker import Instance, LocalWorker, OutOfMemory
+from tests.factories import linear_model, profiles, variant_info, wait_for
 
 
-def tiny_model(in_dim: int = 4, out_dim: int = 3, seed: int = 0) -> bytes:
-    """y = x @ W + b with a dynamic batch dimension."""
-    rng = np.random.default_rng(seed)
-    weights = rng.standard_normal((in_dim, out_dim)).astype(np.float32)
-    bias = rng.standard_normal(out_dim).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["t"]), helper.make_node("Add", ["t", "b"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", in_dim])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_dim])],
-        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model.SerializeToString()
-
-
-def profiles(latencies: dict[int, float], memory_mb: float = 10.0) -> tuple[ProfileInfo, ...]:
-    return tuple(
-        ProfileInfo(
-            batch_size=b,
-            threads=1,
-            load_ms=5.0,
-            latency_p50_ms=ms,
-            latency_p99_ms=ms * 1.5,
-            throughput_per_s=b * 1000.0 / ms,
-            memory_mb=memory_mb,
-            accuracy=0.9,
-        )
-        for b, ms in sorted(latencies.items())
-    )
-
-
-def variant(name: str, artifact_key: str, memory_mb: float = 10.0, model: str = "tiny") -> VariantInfo:
-    return VariantInfo(
-        id=1,
-        model_name=model,
-        name=name,
-        kind="fp32",
-        precision="fp32",
-        hardware="cpu",
-        threads=1,
-        providers=("CPUExecutionProvider",),
-        artifact_key=artifact_key,
-        status="ready",
-        reason=None,
-        profiles=profiles({1: 1.0, 4: 2.0}, memory_mb),
-    )
+def variant(name: str, artifact_key: str, memory_mb: float = 10.0) -> VariantInfo:
+    """A ready variant of the tiny model, profiled at batch 1 and 4."""
+    return variant_info("tiny", name, profiles({1: 1.0, 4: 2.0}, memory_mb=memory_mb), artifact_key=artifact_key)
 
 
 class GatedSession:
@@ -94,18 +49,11 @@ class GatedSession:
 
 @pytest.fixture()
 def raw_session() -> ort.InferenceSession:
-    return ort.InferenceSession(tiny_model(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(linear_model(), providers=["CPUExecutionProvider"])
 
 
 def _curve(latencies: dict[int, float]) -> ProfileCurve:
     return ProfileCurve.of(replace(variant("v", "k"), profiles=profiles(latencies)))
-
-
-def _wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.001)
 
 
 def test_batching_gathers_concurrent_requests_up_to_best_batch(raw_session: ort.InferenceSession) -> None:
@@ -125,7 +73,7 @@ def test_batching_gathers_concurrent_requests_up_to_best_batch(raw_session: ort.
     ]
     for queued, t in enumerate(threads, start=1):
         t.start()  # one at a time, so the queue order is the submission order
-        _wait_for(lambda n=queued: len(instance._pending) == n)
+        assert wait_for(lambda n=queued: len(instance._pending) == n, interval_s=0.001), "condition not reached"
     assert instance.outstanding == 7
     gated.gate.set()
     blocker.join(5)
@@ -154,7 +102,7 @@ def test_batch_dependent_variants_never_share_a_run(raw_session: ort.InferenceSe
     queued = [threading.Thread(target=lambda: instance.infer({"x": x})) for _ in range(3)]
     for n, t in enumerate(queued, start=1):
         t.start()
-        _wait_for(lambda n=n: len(instance._pending) == n)
+        assert wait_for(lambda n=n: len(instance._pending) == n, interval_s=0.001), "condition not reached"
     gated.gate.set()
     for t in (blocker, *queued):
         t.join(5)
@@ -180,7 +128,7 @@ def _queued_behind_blocker(instance: Instance, gated: GatedSession, deadline: fl
     out: list[object] = []
     waiter = threading.Thread(target=lambda: out.append(instance.infer({"x": x}, deadline)))
     waiter.start()
-    _wait_for(lambda: len(instance._pending) == 1)
+    assert wait_for(lambda: len(instance._pending) == 1, interval_s=0.001), "condition not reached"
     gated.gate.set()
     waiter.join(5)
     blocker.join(5)
@@ -231,8 +179,8 @@ def test_idle_instance_runs_on_the_callers_thread(raw_session: ort.InferenceSess
 @pytest.fixture()
 def store(tmp_path: Path) -> LocalModelStore:
     store = LocalModelStore(tmp_path / "models")
-    store.put_bytes("models/tiny/v/model.onnx", tiny_model())
-    store.put_bytes("models/tiny/w/model.onnx", tiny_model(seed=1))
+    store.put_bytes("models/tiny/v/model.onnx", linear_model())
+    store.put_bytes("models/tiny/w/model.onnx", linear_model(seed=1))
     return store
 
 
@@ -319,7 +267,7 @@ class RejectingSession:
     """Stands in for a model whose graph refuses all-zero inputs."""
 
     def get_inputs(self):  # type: ignore[no-untyped-def]
-        return ort.InferenceSession(tiny_model(), providers=["CPUExecutionProvider"]).get_inputs()
+        return ort.InferenceSession(linear_model(), providers=["CPUExecutionProvider"]).get_inputs()
 
     def run(self, names, feeds):  # type: ignore[no-untyped-def]
         raise RuntimeError("zeros are not a valid input for this model")
@@ -344,10 +292,10 @@ def test_warm_up_runs_zeros_through_symbolic_dimensions_and_tolerates_refusal(
 
 
 def test_every_replica_is_warmed_before_it_serves(store: LocalModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import infaas.worker.worker as worker_module
+    from infaas import runtime
 
     warmed: list[ort.InferenceSession] = []
-    monkeypatch.setattr(worker_module, "warm_up", lambda session: warmed.append(session) or True)
+    monkeypatch.setattr(runtime, "warm_up", lambda session: warmed.append(session) or True)
     worker = LocalWorker("w1", store, MemoryLiveState(), memory_budget_mb=100, cores=2)
     worker.start()
     a = variant("v", "models/tiny/v/model.onnx", memory_mb=20)

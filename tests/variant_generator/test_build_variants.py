@@ -10,11 +10,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from infaas import cuda
 from infaas.config import Settings
 from infaas.db.models import ModelStatus, VariantStatus
 from infaas.metadata import NewModel
 from infaas.services import Services, build_services
-from variant_generator import gpu, registry
+from variant_generator import registry
 from variant_generator.base import BuildContext
 from variant_generator.build import build_model_variants, reprofile_model
 
@@ -105,7 +106,7 @@ def test_builds_profiles_and_stores_every_cpu_variant(services: Services, tmp_pa
     assert built["cpu-fp32"].accuracy == 1.0
 
 
-@pytest.mark.skipif(gpu.has_cuda_device(), reason="this host has a CUDA device")
+@pytest.mark.skipif(cuda.has_cuda_device(), reason="this host has a CUDA device")
 def test_gpu_variants_are_recorded_as_skipped(services: Services, tmp_path: Path) -> None:
     register(services, tmp_path)
     build_model_variants(services, "mlp")

@@ -84,7 +84,7 @@ def test_profiles_are_plausible_with_labels(tmp_path: Path) -> None:
 def test_profiled_load_time_includes_the_warm_up_a_worker_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    import variant_generator.base as base
+    from infaas import runtime
 
     warmed: list[object] = []
 
@@ -93,7 +93,7 @@ def test_profiled_load_time_includes_the_warm_up_a_worker_does(tmp_path: Path, m
         time.sleep(0.05)
         return True
 
-    monkeypatch.setattr(base, "warm_up", slow_warm_up)
+    monkeypatch.setattr(runtime, "warm_up", slow_warm_up)
     path, model = linear_classifier(tmp_path / "m.onnx"), info()
     x = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32)
     data = ValidationSet({"x": x}, labels=np.zeros(8, dtype=np.int64))

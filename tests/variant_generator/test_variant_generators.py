@@ -15,16 +15,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from infaas import cuda
 from infaas.catalog import ModelInfo
-from variant_generator import gpu, int8_static, registry
+from infaas.runtime import NO_TENSORRT, Skip, open_session
+from variant_generator import int8_static, registry
 from variant_generator.accuracy import ValidationSet
-from variant_generator.base import BuildContext, OrtRunner, Skip, VariantGenerator
+from variant_generator.base import BuildContext, VariantGenerator
 from variant_generator.cpu_fp32 import CpuFp32
 from variant_generator.cuda import CudaFp32
 from variant_generator.fp16 import CudaFp16
 from variant_generator.int8_dynamic import Int8Dynamic
 from variant_generator.int8_static import Int8Static
-from variant_generator.tensorrt import NO_TENSORRT, TensorrtEngine, TensorrtEp
+from variant_generator.tensorrt import TensorrtEngine, TensorrtEp
 
 RNG = np.random.default_rng(0)
 MAX_BATCH = 8
@@ -103,7 +105,7 @@ def build(generator: VariantGenerator, source: Path, model: ModelInfo, tmp: Path
 
 
 def outputs(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    return OrtRunner(path, ["CPUExecutionProvider"], 1).run(feeds)[0]
+    return open_session(path, ["CPUExecutionProvider"], 1).run(None, feeds)[0]
 
 
 @pytest.fixture(params=[mlp, convnet], ids=["mlp", "cnn"])
@@ -171,7 +173,7 @@ def test_cpu_fp32_handles_ml_only_graphs(tmp_path: Path) -> None:
 GPU_GENERATORS = [CudaFp32(), CudaFp16(), TensorrtEp(), TensorrtEngine("fp16"), TensorrtEngine("int8")]
 
 
-@pytest.mark.skipif(gpu.has_cuda_device(), reason="this host has a CUDA device")
+@pytest.mark.skipif(cuda.has_cuda_device(), reason="this host has a CUDA device")
 @pytest.mark.parametrize("generator", GPU_GENERATORS, ids=lambda g: g.variant_name)
 def test_gpu_kinds_skip_without_a_device(generator: VariantGenerator, tmp_path: Path) -> None:
     source, model = mlp(tmp_path / "model.onnx")
@@ -181,15 +183,15 @@ def test_gpu_kinds_skip_without_a_device(generator: VariantGenerator, tmp_path: 
 
 def test_a_listed_cuda_provider_is_not_trusted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Even with a device, a session that silently fell back to the CPU is not a GPU variant."""
-    monkeypatch.setattr(gpu, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(cuda, "cuda_device_count", lambda: 1)
     source, model = mlp(tmp_path / "model.onnx")
     artifact = build(CudaFp32(), source, model, tmp_path)
     with pytest.raises(Skip, match="CUDAExecutionProvider is not active"):
-        OrtRunner(artifact, CudaFp32.providers, 1)
+        open_session(artifact, CudaFp32.providers, 1)
 
 
 def test_tensorrt_needs_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(gpu, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(cuda, "cuda_device_count", lambda: 1)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
     source, model = mlp(tmp_path / "model.onnx")
     with pytest.raises(Skip, match=r"tensorrt package not installed \(pip install infaas\[gpu\]\)"):

@@ -1,9 +1,11 @@
-"""CUDA device detection that does not trust ONNX Runtime's provider list.
+"""The CUDA driver, asked directly: how many devices this host really has, and moving arrays to them.
 
 ``onnxruntime-gpu`` lists the CUDA and TensorRT execution providers even on a host without a GPU and
 then silently runs on the CPU, so a variant must never be called "GPU" on that evidence. We ask the
 driver itself (``cuInit`` + ``cuDeviceGetCount`` through ``libcuda``), falling back to ``nvidia-smi``;
-once a session exists, ``base.open_runner`` also checks that the wanted provider is really active.
+once a session exists, ``runtime.open_session`` also checks that the wanted provider is really active.
+Lives in the core because serving a TensorRT engine (``tensorrt_engine``) needs the driver as much as
+building one does.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ import subprocess
 
 import numpy as np
 
-from variant_generator.base import Skip
-
-NO_CUDA_DEVICE = "no CUDA device"
 _LIBCUDA_NAMES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll", "libcuda.dylib")
 
 
@@ -63,12 +62,6 @@ def cuda_device_count() -> int:
 def has_cuda_device() -> bool:
     """Whether at least one CUDA device is present."""
     return cuda_device_count() > 0
-
-
-def require_cuda() -> None:
-    """Raise ``Skip("no CUDA device")`` unless a CUDA device is present (GPU generators call this first)."""
-    if not has_cuda_device():
-        raise Skip(NO_CUDA_DEVICE)
 
 
 class CudaDriver:
