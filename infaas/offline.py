@@ -27,7 +27,7 @@ import numpy as np
 from infaas.catalog import ModelInfo, VariantInfo
 from infaas.db.models import VariantStatus
 from infaas.errors import BadRequest, Unprocessable
-from infaas.runtime import available_providers, create_session
+from infaas.runtime import available_providers, open_session
 from infaas.services import Services
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def _run_batches(services: Services, job_id: str, plan: Plan, inputs: dict[str, 
     """Run every sample through the plan's variant in batches, writing progress to the job row."""
     variant = plan.variant
     artifact = services.store.local_path(variant.artifact_key or plan.model.artifact_key)
-    session = create_session(artifact, providers=list(variant.providers) or None, threads=variant.threads)
+    session = open_session(artifact, variant.providers, variant.threads)
     specs = {s["name"]: s for s in plan.model.inputs}
     fixed = {int(specs[name]["shape"][0]) for name in inputs if int(specs[name]["shape"][0]) > 0}
     # A model with a fixed batch axis gets exactly that many rows; its last batch is zero-padded.
