@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from infaas import cuda
+from infaas.errors import Unavailable
 from infaas.tensorrt_engine import EngineSession
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,15 @@ NO_CUDA_DEVICE = "no CUDA device"
 NO_TENSORRT = "tensorrt package not installed (pip install infaas[gpu])"
 
 
-class Skip(Exception):
+class Skip(Unavailable):
     """The variant does not apply here (no GPU, no ``tensorrt``, nothing to quantize...); the message is why.
 
     Raised by the loader when this host cannot run an artifact and by generators when a kind of variant
-    makes no sense for a model; a build records either as the variant's ``skipped`` status.
+    makes no sense for a model; a build records either as the variant's ``skipped`` status, and a query
+    sent to a worker that cannot open its variant gets a 503 that says why.
     """
+
+    code = "variant_not_runnable_here"
 
 
 class TensorInfo(Protocol):
