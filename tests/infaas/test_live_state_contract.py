@@ -1,13 +1,57 @@
-"""The in-memory live state: workers, instances, queue depth, windowed stats, recent queries."""
+"""What every live state promises, checked on each backend: in-memory (embedded) and Redis (scaled out).
+
+The selector, the engine and the autoscaler only see ``LiveState``; a behaviour they rely on belongs
+here, so that both backends keep it. What only Redis does (expiry, caching, fan-out across processes) is
+in ``test_live_state_redis.py``.
+"""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from infaas.live_state import InstanceState, MemoryLiveState, QueryRecord, WorkerState
+from infaas.live_state import InstanceState, LiveState, MemoryLiveState, QueryRecord, WorkerState
+from infaas.live_state.redis import RedisLiveState
+from tests.redis_server import REDIS_URL, delete_keys, redis_up
+
+# Makes a fresh, empty live state of the backend under test (keyword arguments go to its constructor).
+MakeLiveState = Callable[..., LiveState]
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param(
+            "redis",
+            marks=[pytest.mark.integration, pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379")],
+        ),
+    ]
+)
+def make_live(request: pytest.FixtureRequest) -> Iterator[MakeLiveState]:
+    """Each call is a new state with nothing in it; all are closed (and their Redis keys deleted) afterwards."""
+    made: list[LiveState] = []
+    prefix = f"infaas-test-{uuid.uuid4().hex[:10]}"
+    numbers = itertools.count()
+
+    def make(**kwargs: object) -> LiveState:
+        if request.param == "memory":
+            state: LiveState = MemoryLiveState(**kwargs)  # type: ignore[arg-type]
+        else:
+            kwargs.setdefault("snapshot_ttl_s", 0.0)
+            state = RedisLiveState(REDIS_URL, f"{prefix}-{next(numbers)}", **kwargs)  # type: ignore[arg-type]
+        made.append(state)
+        return state
+
+    yield make
+    for state in made:
+        state.close()
+    if request.param == "redis":
+        delete_keys(prefix)
 
 
 def record(
@@ -20,22 +64,25 @@ def record(
     )  # fmt: skip
 
 
-def test_workers_heartbeat_and_draining() -> None:
-    live = MemoryLiveState()
-    live.register_worker(WorkerState(id="w1", address="local", cores=2, memory_budget_mb=100))
+def test_workers_heartbeat_and_draining(make_live: MakeLiveState) -> None:
+    live = make_live()
+    live.register_worker(WorkerState(id="w1", address="http://127.0.0.1:1", cores=2, memory_budget_mb=100))
     before = live.snapshot()
     live.heartbeat("w1", 40.0)
     live.set_draining("w1", True)
     (w,) = live.workers()
     assert w.memory_used_mb == 40.0 and w.memory_free_mb == 60.0 and w.draining and w.heartbeat_at > 0
+    assert w.address == "http://127.0.0.1:1" and w.hardware == ("cpu",)
     assert before.workers[0].memory_used_mb == 0.0  # snapshots already handed out do not change
     live.heartbeat("unknown", 1.0)  # ignored
+    live.set_draining("unknown", True)  # ignored
+    assert [x.id for x in live.workers()] == ["w1"]
     live.remove_worker("w1")
     assert live.workers() == []
 
 
-def test_instances_and_queue_depth() -> None:
-    live = MemoryLiveState()
+def test_instances_and_queue_depth(make_live: MakeLiveState) -> None:
+    live = make_live()
     live.register_worker(WorkerState(id="w1", address="local", cores=2, memory_budget_mb=100))
     live.set_instance(InstanceState("w1", "m/v", 2, 20.0))
     live.set_instance(InstanceState("w2", "m/v", 1, 10.0))
@@ -50,8 +97,8 @@ def test_instances_and_queue_depth() -> None:
     assert live.instances() == []
 
 
-def test_variant_stats_over_the_window() -> None:
-    live = MemoryLiveState()
+def test_variant_stats_over_the_window(make_live: MakeLiveState) -> None:
+    live = make_live()
     for ms in range(1, 101):
         live.record_query(record(actual=float(ms), estimated=float(ms) - 2, budget=50.0))
     live.record_query(record(variant="other", budget=None))
@@ -63,22 +110,23 @@ def test_variant_stats_over_the_window() -> None:
     assert s.mean_estimate_error_ms == pytest.approx(2.0)
     assert s.rate_per_s == pytest.approx(10.0)
     assert stats["m/other"].slo_miss_rate == 0.0
-    old = MemoryLiveState()
+    old = make_live()
     old.record_query(QueryRecord(**{**record().__dict__, "at": time.time() - 100}))
     assert old.variant_stats(window_s=10.0)["m/v"].requests == 0
 
 
-def test_recent_queries_are_a_bounded_ring_newest_first() -> None:
-    live = MemoryLiveState(recent=5)
+def test_recent_queries_are_a_bounded_ring_newest_first(make_live: MakeLiveState) -> None:
+    live = make_live(recent=5)
     for i in range(8):
         live.record_query(record(actual=float(i)))
     recent = live.recent_queries(limit=3)
     assert [r.actual_ms for r in recent] == [7.0, 6.0, 5.0]
+    assert recent[0] == QueryRecord(**{**record(actual=7.0).__dict__, "at": recent[0].at})  # every field survives
     assert len(live.recent_queries(limit=100)) == 5
 
 
-def test_recording_is_thread_safe() -> None:
-    live = MemoryLiveState()
+def test_recording_is_thread_safe(make_live: MakeLiveState) -> None:
+    live = make_live()
     r = record()
     threads = [threading.Thread(target=lambda: [live.record_query(r) for _ in range(5000)]) for _ in range(4)]
     for t in threads:
