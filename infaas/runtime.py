@@ -35,7 +35,7 @@ class Skip(Unavailable):
 
     Raised by the loader when this host cannot run an artifact and by generators when a kind of variant
     makes no sense for a model; a build records either as the variant's ``skipped`` status, and a query
-    sent to a worker that cannot open its variant gets a 503 that says why.
+    whose in-process worker cannot open the variant gets a 503 that says why.
     """
 
     code = "variant_not_runnable_here"
