@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from infaas.tensors import TensorSpec
+
 
 @dataclass(frozen=True)
 class ProfileInfo:
@@ -65,8 +67,8 @@ class ModelInfo:
     name: str
     task: str
     framework: str
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     opset: int | None
     declared_accuracy: float | None
     max_batch: int

@@ -23,6 +23,7 @@ from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
 from infaas.live_state import LiveState, QueryRecord
 from infaas.selector import Candidate, Decision, Requirements, select
+from infaas.tensors import TensorSpec, check_limits, conform_inputs
 from infaas.worker import InferResult, WorkerClient, WorkerError
 from infaas.worker.clients import WorkerClients
 from infaas.worker.remote import WorkerUnavailable
@@ -81,104 +82,6 @@ class _Plan:
     candidates: tuple[Candidate, ...]  # to choose again if the chosen worker turns out to be gone
 
 
-# -- inputs (one TensorSpec type for the whole code base: see infaas.tensors) --------------------------
-@dataclass(frozen=True)
-class TensorSpec:
-    """A model input as registered: numpy dtype and shape with ``-1`` for dynamic dimensions."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int, ...]
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> TensorSpec:
-        """From the catalog's ``{"name", "dtype", "shape"}`` dict."""
-        shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in raw.get("shape") or ())
-        return cls(name=str(raw["name"]), dtype=np.dtype(raw["dtype"]), shape=shape)
-
-
-def _kind_ok(expected: np.dtype, got: np.dtype) -> bool:
-    """JSON numbers may feed float tensors; integer tensors need integers; bool needs bool."""
-    if expected.kind == "f":
-        return got.kind in "iuf"
-    if expected.kind in "iu":
-        return got.kind in "iu"
-    return got.kind == expected.kind
-
-
-def _to_array(spec: TensorSpec, value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        if value.dtype != spec.dtype:
-            raise InvalidInput(f"input {spec.name!r} has dtype {value.dtype}, the model expects {spec.dtype}")
-        return value
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"input {spec.name!r} is not a rectangular array of numbers") from exc
-    if array.dtype == object or not _kind_ok(spec.dtype, array.dtype):
-        raise InvalidInput(
-            f"input {spec.name!r} holds {array.dtype.name if array.dtype != object else 'mixed'} values, "
-            f"the model expects {spec.dtype}"
-        )
-    if spec.dtype.kind in "iu" and array.size:
-        limits = np.iinfo(spec.dtype)
-        if array.min() < limits.min or array.max() > limits.max:
-            raise InvalidInput(f"input {spec.name!r} has values outside the range of {spec.dtype}")
-    return array.astype(spec.dtype, copy=False)
-
-
-def check_limits(inputs: Mapping[str, Any], max_batch: int, max_inputs: int) -> None:
-    """The per-query limits, checked before anything about the model so that an over-limit query gets
-    its 400 whatever state the model is in (and costs no conversion work)."""
-    if len(inputs) > max_inputs:
-        raise InvalidInput(f"{len(inputs)} inputs sent; at most {max_inputs} are accepted")
-    for name, value in inputs.items():
-        if isinstance(value, np.ndarray):
-            rows = value.shape[0] if value.ndim else 1
-        else:
-            rows = len(value) if isinstance(value, list | tuple) else 1
-        if rows > max_batch:
-            raise InvalidInput(
-                f"input {name!r} has {rows} rows; at most {max_batch} per query (INFAAS_MAX_BATCH_PER_QUERY)"
-            )
-
-
-def validate_inputs(
-    specs: tuple[TensorSpec, ...], inputs: Mapping[str, Any], max_batch: int, max_inputs: int
-) -> tuple[dict[str, np.ndarray], int]:
-    """Arrays of the model's dtypes and shapes, and the query's batch (rows); ``InvalidInput`` if not."""
-    if len(inputs) > max_inputs:
-        raise InvalidInput(f"{len(inputs)} inputs sent; at most {max_inputs} are accepted")
-    expected = {s.name for s in specs}
-    if inputs.keys() != expected:
-        missing = sorted(expected - inputs.keys())
-        extra = sorted(inputs.keys() - expected)
-        parts = [f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else ""]
-        raise InvalidInput(f"inputs {'; '.join(p for p in parts if p)}; the model takes {sorted(expected)}")
-    arrays: dict[str, np.ndarray] = {}
-    batch: int | None = None
-    for spec in specs:
-        array = _to_array(spec, inputs[spec.name])
-        shape = array.shape
-        if len(shape) != len(spec.shape) or any(
-            want > 0 and got != want for want, got in zip(spec.shape, shape, strict=True)
-        ):
-            wanted = ["N" if i == 0 and d < 0 else ("?" if d < 0 else d) for i, d in enumerate(spec.shape)]
-            raise InvalidInput(f"input {spec.name!r} has shape {list(shape)}, the model expects {wanted}")
-        rows = shape[0] if shape else 1
-        if batch is None:
-            batch = rows
-        elif rows != batch:
-            raise InvalidInput(f"inputs disagree on the batch size ({batch} and {rows} rows)")
-        arrays[spec.name] = array
-    batch = batch or 0
-    if batch < 1:
-        raise InvalidInput("the batch is empty: send at least one row")
-    if batch > max_batch:
-        raise InvalidInput(f"{batch} rows sent; at most {max_batch} per query (INFAAS_MAX_BATCH_PER_QUERY)")
-    return arrays, batch
-
-
 class QueryEngine:
     """Serves queries: candidate cache + live state + selector + worker clients."""
 
@@ -198,7 +101,6 @@ class QueryEngine:
         self._prices = dict(prices)
         self._max_batch = max_batch
         self._max_inputs = max_inputs
-        self._specs: dict[str, tuple[ModelInfo, tuple[TensorSpec, ...]]] = {}
 
     # -- the entry point ------------------------------------------------------------------------
     async def serve(self, parse: Callable[[], tuple[Query, T]], body_bytes: int) -> tuple[Answer, T]:
@@ -322,14 +224,6 @@ class QueryEngine:
             raise UnknownModel(f"no model registered for task {task!r}")
         return models
 
-    def _signature(self, model: ModelInfo) -> tuple[TensorSpec, ...]:
-        cached = self._specs.get(model.name)
-        if cached is not None and cached[0] is model:
-            return cached[1]
-        specs = tuple(TensorSpec.parse(raw) for raw in model.inputs)
-        self._specs[model.name] = (model, specs)
-        return specs
-
     def _candidates(
         self, models: list[ModelInfo], inputs: Mapping[str, Any]
     ) -> tuple[list[Candidate], dict[str, np.ndarray], int]:
@@ -346,10 +240,10 @@ class QueryEngine:
         candidates: list[Candidate] = []
         chosen: tuple[dict[str, np.ndarray], int] | None = None
         for model in ready:
-            specs = self._signature(model)
+            specs = model.inputs
             if specs not in converted:
                 try:
-                    converted[specs] = validate_inputs(specs, inputs, self._max_batch, self._max_inputs)
+                    converted[specs] = conform_inputs(specs, inputs, self._max_batch, self._max_inputs)
                 except InvalidInput as exc:
                     first_error = first_error or exc
                     continue

@@ -21,6 +21,7 @@ from infaas.catalog import ApiKeyInfo, DecisionInfo, JobInfo, ModelInfo, Profile
 from infaas.db.models import ApiKey, Decision, Job, Model, Profile, Variant, VariantStatus
 from infaas.db.session import Database
 from infaas.errors import Conflict, NotFound
+from infaas.tensors import TensorSpec
 
 
 class DuplicateModel(Conflict):
@@ -38,8 +39,8 @@ class NewModel:
 
     name: str
     task: str
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     opset: int | None
     declared_accuracy: float | None
     max_batch: int
@@ -90,8 +91,8 @@ def _model_info(row: Model, with_variants: bool = True) -> ModelInfo:
         name=row.name,
         task=row.task,
         framework=row.framework,
-        inputs=list(row.inputs),
-        outputs=list(row.outputs),
+        inputs=tuple(TensorSpec.from_json(raw) for raw in row.inputs),
+        outputs=tuple(TensorSpec.from_json(raw) for raw in row.outputs),
         opset=row.opset,
         declared_accuracy=row.declared_accuracy,
         max_batch=row.max_batch,
@@ -181,7 +182,13 @@ class MetadataStore:
     # -- models --------------------------------------------------------------------------------
     def add_model(self, new: NewModel) -> ModelInfo:
         """Insert a model; raises ``DuplicateModel`` if the name is taken."""
-        row = Model(**new.__dict__)
+        row = Model(
+            **{
+                **new.__dict__,
+                "inputs": [spec.to_json() for spec in new.inputs],
+                "outputs": [spec.to_json() for spec in new.outputs],
+            }
+        )
         try:
             with self.db.session() as session:
                 session.add(row)

@@ -20,15 +20,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from infaas.catalog import ModelInfo, VariantInfo
 from infaas.db.models import VariantStatus
-from infaas.errors import BadRequest, Unprocessable
+from infaas.errors import BadRequest, InvalidInput, Unprocessable
 from infaas.runtime import available_providers, open_session
 from infaas.services import Services
+from infaas.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -79,34 +79,31 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise JobInputError(f"the input is not a readable .npy or .npz file: {exc}") from exc
 
 
-def match_inputs(arrays: Mapping[str, np.ndarray], specs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+def match_inputs(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     """Map input arrays onto a model's inputs, checking names, dtypes and shapes.
 
-    A single-input model also takes an array named ``inputs`` (which is what a ``.npy`` holds). Dtypes
-    are converted within the same kind (float64 → float32 is fine, float → int is not), because numpy
-    defaults to float64 and refusing that would only annoy; the first axis is the sample axis.
+    A single-input model also takes an array named ``inputs`` (which is what a ``.npy`` holds). Each
+    array must fit ``TensorSpec.conform`` for samples (the first axis counts samples; float64 feeds a
+    float32 input). Only an empty slice is conformed here, so a large input is neither read nor converted
+    when a job is submitted; ``_run_batches`` conforms each batch as it runs.
     """
     arrays = dict(arrays)
-    if len(specs) == 1 and specs[0]["name"] not in arrays and "inputs" in arrays:
-        arrays[specs[0]["name"]] = arrays.pop("inputs")
+    if len(specs) == 1 and specs[0].name not in arrays and "inputs" in arrays:
+        arrays[specs[0].name] = arrays.pop("inputs")
     matched: dict[str, np.ndarray] = {}
     count: int | None = None
     for spec in specs:
-        name, dtype, shape = spec["name"], np.dtype(spec["dtype"]), list(spec["shape"])
+        name = spec.name
         if name not in arrays:
             raise JobInputError(
                 f"the input has no array {name!r}; name .npz arrays after the model inputs "
-                f"({', '.join(s['name'] for s in specs)})"
+                f"({', '.join(s.name for s in specs)})"
             )
         array = arrays[name]
-        if array.dtype != dtype and not np.can_cast(array.dtype, dtype, casting="same_kind"):
-            raise JobInputError(f"input {name!r} has dtype {array.dtype}, the model expects {dtype}")
-        expected = shape[1:]
-        if array.ndim != len(shape) or any(e > 0 and e != a for e, a in zip(expected, array.shape[1:], strict=True)):
-            raise JobInputError(
-                f"input {name!r} has shape {list(array.shape)}, the model expects "
-                f"[N, {', '.join(str(d) if d > 0 else '?' for d in expected)}]"
-            )
+        try:
+            spec.conform(array[:0] if array.ndim else array, samples=True)
+        except InvalidInput as exc:
+            raise JobInputError(str(exc)) from exc
         if count is not None and array.shape[0] != count:
             raise JobInputError("the input arrays disagree on the number of samples")
         count = int(array.shape[0])
@@ -241,17 +238,19 @@ def _run_batches(services: Services, job_id: str, plan: Plan, inputs: dict[str, 
     variant = plan.variant
     artifact = services.store.local_path(variant.artifact_key or plan.model.artifact_key)
     session = open_session(artifact, variant.providers, variant.threads)
-    specs = {s["name"]: s for s in plan.model.inputs}
-    fixed = {int(specs[name]["shape"][0]) for name in inputs if int(specs[name]["shape"][0]) > 0}
+    specs = {s.name: s for s in plan.model.inputs}
+    fixed = {specs[name].shape[0] for name in inputs if specs[name].shape[0] > 0}
     # A model with a fixed batch axis gets exactly that many rows; its last batch is zero-padded.
     batch = min(fixed) if fixed else plan.batch
-    casted = {name: a.astype(np.dtype(specs[name]["dtype"]), copy=False) for name, a in inputs.items()}
-    total = next(iter(casted.values())).shape[0]
+    total = next(iter(inputs.values())).shape[0]
     output_names = [o.name for o in session.get_outputs()]
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
     last_report = time.monotonic()
     for start in range(0, total, batch):
-        feed = {name: np.ascontiguousarray(a[start : start + batch]) for name, a in casted.items()}
+        feed = {
+            name: np.ascontiguousarray(specs[name].conform(a[start : start + batch], samples=True))
+            for name, a in inputs.items()
+        }
         rows = next(iter(feed.values())).shape[0]
         if fixed and rows < batch:
             feed = {n: np.concatenate([a, np.zeros((batch - rows, *a.shape[1:]), a.dtype)]) for n, a in feed.items()}
@@ -309,7 +308,7 @@ def run_offline_job(services: Services, job_id: str) -> None:
         outputs = _run_batches(services, job_id, plan, match_inputs(arrays, plan.model.inputs))
         _store_result(services, key, outputs)
         services.metadata.update_job(job_id, status=JobStatus.DONE, progress=1.0, result_key=key)
-    except (JobInputError, NoVariant) as exc:
+    except (JobInputError, InvalidInput, NoVariant) as exc:  # InvalidInput: a batch out of its dtype's range
         services.metadata.update_job(job_id, status=JobStatus.FAILED, error=str(exc))
     except Exception as exc:
         log.exception("offline job %s failed", job_id)

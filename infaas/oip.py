@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from infaas.errors import BadRequest
+from infaas.errors import BadRequest, InvalidInput
+from infaas.tensors import TensorSpec
 
 _DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -91,6 +92,22 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
+def _json_data(name: str, data: Any, dtype: np.dtype, shape: tuple[int, ...], declared: str) -> np.ndarray:
+    """JSON ``data``, flat (row-major, as the protocol says) or nested in ``shape`` (as some clients send),
+    as an array of the declared datatype; JSON values are taken by ``TensorSpec.conform``'s rule, as on
+    ``/v1``, so ``1.5`` is not truncated into an integer tensor."""
+    count = math.prod(shape)
+    flat = not (isinstance(data, list) and data and isinstance(data[0], list))
+    if flat and isinstance(data, list) and len(data) != count:
+        raise OipError(f"input {name!r}: {len(data)} values given, shape {list(shape)} needs {count}")
+    try:
+        return TensorSpec(name, dtype, (count,) if flat else shape).conform(data).reshape(shape)
+    except InvalidInput as exc:
+        raise OipError(
+            f"input {name!r}: 'data' is not a list of {declared} values of shape {list(shape)} ({exc})"
+        ) from None
+
+
 def _parameters(raw: Any, where: str) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -148,13 +165,7 @@ def decode_request(body: bytes, header_length: str | int | None) -> InferRequest
         else:
             if "data" not in raw:
                 raise OipError(f"input {name!r} has neither 'data' nor binary_data_size")
-            try:
-                array = np.asarray(raw["data"], dtype=dtype)
-            except (ValueError, TypeError, OverflowError):
-                raise OipError(f"input {name!r}: 'data' is not a list of {raw['datatype']} values") from None
-            if array.size != count:
-                raise OipError(f"input {name!r}: {array.size} values given, shape {list(shape)} needs {count}")
-            array = array.reshape(shape)
+            array = _json_data(name, raw["data"], dtype, shape, raw["datatype"])
         inputs[name] = array
     if offset != len(view):
         raise OipError(f"{len(view) - offset} bytes of binary data are not claimed by any input")
@@ -214,6 +225,6 @@ def encode_response(
     return b"".join([header, *blobs]), len(header)
 
 
-def tensor_metadata(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """OIP metadata of a catalog tensor spec ``{"name", "dtype", "shape"}`` (``-1`` = dynamic)."""
-    return {"name": spec["name"], "datatype": datatype(spec["dtype"]), "shape": list(spec.get("shape") or [])}
+def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    """OIP metadata of a model's tensor (``-1`` = dynamic)."""
+    return {"name": spec.name, "datatype": datatype(spec.dtype), "shape": list(spec.shape)}

@@ -17,8 +17,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
-from infaas.errors import BadRequest
+from infaas.errors import BadRequest, InvalidInput
 from infaas.runtime import create_session, numpy_dtype
+from infaas.tensors import TensorSpec
 
 # Far beyond any model infaas serves on one host; a declared tensor past this is an attack or a bug.
 MAX_TENSOR_ELEMENTS = 2_000_000_000
@@ -35,24 +36,11 @@ class ModelCheckError(BadRequest):
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """Name, numpy dtype and shape (``-1`` for a dynamic dimension) of a graph input or output."""
-
-    name: str
-    dtype: str
-    shape: list[int]
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form stored in the metadata."""
-        return {"name": self.name, "dtype": self.dtype, "shape": self.shape}
-
-
-@dataclass(frozen=True)
 class CheckedModel:
     """What the checks learned about a valid model."""
 
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     opset: int | None
 
 
@@ -153,11 +141,11 @@ def _check_tensors(model: onnx.ModelProto) -> None:
 
 
 def _spec(arg: Any) -> TensorSpec:
-    shape = [d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or [])]
-    return TensorSpec(name=arg.name, dtype=numpy_dtype(arg.type).name, shape=shape)
+    shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(name=arg.name, dtype=numpy_dtype(arg.type), shape=shape)
 
 
-def _probe_inputs(inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+def _probe_inputs(inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
     """Inputs of the declared shapes (dynamic dimensions set to 1) for one test inference."""
     return {spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype) for spec in inputs}
 
@@ -177,8 +165,8 @@ def check_model_bytes(data: bytes) -> CheckedModel:
     except Exception as exc:  # ONNX Runtime raises several unrelated exception types.
         raise ModelCheckError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:500]}") from exc
     try:
-        inputs = [_spec(a) for a in session.get_inputs()]
-        outputs = [_spec(a) for a in session.get_outputs()]
+        inputs = tuple(_spec(a) for a in session.get_inputs())
+        outputs = tuple(_spec(a) for a in session.get_outputs())
     except ValueError as exc:
         raise ModelCheckError(f"unsupported input or output type: {exc}") from exc
     try:
@@ -195,11 +183,13 @@ def check_model_file(path: Path) -> CheckedModel:
     return check_model_bytes(Path(path).read_bytes())
 
 
-def check_validation_file(path: Path, inputs: list[TensorSpec]) -> int:
+def check_validation_file(path: Path, inputs: tuple[TensorSpec, ...]) -> int:
     """Check a validation ``.npz`` against the model's inputs; returns the number of samples.
 
     Arrays are named after the model's inputs (a single-input model may use ``inputs``), plus an optional
-    ``labels`` array of one integer per sample.
+    ``labels`` array of one integer per sample. Each array must fit ``TensorSpec.conform`` for samples and,
+    stricter than a job's input, already have the model's dtype: the set is stored as uploaded and every
+    variant's accuracy is measured on it, so the uploader should see the exact values it is scored on.
     """
     try:
         archive = np.load(path, allow_pickle=False)
@@ -216,17 +206,14 @@ def check_validation_file(path: Path, inputs: list[TensorSpec]) -> int:
                 f"({', '.join(s.name for s in inputs)})"
             )
         array = arrays[spec.name]
-        if array.dtype != np.dtype(spec.dtype):
+        if array.dtype != spec.dtype:
             raise ModelCheckError(
                 f"validation array {spec.name!r} has dtype {array.dtype}, the model expects {spec.dtype}"
             )
-        expected = spec.shape[1:]
-        actual = list(array.shape[1:])
-        if array.ndim != len(spec.shape) or any(e > 0 and e != a for e, a in zip(expected, actual, strict=True)):
-            raise ModelCheckError(
-                f"validation array {spec.name!r} has shape {list(array.shape)}, the model expects "
-                f"[N, {', '.join(str(d) if d > 0 else '?' for d in expected)}]"
-            )
+        try:
+            spec.conform(array, samples=True)
+        except InvalidInput as exc:
+            raise ModelCheckError(f"the validation file does not fit the model: {exc}") from exc
         if count is not None and array.shape[0] != count:
             raise ModelCheckError("validation arrays disagree on the number of samples")
         count = int(array.shape[0])

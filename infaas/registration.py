@@ -100,8 +100,8 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
         NewModel(
             name=request.name,
             task=request.task,
-            inputs=[s.as_dict() for s in checked.inputs],
-            outputs=[s.as_dict() for s in checked.outputs],
+            inputs=checked.inputs,
+            outputs=checked.outputs,
             opset=checked.opset,
             declared_accuracy=request.declared_accuracy,
             max_batch=request.max_batch,

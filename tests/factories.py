@@ -25,6 +25,7 @@ from infaas.db.models import VariantStatus
 from infaas.metadata import NewModel
 from infaas.onnx_check import check_model_bytes
 from infaas.services import Services
+from infaas.tensors import TensorSpec
 
 TASK = "tabular-classification"
 
@@ -141,14 +142,15 @@ def model_info(
     max_batch: int = 16,
     status: str = "ready",
 ) -> ModelInfo:
-    """A model as the catalog returns it, for code that takes a ``ModelInfo`` and needs no database."""
+    """A model as the catalog returns it, for code that takes a ``ModelInfo`` and needs no database;
+    ``inputs``/``outputs`` in their stored JSON form."""
     return ModelInfo(
         id=1,
         name=name,
         task=task,
         framework="onnx",
-        inputs=list(inputs),
-        outputs=list(outputs),
+        inputs=tuple(TensorSpec.from_json(s) for s in inputs),
+        outputs=tuple(TensorSpec.from_json(s) for s in outputs),
         opset=17,
         declared_accuracy=None,
         max_batch=max_batch,
@@ -222,8 +224,8 @@ def seed_model(
         NewModel(
             name=name,
             task=task,
-            inputs=[s.as_dict() for s in checked.inputs],
-            outputs=[s.as_dict() for s in checked.outputs],
+            inputs=checked.inputs,
+            outputs=checked.outputs,
             opset=checked.opset,
             declared_accuracy=declared_accuracy,
             max_batch=max_batch,

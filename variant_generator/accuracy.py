@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from infaas.catalog import ModelInfo
 from infaas.runtime import Session
+from infaas.tensors import TensorSpec
 
 DEFAULT_DYNAMIC_DIM = 16  # e.g. a sequence axis left dynamic by the exporter
 MAX_ROWS = 1024  # bound on rows used for accuracy, so a big validation set cannot stall a build
@@ -41,18 +41,12 @@ class ValidationSet:
         return {name: array[index] for name, array in self.inputs.items()}
 
 
-def is_fixed(dim: Any) -> bool:
-    """Whether a declared dimension is a known size (anything else -- -1, None, "batch" -- is dynamic)."""
-    return isinstance(dim, int) and not isinstance(dim, bool) and dim > 0
-
-
-def _input_dtype(spec: dict[str, Any]) -> np.dtype:
-    return np.dtype(spec.get("dtype") or "float32")
-
-
 def load_validation(path: Path, model: ModelInfo) -> ValidationSet:
-    """Read ``validation.npz``: arrays named after the inputs (or ``inputs`` for one input), ``labels``."""
-    names = [spec["name"] for spec in model.inputs]
+    """Read ``validation.npz``: arrays named after the inputs (or ``inputs`` for one input), ``labels``.
+
+    Each array is conformed to its input as samples (``TensorSpec.conform``), as an offline job's are.
+    """
+    names = [spec.name for spec in model.inputs]
     with np.load(path, allow_pickle=False) as data:
         if len(names) == 1 and names[0] not in data and "inputs" in data:
             arrays = {names[0]: data["inputs"]}
@@ -63,7 +57,7 @@ def load_validation(path: Path, model: ModelInfo) -> ValidationSet:
             arrays = {n: data[n] for n in names}
         labels = data["labels"][:MAX_ROWS] if "labels" in data else None
     inputs = {
-        spec["name"]: np.ascontiguousarray(arrays[spec["name"]][:MAX_ROWS], dtype=_input_dtype(spec))
+        spec.name: np.ascontiguousarray(spec.conform(arrays[spec.name][:MAX_ROWS], samples=True))
         for spec in model.inputs
     }
     rows = {len(a) for a in inputs.values()} | ({len(labels)} if labels is not None else set())
@@ -72,11 +66,10 @@ def load_validation(path: Path, model: ModelInfo) -> ValidationSet:
     return ValidationSet(inputs=inputs, labels=labels)
 
 
-def _synthetic_array(spec: dict[str, Any], batch: int, rng: np.random.Generator) -> np.ndarray:
-    dims = list(spec.get("shape") or [])
-    shape = tuple(d if is_fixed(d) else DEFAULT_DYNAMIC_DIM for d in dims[1:])
-    shape = (batch, *shape) if dims else ()
-    dtype, name = _input_dtype(spec), spec["name"].lower()
+def _synthetic_array(spec: TensorSpec, batch: int, rng: np.random.Generator) -> np.ndarray:
+    shape = tuple(d if d > 0 else DEFAULT_DYNAMIC_DIM for d in spec.shape[1:])
+    shape = (batch, *shape) if spec.shape else ()
+    dtype, name = spec.dtype, spec.name.lower()
     if dtype == np.bool_:
         return np.ones(shape, dtype=dtype)
     if np.issubdtype(dtype, np.integer):
@@ -94,15 +87,14 @@ def synthetic_set(model: ModelInfo, rows: int = SYNTHETIC_ROWS, seed: int = 0) -
     """Deterministic random inputs of the declared dtypes, used when no validation set was given."""
     rng = np.random.default_rng(seed)
     rows = fixed_batch(model) or rows
-    return ValidationSet({spec["name"]: _synthetic_array(spec, rows, rng) for spec in model.inputs}, synthetic=True)
+    return ValidationSet({spec.name: _synthetic_array(spec, rows, rng) for spec in model.inputs}, synthetic=True)
 
 
 def fixed_batch(model: ModelInfo) -> int | None:
     """The batch size if an input pins dim 0 to a number (then no other batch size can be fed)."""
     for spec in model.inputs:
-        shape = spec.get("shape") or []
-        if shape and is_fixed(shape[0]):
-            return int(shape[0])
+        if spec.shape and spec.shape[0] > 0:
+            return spec.shape[0]
     return None
 
 

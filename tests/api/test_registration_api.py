@@ -120,7 +120,7 @@ def test_duplicate_name_rejected_and_original_kept(
     response = _register(client, other)
     assert response.status_code == 409
     assert "already exists" in response.json()["detail"]
-    assert services.metadata.get_model("mlp").inputs[0]["shape"] == [-1, 8]
+    assert services.metadata.get_model("mlp").inputs[0].shape == (-1, 8)
     assert services.store.get_bytes("models/mlp/model.onnx") == mlp_path.read_bytes()
 
 

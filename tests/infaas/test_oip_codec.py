@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from infaas.oip import OipError, datatype, decode_request, encode_response, numpy_dtype, tensor_metadata
+from infaas.tensors import TensorSpec
 
 
 def binary_body(arrays: dict[str, np.ndarray], extra: dict | None = None) -> tuple[bytes, int]:
@@ -98,6 +99,8 @@ def test_json_data_errors() -> None:
         one({"name": "a", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3]})
     with pytest.raises(OipError, match="not a list of FP32"):
         one({"name": "a", "datatype": "FP32", "shape": [1], "data": [{"x": 1}]})
+    with pytest.raises(OipError, match="not a list of INT32"):  # JSON values follow TensorSpec.conform's rule
+        one({"name": "a", "datatype": "INT32", "shape": [1], "data": [1.5]})
     with pytest.raises(OipError, match="neither 'data' nor binary_data_size"):
         one({"name": "a", "datatype": "FP32", "shape": [1]})
     with pytest.raises(OipError, match="given twice"):
@@ -142,7 +145,7 @@ def test_encode_json_and_binary_outputs() -> None:
 
 
 def test_tensor_metadata() -> None:
-    assert tensor_metadata({"name": "x", "dtype": "float32", "shape": [-1, 4]}) == {
+    assert tensor_metadata(TensorSpec.from_json({"name": "x", "dtype": "float32", "shape": [-1, 4]})) == {
         "name": "x",
         "datatype": "FP32",
         "shape": [-1, 4],

@@ -15,6 +15,7 @@ from infaas.config import Settings
 from infaas.db.models import ModelStatus, VariantStatus
 from infaas.metadata import NewModel
 from infaas.services import Services, build_services
+from infaas.tensors import TensorSpec
 from variant_generator import registry
 from variant_generator.base import BuildContext
 from variant_generator.build import build_model_variants, reprofile_model
@@ -69,8 +70,8 @@ def register(services: Services, tmp_path: Path, name: str = "mlp", validation: 
         NewModel(
             name=name,
             task="classification",
-            inputs=[{"name": "x", "dtype": "float32", "shape": ["batch", 6]}],
-            outputs=[{"name": "y", "dtype": "float32", "shape": ["batch", 3]}],
+            inputs=(TensorSpec.from_json({"name": "x", "dtype": "float32", "shape": ["batch", 6]}),),
+            outputs=(TensorSpec.from_json({"name": "y", "dtype": "float32", "shape": ["batch", 3]}),),
             opset=17,
             declared_accuracy=None,
             max_batch=4,

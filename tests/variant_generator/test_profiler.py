@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from infaas.catalog import ModelInfo
 from infaas.config import Settings
+from infaas.tensors import TensorSpec
 from variant_generator.accuracy import ValidationSet, load_validation, score, synthetic_set
 from variant_generator.profiler import batch_sizes, profile_variant, reference_outputs
 
@@ -43,8 +44,9 @@ def linear_classifier(path: Path) -> Path:
 def info(max_batch: int = 8, inputs: list[dict] | None = None) -> ModelInfo:
     return ModelInfo(
         id=1, name="linear", task="classification", framework="onnx",
-        inputs=inputs or [{"name": "x", "dtype": "float32", "shape": ["batch", 8]}],
-        outputs=[{"name": "y", "dtype": "float32", "shape": ["batch", 3]}], opset=17, declared_accuracy=None,
+        inputs=tuple(map(TensorSpec.from_json, inputs or [{"name": "x", "dtype": "float32", "shape": ["batch", 8]}])),
+        outputs=(TensorSpec.from_json({"name": "y", "dtype": "float32", "shape": ["batch", 3]}),), opset=17,
+        declared_accuracy=None,
         max_batch=max_batch, owner="test", public=True, status="ready", status_reason=None,
         artifact_key="models/linear/model.onnx", validation_key=None, size_bytes=0, created_at=datetime.now(UTC),
     )  # fmt: skip
@@ -152,4 +154,5 @@ def test_validation_file_conventions(tmp_path: Path) -> None:
     assert load_validation(tmp_path / "named.npz", info()).labels is None
     np.savez(tmp_path / "bad.npz", z=x)
     with pytest.raises(ValueError, match="no array for input"):
-        load_validation(tmp_path / "bad.npz", replace(info(), inputs=[*info().inputs, {"name": "k", "shape": []}]))
+        extra = TensorSpec("k", np.dtype("float32"), ())
+        load_validation(tmp_path / "bad.npz", replace(info(), inputs=(*info().inputs, extra)))

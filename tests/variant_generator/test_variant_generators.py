@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from infaas import cuda
 from infaas.catalog import ModelInfo
 from infaas.runtime import NO_TENSORRT, Skip, open_session
+from infaas.tensors import TensorSpec
 from variant_generator import int8_static, registry
 from variant_generator.accuracy import ValidationSet
 from variant_generator.base import BuildContext, VariantGenerator
@@ -84,8 +85,8 @@ def ml_only(path: Path) -> tuple[Path, ModelInfo]:
 
 
 def model_info(name: str, inputs: list[tuple[str, list]], outputs: list[tuple[str, list]]) -> ModelInfo:
-    spec = [{"name": n, "dtype": "float32", "shape": s} for n, s in inputs]
-    out = [{"name": n, "dtype": "float32", "shape": s} for n, s in outputs]
+    spec = tuple(TensorSpec.from_json({"name": n, "dtype": "float32", "shape": s}) for n, s in inputs)
+    out = tuple(TensorSpec.from_json({"name": n, "dtype": "float32", "shape": s}) for n, s in outputs)
     return ModelInfo(
         id=1, name=name, task="classification", framework="onnx", inputs=spec, outputs=out, opset=17,
         declared_accuracy=None, max_batch=MAX_BATCH, owner="test", public=True, status="building",
@@ -95,7 +96,7 @@ def model_info(name: str, inputs: list[tuple[str, list]], outputs: list[tuple[st
 
 
 def validation_for(model: ModelInfo, rows: int = 200) -> ValidationSet:
-    shape = [d for d in model.inputs[0]["shape"][1:]]
+    shape = model.inputs[0].shape[1:]
     return ValidationSet({"x": RNG.standard_normal((rows, *shape)).astype(np.float32)})
 
 
