@@ -8,6 +8,7 @@ wires them together. Everything else receives a ``Services`` and never asks whic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from infaas.db.migrate import upgrade
 from infaas.db.session import Database
 from infaas.engine import QueryEngine
 from infaas.jobs import tasks
-from infaas.jobs.runner import JobRunner, make_runner
+from infaas.jobs.runner import InProcessRunner, JobRunner
 from infaas.live_state import LiveState, make_live_state
 from infaas.metadata import MetadataStore
 from infaas.model_store import ModelStore, open_model_store
@@ -99,5 +100,14 @@ def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool 
         engine=engine,
     )
     if with_jobs:
-        services.jobs = make_runner(settings, services.run_task)
+        services.jobs = _job_runner(settings, services.run_task)
     return services
+
+
+def _job_runner(settings: Settings, execute: Callable[..., Any]) -> JobRunner:
+    """Celery when a broker is configured, otherwise in-process (running tasks through ``execute``)."""
+    if settings.broker_url:
+        from infaas.jobs.celery_runner import CeleryRunner  # imports Celery: only when scaled out
+
+        return CeleryRunner(settings.broker_url)
+    return InProcessRunner(execute)

@@ -4,6 +4,6 @@ Tasks are plain functions registered by name (``infaas.jobs.tasks``). A runner s
 on the embedded default, as Celery tasks when ``INFAAS_BROKER_URL`` is set. Callers only see ``JobRunner``.
 """
 
-from infaas.jobs.runner import InProcessRunner, JobRunner, make_runner
+from infaas.jobs.runner import InProcessRunner, JobRunner
 
-__all__ = ["InProcessRunner", "JobRunner", "make_runner"]
+__all__ = ["InProcessRunner", "JobRunner"]

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from infaas.config import Settings
 from infaas.jobs import tasks
 
 log = logging.getLogger(__name__)
@@ -55,12 +54,3 @@ class InProcessRunner(JobRunner):
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
-
-
-def make_runner(settings: Settings, execute: TaskExecutor) -> JobRunner:
-    """Celery when a broker is configured, otherwise in-process (running tasks through ``execute``)."""
-    if settings.broker_url:
-        from infaas.jobs.celery_runner import CeleryRunner
-
-        return CeleryRunner(settings.broker_url)
-    return InProcessRunner(execute)
