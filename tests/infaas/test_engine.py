@@ -1,0 +1,125 @@
+"""The query engine's one entry point and its thread rule (``infaas.offload``), without HTTP."""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import numpy as np
+import pytest
+
+from infaas import offload
+from infaas.engine import Answer, Query
+from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
+from infaas.selector import Requirements
+from infaas.services import Services
+from tests.factories import linear_model, profiles, seed_model
+
+
+
+def _seeded(services: Services, p50_ms: float = 0.05) -> None:
+    seed_model(services, "lin", linear_model(), task="t", variants={"fp32": profiles({1: p50_ms, 8: p50_ms * 2})})
+    services.start_serving()
+
+
+def _query(rows: int = 1) -> Query:
+    return Query(Requirements(model="lin"), {"x": np.ones((rows, 4), np.float32).tolist()}, tenant="t1")
+
+
+def _serve(services: Services, query: Query, body_bytes: int) -> tuple[Answer, list[int]]:
+    """Run ``serve`` on an event loop; also report which thread parsed the query."""
+    parsed_on: list[int] = []
+
+    def parse() -> tuple[Query, str]:
+        parsed_on.append(threading.get_ident())
+        return query, "context"
+
+    async def main() -> tuple[Answer, str]:
+        return await services.engine.serve(parse, body_bytes)
+
+    answer, context = anyio.run(main)
+    assert context == "context"  # what the adapter needs to render comes back untouched
+    return answer, parsed_on
+
+
+def test_serve_answers_and_records_the_query(services: Services) -> None:
+    _seeded(services)
+    answer, _ = _serve(services, _query(2), body_bytes=100)
+    assert answer.outputs["y"].shape == (2, 3)
+    assert answer.served_by.variant == "fp32" and answer.served_by.rows == 2
+    (record,) = services.live.recent_queries(10)
+    assert (record.tenant, record.variant, record.batch) == ("t1", "fp32", 2)
+
+
+def test_small_body_is_parsed_on_the_loop_and_large_one_in_the_pool(services: Services) -> None:
+    _seeded(services)
+    loop_thread: list[int] = []
+
+    async def loop_ident() -> None:
+        loop_thread.append(threading.get_ident())
+
+    anyio.run(loop_ident)  # anyio.run uses the calling thread for its loop
+    _, small = _serve(services, _query(), body_bytes=offload.INLINE_BODY_BYTES)
+    _, large = _serve(services, _query(), body_bytes=offload.INLINE_BODY_BYTES + 1)
+    assert small == loop_thread
+    assert large != loop_thread
+
+
+def test_blocking_infer_is_the_same_path(services: Services) -> None:
+    _seeded(services)
+    answer = services.engine.infer(_query(3))
+    assert answer.outputs["y"].shape == (3, 3)
+    assert services.live.recent_queries(10)[0].batch == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        (Query(Requirements(model="nope"), {"x": [[0.0] * 4]}), UnknownModel),
+        (Query(Requirements(model="lin"), {"x": [[0.0] * 4]}, allowed=lambda _m: False), UnknownModel),
+        (Query(Requirements(model="lin"), {"z": [[0.0] * 4]}), InvalidInput),
+        (Query(Requirements(model="lin"), {"x": [[0.0] * 5]}), InvalidInput),
+    ],
+)
+def test_engine_raises_domain_errors(services: Services, query: Query, error: type[Exception]) -> None:
+    _seeded(services)
+    with pytest.raises(error):
+        services.engine.infer(query)
+
+
+def test_a_model_without_ready_variants_is_not_ready(services: Services) -> None:
+    seed_model(services, "lin", linear_model(), task="t")
+    services.start_serving()
+    with pytest.raises(ModelNotReady, match="not ready"):
+        services.engine.infer(_query())
+
+
+# -- the thread rule ------------------------------------------------------------------------------
+def _threads_used(expected_ms: float, now_result: str | None) -> tuple[str, list[str]]:
+    calls: list[str] = []
+    main = threading.get_ident()
+
+    def try_now() -> str | None:
+        calls.append("now" if threading.get_ident() == main else "now-elsewhere")
+        return now_result
+
+    def blocking() -> str:
+        calls.append("pool" if threading.get_ident() != main else "blocking-on-loop")
+        return "blocked"
+
+    async def run() -> str:
+        return await offload.short_inline_else_pool(expected_ms, try_now, blocking)
+
+    return anyio.run(run), calls
+
+
+def test_short_run_on_an_idle_instance_stays_on_the_loop() -> None:
+    assert _threads_used(offload.INLINE_MAX_MS, "ran") == ("ran", ["now"])
+
+
+def test_short_run_on_a_busy_instance_goes_to_the_pool() -> None:
+    assert _threads_used(0.1, None) == ("blocked", ["now", "pool"])
+
+
+def test_long_run_never_tries_the_loop() -> None:
+    assert _threads_used(offload.INLINE_MAX_MS * 2, "ran") == ("blocked", ["pool"])
