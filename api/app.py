@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api import console, errors
 from api.concurrency import ConcurrencyLimit
+from api.console.throttle import SignInThrottle
 from api.fast_routes import FastInferenceRoutes
 from api.limits import BodySizeLimit
 from api.routes import admin, decisions, infer, jobs, models, v2
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     app = FastAPI(title="infaas", version=__version__, lifespan=lifespan, responses=COMMON_RESPONSES)
     errors.install(app)
+    app.state.signin_throttle = SignInThrottle(settings.console_signin_failures, settings.console_signin_window_s)
     # Middlewares wrap in reverse order of addition: the inference fast path runs inside both limits.
     if settings.inference_fast_path:
         app.add_middleware(FastInferenceRoutes, routes=app.router.routes, endpoints=(infer.infer, v2.model_infer))

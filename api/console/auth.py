@@ -35,6 +35,8 @@ COOKIE_NAME = "infaas_console"
 COOKIE_PATH = "/console"
 SESSION_TTL_S = 12 * 3600
 _ROOT = "-"  # key id recorded for sessions opened with INFAAS_ADMIN_KEY itself
+# Key-less mode serves one process's localhost; a per-process random key is enough.
+_KEYLESS_SECRET = secrets.token_bytes(32)
 
 
 class LoginRequired(Unauthenticated):
@@ -66,8 +68,7 @@ def _secret(services: Services) -> bytes:
     admin_key = services.settings.admin_key
     if admin_key:
         return hmac.new(admin_key.encode(), b"infaas-console-session-v1", hashlib.sha256).digest()
-    # Key-less mode serves one process's localhost; a per-process random key is enough.
-    return services.extras.setdefault("console_secret", secrets.token_bytes(32))
+    return _KEYLESS_SECRET
 
 
 def _sign(secret: bytes, payload: str) -> str:

@@ -161,7 +161,7 @@ def login(
 ) -> Response:
     """Trade an admin key for a session cookie; tenant keys are refused, repeated failures throttled."""
     check_origin(request)
-    throttle = _throttle(services)
+    throttle: SignInThrottle = request.app.state.signin_throttle
     address = request.client.host if request.client else ""
     wait_s = throttle.retry_after(address)
     if wait_s:
@@ -183,16 +183,6 @@ def login(
     response = RedirectResponse(_safe_next(next_path), status.HTTP_303_SEE_OTHER)
     set_session_cookie(request, response, cookie)
     return response
-
-
-def _throttle(services: Services) -> SignInThrottle:
-    """The process's sign-in throttle, made on first use from the settings."""
-    throttle = services.extras.get("console_signin_throttle")
-    if throttle is None:
-        settings = services.settings
-        fresh = SignInThrottle(settings.console_signin_failures, settings.console_signin_window_s)
-        throttle = services.extras.setdefault("console_signin_throttle", fresh)
-    return throttle
 
 
 @router.post("/logout")

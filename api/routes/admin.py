@@ -86,7 +86,7 @@ def create_key(
     _admin: Principal = Depends(require_admin),
 ) -> KeyCreatedOut:
     """Create a key for a tenant; store the returned secret now, it cannot be shown again."""
-    created = services.extras["keyring"].create(body.tenant, is_admin=body.admin)
+    created = services.keyring.create(body.tenant, is_admin=body.admin)
     return KeyCreatedOut(**KeyOut.of(created.info).model_dump(), secret=created.secret)
 
 
@@ -107,7 +107,7 @@ def revoke_key(
     _admin: Principal = Depends(require_admin),
 ) -> KeyOut:
     """Revoke a key: refused at once by this process, by others within the key cache's lifetime."""
-    if not services.extras["keyring"].revoke(key_id):
+    if not services.keyring.revoke(key_id):
         raise NotFound(f"no API key {key_id!r}")
     info = next(k for k in services.metadata.list_api_keys() if k.id == key_id)
     return KeyOut.of(info)
