@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,44 +16,18 @@ from autoscaler import Autoscaler, PolicyConfig
 from autoscaler.providers.inprocess import InProcessProvider
 from infaas.catalog import ProfileInfo
 from infaas.config import Settings
-from infaas.metadata import NewModel
+from infaas.engine import Query, QueryEngine
 from infaas.selector import Requirements
 from infaas.services import Services, build_services
-from infaas.engine import Query, QueryEngine
-from tests.factories import write_mlp
+from tests.factories import mlp_model, profiles, seed_model, wait_for
 
 MODEL = "burst"
+MLP = mlp_model().SerializeToString()
 
 
-def add_model(services: Services, tmp_path: Path, p50_ms: float = 20.0) -> None:
-    """A ready MLP variant whose profile says one replica serves 50/s (batch 1) or 100/s (batch 4)."""
-    path = write_mlp(tmp_path / "mlp.onnx")
-    key = f"models/{MODEL}/model.onnx"
-    services.store.put_bytes(key, path.read_bytes())
-    services.metadata.add_model(
-        NewModel(
-            name=MODEL,
-            task="classify",
-            inputs=[{"name": "x", "dtype": "float32", "shape": [-1, 8]}],
-            outputs=[{"name": "y", "dtype": "float32", "shape": [-1, 3]}],
-            opset=17,
-            declared_accuracy=0.9,
-            max_batch=16,
-            owner="local",
-            public=True,
-            artifact_key=key,
-            validation_key=None,
-            size_bytes=path.stat().st_size,
-        )
-    )
-    services.metadata.upsert_variant(
-        MODEL, "fp32-t1", kind="fp32", precision="fp32", hardware="cpu", threads=1, status="ready", artifact_key=key
-    )
-    services.metadata.replace_profiles(
-        MODEL,
-        "fp32-t1",
-        [ProfileInfo(b, 1, 5.0, ms, ms * 1.2, b * 1000.0 / ms, 50.0, 0.9) for b, ms in ((1, p50_ms), (4, 2 * p50_ms))],
-    )
+def burst_variant(p50_ms: float = 20.0) -> dict[str, tuple[ProfileInfo, ...]]:
+    """A ready variant whose profile says one replica serves 50/s (batch 1) or 100/s (batch 4)."""
+    return {"fp32-t1": profiles({1: p50_ms, 4: 2 * p50_ms}, p99_factor=1.2, memory_mb=50.0)}
 
 
 @pytest.fixture
@@ -72,7 +46,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Services, QueryEngine, Autoscaler]
         heartbeat_s=0.2,
     )
     services = build_services(settings, with_jobs=False)
-    add_model(services, tmp_path)
+    seed_model(services, MODEL, MLP, task="classify", declared_accuracy=0.9, public=True, variants=burst_variant())
     services.start_serving()
     engine = services.engine
     provider = InProcessProvider(services.store, engine.live, memory_budget_mb=500.0, cores=2, heartbeat_s=0.2)
@@ -92,15 +66,6 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Services, QueryEngine, Autoscaler]
     yield services, engine, scaler
     scaler.stop()
     services.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def burst(engine: QueryEngine, stop: threading.Event, per_thread_qps: float, served: list[str]) -> None:
@@ -169,7 +134,7 @@ def test_dry_run_records_without_acting(tmp_path: Path) -> None:
         home=tmp_path / "home", build_variants=False, autoscaler="dry-run", worker_cores=2, worker_memory_mb=500.0
     )
     services = build_services(settings, with_jobs=False)
-    add_model(services, tmp_path)
+    seed_model(services, MODEL, MLP, task="classify", declared_accuracy=0.9, public=True, variants=burst_variant())
     services.start_serving()
     engine = services.engine
     provider = InProcessProvider(services.store, engine.live, memory_budget_mb=500.0, cores=2)
@@ -215,7 +180,7 @@ def test_local_provider_worker_really_serves_queries(tmp_path: Path) -> None:
         home=tmp_path / "home", build_variants=False, autoscaler="on", worker_memory_mb=500.0, redis_url=REDIS_URL
     )
     services = build_services(settings, with_jobs=False)
-    add_model(services, tmp_path, p50_ms=1.0)
+    seed_model(services, MODEL, MLP, task="classify", declared_accuracy=0.9, public=True, variants=burst_variant(1.0))
     provider = LocalProvider(settings)
     try:
         handle = provider.start_worker()

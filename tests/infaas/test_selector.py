@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
-from infaas.catalog import ModelInfo, ProfileInfo, VariantInfo
 from infaas.live_state import InstanceState, LiveSnapshot, WorkerState
 from infaas.selector import (
     AccuracyUnavailable,
@@ -16,16 +13,9 @@ from infaas.selector import (
     Requirements,
     select,
 )
+from tests.factories import model_info, profiles, variant_info
 
 PRICES = {"cpu-core": 0.048, "gpu": 2.5}
-
-
-def model(name: str, task: str = "classify") -> ModelInfo:
-    return ModelInfo(
-        id=1, name=name, task=task, framework="onnx", inputs=[], outputs=[], opset=17, declared_accuracy=None,
-        max_batch=16, owner="t", public=False, status="ready", status_reason=None, artifact_key="k",
-        validation_key=None, size_bytes=1, created_at=datetime.now(UTC),
-    )  # fmt: skip
 
 
 def candidate(
@@ -39,15 +29,11 @@ def candidate(
     memory_mb: float = 100.0,
     task: str = "classify",
 ) -> Candidate:
-    profiles = tuple(
-        ProfileInfo(b, threads, load_ms, ms, ms * 1.2, b * 1000 / ms, memory_mb, accuracy)
-        for b, ms in sorted(latencies.items())
+    measured = profiles(
+        latencies, threads=threads, accuracy=accuracy, memory_mb=memory_mb, p99_factor=1.2, load_ms=load_ms
     )
-    variant = VariantInfo(
-        id=1, model_name=model_name, name=name, kind=name, precision="fp32", hardware=hardware, threads=threads,
-        providers=(), artifact_key="a", status="ready", reason=None, profiles=profiles,
-    )  # fmt: skip
-    return Candidate.of(model(model_name, task), variant)
+    variant = variant_info(model_name, name, measured, kind=name, hardware=hardware)
+    return Candidate.of(model_info(model_name, task=task), variant)
 
 
 def worker(worker_id: str = "w1", cores: int = 4, draining: bool = False, **kw: object) -> WorkerState:
