@@ -16,7 +16,6 @@ from infaas.services import Services
 from tests.factories import linear_model, profiles, seed_model
 
 
-
 def _seeded(services: Services, p50_ms: float = 0.05) -> None:
     seed_model(services, "lin", linear_model(), task="t", variants={"fp32": profiles({1: p50_ms, 8: p50_ms * 2})})
     services.start_serving()
