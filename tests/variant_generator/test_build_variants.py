@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from infaas import cuda
 from infaas.config import Settings
 from infaas.db.models import ModelStatus, VariantStatus
-from infaas.metadata import NewModel
 from infaas.services import Services, build_services
-from infaas.tensors import TensorSpec
+from tests.factories import mlp_model, seed_model
 from variant_generator import registry
 from variant_generator.base import BuildContext
 from variant_generator.build import build_model_variants, reprofile_model
@@ -39,49 +38,23 @@ def services(tmp_path: Path) -> Iterator[Services]:
     services.close()
 
 
-def _mlp(path: Path) -> None:
-    rng = np.random.default_rng(0)
-    weights = {"w1": rng.standard_normal((6, 16)), "b1": rng.standard_normal(16), "w2": rng.standard_normal((16, 3))}
-    nodes = [
-        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]),
-        helper.make_node("Relu", ["h"], ["r"]),
-        helper.make_node("MatMul", ["r", "w2"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+def _validation_inputs() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, inputs=np.random.default_rng(1).standard_normal((40, 6)).astype(np.float32))
+    return buffer.getvalue()
 
 
-def register(services: Services, tmp_path: Path, name: str = "mlp", validation: bool = True) -> None:
-    """What the registration code does: store the files, add the catalog row."""
-    _mlp(tmp_path / "model.onnx")
-    services.store.put_file(f"models/{name}/model.onnx", tmp_path / "model.onnx")
-    if validation:
-        np.savez(tmp_path / "v.npz", inputs=np.random.default_rng(1).standard_normal((40, 6)).astype(np.float32))
-        services.store.put_file(f"models/{name}/validation.npz", tmp_path / "v.npz")
-    services.metadata.add_model(
-        NewModel(
-            name=name,
-            task="classification",
-            inputs=(TensorSpec.from_json({"name": "x", "dtype": "float32", "shape": ["batch", 6]}),),
-            outputs=(TensorSpec.from_json({"name": "y", "dtype": "float32", "shape": ["batch", 3]}),),
-            opset=17,
-            declared_accuracy=None,
-            max_batch=4,
-            owner="test",
-            public=True,
-            artifact_key=f"models/{name}/model.onnx",
-            validation_key=f"models/{name}/validation.npz" if validation else None,
-            size_bytes=1,
-        )
-    )
+# The MLP with a validation set, registered in the catalog and awaiting its build.
+seed_mlp = partial(
+    seed_model,
+    name="mlp",
+    model=mlp_model(in_dim=6).SerializeToString(),
+    task="classification",
+    max_batch=4,
+    owner="test",
+    public=True,
+    validation=_validation_inputs(),
+)
 
 
 def variants(services: Services, name: str = "mlp") -> dict[str, object]:
@@ -90,8 +63,8 @@ def variants(services: Services, name: str = "mlp") -> dict[str, object]:
     return {v.name: v for v in model.variants}
 
 
-def test_builds_profiles_and_stores_every_cpu_variant(services: Services, tmp_path: Path) -> None:
-    register(services, tmp_path)
+def test_builds_profiles_and_stores_every_cpu_variant(services: Services) -> None:
+    seed_mlp(services)
     build_model_variants(services, "mlp")
     model = services.metadata.get_model("mlp")
     assert model is not None and model.status == ModelStatus.READY
@@ -108,22 +81,20 @@ def test_builds_profiles_and_stores_every_cpu_variant(services: Services, tmp_pa
 
 
 @pytest.mark.skipif(cuda.has_cuda_device(), reason="this host has a CUDA device")
-def test_gpu_variants_are_recorded_as_skipped(services: Services, tmp_path: Path) -> None:
-    register(services, tmp_path)
+def test_gpu_variants_are_recorded_as_skipped(services: Services) -> None:
+    seed_mlp(services)
     build_model_variants(services, "mlp")
     built = variants(services)
     for name in GPU_VARIANTS:
         assert (built[name].status, built[name].reason, built[name].profiles) == ("skipped", "no CUDA device", ())
 
 
-def test_one_failing_generator_does_not_stop_the_others(
-    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_failing_generator_does_not_stop_the_others(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(ctx: BuildContext) -> Path:
         raise RuntimeError("quantizer exploded")
 
     monkeypatch.setattr(registry.get("cpu-int8-dynamic"), "build", boom)
-    register(services, tmp_path)
+    seed_mlp(services)
     build_model_variants(services, "mlp")
     built = variants(services)
     assert built["cpu-int8-dynamic"].status == VariantStatus.FAILED
@@ -132,23 +103,21 @@ def test_one_failing_generator_does_not_stop_the_others(
     assert services.metadata.get_model("mlp").status == ModelStatus.READY
 
 
-def test_model_fails_with_a_summary_when_nothing_builds(
-    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_model_fails_with_a_summary_when_nothing_builds(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(ctx: BuildContext) -> Path:
         raise RuntimeError("disk full")
 
     for generator in registry.generators():
         monkeypatch.setattr(generator, "build", boom)
-    register(services, tmp_path)
+    seed_mlp(services)
     build_model_variants(services, "mlp")
     model = services.metadata.get_model("mlp")
     assert model.status == ModelStatus.FAILED
     assert "cpu-fp32: RuntimeError: disk full" in model.status_reason
 
 
-def test_without_validation_static_int8_is_skipped(services: Services, tmp_path: Path) -> None:
-    register(services, tmp_path, validation=False)
+def test_without_validation_static_int8_is_skipped(services: Services) -> None:
+    seed_mlp(services, validation=None)
     build_model_variants(services, "mlp")
     built = variants(services)
     assert built["cpu-int8-static"].status == VariantStatus.SKIPPED
@@ -156,8 +125,8 @@ def test_without_validation_static_int8_is_skipped(services: Services, tmp_path:
     assert built["cpu-fp32"].profiles[0].accuracy_metric == "agreement-synthetic"
 
 
-def test_rebuilding_is_idempotent_and_reprofiling_replaces_profiles(services: Services, tmp_path: Path) -> None:
-    register(services, tmp_path)
+def test_rebuilding_is_idempotent_and_reprofiling_replaces_profiles(services: Services) -> None:
+    seed_mlp(services)
     build_model_variants(services, "mlp")
     first = variants(services)
     build_model_variants(services, "mlp")
@@ -170,8 +139,8 @@ def test_rebuilding_is_idempotent_and_reprofiling_replaces_profiles(services: Se
     assert len(third["cpu-fp32"].profiles) == 3
 
 
-def test_deleting_the_model_removes_every_artifact(services: Services, tmp_path: Path) -> None:
-    register(services, tmp_path)
+def test_deleting_the_model_removes_every_artifact(services: Services) -> None:
+    seed_mlp(services)
     build_model_variants(services, "mlp")
     keys = {v.artifact_key for v in variants(services).values() if v.artifact_key}
     assert keys and all(k.startswith("models/mlp/") for k in keys)
@@ -180,9 +149,7 @@ def test_deleting_the_model_removes_every_artifact(services: Services, tmp_path:
     assert services.store.list("models/mlp/") == []
 
 
-def test_model_deleted_mid_build_stops_quietly(
-    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_model_deleted_mid_build_stops_quietly(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     generator = registry.get("cpu-int8-dynamic")
     real_build = generator.build
 
@@ -192,7 +159,7 @@ def test_model_deleted_mid_build_stops_quietly(
         return real_build(ctx)
 
     monkeypatch.setattr(generator, "build", delete_then_build)
-    register(services, tmp_path)
+    seed_mlp(services)
     build_model_variants(services, "mlp")
     assert services.metadata.get_model("mlp") is None
     assert services.store.list("models/mlp/") == []

@@ -3,53 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from infaas.catalog import ModelInfo
 from infaas.config import Settings
 from infaas.tensors import TensorSpec
+from tests.factories import linear_model, model_info
 from variant_generator.accuracy import ValidationSet, load_validation, score, synthetic_set
 from variant_generator.profiler import batch_sizes, profile_variant, reference_outputs
 
 SETTINGS = Settings(home=Path("/nonexistent"), profile_runs=10, profile_max_seconds=0.3)
 
 
-def linear_classifier(path: Path) -> Path:
+X = {"name": "x", "dtype": "float32", "shape": ["batch", 8]}
+Y = {"name": "y", "dtype": "float32", "shape": ["batch", 3]}
+
+
+@pytest.fixture
+def linear_path(tmp_path: Path) -> Path:
     """y = x @ w + b with 8 features and 3 classes, dynamic batch."""
-    rng = np.random.default_rng(0)
-    weights = [
-        numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
-    ]
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(linear_model(in_dim=8, out_dim=3))
     return path
 
 
 def info(max_batch: int = 8, inputs: list[dict] | None = None) -> ModelInfo:
-    return ModelInfo(
-        id=1, name="linear", task="classification", framework="onnx",
-        inputs=tuple(map(TensorSpec.from_json, inputs or [{"name": "x", "dtype": "float32", "shape": ["batch", 8]}])),
-        outputs=(TensorSpec.from_json({"name": "y", "dtype": "float32", "shape": ["batch", 3]}),), opset=17,
-        declared_accuracy=None,
-        max_batch=max_batch, owner="test", public=True, status="ready", status_reason=None,
-        artifact_key="models/linear/model.onnx", validation_key=None, size_bytes=0, created_at=datetime.now(UTC),
-    )  # fmt: skip
+    return model_info("linear", task="classification", inputs=inputs or [X], outputs=[Y], max_batch=max_batch)
 
 
 @pytest.mark.parametrize(
@@ -63,8 +45,8 @@ def test_a_pinned_batch_axis_is_profiled_only_at_that_size() -> None:
     assert batch_sizes(info(16, [{"name": "x", "dtype": "float32", "shape": [1, 8]}])) == [1]
 
 
-def test_profiles_are_plausible_with_labels(tmp_path: Path) -> None:
-    path, model = linear_classifier(tmp_path / "m.onnx"), info()
+def test_profiles_are_plausible_with_labels(linear_path: Path) -> None:
+    path, model = linear_path, info()
     x = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32)
     labels = reference_outputs(path, model, ValidationSet({"x": x})).argmax(-1)
     profiles = profile_variant(
@@ -83,7 +65,9 @@ def test_profiles_are_plausible_with_labels(tmp_path: Path) -> None:
         assert p.host and p.measured_at is not None
 
 
-def test_profiled_load_time_includes_the_warm_up_a_worker_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_profiled_load_time_includes_the_warm_up_a_worker_does(
+    linear_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import time
 
     from infaas import runtime
@@ -96,15 +80,15 @@ def test_profiled_load_time_includes_the_warm_up_a_worker_does(tmp_path: Path, m
         return True
 
     monkeypatch.setattr(runtime, "warm_up", slow_warm_up)
-    path, model = linear_classifier(tmp_path / "m.onnx"), info()
+    path, model = linear_path, info()
     x = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32)
     data = ValidationSet({"x": x}, labels=np.zeros(8, dtype=np.int64))
     profiles = profile_variant(path, model, providers=["CPUExecutionProvider"], threads=1, settings=SETTINGS, data=data)
     assert len(warmed) == 1 and all(p.load_ms >= 50.0 for p in profiles)
 
 
-def test_without_labels_accuracy_is_agreement_with_the_original(tmp_path: Path) -> None:
-    path, model = linear_classifier(tmp_path / "m.onnx"), info(max_batch=2)
+def test_without_labels_accuracy_is_agreement_with_the_original(linear_path: Path) -> None:
+    path, model = linear_path, info(max_batch=2)
     data = synthetic_set(model)
     profiles = profile_variant(
         path,

@@ -7,7 +7,6 @@ INT8 (dynamic and static) must agree with the original's argmax on >= 90% of row
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from infaas import cuda
 from infaas.catalog import ModelInfo
 from infaas.runtime import NO_TENSORRT, Skip, open_session
-from infaas.tensors import TensorSpec
+from tests.factories import model_info
 from variant_generator import int8_static, registry
 from variant_generator.accuracy import ValidationSet
 from variant_generator.base import BuildContext, VariantGenerator
@@ -54,7 +53,7 @@ def mlp(path: Path) -> tuple[Path, ModelInfo]:
     ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])
     _save(path, nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], weights)
-    return path, model_info("mlp", [("x", ["batch", 16])], [("y", ["batch", 4])])
+    return path, float32_model("mlp", [("x", ["batch", 16])], [("y", ["batch", 4])])
 
 
 def convnet(path: Path) -> tuple[Path, ModelInfo]:
@@ -73,7 +72,7 @@ def convnet(path: Path) -> tuple[Path, ModelInfo]:
     ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, 16, 16])
     _save(path, nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 5])], weights)
-    return path, model_info("cnn", [("x", [-1, 3, 16, 16])], [("y", [-1, 5])])
+    return path, float32_model("cnn", [("x", [-1, 3, 16, 16])], [("y", [-1, 5])])
 
 
 def ml_only(path: Path) -> tuple[Path, ModelInfo]:
@@ -81,18 +80,19 @@ def ml_only(path: Path) -> tuple[Path, ModelInfo]:
     node = helper.make_node("Scaler", ["x"], ["y"], domain="ai.onnx.ml", offset=[0.5] * 4, scale=[2.0] * 4)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     _save(path, [node], [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], {}, ml=True)
-    return path, model_info("scaler", [("x", ["batch", 4])], [("y", ["batch", 4])])
+    return path, float32_model("scaler", [("x", ["batch", 4])], [("y", ["batch", 4])])
 
 
-def model_info(name: str, inputs: list[tuple[str, list]], outputs: list[tuple[str, list]]) -> ModelInfo:
-    spec = tuple(TensorSpec.from_json({"name": n, "dtype": "float32", "shape": s}) for n, s in inputs)
-    out = tuple(TensorSpec.from_json({"name": n, "dtype": "float32", "shape": s}) for n, s in outputs)
-    return ModelInfo(
-        id=1, name=name, task="classification", framework="onnx", inputs=spec, outputs=out, opset=17,
-        declared_accuracy=None, max_batch=MAX_BATCH, owner="test", public=True, status="building",
-        status_reason=None, artifact_key=f"models/{name}/model.onnx", validation_key=None, size_bytes=0,
-        created_at=datetime.now(UTC),
-    )  # fmt: skip
+def float32_model(name: str, inputs: list[tuple[str, list]], outputs: list[tuple[str, list]]) -> ModelInfo:
+    """A model awaiting its variant build, all of whose tensors are float32."""
+    return model_info(
+        name,
+        task="classification",
+        inputs=[{"name": n, "dtype": "float32", "shape": s} for n, s in inputs],
+        outputs=[{"name": n, "dtype": "float32", "shape": s} for n, s in outputs],
+        max_batch=MAX_BATCH,
+        status="building",
+    )
 
 
 def validation_for(model: ModelInfo, rows: int = 200) -> ValidationSet:
