@@ -22,11 +22,12 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Response
 
-from api.deps import authenticate, get_services
+from api.deps import ServicesDep, authenticate
 from infaas.auth import ADMIN_TENANT, Principal
 from infaas.errors import Forbidden, Unauthenticated
 from infaas.services import Services
@@ -133,7 +134,7 @@ def _from_cookie(services: Services, value: str) -> tuple[str, Principal] | None
     return (session_id, principal) if principal is not None else None
 
 
-def console_session(request: Request, services: Services = Depends(get_services)) -> ConsoleSession:
+def console_session(request: Request, services: ServicesDep) -> ConsoleSession:
     """The console's one auth dependency: a session cookie or an admin bearer key, never a tenant key."""
     if not services.settings.auth_enabled:
         return _keyless_session(request, services)
@@ -148,6 +149,9 @@ def console_session(request: Request, services: Services = Depends(get_services)
     if not principal.is_admin:
         raise Forbidden("the console needs an admin key")
     return ConsoleSession(principal, None, "")
+
+
+ConsoleSessionDep = Annotated[ConsoleSession, Depends(console_session)]
 
 
 def _keyless_session(request: Request, services: Services) -> ConsoleSession:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
@@ -26,16 +26,16 @@ from fastapi.templating import Jinja2Templates
 from api.console import charts
 from api.console.auth import (
     ConsoleSession,
+    ConsoleSessionDep,
     LoginRequired,
     check_csrf,
     check_origin,
     clear_session_cookie,
-    console_session,
     issue_cookie,
     set_session_cookie,
 )
 from api.console.throttle import SignInThrottle
-from api.deps import get_services
+from api.deps import ServicesDep
 from api.uploads import save_upload
 from infaas.catalog import ModelInfo
 from infaas.errors import InfaasError, NotFound
@@ -155,9 +155,9 @@ def login_form(request: Request, next_path: str = Query("/console", alias="next"
 @router.post("/login")
 def login(
     request: Request,
+    services: ServicesDep,
     key: str = Form(..., max_length=512),
     next_path: str = Form("/console", alias="next"),
-    services: Services = Depends(get_services),
 ) -> Response:
     """Trade an admin key for a session cookie; tenant keys are refused, repeated failures throttled."""
     check_origin(request)
@@ -186,7 +186,7 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: str = Form(""), session: ConsoleSession = Depends(console_session)) -> Response:
+def logout(request: Request, session: ConsoleSessionDep, csrf: str = Form("")) -> Response:
     """Drop the session cookie."""
     check_csrf(request, session, csrf)
     response = RedirectResponse("/console/login", status.HTTP_303_SEE_OTHER)
@@ -205,9 +205,7 @@ def static_file(name: str) -> Response:
 
 # -- pages ----------------------------------------------------------------------------------------
 @router.get("", response_class=HTMLResponse)
-def models_page(
-    request: Request, session: ConsoleSession = Depends(console_session), services: Services = Depends(get_services)
-) -> Response:
+def models_page(request: Request, session: ConsoleSessionDep, services: ServicesDep) -> Response:
     """Every registered model with its status, variant counts and current request rate."""
     rates = _model_rates(services)
     rows = [{"model": m, "counts": _counts(m), "rate": rates.get(m.name, 0.0)} for m in services.metadata.list_models()]
@@ -218,8 +216,8 @@ def models_page(
 def model_page(
     request: Request,
     name: str,
-    session: ConsoleSession = Depends(console_session),
-    services: Services = Depends(get_services),
+    session: ConsoleSessionDep,
+    services: ServicesDep,
 ) -> Response:
     """One model: variants, build errors and skip reasons, and the latency–accuracy scatter."""
     model = _model_or_404(services, name)
@@ -228,9 +226,7 @@ def model_page(
 
 
 @router.get("/models/{name}/scatter.svg")
-async def model_scatter(
-    name: str, _session: ConsoleSession = Depends(console_session), services: Services = Depends(get_services)
-) -> Response:
+async def model_scatter(name: str, _session: ConsoleSessionDep, services: ServicesDep) -> Response:
     """The scatter plot as SVG (rendered off the event loop: matplotlib takes tens of milliseconds)."""
     model = _model_or_404(services, name)
     points = _points(services, model)
@@ -265,9 +261,7 @@ def _worker_rows(services: Services) -> list[dict[str, Any]]:
 
 
 @router.get("/workers", response_class=HTMLResponse)
-def workers_page(
-    request: Request, session: ConsoleSession = Depends(console_session), services: Services = Depends(get_services)
-) -> Response:
+def workers_page(request: Request, session: ConsoleSessionDep, services: ServicesDep) -> Response:
     """Each worker: loaded instances, memory used of its budget, queue depth, heartbeat age."""
     return _render(request, session, "workers.html", {"nav": "workers", "rows": _worker_rows(services)})
 
@@ -292,9 +286,7 @@ def live_rows(services: Services) -> list[dict[str, Any]]:
 
 
 @router.get("/live", response_class=HTMLResponse)
-def live_page(
-    request: Request, session: ConsoleSession = Depends(console_session), services: Services = Depends(get_services)
-) -> Response:
+def live_page(request: Request, session: ConsoleSessionDep, services: ServicesDep) -> Response:
     """Live per-variant statistics; ``console.js`` refreshes the table from ``/console/api/live``."""
     rows = live_rows(services)
     context = {"nav": "live", "rows": rows, "window_s": LIVE_WINDOW_S, "total": sum(r["total_requests"] for r in rows)}
@@ -302,9 +294,7 @@ def live_page(
 
 
 @router.get("/api/live")
-def live_json(
-    _session: ConsoleSession = Depends(console_session), services: Services = Depends(get_services)
-) -> JSONResponse:
+def live_json(_session: ConsoleSessionDep, services: ServicesDep) -> JSONResponse:
     """What the live page polls: the same rows, plus the total number of requests served."""
     rows = live_rows(services)
     body = {"at": time.time(), "window_s": LIVE_WINDOW_S, "total": sum(r["total_requests"] for r in rows), "rows": rows}
@@ -314,9 +304,9 @@ def live_json(
 @router.get("/decisions", response_class=HTMLResponse)
 def decisions_page(
     request: Request,
+    session: ConsoleSessionDep,
+    services: ServicesDep,
     level: str | None = None,
-    session: ConsoleSession = Depends(console_session),
-    services: Services = Depends(get_services),
 ) -> Response:
     """The autoscaler's decision log, newest first, with the inputs it acted on and its reason."""
     decisions = services.metadata.list_decisions(limit=200, level=level or None)
@@ -324,9 +314,7 @@ def decisions_page(
 
 
 @router.get("/queries", response_class=HTMLResponse)
-def queries_page(
-    request: Request, session: ConsoleSession = Depends(console_session), services: Services = Depends(get_services)
-) -> Response:
+def queries_page(request: Request, session: ConsoleSessionDep, services: ServicesDep) -> Response:
     """The most recent queries: requirements, chosen variant, estimated against actual latency."""
     queries = [asdict(q) | {"slo_missed": q.slo_missed} for q in _live(services).recent_queries(200)]
     return _render(request, session, "queries.html", {"nav": "queries", "queries": queries, "now": time.time()})
@@ -334,9 +322,7 @@ def queries_page(
 
 # -- actions --------------------------------------------------------------------------------------
 @router.get("/actions", response_class=HTMLResponse)
-def actions_page(
-    request: Request, session: ConsoleSession = Depends(console_session), services: Services = Depends(get_services)
-) -> Response:
+def actions_page(request: Request, session: ConsoleSessionDep, services: ServicesDep) -> Response:
     """Register or delete a model, unload a variant, drain or resume a worker."""
     context = {"nav": "actions", "models": services.metadata.list_models(), "workers": _worker_rows(services)}
     return _render(request, session, "actions.html", context)
@@ -356,6 +342,8 @@ def _confirm(request: Request, session: ConsoleSession, question: str, fields: d
 @router.post("/actions/register")
 async def register_action(
     request: Request,
+    session: ConsoleSessionDep,
+    services: ServicesDep,
     model: UploadFile = File(...),
     name: str = Form(..., max_length=128),
     task: str = Form(..., max_length=128),
@@ -364,8 +352,6 @@ async def register_action(
     public: bool = Form(False),
     validation: UploadFile | None = File(None),
     csrf: str = Form(""),
-    session: ConsoleSession = Depends(console_session),
-    services: Services = Depends(get_services),
 ) -> Response:
     """Register an uploaded model exactly like ``POST /v1/models`` (same checks, build queued)."""
     check_csrf(request, session, csrf)
@@ -402,11 +388,11 @@ async def register_action(
 @router.post("/actions/delete")
 def delete_action(
     request: Request,
+    session: ConsoleSessionDep,
+    services: ServicesDep,
     name: str = Form(...),
     confirmed: str = Form(""),
     csrf: str = Form(""),
-    session: ConsoleSession = Depends(console_session),
-    services: Services = Depends(get_services),
 ) -> Response:
     """Delete a model with its variants, profiles and files."""
     check_csrf(request, session, csrf)
@@ -420,12 +406,12 @@ def delete_action(
 @router.post("/actions/unload")
 def unload_action(
     request: Request,
+    session: ConsoleSessionDep,
+    services: ServicesDep,
     worker: str = Form(...),
     variant: str = Form(...),
     confirmed: str = Form(""),
     csrf: str = Form(""),
-    session: ConsoleSession = Depends(console_session),
-    services: Services = Depends(get_services),
 ) -> Response:
     """Unload a variant from a worker (the next query that needs it loads it again)."""
     check_csrf(request, session, csrf)
@@ -443,12 +429,12 @@ def unload_action(
 @router.post("/actions/drain")
 def drain_action(
     request: Request,
+    session: ConsoleSessionDep,
+    services: ServicesDep,
     worker: str = Form(...),
     drain: str = Form("yes"),
     confirmed: str = Form(""),
     csrf: str = Form(""),
-    session: ConsoleSession = Depends(console_session),
-    services: Services = Depends(get_services),
 ) -> Response:
     """Drain a worker (no new queries are sent to it) or put a drained worker back in service."""
     check_csrf(request, session, csrf)

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, Path, status
+from fastapi import APIRouter, Path, status
 from pydantic import BaseModel, Field
 
-from api.deps import get_services, require_admin
+from api.deps import AdminDep, ServicesDep
 from api.schemas import ErrorOut
-from infaas.auth import Principal
 from infaas.catalog import ApiKeyInfo
 from infaas.errors import NotFound
-from infaas.services import Services
 
 TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 KEY_ID_PATTERN = r"^[0-9a-f]{1,32}$"
@@ -82,8 +80,8 @@ class KeyCreatedOut(KeyOut):
 )
 def create_key(
     body: KeyCreateIn,
-    services: Services = Depends(get_services),
-    _admin: Principal = Depends(require_admin),
+    services: ServicesDep,
+    _admin: AdminDep,
 ) -> KeyCreatedOut:
     """Create a key for a tenant; store the returned secret now, it cannot be shown again."""
     created = services.keyring.create(body.tenant, is_admin=body.admin)
@@ -91,7 +89,7 @@ def create_key(
 
 
 @router.get("", response_model=list[KeyOut])
-def list_keys(services: Services = Depends(get_services), _admin: Principal = Depends(require_admin)) -> list[KeyOut]:
+def list_keys(services: ServicesDep, _admin: AdminDep) -> list[KeyOut]:
     """Every key, revoked ones included, oldest first; never secrets or hashes."""
     return [KeyOut.of(info) for info in services.metadata.list_api_keys()]
 
@@ -102,9 +100,9 @@ def list_keys(services: Services = Depends(get_services), _admin: Principal = De
     responses={404: {"model": ErrorOut, "description": "no key with this id"}},
 )
 def revoke_key(
+    services: ServicesDep,
+    _admin: AdminDep,
     key_id: str = Path(pattern=KEY_ID_PATTERN),
-    services: Services = Depends(get_services),
-    _admin: Principal = Depends(require_admin),
 ) -> KeyOut:
     """Revoke a key: refused at once by this process, by others within the key cache's lifetime."""
     if not services.keyring.revoke(key_id):

@@ -5,13 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from api.deps import get_services, require_admin
-from infaas.auth import Principal
+from api.deps import AdminDep, ServicesDep
 from infaas.catalog import DecisionInfo
-from infaas.services import Services
 
 router = APIRouter(prefix="/v1/decisions", tags=["autoscaler"])
 
@@ -36,10 +34,10 @@ class DecisionOut(BaseModel):
 
 @router.get("", response_model=list[DecisionOut])
 def list_decisions(
+    services: ServicesDep,
+    _admin: AdminDep,
     limit: int = Query(100, ge=1, le=1000, description="newest first, at most this many"),
     level: str | None = Query(None, pattern="^(model|vm)$", description="only this level"),
-    services: Services = Depends(get_services),
-    _admin: Principal = Depends(require_admin),
 ) -> list[DecisionOut]:
     """The newest autoscaler decisions (recorded in dry-run mode too, flagged ``dry_run``)."""
     return [DecisionOut.of(d) for d in services.metadata.list_decisions(limit=limit, level=level)]

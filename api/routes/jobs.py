@@ -12,11 +12,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from api.deps import get_principal, get_services, visible_model
+from api.deps import PrincipalDep, ServicesDep, visible_model
 from api.job_schemas import JobAccepted, JobOut
 from api.schemas import ErrorOut
 from api.uploads import save_upload
@@ -180,14 +180,14 @@ def _accept(
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
 async def submit(
+    services: ServicesDep,
+    principal: PrincipalDep,
     model: str | None = Form(None, description="run on this model (or give 'task')"),
     task: str | None = Form(None, description="run on any model of this task you may use"),
     min_accuracy: float = Form(0.0, description="accuracy floor in [0, 1]"),
     deadline_s: float | None = Form(None, description="prefer variants that finish within this many seconds"),
     input: UploadFile | None = File(None, description=".npy (single-input models) or .npz named after inputs"),
     input_key: str | None = Form(None, description="an object already stored under uploads/<tenant>/ or jobs/"),
-    services: Services = Depends(get_services),
-    principal: Principal = Depends(get_principal),
 ) -> JobAccepted:
     """Queue an offline job over a whole input file; poll ``GET /v1/jobs/{id}`` for its progress."""
     workdir = Path(tempfile.mkdtemp(prefix="infaas-job-"))
@@ -206,24 +206,22 @@ async def submit(
 
 @router.get("", response_model=list[JobOut])
 def list_jobs(
-    limit: int = 100, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
+    services: ServicesDep,
+    principal: PrincipalDep,
+    limit: int = 100,
 ) -> list[JobOut]:
     """The caller's jobs, newest first."""
     return [JobOut.of(j) for j in services.metadata.list_jobs(owner=principal.tenant, limit=max(1, min(limit, 1000)))]
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def describe(
-    job_id: str, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
-) -> JobOut:
+def describe(job_id: str, services: ServicesDep, principal: PrincipalDep) -> JobOut:
     """Status, progress, chosen variant, result location and error of one job."""
     return JobOut.of(_job_for(services, principal, job_id))
 
 
 @router.get("/{job_id}/result", response_class=FileResponse)
-def result(
-    job_id: str, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
-) -> FileResponse:
+def result(job_id: str, services: ServicesDep, principal: PrincipalDep) -> FileResponse:
     """The job's outputs as one ``.npz`` (arrays named after the model's outputs)."""
     job = _job_for(services, principal, job_id)
     if job.status != JobStatus.DONE or not job.result_key:

@@ -6,16 +6,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import can_use, get_principal, get_services, visible_model
+from api.deps import PrincipalDep, ServicesDep, can_use, visible_model
 from api.schemas import DeletedOut, ErrorOut, ModelOut, VariantOut
 from api.uploads import save_upload
-from infaas.auth import Principal, model_namespace
+from infaas.auth import model_namespace
 from infaas.errors import Forbidden
 from infaas.registration import RegistrationRequest, delete_model, register_model
-from infaas.services import Services
 
 router = APIRouter(
     prefix="/v1/models",
@@ -30,6 +29,8 @@ router = APIRouter(
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut)
 async def register(
+    services: ServicesDep,
+    principal: PrincipalDep,
     model: UploadFile = File(..., description="the .onnx model file"),
     name: str = Form(...),
     task: str = Form(...),
@@ -37,8 +38,6 @@ async def register(
     max_batch: int = Form(16),
     public: bool = Form(False),
     validation: UploadFile | None = File(None, description="optional .npz validation set"),
-    services: Services = Depends(get_services),
-    principal: Principal = Depends(get_principal),
 ) -> ModelOut:
     """Register a model: every check runs before anything is stored; the variant build is queued."""
     limit = int(services.settings.max_upload_mb * 1e6)
@@ -66,33 +65,25 @@ async def register(
 
 
 @router.get("", response_model=list[ModelOut])
-def list_models(
-    services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
-) -> list[ModelOut]:
+def list_models(services: ServicesDep, principal: PrincipalDep) -> list[ModelOut]:
     """Models the caller may use, without variant details."""
     return [ModelOut.of(m, with_variants=False) for m in services.metadata.list_models() if can_use(principal, m)]
 
 
 @router.get("/{name}", response_model=ModelOut)
-def describe(
-    name: str, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
-) -> ModelOut:
+def describe(name: str, services: ServicesDep, principal: PrincipalDep) -> ModelOut:
     """One model with every variant, its status, reason and profile."""
     return ModelOut.of(visible_model(services, principal, name))
 
 
 @router.get("/{name}/variants", response_model=list[VariantOut])
-def variants(
-    name: str, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
-) -> list[VariantOut]:
+def variants(name: str, services: ServicesDep, principal: PrincipalDep) -> list[VariantOut]:
     """The model's variants with status, reason and profiles."""
     return [VariantOut.of(v) for v in visible_model(services, principal, name).variants]
 
 
 @router.post("/{name}/profile", status_code=status.HTTP_202_ACCEPTED, response_model=ModelOut)
-def reprofile(
-    name: str, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
-) -> ModelOut:
+def reprofile(name: str, services: ServicesDep, principal: PrincipalDep) -> ModelOut:
     """Queue a re-profile of every ready variant (e.g. after moving to new hardware)."""
     model = visible_model(services, principal, name)
     if services.jobs is not None:
@@ -101,9 +92,7 @@ def reprofile(
 
 
 @router.delete("/{name}", response_model=DeletedOut)
-def delete(
-    name: str, services: Services = Depends(get_services), principal: Principal = Depends(get_principal)
-) -> DeletedOut:
+def delete(name: str, services: ServicesDep, principal: PrincipalDep) -> DeletedOut:
     """Delete a model, its variants, profiles and every stored file (owner or admin only)."""
     model = visible_model(services, principal, name)
     if not (principal.is_admin or model.owner == principal.tenant):
