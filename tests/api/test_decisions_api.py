@@ -48,25 +48,9 @@ def auth_client(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
 
     settings = Settings(home=tmp_path / "authhome", build_variants=False, autoscaler="off", admin_key="admin-secret")
     services = build_services(settings)
-    app = create_app(settings, services=services)
-    _mount(app)
-    with TestClient(app) as test_client:
+    with TestClient(create_app(settings, services=services)) as test_client:
         yield test_client, services
     services.close()
-
-
-def _mount(app) -> None:  # type: ignore[no-untyped-def]
-    """Mount the router when the lead has not wired it into create_app yet."""
-    from api.routes import decisions
-
-    if not any(getattr(r, "path", "") == "/v1/decisions" for r in app.routes):
-        app.include_router(decisions.router)
-
-
-@pytest.fixture(autouse=True)
-def _mounted(request: pytest.FixtureRequest) -> None:
-    if "client" in request.fixturenames:
-        _mount(request.getfixturevalue("client").app)
 
 
 def test_admin_only(auth_client) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -26,7 +25,7 @@ from infaas.engine import Query
 from infaas.errors import UnknownModel
 from infaas.selector import Requirements
 from infaas.services import Services
-from tests.factories import linear_model, profiles, reference_outputs, seed_model
+from tests.factories import linear_model, profiles, reference_outputs, seed_model, wait_for
 
 IN, OUT = 4, 3
 TINY_TASK = "tiny-task"
@@ -236,10 +235,8 @@ def live_server(tmp_path: Path) -> Iterator[tuple[str, Services]]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
+    wait_for(lambda: server.started or not thread.is_alive(), 20, interval_s=0.02)
+    assert server.started, "uvicorn did not start"
     try:
         yield f"127.0.0.1:{port}", app.state.services
     finally:

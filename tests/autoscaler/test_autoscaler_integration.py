@@ -20,6 +20,7 @@ from infaas.engine import Query, QueryEngine
 from infaas.selector import Requirements
 from infaas.services import Services, build_services
 from tests.factories import mlp_model, profiles, seed_model, wait_for
+from tests.redis_server import REDIS_URL, redis_up
 
 MODEL = "burst"
 MLP = mlp_model().SerializeToString()
@@ -158,18 +159,6 @@ def test_dry_run_records_without_acting(tmp_path: Path) -> None:
     finally:
         scaler.stop()
         services.close()
-
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def redis_up() -> bool:
-    try:
-        import redis
-
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5).ping())
-    except Exception:
-        return False
 
 
 @pytest.mark.skipif(not redis_up(), reason="`infaas worker` needs Redis on 127.0.0.1:6379")

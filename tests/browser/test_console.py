@@ -10,23 +10,19 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
 
-from api import console
 from api.app import create_app
-from api.routes import infer as infer_routes
 from infaas.config import Settings
 from infaas.services import Services
-from tests.factories import write_mlp, write_validation
+from tests.factories import wait_for, write_mlp, write_validation
 
 pytestmark = pytest.mark.browser
 
@@ -46,17 +42,6 @@ PAGES = {
 }
 
 
-def console_app(settings: Settings) -> FastAPI:
-    """The API app with the console (and inference routes) included, whether or not the factory does yet."""
-    app = create_app(settings)
-    paths = {getattr(route, "path", "") for route in app.routes}
-    if "/console" not in paths:
-        app.include_router(console.router)
-    if "/v1/infer" not in paths:
-        app.include_router(infer_routes.router)
-    return app
-
-
 class ConsoleServer:
     """A uvicorn server on a free loopback port, in a thread, with one registered and built model."""
 
@@ -64,7 +49,7 @@ class ConsoleServer:
         self.home = home
         self.admin_key = admin_key
         settings = Settings(home=home / "home", admin_key=admin_key, build_variants=True, autoscaler="off")
-        self.app = console_app(settings)
+        self.app = create_app(settings)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -84,10 +69,8 @@ class ConsoleServer:
     def start(self) -> None:
         """Serve, and return once the port answers."""
         self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            assert time.monotonic() < deadline and self._thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
+        wait_for(lambda: self._server.started or not self._thread.is_alive(), 30, interval_s=0.02)
+        assert self._server.started, "uvicorn did not start"
 
     def stop(self) -> None:
         """Shut the server down (the lifespan closes the services)."""
@@ -107,14 +90,14 @@ class ConsoleServer:
 
     def wait_built(self, name: str, timeout_s: float = 120.0) -> dict:
         """The model's description once no variant is still being built."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            body = self.http.get(f"/v1/models/{name}").json()
+
+        def built(body: dict) -> bool:
             counts = body["variant_counts"]
-            if body["status"] not in {"registered", "building"} and counts["ready"] and not counts["building"]:
-                return body
-            assert time.monotonic() < deadline, f"{name} was not built in time: {body['status']} {counts}"
-            time.sleep(0.5)
+            return body["status"] not in {"registered", "building"} and bool(counts["ready"]) and not counts["building"]
+
+        body = wait_for(lambda: self.http.get(f"/v1/models/{name}").json(), timeout_s, until=built, interval_s=0.5)
+        assert built(body), f"{name} was not built in time: {body['status']} {body['variant_counts']}"
+        return body
 
     def infer(self, name: str, rows: int = 1) -> None:
         """One query through the real query path."""
@@ -342,7 +325,7 @@ def test_unload_and_drain_from_the_console(page: Page, server: ConsoleServer) ->
 
 def test_without_an_admin_key_only_localhost_is_served(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", build_variants=False, autoscaler="off")
-    with TestClient(console_app(settings)) as local:  # TestClient's client counts as loopback
+    with TestClient(create_app(settings)) as local:  # TestClient's client counts as loopback
         page = local.get("/console/actions")
         assert page.status_code == 200 and "infaas_console=" in page.headers["set-cookie"]
         token = re.search(r'name="csrf" value="([^"]+)"', page.text)
@@ -351,5 +334,5 @@ def test_without_an_admin_key_only_localhost_is_served(tmp_path: Path) -> None:
         assert local.post("/console/actions/drain", data={**form, "csrf": "forged"}).status_code == 403
         resumed = local.post("/console/actions/drain", data={**form, "csrf": token.group(1)})
         assert resumed.status_code == 200, resumed.text
-    with TestClient(console_app(settings), client=("203.0.113.7", 40000)) as remote:
+    with TestClient(create_app(settings), client=("203.0.113.7", 40000)) as remote:
         assert remote.get("/console").status_code == 403

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,25 +29,25 @@ import pytest
 import redis
 import uvicorn
 
-from infaas.catalog import ProfileInfo, VariantInfo
 from infaas.live_state import MemoryLiveState
 from infaas.live_state.redis import RedisLiveState
 from infaas.model_store import LocalModelStore
 from infaas.worker import LocalWorker, WorkerError
 from infaas.worker.remote import FrameError, RemoteWorkerClient, WorkerUnavailable, decode_frame, encode_frame
 from infaas.worker.server import WorkerService, create_worker_app
-from tests.factories import write_mlp, write_validation
+from tests.factories import profiles, variant_info, wait_for, write_mlp, write_validation
 from tests.pg import temporary_database
+from tests.redis_server import REDIS_URL, redis_up
 from tests.s3server import free_port
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 HEARTBEAT_TTL_S = 2.0
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _servers_up() -> bool:
+    if not redis_up():
+        return False
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5).ping()
         from sqlalchemy import create_engine, text
 
         from tests.pg import PG_ADMIN_URL
@@ -97,9 +97,7 @@ def worker_url(tmp_path: Path) -> Iterator[tuple[str, LocalModelStore]]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: server.started, 10, interval_s=0.02)
     assert [w.address for w in live.workers()] == [url]
     yield url, store
     server.should_exit = True
@@ -110,8 +108,7 @@ def worker_url(tmp_path: Path) -> Iterator[tuple[str, LocalModelStore]]:
 def test_remote_worker_client_serves_loads_and_reports(worker_url: tuple[str, LocalModelStore], tmp_path: Path) -> None:
     url, store = worker_url
     store.put_file("m/mlp.onnx", write_mlp(tmp_path / "mlp.onnx"))
-    profile = ProfileInfo(1, 1, 5.0, 0.1, 0.2, 1e4, 10.0, 0.9)
-    variant = VariantInfo(1, "m", "fp32", "fp32", "fp32", "cpu", 1, (), "m/mlp.onnx", "ready", None, (profile,))
+    variant = variant_info("m", "fp32", profiles({1: 0.1}, p99_factor=2.0), artifact_key="m/mlp.onnx")
     depths: list[int] = []
     client = RemoteWorkerClient("w", url, on_depth=lambda _key, depth: depths.append(depth))
     x = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
@@ -174,18 +171,17 @@ class Cluster:
         finally:
             live.close()
 
-    def _wait(self, name: str, ready: object, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def _wait(self, name: str, ready: Callable[[], bool], timeout_s: float = 30.0) -> None:
+        def up() -> bool:
             if self.procs[name].poll() is not None:
                 raise AssertionError(f"{name} exited: {(self.tmp / f'{name}.log').read_text()[-3000:]}")
             try:
-                if ready():  # type: ignore[operator]
-                    return
+                return ready()
             except (httpx.HTTPError, redis.RedisError):
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{name} not ready: {(self.tmp / f'{name}.log').read_text()[-3000:]}")
+                return False
+
+        if not wait_for(up, timeout_s, interval_s=0.1):
+            raise AssertionError(f"{name} not ready: {(self.tmp / f'{name}.log').read_text()[-3000:]}")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)
@@ -254,13 +250,14 @@ def _check_outputs(url: str, x: np.ndarray, store: Path) -> None:
 
 
 def _wait_ready(url: str, timeout_s: float = 60.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        model = httpx.get(f"{url}/v1/models/mlp", timeout=5).json()
-        if model["status"] in {"ready", "failed"}:
-            return model
-        time.sleep(0.3)
-    raise AssertionError(f"variants not built in {timeout_s} s: {model}")
+    model = wait_for(
+        lambda: httpx.get(f"{url}/v1/models/mlp", timeout=5).json(),
+        timeout_s,
+        until=lambda m: m["status"] in {"ready", "failed"},
+        interval_s=0.3,
+    )
+    assert model["status"] in {"ready", "failed"}, f"variants not built in {timeout_s} s: {model}"
+    return model
 
 
 @pytest.mark.integration
