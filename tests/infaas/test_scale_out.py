@@ -24,7 +24,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import redis
 import uvicorn
@@ -35,7 +34,7 @@ from infaas.model_store import LocalModelStore
 from infaas.worker import LocalWorker, WorkerError
 from infaas.worker.remote import FrameError, RemoteWorkerClient, WorkerUnavailable, decode_frame, encode_frame
 from infaas.worker.server import WorkerService, create_worker_app
-from tests.factories import profiles, variant_info, wait_for, write_mlp, write_validation
+from tests.factories import profiles, reference_outputs, variant_info, wait_for, write_mlp, write_validation
 from tests.pg import temporary_database
 from tests.redis_server import REDIS_URL, redis_up
 from tests.s3server import free_port
@@ -112,7 +111,7 @@ def test_remote_worker_client_serves_loads_and_reports(worker_url: tuple[str, Lo
     depths: list[int] = []
     client = RemoteWorkerClient("w", url, on_depth=lambda _key, depth: depths.append(depth))
     x = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
-    expected = ort.InferenceSession(str(tmp_path / "mlp.onnx")).run(None, {"x": x})[0]
+    expected = reference_outputs(tmp_path / "mlp.onnx", x)
     result = client.infer(variant, {"x": x}, time.monotonic() + 5)  # first use: 409 need-variant, load, retry
     np.testing.assert_allclose(result.outputs["y"], expected, rtol=1e-5)
     assert depths == [1, 0]
@@ -240,8 +239,7 @@ def _reference(store: Path, variant: str, x: np.ndarray) -> np.ndarray:
     pick an INT8 variant, whose outputs differ from FP32 by design)."""
     base = variant.removesuffix("-t1")  # thread-count variants share their base variant's file
     artifact = store / "models" / "mlp" / "variants" / f"{base}.onnx"
-    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
+    return reference_outputs(artifact, x)
 
 
 def _check_outputs(url: str, x: np.ndarray, store: Path) -> None:
