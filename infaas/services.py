@@ -18,12 +18,14 @@ from infaas.config import Settings
 from infaas.db.migrate import upgrade
 from infaas.db.session import Database
 from infaas.engine import QueryEngine
+from infaas.errors import BadRequest
 from infaas.jobs import tasks
 from infaas.jobs.runner import InProcessRunner, JobRunner
 from infaas.live_state import LiveState, make_live_state
 from infaas.metadata import MetadataStore
 from infaas.model_store import ModelStore, open_model_store
 from infaas.worker.clients import WorkerClients
+from infaas.worker.server import WorkerService
 from infaas.worker.worker import LocalWorker
 
 
@@ -65,18 +67,9 @@ def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool 
         upgrade(url)
     db = Database(url)
     metadata = MetadataStore(db)
-    store = open_model_store(settings.resolved_model_store, cache_dir=str(settings.home / "cache"))
+    store = _model_store(settings)
     live = make_live_state(settings)
-    local = None
-    if settings.in_process_worker:
-        local = LocalWorker(
-            settings.worker_id or "local",
-            store,
-            live,
-            memory_budget_mb=settings.worker_memory_mb,
-            cores=settings.worker_cores,
-            heartbeat_s=settings.heartbeat_s,
-        )
+    local = _local_worker(settings, settings.worker_id or "local", store, live) if settings.in_process_worker else None
     engine = QueryEngine(
         CandidateCache(metadata),
         live,
@@ -102,6 +95,35 @@ def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool 
     if with_jobs:
         services.jobs = _job_runner(settings, services.run_task)
     return services
+
+
+def build_worker_service(settings: Settings, worker_id: str, address: str) -> WorkerService:
+    """An ``infaas worker`` process's parts: the shared model store and live state, and one ``LocalWorker``.
+
+    No database: front-ends send a worker the description of each variant it serves, so a worker host
+    needs only the model store and Redis (which is how front-ends find it).
+    """
+    if not settings.redis_url:
+        raise BadRequest("set INFAAS_REDIS_URL: front-ends find workers through the shared live state")
+    settings.ensure_home()
+    store = _model_store(settings)
+    live = make_live_state(settings)
+    return WorkerService(_local_worker(settings, worker_id, store, live), live, address, settings.heartbeat_s)
+
+
+def _model_store(settings: Settings) -> ModelStore:
+    return open_model_store(settings.resolved_model_store, cache_dir=str(settings.home / "cache"))
+
+
+def _local_worker(settings: Settings, worker_id: str, store: ModelStore, live: LiveState) -> LocalWorker:
+    return LocalWorker(
+        worker_id,
+        store,
+        live,
+        memory_budget_mb=settings.worker_memory_mb,
+        cores=settings.worker_cores,
+        heartbeat_s=settings.heartbeat_s,
+    )
 
 
 def _job_runner(settings: Settings, execute: Callable[..., Any]) -> JobRunner:

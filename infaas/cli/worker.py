@@ -24,28 +24,17 @@ def worker_command(
     """
     import uvicorn
 
-    from infaas.live_state.redis import RedisLiveState
-    from infaas.model_store import open_model_store
-    from infaas.worker.server import WorkerService, create_worker_app
-    from infaas.worker.worker import LocalWorker
+    from infaas.errors import InfaasError
+    from infaas.services import build_worker_service
+    from infaas.worker.server import create_worker_app
 
     settings = get_settings()
-    if not settings.redis_url:
-        raise typer.BadParameter("set INFAAS_REDIS_URL: front-ends find workers through the shared live state")
-    settings.ensure_home()
     address = advertise or f"http://{host}:{port}"
     wid = worker_id or settings.worker_id or f"{socket.gethostname()}-{port}"
-    live = RedisLiveState.from_settings(settings)
-    store = open_model_store(settings.resolved_model_store, cache_dir=str(settings.home / "cache"))
-    worker = LocalWorker(
-        wid,
-        store,
-        live,
-        memory_budget_mb=settings.worker_memory_mb,
-        cores=settings.worker_cores,
-        heartbeat_s=settings.heartbeat_s,
-    )
-    service = WorkerService(worker, live, address, settings.heartbeat_s)
+    try:
+        service = build_worker_service(settings, wid, address)
+    except InfaasError as exc:
+        raise typer.BadParameter(str(exc)) from None
     try:
         uvicorn.run(
             create_worker_app(service),
@@ -57,4 +46,4 @@ def worker_command(
             timeout_keep_alive=60,
         )
     finally:
-        live.close()
+        service.live.close()
