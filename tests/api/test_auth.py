@@ -19,9 +19,9 @@ from infaas.cli import keys as keys_cli
 from infaas.config import Settings, get_settings
 from infaas.db.models import ApiKey
 from infaas.services import Services, build_services
+from tests.factories import TASK
 from tests.fuzz import (
     ADMIN_KEY,
-    TASK,
     Tenants,
     make_tenants,
     mlp_bytes,

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from infaas.services import Services, build_services
+from tests.factories import TASK
 from tests.fuzz import (
-    TASK,
     Tenants,
     hostile_models,
     make_tenants,

@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from api.concurrency import ConcurrencyLimit
 from infaas.services import Services, build_services
-from tests.fuzz import TASK, Tenants, make_tenants, mlp_bytes, route_exists, secure_app, secure_settings
+from tests.factories import TASK
+from tests.fuzz import Tenants, make_tenants, mlp_bytes, route_exists, secure_app, secure_settings
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from infaas.db.models import Job
 from infaas.services import Services, build_services
-from tests.fuzz import TASK, Tenants, make_tenants, mlp_bytes, route_exists, secure_app, secure_settings
+from tests.factories import TASK
+from tests.fuzz import Tenants, make_tenants, mlp_bytes, route_exists, secure_app, secure_settings
 
 # Tenant models live in the tenant's namespace: "<tenant>.<name>".
 PRIVATE = "alice.private"

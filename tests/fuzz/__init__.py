@@ -22,7 +22,6 @@ from infaas.services import Services
 from tests.factories import mlp_model
 
 ADMIN_KEY = "root-admin-key-for-tests"
-TASK = "tabular-classification"
 
 
 def secure_settings(home: Path, **overrides: object) -> Settings:

@@ -21,7 +21,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from infaas.services import build_services
-from tests.fuzz import TASK, hostile_models, make_tenants, random_header_bytes, secure_app, secure_settings
+from tests.factories import TASK
+from tests.fuzz import hostile_models, make_tenants, random_header_bytes, secure_app, secure_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
