@@ -22,7 +22,7 @@ from infaas.candidates import CandidateCache
 from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
 from infaas.live_state import LiveState, QueryRecord
-from infaas.selector import Candidate, Decision, Requirements, select
+from infaas.selector import Candidate, Requirements, Selection, select
 from infaas.tensors import TensorSpec, check_limits, conform_inputs
 from infaas.worker import InferResult, WorkerClient, WorkerError
 from infaas.worker.clients import WorkerClients
@@ -70,12 +70,12 @@ class Answer:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class _Dispatch:
     """A validated, selected query, ready to run."""
 
     query: Query
     requirements: Requirements  # with the query's batch filled in
-    decision: Decision
+    decision: Selection
     client: WorkerClient
     arrays: dict[str, np.ndarray]
     start: float  # time.monotonic() when the query arrived
@@ -128,7 +128,7 @@ class QueryEngine:
         return self.infer(query), context
 
     # -- plan, run, record ----------------------------------------------------------------------
-    def _plan(self, query: Query) -> _Plan:
+    def _plan(self, query: Query) -> _Dispatch:
         """Validate and select without running anything: cheap and non-blocking (no I/O, no waits)."""
         start = time.monotonic()
         requirements = query.requirements
@@ -140,14 +140,14 @@ class QueryEngine:
         client = self.workers.get(decision.worker, snapshot)
         if client is None:
             raise ModelNotReady(f"worker {decision.worker!r} is not reachable from this front-end")
-        return _Plan(query, requirements, decision, client, arrays, start, tuple(candidates))
+        return _Dispatch(query, requirements, decision, client, arrays, start, tuple(candidates))
 
-    def _try_now(self, plan: _Plan) -> tuple[_Plan, InferResult] | None:
+    def _try_now(self, plan: _Dispatch) -> tuple[_Dispatch, InferResult] | None:
         """Run on this thread only if a replica is free right now; ``None`` having done nothing otherwise."""
         result = plan.client.try_infer_now(plan.decision.variant, plan.arrays)
         return None if result is None else (plan, result)
 
-    def _run(self, plan: _Plan) -> tuple[_Plan, InferResult]:
+    def _run(self, plan: _Dispatch) -> tuple[_Dispatch, InferResult]:
         """Run a plan, waiting for a replica (and loading the variant) if needed: blocking."""
         latency_ms = plan.requirements.latency_ms
         deadline = plan.start + latency_ms / 1000.0 if latency_ms is not None else None
@@ -169,7 +169,7 @@ class QueryEngine:
         except WorkerError as exc:
             raise ModelNotReady(str(exc)) from exc
 
-    def _account(self, plan: _Plan, result: InferResult) -> Answer:
+    def _account(self, plan: _Dispatch, result: InferResult) -> Answer:
         """Record the query in live state and describe how it was served."""
         actual_ms = (time.monotonic() - plan.start) * 1000.0
         decision, requirements = plan.decision, plan.requirements

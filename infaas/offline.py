@@ -138,7 +138,7 @@ def effective_accuracy(model: ModelInfo, variant: VariantInfo) -> float | None:
 
 
 @dataclass(frozen=True)
-class Plan:
+class JobPlan:
     """A variant at its best-throughput batch, with what running the job on it would cost and take."""
 
     model: ModelInfo
@@ -156,11 +156,13 @@ class Plan:
         return self.variant.key
 
 
-def plan_variant(model: ModelInfo, variant: VariantInfo, samples: int, cores: int, prices: Mapping[str, float]) -> Plan:
+def plan_variant(
+    model: ModelInfo, variant: VariantInfo, samples: int, cores: int, prices: Mapping[str, float]
+) -> JobPlan:
     """Cost and duration of ``samples`` on ``variant`` at its highest-throughput profiled batch size."""
     best = max(variant.profiles, key=lambda p: (p.throughput_per_s, -p.batch_size))
     batches = math.ceil(max(samples, 1) / best.batch_size)
-    return Plan(
+    return JobPlan(
         model=model,
         variant=variant,
         batch=best.batch_size,
@@ -179,13 +181,13 @@ def meets_floor(accuracy: float | None, min_accuracy: float) -> bool:
     return min_accuracy <= 0 or (accuracy is not None and accuracy >= min_accuracy)
 
 
-def best_accuracy(plans: Sequence[Plan]) -> Plan | None:
+def best_accuracy(plans: Sequence[JobPlan]) -> JobPlan | None:
     """The most accurate plan (for the "best available is ..." message)."""
     known = [p for p in plans if p.accuracy is not None]
     return max(known, key=lambda p: p.accuracy or 0.0) if known else None
 
 
-def choose_plan(plans: Sequence[Plan], min_accuracy: float, deadline_s: float | None) -> tuple[Plan, str | None]:
+def choose_plan(plans: Sequence[JobPlan], min_accuracy: float, deadline_s: float | None) -> tuple[JobPlan, str | None]:
     """The cheapest accurate plan that meets the deadline; returns it with a note when it will be late.
 
     Raises ``NoVariant`` naming the best available accuracy when no plan reaches ``min_accuracy``.
@@ -233,7 +235,9 @@ def _runnable_here(variant: VariantInfo) -> bool:
 # -- running -------------------------------------------------------------------------------------
 
 
-def _run_batches(services: Services, job_id: str, plan: Plan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _run_batches(
+    services: Services, job_id: str, plan: JobPlan, inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Run every sample through the plan's variant in batches, writing progress to the job row."""
     variant = plan.variant
     artifact = services.store.local_path(variant.artifact_key or plan.model.artifact_key)
@@ -286,7 +290,7 @@ def run_offline_job(services: Services, job_id: str) -> None:
     services.metadata.update_job(job_id, status=JobStatus.RUNNING, progress=0.0, error=None)
     try:
         arrays = read_arrays(services.store.local_path(job.input_key))
-        plans: list[Plan] = []
+        plans: list[JobPlan] = []
         rejected: list[str] = []
         for model, variant in ready_variants(job_models(services, job.model_name, job.task, job.owner)):
             if not _runnable_here(variant):

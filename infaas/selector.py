@@ -114,7 +114,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Decision:
+class Selection:
     """Where and how a query runs, and why."""
 
     candidate: Candidate
@@ -197,7 +197,7 @@ def select(
     candidates: Sequence[Candidate],
     live: LiveSnapshot,
     prices: Mapping[str, float],
-) -> Decision:
+) -> Selection:
     """Choose the variant and worker for one query (see the module docstring for the rules)."""
     floor = requirements.min_accuracy
     qualified = [
@@ -221,7 +221,7 @@ def select(
         best = min(ties, key=lambda o: (not o.loaded, o.estimated_ms, o.candidate.key))
         why = f"cheapest of {len(feasible)} placement(s) meeting"
         why += f" {budget:g} ms" if budget is not None else " no latency budget"
-        return _decision(best, batch, False, why)
+        return _selection(best, batch, False, why)
     pool = affordable or options
     best = min(pool, key=lambda o: (o.estimated_ms, o.cost, not o.loaded, o.candidate.key))
     fastest = f"fastest ({best.estimated_ms:.2f} ms est)"
@@ -229,13 +229,13 @@ def select(
         why = f"SLO at risk: no placement meets {budget:g} ms; serving the {fastest}"
     else:
         why = f"SLO at risk: no placement costs ≤ ${max_cost:.3g}; serving the {fastest}"
-    return _decision(best, batch, True, why)
+    return _selection(best, batch, True, why)
 
 
-def _decision(option: _Option, batch: int, at_risk: bool, why: str) -> Decision:
+def _selection(option: _Option, batch: int, at_risk: bool, why: str) -> Selection:
     where = "loaded" if option.loaded else f"cold, +{option.candidate.curve.load_ms:.0f} ms load"
     reason = f"{option.candidate.key} on {option.worker.id} ({where}): {why}"
-    return Decision(
+    return Selection(
         candidate=option.candidate,
         worker=option.worker.id,
         batch=batch,

@@ -14,7 +14,7 @@ from api.app import create_app
 from infaas.catalog import ProfileInfo
 from infaas.config import Settings
 from infaas.db.models import VariantStatus
-from infaas.offline import NoVariant, Plan, choose_plan, cost_per_sample, plan_variant, run_offline_job
+from infaas.offline import JobPlan, NoVariant, choose_plan, cost_per_sample, plan_variant, run_offline_job
 from infaas.services import Services, build_services
 from tests.factories import TASK, npy_bytes, profiles, reference_outputs, seed_model, wait_for_job, write_mlp
 
@@ -44,7 +44,7 @@ def test_cost_per_sample_counts_cores_time_and_batch() -> None:
     assert cost_per_sample("tpu", 1, 1, 10.0, 1, prices) == 0.0
 
 
-def _plans(services: Services, mlp_path: Path, samples: int) -> list[Plan]:
+def _plans(services: Services, mlp_path: Path, samples: int) -> list[JobPlan]:
     variants = {
         "cheap-slow": best_at_batch_8(1, 0.90, 8.0),
         "fast-dear": best_at_batch_8(8, 0.90, 2.0),
