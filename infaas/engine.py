@@ -243,7 +243,7 @@ class QueryEngine:
             specs = model.inputs
             if specs not in converted:
                 try:
-                    converted[specs] = conform_inputs(specs, inputs, self._max_batch, self._max_inputs)
+                    converted[specs] = conform_inputs(specs, inputs)
                 except InvalidInput as exc:
                     first_error = first_error or exc
                     continue

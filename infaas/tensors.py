@@ -95,8 +95,8 @@ class TensorSpec:
 def check_limits(inputs: Mapping[str, Any], max_batch: int, max_inputs: int) -> None:
     """The per-query limits, from the values' lengths alone: no conversion work for an over-limit query.
 
-    The engine calls it before it looks at the model, so such a query gets its 400 whatever state the
-    model is in; ``conform_inputs`` starts with it.
+    The engine calls it once per query, before it looks at any model, so such a query gets its 400
+    whatever state the model is in; ``conform_inputs`` then needs no limits of its own.
     """
     if len(inputs) > max_inputs:
         raise InvalidInput(f"{len(inputs)} inputs sent; at most {max_inputs} are accepted")
@@ -111,11 +111,11 @@ def check_limits(inputs: Mapping[str, Any], max_batch: int, max_inputs: int) -> 
             )
 
 
-def conform_inputs(
-    specs: Sequence[TensorSpec], inputs: Mapping[str, Any], max_batch: int, max_inputs: int
-) -> tuple[dict[str, np.ndarray], int]:
-    """A query's inputs conformed to the model's, and its batch (rows); ``InvalidInput`` if they do not fit."""
-    check_limits(inputs, max_batch, max_inputs)
+def conform_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+    """A query's inputs conformed to the model's, and its batch (rows); ``InvalidInput`` if they do not fit.
+
+    Call ``check_limits`` first: this does the per-element work the limits exist to bound.
+    """
     expected = {s.name for s in specs}
     if inputs.keys() != expected:
         missing = sorted(expected - inputs.keys())

@@ -86,7 +86,7 @@ def test_samples_count_on_the_first_axis_and_convert_within_kind() -> None:
 
 
 def test_conform_inputs_returns_arrays_and_batch() -> None:
-    arrays, batch = conform_inputs((X, MASK), {"x": [[0] * 4] * 3, "mask": [[True, False]] * 3}, 8, 4)
+    arrays, batch = conform_inputs((X, MASK), {"x": [[0] * 4] * 3, "mask": [[True, False]] * 3})
     assert batch == 3 and arrays["x"].dtype == np.float32 and arrays["mask"].shape == (3, 2)
 
 
@@ -101,8 +101,9 @@ def test_conform_inputs_returns_arrays_and_batch() -> None:
     ],
 )
 def test_conform_inputs_refusals(inputs: dict, message: str) -> None:
-    with pytest.raises(InvalidInput) as raised:
-        conform_inputs((X, MASK), inputs, 8, 4)
+    with pytest.raises(InvalidInput) as raised:  # the engine's order: limits once, then conversion
+        check_limits(inputs, 8, 4)
+        conform_inputs((X, MASK), inputs)
     assert message in str(raised.value)
 
 
