@@ -37,6 +37,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn ``forwarded_allow_ips``:
+    # comma-separated addresses or networks, or "*"). Empty (default): forwarded headers are ignored and
+    # the client is the socket peer, so no request can pick its own address.
+    trusted_proxies: str = ""
 
     # Limits (safe defaults; a serving system exposed to a network must bound everything it accepts).
     max_upload_mb: float = 200.0

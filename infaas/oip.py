@@ -92,6 +92,16 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
+def _reshaped(array: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """``array`` in ``shape``; ``OipError`` for a shape numpy cannot hold even with no element, such as
+    ``[4294967296, 4294967296, 0]`` or ``[0, 2**62]`` (their element count is 0, so counts and byte sizes
+    agree, but the product of the other dimensions overflows numpy's index type)."""
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:
+        raise OipError(f"input {name!r}: shape {list(shape)} is not a shape an array can have ({exc})") from None
+
+
 def _json_data(name: str, data: Any, dtype: np.dtype, shape: tuple[int, ...], declared: str) -> np.ndarray:
     """JSON ``data``, flat (row-major, as the protocol says) or nested in ``shape`` (as some clients send),
     as an array of the declared datatype; JSON values are taken by ``TensorSpec.conform``'s rule, as on
@@ -101,11 +111,12 @@ def _json_data(name: str, data: Any, dtype: np.dtype, shape: tuple[int, ...], de
     if flat and isinstance(data, list) and len(data) != count:
         raise OipError(f"input {name!r}: {len(data)} values given, shape {list(shape)} needs {count}")
     try:
-        return TensorSpec(name, dtype, (count,) if flat else shape).conform(data).reshape(shape)
+        conformed = TensorSpec(name, dtype, (count,) if flat else shape).conform(data)
     except InvalidInput as exc:
         raise OipError(
             f"input {name!r}: 'data' is not a list of {declared} values of shape {list(shape)} ({exc})"
         ) from None
+    return _reshaped(conformed, shape, name)
 
 
 def _parameters(raw: Any, where: str) -> dict[str, Any]:
@@ -160,7 +171,7 @@ def decode_request(body: bytes, header_length: str | int | None) -> InferRequest
                 )
             if offset + size > len(view):
                 raise OipError(f"input {name!r}: binary data runs past the end of the body")
-            array = np.frombuffer(view[offset : offset + size], dtype=dtype.newbyteorder("<")).reshape(shape)
+            array = _reshaped(np.frombuffer(view[offset : offset + size], dtype=dtype.newbyteorder("<")), shape, name)
             offset += size
         else:
             if "data" not in raw:

@@ -19,7 +19,8 @@ from infaas.services import Services
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Matched with ``fullmatch``: with ``match`` and ``$``, a name ending in a newline passed and failed later as a 500.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_BATCH_LIMIT = 4096
 
 
@@ -61,7 +62,7 @@ def model_prefix(name: str) -> str:
 
 
 def _check_fields(request: RegistrationRequest) -> None:
-    if not NAME_PATTERN.match(request.name):
+    if not NAME_PATTERN.fullmatch(request.name):
         raise RegistrationError(
             "name must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

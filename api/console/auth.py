@@ -7,12 +7,14 @@ from ``INFAAS_ADMIN_KEY``, so every front-end process accepts the cookie and rot
 signs every console user out. Keys created through ``/v1/admin/keys`` with admin rights may sign in
 too; their sessions die as soon as the key is revoked.
 
-Forms carry a per-session CSRF token (an HMAC of the session id) on top of SameSite=Strict, and POSTs
-whose ``Origin`` names another site are refused. Requests authenticated by a bearer header (scripts)
-need no token: a browser never sends one cross-site.
+Forms carry a per-session CSRF token (an HMAC of the session id) on top of SameSite=Strict, and
+cookie-authenticated POSTs (sign-in included) that a browser marks as cross-site (``Origin`` of another
+site, ``Sec-Fetch-Site: cross-site``; ``api.cross_site``) are refused before anything else. Requests
+authenticated by a bearer header (scripts) need no token: a browser never sends one cross-site.
 
-With no admin key configured the console follows ``get_principal``: loopback clients only, and they
-get a session cookie automatically so that forms still carry a CSRF token.
+With no admin key configured the console follows ``authenticate``: loopback clients asking for a
+loopback ``Host`` only (no DNS rebinding), and they get a session cookie automatically so that forms
+still carry a CSRF token.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Response
 
+from api.cross_site import refuse_cross_site
 from api.deps import ServicesDep, authenticate
-from infaas.auth import ADMIN_TENANT, Principal
+from infaas.auth import ADMIN_TENANT, LOCAL_TENANT, Principal
 from infaas.errors import Forbidden, Unauthenticated
 from infaas.services import Services
 
@@ -128,7 +130,7 @@ def _from_cookie(services: Services, value: str) -> tuple[str, Principal] | None
         return None
     if key_id == _ROOT:
         settings = services.settings
-        tenant = ADMIN_TENANT if settings.auth_enabled else "local"
+        tenant = ADMIN_TENANT if settings.auth_enabled else LOCAL_TENANT
         return session_id, Principal(tenant=tenant, is_admin=True)
     principal = _admin_key_active(services, key_id)
     return (session_id, principal) if principal is not None else None
@@ -141,6 +143,7 @@ def console_session(request: Request, services: ServicesDep) -> ConsoleSession:
     cookie = request.cookies.get(COOKIE_NAME)
     found = _from_cookie(services, cookie) if cookie else None
     if found is not None:
+        refuse_cross_site(request.method, request.headers)  # the cookie is a browser's ambient credential
         session_id, principal = found
         return ConsoleSession(principal, session_id, csrf_token_for(services, session_id))
     if not request.headers.get("authorization"):
@@ -156,7 +159,7 @@ ConsoleSessionDep = Annotated[ConsoleSession, Depends(console_session)]
 
 def _keyless_session(request: Request, services: Services) -> ConsoleSession:
     """No admin key: loopback clients only (as ``authenticate``), each given a session for CSRF tokens."""
-    principal = authenticate(request, services)  # 403 unless the client is on loopback
+    principal = authenticate(request, services)  # 403 unless on loopback, for a loopback Host, same-site
     cookie = request.cookies.get(COOKIE_NAME)
     found = _from_cookie(services, cookie) if cookie else None
     if found is not None:
@@ -165,17 +168,12 @@ def _keyless_session(request: Request, services: Services) -> ConsoleSession:
     return ConsoleSession(principal, session_id, csrf_token_for(services, session_id), new_cookie=value)
 
 
-def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("origin")
-    if origin is None:  # not a browser, or an old one; the CSRF token still applies
-        return True
-    return urlsplit(origin).netloc == request.headers.get("host", "")
-
-
 def check_origin(request: Request) -> None:
-    """Refuse a POST whose ``Origin`` is another site (login included, which has no session yet)."""
-    if not _same_origin(request):
-        raise Forbidden("cross-site request refused")
+    """Refuse a POST a browser marks as cross-site (login included, which has no session yet).
+
+    Without ``Origin`` (not a browser, or an old one) the CSRF token still applies.
+    """
+    refuse_cross_site(request.method, request.headers)
 
 
 def check_csrf(request: Request, session: ConsoleSession, token: str) -> None:

@@ -40,7 +40,7 @@ from api.uploads import save_upload
 from infaas.catalog import ModelInfo
 from infaas.errors import InfaasError, NotFound
 from infaas.live_state import LiveState
-from infaas.registration import RegistrationRequest, delete_model, register_model
+from infaas.registration import NAME_PATTERN, RegistrationRequest, delete_model, register_model
 from infaas.services import Services
 
 HERE = Path(__file__).parent
@@ -58,7 +58,7 @@ _HTML_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-_STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(css|js|txt)$")
+_STATIC_NAME = re.compile(r"[a-z0-9_-]+\.(css|js|txt)")  # fullmatch: "$" would let a trailing newline in
 LIVE_WINDOW_S = 10.0
 
 
@@ -159,26 +159,26 @@ def login(
     key: str = Form(..., max_length=512),
     next_path: str = Form("/console", alias="next"),
 ) -> Response:
-    """Trade an admin key for a session cookie; tenant keys are refused, repeated failures throttled."""
+    """Trade an admin key for a session cookie; tenant keys are refused, repeated failures throttled.
+
+    A correct admin key signs in even while its address is throttled (see ``api.console.throttle``).
+    """
     check_origin(request)
     throttle: SignInThrottle = request.app.state.signin_throttle
     address = request.client.host if request.client else ""
-    wait_s = throttle.retry_after(address)
-    if wait_s:
-        response = _login_page(
-            request, f"Too many failed sign-ins: try again in {wait_s} s.", status.HTTP_429_TOO_MANY_REQUESTS, next_path
-        )
-        response.headers["Retry-After"] = str(wait_s)
-        return response
     principal = services.keyring.verify(key.strip()) if key.strip() else None
-    if principal is None:
+    if principal is None or not principal.is_admin:
+        wait_s = throttle.retry_after(address)
+        if wait_s:
+            message = f"Too many failed sign-ins: try again in {wait_s} s."
+            response = _login_page(request, message, status.HTTP_429_TOO_MANY_REQUESTS, next_path)
+            response.headers["Retry-After"] = str(wait_s)
+            return response
         throttle.failed(address)
-        return _login_page(request, "That key is not valid.", status.HTTP_401_UNAUTHORIZED, next_path)
-    if not principal.is_admin:
-        throttle.failed(address)
+        if principal is None:
+            return _login_page(request, "That key is not valid.", status.HTTP_401_UNAUTHORIZED, next_path)
         refused = "That is a tenant key: the console needs an admin key."
         return _login_page(request, refused, status.HTTP_403_FORBIDDEN, next_path)
-    throttle.succeeded(address)
     _, cookie = issue_cookie(services, principal.key_id)
     response = RedirectResponse(_safe_next(next_path), status.HTTP_303_SEE_OTHER)
     set_session_cookie(request, response, cookie)
@@ -198,7 +198,7 @@ def logout(request: Request, session: ConsoleSessionDep, csrf: str = Form("")) -
 def static_file(name: str) -> Response:
     """The console's CSS and JS (public: they hold nothing secret, and the sign-in page needs them)."""
     path = STATIC_DIR / name
-    if not _STATIC_NAME.match(name) or not path.is_file():
+    if not _STATIC_NAME.fullmatch(name) or not path.is_file():
         raise NotFound("no such file")
     return FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
@@ -396,6 +396,8 @@ def delete_action(
 ) -> Response:
     """Delete a model with its variants, profiles and files."""
     check_csrf(request, session, csrf)
+    if not NAME_PATTERN.fullmatch(name):  # e.g. ".." or "a/../../b": not a name, so no store prefix either
+        return _result(request, session, False, "Nothing deleted", f"{name[:200]!r} is not a model name.", 400)
     if confirmed != "yes":
         return _confirm(request, session, f"Delete model {name!r} and every file of it?", {"name": name})
     if not delete_model(services, name):

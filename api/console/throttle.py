@@ -1,9 +1,18 @@
-"""Failed console sign-ins per client address: past a few in a window, the next attempt waits.
+"""Failed console sign-ins per client address: past a few in a window, wrong keys get 429.
 
 Admin keys are 256-bit random, so guessing one is hopeless anyway; the throttle is there so that a
-script hammering the form costs nothing (no key hashing, no database lookup) and shows up as 429s.
-It is per process, like the console's sessions; a front-end behind a load balancer sees the balancer's
-address unless the server is told to trust forwarded headers (uvicorn ``--proxy-headers``).
+script hammering the form shows up as 429s with ``Retry-After``. It counts and blocks failures only: a
+correct admin key always signs in, even from a throttled address, or anyone sharing the admin's address
+(a NAT, a proxy, another local user) could lock the admin out with five wrong keys (issue 14). So every
+attempt still costs one key check (a SHA-256 and an indexed lookup); that is the price of no lockout.
+
+A correct key does not clear the address's record: failures age out of the window by themselves, and
+clearing would hand a guesser who shares the admin's address a fresh budget at every admin sign-in.
+Attempts refused with 429 are not recorded, so a hammering script cannot grow the record.
+
+The address is the socket peer: ``infaas serve`` believes ``X-Forwarded-For`` only from the proxies
+named in ``INFAAS_TRUSTED_PROXIES`` (with uvicorn's default, any local client could name a fresh address
+for every attempt). It is per process, like the console's sessions.
 """
 
 from __future__ import annotations
@@ -39,11 +48,6 @@ class SignInThrottle:
         """Note one failed attempt."""
         with self._lock:
             self._recent(address).append(self._clock())
-
-    def succeeded(self, address: str) -> None:
-        """A good key clears the address's record."""
-        with self._lock:
-            self._failures.pop(address, None)
 
     def _recent(self, address: str) -> deque[float]:
         failures = self._failures.setdefault(address, deque())

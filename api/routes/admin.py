@@ -13,10 +13,13 @@ from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, ServicesDep
 from api.schemas import ErrorOut
+from infaas.auth import TENANT_PATTERN
 from infaas.catalog import ApiKeyInfo
 from infaas.errors import NotFound
 
-TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+# pydantic matches these with Rust's regex engine, where ``$`` is the end of the text (a trailing newline
+# is refused), unlike Python's ``re``.
+TENANT_FIELD_PATTERN = f"^{TENANT_PATTERN.pattern}$"
 KEY_ID_PATTERN = r"^[0-9a-f]{1,32}$"
 
 # Documented so clients (and schemathesis) know every status these routes can answer with.
@@ -33,7 +36,10 @@ router = APIRouter(prefix="/v1/admin/keys", tags=["admin"], responses=AUTH_RESPO
 class KeyCreateIn(BaseModel):
     """A new key for a tenant; admin keys may use every model and the admin routes."""
 
-    tenant: str = Field(pattern=TENANT_PATTERN, description="tenant name: letters, digits, '-' or '_'")
+    tenant: str = Field(
+        pattern=TENANT_FIELD_PATTERN,
+        description="tenant name: letters, digits, '-' or '_'; 'admin' and 'local' are reserved",
+    )
     admin: bool = False
 
 
@@ -74,7 +80,7 @@ class KeyCreatedOut(KeyOut):
     status_code=status.HTTP_201_CREATED,
     response_model=KeyCreatedOut,
     responses={
-        400: {"model": ErrorOut, "description": "the body is not JSON"},
+        400: {"model": ErrorOut, "description": "the body is not JSON, or the tenant name is reserved"},
         422: {"model": ErrorOut, "description": "invalid tenant name"},
     },
 )

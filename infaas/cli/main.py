@@ -34,6 +34,17 @@ out = Console()
 TERMINAL_VARIANT_STATES = {"ready", "failed", "skipped"}
 
 
+def forwarded_header_options(trusted_proxies: str) -> dict[str, object]:
+    """uvicorn's forwarded-header options: believed only from the proxies an operator names.
+
+    uvicorn's default believes ``X-Forwarded-For`` from 127.0.0.1, so any local client could name its own
+    address: 30 wrong console keys sent with 30 forwarded addresses were 30 401s and no 429 (issue 14).
+    """
+    if not trusted_proxies.strip():
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": trusted_proxies}
+
+
 @app.command()
 def serve(
     host: str = typer.Option(None, help="interface to bind (default INFAAS_HOST, 127.0.0.1)"),
@@ -61,6 +72,7 @@ def serve(
         log_level="warning",
         http="httptools",
         loop="uvloop",
+        **forwarded_header_options(settings.trusted_proxies),
         access_log=False,  # no per-request log record (they were filtered out at "warning" anyway)
     )
 
@@ -219,4 +231,3 @@ def delete(name: str, yes: bool = typer.Option(False, "--yes", "-y", help="do no
         typer.confirm(f"delete model {name} and all its variants?", abort=True)
     call("DELETE", f"/v1/models/{name}")
     out.print(f"deleted {name}")
-

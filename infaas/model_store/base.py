@@ -15,7 +15,7 @@ class ObjectNotFound(KeyError):
 
 def check_key(key: str) -> str:
     """Reject keys that could escape the store (``..``, absolute paths, odd characters)."""
-    if not _SAFE_KEY.match(key) or any(part in {".", ".."} for part in key.split("/")):
+    if not _SAFE_KEY.fullmatch(key) or any(part in {".", ".."} for part in key.split("/")):
         raise ValueError(f"invalid store key {key!r}")
     return key
 

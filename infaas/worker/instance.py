@@ -18,9 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
+from infaas.errors import InvalidInput
 from infaas.runtime import Session
 from infaas.selector import ProfileCurve
+
+# What ONNX Runtime raises when a registered, warmed-up model cannot run on the values it was given (an
+# index out of range for a Gather, a Reshape to a shape the data does not fit, an allocation the input
+# asks for): the input's fault, so the sender gets a 400 with the runtime's message, not a 500.
+_RUN_FAILURES = (Fail, InvalidArgument, RuntimeException)
+_MAX_MESSAGE = 500
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,14 @@ class _Request:
         self.done = threading.Event()
         self.result: InferResult | None = None
         self.error: BaseException | None = None
+
+
+def _run(session: Session, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``session.run``; ``InvalidInput`` when ONNX Runtime fails on these inputs."""
+    try:
+        return session.run(output_names, feeds)
+    except _RUN_FAILURES as exc:
+        raise InvalidInput(f"the model could not run on this input: {str(exc)[:_MAX_MESSAGE]}") from None
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:
@@ -169,7 +185,7 @@ class Instance:
     def _run_direct(self, session: Session, inputs: dict[str, np.ndarray]) -> InferResult:
         start = time.perf_counter()
         try:
-            values = session.run(self._output_names, inputs)
+            values = _run(session, self._output_names, inputs)
         finally:
             service_ms = (time.perf_counter() - start) * 1000.0
             self._release(session, 1)
@@ -238,14 +254,17 @@ class Instance:
         start = time.monotonic()
         try:
             if len(batch) == 1:
-                results = [session.run(self._output_names, batch[0].inputs)]
+                outcomes: list[list[np.ndarray] | InvalidInput] = [self._outcome(session, batch[0].inputs)]
             else:
-                results = self._run_concatenated(session, batch)
+                outcomes = self._run_concatenated(session, batch)
             service_ms = (time.monotonic() - start) * 1000.0
             rows = sum(r.rows for r in batch)
-            for request, values in zip(batch, results, strict=True):
+            for request, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, InvalidInput):
+                    request.error = outcome
+                    continue
                 request.result = InferResult(
-                    dict(zip(self._output_names, values, strict=True)),
+                    dict(zip(self._output_names, outcome, strict=True)),
                     (start - request.enqueued) * 1000.0,
                     service_ms,
                     rows,
@@ -258,14 +277,28 @@ class Instance:
             for request in batch:
                 request.done.set()
 
-    def _run_concatenated(self, session: Session, batch: list[_Request]) -> list[list[np.ndarray]]:
+    def _outcome(self, session: Session, inputs: dict[str, np.ndarray]) -> list[np.ndarray] | InvalidInput:
+        """One request's outputs, or the error its inputs caused (kept apart from its batch neighbours')."""
+        try:
+            return _run(session, self._output_names, inputs)
+        except InvalidInput as exc:
+            return exc
+
+    def _run_concatenated(self, session: Session, batch: list[_Request]) -> list[list[np.ndarray] | InvalidInput]:
         names = batch[0].inputs.keys()
+        if any(len({r.inputs[n].shape[1:] for r in batch}) > 1 for n in names):
+            # Dynamic non-batch dimensions that differ between requests cannot be concatenated.
+            return [self._outcome(session, r.inputs) for r in batch]
         feeds = {n: np.concatenate([r.inputs[n] for r in batch], axis=0) for n in names}
         total = sum(r.rows for r in batch)
-        values = session.run(self._output_names, feeds)
+        try:
+            values = _run(session, self._output_names, feeds)
+        except InvalidInput:
+            # One request's values broke the run: run each alone, so only its sender gets the error.
+            return [self._outcome(session, r.inputs) for r in batch]
         if any(v.ndim == 0 or v.shape[0] != total for v in values):
             # Outputs without a per-row first dimension cannot be split: run one by one instead.
-            return [session.run(self._output_names, r.inputs) for r in batch]
+            return [self._outcome(session, r.inputs) for r in batch]
         bounds = np.cumsum([r.rows for r in batch])[:-1]
         split = [np.split(v, bounds, axis=0) for v in values]
         return [[parts[i] for parts in split] for i in range(len(batch))]

@@ -28,11 +28,13 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from infaas.catalog import ProfileInfo, VariantInfo
+from infaas.errors import InvalidInput
 from infaas.worker.instance import InferResult
 from infaas.worker.worker import InstanceStatus, WorkerClient, WorkerError, WorkerStatus
 
 FRAME_TYPE = "application/x-infaas-tensors"
 NEED_VARIANT = "need-variant"
+BAD_INPUT = "bad-input"  # the model could not run on the query's values (an ONNX Runtime error): a 400
 _HEADER = struct.Struct("<I")
 _MAX_HEADER = 1 << 20
 
@@ -167,6 +169,8 @@ class RemoteWorkerClient(WorkerClient):
                     if attempt == 0:
                         self.load(variant)
                         continue
+                if response.status == 400 and response.headers.get("x-infaas-error") == BAD_INPUT:
+                    raise InvalidInput(response.data.decode(errors="replace")[:1000])
                 if response.status != 200:
                     raise WorkerError(response.data.decode(errors="replace")[:500])
                 meta, outputs = decode_frame(response.data)

@@ -21,9 +21,18 @@ from fastapi.concurrency import run_in_threadpool
 
 from infaas import offload
 from infaas.catalog import VariantInfo
+from infaas.errors import InvalidInput
 from infaas.live_state.base import InstanceState, LiveState, WorkerState
 from infaas.selector import ProfileCurve
-from infaas.worker.remote import FRAME_TYPE, NEED_VARIANT, FrameError, decode_frame, encode_frame, variant_from_json
+from infaas.worker.remote import (
+    BAD_INPUT,
+    FRAME_TYPE,
+    NEED_VARIANT,
+    FrameError,
+    decode_frame,
+    encode_frame,
+    variant_from_json,
+)
 from infaas.worker.worker import LocalWorker, WorkerError
 
 
@@ -138,6 +147,8 @@ def create_worker_app(service: WorkerService) -> FastAPI:
             )
         except WorkerError as exc:
             raise _error(exc) from None
+        except InvalidInput as exc:  # the model failed on these values: the front-end answers 400
+            return Response(exc.message.encode(), status_code=400, headers={"x-infaas-error": BAD_INPUT})
         body = encode_frame(
             {"queue_ms": result.queue_ms, "service_ms": result.service_ms, "batch": result.batch}, result.outputs
         )
