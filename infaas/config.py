@@ -44,6 +44,17 @@ class Settings(BaseSettings):
 
     # Limits (safe defaults; a serving system exposed to a network must bound everything it accepts).
     max_upload_mb: float = 200.0
+    # What a client's .npy/.npz (validation set, job input) may expand to, all arrays together, decided from
+    # its headers before anything is read: an uncompressed upload could carry 200 MB, and compression must
+    # not buy more (a 972 KB .npz held 1 GB of zeros). See infaas/array_files.py.
+    max_array_mb: float = 256.0
+    # The registration check (parse, ONNX Runtime load, one test inference) runs in a child process
+    # (infaas/sandbox.py) that is killed past either limit: a 291-byte Loop with trip count 2^62 never
+    # ends, and a shape computed at run time made a 1.6 GB ConstantOfShape. Memory is address space
+    # beyond the child's own at start (about 220 MB of imports); the largest declared tensor the static
+    # check allows is 512 MB.
+    check_timeout_s: float = 30.0
+    check_memory_mb: float = 1024.0
     max_body_mb: float = 16.0
     max_batch_per_query: int = 256
     max_inputs_per_request: int = 16

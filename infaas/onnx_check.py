@@ -3,6 +3,15 @@
 Order matters: parse → structural checks (checker, external data anywhere, absurd stored or declared
 tensors) → ONNX Runtime load → one inference at the declared shapes. A model that passes all four is
 safe to store and to serve.
+
+The static checks only see shapes known before running; a shape computed at run time (``ReduceMax →
+Cast → Add → ConstantOfShape`` to [20000, 20000]: 1.6 GB) or a ``Loop`` with trip count 2^62 shows
+itself only in the test inference. So registration runs the whole check through ``check_model_isolated``,
+in a child process with a time and a memory limit (``infaas/sandbox.py``). ONNX Runtime has no
+per-session cap on CPU memory (its arena ``max_mem`` exists only for an allocator shared by the whole
+process, and kernels allocate outside the arena too), so a model whose allocation depends on the *values*
+it is given can still be asked for much at serving time; the check catches every case that shows at the
+declared shapes on zeros.
 """
 
 from __future__ import annotations
@@ -17,8 +26,11 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
+from infaas.array_files import ArrayFileError, file_kind, read_headers
+from infaas.config import Settings
 from infaas.errors import BadRequest, InvalidInput
 from infaas.runtime import create_session, numpy_dtype
+from infaas.sandbox import Limits, run_limited
 from infaas.tensors import TensorSpec
 
 # Far beyond any model infaas serves on one host; a declared tensor past this is an attack or a bug.
@@ -27,6 +39,8 @@ MAX_TENSOR_ELEMENTS = 2_000_000_000
 # allocate: 128 Mi elements, 512 MB of float32. A graph past it (e.g. an Expand to a constant huge shape)
 # would exhaust the server's memory during the check, which runs in the API process.
 MAX_DECLARED_ELEMENTS = 1 << 27
+# How ONNX Runtime words a refused allocation (its arena, or std::bad_alloc from a kernel).
+_ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "Available memory of")
 
 
 class ModelCheckError(BadRequest):
@@ -150,8 +164,19 @@ def _probe_inputs(inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
     return {spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype) for spec in inputs}
 
 
+def _runtime_failure(exc: Exception, refusal: str) -> Exception:
+    """``MemoryError`` for a refused allocation (so a sandbox reports its memory limit), else ``ModelCheckError``."""
+    message = str(exc)
+    if any(marker in message for marker in _ALLOCATION_FAILURES):
+        return MemoryError(f"{refusal}: ONNX Runtime could not allocate memory")
+    return ModelCheckError(f"{refusal}: {message.splitlines()[0][:500]}")
+
+
 def check_model_bytes(data: bytes) -> CheckedModel:
-    """Run every check on an in-memory model; raises ``ModelCheckError`` with a fix-it message."""
+    """Run every check on an in-memory model; raises ``ModelCheckError`` with a fix-it message.
+
+    Unbounded in time and memory: anything a client uploads goes through ``check_model_isolated``.
+    """
     model = _parse(data)
     try:
         onnx.checker.check_model(model)
@@ -163,7 +188,7 @@ def check_model_bytes(data: bytes) -> CheckedModel:
     try:
         session = create_session(data, threads=1)
     except Exception as exc:  # ONNX Runtime raises several unrelated exception types.
-        raise ModelCheckError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:500]}") from exc
+        raise _runtime_failure(exc, "ONNX Runtime cannot load the model") from exc
     try:
         inputs = tuple(_spec(a) for a in session.get_inputs())
         outputs = tuple(_spec(a) for a in session.get_outputs())
@@ -172,9 +197,7 @@ def check_model_bytes(data: bytes) -> CheckedModel:
     try:
         session.run(None, _probe_inputs(inputs))
     except Exception as exc:
-        raise ModelCheckError(
-            f"a test inference at the declared input shapes failed: {str(exc).splitlines()[0][:500]}"
-        ) from exc
+        raise _runtime_failure(exc, "a test inference at the declared input shapes failed") from exc
     return CheckedModel(inputs=inputs, outputs=outputs, opset=opset)
 
 
@@ -183,44 +206,75 @@ def check_model_file(path: Path) -> CheckedModel:
     return check_model_bytes(Path(path).read_bytes())
 
 
-def check_validation_file(path: Path, inputs: tuple[TensorSpec, ...]) -> int:
+def check_limits(settings: Settings) -> Limits:
+    """The registration check's limits (``INFAAS_CHECK_TIMEOUT_S``, ``INFAAS_CHECK_MEMORY_MB``)."""
+    return Limits(
+        wall_s=settings.check_timeout_s,
+        memory_mb=settings.check_memory_mb,
+        time_setting="INFAAS_CHECK_TIMEOUT_S",
+        memory_setting="INFAAS_CHECK_MEMORY_MB",
+    )
+
+
+def check_model_isolated(path: Path, limits: Limits) -> CheckedModel:
+    """``check_model_file`` in a child process within ``limits``: what registration runs on an upload.
+
+    Past a limit the child is killed and its temporary folder removed; the caller gets ``LimitExceeded``
+    (422) naming the limit, and nothing has been stored.
+    """
+    return run_limited(
+        check_model_file,
+        Path(path),
+        limits=limits,
+        what="the model check (ONNX Runtime load and one inference on zeros at the declared shapes)",
+    )
+
+
+def check_validation_file(path: Path, inputs: tuple[TensorSpec, ...], max_bytes: int) -> int:
     """Check a validation ``.npz`` against the model's inputs; returns the number of samples.
 
     Arrays are named after the model's inputs (a single-input model may use ``inputs``), plus an optional
     ``labels`` array of one integer per sample. Each array must fit ``TensorSpec.conform`` for samples and,
     stricter than a job's input, already have the model's dtype: the set is stored as uploaded and every
     variant's accuracy is measured on it, so the uploader should see the exact values it is scored on.
+
+    Names, dtypes and shapes all come from the arrays' headers (``infaas.array_files``), so nothing is
+    held in memory: the archive is refused past ``max_bytes`` uncompressed (413) before any data is
+    inflated, and otherwise only streamed through once to prove that it decompresses as declared.
     """
     try:
-        archive = np.load(path, allow_pickle=False)
-        arrays = {name: archive[name] for name in archive.files}
-    except Exception as exc:
+        if file_kind(path) != "npz":
+            raise ModelCheckError("the validation file must be a .npz archive (numpy.savez), not a single .npy array")
+        headers = read_headers(path, max_bytes, verify_data=True)
+    except ArrayFileError as exc:
         raise ModelCheckError(f"the validation file is not a readable .npz archive: {exc}") from exc
-    if len(inputs) == 1 and inputs[0].name not in arrays and "inputs" in arrays:
-        arrays[inputs[0].name] = arrays.pop("inputs")
+    if len(inputs) == 1 and inputs[0].name not in headers and "inputs" in headers:
+        headers[inputs[0].name] = headers.pop("inputs")
     count: int | None = None
     for spec in inputs:
-        if spec.name not in arrays:
+        if spec.name not in headers:
             raise ModelCheckError(
                 f"the validation file has no array {spec.name!r}; name arrays after the model inputs "
                 f"({', '.join(s.name for s in inputs)})"
             )
-        array = arrays[spec.name]
-        if array.dtype != spec.dtype:
+        header = headers[spec.name]
+        if header.dtype != spec.dtype:
             raise ModelCheckError(
-                f"validation array {spec.name!r} has dtype {array.dtype}, the model expects {spec.dtype}"
+                f"validation array {spec.name!r} has dtype {header.dtype}, the model expects {spec.dtype}"
             )
+        if not header.shape:
+            raise ModelCheckError(f"validation array {spec.name!r} is a scalar; its first axis must count samples")
         try:
-            spec.conform(array, samples=True)
+            spec.conform(np.empty((0, *header.shape[1:]), header.dtype), samples=True)
         except InvalidInput as exc:
             raise ModelCheckError(f"the validation file does not fit the model: {exc}") from exc
-        if count is not None and array.shape[0] != count:
+        if count is not None and header.shape[0] != count:
             raise ModelCheckError("validation arrays disagree on the number of samples")
-        count = int(array.shape[0])
+        count = header.shape[0]
     if not count:
         raise ModelCheckError("the validation file holds no samples")
-    if "labels" in arrays:
-        labels = arrays["labels"]
+    if "labels" in headers:
+        labels = headers["labels"]
         if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
             raise ModelCheckError(
                 f"'labels' must be {count} integers, one per sample; got {labels.dtype}{list(labels.shape)}"

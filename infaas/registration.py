@@ -11,10 +11,11 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from infaas.array_files import array_bound
 from infaas.catalog import ModelInfo
 from infaas.errors import BadRequest
 from infaas.metadata import DuplicateModel, NewModel
-from infaas.onnx_check import check_model_bytes, check_validation_file
+from infaas.onnx_check import check_limits, check_model_isolated, check_validation_file
 from infaas.services import Services
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,9 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
     if services.metadata.model_exists(request.name):
         raise DuplicateModel(request.name)
     data = request.model_path.read_bytes()
-    checked = check_model_bytes(data)
+    checked = check_model_isolated(request.model_path, check_limits(services.settings))
     if request.validation_path is not None:
-        check_validation_file(request.validation_path, checked.inputs)
+        check_validation_file(request.validation_path, checked.inputs, array_bound(services.settings))
 
     prefix = model_prefix(request.name)
     artifact_key = f"{prefix}model.onnx"

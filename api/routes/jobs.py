@@ -20,6 +20,7 @@ from api.deps import PrincipalDep, ServicesDep, visible_model
 from api.job_schemas import JobAccepted, JobOut
 from api.schemas import ErrorOut
 from api.uploads import save_upload
+from infaas.array_files import array_bound
 from infaas.auth import Principal
 from infaas.catalog import JobInfo, ModelInfo
 from infaas.db.models import Job
@@ -30,10 +31,10 @@ from infaas.offline import (
     JobStatus,
     NoVariant,
     choose_plan,
+    input_layout,
     job_models,
     match_inputs,
     plan_variant,
-    read_arrays,
     ready_variants,
 )
 from infaas.services import Services
@@ -104,9 +105,13 @@ def _check_accuracy(models: list[ModelInfo], min_accuracy: float, what: str) -> 
     choose_plan([plan_variant(m, v, 1, 1, {}) for m, v in variants], min_accuracy, None)
 
 
-def _check_input(path: Path, models: list[ModelInfo]) -> None:
-    """``JobInputError`` unless the input fits the named model (or, for a task, at least one of its models)."""
-    arrays = read_arrays(path)
+def _check_input(path: Path, models: list[ModelInfo], max_bytes: int) -> None:
+    """``JobInputError`` unless the input fits the named model (or, for a task, at least one of its models).
+
+    Only the arrays' headers are read (``input_layout``): a compressed input past ``max_bytes`` gets its
+    413 before anything is inflated.
+    """
+    arrays = input_layout(path, max_bytes)
     reasons: list[str] = []
     for model in models:
         try:
@@ -151,11 +156,11 @@ def _accept(
     job_id = str(uuid.uuid4())
     if upload is not None:
         key = f"jobs/{job_id}/input{_input_suffix(upload)}"
-        _check_input(upload, models)
+        _check_input(upload, models, array_bound(services.settings))
         services.store.put_file(key, upload)
     else:
         key = _check_input_key(services, principal, input_key or "")
-        _check_input(services.store.local_path(key), models)
+        _check_input(services.store.local_path(key), models, array_bound(services.settings))
 
     job = services.metadata.add_job(
         Job(
