@@ -119,6 +119,22 @@ class JobInfo:
 
 
 @dataclass(frozen=True)
+class WorkItemInfo:
+    """One recorded piece of background work, its state and its lease (``infaas.jobs.durable``)."""
+
+    id: str
+    task: str
+    kwargs: dict[str, Any]
+    state: str
+    attempts: int
+    owner: str | None
+    lease_expires_at: datetime | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class ApiKeyInfo:
     """An API key's public facts (never the secret)."""
 

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     profile_runs: int = 30
     profile_max_seconds: float = 4.0
 
+    # Crash safety (infaas.jobs.durable, infaas.orphans). A running item's process renews its lease every third
+    # of work_lease_s; one that died is resumed after at most work_lease_s + recovery_period_s.
+    work_lease_s: float = 15.0
+    work_max_attempts: int = 3  # runs of one item (a crash counts) before it is failed with the reason
+    recovery_period_s: float = 5.0  # how often expired work is resumed and orphans are looked for
+    orphan_grace_s: float = 600.0  # stored files without a row, and unfinished registrations, older than this go
+
     # Cost: $/hour per hardware unit.
     prices: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
 

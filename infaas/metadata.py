@@ -13,12 +13,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from infaas.catalog import ApiKeyInfo, DecisionInfo, JobInfo, ModelInfo, ProfileInfo, VariantInfo
-from infaas.db.models import ApiKey, Decision, Job, Model, Profile, Variant, VariantStatus
+from infaas.catalog import ApiKeyInfo, DecisionInfo, JobInfo, ModelInfo, ProfileInfo, VariantInfo, WorkItemInfo
+from infaas.db.models import (
+    ApiKey,
+    Decision,
+    Job,
+    Model,
+    ModelStatus,
+    Profile,
+    Variant,
+    VariantStatus,
+    WorkItem,
+    WorkState,
+)
 from infaas.db.session import Database
 from infaas.errors import Conflict, NotFound
 from infaas.tensors import TensorSpec
@@ -50,6 +61,18 @@ class NewModel:
     validation_key: str | None
     size_bytes: int
     framework: str = "onnx"
+    status: str = ModelStatus.PENDING
+
+
+@dataclass(frozen=True)
+class NewWorkItem:
+    """A piece of background work about to be recorded, with the lease of the process that queues it."""
+
+    id: str
+    task: str
+    kwargs: dict[str, Any]
+    owner: str | None
+    lease_expires_at: datetime
 
 
 def _profile_info(row: Profile) -> ProfileInfo:
@@ -141,6 +164,21 @@ def _job_info(row: Job) -> JobInfo:
     )
 
 
+def _work_info(row: WorkItem) -> WorkItemInfo:
+    return WorkItemInfo(
+        id=row.id,
+        task=row.task,
+        kwargs=dict(row.kwargs or {}),
+        state=row.state,
+        attempts=row.attempts,
+        owner=row.owner,
+        lease_expires_at=row.lease_expires_at,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
 def _key_info(row: ApiKey) -> ApiKeyInfo:
     return ApiKeyInfo(
         id=row.id,
@@ -148,6 +186,18 @@ def _key_info(row: ApiKey) -> ApiKeyInfo:
         is_admin=row.is_admin,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+    )
+
+
+def _work_row(work: NewWorkItem) -> WorkItem:
+    return WorkItem(
+        id=work.id,
+        task=work.task,
+        kwargs=dict(work.kwargs),
+        state=WorkState.PENDING,
+        attempts=0,
+        owner=work.owner,
+        lease_expires_at=work.lease_expires_at,
     )
 
 
@@ -226,10 +276,66 @@ class MetadataStore:
         self._changed(name)
         return True
 
+    def complete_registration(self, name: str, work: NewWorkItem | None) -> None:
+        """Commit a registration whose files are stored: ``registering`` → ``pending`` and its build recorded.
+
+        One transaction, so a process that dies at any moment leaves either a ``registering`` row (swept
+        with its files) or a pending model whose build is recorded (and so resumed). Raises ``NotFound``
+        when the row is gone or no longer ``registering`` (deleted meanwhile, or swept as abandoned).
+        """
+        with self.db.session() as session:
+            moved = session.execute(
+                update(Model)
+                .where(Model.name == name, Model.status == ModelStatus.REGISTERING)
+                .values(status=ModelStatus.PENDING)
+                .execution_options(synchronize_session=False)
+            )
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                raise NotFound(f"model {name!r} was deleted while it was being registered")
+            if work is not None:
+                session.add(_work_row(work))
+        self._changed(name)
+
+    def mark_model_deleting(self, name: str, *, model_id: int | None = None, status: str | None = None) -> bool:
+        """Record the intent to delete (``deleting``) before any file goes; ``False`` if there is no such model.
+
+        ``model_id`` and ``status`` narrow it to one row in one state (a registration taking back only
+        its own row, the sweep only a row still ``registering``).
+        """
+        conditions = [Model.name == name]
+        if model_id is not None:
+            conditions.append(Model.id == model_id)
+        if status is not None:
+            conditions.append(Model.status == status)
+        with self.db.session() as session:
+            moved = session.execute(
+                update(Model)
+                .where(*conditions)
+                .values(status=ModelStatus.DELETING, status_reason=None)
+                .execution_options(synchronize_session=False)
+            )
+            found = moved.rowcount == 1  # type: ignore[attr-defined]
+        if found:
+            self._changed(name)
+        return found
+
+    def models_with_status(self, *statuses: str) -> list[ModelInfo]:
+        """Models in any of ``statuses`` (without variants): what the recovery sweep looks for."""
+        with self.db.session() as session:
+            rows = session.scalars(select(Model).where(Model.status.in_(statuses)).order_by(Model.name)).all()
+            return [_model_info(r, with_variants=False) for r in rows]
+
+    def model_names(self) -> set[str]:
+        """The name of every model row, whatever its status."""
+        with self.db.session() as session:
+            return set(session.scalars(select(Model.name)))
+
     def set_model_status(self, name: str, status: str, reason: str | None = None) -> None:
-        """Move a model through pending → building → ready/failed."""
+        """Move a model through pending → building → ready/failed; a model being deleted stays so (``NotFound``)."""
         with self.db.session() as session:
             row = self._model_row(session, name)
+            if row.status == ModelStatus.DELETING:
+                raise NotFound(f"model {name!r} is being deleted")
             row.status = status
             row.status_reason = reason
         self._changed(name)
@@ -326,6 +432,8 @@ class MetadataStore:
         """Every ready, profiled variant with its model: the selector's candidate set."""
         out: list[tuple[ModelInfo, VariantInfo]] = []
         for model in self.list_models():
+            if model.status in (ModelStatus.REGISTERING, ModelStatus.DELETING):  # files incomplete or going
+                continue
             for variant in model.variants:
                 if variant.status == VariantStatus.READY and variant.profiles:
                     out.append((model, variant))
@@ -398,6 +506,132 @@ class MetadataStore:
                 setattr(row, key, value)
             session.flush()
             return _job_info(row)
+
+    # -- durable work (infaas.jobs.durable) -----------------------------------------------------
+    def add_work_item(self, work: NewWorkItem) -> WorkItemInfo:
+        """Record a piece of background work as ``pending``, leased to the process that queues it."""
+        with self.db.session() as session:
+            row = _work_row(work)
+            session.add(row)
+            session.flush()
+            return _work_info(row)
+
+    def get_work_item(self, item_id: str) -> WorkItemInfo | None:
+        """One work item or ``None``."""
+        with self.db.session() as session:
+            row = session.get(WorkItem, item_id)
+            return _work_info(row) if row else None
+
+    def list_work_items(self, *states: str) -> list[WorkItemInfo]:
+        """Work items in any of ``states`` (every item when none is given), oldest first."""
+        with self.db.session() as session:
+            query = select(WorkItem).order_by(WorkItem.created_at, WorkItem.id)
+            if states:
+                query = query.where(WorkItem.state.in_(states))
+            return [_work_info(r) for r in session.scalars(query)]
+
+    def claim_work_item(
+        self, item_id: str, owner: str, lease_expires_at: datetime, now: datetime, max_attempts: int
+    ) -> WorkItemInfo | None:
+        """Take an item to run it: pending, or running under a lease that expired; ``None`` if not claimable.
+
+        One conditional UPDATE, so of two processes claiming at once (a redelivered Celery message and a
+        sweep's resubmission, say) exactly one wins on SQLite and PostgreSQL alike, and a live lease is
+        never taken over.
+        """
+        claimable = or_(
+            WorkItem.state == WorkState.PENDING,
+            (WorkItem.state == WorkState.RUNNING) & (WorkItem.lease_expires_at < now),
+        )
+        with self.db.session() as session:
+            claimed = session.execute(
+                update(WorkItem)
+                .where(WorkItem.id == item_id, WorkItem.attempts < max_attempts, claimable)
+                .values(
+                    state=WorkState.RUNNING,
+                    owner=owner,
+                    lease_expires_at=lease_expires_at,
+                    attempts=WorkItem.attempts + 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            row = session.get(WorkItem, item_id)
+            return _work_info(row) if row else None
+
+    def renew_work_leases(self, owner: str, item_ids: Sequence[str], lease_expires_at: datetime) -> int:
+        """Extend the lease of the pending or running items of ``item_ids`` that ``owner`` holds; how many."""
+        with self.db.session() as session:
+            renewed = session.execute(
+                update(WorkItem)
+                .where(
+                    WorkItem.id.in_(list(item_ids)),
+                    WorkItem.owner == owner,
+                    WorkItem.state.in_((WorkState.PENDING, WorkState.RUNNING)),
+                )
+                .values(lease_expires_at=lease_expires_at)
+                .execution_options(synchronize_session=False)
+            )
+            return int(renewed.rowcount)  # type: ignore[attr-defined]
+
+    def expired_work_items(self, now: datetime) -> list[WorkItemInfo]:
+        """Pending or running items whose lease expired: their process died (or their message was lost)."""
+        with self.db.session() as session:
+            query = (
+                select(WorkItem)
+                .where(
+                    WorkItem.state.in_((WorkState.PENDING, WorkState.RUNNING)),
+                    or_(WorkItem.lease_expires_at.is_(None), WorkItem.lease_expires_at < now),
+                )
+                .order_by(WorkItem.created_at, WorkItem.id)
+            )
+            return [_work_info(r) for r in session.scalars(query)]
+
+    def requeue_expired_work_item(
+        self, item_id: str, owner: str | None, lease_expires_at: datetime, now: datetime
+    ) -> bool:
+        """Put an expired item back to ``pending`` under a fresh lease, if it is still expired (atomic)."""
+        return self._move_expired(item_id, now, state=WorkState.PENDING, owner=owner, lease_expires_at=lease_expires_at)
+
+    def fail_expired_work_item(self, item_id: str, error: str, now: datetime) -> bool:
+        """Give up on an expired item that used all its attempts (atomic); ``False`` if someone took it."""
+        return self._move_expired(item_id, now, state=WorkState.FAILED, owner=None, lease_expires_at=None, error=error)
+
+    def _move_expired(self, item_id: str, now: datetime, **values: Any) -> bool:
+        expired = or_(WorkItem.lease_expires_at.is_(None), WorkItem.lease_expires_at < now)
+        with self.db.session() as session:
+            moved = session.execute(
+                update(WorkItem)
+                .where(
+                    WorkItem.id == item_id,
+                    WorkItem.state.in_((WorkState.PENDING, WorkState.RUNNING)),
+                    expired,
+                )
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            return moved.rowcount == 1  # type: ignore[attr-defined]
+
+    def release_work_item(
+        self,
+        item_id: str,
+        owner: str,
+        state: str,
+        *,
+        error: str | None = None,
+        lease_expires_at: datetime | None = None,
+        new_owner: str | None = None,
+    ) -> bool:
+        """End ``owner``'s run of an item (done, failed, or pending again to retry); ``False`` if it lost the lease."""
+        with self.db.session() as session:
+            released = session.execute(
+                update(WorkItem)
+                .where(WorkItem.id == item_id, WorkItem.owner == owner, WorkItem.state == WorkState.RUNNING)
+                .values(state=state, error=error, owner=new_owner, lease_expires_at=lease_expires_at)
+                .execution_options(synchronize_session=False)
+            )
+            return released.rowcount == 1  # type: ignore[attr-defined]
 
     # -- API keys ------------------------------------------------------------------------------
     def add_api_key(self, key_id: str, tenant: str, key_hash: str, is_admin: bool) -> ApiKeyInfo:

@@ -332,3 +332,10 @@ def run_offline_job(services: Services, job_id: str) -> None:
     except Exception as exc:
         log.exception("offline job %s failed", job_id)
         services.metadata.update_job(job_id, status=JobStatus.FAILED, error=f"internal error: {exc}")
+
+
+def offline_job_given_up(services: Services, reason: str, job_id: str) -> None:
+    """The job could not be run to the end (its processes kept dying): it is ``failed`` with the reason."""
+    job = services.metadata.get_job(job_id)
+    if job is not None and job.status != JobStatus.DONE:
+        services.metadata.update_job(job_id, status=JobStatus.FAILED, error=reason)

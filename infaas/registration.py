@@ -1,7 +1,30 @@
-"""Model registration: validate everything, then store, then record, then queue the variant build.
+"""Model registration and deletion, each safe against the process dying at any moment.
 
-Nothing is written before every check has passed, and a failure while writing removes what was written,
-so a rejected registration leaves neither a file in the store nor a row in the database.
+Nothing is written before every check has passed. Then a registration runs:
+
+1. insert the row as ``registering`` (a concurrent registration of the same name fails here, with
+   ``DuplicateModel``, before it could overwrite the winner's files);
+2. write the files under ``models/<name>/`` (each atomically: a temporary name, fsync, rename; on S3 an
+   atomic PUT);
+3. in one transaction, move the row to ``pending`` and record its variant build as a work item: this
+   commit is the registration;
+4. hand the build to the job runner, and answer the caller.
+
+Where it can stop, and what becomes of it:
+
+- before 1, or a check failed: nothing was written.
+- after 1, during or after 2 (a row ``registering``, some or all files): the caller got no answer. An
+  error in this process takes its own row and files back at once; a killed process leaves them to the
+  sweep (``infaas.orphans``), which removes the row and files once older than ``orphan_grace_s``.
+- after 3, before 4: the build is recorded, leased to this (dead) process; when the lease expires, the
+  work sweep hands it to a runner (``infaas.jobs.durable``). The model is ``pending`` until then.
+- after 4: an ordinary registered model whose build is recorded and resumed until it ends.
+
+Deletion runs: mark the row ``deleting`` (queries stop choosing it; the name stays taken), remove every
+file under ``models/<name>/``, delete the rows. Stopped after the mark, the sweep finishes it (removing
+files and rows is idempotent); the row never disappears while files of it remain, so no file is orphaned
+by a deletion. A variant build that uploads while the model is being deleted removes its own upload, and
+the orphan sweep removes any such file that was written as the row went.
 """
 
 from __future__ import annotations
@@ -13,9 +36,11 @@ from pathlib import Path
 
 from infaas.array_files import array_bound
 from infaas.catalog import ModelInfo
+from infaas.db.models import ModelStatus
 from infaas.errors import BadRequest
-from infaas.metadata import DuplicateModel, NewModel
+from infaas.metadata import DuplicateModel, NewModel, NewWorkItem
 from infaas.onnx_check import check_limits, check_model_isolated, check_validation_file
+from infaas.orphans import model_prefix, remove_model
 from infaas.services import Services
 
 log = logging.getLogger(__name__)
@@ -57,11 +82,6 @@ class RegistrationRequest:
         return f"{self.namespace}.{self.name}"
 
 
-def model_prefix(name: str) -> str:
-    """Store prefix holding everything of one model (original, validation set, variants)."""
-    return f"models/{name}/"
-
-
 def _check_fields(request: RegistrationRequest) -> None:
     if not NAME_PATTERN.fullmatch(request.name):
         raise RegistrationError(
@@ -96,8 +116,7 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
     prefix = model_prefix(request.name)
     artifact_key = f"{prefix}model.onnx"
     validation_key = f"{prefix}validation.npz" if request.validation_path else None
-    # The row goes first: a concurrent registration of the same name fails here (``DuplicateModel``),
-    # before it could overwrite the winner's files.
+    # Step 1 (module docstring): the row, as "registering".
     model = services.metadata.add_model(
         NewModel(
             name=request.name,
@@ -112,28 +131,46 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
             artifact_key=artifact_key,
             validation_key=validation_key,
             size_bytes=len(data),
+            status=ModelStatus.REGISTERING,
         )
     )
     try:
-        services.store.put_bytes(artifact_key, data)
+        services.store.put_bytes(artifact_key, data)  # step 2
         if request.validation_path and validation_key:
             services.store.put_file(validation_key, request.validation_path)
+        build = _build_item(services, request.name)
+        services.metadata.complete_registration(request.name, build)  # step 3: the commit
     except BaseException:
-        services.metadata.delete_model(request.name)
-        services.store.delete_prefix(prefix)
+        _take_back(services, model)
         raise
-    queue_build(services, request.name)
-    return model
+    if build is not None and services.jobs is not None:
+        services.jobs.dispatch(build.id)  # step 4
+    return replace(model, status=ModelStatus.PENDING)
 
 
-def queue_build(services: Services, name: str) -> None:
-    """Queue the variant build of a registered model (no-op when builds are switched off)."""
+def _build_item(services: Services, name: str) -> NewWorkItem | None:
+    """The variant build to record with the registration (none when builds are switched off)."""
     if services.settings.build_variants and services.jobs is not None:
-        services.jobs.submit("build_variants", model_name=name)
+        return services.jobs.new_item("build_variants", model_name=name)
+    return None
+
+
+def _take_back(services: Services, model: ModelInfo) -> None:
+    """Undo a registration that failed before its commit: only its own row, and only while still ``registering``.
+
+    If the row is gone (deleted meanwhile) or belongs to a newer registration of the name, nothing here is
+    touched: files this registration wrote without a row are the orphan sweep's.
+    """
+    try:
+        if services.metadata.mark_model_deleting(model.name, model_id=model.id, status=ModelStatus.REGISTERING):
+            remove_model(services.metadata, services.store, model.name)
+    except Exception:
+        log.exception("could not take back the failed registration of %s; the orphan sweep will", model.name)
 
 
 def delete_model(services: Services, name: str) -> bool:
-    """Delete a model's rows and every file under its store prefix."""
-    existed = services.metadata.delete_model(name)
-    services.store.delete_prefix(model_prefix(name))
-    return existed
+    """Delete a model: mark it ``deleting``, remove its files, then its rows; ``False`` if there is none."""
+    if not services.metadata.mark_model_deleting(name):
+        return False
+    remove_model(services.metadata, services.store, name)
+    return True

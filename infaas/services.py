@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from infaas import orphans
 from infaas.auth import KeyRing
 from infaas.candidates import CandidateCache
 from infaas.config import Settings
@@ -20,6 +21,8 @@ from infaas.db.session import Database
 from infaas.engine import QueryEngine
 from infaas.errors import BadRequest
 from infaas.jobs import tasks
+from infaas.jobs.durable import DurableRunner
+from infaas.jobs.periodic import Every, Periodic
 from infaas.jobs.runner import InProcessRunner, JobRunner
 from infaas.live_state import LiveState, make_live_state
 from infaas.metadata import MetadataStore
@@ -40,11 +43,18 @@ class Services:
     live: LiveState
     keyring: KeyRing
     engine: QueryEngine
-    jobs: JobRunner | None = None
+    jobs: DurableRunner | None = None
+    maintenance: Periodic | None = None  # work heartbeat and sweep, orphan sweep (processes that run jobs)
 
     def run_task(self, name: str, **kwargs: Any) -> Any:
         """Run background task ``name`` here, now (what a job runner does with a queued task)."""
         return tasks.get(name)(self, **kwargs)
+
+    def give_up_task(self, name: str, reason: str, **kwargs: Any) -> None:
+        """Record that task ``name`` failed for good, where its user looks (the task's give-up hook)."""
+        hook = tasks.give_up_hook(name)
+        if hook is not None:
+            hook(self, reason, **kwargs)
 
     def start_serving(self) -> None:
         """Start this process's in-process worker, if configured (front-ends; idempotent)."""
@@ -53,6 +63,8 @@ class Services:
     def close(self) -> None:
         """Stop serving and background work, and release connections."""
         self.engine.workers.stop()
+        if self.maintenance is not None:
+            self.maintenance.stop()
         if self.jobs is not None:
             self.jobs.shutdown()
         self.live.close()
@@ -93,7 +105,9 @@ def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool 
         engine=engine,
     )
     if with_jobs:
-        services.jobs = _job_runner(settings, services.run_task)
+        services.jobs = _durable_runner(settings, services)
+        services.maintenance = _maintenance(settings, services, services.jobs)
+        services.maintenance.start()  # its first round is the start-up recovery
     return services
 
 
@@ -123,6 +137,40 @@ def _local_worker(settings: Settings, worker_id: str, store: ModelStore, live: L
         memory_budget_mb=settings.worker_memory_mb,
         cores=settings.worker_cores,
         heartbeat_s=settings.heartbeat_s,
+    )
+
+
+def _durable_runner(settings: Settings, services: Services) -> DurableRunner:
+    """Every task recorded and leased in the metadata store, delivered by Celery or the in-process pool."""
+    transport = _job_runner(settings, services.run_task)
+    return DurableRunner(
+        services.metadata,
+        transport,
+        execute=services.run_task,
+        give_up=services.give_up_task,
+        lease_s=settings.work_lease_s,
+        max_attempts=settings.work_max_attempts,
+        transport_holds_queue=isinstance(transport, InProcessRunner),
+    )
+
+
+def _maintenance(settings: Settings, services: Services, runner: DurableRunner) -> Periodic:
+    """The heartbeat of this process's work, the sweep that resumes dead processes' work, and the orphan sweep.
+
+    The orphan sweep lists the whole model store, so it runs at a tenth of the grace period (at least every
+    recovery period): nothing it removes can be younger than the grace anyway.
+    """
+    orphan_period_s = max(settings.recovery_period_s, settings.orphan_grace_s / 10)
+    return Periodic(
+        [
+            Every(runner.heartbeat_s, runner.heartbeat, "work heartbeat"),
+            Every(settings.recovery_period_s, runner.sweep, "work recovery sweep"),
+            Every(
+                orphan_period_s,
+                lambda: orphans.sweep(services.metadata, services.store, settings.orphan_grace_s),
+                "orphan sweep",
+            ),
+        ]
     )
 
 

@@ -2,8 +2,11 @@
 
 Each variant is built, profiled and recorded on its own: a generator that fails records its error on
 its own row (``failed``) and one that does not apply records why (``skipped``), and neither stops the
-others. Re-running the task rebuilds and overwrites, so a redone job is harmless. If the model is
-deleted meanwhile, the task stops quietly and removes what it had just written.
+others. Re-running the task rebuilds and overwrites (variant rows are upserted by name, artifacts
+written to the same key), so a redone job — a resumed one after a crash included — leaves no duplicate
+row or file. If the model is deleted meanwhile (gone, or ``deleting``), the task stops quietly and
+removes what it had just written. When the build failed for good (``infaas.jobs.durable`` gave up),
+``build_given_up`` says so on the model: it never stays ``building``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,12 @@ def _validation(services: Services, model: ModelInfo) -> ValidationSet | None:
         return None
 
 
+def _gone(services: Services, model_name: str) -> bool:
+    """Whether the model was deleted, or is being deleted, since the build started."""
+    model = services.metadata.get_model(model_name)
+    return model is None or model.status == ModelStatus.DELETING
+
+
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
 
@@ -104,10 +113,10 @@ def _build_one(
             reference=measurement.reference,
         )
         key = variant_key(model_name, generator)
-        if not metadata.model_exists(model_name):
+        if _gone(services, model_name):
             raise ModelGone(model_name)
         services.store.put_file(key, artifact)
-        if not metadata.model_exists(model_name):  # deleted during the upload: take ours back out
+        if _gone(services, model_name):  # deleted during the upload: take ours back out
             services.store.delete_prefix(key)
             raise ModelGone(model_name)
         metadata.replace_profiles(model_name, name, profiles)
@@ -148,9 +157,26 @@ def build_model_variants(services: Services, model_name: str) -> None:
         ]
         metadata.set_model_status(model_name, ModelStatus.FAILED, "no variant could be built; " + "; ".join(failures))
     except (ModelGone, NotFound, ObjectNotFound):
-        if metadata.model_exists(model_name):
+        if not _gone(services, model_name):
             raise
         log.info("model %s was deleted while building; stopped", model_name)
+
+
+def build_given_up(services: Services, reason: str, model_name: str) -> None:
+    """The build of ``model_name`` failed for good: end what it left ``building`` and say why on the model.
+
+    Variants it had finished stay; one it was building is ``failed`` with the reason. The model is
+    ``ready`` if a variant is (the reason tells the owner the build is incomplete), else ``failed``.
+    """
+    model = services.metadata.get_model(model_name)
+    if model is None or model.status == ModelStatus.DELETING:
+        return
+    for variant in model.variants:
+        if variant.status in (VariantStatus.BUILDING, VariantStatus.PENDING):
+            services.metadata.set_variant_status(model_name, variant.name, VariantStatus.FAILED, reason=reason)
+    ready = any(v.status == VariantStatus.READY for v in model.variants)
+    status = ModelStatus.READY if ready else ModelStatus.FAILED
+    services.metadata.set_model_status(model_name, status, f"variant build stopped: {reason}")
 
 
 def _reprofile_one(
@@ -205,6 +231,14 @@ def reprofile_model(services: Services, model_name: str) -> None:
             if variant.status == VariantStatus.READY and variant.artifact_key:
                 _reprofile_one(services, model, variant, variant.artifact_key, measurement)
     except (NotFound, ObjectNotFound):
-        if services.metadata.model_exists(model_name):
+        if not _gone(services, model_name):
             raise
         log.info("model %s was deleted while re-profiling; stopped", model_name)
+
+
+def reprofile_given_up(services: Services, reason: str, model_name: str) -> None:
+    """The re-profile failed for good: the variants keep their last profiles, and the model says why."""
+    model = services.metadata.get_model(model_name)
+    if model is None or model.status == ModelStatus.DELETING:
+        return
+    services.metadata.set_model_status(model_name, model.status, f"re-profiling stopped: {reason}")

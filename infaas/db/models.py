@@ -33,12 +33,19 @@ class Base(DeclarativeBase):
 
 
 class ModelStatus:
-    """Lifecycle of a registered model's variant build."""
+    """Lifecycle of a registered model: its registration, its variant build, its deletion.
 
+    ``registering`` and ``deleting`` mark a registration or deletion that is still writing or removing
+    files: a row left in either state by a process that died is finished (deleted) by the start-up and
+    periodic sweep (``infaas.orphans``), so neither ever shows a model whose files are incomplete.
+    """
+
+    REGISTERING = "registering"
     PENDING = "pending"
     BUILDING = "building"
     READY = "ready"
     FAILED = "failed"
+    DELETING = "deleting"
 
 
 class VariantStatus:
@@ -162,6 +169,37 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     variant: Mapped[str | None] = mapped_column(String(255), nullable=True)
     result_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class WorkState:
+    """Lifecycle of a work item: ``pending → running → done | failed`` (a failed attempt goes back to pending)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class WorkItem(Base):
+    """One piece of background work (a variant build, a re-profile, an offline job), recorded before it runs.
+
+    ``owner`` and ``lease_expires_at`` are the lease: the process holding the item renews it while it
+    lives, and an item whose lease expired belongs to a dead process and may be claimed again
+    (``infaas.jobs.durable``).
+    """
+
+    __tablename__ = "work_items"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    task: Mapped[str] = mapped_column(String(64))
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=WorkState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

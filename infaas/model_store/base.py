@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from datetime import datetime
 from pathlib import Path
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*$")
@@ -46,6 +47,18 @@ class ModelStore(ABC):
     @abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Keys under ``prefix`` (a folder-like prefix ending in ``/``)."""
+
+    @abstractmethod
+    def list_modified(self, prefix: str) -> dict[str, datetime]:
+        """Keys under ``prefix`` with when each was last written (timezone-aware UTC)."""
+
+    @abstractmethod
+    def remove_partial_writes(self, older_than: datetime) -> list[str]:
+        """Remove what writes cut short by a crash left behind before ``older_than``; returns what went.
+
+        A write is atomic (a reader sees the whole object or none), but a process killed mid-write can
+        leave its unfinished part: a temporary file (local) or an incomplete multipart upload (S3).
+        """
 
     @abstractmethod
     def delete_prefix(self, prefix: str) -> int:

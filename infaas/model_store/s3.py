@@ -1,10 +1,18 @@
-"""Model store on S3 (or any S3-compatible server) through boto3."""
+"""Model store on S3 (or any S3-compatible server) through boto3.
+
+An S3 PUT is atomic: an object appears whole or not at all, so writes need no temporary key. What a
+crash can leave is an incomplete multipart upload (``upload_file`` splits large files), invisible to
+readers but billed; ``remove_partial_writes`` aborts those older than the grace period. Callers write
+the object first and record it in the catalog after (write-then-record), so a row never points at an
+object that is not there; an object whose row was never written is found by the orphan sweep.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -76,14 +84,38 @@ class S3ModelStore(ModelStore):
             return False
         return True
 
+    def _full_prefix(self, prefix: str) -> str:
+        return self._object_key(prefix.rstrip("/")) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
+
+    def _store_key(self, object_key: str) -> str:
+        return object_key[len(self.prefix) + 1 :] if self.prefix else object_key
+
     def list(self, prefix: str) -> list[str]:
-        full = self._object_key(prefix.rstrip("/")) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
-        keys: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+        return sorted(self.list_modified(prefix))
+
+    def list_modified(self, prefix: str) -> dict[str, datetime]:
+        modified: dict[str, datetime] = {}
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._full_prefix(prefix)
+        )
+        for page in pages:
             for item in page.get("Contents", []):
-                key = item["Key"]
-                keys.append(key[len(self.prefix) + 1 :] if self.prefix else key)
-        return sorted(keys)
+                modified[self._store_key(item["Key"])] = item["LastModified"]
+        return dict(sorted(modified.items()))
+
+    def remove_partial_writes(self, older_than: datetime) -> list[str]:
+        removed: list[str] = []
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self._full_prefix("")
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < older_than:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    removed.append(self._store_key(upload["Key"]))
+        return sorted(removed)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
+from infaas.jobs.runner import JobRunner
 from infaas.services import Services
 from tests.factories import mlp_model, write_validation
 
@@ -51,20 +52,22 @@ def test_register_list_describe_delete(
     assert client.get("/v1/models/mlp").status_code == 404
 
 
-def test_register_queues_variant_build(client: TestClient, services: Services, mlp_path: Path) -> None:
-    submitted: list[tuple[str, dict]] = []
+def test_register_records_and_queues_the_variant_build(
+    client: TestClient, services: Services, mlp_path: Path
+) -> None:
+    delivered: list[tuple[str, dict]] = []
 
-    class Recorder:
+    class Recorder(JobRunner):
         def submit(self, task_name: str, **kwargs: object) -> None:
-            submitted.append((task_name, kwargs))
-
-        def shutdown(self) -> None:
-            pass
+            delivered.append((task_name, kwargs))
 
     services.settings.build_variants = True
-    services.jobs = Recorder()  # type: ignore[assignment]
+    assert services.jobs is not None
+    services.jobs.transport = Recorder()
     assert _register(client, mlp_path).status_code == 201
-    assert submitted == [("build_variants", {"model_name": "mlp"})]
+    [item] = services.metadata.list_work_items()
+    assert (item.task, item.kwargs, item.state) == ("build_variants", {"model_name": "mlp"}, "pending")
+    assert delivered == [("work_item", {"item_id": item.id})]  # recorded with the registration, then handed over
 
 
 def test_not_onnx_rejected(client: TestClient, services: Services) -> None:

@@ -35,7 +35,7 @@ def test_a_job_whose_worker_is_killed_is_redelivered_and_finished(
     deployment: tuple[Deployment, Services], mlp_path: Path
 ) -> None:
     setup, services = deployment
-    assert isinstance(services.jobs, CeleryRunner)
+    assert services.jobs is not None and isinstance(services.jobs.transport, CeleryRunner)
     # Best throughput at batch 1, so a big input takes many small batches (slow enough to kill mid-way).
     variants = {"cpu-fp32-1t": profiles({1: 0.1, 8: 1.0})}
     seed_model(services, "mlp", mlp_path.read_bytes(), task=TASK, max_batch=32, variants=variants)

@@ -31,11 +31,11 @@ def jobs(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mon
     runner: type[JobRunner] = request.param
     if runner is InProcessRunner:
         services: Services = request.getfixturevalue("services")
-        assert isinstance(services.jobs, runner)
+        assert services.jobs is not None and isinstance(services.jobs.transport, runner)
         yield services
         return
     with celery_deployment(tmp_path, monkeypatch) as (deployment, services):
-        assert isinstance(services.jobs, runner)
+        assert services.jobs is not None and isinstance(services.jobs.transport, runner)
         deployment.start_worker("w1")
         yield services
 

@@ -13,7 +13,7 @@ from infaas.db.migrate import upgrade
 from infaas.db.models import Base
 from tests.pg import temporary_database
 
-TABLES = {"models", "variants", "profiles", "decisions", "jobs", "api_keys", "alembic_version"}
+TABLES = {"models", "variants", "profiles", "decisions", "jobs", "api_keys", "work_items", "alembic_version"}
 
 
 def _check(url: str) -> None:
