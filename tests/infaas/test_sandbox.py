@@ -1,0 +1,154 @@
+"""The sandbox: a child killed past its time limit, refused allocations past its memory limit, temporary folder
+removed either way; and the registration check run in it against models that only show their cost when run."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from infaas.errors import Conflict
+from infaas.onnx_check import ModelCheckError, check_model_bytes, check_model_isolated
+from infaas.sandbox import LimitExceeded, Limits, SandboxCrashed, run_limited
+from tests.factories import mlp_model
+from tests.infaas import runtime_bombs
+
+QUICK = Limits(wall_s=5.0, memory_mb=256.0, time_setting="TIME_SETTING", memory_setting="MEMORY_SETTING")
+# Short enough for CI, long enough for a busy two-core machine to load ONNX Runtime and run a small model.
+CHECK = Limits(
+    wall_s=1.5, memory_mb=256.0, time_setting="INFAAS_CHECK_TIMEOUT_S", memory_setting="INFAAS_CHECK_MEMORY_MB"
+)
+
+
+def _grew_mb(peak_before_kb: int) -> float:
+    """How far this process's peak resident set grew since ``peak_before_kb`` (``ru_maxrss``, in KB)."""
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kb) / 1024
+
+
+# -- functions run in the child (module level, so they pickle by name) ----------------------------------------
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def refuse() -> None:
+    raise Conflict("taken")
+
+
+def fail() -> None:
+    raise ValueError("broken")
+
+
+def spin_forever(report: Path) -> None:
+    """Record this process and its temporary folder, then never return."""
+    scratch = Path(tempfile.mkdtemp())
+    (scratch / "leftover").write_bytes(b"x")
+    report.write_text(f"{os.getpid()} {scratch}")
+    while True:
+        pass
+
+
+def allocate(megabytes: int) -> int:
+    return int(np.ones(megabytes * 2**20, dtype=np.uint8).sum())
+
+
+def segfault() -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+# -- the sandbox ---------------------------------------------------------------------------------------------
+
+
+def test_result_and_domain_errors_come_back() -> None:
+    assert run_limited(add, 2, 3, limits=QUICK, what="adding") == 5
+    with pytest.raises(Conflict, match="taken"):
+        run_limited(refuse, limits=QUICK, what="refusing")
+    with pytest.raises(SandboxCrashed, match="failing failed: ValueError: broken"):
+        run_limited(fail, limits=QUICK, what="failing")
+
+
+def test_past_the_time_limit_the_child_is_killed_and_its_folder_removed(tmp_path: Path) -> None:
+    report = tmp_path / "child"
+    started = time.monotonic()
+    with pytest.raises(LimitExceeded, match=r"spinning did not finish within 1 s \(TIME_SETTING\)") as refused:
+        run_limited(
+            spin_forever,
+            report,
+            limits=Limits(wall_s=1.0, memory_mb=64.0, time_setting="TIME_SETTING"),
+            what="spinning",
+        )
+    assert refused.value.status == 422
+    assert time.monotonic() - started < 3.0
+    pid, scratch = report.read_text().split()
+    assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    assert not Path(scratch).exists()  # the child's TMPDIR went with it
+    assert Path(scratch).parent.name.startswith("infaas-sandbox-")
+
+
+def test_allocations_past_the_memory_limit_fail_in_the_child() -> None:
+    assert run_limited(allocate, 64, limits=QUICK, what="allocating") == 64 * 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(
+        LimitExceeded, match=r"allocating needed more memory than its limit of 256 MB \(MEMORY_SETTING\)"
+    ):
+        run_limited(allocate, 1024, limits=QUICK, what="allocating")
+    assert _grew_mb(before) < 50  # this process allocated nothing
+
+
+def test_a_child_that_dies_is_reported() -> None:
+    with pytest.raises(SandboxCrashed, match=r"crashing crashed \(signal SIGSEGV\)"):
+        run_limited(segfault, limits=QUICK, what="crashing")
+
+
+# -- the registration check in the sandbox -------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(data)
+    return path
+
+
+def test_an_ordinary_model_passes_as_it_does_unbounded(tmp_path: Path) -> None:
+    data = mlp_model().SerializeToString()
+    assert check_model_isolated(_write(tmp_path, data), CHECK) == check_model_bytes(data)
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        pytest.param(lambda: runtime_bombs.loop_with_trip_count(runtime_bombs.TRIP_COUNT_2_62), id="loop-2^62"),
+        pytest.param(lambda: runtime_bombs.loop_with_trip_count(runtime_bombs.TRIP_COUNT_10_12), id="loop-10^12"),
+        pytest.param(runtime_bombs.loop_driven_by_condition, id="loop-by-condition"),
+    ],
+)
+def test_endless_loops_are_stopped_at_the_time_limit(tmp_path: Path, bomb) -> None:  # noqa: ANN001
+    path = _write(tmp_path, bomb())
+    assert path.stat().st_size < 400
+    started = time.monotonic()
+    with pytest.raises(LimitExceeded, match=r"did not finish within 1\.5 s \(INFAAS_CHECK_TIMEOUT_S\)"):
+        check_model_isolated(path, CHECK)
+    assert time.monotonic() - started < 4.0
+
+
+@pytest.mark.parametrize("build", [runtime_bombs.constant_of_shape_at_run_time, runtime_bombs.expand_at_run_time])
+def test_shapes_computed_at_run_time_are_stopped_at_the_memory_limit(tmp_path: Path, build) -> None:  # noqa: ANN001
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(LimitExceeded, match=r"needed more memory than its limit of 256 MB \(INFAAS_CHECK_MEMORY_MB\)"):
+        check_model_isolated(_write(tmp_path, build(20000)), CHECK)  # float32 [20000, 20000]: 1.6 GB
+    assert _grew_mb(before) < 50
+    # The same graph asking for what fits is a fine model: the limit, not the pattern, refuses.
+    assert check_model_isolated(_write(tmp_path, build(100)), CHECK).outputs[0].name == "y"
+
+
+def test_static_checks_still_answer_first(tmp_path: Path) -> None:
+    with pytest.raises(ModelCheckError, match="not an ONNX model"):
+        check_model_isolated(_write(tmp_path, b"not a model"), CHECK)
