@@ -63,6 +63,12 @@ class MemoryLiveState(LiveState):
     def register_worker(self, worker: WorkerState) -> None:
         with self._lock:
             self._workers[worker.id] = worker
+            # A registration is a fresh process (or a re-registration that re-adds its instances next):
+            # what an earlier process of the same id had loaded or queued is not there any more.
+            for key in [k for k in self._instances if k[0] == worker.id]:
+                del self._instances[key]
+            for key in [k for k in self._queue_depth if k[0] == worker.id]:
+                self._queue_depth.pop(key, None)
             self._publish()
 
     def heartbeat(self, worker_id: str, memory_used_mb: float) -> None:

@@ -5,7 +5,8 @@ Layout (every key under ``<prefix>:``):
 * ``workers`` (set of ids) and ``w:<id>`` (hash) — a worker; the hash carries a TTL that every
   heartbeat refreshes, so a worker that stops heartbeating disappears on its own within the TTL.
 * ``inst:<id>`` / ``depth:<id>`` (hashes keyed by ``model/variant``) — loaded instances and queue
-  depths of one worker, expiring with it; ``iw`` lists the workers that have instance hashes.
+  depths of one worker, expiring with it and emptied when a worker registers (a worker restarted under
+  the same id within the TTL starts with nothing loaded); ``iw`` lists the workers with instance hashes.
 * ``samples:<model/variant>`` (list, LPUSH + LTRIM) — recent (time, actual, estimate, missed)
   samples; ``totals`` (hash) counts queries since start; ``variants`` (set) names sampled variants.
 * ``recent`` (list, LPUSH + LTRIM) — the recent-queries ring, newest first.
@@ -200,6 +201,9 @@ class RedisLiveState(LiveState):
     def register_worker(self, worker: WorkerState) -> None:
         w = self._k("w", worker.id)
         pipe = self._redis.pipeline()
+        # A registration is a fresh process (or a re-registration that re-adds its instances next): the
+        # instances and depths an earlier process of this id left must not live on under its heartbeats.
+        pipe.delete(self._k("inst", worker.id), self._k("depth", worker.id))
         pipe.hset(
             w,
             mapping={

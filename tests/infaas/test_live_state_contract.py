@@ -97,6 +97,30 @@ def test_instances_and_queue_depth(make_live: MakeLiveState) -> None:
     assert live.instances() == []
 
 
+def test_a_worker_registering_again_starts_with_nothing_loaded_or_queued(make_live: MakeLiveState) -> None:
+    # A worker killed and restarted under the same id (ids default to host-port) registers again before
+    # its old entries expired: the dead process's instances and queue depths must not outlive it.
+    live = make_live()
+    live.register_worker(WorkerState(id="w1", address="http://127.0.0.1:1", cores=2, memory_budget_mb=100))
+    live.register_worker(WorkerState(id="w2", address="http://127.0.0.1:2", cores=2, memory_budget_mb=100))
+    for worker in ("w1", "w2"):
+        live.set_instance(InstanceState(worker, "m/v", 2, 20.0))
+        live.set_queue_depth(worker, "m/v", 5)
+    if isinstance(live, RedisLiveState):  # the restarted worker is another process on the same keys
+        live.flush()
+        restarted: LiveState = RedisLiveState(REDIS_URL, live.prefix.rstrip(":"), snapshot_ttl_s=0.0)
+    else:
+        restarted = live
+    try:
+        restarted.register_worker(WorkerState(id="w1", address="http://127.0.0.1:1", cores=2, memory_budget_mb=100))
+        snap = restarted.snapshot()
+        assert [i.worker_id for i in snap.instances["m/v"]] == ["w2"]  # the other worker keeps its own
+        assert snap.depth("w1", "m/v") == 0 and snap.depth("w2", "m/v") == 5
+    finally:
+        if restarted is not live:
+            restarted.close()
+
+
 def test_variant_stats_over_the_window(make_live: MakeLiveState) -> None:
     live = make_live()
     for ms in range(1, 101):
