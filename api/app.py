@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import console, errors
+from api.admission import Admission
 from api.concurrency import ConcurrencyLimit
 from api.console.throttle import SignInThrottle
+from api.early_answers import DrainBeforeClose
 from api.fast_routes import FastInferenceRoutes
 from api.limits import BodySizeLimit
 from api.routes import admin, decisions, infer, jobs, models, v2
@@ -28,7 +30,7 @@ COMMON_RESPONSES: dict[int | str, dict] = {
     401: {"model": ErrorOut, "description": "missing, invalid or revoked API key"},
     403: {"model": ErrorOut, "description": "not allowed for this key"},
     413: {"model": ErrorOut, "description": "request body over the configured limit"},
-    429: {"model": ErrorOut, "description": "too many concurrent requests for this key (see Retry-After)"},
+    429: {"model": ErrorOut, "description": "too many requests in flight, or over a quota (see Retry-After)"},
 }
 
 
@@ -64,7 +66,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = FastAPI(title="infaas", version=__version__, lifespan=lifespan, responses=COMMON_RESPONSES)
     errors.install(app)
     app.state.signin_throttle = SignInThrottle(settings.console_signin_failures, settings.console_signin_window_s)
-    # Middlewares wrap in reverse order of addition: the inference fast path runs inside both limits.
+    # Middlewares wrap in reverse order of addition. From the outside: early answers drain the unread body
+    # (bounded), admission authenticates and checks upload quotas from the headers, then the per-key
+    # concurrency limit and the body limit; the inference fast path runs inside all of them.
     if settings.inference_fast_path:
         app.add_middleware(FastInferenceRoutes, routes=app.router.routes, endpoints=(infer.infer, v2.model_infer))
     app.add_middleware(
@@ -72,7 +76,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         upload_limit=int(settings.max_upload_mb * 1e6),
         body_limit=int(settings.max_body_mb * 1e6),
     )
-    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_per_key)
+    app.add_middleware(
+        ConcurrencyLimit, limit=settings.max_concurrent_per_key, per_connection=not settings.auth_enabled
+    )
+    app.add_middleware(Admission, unauthenticated_limit=settings.max_concurrent_unauthenticated)
+    app.add_middleware(DrainBeforeClose, limit_bytes=int(settings.max_body_mb * 1e6))
     app.include_router(models.router)
     app.include_router(infer.router)
     app.include_router(v2.router)

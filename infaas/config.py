@@ -59,6 +59,17 @@ class Settings(BaseSettings):
     max_batch_per_query: int = 256
     max_inputs_per_request: int = 16
     max_concurrent_per_key: int = 64
+    # Requests without a valid key (refused with 401/403, their body drained) share this many slots.
+    max_concurrent_unauthenticated: int = 8
+    # Per-tenant quotas on background work (admins are exempt); past them: 429 with Retry-After.
+    max_jobs_per_tenant: int = 4  # offline jobs queued or running at once
+    max_registrations_per_hour: int = 20  # registration attempts per tenant in any hour
+    max_reprofiles_per_model_per_hour: int = 2  # re-profiles of one model in any hour
+    # Connections (``infaas serve``): a request's headers must arrive within header_timeout_s, an idle
+    # keep-alive connection is closed after keep_alive_s, and past max_connections new requests get 503.
+    header_timeout_s: float = 10.0
+    keep_alive_s: int = 5
+    max_connections: int = 1024
     console_signin_failures: int = 5  # failed console sign-ins per client address within the window ...
     console_signin_window_s: float = 60.0  # ... after which the next attempt gets 429 until the oldest ages out
     # Serve the inference routes past FastAPI's router (api/fast_routes.py); off only to measure what it gains.

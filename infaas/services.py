@@ -27,6 +27,7 @@ from infaas.jobs.runner import InProcessRunner, JobRunner
 from infaas.live_state import LiveState, make_live_state
 from infaas.metadata import MetadataStore
 from infaas.model_store import ModelStore, open_model_store
+from infaas.quotas import EventWindow, MemoryEventWindow, Quotas, RedisEventWindow
 from infaas.worker.clients import WorkerClients
 from infaas.worker.server import WorkerService
 from infaas.worker.worker import LocalWorker
@@ -43,6 +44,7 @@ class Services:
     live: LiveState
     keyring: KeyRing
     engine: QueryEngine
+    quotas: Quotas
     jobs: DurableRunner | None = None
     maintenance: Periodic | None = None  # work heartbeat and sweep, orphan sweep (processes that run jobs)
 
@@ -68,6 +70,7 @@ class Services:
         if self.jobs is not None:
             self.jobs.shutdown()
         self.live.close()
+        self.quotas.close()
         self.db.dispose()
 
 
@@ -103,6 +106,7 @@ def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool 
         live=live,
         keyring=KeyRing(metadata, settings.admin_key),
         engine=engine,
+        quotas=Quotas(settings, db, _event_window(settings)),
     )
     if with_jobs:
         services.jobs = _durable_runner(settings, services)
@@ -138,6 +142,13 @@ def _local_worker(settings: Settings, worker_id: str, store: ModelStore, live: L
         cores=settings.worker_cores,
         heartbeat_s=settings.heartbeat_s,
     )
+
+
+def _event_window(settings: Settings) -> EventWindow:
+    """Quota windows in Redis when configured (every front-end counts together), otherwise in this process."""
+    if settings.redis_url:
+        return RedisEventWindow(settings.redis_url, settings.redis_prefix)
+    return MemoryEventWindow()
 
 
 def _durable_runner(settings: Settings, services: Services) -> DurableRunner:

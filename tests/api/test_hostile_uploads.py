@@ -28,7 +28,8 @@ HOSTILE = hostile_models()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Services, Tenants]]:
-    settings = secure_settings(tmp_path_factory.mktemp("hostile") / "home")
+    # One tenant attempts far more registrations here than the hourly quota allows (tested on its own).
+    settings = secure_settings(tmp_path_factory.mktemp("hostile") / "home", max_registrations_per_hour=1000)
     services = build_services(settings)
     with TestClient(secure_app(settings, services)) as client:
         yield client, services, make_tenants(services)

@@ -12,8 +12,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.concurrency import ConcurrencyLimit
+from infaas.auth import Principal
 from infaas.services import Services, build_services
 from tests.factories import TASK
 from tests.fuzz import Tenants, make_tenants, mlp_bytes, route_exists, secure_app, secure_settings
@@ -92,6 +94,20 @@ def test_batch_and_input_count_limits_are_400(limited: tuple[TestClient, Service
     assert too_many.status_code == 400 and "inputs" in too_many.text, too_many.text
 
 
+class _AuthenticatedAs:
+    """Stands in for ``api.admission`` outside the limiter: the bearer token is the key id (no token on
+    health probes, which admission never authenticates)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = dict(scope.get("headers") or []).get(b"authorization", b"").partition(b" ")[2]
+        if scope["type"] == "http" and token and not scope["path"].startswith("/v2/health"):
+            scope["infaas.principal"] = Principal(tenant="t", is_admin=False, key_id=token.decode())
+        await self.app(scope, receive, send)
+
+
 def _slow_app(limit: int) -> tuple[FastAPI, asyncio.Event]:
     """An app whose /v1/slow and /v2/health/slow routes wait until released, behind the limiter."""
     app = FastAPI()
@@ -104,6 +120,7 @@ def _slow_app(limit: int) -> tuple[FastAPI, asyncio.Event]:
         return {"ok": True}
 
     app.add_middleware(ConcurrencyLimit, limit=limit)
+    app.add_middleware(_AuthenticatedAs)
     return app, release
 
 
@@ -142,6 +159,7 @@ def test_concurrency_slot_released_when_the_route_fails() -> None:
         raise RuntimeError("route bug")
 
     app.add_middleware(ConcurrencyLimit, limit=1)
+    app.add_middleware(_AuthenticatedAs)
     with TestClient(app, raise_server_exceptions=False) as client:
         for _ in range(3):
             assert client.get("/v1/boom", headers={"Authorization": "Bearer k"}).status_code == 500
