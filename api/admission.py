@@ -9,8 +9,9 @@ at once (issue 14). This pure-ASGI middleware runs the same ``authenticate`` (th
 the console's ``console_session`` for console forms) on the headers and stores the principal in the
 scope, where the routes' dependency finds it. So every route's refusal comes before its body, and the
 per-key concurrency limit inside it (``api.concurrency``) counts authenticated keys, not token strings.
-The quotas that an upload would otherwise be wasted on (registrations per hour, jobs in flight;
-``infaas.quotas``) are checked here too; the routes check them again where the work is committed.
+The quotas that an upload would otherwise be wasted on (``infaas.quotas``) are checked here too: a
+registration attempt is counted here, once; jobs in flight are checked here and again where the job is
+recorded (other submissions may have been recorded while this upload arrived).
 
 Refusals from here share one small bucket (``INFAAS_MAX_CONCURRENT_UNAUTHENTICATED``): a caller without a
 valid key has no key to be limited by, and each refusal may hold its connection while the rest of the

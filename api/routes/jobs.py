@@ -24,7 +24,7 @@ from infaas.array_files import array_bound
 from infaas.auth import Principal
 from infaas.catalog import JobInfo, ModelInfo
 from infaas.db.models import Job
-from infaas.errors import BadRequest, Conflict, NotFound, Unavailable, UnknownModel
+from infaas.errors import BadRequest, Conflict, NotFound, TooManyRequests, Unavailable, UnknownModel
 from infaas.model_store.base import check_key
 from infaas.offline import (
     JobInputError,
@@ -152,6 +152,7 @@ def _accept(
         if not models:
             raise UnknownModel(f"no model you may use serves task {task!r}")
     _check_accuracy(models, min_accuracy, what)
+    services.quotas.check_jobs(principal)  # again: admission checked before the upload, others may have run since
 
     job_id = str(uuid.uuid4())
     if upload is not None:
@@ -175,6 +176,12 @@ def _accept(
             progress=0.0,
         )
     )
+    try:
+        services.quotas.confirm_job(principal, job_id)
+    except TooManyRequests:  # lost a race with the tenant's concurrent submissions
+        services.metadata.update_job(job_id, status=JobStatus.FAILED, error="refused: over the tenant's job quota")
+        services.store.delete_prefix(f"jobs/{job_id}/")
+        raise
     try:
         services.jobs.submit("offline_job", job_id=job_id)
     except Exception as exc:

@@ -52,8 +52,10 @@ def serve(
 ) -> None:
     """Run the API server (applies database migrations first).
 
-    The app is named by import string, not imported: the core never imports the ``api`` layer above it
-    (``lint-imports``). ``create_app()`` reads the same process-wide ``get_settings()`` as here.
+    The app and its HTTP protocol are named by import string, not imported: the core never imports the
+    ``api`` layer above it (``lint-imports``). ``create_app()`` reads the same process-wide
+    ``get_settings()`` as here. What a connection may hold is bounded: its headers (time and size,
+    ``api/http_protocol.py``), idle keep-alive time, and the number of connections and requests.
     """
     import uvicorn
 
@@ -70,10 +72,13 @@ def serve(
         host=host,
         port=port or settings.port,
         log_level="warning",
-        http="httptools",
+        # httptools plus a header deadline and size bound, and no reading past a finished answer.
+        http="api.http_protocol:GuardedHttpToolsProtocol",
         loop="uvloop",
         **forwarded_header_options(settings.trusted_proxies),
         access_log=False,  # no per-request log record (they were filtered out at "warning" anyway)
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.max_connections,  # connections + requests in flight; 503 past it
     )
 
 
