@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from celery import signals
+
 from infaas.config import get_settings
 from infaas.jobs.celery_runner import RUN_TASK, make_celery
 from infaas.services import Services, build_services
@@ -33,6 +35,26 @@ def worker_services() -> Services:
 
 
 app = make_celery(get_settings().broker_url)
+
+
+@signals.worker_process_init.connect
+def _start_recovery(**_: Any) -> None:
+    """Build the services when the process that runs tasks starts (each prefork child, or the solo worker).
+
+    Their maintenance thread starts with them: this worker heartbeats the work it claims and runs the
+    start-up recovery sweep at once, instead of only after its first task.
+    """
+    worker_services()
+
+
+@signals.worker_process_shutdown.connect
+def _stop(**_: Any) -> None:
+    """Stop the maintenance thread and release connections when the worker process ends normally."""
+    global _services
+    with _services_lock:
+        if _services is not None:
+            _services.close()
+            _services = None
 
 
 @app.task(name=RUN_TASK)

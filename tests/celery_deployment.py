@@ -25,6 +25,7 @@ from tests.pg import temporary_database
 REDIS_HOST = "127.0.0.1"
 CELERY = str(Path(sys.executable).with_name("celery"))
 VISIBILITY_S = 2  # how soon the broker redelivers a message whose worker died without acknowledging it
+WORK_LEASE_S = 2  # how soon a killed worker's work item may be claimed again
 
 
 def free_redis_db() -> int:
@@ -53,6 +54,9 @@ class Deployment:
             "INFAAS_AUTOSCALER": "off",
             "INFAAS_JOBS_QUEUE": self.queue,
             "INFAAS_BROKER_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
+            # Work of a killed worker is claimable again after this lease (infaas.jobs.durable).
+            "INFAAS_WORK_LEASE_S": str(WORK_LEASE_S),
+            "INFAAS_RECOVERY_PERIOD_S": "0.5",
         }
         self.workers: list[subprocess.Popen[bytes]] = []
 

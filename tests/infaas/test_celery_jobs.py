@@ -1,6 +1,8 @@
 """Offline jobs scaled out, what only Celery does: at-least-once delivery. A worker killed with SIGKILL in
-the middle of a job leaves the message unacknowledged (``acks_late``), and a fresh worker runs the job to
-completion. What every runner does (a job runs, fails with a reason) is in ``test_jobs_contract.py``.
+the middle of a job leaves the message unacknowledged (``acks_late``) and its work item leased to a dead
+process; Celery's redelivery and the front-end's recovery sweep both try to run it again, the claim lets
+exactly one of them, and a fresh worker runs the job to completion once. What every runner does (a job
+runs, fails with a reason) is in ``test_jobs_contract.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from infaas.db.models import WorkState
 from infaas.jobs.celery_runner import CeleryRunner
 from infaas.services import Services
 from tests.celery_deployment import VISIBILITY_S, Deployment, celery_deployment
@@ -68,4 +71,7 @@ def test_a_job_whose_worker_is_killed_is_redelivered_and_finished(
         outputs = np.load(io.BytesIO(client.get(f"/v1/jobs/{job_id}/result").content))
         assert outputs["y"].shape == (len(big), 3)
         np.testing.assert_allclose(outputs["y"][-100:], reference_outputs(mlp_path, big[-100:]), rtol=1e-5)
+    [item] = services.metadata.list_work_items()
+    assert (item.task, item.state, item.attempts) == ("offline_job", WorkState.DONE, 2)  # killed once, run once more
+    assert services.store.list(f"jobs/{job_id}/") == [f"jobs/{job_id}/result.npz"]  # one result, written once
     assert setup.redis.llen(setup.queue) == 0 and setup.redis.hlen("unacked") == 0  # acknowledged once done
