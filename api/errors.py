@@ -3,19 +3,51 @@
 ``/v1`` and the console answer ``{"detail": message, "code": code}`` (``detail`` as FastAPI's own errors,
 so clients read one field whatever raised). ``/v2`` answers ``{"error": message}`` with the statuses
 Triton uses: it has no 422, so an unreachable accuracy floor is a 400 there.
+
+A backing service that does not answer (PostgreSQL, Redis, the broker: their drivers raise their own
+connection errors from deep inside any route) is translated here, once, into ``BackendUnavailable``: a
+503 with ``Retry-After``, which tells a client to retry rather than that the request was wrong or the
+server broken. ``Retry-After`` is 2 s: a restarted PostgreSQL or Redis answers again within about a
+second on this machine, and a client retrying sooner only adds load while it is down.
 """
 
 from __future__ import annotations
 
+import kombu.exceptions
 import orjson
+import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from infaas.errors import InfaasError
+from infaas.errors import BackendUnavailable, InfaasError
 
 OIP_PREFIX = "/v2"
 _OIP_STATUS = {422: 400}  # Triton's statuses: no 422
+RETRY_AFTER_S = 2.0
+
+# Errors that mean a backing service is down or unreachable, with the name a caller is told.
+BACKEND_OUTAGES: dict[type[Exception], str] = {
+    sqlalchemy.exc.OperationalError: "the metadata database",  # refused, dropped or reset connections
+    sqlalchemy.exc.InterfaceError: "the metadata database",  # a connection closed under a query
+    sqlalchemy.exc.TimeoutError: "the metadata database",  # no pooled connection freed in time
+    redis.exceptions.ConnectionError: "Redis",
+    redis.exceptions.TimeoutError: "Redis",
+    kombu.exceptions.OperationalError: "the job broker",
+}
+# What a pure-ASGI middleware catches and hands to ``domain_error``.
+RENDERED: tuple[type[Exception], ...] = (InfaasError, *BACKEND_OUTAGES)
+
+
+def domain_error(exc: Exception) -> InfaasError:
+    """``exc`` as the error a caller sees: itself, or ``BackendUnavailable`` for an outage of a backing service."""
+    if isinstance(exc, InfaasError):
+        return exc
+    for kind, service in BACKEND_OUTAGES.items():
+        if isinstance(exc, kind):
+            return BackendUnavailable(f"{service} is not answering; retry in a few seconds", RETRY_AFTER_S)
+    raise TypeError(f"{type(exc).__name__} is not an error infaas renders") from exc
 
 
 def render(path: str, exc: InfaasError) -> Response:
@@ -30,11 +62,11 @@ def render(path: str, exc: InfaasError) -> Response:
 
 
 async def handle(request: Request, exc: Exception) -> Response:
-    """The app's handler for the error root (FastAPI passes the exception typed as ``Exception``)."""
-    assert isinstance(exc, InfaasError)
-    return render(request.url.path, exc)
+    """The app's handler for the error root and backing-service outages (typed ``Exception`` by FastAPI)."""
+    return render(request.url.path, domain_error(exc))
 
 
 def install(app: FastAPI) -> None:
-    """Register the one handler on ``app``."""
-    app.add_exception_handler(InfaasError, handle)
+    """Register the one handler on ``app``, for the error root and for every backing-service outage."""
+    for kind in RENDERED:
+        app.add_exception_handler(kind, handle)

@@ -24,7 +24,6 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import errors
-from infaas.errors import InfaasError
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -75,6 +74,6 @@ class FastInferenceRoutes:
         request = Request(scope, receive, send)
         try:
             response = await endpoint(request)
-        except InfaasError as exc:
-            response = errors.render(scope["path"], exc)
+        except errors.RENDERED as exc:
+            response = errors.render(scope["path"], errors.domain_error(exc))
         await response(scope, receive, send)

@@ -100,6 +100,19 @@ class Unavailable(InfaasError):
     code = "unavailable"
 
 
+class BackendUnavailable(Unavailable):
+    """A service infaas keeps its state in (the metadata database, Redis, the job broker) did not answer.
+
+    The API raises it in place of the driver's connection error (``api.errors``), so a client learns that
+    retrying is right and when (``Retry-After``) instead of getting a 500.
+    """
+
+    code = "backend_unavailable"
+
+    def __init__(self, message: str, retry_after_s: float = 2.0) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
+
 # -- the query path ---------------------------------------------------------------------------------
 class InvalidInput(BadRequest):
     """Wrong input names, dtype or shape, or too many rows/inputs."""
@@ -120,6 +133,7 @@ class ModelNotReady(Unavailable):
 
 
 __all__ = [
+    "BackendUnavailable",
     "BadRequest",
     "Conflict",
     "Forbidden",

@@ -38,9 +38,16 @@ class AccuracyUnavailable(Unprocessable):
 
 
 class NoWorkerAvailable(Unavailable):
-    """Candidates exist but no live, non-draining worker can host any of them."""
+    """Candidates exist but no live, non-draining worker can host any of them.
+
+    A passing state (a worker restarting, or registering again after Redis came back empty, is found
+    within a heartbeat), so the answer says when to retry.
+    """
 
     code = "no_worker_available"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,232 @@
+"""What must hold after any crash, read from the outside: the database rows, the files of the model
+store, and the HTTP API.
+
+1. Every acknowledged registration exists with its files (byte for byte); an unacknowledged one exists
+   entirely or not at all; the same for deletions.
+2. No orphans: every stored file belongs to a row, every row's files exist, no temporary file is left.
+3. Nothing stuck: once recovery had its time, no model, variant or job is in a non-final state.
+4. Every acknowledged offline job finishes exactly once: ``done`` with one result (its file never
+   rewritten once seen done, holding the model's outputs for every input row), or ``failed`` with a
+   reason when its model was deleted under it.
+5. The server answers queries: a new registration builds and every ready model answers correctly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import create_engine, text
+
+from tests.crash.deployments import Deployment
+from tests.crash.workload import Ledger, Outcome, Workload
+
+FINAL_MODEL = {"ready", "failed"}
+FINAL_VARIANT = {"ready", "failed", "skipped"}
+FINAL_JOB = {"done", "failed"}
+FINAL_WORK = {"done", "failed"}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The rows and files of a deployment at one moment."""
+
+    models: dict[str, dict]  # name -> row
+    variants: list[dict]
+    jobs: dict[str, dict]  # id -> row
+    work: list[dict]  # work_items rows: durable background work
+    orphan_rows: list[str]
+    files: dict[str, Path]  # store key -> path
+
+
+def read_catalog(deployment: Deployment) -> Catalog:
+    """Every row that refers to the store, and every file in it, read straight from the database and folder."""
+    engine = create_engine(deployment.database_url)
+    try:
+        with engine.connect() as conn:
+            models = {r["name"]: dict(r) for r in conn.execute(text("SELECT * FROM models")).mappings()}
+            variants = [
+                dict(r)
+                for r in conn.execute(
+                    text("SELECT v.*, m.name AS model_name FROM variants v LEFT JOIN models m ON m.id = v.model_id")
+                ).mappings()
+            ]
+            jobs = {r["id"]: dict(r) for r in conn.execute(text("SELECT * FROM jobs")).mappings()}
+            work = [dict(r) for r in conn.execute(text("SELECT * FROM work_items")).mappings()]
+            orphan_profiles = conn.execute(
+                text("SELECT count(*) FROM profiles p LEFT JOIN variants v ON v.id = p.variant_id WHERE v.id IS NULL")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    orphan_rows = [
+        f"variant row {v['name']!r} of a deleted model (id {v['model_id']})" for v in variants if not v["model_name"]
+    ]
+    if orphan_profiles:
+        orphan_rows.append(f"{orphan_profiles} profile rows of deleted variants")
+    files = {}
+    if deployment.store.is_dir():
+        files = {str(p.relative_to(deployment.store)): p for p in deployment.store.rglob("*") if p.is_file()}
+    return Catalog(models, variants, jobs, work, orphan_rows, files)
+
+
+def unsettled(catalog: Catalog) -> list[str]:
+    """Work not in a final state, orphans, and rows whose files are missing: what recovery must clear."""
+    problems = [f"model {n} is {m['status']}" for n, m in catalog.models.items() if m["status"] not in FINAL_MODEL]
+    problems += [
+        f"variant {v['model_name']}/{v['name']} is {v['status']}"
+        for v in catalog.variants
+        if v["model_name"] and v["status"] not in FINAL_VARIANT
+    ]
+    problems += [f"job {j} is {row['status']}" for j, row in catalog.jobs.items() if row["status"] not in FINAL_JOB]
+    problems += [
+        f"work item {w['task']}({w['kwargs']}) is {w['state']} after {w['attempts']} attempts"
+        for w in catalog.work
+        if w["state"] not in FINAL_WORK
+    ]
+    return problems + orphans(catalog)
+
+
+def orphans(catalog: Catalog) -> list[str]:
+    """Files no row refers to, rows whose files are gone, and rows of deleted parents."""
+    referenced: set[str] = set()
+    missing: list[str] = []
+
+    def needs(key: str | None, owner: str) -> None:
+        if key:
+            referenced.add(key)
+            if key not in catalog.files:
+                missing.append(f"{owner} refers to {key}, which is not in the store")
+
+    for name, model in catalog.models.items():
+        needs(model["artifact_key"], f"model {name}")
+        needs(model["validation_key"], f"model {name}")
+    for variant in catalog.variants:
+        if variant["model_name"] and variant["artifact_key"]:
+            referenced.add(variant["artifact_key"])
+            if variant["status"] == "ready":
+                needs(variant["artifact_key"], f"ready variant {variant['model_name']}/{variant['name']}")
+    for job_id, job in catalog.jobs.items():
+        needs(job["input_key"], f"job {job_id}")
+        if job["status"] == "done":
+            needs(job["result_key"], f"done job {job_id}")
+    stray = sorted(set(catalog.files) - referenced)
+    return catalog.orphan_rows + missing + [f"orphan file {key}" for key in stray]
+
+
+def wait_settled(deployment: Deployment, timeout_s: float) -> list[str]:
+    """Poll until nothing is unsettled or ``timeout_s`` passes; what is still unsettled then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        problems = unsettled(read_catalog(deployment))
+        if not problems or time.monotonic() > deadline:
+            return problems
+        time.sleep(0.25)
+
+
+@dataclass
+class ResultWatch:
+    """Each done job's result file as first seen: a rewrite (a second run) changes inode or mtime."""
+
+    first_seen: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    def observe(self, catalog: Catalog) -> list[str]:
+        """Record newly done jobs; report done jobs whose result changed or vanished since first seen."""
+        problems = []
+        for job_id, job in catalog.jobs.items():
+            if job["status"] != "done" or not job["result_key"]:
+                if job_id in self.first_seen:
+                    problems.append(f"job {job_id} was done and is now {job['status']}")
+                continue
+            path = catalog.files.get(job["result_key"])
+            if path is None:
+                continue  # reported by orphans()
+            stat = path.stat()
+            fingerprint = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            seen = self.first_seen.setdefault(job_id, fingerprint)
+            if seen != fingerprint:
+                problems.append(f"job {job_id}'s result was written again after it was done (run twice)")
+        return problems
+
+
+def registrations(
+    catalog: Catalog, ledger: Ledger, workload: Workload, names: Iterable[str] | None = None
+) -> list[str]:
+    """Invariant 1: acknowledged registrations exist with their files, unacknowledged ones all or nothing."""
+    problems = []
+    for name in sorted(names if names is not None else ledger.registrations):
+        registration = ledger.registrations[name]
+        expected = ledger.expectation(name)
+        row = catalog.models.get(name)
+        files = sorted(k for k in catalog.files if k.startswith(f"models/{name}/"))
+        if row is None:
+            if expected == "present":
+                problems.append(f"acknowledged registration {name} is lost (files left: {files})")
+            elif files:
+                problems.append(f"{name} has no row but files {files} ({registration.outcome} registration)")
+            continue
+        if expected == "absent":
+            problems.append(f"{name} exists but its deletion was acknowledged (or its registration refused)")
+            continue
+        model_file = catalog.files.get(f"models/{name}/model.onnx")
+        validation_file = catalog.files.get(f"models/{name}/validation.npz")
+        if model_file is None or model_file.read_bytes() != workload.models.onnx[registration.model_seed]:
+            problems.append(f"{name} exists ({registration.outcome} registration) without its model file intact")
+        if validation_file is None or validation_file.read_bytes() != workload.models.validation:
+            problems.append(f"{name} exists ({registration.outcome} registration) without its validation file intact")
+    return problems
+
+
+def jobs(catalog: Catalog, ledger: Ledger) -> list[str]:
+    """Invariant 4: acknowledged jobs end exactly once, with the model's outputs for every input row."""
+    problems = []
+    for submission in ledger.acked_jobs():
+        assert submission.job_id is not None
+        job = catalog.jobs.get(submission.job_id)
+        if job is None:
+            problems.append(f"acknowledged job {submission.job_id} on {submission.model} is lost")
+            continue
+        if job["status"] == "failed":
+            if not ledger.deletion_attempted(submission.model):
+                problems.append(f"job {submission.job_id} on {submission.model} failed: {job['error']}")
+            elif not job["error"]:
+                problems.append(f"job {submission.job_id} failed without a reason")
+            continue
+        if job["status"] != "done":
+            continue  # reported as unsettled
+        results = sorted(k for k in catalog.files if k.startswith(f"jobs/{submission.job_id}/result"))
+        if results != [job["result_key"]]:
+            problems.append(f"job {submission.job_id} has results {results}, expected exactly [{job['result_key']}]")
+            continue
+        with np.load(catalog.files[job["result_key"]]) as result:
+            outputs = result["y"]
+        if outputs.shape != (submission.samples, 3) or not np.isfinite(outputs).all():
+            problems.append(
+                f"job {submission.job_id}'s result has shape {outputs.shape}, not ({submission.samples}, 3)"
+            )
+    return problems
+
+
+def check(deployment: Deployment, ledger: Ledger, workload: Workload, watch: ResultWatch) -> list[str]:
+    """Every invariant on the settled state; an empty list when all hold."""
+    catalog = read_catalog(deployment)
+    return (
+        unsettled(catalog)
+        + registrations(catalog, ledger, workload)
+        + jobs(catalog, ledger)
+        + watch.observe(catalog)
+        + list(ledger.violations)
+    )
+
+
+def acknowledged_outcomes(ledger: Ledger) -> dict[str, int]:
+    """How many requests of each kind got each outcome (for the report)."""
+    counts: dict[str, int] = {}
+    for registration in ledger.registrations.values():
+        counts[f"register {registration.outcome}"] = counts.get(f"register {registration.outcome}", 0) + 1
+    for job in ledger.jobs:
+        counts[f"job {job.outcome}"] = counts.get(f"job {job.outcome}", 0) + 1
+    counts["jobs acknowledged"] = sum(1 for j in ledger.jobs if j.outcome == Outcome.ACKED)
+    return counts
