@@ -496,6 +496,12 @@ class MetadataStore:
                 query = query.where(Job.owner == owner)
             return [_job_info(r) for r in session.scalars(query)]
 
+    def jobs_with_status(self, status: str, created_before: datetime) -> list[JobInfo]:
+        """Jobs in ``status`` created before ``created_before``, oldest first (the recovery sweep's question)."""
+        with self.db.session() as session:
+            query = select(Job).where(Job.status == status, Job.created_at < created_before).order_by(Job.created_at)
+            return [_job_info(r) for r in session.scalars(query)]
+
     def update_job(self, job_id: str, **fields: Any) -> JobInfo:
         """Set fields of a job (status, progress, variant, result_key, error)."""
         with self.db.session() as session:
@@ -522,12 +528,18 @@ class MetadataStore:
             row = session.get(WorkItem, item_id)
             return _work_info(row) if row else None
 
-    def list_work_items(self, *states: str) -> list[WorkItemInfo]:
-        """Work items in any of ``states`` (every item when none is given), oldest first."""
+    def list_work_items(
+        self, *states: str, task: str | None = None, created_since: datetime | None = None
+    ) -> list[WorkItemInfo]:
+        """Work items in any of ``states`` (every item when none is given), of one task if given, oldest first."""
         with self.db.session() as session:
             query = select(WorkItem).order_by(WorkItem.created_at, WorkItem.id)
             if states:
                 query = query.where(WorkItem.state.in_(states))
+            if task is not None:
+                query = query.where(WorkItem.task == task)
+            if created_since is not None:
+                query = query.where(WorkItem.created_at >= created_since)
             return [_work_info(r) for r in session.scalars(query)]
 
     def claim_work_item(

@@ -15,6 +15,9 @@ may be incomplete (the sequences are in ``infaas.registration``):
 - a registered model (pending, building, ready or failed) whose own file is missing — which the
   sequences never produce, but a store can lose — is marked ``failed`` with the missing key as reason,
   so its owner sees why instead of a query failing later.
+- an offline job still ``queued`` with no work item recorded for it, older than the grace period: its
+  front-end died between recording the job and queueing it (``api/routes/jobs.py``), so nothing will
+  ever run it. It is ``failed`` with that reason (the client got no answer, and submits it again).
 
 The grace period is there because a live registration or job submission is between writing its files
 and recording them (or the reverse) for a moment, and a sweep in another process must not take that
@@ -63,6 +66,7 @@ class SweepReport:
     orphan_prefixes: list[str] = field(default_factory=list)
     partial_writes: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
+    unqueued_jobs: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -101,6 +105,7 @@ def sweep(metadata: MetadataStore, store: ModelStore, grace_s: float, now: datet
     for key in report.partial_writes:
         log.warning("removed %s: a write cut short by a crash", key)
     _flag_missing_files(metadata, store, models_listed, cutoff, report)
+    _fail_unqueued_jobs(metadata, cutoff, report)
     return report
 
 
@@ -146,3 +151,23 @@ def _flag_missing_files(
             continue
         report.missing_files.append(model.name)
         log.warning("model %s marked failed: %s", model.name, reason)
+
+
+# ``infaas.offline.JobStatus`` (not imported: the offline module depends on the composition root, which
+# depends on this module).
+JOB_QUEUED, JOB_FAILED = "queued", "failed"
+UNQUEUED_REASON = "the server stopped before the job was queued; submit it again"
+
+
+def _fail_unqueued_jobs(metadata: MetadataStore, cutoff: datetime, report: SweepReport) -> None:
+    queued = metadata.jobs_with_status(JOB_QUEUED, cutoff)
+    if not queued:
+        return
+    since = _aware(queued[0].created_at)
+    recorded = {item.kwargs.get("job_id") for item in metadata.list_work_items(task="offline_job", created_since=since)}
+    for job in queued:
+        if job.id in recorded:
+            continue
+        metadata.update_job(job.id, status=JOB_FAILED, error=UNQUEUED_REASON)
+        report.unqueued_jobs.append(job.id)
+        log.warning("offline job %s failed: %s", job.id, UNQUEUED_REASON)

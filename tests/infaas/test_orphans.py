@@ -131,3 +131,16 @@ def test_the_store_lists_when_each_object_was_written(tmp_path: Path) -> None:
     store.put_bytes("models/a/model.onnx", b"a")
     (modified,) = store.list_modified("models/").items()
     assert modified[0] == "models/a/model.onnx" and before < modified[1] <= datetime.now(UTC)
+
+
+def test_a_job_recorded_but_never_queued_is_failed_with_the_reason(services: Services) -> None:
+    assert services.jobs is not None
+    for job_id in ("orphan", "queued"):
+        services.metadata.add_job(Job(id=job_id, owner="local", model_name="m", input_key="uploads/local/x.npy"))
+    services.metadata.add_work_item(services.jobs.new_item("offline_job", job_id="queued"))  # "orphan": died first
+    assert orphans.sweep(services.metadata, services.store, GRACE_S).empty
+    report = orphans.sweep(services.metadata, services.store, GRACE_S, now=later())
+    assert report.unqueued_jobs == ["orphan"]
+    orphan, queued = services.metadata.get_job("orphan"), services.metadata.get_job("queued")
+    assert orphan is not None and orphan.status == "failed" and orphan.error == orphans.UNQUEUED_REASON
+    assert queued is not None and queued.status == "queued"  # its work item will run it
