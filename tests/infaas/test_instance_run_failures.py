@@ -1,0 +1,130 @@
+"""ONNX Runtime failing on a query's values (issue 14, item 10): the sender gets ``InvalidInput`` (a 400) with the
+runtime's message, and requests batched with it are not failed for it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import uvicorn
+from onnx import TensorProto, helper, numpy_helper
+
+from infaas.errors import InvalidInput
+from infaas.live_state import MemoryLiveState
+from infaas.model_store import LocalModelStore
+from infaas.selector import ProfileCurve
+from infaas.worker import Instance, LocalWorker
+from infaas.worker.instance import InferResult
+from infaas.worker.remote import RemoteWorkerClient
+from infaas.worker.server import WorkerService, create_worker_app
+from tests.factories import profiles, variant_info, wait_for
+
+# y = table[i]: any index past 3 fails inside ONNX Runtime ("indices element out of data bounds").
+_GRAPH = helper.make_graph(
+    [helper.make_node("Gather", ["table", "i"], ["y"])],
+    "gather",
+    [helper.make_tensor_value_info("i", TensorProto.INT64, ["n"])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+    [numpy_helper.from_array(np.arange(4, dtype=np.float32) * 10, "table")],
+)
+_MODEL = helper.make_model(_GRAPH, opset_imports=[helper.make_opsetid("", 17)])
+_MODEL.ir_version = 8
+
+
+class GatedSession:
+    """A real session whose first run waits for the gate, so that later requests queue into one batch."""
+
+    def __init__(self) -> None:
+        self.session = ort.InferenceSession(_MODEL.SerializeToString(), providers=["CPUExecutionProvider"])
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.runs: list[list[int]] = []
+
+    def get_inputs(self):  # type: ignore[no-untyped-def]
+        return self.session.get_inputs()
+
+    def get_outputs(self):  # type: ignore[no-untyped-def]
+        return self.session.get_outputs()
+
+    def run(self, names, feeds):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        assert self.gate.wait(10)
+        self.runs.append(feeds["i"].tolist())
+        return self.session.run(names, feeds)
+
+
+def _instance(session: GatedSession) -> Instance:
+    curve = ProfileCurve.of(variant_info("gather", "v", profiles({1: 1.0, 4: 2.0})))
+    return Instance("gather/v", lambda: session, curve)
+
+
+def test_a_failing_run_is_invalid_input_with_the_runtimes_message() -> None:
+    session = GatedSession()
+    session.gate.set()
+    instance = _instance(session)
+    assert instance.infer({"i": np.array([2], np.int64)}).outputs["y"].tolist() == [20.0]
+    with pytest.raises(InvalidInput, match=r"could not run on this input: .*out of data bounds.*idx=9"):
+        instance.infer({"i": np.array([9], np.int64)})
+    assert instance.outstanding == 0  # the replica went back to the pool
+    assert instance.infer({"i": np.array([3], np.int64)}).outputs["y"].tolist() == [30.0]
+    instance.close()
+
+
+def test_only_the_failing_request_of_a_batch_gets_the_error() -> None:
+    session = GatedSession()
+    instance = _instance(session)
+    outcomes: dict[int, InferResult | BaseException] = {}
+
+    def send(key: int, index: int) -> None:
+        try:
+            outcomes[key] = instance.infer({"i": np.array([index], np.int64)})
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertions
+            outcomes[key] = exc
+
+    blocker = threading.Thread(target=send, args=(-1, 0))
+    blocker.start()
+    assert session.entered.wait(5)
+    queued = [threading.Thread(target=send, args=(k, index)) for k, index in enumerate([1, 99, 2])]
+    for n, thread in enumerate(queued, start=1):
+        thread.start()
+        assert wait_for(lambda n=n: len(instance._pending) == n, interval_s=0.001), "request did not queue"
+    session.gate.set()
+    for thread in (blocker, *queued):
+        thread.join(5)
+    assert [1, 99, 2] in session.runs  # they were run together once, and that run failed
+    assert isinstance(outcomes[1], InvalidInput) and "idx=99" in str(outcomes[1])
+    assert outcomes[0].outputs["y"].tolist() == [10.0]  # type: ignore[union-attr]
+    assert outcomes[2].outputs["y"].tolist() == [20.0]  # type: ignore[union-attr]
+    assert instance.outstanding == 0
+    instance.close()
+
+
+def test_a_remote_worker_passes_the_failure_back_as_invalid_input(tmp_path: Path) -> None:
+    """Over HTTP the worker answers 400 marked as bad input; the front-end raises ``InvalidInput``, not a worker
+    failure (which would retry the query elsewhere and end in a 503)."""
+    store = LocalModelStore(tmp_path / "store")
+    store.put_bytes("gather/model.onnx", _MODEL.SerializeToString())
+    live = MemoryLiveState()
+    worker = LocalWorker("w", store, live, memory_budget_mb=100, cores=1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = uvicorn.Server(uvicorn.Config(create_worker_app(WorkerService(worker, live, url, 0.2)), port=port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started, 10, interval_s=0.02)
+        variant = variant_info("gather", "fp32", profiles({1: 0.1}), artifact_key="gather/model.onnx")
+        client = RemoteWorkerClient("w", url)
+        assert client.infer(variant, {"i": np.array([1], np.int64)}, None).outputs["y"].tolist() == [10.0]
+        with pytest.raises(InvalidInput, match=r"could not run on this input: .*idx=42"):
+            client.infer(variant, {"i": np.array([42], np.int64)}, None)
+        client.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
