@@ -9,7 +9,6 @@ console deletes that were 500s; 11/12: forwarded headers and the sign-in throttl
 from __future__ import annotations
 
 import re
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,9 +20,7 @@ import numpy as np
 import orjson
 import pytest
 import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy import event
 from typer.testing import CliRunner
 
@@ -34,8 +31,9 @@ from infaas.config import Settings, get_settings
 from infaas.db.models import ApiKey
 from infaas.registration import RegistrationRequest, register_model
 from infaas.services import Services, build_services
-from tests.factories import TASK, linear_model, profiles, seed_model, wait_for
+from tests.factories import TASK, linear_model, profiles, seed_model
 from tests.fuzz import ADMIN_KEY, Tenants, bearer, make_tenants, mlp_bytes, secure_app, secure_settings
+from tests.fuzz.hostile_tenant import gather_model, serve_in_thread
 
 LOCAL_URL = "http://127.0.0.1:8000"
 LOCAL_PEER = ("127.0.0.1", 40000)
@@ -44,20 +42,7 @@ FP32 = profiles({1: 0.1, 4: 0.4}, memory_mb=20.0)
 seed_ready = partial(seed_model, task=TASK, variants={"fp32": FP32})
 
 
-def _onnx(nodes: list, inputs: list, outputs: list, initializers: list) -> bytes:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-# Gather from a 4-value table at the query's indices: any index past 3 fails inside ONNX Runtime.
-GATHER = _onnx(
-    [helper.make_node("Gather", ["table", "i"], ["y"])],
-    [helper.make_tensor_value_info("i", TensorProto.INT64, ["n"])],
-    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
-    [numpy_helper.from_array(np.arange(4, dtype=np.float32), "table")],
-)
+GATHER = gather_model()  # y = table[i] over 4 values: an index past 3 fails inside ONNX Runtime
 
 
 def _register_files(name: str = "m") -> dict:
@@ -344,24 +329,6 @@ def test_console_delete_of_a_path_is_refused(secure: tuple[TestClient, Services,
 
 
 # -- 11 and 12: forwarded headers, the sign-in throttle, against a real uvicorn ----------------------
-@contextmanager
-def _uvicorn(app: FastAPI, proxy_options: dict[str, object]) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **proxy_options)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), 30, interval_s=0.02)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-
-
 def _serve_options(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, object]:
     """The forwarded-header options ``infaas serve`` hands uvicorn under ``env``."""
     captured: dict[str, object] = {}
@@ -393,7 +360,7 @@ def test_forwarded_addresses_cannot_dodge_the_sign_in_throttle(monkeypatch: pyte
     settings = secure_settings(tmp_path / "home")
     services = build_services(settings)
     try:
-        with _uvicorn(secure_app(settings, services), options) as url, httpx.Client(base_url=url) as http:
+        with serve_in_thread(secure_app(settings, services), options) as url, httpx.Client(base_url=url) as http:
             statuses = [
                 http.post(
                     "/console/login", data={"key": "guess"}, headers={"X-Forwarded-For": f"198.51.100.{i}"}
@@ -418,7 +385,7 @@ def test_forwarded_names_never_make_a_remote_client_local(
     settings = Settings(home=tmp_path / "home", build_variants=False, autoscaler="off", trusted_proxies="127.0.0.1")
     services = build_services(settings)
     try:
-        with _uvicorn(
+        with serve_in_thread(
             create_app(settings, services=services), {"proxy_headers": True, "forwarded_allow_ips": "127.0.0.1"}
         ) as url:
             with httpx.Client(base_url=url) as http:

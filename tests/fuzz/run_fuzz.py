@@ -1,7 +1,9 @@
 """The long hostile-input run: schemathesis with a large example budget (undocumented status codes checked
-too), then many random and adversarial ONNX uploads; prints operations, cases and failures.
+too), many random and adversarial ONNX uploads, then the hostile-tenant suite (issue 14: cross-site and
+DNS-rebinding requests, reserved tenants, hidden names, names, shapes and values that were 500s, forwarded
+headers); prints operations, cases and failures.
 
-    .venv/bin/python -m tests.fuzz.run_fuzz [--examples 200] [--uploads 300]
+    .venv/bin/python -m tests.fuzz.run_fuzz [--examples 200] [--uploads 300] [--hostile-rounds 50]
 
 Exit status 1 when anything failed. ``make test`` runs the same checks with small budgets.
 """
@@ -23,6 +25,7 @@ from fastapi.testclient import TestClient
 from infaas.services import build_services
 from tests.factories import TASK
 from tests.fuzz import hostile_models, make_tenants, random_header_bytes, secure_app, secure_settings
+from tests.fuzz.hostile_tenant import run_hostile_tenant
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,10 +97,11 @@ def run_uploads(count: int, seed: int) -> dict[str, object]:
 
 
 def main() -> int:
-    """Run both parts and print a JSON summary."""
+    """Run every part and print a JSON summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200, help="schemathesis cases per operation")
     parser.add_argument("--uploads", type=int, default=300, help="random ONNX-looking uploads")
+    parser.add_argument("--hostile-rounds", type=int, default=50, help="random variations of each hostile-tenant case")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     args = parser.parse_args()
     started = time.monotonic()
@@ -105,10 +109,15 @@ def main() -> int:
         "seed": args.seed,
         "schemathesis": run_schemathesis(args.examples),
         "uploads": run_uploads(args.uploads, args.seed),
+        "hostile_tenant": run_hostile_tenant(args.hostile_rounds, args.seed),
     }
     summary["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(summary, indent=2))
-    failed = summary["schemathesis"]["failed_operations"] or summary["uploads"]["failures"]
+    failed = (
+        summary["schemathesis"]["failed_operations"]
+        or summary["uploads"]["failures"]
+        or summary["hostile_tenant"]["failures"]
+    )
     return 1 if failed else 0
 
 
