@@ -1,8 +1,10 @@
 """One background thread that calls a few maintenance functions, each at its own period.
 
 The work heartbeat, the work sweep and the orphan sweep are each a short database (and store) round
-trip every few seconds: one daemon thread for all of them costs nothing measurable, where a thread per
-concern would multiply idle threads in every process. Each function runs once at start (the start-up
+trip every few seconds, so one daemon thread serves them all. Measured with SQLite on the two-core dev VM
+(under a concurrent test run): a heartbeat renewing 20 held items among 1020 rows takes ~10 ms (median),
+a work sweep finding nothing expired 0.4 ms, an orphan sweep over 50 models and 350 files ~65 ms; at the
+default periods (5 s, 5 s, 60 s) that is about 0.3% of one core. Each function runs once at start (the start-up
 sweep) and then every period; one that raises is logged and called again next period, so a database
 outage pauses recovery without ending it.
 """
