@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     build_variants: bool = True
     profile_runs: int = 30
     profile_max_seconds: float = 4.0
+    # Each step of a variant build that runs the model (generating one variant, profiling it, the original's
+    # reference outputs) runs in a child process killed past these (infaas/sandbox.py); the variant then
+    # fails with the reason. Profiles go up to max_batch on the owner's validation values, so a build needs
+    # more than the batch-1 registration check: the model took 1.6 GB checked and 3.3 GB built.
+    build_timeout_s: float = 600.0
+    build_memory_mb: float = 4096.0
 
     # Crash safety (infaas.jobs.durable, infaas.orphans). A running item's process renews its lease every third
     # of work_lease_s; one that died is resumed after at most work_lease_s + recovery_period_s.

@@ -30,7 +30,7 @@ from infaas.array_files import ArrayFileError, file_kind, read_headers
 from infaas.config import Settings
 from infaas.errors import BadRequest, InvalidInput
 from infaas.runtime import create_session, numpy_dtype
-from infaas.sandbox import Limits, run_limited
+from infaas.sandbox import Limits, is_allocation_failure, run_limited
 from infaas.tensors import TensorSpec
 
 # Far beyond any model infaas serves on one host; a declared tensor past this is an attack or a bug.
@@ -39,8 +39,6 @@ MAX_TENSOR_ELEMENTS = 2_000_000_000
 # allocate: 128 Mi elements, 512 MB of float32. A graph past it (e.g. an Expand to a constant huge shape)
 # would exhaust the server's memory during the check, which runs in the API process.
 MAX_DECLARED_ELEMENTS = 1 << 27
-# How ONNX Runtime words a refused allocation (its arena, or std::bad_alloc from a kernel).
-_ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "Available memory of")
 
 
 class ModelCheckError(BadRequest):
@@ -166,10 +164,9 @@ def _probe_inputs(inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
 
 def _runtime_failure(exc: Exception, refusal: str) -> Exception:
     """``MemoryError`` for a refused allocation (so a sandbox reports its memory limit), else ``ModelCheckError``."""
-    message = str(exc)
-    if any(marker in message for marker in _ALLOCATION_FAILURES):
+    if is_allocation_failure(exc):
         return MemoryError(f"{refusal}: ONNX Runtime could not allocate memory")
-    return ModelCheckError(f"{refusal}: {message.splitlines()[0][:500]}")
+    return ModelCheckError(f"{refusal}: {str(exc).splitlines()[0][:500]}")
 
 
 def check_model_bytes(data: bytes) -> CheckedModel:

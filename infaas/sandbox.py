@@ -7,12 +7,17 @@ API process until it was killed -- SIGTERM did not stop it within 10 s -- and a 
 pipe for at most ``wall_s`` and then SIGKILLs it, and ``RLIMIT_AS`` makes the child's allocations fail
 (ONNX Runtime reports "Failed to allocate memory", numpy raises ``MemoryError``) rather than the host's.
 
-Children come from a ``forkserver`` that imports the function's module once: a fork from it takes about
-20 ms where a ``spawn`` re-imports onnx and ONNX Runtime (0.3-0.75 s), and unlike a plain ``fork`` it
-never copies the server's threads or locks. The memory limit is address space *beyond* what the child
-holds when it starts (about 220 MB of imports, measured from ``/proc/self/status``), so it means the
-same thing whatever was imported. ``RLIMIT_CPU`` (the wall-clock limit, rounded up, plus one second) is
-the backstop that ends a child whose parent died before it could kill it.
+Children come from a ``forkserver`` that imports the first function's module (onnx, ONNX Runtime) once:
+a fork from it takes about 20 ms where a ``spawn`` re-imports them (0.3-0.75 s), and unlike a plain
+``fork`` it never copies the server's threads or locks. What a child needs beyond that (the variant
+generators, the profiler) it imports itself, in 0.03-0.1 s. Like every ``multiprocessing`` child it also
+re-runs the main *script*'s imports: nothing under ``python -m infaas``, about 0.3 s under ``pytest``
+and 0.5 s under the ``infaas`` console script (Python 3.11's fork server cannot preload ``__main__``).
+
+The memory limit is address space *beyond* what the child holds when it starts (about 220 MB of imports,
+measured from ``/proc/self/status``), so it means the same thing whatever was imported. ``RLIMIT_CPU``
+(the wall-clock limit, rounded up, plus one second) is the backstop that ends a child whose parent died
+before it could kill it.
 
 Each child gets a fresh temporary folder (``TMPDIR``) that the parent removes, whatever happened.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import pickle
 import resource
 import shutil
 import signal
@@ -31,9 +37,17 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from infaas.errors import InfaasError, Unprocessable
+from infaas.errors import Unprocessable
 
 T = TypeVar("T")
+
+# How ONNX Runtime words an allocation refused under ``RLIMIT_AS`` (its arena, or std::bad_alloc in a kernel).
+ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "Available memory of")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a refused allocation: numpy's ``MemoryError`` or ONNX Runtime's wording of one."""
+    return isinstance(exc, MemoryError) or any(marker in str(exc) for marker in ALLOCATION_FAILURES)
 
 
 class LimitExceeded(Unprocessable):
@@ -77,7 +91,14 @@ def _address_space() -> int:
     raise RuntimeError("no VmSize in /proc/self/status")
 
 
-def _child(reply: Connection, fn: Callable[..., Any], args: tuple[Any, ...], limits: Limits, tmp: str) -> None:
+def _child(
+    reply: Connection,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    limits: Limits,
+    tmp: str,
+) -> None:
     os.environ["TMPDIR"] = tmp
     tempfile.tempdir = tmp
     memory = _address_space() + int(limits.memory_mb * 2**20)
@@ -85,15 +106,24 @@ def _child(reply: Connection, fn: Callable[..., Any], args: tuple[Any, ...], lim
     cpu = math.ceil(limits.wall_s) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     try:
-        outcome: tuple[str, Any] = ("ok", fn(*args))
-    except MemoryError as exc:
-        outcome = ("memory", str(exc))
-    except InfaasError as exc:
-        outcome = ("refused", exc)
-    except BaseException as exc:  # reported, not raised: the parent turns it into an answer
-        outcome = ("failed", f"{type(exc).__name__}: {exc}")
+        outcome: tuple[str, Any] = ("ok", fn(*args, **kwargs))
+    except Exception as exc:  # raised again in the parent, as if the call had run there
+        if is_allocation_failure(exc):
+            outcome = ("memory", str(exc))
+        else:
+            outcome = ("raised", exc if _pickles(exc) else f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt: reported, never raised in the parent
+        outcome = ("raised", f"{type(exc).__name__}: {exc}")
     reply.send(outcome)
     reply.close()
+
+
+def _pickles(exc: Exception) -> bool:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return False
+    return True
 
 
 def _context(fn: Callable[..., Any]) -> multiprocessing.context.ForkServerContext:
@@ -112,12 +142,14 @@ def _death(exitcode: int | None) -> str:
     return f"exit status {exitcode}"
 
 
-def run_limited(fn: Callable[..., T], *args: Any, limits: Limits, what: str) -> T:
-    """``fn(*args)`` in a child process within ``limits``; its result, or its ``InfaasError`` re-raised here.
+def run_limited(fn: Callable[..., T], *args: Any, limits: Limits, what: str, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a child process within ``limits``: its result, or the exception it raised.
 
-    ``fn`` and its arguments and result must pickle (``fn`` by module and name). Past the time limit the
-    child is killed and ``LimitExceeded`` names that limit; an allocation refused by the memory limit
-    (``MemoryError`` in the child) is ``LimitExceeded`` naming the memory limit; any other death is
+    ``fn`` and its arguments and result must pickle (``fn`` by module and name). An exception that pickles
+    is raised here as it was (so callers handle ``ModelCheckError`` or ``Skip`` as if the call had run in
+    this process); one that does not is ``SandboxCrashed`` with its text. Past the time limit the child is
+    killed and ``LimitExceeded`` names that limit; an allocation refused by the memory limit
+    (``is_allocation_failure``) is ``LimitExceeded`` naming the memory limit; any other death is
     ``SandboxCrashed``. ``what`` starts each message, so it should say what was stopped and why it can be
     slow or large ("the model check (ONNX Runtime load and one inference on zeros)").
     """
@@ -125,7 +157,7 @@ def run_limited(fn: Callable[..., T], *args: Any, limits: Limits, what: str) -> 
     tmp = tempfile.mkdtemp(prefix="infaas-sandbox-")
     receive, send = context.Pipe(duplex=False)
     try:
-        process = context.Process(target=_child, args=(send, fn, args, limits, tmp), daemon=True)
+        process = context.Process(target=_child, args=(send, fn, args, kwargs, limits, tmp), daemon=True)
         process.start()
         send.close()
         try:
@@ -133,7 +165,7 @@ def run_limited(fn: Callable[..., T], *args: Any, limits: Limits, what: str) -> 
                 raise LimitExceeded(f"{what} did not finish within {limits.time_limit} and was stopped")
             try:
                 outcome: tuple[str, Any] | None = receive.recv()
-            except EOFError:  # the child died without answering
+            except EOFError:  # the child died without answering (or its result did not pickle)
                 outcome = None
         finally:
             if process.is_alive():
@@ -152,8 +184,8 @@ def run_limited(fn: Callable[..., T], *args: Any, limits: Limits, what: str) -> 
     kind, value = outcome
     if kind == "ok":
         return value
-    if kind == "refused":
-        raise value
     if kind == "memory":
         raise LimitExceeded(f"{what} needed more memory than its limit of {limits.memory_limit} and was stopped")
+    if isinstance(value, Exception):
+        raise value
     raise SandboxCrashed(f"{what} failed: {value}")

@@ -7,6 +7,12 @@ written to the same key), so a redone job — a resumed one after a crash includ
 row or file. If the model is deleted meanwhile (gone, or ``deleting``), the task stops quietly and
 removes what it had just written. When the build failed for good (``infaas.jobs.durable`` gave up),
 ``build_given_up`` says so on the model: it never stays ``building``.
+
+Every step that runs the tenant's model -- generating a variant, profiling it, the original's reference
+outputs -- runs in a child process within ``build_limits`` (``infaas.sandbox``): the registration check
+only ran one sample of zeros, while a build runs batches up to ``max_batch`` of the owner's validation
+values, so a model whose cost depends on its input (a shape computed from a value) must not take the
+serving process with it. Past a limit the child is killed and the variant fails with the reason.
 """
 
 from __future__ import annotations
@@ -14,15 +20,18 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from infaas.catalog import ModelInfo, VariantInfo
+from infaas.catalog import ModelInfo, ProfileInfo, VariantInfo
+from infaas.config import Settings
 from infaas.db.models import ModelStatus, VariantStatus
 from infaas.errors import NotFound
 from infaas.model_store import ObjectNotFound
 from infaas.runtime import Skip
+from infaas.sandbox import Limits, run_limited
 from infaas.services import Services
 from variant_generator import registry
 from variant_generator.accuracy import ValidationSet, load_validation, synthetic_set
@@ -42,18 +51,62 @@ def variant_key(model_name: str, generator: VariantGenerator) -> str:
     return f"models/{model_name}/variants/{generator.name}{generator.suffix}"
 
 
+def build_limits(settings: Settings) -> Limits:
+    """The limits of each step of a build (``INFAAS_BUILD_TIMEOUT_S``, ``INFAAS_BUILD_MEMORY_MB``)."""
+    return Limits(
+        wall_s=settings.build_timeout_s,
+        memory_mb=settings.build_memory_mb,
+        time_setting="INFAAS_BUILD_TIMEOUT_S",
+        memory_setting="INFAAS_BUILD_MEMORY_MB",
+    )
+
+
 class Measurement:
     """The data every variant of one model is measured on, and the original's outputs on it."""
 
     def __init__(self, services: Services, model: ModelInfo, source: Path) -> None:
-        self.model, self.source = model, source
+        self.model, self.source, self.settings = model, source, services.settings
+        self.limits = build_limits(services.settings)
         self.validation = _validation(services, model)
         self.data: ValidationSet = self.validation or synthetic_set(model)
 
     @functools.cached_property
+    def _reference(self) -> tuple[np.ndarray | None, Exception | None]:
+        try:
+            outputs = run_limited(
+                reference_outputs,
+                self.source,
+                self.model,
+                self.data,
+                limits=self.limits,
+                what="running the original model on the validation set",
+            )
+        except Exception as exc:  # remembered: every variant fails with it, none runs it again
+            return None, exc
+        return outputs, None
+
+    @property
     def reference(self) -> np.ndarray | None:
-        """Computed on first use, so skipped GPU variants never pay for it."""
-        return reference_outputs(self.source, self.model, self.data)
+        """Computed on first use, so skipped GPU variants never pay for it; a failure is raised each time."""
+        outputs, failure = self._reference
+        if failure is not None:
+            raise failure
+        return outputs
+
+    def profile(self, artifact: Path, name: str, providers: Sequence[str], threads: int) -> list[ProfileInfo]:
+        """``profile_variant`` of one artifact on this measurement's data, within the build limits."""
+        return run_limited(
+            profile_variant,
+            artifact,
+            self.model,
+            providers=providers,
+            threads=threads,
+            settings=self.settings,
+            data=self.data,
+            reference=self.reference,
+            limits=self.limits,
+            what=f"profiling {name}",
+        )
 
 
 def _validation(services: Services, model: ModelInfo) -> ValidationSet | None:
@@ -100,18 +153,14 @@ def _build_one(
     try:
         if generator.threads and generator.threads >= ctx.cores:
             raise Skip(f"this worker has {ctx.cores} core(s), so it is the same as {generator.name}")
+        # A model that cannot run on its own data within the limits fails here, before a generator spends them.
+        _ = measurement.reference
         if generator.name not in built:
-            built[generator.name] = generator.build(ctx)
+            built[generator.name] = run_limited(
+                generator.build, ctx, limits=measurement.limits, what=f"building {generator.name}"
+            )
         artifact = built[generator.name]
-        profiles = profile_variant(
-            artifact,
-            ctx.model,
-            providers=generator.providers,
-            threads=threads,
-            settings=services.settings,
-            data=measurement.data,
-            reference=measurement.reference,
-        )
+        profiles = measurement.profile(artifact, name, generator.providers, threads)
         key = variant_key(model_name, generator)
         if _gone(services, model_name):
             raise ModelGone(model_name)
@@ -186,14 +235,8 @@ def _reprofile_one(
     metadata, generator = services.metadata, registry.get(variant.name)
     threads = generator.threads_for(services.settings.worker_cores) if generator else variant.threads
     try:
-        profiles = profile_variant(
-            services.store.local_path(artifact_key),
-            model,
-            providers=variant.providers,
-            threads=threads,
-            settings=services.settings,
-            data=measurement.data,
-            reference=measurement.reference,
+        profiles = measurement.profile(
+            services.store.local_path(artifact_key), variant.name, variant.providers, threads
         )
     except NotFound:
         raise

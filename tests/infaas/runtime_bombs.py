@@ -119,6 +119,32 @@ def expand_at_run_time(offset: int) -> bytes:
     )
 
 
+def loop_from_input_value() -> bytes:
+    """A ``Loop`` that runs ``int64(max(x))`` times: no iteration on zeros (what the check runs), endless for 1e12."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1]),
+        ],
+    )
+    return _model(
+        [
+            helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0),
+            helper.make_node("Cast", ["peak"], ["trips"], to=TensorProto.INT64),
+            helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body),
+        ],
+        [_scalar("keep_going", True, np.bool_)],
+        [1],
+    )
+
+
 def allocation_from_input_value() -> bytes:
     """A [max(x), max(x)] allocation: harmless on zeros (what the check runs), huge for a large input value."""
     return constant_of_shape_at_run_time(0)

@@ -47,6 +47,16 @@ def fail() -> None:
     raise ValueError("broken")
 
 
+class Unpicklable(Exception):
+    def __init__(self, message: str, extra: object) -> None:  # pickle cannot rebuild it from args alone
+        super().__init__(message)
+        self.extra = extra
+
+
+def fail_oddly() -> None:
+    raise Unpicklable("odd", object())
+
+
 def spin_forever(report: Path) -> None:
     """Record this process and its temporary folder, then never return."""
     scratch = Path(tempfile.mkdtemp())
@@ -67,12 +77,14 @@ def segfault() -> None:
 # -- the sandbox ---------------------------------------------------------------------------------------------
 
 
-def test_result_and_domain_errors_come_back() -> None:
+def test_results_and_exceptions_come_back() -> None:
     assert run_limited(add, 2, 3, limits=QUICK, what="adding") == 5
     with pytest.raises(Conflict, match="taken"):
         run_limited(refuse, limits=QUICK, what="refusing")
-    with pytest.raises(SandboxCrashed, match="failing failed: ValueError: broken"):
+    with pytest.raises(ValueError, match="broken"):
         run_limited(fail, limits=QUICK, what="failing")
+    with pytest.raises(SandboxCrashed, match="failing failed: Unpicklable: odd"):
+        run_limited(fail_oddly, limits=QUICK, what="failing")
 
 
 def test_past_the_time_limit_the_child_is_killed_and_its_folder_removed(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+import resource
+import time
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -15,8 +17,9 @@ from infaas.config import Settings
 from infaas.db.models import ModelStatus, VariantStatus
 from infaas.services import Services, build_services
 from tests.factories import mlp_model, seed_model
-from variant_generator import registry
-from variant_generator.base import BuildContext
+from tests.infaas import runtime_bombs
+from tests.variant_generator.exploding import Exploding
+from variant_generator import build, registry
 from variant_generator.build import build_model_variants, reprofile_model
 
 CPU_VARIANTS = {
@@ -89,11 +92,14 @@ def test_gpu_variants_are_recorded_as_skipped(services: Services) -> None:
         assert (built[name].status, built[name].reason, built[name].profiles) == ("skipped", "no CUDA device", ())
 
 
-def test_one_failing_generator_does_not_stop_the_others(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(ctx: BuildContext) -> Path:
-        raise RuntimeError("quantizer exploded")
+def exploding(monkeypatch: pytest.MonkeyPatch, message: str, *names: str) -> None:
+    """Replace the named generators (every one when no name is given) by ``Exploding`` ones."""
+    replaced = [Exploding(g, message) if not names or g.variant_name in names else g for g in registry.generators()]
+    monkeypatch.setattr(registry, "generators", lambda: replaced)
 
-    monkeypatch.setattr(registry.get("cpu-int8-dynamic"), "build", boom)
+
+def test_one_failing_generator_does_not_stop_the_others(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    exploding(monkeypatch, "quantizer exploded", "cpu-int8-dynamic")
     seed_mlp(services)
     build_model_variants(services, "mlp")
     built = variants(services)
@@ -104,11 +110,7 @@ def test_one_failing_generator_does_not_stop_the_others(services: Services, monk
 
 
 def test_model_fails_with_a_summary_when_nothing_builds(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(ctx: BuildContext) -> Path:
-        raise RuntimeError("disk full")
-
-    for generator in registry.generators():
-        monkeypatch.setattr(generator, "build", boom)
+    exploding(monkeypatch, "disk full")
     seed_mlp(services)
     build_model_variants(services, "mlp")
     model = services.metadata.get_model("mlp")
@@ -150,18 +152,67 @@ def test_deleting_the_model_removes_every_artifact(services: Services) -> None:
 
 
 def test_model_deleted_mid_build_stops_quietly(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
-    generator = registry.get("cpu-int8-dynamic")
-    real_build = generator.build
+    sandboxed = build.run_limited
 
-    def delete_then_build(ctx: BuildContext) -> Path:
-        services.metadata.delete_model("mlp")
-        services.store.delete_prefix("models/mlp/")
-        return real_build(ctx)
+    def delete_then_run(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if kwargs["what"] == "building cpu-int8-dynamic":  # while that variant builds, the owner deletes
+            services.metadata.delete_model("mlp")
+            services.store.delete_prefix("models/mlp/")
+        return sandboxed(fn, *args, **kwargs)
 
-    monkeypatch.setattr(generator, "build", delete_then_build)
+    monkeypatch.setattr(build, "run_limited", delete_then_run)
     seed_mlp(services)
     build_model_variants(services, "mlp")
     assert services.metadata.get_model("mlp") is None
     assert services.store.list("models/mlp/") == []
     build_model_variants(services, "never-registered")  # a stale job is a no-op
     reprofile_model(services, "never-registered")
+
+
+# -- a build is bounded like the registration check ----------------------------------------------------------
+
+
+def _values(x: float) -> bytes:
+    """A validation set for the 1-element input ``x``: four samples (its first axis counts them), each ``x``."""
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.full(4, x, np.float32))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("model", "value", "refusal"),
+    [
+        # Harmless on the zeros registration runs; the owner's values ask for a [20000, 20000] float32 (1.6 GB)...
+        pytest.param(
+            runtime_bombs.allocation_from_input_value,
+            20000.0,
+            "needed more memory than its limit of 256 MB (INFAAS_BUILD_MEMORY_MB)",
+            id="memory",
+        ),
+        # ... or for 10^12 loop iterations.
+        pytest.param(
+            runtime_bombs.loop_from_input_value, 1e12, "did not finish within 1 s (INFAAS_BUILD_TIMEOUT_S)", id="time"
+        ),
+    ],
+)
+def test_a_build_past_its_limits_fails_every_variant_with_the_reason(
+    tmp_path: Path, model: Callable[[], bytes], value: float, refusal: str
+) -> None:
+    settings = Settings(
+        home=tmp_path, profile_runs=3, profile_max_seconds=0.1, worker_cores=2, build_timeout_s=1, build_memory_mb=256
+    )
+    services = build_services(settings, with_jobs=False)
+    try:
+        seed_model(services, "by-value", model(), task="regression", max_batch=4, validation=_values(value))
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.monotonic()
+        build_model_variants(services, "by-value")
+        assert time.monotonic() - started < 10  # the limit is spent once, not once per variant
+        assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024 < 100  # MB, in this process
+        info = services.metadata.get_model("by-value")
+        assert info is not None and info.status == ModelStatus.FAILED
+        for variant in info.variants:
+            assert variant.status == VariantStatus.FAILED, (variant.name, variant.reason)
+            assert f"running the original model on the validation set {refusal}" in variant.reason, variant.reason
+    finally:
+        services.close()
