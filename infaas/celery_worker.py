@@ -7,6 +7,7 @@ import each other.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -15,6 +16,8 @@ from celery import signals
 from infaas.config import get_settings
 from infaas.jobs.celery_runner import RUN_TASK, make_celery
 from infaas.services import Services, build_services
+
+log = logging.getLogger(__name__)
 
 _services: Services | None = None
 _services_lock = threading.Lock()
@@ -42,9 +45,14 @@ def _start_recovery(**_: Any) -> None:
     """Build the services when the process that runs tasks starts (each prefork child, or the solo worker).
 
     Their maintenance thread starts with them: this worker heartbeats the work it claims and runs the
-    start-up recovery sweep at once, instead of only after its first task.
+    start-up recovery sweep at once, instead of only after its first task. If the database is not
+    reachable yet, the failure is logged and the services are built with the first task instead (a
+    raise here would end the worker process and have it restarted in a loop).
     """
-    worker_services()
+    try:
+        worker_services()
+    except Exception:
+        log.exception("could not open the services at worker start; trying again with the first task")
 
 
 @signals.worker_process_shutdown.connect

@@ -625,6 +625,16 @@ class MetadataStore:
             )
             return moved.rowcount == 1  # type: ignore[attr-defined]
 
+    def delete_finished_work_items(self, updated_before: datetime) -> int:
+        """Forget ``done`` and ``failed`` items last changed before ``updated_before``; returns how many."""
+        with self.db.session() as session:
+            deleted = session.execute(
+                delete(WorkItem)
+                .where(WorkItem.state.in_((WorkState.DONE, WorkState.FAILED)), WorkItem.updated_at < updated_before)
+                .execution_options(synchronize_session=False)
+            )
+            return int(deleted.rowcount)  # type: ignore[attr-defined]
+
     def release_work_item(
         self,
         item_id: str,

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 RUN_WORK_ITEM = "work_item"  # the task the transport carries: run the recorded item with this id
 MAX_ERROR_CHARS = 2000
+# Finished items are kept this long, then pruned by the sweep: long enough to look at a failure after a
+# weekend, short enough that the table stays the size of a week's work.
+FINISHED_RETENTION = timedelta(days=7)
 
 # ``Services.run_task(name, **kwargs)`` and ``Services.give_up_task(name, reason, **kwargs)``.
 TaskExecutor = Callable[..., Any]
@@ -201,9 +204,13 @@ class DurableRunner(JobRunner):
         return self.metadata.renew_work_leases(self.owner, held, self._clock() + self.lease)
 
     def sweep(self) -> int:
-        """Requeue work whose lease expired and give up on work out of attempts; returns how many items it touched."""
+        """Requeue work whose lease expired, give up on work out of attempts, prune old finished items.
+
+        Returns how many expired items it requeued or gave up on.
+        """
         touched = 0
         now = self._clock()
+        self.metadata.delete_finished_work_items(now - FINISHED_RETENTION)
         for item in self.metadata.expired_work_items(now):
             if item.state == WorkState.RUNNING and item.attempts >= self.max_attempts:
                 last = f"; last error: {item.error}" if item.error else ""

@@ -435,3 +435,20 @@ def test_start_up_recovery_runs_what_a_dead_process_left_queued(settings: Settin
         assert item.state == WorkState.DONE and item.attempts == 1
     finally:
         second.close()
+
+
+def test_the_sweep_forgets_finished_items_after_a_week_and_keeps_the_rest(services: Services) -> None:
+    clock = Clock()
+    work = runner(services, "a", clock, execute=lambda name, **kwargs: None)
+    for model in ("done", "pending"):
+        work.submit("profile_variants", model_name=model)
+    done, pending = services.metadata.list_work_items()
+    work.run(done.id)
+    clock.advance(6 * 24 * 3600)
+    work.heartbeat()  # the pending one is still held (queued in this process)
+    work.sweep()
+    assert len(services.metadata.list_work_items()) == 2
+    clock.advance(2 * 24 * 3600)
+    work.heartbeat()
+    work.sweep()
+    assert [item.id for item in services.metadata.list_work_items()] == [pending.id]
