@@ -20,6 +20,9 @@ item or an expired lease, and a live process renews its leases every third of th
 redelivery (``acks_late``) of a message whose worker died and the sweep's resubmission of the same item
 both end in a claim, and exactly one of them wins; the other returns at once. Clocks: leases are written
 and compared with each host's UTC clock, so hosts must agree to well within ``work_lease_s`` (NTP does).
+The one way to two runs at once is a process cut off from the database for longer than the lease while
+others still reach it: its lease expires, another claims the item, and when the first finishes its
+release finds the item no longer its own and only logs it; tasks are idempotent for that reason.
 
 On the embedded default the in-process pool holds the queue, so queued (pending) items are leased to the
 process that queued them and are requeued when it dies. With Celery the broker holds the queue: a pending
