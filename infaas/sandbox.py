@@ -15,15 +15,16 @@ re-runs the main *script*'s imports: nothing under ``python -m infaas``, about 0
 and 0.5 s under the ``infaas`` console script (Python 3.11's fork server cannot preload ``__main__``).
 
 The memory limit is address space *beyond* what the child holds when it starts (about 220 MB of imports,
-measured from ``/proc/self/status``), so it means the same thing whatever was imported. ``RLIMIT_CPU``
-(the wall-clock limit, rounded up, plus one second) is the backstop that ends a child whose parent died
-before it could kill it.
+measured from ``/proc/self/status``), so it means the same thing whatever was imported. A server killed
+before it could kill its child takes the child with it (``_die_with_parent``); ``RLIMIT_CPU`` (the
+wall-clock limit, rounded up, plus one second) is the backstop.
 
 Each child gets a fresh temporary folder (``TMPDIR``) that the parent removes, whatever happened.
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
 import multiprocessing
 import os
@@ -99,6 +100,7 @@ def _child(
     limits: Limits,
     tmp: str,
 ) -> None:
+    _die_with_parent()
     os.environ["TMPDIR"] = tmp
     tempfile.tempdir = tmp
     memory = _address_space() + int(limits.memory_mb * 2**20)
@@ -116,6 +118,23 @@ def _child(
         outcome = ("raised", f"{type(exc).__name__}: {exc}")
     reply.send(outcome)
     reply.close()
+
+
+def _die_with_parent() -> None:
+    """Have the kernel end this child (SIGIO, whose default action terminates) when the process that asked
+    for it dies: a server killed with SIGKILL cannot kill its check, which would otherwise spin on for good.
+
+    The fork server cannot do it (it lives as long as any of its children) and ``PR_SET_PDEATHSIG`` would
+    watch the fork server; the requester's end of ``parent_process().sentinel`` closes when it dies, and
+    ``O_ASYNC`` turns that EOF into the signal.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    fcntl.fcntl(parent.sentinel, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(parent.sentinel, fcntl.F_SETFL, fcntl.fcntl(parent.sentinel, fcntl.F_GETFL) | os.O_ASYNC)
+    if not parent.is_alive():  # gone before the signal was armed
+        os._exit(1)
 
 
 def _pickles(exc: Exception) -> bool:

@@ -3,7 +3,7 @@ or allocate at run time, and .npz bombs as validation set and job input. Each ge
 limit, nothing is stored, no temporary folder or process is left behind, and the server's own memory (its
 peak resident set, ``VmHWM``) and its answers to others stay what they were -- also while an attack runs.
 
-The limits are small here (2 s, 256 MB, 32 MB of arrays) so the whole file takes about half a minute.
+The limits are small here (3 s, 256 MB, 32 MB of arrays) so the whole file takes about half a minute.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tests.s3server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "hostile-server-admin-key"
-CHECK_TIMEOUT_S = 2.0
+CHECK_TIMEOUT_S = 3.0
 MB = 2**20
 
 
@@ -208,7 +208,7 @@ def test_endless_loop_is_stopped_and_others_are_served_meanwhile(
     response = outcome["r"]
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "limit_exceeded"
-    assert "did not finish within 2 s (INFAAS_CHECK_TIMEOUT_S)" in response.json()["detail"]
+    assert "did not finish within 3 s (INFAAS_CHECK_TIMEOUT_S)" in response.json()["detail"]
     assert CHECK_TIMEOUT_S <= elapsed < CHECK_TIMEOUT_S + 3
     print(
         f"\n{request.node.callspec.id}: 422 after {elapsed:.2f} s; server CPU {server_cpu_s:.2f} s meanwhile; "
