@@ -317,3 +317,41 @@ def test_jobs_worker_needs_a_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     app.command()(jobs_worker)
     result = CliRunner().invoke(app, [])
     assert result.exit_code == 2 and "INFAAS_BROKER_URL" in result.output
+
+
+def _zeros_npz(rows: int) -> bytes:
+    """``x``: ``rows`` x 8 float32 zeros, DEFLATE-compressed (a few KB per 8 MB)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=np.zeros((rows, 8), np.float32))
+    return buffer.getvalue()
+
+
+def test_compressed_inputs_are_bounded_from_their_headers(
+    client: TestClient, services: Services, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14, item 2: a small .npz that expands past INFAAS_MAX_ARRAY_MB is refused (413) at submission,
+    uploaded or by input_key, and by a worker whose bound is lower than the API's; nothing is queued."""
+    seed_mlp(services, "mlp", mlp_path.read_bytes())
+    monkeypatch.setattr(services.settings, "max_array_mb", 1.0)
+    bomb = _zeros_npz(2**16)  # 2 MB of zeros in about 2 KB
+    assert len(bomb) < 10_000
+    response = client.post("/v1/jobs", data={"model": "mlp"}, files={"input": ("x.npz", bomb, "a/b")})
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"].startswith("array 'x' is 2.0 MB uncompressed (float32[65536, 8])")
+    assert "past the limit of 1.0 MB (INFAAS_MAX_ARRAY_MB)" in response.json()["detail"]
+    services.store.put_bytes("uploads/local/bomb.npz", bomb)
+    response = client.post("/v1/jobs", data={"model": "mlp", "input_key": "uploads/local/bomb.npz"})
+    assert response.status_code == 413, response.text
+    assert services.metadata.list_jobs() == [] and services.store.list("jobs/") == []
+
+    # Accepted under the API's bound, then run by a worker configured with a lower one: failed with the reason.
+    response = client.post("/v1/jobs", data={"model": "mlp"}, files={"input": ("x.npz", _zeros_npz(1000), "a/b")})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert wait_for_job(client, job_id)["status"] == "done"
+    services.store.delete_prefix(f"jobs/{job_id}/result.npz")
+    services.metadata.update_job(job_id, status="queued")
+    monkeypatch.setattr(services.settings, "max_array_mb", 0.01)
+    run_offline_job(services, job_id)
+    body = client.get(f"/v1/jobs/{job_id}").json()
+    assert body["status"] == "failed" and "INFAAS_MAX_ARRAY_MB" in body["error"], body
