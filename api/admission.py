@@ -76,7 +76,7 @@ class Admission:
     async def _admit_api_call(request: Request) -> None:
         principal = await get_principal(request)  # stores it in the scope for the route
         services: Services = request.app.state.services
-        route = (request.method, request.url.path)
+        route = (request.scope["method"], request.scope["path"])
         if route == ("POST", "/v1/models"):
             await run_in_threadpool(services.quotas.admit_registration, principal)
         elif route == ("POST", "/v1/jobs"):
