@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from onnx import TensorProto, helper
 
 from infaas.jobs.runner import JobRunner
 from infaas.services import Services
-from tests.factories import mlp_model, write_validation
+from tests.factories import mlp_model, npy_bytes, write_validation
 
 
 def _register(
@@ -52,9 +53,7 @@ def test_register_list_describe_delete(
     assert client.get("/v1/models/mlp").status_code == 404
 
 
-def test_register_records_and_queues_the_variant_build(
-    client: TestClient, services: Services, mlp_path: Path
-) -> None:
+def test_register_records_and_queues_the_variant_build(client: TestClient, services: Services, mlp_path: Path) -> None:
     delivered: list[tuple[str, dict]] = []
 
     class Recorder(JobRunner):
@@ -171,6 +170,25 @@ def test_validation_dtype_and_name_mismatch(
     np.savez(wrong_name, features=np.zeros((4, 8), dtype=np.float32))
     response = _register(client, mlp_path, validation=wrong_name)
     assert response.status_code == 400 and "no array 'x'" in response.json()["detail"]
+    _nothing_stored(services)
+
+
+def test_validation_bombs_refused_from_their_headers(
+    client: TestClient, services: Services, mlp_path: Path, tmp_path: Path
+) -> None:
+    """Issue 14, item 2: what a validation set expands to is decided from its headers (INFAAS_MAX_ARRAY_MB)."""
+    services.settings.max_array_mb = 1.0  # the route reads the limit per request
+    bomb = tmp_path / "bomb.npz"  # x fits the model; 'labels' hides 4 MB of zeros in a few KB
+    np.savez_compressed(bomb, x=np.zeros((4, 8), np.float32), labels=np.zeros(2**20, np.int32))
+    assert bomb.stat().st_size < 20_000
+    response = _register(client, mlp_path, validation=bomb)
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"].startswith("array 'labels' is 4.0 MB uncompressed (int32[1048576])")
+    forged = tmp_path / "forged.npz"  # the .npy header says 4 x 8 floats, the member holds 8 MB
+    with zipfile.ZipFile(forged, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", npy_bytes(np.zeros((4, 8), np.float32)) + bytes(8 * 2**20))
+    response = _register(client, mlp_path, validation=forged)
+    assert response.status_code == 400 and "the file is corrupt or forged" in response.json()["detail"], response.text
     _nothing_stored(services)
 
 
