@@ -102,7 +102,11 @@ def _serve(tmp: Path, **env: str) -> Iterator[Server]:
         yield server
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:  # a test left a request hanging: uvicorn waits for it on SIGTERM
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")
