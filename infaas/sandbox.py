@@ -19,7 +19,8 @@ measured from ``/proc/self/status``), so it means the same thing whatever was im
 before it could kill its child takes the child with it (``_die_with_parent``); ``RLIMIT_CPU`` (the
 wall-clock limit, rounded up, plus one second) is the backstop.
 
-Each child gets a fresh temporary folder (``TMPDIR``) that the parent removes, whatever happened.
+Each child gets a fresh temporary folder (``TMPDIR``) that the parent removes, whatever happened to the
+child; only a parent killed with SIGKILL leaves it behind, as it does its own.
 """
 
 from __future__ import annotations

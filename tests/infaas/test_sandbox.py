@@ -125,7 +125,9 @@ def test_a_child_dies_with_its_killed_parent(tmp_path: Path) -> None:
         "from tests.infaas.test_sandbox import spin_forever\n"
         f"run_limited(spin_forever, Path({str(report)!r}), limits=Limits(wall_s=600, memory_mb=64), what='spinning')\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    scratch = tmp_path / "tmp"  # a parent killed with SIGKILL cannot remove its child's folder: keep it here
+    scratch.mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "TMPDIR": str(scratch)})
     try:
         assert wait_for(lambda: report.exists() and report.read_text(), 30), "the child never started"
         pid = int(report.read_text().split()[0])
