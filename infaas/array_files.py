@@ -90,8 +90,10 @@ def _read_header(handle: IO[bytes], name: str) -> tuple[ArrayHeader, int]:
             raise ArrayFileError(f"array {name!r} uses .npy format {version}; save it with numpy.save or numpy.savez")
     except ArrayFileError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # ValueError, TypeError, EOFError, BadZipFile, zlib.error: all a bad upload
         raise ArrayFileError(f"array {name!r} has no valid .npy header: {exc}") from exc
+    if any(d < 0 for d in shape):
+        raise ArrayFileError(f"array {name!r} declares a negative dimension {list(shape)}")
     if dtype.hasobject:
         raise ArrayFileError(f"array {name!r} holds Python objects (pickles are refused); send numeric arrays")
     return ArrayHeader(name=name, dtype=dtype, shape=tuple(int(d) for d in shape)), handle.tell()
@@ -144,8 +146,11 @@ def _zip_headers(archive: zipfile.ZipFile, max_bytes: int) -> list[tuple[zipfile
             )
         if info.flag_bits & 0x1:
             raise ArrayFileError(f"array {name!r} is encrypted")
-        with archive.open(info) as handle:
-            header, offset = _read_header(handle, name)
+        try:
+            with archive.open(info) as handle:
+                header, offset = _read_header(handle, name)
+        except (zipfile.BadZipFile, NotImplementedError, OSError, ValueError) as exc:  # its local header
+            raise ArrayFileError(f"array {name!r} cannot be opened: {exc}") from exc
         if info.file_size != offset + header.nbytes:
             raise ArrayFileError(
                 f"array {name!r} declares {header.dtype}{list(header.shape)} ({header.nbytes:,} bytes of data after "
@@ -164,7 +169,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
             raise ArrayFileError(f"the .npz archive holds more than {MAX_MEMBERS} arrays")
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # BadZipFile, struct.error, NotImplementedError, ...: all a bad upload
         raise ArrayFileError(f"the file is not a readable .npz archive: {exc}") from exc
 
 
@@ -250,4 +255,7 @@ __all__ = [
     "ArrayFileTooLarge",
     "ArrayHeader",
     "array_bound",
-    "file_kind", "read_arrays", "read_headers"]
+    "file_kind",
+    "read_arrays",
+    "read_headers",
+]

@@ -61,7 +61,7 @@ class LimitExceeded(Unprocessable):
 class SandboxCrashed(Unprocessable):
     """The child died without answering (a signal, or a failure the function did not report)."""
 
-    code = "check_crashed"
+    code = "sandbox_crashed"
 
 
 @dataclass(frozen=True)
