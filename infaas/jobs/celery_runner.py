@@ -9,7 +9,9 @@ worker side is ``infaas.celery_worker``.
 Two knobs are read from the environment here rather than from ``Settings`` because only Celery uses
 them: ``INFAAS_JOBS_QUEUE`` (queue name, default ``infaas``; tests use a unique one) and
 ``INFAAS_BROKER_VISIBILITY_TIMEOUT_S`` (how long a Redis broker waits before redelivering a message whose
-worker vanished without acknowledging it; default one hour, so keep it above the longest job).
+worker vanished without acknowledging it; default one hour). A message redelivered while its task still
+runs elsewhere (a job longer than the timeout) is refused by the work item's claim (``infaas.jobs.durable``),
+so a short timeout costs a wasted delivery, never a second run of the same item at once.
 """
 
 from __future__ import annotations

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
 import pytest
 
 from infaas.model_store import LocalModelStore, ModelStore, ObjectNotFound, open_model_store
+from infaas.model_store.local import TEMP_PREFIX
+from infaas.model_store.s3 import S3ModelStore
 from tests.s3server import moto_server
 
 
@@ -73,3 +76,27 @@ def test_local_store_is_atomic_folder(tmp_path: Path) -> None:
     store.put_bytes("models/a/model.onnx", b"x")
     assert (tmp_path / "s" / "models" / "a" / "model.onnx").read_bytes() == b"x"
     assert not list((tmp_path / "s" / "models" / "a").glob(".tmp-*"))
+
+
+def test_when_each_object_was_written_and_cut_short_writes(store: ModelStore) -> None:
+    before = datetime.now(UTC) - timedelta(minutes=5)  # S3 servers stamp to the second; clocks differ a little
+    store.put_bytes("models/a/model.onnx", b"x")
+    store.put_bytes("models/a/variants/v.onnx", b"v")
+    modified = store.list_modified("models/a/")
+    assert list(modified) == ["models/a/model.onnx", "models/a/variants/v.onnx"]
+    assert all(before < when < datetime.now(UTC) + timedelta(minutes=5) for when in modified.values())
+
+    # A write killed half-way: a temporary file (local) or an incomplete multipart upload (S3).
+    if isinstance(store, S3ModelStore):
+        store.client.create_multipart_upload(Bucket=store.bucket, Key=store._object_key("models/a/big.onnx"))
+        partial = "models/a/big.onnx"
+    else:
+        assert isinstance(store, LocalModelStore)
+        (store.root / "models" / "a" / f"{TEMP_PREFIX}cut").write_bytes(b"half")
+        partial = f"models/a/{TEMP_PREFIX}cut"
+    assert store.list("models/a/") == list(modified)  # never shown
+    if isinstance(store, LocalModelStore):  # moto reports every multipart upload as initiated in 2010
+        assert store.remove_partial_writes(before) == []  # younger than the cut-off: maybe still being written
+    assert store.remove_partial_writes(datetime.now(UTC) + timedelta(minutes=10)) == [partial]
+    assert store.remove_partial_writes(datetime.now(UTC) + timedelta(minutes=10)) == []
+    assert store.list("models/a/") == list(modified)
