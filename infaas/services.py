@@ -65,10 +65,12 @@ class Services:
     def close(self) -> None:
         """Stop serving and background work, and release connections."""
         self.engine.workers.stop()
-        if self.maintenance is not None:
-            self.maintenance.stop()
+        # Work still running is waited for while the heartbeat goes on renewing its lease: stopping the
+        # heartbeat first would let another process claim a build that this one is still finishing.
         if self.jobs is not None:
             self.jobs.shutdown()
+        if self.maintenance is not None:
+            self.maintenance.stop()
         self.live.close()
         self.quotas.close()
         self.db.dispose()
