@@ -29,11 +29,16 @@ START_TIMEOUT_S = 60.0  # a cold start on a loaded two-core machine; a normal on
 
 # Short heartbeats, leases, grace periods and profiles keep each case cheap (a tiny model builds in about
 # half a second): a dead process's work is resumed within lease + period (2.5 s), and what a cut-short
-# registration left behind is swept 2 s after it was written, instead of the production defaults' minutes.
+# registration left behind is swept 3 s after it was written, instead of the production defaults' minutes.
+# More attempts per work item than one case has kills: an item the test's own kills interrupt every time
+# still has attempts left, so "failed after N attempts" in a case is a bug, not the attempt limit at work
+# (tests/infaas cover the limit itself).
+WORK_MAX_ATTEMPTS = 12
 COMMON_ENV = {
+    "INFAAS_WORK_MAX_ATTEMPTS": str(WORK_MAX_ATTEMPTS),
     "INFAAS_WORK_LEASE_S": "2",
     "INFAAS_RECOVERY_PERIOD_S": "0.5",
-    "INFAAS_ORPHAN_GRACE_S": "2",
+    "INFAAS_ORPHAN_GRACE_S": "3",
     "INFAAS_AUTOSCALER": "off",
     "INFAAS_PROFILE_RUNS": "5",
     "INFAAS_PROFILE_MAX_SECONDS": "1",

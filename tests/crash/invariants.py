@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import create_engine, text
 
 from tests.crash.deployments import Deployment
-from tests.crash.workload import Ledger, Outcome, Workload
+from tests.crash.workload import Ledger, Workload
 
 FINAL_MODEL = {"ready", "failed"}
 FINAL_VARIANT = {"ready", "failed", "skipped"}
@@ -219,14 +219,3 @@ def check(deployment: Deployment, ledger: Ledger, workload: Workload, watch: Res
         + watch.observe(catalog)
         + list(ledger.violations)
     )
-
-
-def acknowledged_outcomes(ledger: Ledger) -> dict[str, int]:
-    """How many requests of each kind got each outcome (for the report)."""
-    counts: dict[str, int] = {}
-    for registration in ledger.registrations.values():
-        counts[f"register {registration.outcome}"] = counts.get(f"register {registration.outcome}", 0) + 1
-    for job in ledger.jobs:
-        counts[f"job {job.outcome}"] = counts.get(f"job {job.outcome}", 0) + 1
-    counts["jobs acknowledged"] = sum(1 for j in ledger.jobs if j.outcome == Outcome.ACKED)
-    return counts

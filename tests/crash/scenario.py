@@ -46,9 +46,11 @@ class KillPoint:
     victim: str
     trigger: str
     delay_s: float
+    restart_s: float = 0.0  # from the kill until the victim served again
 
     def __str__(self) -> str:
-        return f"kill {self.index}: {self.victim} {self.delay_s * 1000:.0f} ms after {self.trigger}"
+        restarted = f", back in {self.restart_s:.1f} s" if self.restart_s else ""
+        return f"kill {self.index}: {self.victim} {self.delay_s * 1000:.0f} ms after {self.trigger}{restarted}"
 
 
 @dataclass
@@ -197,10 +199,12 @@ def run_case(deployment: Deployment, seed: int, kills: int, prefix: str = "m") -
                     )
                     operation.start()
                 time.sleep(point.delay_s)
+                killed_at = time.monotonic()
                 deployment.kill(point.victim)
                 if operation is not None:
                     operation.join(60)
                 deployment.start(point.victim)
+                point.restart_s = time.monotonic() - killed_at
                 # What was acknowledged before the crash is there at once, with its files.
                 catalog = invariants.read_catalog(deployment)
                 acked = [n for n, r in ledger.registrations.items() if ledger.expectation(n) == "present"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.crash.deployments import Deployment, embedded, scaled_out
+from tests.crash.deployments import WORK_MAX_ATTEMPTS, Deployment, embedded, scaled_out
 from tests.crash.scenario import run_case
 from tests.pg import temporary_database
 from tests.redis_server import redis_up
@@ -24,6 +24,7 @@ from tests.redis_server import redis_up
 KILLS = int(os.environ.get("CRASH_KILLS", "50"))
 SEED = int(os.environ.get("CRASH_SEED", "1301"))
 KILLS_PER_CASE = 10
+assert KILLS_PER_CASE < WORK_MAX_ATTEMPTS  # see deployments.WORK_MAX_ATTEMPTS
 EMBEDDED_CASES = max(1, math.ceil(KILLS * 0.6 / KILLS_PER_CASE))
 SCALED_OUT_CASES = max(1, math.ceil(KILLS * 0.4 / KILLS_PER_CASE))
 REDIS_HOST = "127.0.0.1"

@@ -148,9 +148,6 @@ class Workload:
         """Run one operation (its targets drawn from ``rng``); connection failures are outcomes, not errors."""
         getattr(self, operation)(rng)
 
-    def random_operation(self, rng: random.Random) -> None:
-        self.run(rng.choices(self.OPERATIONS, self.WEIGHTS)[0], rng)
-
     # -- operations ---------------------------------------------------------------------------
 
     def register(self, rng: random.Random) -> None:
