@@ -24,13 +24,15 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.console.auth import console_session
+from api.console.auth import LoginRequired, console_session
+from api.console.routes import sign_in_answer
 from api.deps import get_principal
 from api.errors import render
 from infaas.errors import InfaasError, TooManyRequests
 from infaas.services import Services
 
 CONSOLE_PREFIX = "/console/"
+CONSOLE_API_PREFIX = "/console/api/"  # the console's JSON endpoints answer a JSON 401
 CONSOLE_SIGN_IN = "/console/login"  # takes the key in its form: the one console POST without a session
 HEALTH_PREFIX = "/v2/health"
 RETRY_AFTER_S = 1
@@ -66,7 +68,13 @@ class Admission:
                 await self._admit_api_call(Request(scope))
             elif _console_form(scope):
                 request = Request(scope)
-                await run_in_threadpool(console_session, request, request.app.state.services)
+                try:
+                    await run_in_threadpool(console_session, request, request.app.state.services)
+                except LoginRequired as refusal:  # a browser whose session expired: the sign-in page
+                    if scope["path"].startswith(CONSOLE_API_PREFIX):
+                        raise
+                    await sign_in_answer(request, refusal)(scope, receive, send)
+                    return
         except InfaasError as refusal:
             await self._refuse(scope, receive, send, refusal)
             return

@@ -74,6 +74,18 @@ def _login_page(request: Request, error: str | None, status_code: int, next_path
     return templates.TemplateResponse(request, "login.html", context, status_code=status_code)
 
 
+def sign_in_answer(request: Request, refusal: LoginRequired) -> Response:
+    """What a browser gets for a console page or form without a valid session: the sign-in page, as a 401.
+
+    Used by the console's routes and by admission (``api.admission``), which refuses console forms from
+    their headers before the body is read.
+    """
+    response = _login_page(request, None, refusal.status)
+    response.headers.update(refusal.headers)
+    response.headers.update(_HTML_HEADERS)
+    return response
+
+
 class ConsoleRoute(APIRoute):
     """Console routes answer 401 with a sign-in page (not JSON) and carry strict security headers."""
 
@@ -87,8 +99,7 @@ class ConsoleRoute(APIRoute):
             except LoginRequired as exc:
                 if request.url.path.startswith("/console/api/"):
                     raise
-                response = _login_page(request, None, exc.status)
-                response.headers.update(exc.headers)
+                response = sign_in_answer(request, exc)
             if response.headers.get("content-type", "").startswith("text/html"):
                 response.headers.update(_HTML_HEADERS)
             return response

@@ -109,3 +109,14 @@ def test_upload_routes_get_the_upload_limit_whatever_the_content_type(
     over = client.post("/v1/models", content=b" " * 200_000, headers=headers)
     assert over.status_code == 413 and "100000 bytes" in over.json()["detail"], over.text
     assert services.metadata.list_models() == []
+
+
+def test_console_form_without_a_session_gets_the_sign_in_page(served: tuple[TestClient, Services, Tenants]) -> None:
+    """A browser whose console session expired posts a form: it is refused before the body, with the sign-in
+    page (as every console page answers), not a JSON error; the console's JSON API keeps its JSON 401."""
+    client, _services, _tenants = served
+    client.cookies.clear()
+    page = client.post("/console/actions/delete", data={"name": "m", "csrf": "x"})
+    assert page.status_code == 401
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'action="/console/login' in page.text and page.headers["www-authenticate"] == "Bearer"
