@@ -156,6 +156,7 @@ def _event_window(settings: Settings) -> EventWindow:
 def _durable_runner(settings: Settings, services: Services) -> DurableRunner:
     """Every task recorded and leased in the metadata store, delivered by Celery or the in-process pool."""
     transport = _job_runner(settings, services.run_task)
+    in_process = isinstance(transport, InProcessRunner)
     return DurableRunner(
         services.metadata,
         transport,
@@ -163,8 +164,15 @@ def _durable_runner(settings: Settings, services: Services) -> DurableRunner:
         give_up=services.give_up_task,
         lease_s=settings.work_lease_s,
         max_attempts=settings.work_max_attempts,
-        transport_holds_queue=isinstance(transport, InProcessRunner),
+        transport_holds_queue=in_process,
+        queue_wait_s=None if in_process else _broker_visibility_s(),
     )
+
+
+def _broker_visibility_s() -> float:
+    from infaas.jobs.celery_runner import visibility_timeout_s  # imports Celery: only when scaled out
+
+    return visibility_timeout_s()
 
 
 def _maintenance(settings: Settings, services: Services, runner: DurableRunner) -> Periodic:

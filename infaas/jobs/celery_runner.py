@@ -28,10 +28,15 @@ DEFAULT_QUEUE = "infaas"
 RUN_TASK = "infaas.run"
 
 
+def visibility_timeout_s() -> float:
+    """How long the broker keeps an unacknowledged message before delivering it again."""
+    return float(os.environ.get("INFAAS_BROKER_VISIBILITY_TIMEOUT_S", "3600"))
+
+
 def make_celery(broker_url: str | None) -> Celery:
     """A Celery app for ``broker_url`` with infaas's delivery settings (used by workers and senders)."""
     queue = os.environ.get("INFAAS_JOBS_QUEUE", DEFAULT_QUEUE)
-    visibility_s = float(os.environ.get("INFAAS_BROKER_VISIBILITY_TIMEOUT_S", "3600"))
+    visibility_s = visibility_timeout_s()
     celery = Celery("infaas", broker=broker_url, set_as_current=False)
     celery.conf.update(
         task_serializer="json",

@@ -26,8 +26,11 @@ release finds the item no longer its own and only logs it; tasks are idempotent 
 
 On the embedded default the in-process pool holds the queue, so queued (pending) items are leased to the
 process that queued them and are requeued when it dies. With Celery the broker holds the queue: a pending
-item has no owner, and its lease is how long it may wait for a worker before the sweep sends its message
-again (a duplicate message is harmless: its claim fails).
+item has no owner, and its lease is ``queue_wait_s``, how long it may wait for a worker before the sweep
+sends its message again (a message the broker lost, say in a restart without persistence). It is the
+broker's visibility timeout, the horizon after which Celery itself takes a message for lost: a shorter one
+would send every item of a long queue again and again (each duplicate is harmless, its claim fails, but
+they pile up behind the long jobs that made the queue long).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class DurableRunner(JobRunner):
         lease_s: float,
         max_attempts: int,
         transport_holds_queue: bool,
+        queue_wait_s: float | None = None,
         owner: str | None = None,
         clock: Clock = utc_now,
     ) -> None:
@@ -96,6 +100,8 @@ class DurableRunner(JobRunner):
         self.transport = transport
         self.owner = owner or process_owner_id()
         self.lease = timedelta(seconds=lease_s)
+        # How long a pending item may wait in a queue this process does not hold before it is sent again.
+        self.queue_wait = self.lease if transport_holds_queue else timedelta(seconds=queue_wait_s or lease_s)
         self.max_attempts = max_attempts
         self._execute = execute
         self._give_up = give_up
@@ -122,7 +128,7 @@ class DurableRunner(JobRunner):
             task=task_name,
             kwargs=kwargs,
             owner=self.owner if self._holds_queue else None,
-            lease_expires_at=self._clock() + self.lease,
+            lease_expires_at=self._clock() + self.queue_wait,
         )
 
     def submit(self, task_name: str, **kwargs: Any) -> None:
@@ -224,7 +230,7 @@ class DurableRunner(JobRunner):
                     touched += 1
                 continue
             owner = self.owner if self._holds_queue else None
-            if not self.metadata.requeue_expired_work_item(item.id, owner, now + self.lease, now):
+            if not self.metadata.requeue_expired_work_item(item.id, owner, now + self.queue_wait, now):
                 continue  # claimed or requeued by someone else meanwhile
             log.warning(
                 "resuming work item %s (%s %s): %s, %d of %d attempt(s) used",

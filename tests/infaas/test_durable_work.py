@@ -452,3 +452,28 @@ def test_the_sweep_forgets_finished_items_after_a_week_and_keeps_the_rest(servic
     work.heartbeat()
     work.sweep()
     assert [item.id for item in services.metadata.list_work_items()] == [pending.id]
+
+
+def test_work_queued_in_a_broker_is_sent_again_only_after_the_brokers_own_horizon(services: Services) -> None:
+    clock, broker = Clock(), Broker()
+    sender = DurableRunner(
+        services.metadata,
+        broker,
+        execute=services.run_task,
+        give_up=services.give_up_task,
+        lease_s=LEASE_S,
+        max_attempts=3,
+        transport_holds_queue=False,  # Celery: the broker holds the queue, not this process
+        queue_wait_s=60,
+        owner="front-end",
+        clock=clock,
+    )
+    sender.submit("profile_variants", model_name="mlp")
+    [item] = services.metadata.list_work_items()
+    assert item.owner is None and sender.heartbeat() == 0  # nobody renews a message waiting in the broker
+    clock.advance(LEASE_S * 3)  # a long queue: still waiting, not sent again
+    assert sender.sweep() == 0 and len(broker.messages) == 1
+    clock.advance(60)  # past the broker's horizon: taken for lost and sent again
+    assert sender.sweep() == 1 and broker.messages == [{"item_id": item.id}] * 2
+    requeued = services.metadata.get_work_item(item.id)
+    assert requeued is not None and requeued.state == WorkState.PENDING and requeued.attempts == 0
