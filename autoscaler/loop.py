@@ -7,6 +7,13 @@ and the candidate cache (profiles), asks the policies, and for every action reco
 (``metadata.record_decision``) and, unless ``settings.autoscaler`` is ``"dry-run"``, executes it
 through the worker clients, live state and the provider. Starting a worker can take minutes (a VM),
 so it runs on its own thread; the loop counts it as pending meanwhile.
+
+Every front-end runs this loop, but only the holder of the leader lease (``services.leadership``) acts:
+each ``autoscaler_lease_renew_s`` the loop renews it (or tries to take it), and before every single
+action it checks that the lease is still held, so a front-end that lost it — renewal refused, Redis
+unreachable, or a period slower than the TTL — executes nothing it planned before. A front-end that
+becomes the leader first rebuilds the policies' cool-downs from the decision log (``handover.py``) and
+records the change as a ``leader`` decision; one that stops leading records ``step_down``.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from autoscaler import model_level, vm_level
+from autoscaler import handover, model_level, vm_level
 from autoscaler.policy_types import Action, ClusterView, History, InstanceLoad, PolicyConfig, VariantOption, WorkerLoad
 from autoscaler.providers import Provider, ProviderError, make_provider
 from infaas.catalog import VariantInfo
@@ -65,6 +72,12 @@ class Autoscaler:
         settings = services.settings
         if settings.autoscaler not in MODES:
             raise ValueError(f"INFAAS_AUTOSCALER must be one of {MODES}, not {settings.autoscaler!r}")
+        if not 0 < settings.autoscaler_lease_renew_s < settings.autoscaler_lease_s:
+            raise ValueError(
+                f"INFAAS_AUTOSCALER_LEASE_RENEW_S ({settings.autoscaler_lease_renew_s:g}) must be positive and below "
+                f"INFAAS_AUTOSCALER_LEASE_S ({settings.autoscaler_lease_s:g}), or the leader loses its lease "
+                "between renewals"
+            )
         self.services = services
         self.engine = services.engine
         self.config = config or PolicyConfig(idle_unload_s=settings.idle_unload_s)
@@ -72,6 +85,8 @@ class Autoscaler:
         self.stats_window_s = stats_window_s
         self._provider = provider
         self._clock = clock
+        self._lease = services.leadership
+        self._leading = False
         self._model_history = History()
         self._vm_history = History()
         self._unmet: tuple[str, ...] = ()
@@ -111,7 +126,7 @@ class Autoscaler:
         self._thread.start()
 
     def stop(self, stop_workers: bool = True) -> None:
-        """Stop the loop; with ``stop_workers``, also stop every worker it started."""
+        """Stop the loop; with ``stop_workers``, also stop every worker it started; then hand the lease over."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
@@ -121,26 +136,81 @@ class Autoscaler:
         if stop_workers and self._provider is not None:
             for worker_id in sorted(self._owned):
                 self._remove_worker(worker_id)
+        if self._leading:
+            self._lease.release()  # the next front-end takes over at its next try, not after the TTL
+            self._leading = False
+            self._record_leadership("step_down", "stopped: lease released")
 
     def _run(self) -> None:
         settings = self.services.settings
-        next_model = next_vm = self._clock()
+        next_lease = next_model = next_vm = self._clock()
         while not self._stop.is_set():
             now = self._clock()
             try:
-                if now >= next_model:
-                    self.step_model()
-                    next_model = now + settings.autoscaler_period_s
-                if now >= next_vm:
-                    self.step_vm()
-                    next_vm = now + settings.vm_autoscaler_period_s
+                if now >= next_lease:
+                    self.lead()
+                    next_lease = now + settings.autoscaler_lease_renew_s
+                if not self._leading:  # a new leader steps both levels at once
+                    next_model = next_vm = now
+                else:
+                    if now >= next_model:
+                        self.step_model()
+                        next_model = now + settings.autoscaler_period_s
+                    if now >= next_vm:
+                        self.step_vm()
+                        next_vm = now + settings.vm_autoscaler_period_s
             except Exception:  # the loop must outlive one bad period
                 log.exception("autoscaler period failed")
-            self._stop.wait(max(0.01, min(next_model, next_vm) - self._clock()))
+            wake = min(next_lease, next_model, next_vm) if self._leading else next_lease
+            self._stop.wait(max(0.01, wake - self._clock()))
+
+    # -- leadership -----------------------------------------------------------------------------
+    @property
+    def leading(self) -> bool:
+        """Whether this front-end holds the lease now (and so may act)."""
+        return self._leading and self._lease.held
+
+    def lead(self) -> bool:
+        """Renew the lease, or try to take it; on taking it, rebuild the policies' memory first.
+
+        Returns whether this front-end leads now. The loop calls it every ``autoscaler_lease_renew_s``.
+        """
+        if self._leading:
+            if self._lease.renew():
+                return True
+            self._leading = False
+            self._record_leadership("step_down", "lost the lease: renewal refused or Redis unreachable")
+            return False
+        if not self._lease.try_acquire():
+            return False
+        taken = handover.rebuild(
+            self.services.metadata.list_decisions(limit=handover.DECISIONS_READ),
+            now=self._clock(),
+            dry_run=self.dry_run,
+        )
+        self._model_history, self._vm_history, self._unmet = taken.model, taken.vm, ()
+        self._leading = True
+        self._record_leadership(
+            "leader",
+            f"took the lease (previous leader: {taken.previous_leader or 'none recorded'}); cool-downs rebuilt "
+            f"from {taken.decisions_used} decision(s), streaks and deratings start fresh",
+            {
+                "previous_leader": taken.previous_leader,
+                "decisions_used": taken.decisions_used,
+                "lease_s": self.services.settings.autoscaler_lease_s,
+            },
+        )
+        return True
+
+    def _record_leadership(self, action: str, reason: str, inputs: dict | None = None) -> None:
+        """A leadership change as a decision (level ``leader``): ``leader`` or ``step_down``, naming this front-end."""
+        self._record(Action(handover.LEVEL, action, self._lease.holder, reason, inputs or {}), None)
 
     # -- one period of each level ---------------------------------------------------------------
     def step_model(self) -> list[Action]:
-        """Observe, decide and act once at the model level; returns the actions decided."""
+        """Observe, decide and act once at the model level (only while leading); returns the actions decided."""
+        if not self.leading:
+            return []
         view = self.view()
         plan = model_level.decide(view, self._model_history, self.config)
         self._model_history = plan.history
@@ -150,7 +220,9 @@ class Autoscaler:
         return list(plan.actions)
 
     def step_vm(self) -> list[Action]:
-        """Observe, decide and act once at the VM level; returns the actions decided."""
+        """Observe, decide and act once at the VM level (only while leading); returns the actions decided."""
+        if not self.leading:
+            return []
         view = self.view()
         plan = vm_level.decide(view, self._vm_history, self.config, self._unmet)
         self._vm_history = plan.history
@@ -259,12 +331,16 @@ class Autoscaler:
 
     # -- acting ---------------------------------------------------------------------------------
     def _record(self, action: Action, outcome: str | None, *, name: str | None = None) -> None:
+        # Which front-end decided, and what an upgrade or downgrade loaded: a new leader rebuilds from these.
+        inputs = {**action.inputs, "front_end": self._lease.holder}
+        if action.to_variant is not None:
+            inputs.update(worker=action.worker, to_variant=action.to_variant)
         try:
             self.services.metadata.record_decision(
                 level=action.level,
                 action=name or action.action,
                 target=action.target,
-                inputs=action.inputs,
+                inputs=inputs,
                 reason=action.reason,
                 dry_run=self.dry_run,
                 outcome=outcome,
@@ -273,6 +349,9 @@ class Autoscaler:
             log.exception("could not record decision %s %s", action.action, action.target)
 
     def _apply(self, action: Action) -> None:
+        if not self.leading:  # lost the lease while this period was being decided: its plan is void
+            log.warning("not leading any more: %s on %s is not carried out", action.action, action.target)
+            return
         if self.dry_run:
             self._record(action, None)
             return

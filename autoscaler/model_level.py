@@ -49,6 +49,7 @@ from autoscaler.policy_types import (
 )
 
 LEVEL = "model"
+UP_ACTIONS = frozenset({"add_replica", "upgrade", "place"})  # actions that start the down-after-up guard
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
                     actions.extend(_scale_down(view, worker, inst, option, capacity, budget, config, inputs))
     new_history = history.with_streaks(streaks).with_derate({k: v for k, v in derates.items() if v < 1.0})
     for action in actions:
-        up = action.action in {"add_replica", "upgrade", "place"}
+        up = action.action in UP_ACTIONS
         new_history = new_history.acted(action.target, view.now, up)
         if action.to_variant is not None and action.worker is not None:
             new_history = new_history.acted(instance_target(action.worker, action.to_variant), view.now, up)

@@ -26,6 +26,7 @@ from autoscaler.policy_types import Action, ClusterView, History, PolicyConfig, 
 
 LEVEL = "vm"
 CLUSTER = "cluster"
+UP_ACTIONS = frozenset({"add_worker", "undrain"})  # actions that start the down-after-up guard
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def decide(view: ClusterView, history: History, config: PolicyConfig, unmet: tup
         if action.action == "remove_worker":
             new_history = _forget_drain(new_history, action.target)
         else:
-            new_history = new_history.acted(CLUSTER, view.now, up=action.action in {"add_worker", "undrain"})
+            new_history = new_history.acted(CLUSTER, view.now, up=action.action in UP_ACTIONS)
             if action.action == "drain_worker":
                 new_history = _note_drain(new_history, action.target, view.now)
             elif action.action == "undrain":

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     min_workers: int = 1
     max_workers: int = 4
     provider: str | None = None  # "local", "ec2" or "inprocess"; default: see resolved_provider
+    # One autoscaler acts across all front-ends: the holder of a leader lease in Redis (infaas/leadership.py),
+    # renewed every autoscaler_lease_renew_s. A killed leader is replaced within autoscaler_lease_s plus one
+    # renewal; the TTL spans a few periods so that one slow period (a worker status call) does not lose it.
+    autoscaler_lease_s: float = 3.0
+    autoscaler_lease_renew_s: float = 1.0
 
     @property
     def resolved_database_url(self) -> str:

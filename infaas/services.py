@@ -24,6 +24,7 @@ from infaas.jobs import tasks
 from infaas.jobs.durable import DurableRunner
 from infaas.jobs.periodic import Every, Periodic
 from infaas.jobs.runner import InProcessRunner, JobRunner
+from infaas.leadership import InProcessLease, Lease, RedisLease, front_end_id
 from infaas.live_state import LiveState, make_live_state
 from infaas.metadata import MetadataStore
 from infaas.model_store import ModelStore, open_model_store
@@ -45,6 +46,7 @@ class Services:
     keyring: KeyRing
     engine: QueryEngine
     quotas: Quotas
+    leadership: Lease  # the autoscaler acts only while this front-end holds it
     jobs: DurableRunner | None = None
     maintenance: Periodic | None = None  # work heartbeat and sweep, orphan sweep (processes that run jobs)
 
@@ -71,6 +73,7 @@ class Services:
             self.jobs.shutdown()
         if self.maintenance is not None:
             self.maintenance.stop()
+        self.leadership.close()
         self.live.close()
         self.quotas.close()
         self.db.dispose()
@@ -109,6 +112,7 @@ def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool 
         keyring=KeyRing(metadata, settings.admin_key),
         engine=engine,
         quotas=Quotas(settings, db, _event_window(settings)),
+        leadership=_leadership(settings),
     )
     if with_jobs:
         services.jobs = _durable_runner(settings, services)
@@ -151,6 +155,14 @@ def _event_window(settings: Settings) -> EventWindow:
     if settings.redis_url:
         return RedisEventWindow(settings.redis_url, settings.redis_prefix)
     return MemoryEventWindow()
+
+
+def _leadership(settings: Settings) -> Lease:
+    """The autoscaler's leader lease: in Redis when configured (front-ends contend), otherwise always ours."""
+    if settings.redis_url:
+        key = f"{settings.redis_prefix}:autoscaler:leader"
+        return RedisLease(settings.redis_url, key, holder=front_end_id(), ttl_s=settings.autoscaler_lease_s)
+    return InProcessLease(front_end_id())
 
 
 def _durable_runner(settings: Settings, services: Services) -> DurableRunner:

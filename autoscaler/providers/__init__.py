@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from autoscaler.providers.base import Provider, ProviderError, WorkerHandle
 from infaas.services import Services
 
@@ -30,6 +32,9 @@ def make_provider(services: Services) -> Provider:
             memory_budget_mb=settings.worker_memory_mb,
             cores=settings.worker_cores,
             heartbeat_s=settings.heartbeat_s,
+            # Front-ends share one live state: each names its in-process workers apart, so a new leader's
+            # first worker is never taken for its predecessor's (which live state still lists until its TTL).
+            prefix=f"inproc-{uuid.uuid4().hex[:6]}",
         )
     raise ProviderError(f"unknown provider {provider!r}: use local, ec2 or inprocess")
 
