@@ -22,9 +22,9 @@ from infaas.candidates import CandidateCache
 from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
 from infaas.live_state import LiveState, QueryRecord
-from infaas.selector import Candidate, Requirements, Selection, select
+from infaas.selector import Candidate, NoWorkerAvailable, Requirements, Selection, select
 from infaas.tensors import TensorSpec, check_limits, conform_inputs
-from infaas.worker import InferResult, WorkerClient, WorkerError
+from infaas.worker import InferResult, OutOfMemory, WorkerClient, WorkerError
 from infaas.worker.clients import WorkerClients
 from infaas.worker.remote import WorkerUnavailable
 
@@ -148,26 +148,45 @@ class QueryEngine:
         return None if result is None else (plan, result)
 
     def _run(self, plan: _Dispatch) -> tuple[_Dispatch, InferResult]:
-        """Run a plan, waiting for a replica (and loading the variant) if needed: blocking."""
+        """Run a plan, waiting for a replica (and loading the variant) if needed: blocking.
+
+        A load that fails for lack of memory (live state was stale: another front-end's load landed first)
+        moves the query to the next placement, without the one that failed; the selector never offers an
+        excluded placement again, so this ends after at most one try per (variant, worker). A worker that
+        cannot be reached is skipped and the query runs once more elsewhere (inference is idempotent).
+        """
         latency_ms = plan.requirements.latency_ms
         deadline = plan.start + latency_ms / 1000.0 if latency_ms is not None else None
-        try:
+        out_of_memory: set[tuple[str, str]] = set()
+        retried_unreachable = False
+        while True:
             try:
                 return plan, plan.client.infer(plan.decision.variant, plan.arrays, deadline)
+            except OutOfMemory as exc:
+                log.info("%s on %s: %s; trying the next placement", plan.decision.candidate.key, plan.client.id, exc)
+                out_of_memory.add((plan.decision.candidate.key, plan.client.id))
+                plan = self._replan(plan, out_of_memory, exc)
             except WorkerUnavailable as exc:
-                # The worker died or cannot be reached: skip it until the registry forgets it, and
-                # run the query once more on the best remaining worker (inference is idempotent).
+                if retried_unreachable:
+                    raise ModelNotReady(str(exc)) from exc
+                retried_unreachable = True
                 log.warning("%s; retrying the query on another worker", exc)
                 self.workers.avoid(plan.client.id)
-                snapshot = self.workers.snapshot()
-                decision = select(plan.requirements, plan.candidates, snapshot, self._prices)
-                client = self.workers.get(decision.worker, snapshot)
-                if client is None:
-                    raise ModelNotReady(f"worker {decision.worker!r} is not reachable from this front-end") from exc
-                plan = replace(plan, decision=decision, client=client)
-                return plan, client.infer(decision.variant, plan.arrays, deadline)
-        except WorkerError as exc:
-            raise ModelNotReady(str(exc)) from exc
+                plan = self._replan(plan, out_of_memory, exc)
+            except WorkerError as exc:
+                raise ModelNotReady(str(exc)) from exc
+
+    def _replan(self, plan: _Dispatch, exclude: set[tuple[str, str]], cause: WorkerError) -> _Dispatch:
+        """Choose again for ``plan`` without the excluded placements (and the workers being avoided)."""
+        snapshot = self.workers.snapshot()
+        try:
+            decision = select(plan.requirements, plan.candidates, snapshot, self._prices, exclude)
+        except NoWorkerAvailable as exc:
+            raise NoWorkerAvailable(f"{cause}; {exc}") from cause
+        client = self.workers.get(decision.worker, snapshot)
+        if client is None:
+            raise ModelNotReady(f"worker {decision.worker!r} is not reachable from this front-end") from cause
+        return replace(plan, decision=decision, client=client)
 
     def _account(self, plan: _Dispatch, result: InferResult) -> Answer:
         """Record the query in live state and describe how it was served."""

@@ -4,7 +4,15 @@ Pure so that it is testable with hand-made profiles and identical in every front
 for a placement is: profiled p50 latency at the batch the query runs at + expected queueing from
 live state + load time if the variant is not loaded on that worker. Among placements meeting the
 latency budget (and ``max_cost``) the cheapest wins, loaded before cold on equal cost; if none
-meets the budget, the fastest is served and flagged ``slo_at_risk``.
+meets the budget, the fastest is served and flagged ``slo_at_risk`` — or, when the query says
+``on_infeasible: "reject"``, nothing is served and ``Infeasible`` names the best achievable. ``max_cost`` is
+a hard limit whatever ``on_infeasible`` says: when no placement is affordable the answer is ``Infeasible``
+(INFaaS answered both with UNAVAILABLE; so do we: a 503, ``code`` ``infeasible``).
+
+A cold placement is only offered on a worker with room for the variant: its free memory, plus what it
+would free by evicting instances with nothing outstanding (the worker's own eviction rule). A worker whose
+memory is taken by busy instances would fail the load, so it is never offered; when live state is stale and
+a load fails anyway, the engine chooses again without that placement (``exclude``).
 
 A cold placement's cost includes the load it triggers (the hardware is held for ``load_ms`` too):
 otherwise a variant a few percent cheaper per query would be loaded next to a loaded one that already
@@ -15,14 +23,19 @@ autoscaler sizes replicas for one of them.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from infaas.catalog import ModelInfo, VariantInfo
-from infaas.errors import Unavailable, Unprocessable
+from infaas.errors import BadRequest, Unavailable, Unprocessable
 from infaas.live_state.base import LiveSnapshot, WorkerState
 
 _COST_TIE = 1e-9  # relative: costs this close are equal, so loaded instances win
+
+OnInfeasible = Literal["best_effort", "reject"]
+ON_INFEASIBLE: tuple[str, ...] = get_args(OnInfeasible)  # what a query may say; the first is the default
 
 
 class AccuracyUnavailable(Unprocessable):
@@ -51,6 +64,50 @@ class NoWorkerAvailable(Unavailable):
 
 
 @dataclass(frozen=True)
+class Achievable:
+    """The best a query could get, each number on its own (not one placement achieving all three).
+
+    Taken over the placements that meet the query's accuracy floor and, when any does, its ``max_cost``:
+    what the caller could ask for instead without breaking a hard limit.
+    """
+
+    latency_ms: float  # fastest estimate
+    accuracy: float | None  # highest accuracy (None: no such variant has a known accuracy)
+    cost: float  # cheapest $ per query
+
+    def __str__(self) -> str:
+        accuracy = "unknown" if self.accuracy is None else f"{self.accuracy:.4g}"
+        return f"latency {self.latency_ms:.3g} ms, accuracy {accuracy}, cost ${self.cost:.3g}/query"
+
+
+class Infeasible(Unavailable):
+    """No placement meets the query's latency budget (with ``on_infeasible: "reject"``) or its ``max_cost``.
+
+    Nothing ran. ``Retry-After`` is set only where waiting can help: the latency was missed because of
+    queueing, and the fastest placement would meet the budget once its queue drains.
+    """
+
+    code = "infeasible"
+
+    def __init__(self, unmet: str, best: Achievable, retry_after_s: float | None = None) -> None:
+        self.unmet = unmet
+        self.best = best
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
+        super().__init__(f"no placement meets {unmet}; nothing was run; best achievable: {best}", headers=headers)
+
+
+def parse_on_infeasible(value: object, key: str) -> OnInfeasible:
+    """A query's ``on_infeasible`` hint as it arrived under ``key`` (absent: the default); ``BadRequest`` naming
+    the allowed values otherwise."""
+    if value is None:
+        return ON_INFEASIBLE[0]  # type: ignore[return-value]  # a member of OnInfeasible
+    if not isinstance(value, str) or value not in ON_INFEASIBLE:
+        allowed = " or ".join(f'"{v}"' for v in ON_INFEASIBLE)
+        raise BadRequest(f"'{key}' must be {allowed}, not {value!r:.100}")
+    return value  # type: ignore[return-value]  # checked against ON_INFEASIBLE above
+
+
+@dataclass(frozen=True)
 class Requirements:
     """What one query asks for. Exactly one of ``model`` / ``task`` is set."""
 
@@ -58,8 +115,9 @@ class Requirements:
     task: str | None = None
     latency_ms: float | None = None
     min_accuracy: float = 0.0
-    max_cost: float | None = None
+    max_cost: float | None = None  # a hard limit, $ per query
     batch: int = 1
+    on_infeasible: OnInfeasible = "best_effort"  # when the latency budget cannot be met: serve flagged, or reject
 
 
 @dataclass(frozen=True)
@@ -145,6 +203,7 @@ class _Option:
     worker: WorkerState
     loaded: bool
     estimated_ms: float
+    queue_ms: float  # of estimated_ms, the wait behind outstanding requests
     cost: float
 
 
@@ -169,10 +228,43 @@ def _queue_ms(depth: int, replicas: int, per_request_ms: float) -> float:
     return waiting * per_request_ms / replicas if waiting > 0 else 0.0
 
 
-def _options(candidate: Candidate, batch: int, live: LiveSnapshot, prices: Mapping[str, float]) -> list[_Option]:
+class _Room:
+    """Memory a worker could give a new instance: free, plus its idle instances' (those it would evict).
+
+    The idle part needs a pass over every loaded instance, so it is computed at most once per selection and
+    only when some worker's free memory alone is too small.
+    """
+
+    def __init__(self, live: LiveSnapshot) -> None:
+        self._live = live
+        self._idle_mb: dict[str, float] | None = None
+
+    def fits(self, worker: WorkerState, needed_mb: float) -> bool:
+        free = worker.memory_free_mb
+        if free >= needed_mb:
+            return True
+        if self._idle_mb is None:
+            idle: dict[str, float] = {}
+            for key, instances in self._live.instances.items():
+                for inst in instances:
+                    if self._live.depth(inst.worker_id, key) == 0:
+                        idle[inst.worker_id] = idle.get(inst.worker_id, 0.0) + inst.memory_mb
+            self._idle_mb = idle
+        return free + self._idle_mb.get(worker.id, 0.0) >= needed_mb
+
+
+def _options(
+    candidate: Candidate,
+    batch: int,
+    live: LiveSnapshot,
+    prices: Mapping[str, float],
+    room: _Room,
+    exclude: Collection[tuple[str, str]],
+) -> list[_Option]:
     curve = candidate.curve
     service = curve.service_ms(batch)
     per_request = curve.latencies_ms[0]
+    key = candidate.key
     usable = [
         w
         for w in live.workers
@@ -182,20 +274,27 @@ def _options(candidate: Candidate, batch: int, live: LiveSnapshot, prices: Mappi
         return []
     by_id = {w.id: w for w in usable}
     out: list[_Option] = []
-    for inst in live.instances.get(candidate.key, ()):
+    for inst in live.instances.get(key, ()):
         worker = by_id.get(inst.worker_id)
-        if worker is None:
+        if worker is None or (exclude and (key, worker.id) in exclude):
             continue
-        depth = live.depth(worker.id, candidate.key)
-        est = service + _queue_ms(depth, max(inst.replicas, 1), per_request)
-        out.append(_Option(candidate, worker, True, est, query_cost(candidate, worker, service, prices)))
-    loaded_on = {o.worker.id for o in out}
-    cold = [w for w in usable if w.id not in loaded_on]
+        depth = live.depth(worker.id, key)
+        queue = _queue_ms(depth, max(inst.replicas, 1), per_request)
+        out.append(
+            _Option(candidate, worker, True, service + queue, queue, query_cost(candidate, worker, service, prices))
+        )
+    loaded_on = {inst.worker_id for inst in live.instances.get(key, ())}
+    cold = [w for w in usable if w.id not in loaded_on and not (exclude and (key, w.id) in exclude)]
     if cold:
-        # One cold option per candidate: the worker with the most free memory (least eviction).
+        # One cold option per candidate: the worker with the most free memory (least eviction), if it has room;
+        # else the one with the most free memory among those that can make room by evicting idle instances.
         worker = max(cold, key=lambda w: (w.memory_free_mb, w.id))
-        est = curve.load_ms + service
-        out.append(_Option(candidate, worker, False, est, query_cost(candidate, worker, est, prices)))
+        if not room.fits(worker, curve.memory_mb):
+            roomy = [w for w in cold if room.fits(w, curve.memory_mb)]
+            worker = max(roomy, key=lambda w: (w.memory_free_mb, w.id)) if roomy else None
+        if worker is not None:
+            est = curve.load_ms + service
+            out.append(_Option(candidate, worker, False, est, 0.0, query_cost(candidate, worker, est, prices)))
     return out
 
 
@@ -204,8 +303,12 @@ def select(
     candidates: Sequence[Candidate],
     live: LiveSnapshot,
     prices: Mapping[str, float],
+    exclude: Collection[tuple[str, str]] = (),
 ) -> Selection:
-    """Choose the variant and worker for one query (see the module docstring for the rules)."""
+    """Choose the variant and worker for one query (see the module docstring for the rules).
+
+    ``exclude`` holds ``(variant key, worker id)`` placements not to offer (a load there just failed).
+    """
     floor = requirements.min_accuracy
     qualified = [
         c for c in candidates if (c.accuracy is not None and c.accuracy >= floor) or (c.accuracy is None and floor <= 0)
@@ -215,9 +318,13 @@ def select(
         raise AccuracyUnavailable(floor, max(measured) if measured else None)
 
     batch = requirements.batch
-    options = [o for c in qualified for o in _options(c, batch, live, prices)]
+    room = _Room(live)
+    options = [o for c in qualified for o in _options(c, batch, live, prices, room, exclude)]
     if not options:
-        raise NoWorkerAvailable("no live, non-draining worker can host a variant meeting the accuracy floor")
+        raise NoWorkerAvailable(
+            "no live, non-draining worker has room for a variant meeting the accuracy floor"
+            + (" (loads that failed for lack of memory excluded)" if exclude else "")
+        )
 
     budget, max_cost = requirements.latency_ms, requirements.max_cost
     affordable = [o for o in options if max_cost is None or o.cost <= max_cost]
@@ -229,14 +336,27 @@ def select(
         why = f"cheapest of {len(feasible)} placement(s) meeting"
         why += f" {budget:g} ms" if budget is not None else " no latency budget"
         return _selection(best, batch, False, why)
-    pool = affordable or options
-    best = min(pool, key=lambda o: (o.estimated_ms, o.cost, not o.loaded, o.candidate.key))
-    fastest = f"fastest ({best.estimated_ms:.2f} ms est)"
-    if affordable:
-        why = f"SLO at risk: no placement meets {budget:g} ms; serving the {fastest}"
-    else:
-        why = f"SLO at risk: no placement costs ≤ ${max_cost:.3g}; serving the {fastest}"
+    if not affordable:  # a hard limit: never served over it
+        raise Infeasible(f"max_cost ${max_cost:.3g}/query (a hard limit)", _achievable(options))
+    best = min(affordable, key=lambda o: (o.estimated_ms, o.cost, not o.loaded, o.candidate.key))
+    assert budget is not None  # affordable but not feasible: only the budget can be unmet
+    if requirements.on_infeasible == "reject":
+        # Waiting helps only where queueing is what makes a placement miss: once its queue drains, it meets.
+        waits_ms = [o.estimated_ms - budget for o in affordable if o.estimated_ms - o.queue_ms <= budget]
+        wait_s = min(waits_ms) / 1000.0 if waits_ms else None
+        raise Infeasible(f"latency_ms {budget:g}", _achievable(affordable), wait_s)
+    why = f"SLO at risk: no placement meets {budget:g} ms; serving the fastest ({best.estimated_ms:.2f} ms est)"
     return _selection(best, batch, True, why)
+
+
+def _achievable(options: Sequence[_Option]) -> Achievable:
+    """The best latency, accuracy and cost over ``options`` (only on the way to an error: off the hot path)."""
+    accuracies = [o.candidate.accuracy for o in options if o.candidate.accuracy is not None]
+    return Achievable(
+        latency_ms=min(o.estimated_ms for o in options),
+        accuracy=max(accuracies) if accuracies else None,
+        cost=min(o.cost for o in options),
+    )
 
 
 def _selection(option: _Option, batch: int, at_risk: bool, why: str) -> Selection:

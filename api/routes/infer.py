@@ -18,7 +18,7 @@ from fastapi import APIRouter, Query, Request, Response
 from api.deps import PrincipalDep, ServicesDep, can_use, get_principal
 from infaas.engine import Query as EngineQuery
 from infaas.errors import BadRequest
-from infaas.selector import Requirements
+from infaas.selector import ON_INFEASIBLE, Requirements, parse_on_infeasible
 from infaas.services import Services
 
 router = APIRouter(tags=["inference"])
@@ -35,7 +35,18 @@ _INFER_BODY = {
         },
         "latency_ms": {"type": "number", "exclusiveMinimum": 0, "description": "latency budget"},
         "min_accuracy": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
-        "max_cost": {"type": "number", "minimum": 0, "description": "dollars per query"},
+        "max_cost": {
+            "type": "number",
+            "minimum": 0,
+            "description": "dollars per query, a hard limit: when no placement is this cheap the answer is a 503",
+        },
+        "on_infeasible": {
+            "type": "string",
+            "enum": list(ON_INFEASIBLE),
+            "default": ON_INFEASIBLE[0],
+            "description": "when no placement meets latency_ms: serve the fastest flagged slo_at_risk "
+            "(best_effort), or answer 503 'infeasible' naming the best achievable and run nothing (reject)",
+        },
     },
 }
 
@@ -86,6 +97,7 @@ def parse_infer_body(body: bytes) -> tuple[Requirements, dict[str, Any]]:
         latency_ms=_number(document, "latency_ms", 0.0),
         min_accuracy=_number(document, "min_accuracy", 0.0, 1.0) or 0.0,
         max_cost=_number(document, "max_cost", 0.0),
+        on_infeasible=parse_on_infeasible(document.get("on_infeasible"), "on_infeasible"),
     )
     return requirements, inputs
 
@@ -94,10 +106,18 @@ def parse_infer_body(body: bytes) -> tuple[Requirements, dict[str, Any]]:
     "/v1/infer",
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _INFER_BODY}}}},
     responses={
-        400: {"description": "malformed body, or inputs of the wrong name, dtype or shape"},
+        400: {
+            "description": "malformed body (including an 'on_infeasible' other than best_effort or reject), "
+            "or inputs of the wrong name, dtype or shape"
+        },
         404: {"description": "unknown model or task (or one the caller may not use)"},
         422: {"description": "no variant reaches min_accuracy; the message names the best available"},
-        503: {"description": "the model has no ready variant yet"},
+        503: {
+            "description": "code 'infeasible': no placement costs at most max_cost (always), or none meets latency_ms "
+            "with on_infeasible 'reject'; nothing was run, and the message names the best achievable latency (ms), "
+            "accuracy and cost ($/query); Retry-After only when queueing is the cause. Other codes: the model has "
+            "no ready variant yet, or no worker has room for one (Retry-After)"
+        },
     },
 )
 async def infer(request: Request) -> Response:

@@ -1,9 +1,13 @@
 """Open Inference Protocol (KServe v2) REST, so Triton/KServe clients work unmodified.
 
 A v2 model name is an infaas model; the variant is chosen per query from the flat request
-``parameters`` ``slo_latency_ms`` / ``slo_min_accuracy`` / ``slo_max_cost`` and reported back in the
-response ``parameters``. Errors are ``{"error": "..."}`` with Triton's statuses: 400 bad request
-(including an unreachable accuracy floor), 404 unknown model, 503 not ready.
+``parameters`` ``slo_latency_ms`` / ``slo_min_accuracy`` / ``slo_max_cost`` / ``slo_on_infeasible``
+(``"best_effort"`` or ``"reject"``) and reported back in the response ``parameters``. Errors are
+``{"error": "..."}`` with Triton's statuses: 400 bad request (including an unreachable accuracy floor),
+404 unknown model, 503 not ready or infeasible. An infeasible query (``slo_max_cost`` unmeetable, or
+``slo_latency_ms`` with ``slo_on_infeasible: "reject"``) is a 503 as on ``/v1``: Triton answers its
+UNAVAILABLE status with 503, KServe's ``ModelNotReady`` is 503, and INFaaS answered such queries with
+UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from infaas.catalog import ModelInfo
 from infaas.engine import Query
 from infaas.errors import BadRequest, NotFound
 from infaas.oip import HEADER, InferRequest, OipError, decode_request, encode_response, tensor_metadata
-from infaas.selector import Requirements
+from infaas.selector import Requirements, parse_on_infeasible
 from infaas.services import Services
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -66,8 +70,17 @@ _MODEL_ERRORS: dict[int | str, dict] = {
 }
 _INFER_ERRORS: dict[int | str, dict] = {
     **_MODEL_ERRORS,
-    400: {"description": "bad request: inputs, binary header or unmeetable hints", "content": {"application/json": {}}},
-    503: {"description": "model not ready", "content": {"application/json": {}}},
+    400: {
+        "description": "bad request: inputs, binary header, a malformed hint (slo_on_infeasible other than "
+        "best_effort or reject) or an unreachable slo_min_accuracy",
+        "content": {"application/json": {}},
+    },
+    503: {
+        "description": "model not ready, or infeasible: no placement costs at most slo_max_cost (always), or none "
+        "meets slo_latency_ms with slo_on_infeasible 'reject'; nothing was run and the error names the best "
+        "achievable latency (ms), accuracy and cost ($/query); Retry-After only when queueing is the cause",
+        "content": {"application/json": {}},
+    },
 }
 
 
@@ -147,6 +160,7 @@ async def model_infer(request: Request) -> Response:
             latency_ms=_slo(decoded.parameters, "slo_latency_ms") or None,
             min_accuracy=_slo(decoded.parameters, "slo_min_accuracy") or 0.0,
             max_cost=_slo(decoded.parameters, "slo_max_cost"),
+            on_infeasible=parse_on_infeasible(decoded.parameters.get("slo_on_infeasible"), "slo_on_infeasible"),
         )
         return Query(requirements, decoded.inputs, lambda m: can_use(principal, m), principal.tenant), decoded
 

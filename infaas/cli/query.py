@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,10 @@ import typer
 from rich.console import Console
 
 from infaas.cli.client import call
+from infaas.selector import ON_INFEASIBLE
 
 out = Console()
+OnInfeasibleChoice = enum.Enum("OnInfeasibleChoice", {v: v for v in ON_INFEASIBLE}, type=str)  # type: ignore[misc]
 
 
 def _read_inputs(path: Path, input_name: str | None) -> dict[str, list]:
@@ -29,7 +32,11 @@ def query_command(
     input_name: str = typer.Option(None, help="input name for a .npy file (default: the model's only input)"),
     latency_ms: float = typer.Option(None, help="latency budget in ms"),
     min_accuracy: float = typer.Option(0.0, help="minimum measured accuracy"),
-    max_cost: float = typer.Option(None, help="maximum cost per query in $"),
+    max_cost: float = typer.Option(None, help="maximum cost per query in $ (a hard limit)"),
+    on_infeasible: OnInfeasibleChoice = typer.Option(
+        OnInfeasibleChoice.best_effort,
+        help="when no placement meets --latency-ms: serve the fastest flagged 'SLO at risk', or reject (run nothing)",
+    ),
 ) -> None:
     """Send one query that states what it needs; print the outputs' summary and who served it."""
     if (model is None) == (task is None):
@@ -48,6 +55,7 @@ def query_command(
         body["latency_ms"] = latency_ms
     if max_cost is not None:
         body["max_cost"] = max_cost
+    body["on_infeasible"] = on_infeasible.value
     answer = call("POST", "/v1/infer", json=body)
     for name, value in answer["outputs"].items():
         array = np.asarray(value)

@@ -30,11 +30,12 @@ from urllib3.exceptions import HTTPError
 from infaas.catalog import ProfileInfo, VariantInfo
 from infaas.errors import InvalidInput
 from infaas.worker.instance import InferResult
-from infaas.worker.worker import InstanceStatus, WorkerClient, WorkerError, WorkerStatus
+from infaas.worker.worker import InstanceStatus, OutOfMemory, WorkerClient, WorkerError, WorkerStatus
 
 FRAME_TYPE = "application/x-infaas-tensors"
 NEED_VARIANT = "need-variant"
 BAD_INPUT = "bad-input"  # the model could not run on the query's values (an ONNX Runtime error): a 400
+OUT_OF_MEMORY = "out-of-memory"  # a load did not fit: the query may move to another placement
 _HEADER = struct.Struct("<I")
 _MAX_HEADER = 1 << 20
 
@@ -100,6 +101,16 @@ def variant_from_json(raw: bytes | str) -> VariantInfo:
     return VariantInfo(**{**data, "providers": tuple(data["providers"]), "profiles": profiles})
 
 
+def _worker_error(response: urllib3.BaseHTTPResponse) -> WorkerError:
+    """The error a worker's refusal stands for (``OutOfMemory`` when tagged so), with its ``detail``."""
+    try:
+        detail = orjson.loads(response.data).get("detail", response.data)
+    except (orjson.JSONDecodeError, AttributeError):
+        detail = response.data
+    kind = OutOfMemory if response.headers.get("x-infaas-error") == OUT_OF_MEMORY else WorkerError
+    return kind(str(detail))
+
+
 class RemoteWorkerClient(WorkerClient):
     """``WorkerClient`` over HTTP to an ``infaas worker`` process."""
 
@@ -145,11 +156,7 @@ class RemoteWorkerClient(WorkerClient):
     def _json(self, method: str, path: str, body: bytes | None = None) -> Any:
         response = self._request(method, path, body)
         if response.status != 200:
-            try:
-                detail = orjson.loads(response.data).get("detail", response.data)
-            except (orjson.JSONDecodeError, AttributeError):
-                detail = response.data
-            raise WorkerError(str(detail))
+            raise _worker_error(response)
         return orjson.loads(response.data)
 
     def _track(self, key: str, delta: int) -> None:
@@ -171,6 +178,8 @@ class RemoteWorkerClient(WorkerClient):
                         continue
                 if response.status == 400 and response.headers.get("x-infaas-error") == BAD_INPUT:
                     raise InvalidInput(response.data.decode(errors="replace")[:1000])
+                if response.status == 409 and response.headers.get("x-infaas-error") == OUT_OF_MEMORY:
+                    raise _worker_error(response)
                 if response.status != 200:
                     raise WorkerError(response.data.decode(errors="replace")[:500])
                 meta, outputs = decode_frame(response.data)

@@ -28,12 +28,13 @@ from infaas.worker.remote import (
     BAD_INPUT,
     FRAME_TYPE,
     NEED_VARIANT,
+    OUT_OF_MEMORY,
     FrameError,
     decode_frame,
     encode_frame,
     variant_from_json,
 )
-from infaas.worker.worker import LocalWorker, WorkerError
+from infaas.worker.worker import LocalWorker, OutOfMemory, WorkerError
 
 
 class WorkerService:
@@ -104,7 +105,9 @@ class WorkerService:
 
 
 def _error(exc: WorkerError) -> HTTPException:
-    return HTTPException(409, str(exc))
+    # Out of memory is tagged so the front-end's engine can move the query to the next placement.
+    headers = {"x-infaas-error": OUT_OF_MEMORY} if isinstance(exc, OutOfMemory) else None
+    return HTTPException(409, str(exc), headers=headers)
 
 
 def create_worker_app(service: WorkerService) -> FastAPI:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from infaas.errors import BadRequest
 from infaas.live_state import InstanceState, LiveSnapshot, WorkerState
 from infaas.selector import (
     AccuracyUnavailable,
     Candidate,
+    Infeasible,
     NoWorkerAvailable,
     ProfileCurve,
     Requirements,
+    parse_on_infeasible,
     select,
 )
 from tests.factories import model_info, profiles, variant_info
@@ -202,3 +205,136 @@ def test_profile_at_the_batch_it_runs_with_extrapolation() -> None:
     assert single.service_ms(8) == pytest.approx(16.0)
     decision = select(Requirements(model="m", batch=3), [candidate("m", "v", {1: 2.0, 4: 5.0})], live(), PRICES)
     assert decision.estimated_ms == 105.0 and decision.batch == 3
+
+
+# -- on_infeasible and max_cost as a hard limit ----------------------------------------------------------
+
+
+def test_an_unmeetable_budget_with_reject_names_the_best_achievable() -> None:
+    loaded = live(loaded={"m/fast": [("w1", 1)], "m/slow": [("w1", 1)]})
+    both = [FAST_PRICEY, SLOW_CHEAP]
+    with pytest.raises(Infeasible) as excinfo:
+        select(Requirements(model="m", latency_ms=1, on_infeasible="reject"), both, loaded, PRICES)
+    error = excinfo.value
+    assert (error.status, error.code, error.unmet) == (503, "infeasible", "latency_ms 1")
+    # The real best over the placements: fastest is fast's 2 ms, cheapest slow's 1 core × 5 ms, accuracy 0.9.
+    assert error.best.latency_ms == 2.0
+    assert error.best.cost == pytest.approx(min(4 * 2.0, 1 * 5.0) * 0.048 / 3_600_000)
+    assert error.best.accuracy == 0.9
+    assert "latency 2 ms, accuracy 0.9, cost $6.67e-08/query" in str(error) and "nothing was run" in str(error)
+    # No queue: waiting cannot help, so no Retry-After.
+    assert "Retry-After" not in error.headers
+    # Best effort (the default) serves the fastest, flagged.
+    decision = select(Requirements(model="m", latency_ms=1), both, loaded, PRICES)
+    assert decision.variant.name == "fast" and decision.slo_at_risk
+
+
+def test_the_best_achievable_are_minima_over_every_qualifying_placement() -> None:
+    accurate_slow = candidate("m", "accurate", {1: 9.0}, accuracy=0.97, threads=1)
+    quick = candidate("m", "quick", {1: 3.0}, accuracy=0.85, threads=2)
+    cheap_cold = candidate("m", "cheap", {1: 4.0}, accuracy=0.9, threads=1, load_ms=50.0)
+    too_inaccurate = candidate("m", "int8", {1: 0.5}, accuracy=0.5)  # below the floor: not achievable
+    snapshot = live(
+        worker("w1"), worker("w2"), loaded={"m/accurate": [("w1", 1)], "m/quick": [("w2", 1)], "m/int8": [("w1", 1)]}
+    )
+    every = [accurate_slow, quick, cheap_cold, too_inaccurate]
+    with pytest.raises(Infeasible) as excinfo:
+        select(Requirements(model="m", latency_ms=2, min_accuracy=0.8, on_infeasible="reject"), every, snapshot, PRICES)
+    best = excinfo.value.best
+    per_ms = 0.048 / 3_600_000
+    costs = {
+        "accurate": [9.0 * per_ms, (100 + 9.0) * per_ms],  # loaded on w1, cold on w2
+        "quick": [2 * 3.0 * per_ms, 2 * (100 + 3.0) * per_ms],
+        "cheap": [(50 + 4.0) * per_ms],  # cold only
+    }
+    assert best.latency_ms == 3.0 and best.accuracy == 0.97
+    assert best.cost == pytest.approx(min(c for cs in costs.values() for c in cs))
+
+
+def test_queueing_is_the_only_reason_that_earns_a_retry_after() -> None:
+    # slow alone takes 5 ms; 3 outstanding make it 20 ms: after ~15 ms of draining it would meet 6 ms.
+    busy = live(loaded={"m/slow": [("w1", 1)]}, depth={("w1", "m/slow"): 3})
+    with pytest.raises(Infeasible) as excinfo:
+        select(Requirements(model="m", latency_ms=6, on_infeasible="reject"), [SLOW_CHEAP], busy, PRICES)
+    assert excinfo.value.headers == {"Retry-After": "1"} and excinfo.value.best.latency_ms == 20.0
+    # A budget below the service time itself: retrying cannot help.
+    with pytest.raises(Infeasible) as excinfo:
+        select(Requirements(model="m", latency_ms=4, on_infeasible="reject"), [SLOW_CHEAP], busy, PRICES)
+    assert "Retry-After" not in excinfo.value.headers
+
+
+def test_max_cost_is_a_hard_limit_whatever_on_infeasible_says() -> None:
+    snapshot = live(loaded={"m/fast": [("w1", 1)], "m/slow": [("w1", 1)]})
+    cheapest = 5.0 * 0.048 / 3_600_000  # slow: 1 core × 5 ms
+    for on_infeasible in ("best_effort", "reject"):
+        with pytest.raises(Infeasible) as excinfo:
+            select(
+                Requirements(model="m", max_cost=cheapest / 2, on_infeasible=on_infeasible),  # type: ignore[arg-type]
+                [FAST_PRICEY, SLOW_CHEAP],
+                snapshot,
+                PRICES,
+            )
+        assert excinfo.value.unmet.startswith("max_cost") and "a hard limit" in str(excinfo.value)
+        assert excinfo.value.best.cost == pytest.approx(cheapest) and excinfo.value.best.latency_ms == 2.0
+        assert "Retry-After" not in excinfo.value.headers
+    # At exactly the cheapest cost it is served.
+    assert select(Requirements(model="m", max_cost=cheapest), [FAST_PRICEY, SLOW_CHEAP], snapshot, PRICES).loaded
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, "best_effort"), ("best_effort", "best_effort"), ("reject", "reject")]
+)
+def test_on_infeasible_values(value: object, expected: str) -> None:
+    assert parse_on_infeasible(value, "on_infeasible") == expected
+
+
+@pytest.mark.parametrize("value", ["drop", "REJECT", "", 1, True, ["reject"]])
+def test_bad_on_infeasible_is_a_bad_request_naming_the_allowed_values(value: object) -> None:
+    with pytest.raises(BadRequest, match='\'slo_on_infeasible\' must be "best_effort" or "reject"'):
+        parse_on_infeasible(value, "slo_on_infeasible")
+
+
+# -- room for a cold placement ---------------------------------------------------------------------------
+
+
+def test_a_cold_placement_needs_free_memory_not_just_budget() -> None:
+    # w1 has the budget but 950 of its 1000 MB are held by a busy instance; w2 has room.
+    full = worker("w1", memory_used_mb=950.0)
+    roomy = worker("w2", memory_used_mb=800.0)
+    snapshot = live(full, roomy, loaded={"m/other": [("w1", 1)]}, depth={("w1", "m/other"): 1})
+    decision = select(Requirements(model="m"), [SLOW_CHEAP], snapshot, PRICES)  # needs 100 MB
+    assert decision.worker == "w2" and not decision.loaded
+    with pytest.raises(NoWorkerAvailable, match="has room"):
+        select(
+            Requirements(model="m"),
+            [SLOW_CHEAP],
+            live(full, loaded={"m/other": [("w1", 1)]}, depth={("w1", "m/other"): 1}),
+            PRICES,
+        )
+
+
+def test_idle_instances_count_as_room_since_the_worker_evicts_them() -> None:
+    # The 950 MB used is one idle instance of 100 MB plus others busy: 50 free + 100 idle ≥ 100 needed.
+    snapshot = live(
+        worker("w1", memory_used_mb=950.0),
+        loaded={"m/idle": [("w1", 1)], "m/busy": [("w1", 1)]},
+        depth={("w1", "m/busy"): 2},
+    )
+    decision = select(Requirements(model="m"), [SLOW_CHEAP], snapshot, PRICES)
+    assert decision.worker == "w1" and not decision.loaded
+
+
+def test_excluded_placements_move_the_query_to_the_next_one() -> None:
+    snapshot = live(worker("w1"), worker("w2", memory_used_mb=100.0))
+    first = select(Requirements(model="m"), [SLOW_CHEAP], snapshot, PRICES)
+    assert (first.worker, first.loaded) == ("w1", False)  # cold on the emptiest worker
+    second = select(Requirements(model="m"), [SLOW_CHEAP], snapshot, PRICES, exclude={("m/slow", "w1")})
+    assert (second.worker, second.loaded) == ("w2", False)
+    with pytest.raises(NoWorkerAvailable, match="lack of memory"):
+        select(Requirements(model="m"), [SLOW_CHEAP], snapshot, PRICES, exclude={("m/slow", "w1"), ("m/slow", "w2")})
+    # A loaded placement can be excluded too (its reload failed): the next cheapest is taken.
+    loaded = live(worker("w1"), worker("w2"), loaded={"m/fast": [("w1", 1)]})
+    both = [FAST_PRICEY, SLOW_CHEAP]
+    assert select(Requirements(model="m"), both, loaded, PRICES).variant.name == "fast"
+    after = select(Requirements(model="m"), both, loaded, PRICES, exclude={("m/fast", "w1")})
+    assert (after.variant.name, after.loaded) == ("slow", False)
