@@ -13,6 +13,7 @@ store, and the HTTP API.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ import numpy as np
 from sqlalchemy import create_engine, text
 
 from tests.crash.deployments import Deployment
-from tests.crash.workload import Ledger, Workload
+from tests.crash.workload import Ledger, Workload, batch_independent
+from tests.factories import reference_outputs
 
 FINAL_MODEL = {"ready", "failed"}
 FINAL_VARIANT = {"ready", "failed", "skipped"}
@@ -56,6 +58,9 @@ def read_catalog(deployment: Deployment) -> Catalog:
             ]
             jobs = {r["id"]: dict(r) for r in conn.execute(text("SELECT * FROM jobs")).mappings()}
             work = [dict(r) for r in conn.execute(text("SELECT * FROM work_items")).mappings()]
+            for item in work:  # a JSON column read by plain SQL: text on SQLite, decoded on PostgreSQL
+                if isinstance(item["kwargs"], str):
+                    item["kwargs"] = json.loads(item["kwargs"])
             orphan_profiles = conn.execute(
                 text("SELECT count(*) FROM profiles p LEFT JOIN variants v ON v.id = p.variant_id WHERE v.id IS NULL")
             ).scalar_one()
@@ -200,13 +205,40 @@ def jobs(catalog: Catalog, ledger: Ledger) -> list[str]:
         if results != [job["result_key"]]:
             problems.append(f"job {submission.job_id} has results {results}, expected exactly [{job['result_key']}]")
             continue
-        with np.load(catalog.files[job["result_key"]]) as result:
-            outputs = result["y"]
-        if outputs.shape != (submission.samples, 3) or not np.isfinite(outputs).all():
-            problems.append(
-                f"job {submission.job_id}'s result has shape {outputs.shape}, not ({submission.samples}, 3)"
-            )
+        problems += _job_outputs(catalog, submission.job_id, job, submission.samples)
     return problems
+
+
+def _job_outputs(catalog: Catalog, job_id: str, job: dict, samples: int) -> list[str]:
+    """The result holds, for every input row, what ONNX Runtime computes with the variant the job ran on
+    (checked while that variant's file is still stored, a later deletion of the model removes it, and for
+    variants whose outputs do not depend on the job's batch size)."""
+    with np.load(catalog.files[job["result_key"]]) as result:
+        outputs = result["y"]
+    if outputs.shape != (samples, 3):
+        return [f"job {job_id}'s result has shape {outputs.shape}, not ({samples}, 3)"]
+    model, _, variant = (job["variant"] or "").partition("/")
+    artifact = catalog.files.get(f"models/{model}/variants/{variant.removesuffix('-t1')}.onnx")
+    if artifact is None or not batch_independent(variant):
+        return []
+    expected = reference_outputs(artifact.read_bytes(), np.load(catalog.files[job["input_key"]]))
+    if not np.allclose(outputs, expected, rtol=1e-4, atol=1e-4):
+        return [f"job {job_id}'s result differs from {job['variant']}'s outputs on its input"]
+    return []
+
+
+def duplicate_work(catalog: Catalog, ledger: Ledger) -> list[str]:
+    """One work item per acknowledged job: a second one would run the job twice."""
+    items: dict[str, int] = {}
+    for item in catalog.work:
+        job_id = (item["kwargs"] or {}).get("job_id")
+        if item["task"] == "offline_job" and job_id:
+            items[job_id] = items.get(job_id, 0) + 1
+    return [
+        f"job {s.job_id} has {items[s.job_id]} work items (queued more than once)"
+        for s in ledger.acked_jobs()
+        if s.job_id is not None and items.get(s.job_id, 0) > 1
+    ]
 
 
 def check(deployment: Deployment, ledger: Ledger, workload: Workload, watch: ResultWatch) -> list[str]:
@@ -216,6 +248,7 @@ def check(deployment: Deployment, ledger: Ledger, workload: Workload, watch: Res
         unsettled(catalog)
         + registrations(catalog, ledger, workload)
         + jobs(catalog, ledger)
+        + duplicate_work(catalog, ledger)
         + watch.observe(catalog)
         + list(ledger.violations)
     )

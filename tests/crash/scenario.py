@@ -227,7 +227,8 @@ class Outage:
 
 
 def outage_answers(ledger: Ledger, since: float, until: float) -> tuple[int, list[str]]:
-    """503s answered in ``[since, until]``: how many said when to retry, and what was wrong with the others.
+    """503s answered in ``[since, until]``: how many said a backing service is down and when to retry, and
+    what was wrong with the others.
 
     ``model_not_ready`` is a state of the model, not an outage; every other 503 must carry ``Retry-After``.
     """
@@ -236,19 +237,19 @@ def outage_answers(ledger: Ledger, since: float, until: float) -> tuple[int, lis
         if not since <= answer.at <= until or answer.code == "model_not_ready":
             continue
         if answer.retry_after:
-            told += 1
+            told += answer.code == "backend_unavailable"
         else:
             problems.append(f"{answer.request} answered 503 without Retry-After: {answer.body}")
     return told, problems
 
 
-def run_outage(deployment: Deployment, seed: int, outage: Outage) -> CaseReport:
+def run_outage(deployment: Deployment, seed: int, outage: Outage, prefix: str = "m") -> CaseReport:
     """Take ``outage`` down for a few seconds under load, bring it back, and check that the deployment
     answered clearly meanwhile, recovered by itself (no process restarted), and lost or half-wrote nothing."""
     rng = random.Random(seed)
     report = CaseReport(f"{deployment.kind} {outage.service} outage", seed)
     ledger = Ledger()
-    workload = Workload(deployment.url, deployment.store, Models(deployment.root), ledger, "m")
+    workload = Workload(deployment.url, deployment.store, Models(deployment.root), ledger, prefix)
     watch = invariants.ResultWatch()
     try:
         warm_up(workload, ledger, rng)
@@ -268,7 +269,9 @@ def run_outage(deployment: Deployment, seed: int, outage: Outage) -> CaseReport:
         told, unclear = outage_answers(ledger, down_at, back_at + 1.0)
         report.problems += unclear
         if not told:
-            report.problems.append(f"no request was answered 503 with Retry-After during the {outage.service} outage")
+            report.problems.append(
+                f"no request was answered 503 backend_unavailable during the {outage.service} outage"
+            )
         deployment.ensure_running()  # so that the invariants below can still be read through the API
         settle_and_check(deployment, report, ledger, workload, watch, rng)
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,18 +22,23 @@ from tests.crash.scenario import Outage, run_outage
 SEED = int(os.environ.get("CRASH_SEED", "1301"))
 
 
-@pytest.fixture
-def backing(tmp_path: Path) -> Iterator[tuple[PrivatePostgres, PrivateRedis]]:
-    with private_postgres() as postgres, private_redis(tmp_path) as redis_server:
+@pytest.fixture(scope="module")
+def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivatePostgres, PrivateRedis]]:
+    with private_postgres() as postgres, private_redis(tmp_path_factory.mktemp("redis")) as redis_server:
         if postgres is None or redis_server is None:
             pytest.skip("needs PostgreSQL's server programs and redis-server installed")
         yield postgres, redis_server
 
 
-@pytest.fixture
-def deployment(tmp_path: Path, backing: tuple[PrivatePostgres, PrivateRedis]) -> Iterator[Deployment]:
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, backing: tuple[PrivatePostgres, PrivateRedis]
+) -> Iterator[Deployment]:
+    """One deployment for both outages (starting one costs more than an outage): the Redis outage meets a
+    deployment that already rode out a PostgreSQL one, as a long-lived deployment would."""
     postgres, redis_server = backing
-    with scaled_out(tmp_path, postgres.create_database("infaas"), redis_server.url()) as running:
+    root = tmp_path_factory.mktemp("outages")
+    with scaled_out(root, postgres.create_database("infaas"), redis_server.url()) as running:
         yield running
 
 
@@ -47,7 +51,7 @@ def test_postgres_outage_is_answered_503_and_recovered(
     deployment: Deployment, backing: tuple[PrivatePostgres, PrivateRedis]
 ) -> None:
     postgres, _ = backing
-    report = run_outage(deployment, SEED + 2000, Outage("PostgreSQL", postgres.stop, postgres.start))
+    report = run_outage(deployment, SEED + 2000, Outage("PostgreSQL", postgres.stop, postgres.start), prefix="p")
     assert not report.problems, report.message(_replay("postgres_outage"), deployment.logs())
 
 
@@ -56,5 +60,5 @@ def test_redis_outage_is_answered_503_and_recovered(
     deployment: Deployment, backing: tuple[PrivatePostgres, PrivateRedis]
 ) -> None:
     _, redis_server = backing
-    report = run_outage(deployment, SEED + 3000, Outage("Redis", redis_server.stop, redis_server.start))
+    report = run_outage(deployment, SEED + 3000, Outage("Redis", redis_server.stop, redis_server.start), prefix="r")
     assert not report.problems, report.message(_replay("redis_outage"), deployment.logs())
