@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import anyio
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from infaas import offload
 from infaas.engine import Answer, Query
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
-from infaas.selector import Requirements
+from infaas.selector import Infeasible, Requirements
 from infaas.services import Services
 from tests.factories import linear_model, profiles, seed_model
 
@@ -84,6 +85,30 @@ def test_engine_raises_domain_errors(services: Services, query: Query, error: ty
     _seeded(services)
     with pytest.raises(error):
         services.engine.infer(query)
+
+
+def test_a_rejected_query_runs_nothing(services: Services) -> None:
+    _seeded(services, p50_ms=5.0)  # cold: 5 ms load + 5 ms service
+    query = Query(Requirements(model="lin", latency_ms=1, on_infeasible="reject"), {"x": [[0.0] * 4]}, tenant="t1")
+    with pytest.raises(Infeasible, match="no placement meets latency_ms 1; nothing was run") as excinfo:
+        services.engine.infer(query)
+    assert excinfo.value.best.latency_ms == 10.0
+    # Nothing ran: no query recorded, nothing loaded on any worker.
+    assert services.live.recent_queries(10) == [] and services.live.instances() == []
+    assert services.engine.workers.local is not None and services.engine.workers.local.status().instances == ()
+    # The same query, best effort, is served and flagged.
+    answer = services.engine.infer(
+        replace(query, requirements=replace(query.requirements, on_infeasible="best_effort"))
+    )
+    assert answer.served_by.slo_at_risk and len(services.live.recent_queries(10)) == 1
+
+
+def test_an_unaffordable_query_runs_nothing_even_best_effort(services: Services) -> None:
+    _seeded(services)
+    query = Query(Requirements(model="lin", max_cost=1e-15), {"x": [[0.0] * 4]})
+    with pytest.raises(Infeasible, match="max_cost"):
+        services.engine.infer(query)
+    assert services.live.recent_queries(10) == [] and services.live.instances() == []
 
 
 def test_a_model_without_ready_variants_is_not_ready(services: Services) -> None:
