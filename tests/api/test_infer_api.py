@@ -289,3 +289,68 @@ def test_candidate_cache_reads_the_catalog_only_after_a_change(client: TestClien
     seed_tiny(services, "second", TINY)  # the metadata store's listener invalidates the cache
     assert client.post("/v1/infer", json={**body, "model": "second"}).status_code == 200
     assert calls >= 1
+
+
+# -- on_infeasible and max_cost as a hard limit -----------------------------------------------------------
+
+
+def test_v1_infeasible_queries_are_503_naming_the_best_and_run_nothing(client: TestClient) -> None:
+    x = {"x": [[0] * IN]}
+    rejected = client.post(
+        "/v1/infer", json={"model": "tiny", "inputs": x, "latency_ms": 0.01, "on_infeasible": "reject"}
+    )
+    assert rejected.status_code == 503 and rejected.json()["code"] == "infeasible"
+    detail = rejected.json()["detail"]
+    # Cold: 5 ms load + 0.1 ms service is the fastest; accuracy as profiled.
+    assert "no placement meets latency_ms 0.01; nothing was run" in detail
+    assert "best achievable: latency 5.1 ms, accuracy 0.9, cost $" in detail
+    assert "retry-after" not in rejected.headers  # no queue: waiting would not help
+    unaffordable = client.post("/v1/infer", json={"model": "tiny", "inputs": x, "max_cost": 1e-15})
+    assert unaffordable.status_code == 503 and unaffordable.json()["code"] == "infeasible"
+    assert "max_cost $1e-15/query (a hard limit)" in unaffordable.json()["detail"]
+    assert client.get("/v1/queries").json()["queries"] == []
+    assert client.get("/v1/stats").json()["workers"][0]["instances"] == []
+    # Best effort (the default, or said outright) serves the fastest, flagged.
+    for hint in ({}, {"on_infeasible": "best_effort"}):
+        served = client.post("/v1/infer", json={"model": "tiny", "inputs": x, "latency_ms": 0.01, **hint})
+        assert served.status_code == 200 and served.json()["served_by"]["slo_at_risk"] is True
+
+
+@pytest.mark.parametrize("value", ["drop", "", 1, None])
+def test_v1_bad_on_infeasible_is_400_naming_the_allowed_values(client: TestClient, value: object) -> None:
+    body = {"model": "tiny", "inputs": {"x": [[0] * IN]}, "on_infeasible": value}
+    response = client.post("/v1/infer", json=body)
+    if value is None:  # null is absent: the default
+        assert response.status_code == 200
+        return
+    assert response.status_code == 400
+    assert """'on_infeasible' must be "best_effort" or "reject\"""" in response.json()["detail"]
+
+
+def test_v2_infeasible_queries_are_503_and_bad_hints_400(client: TestClient) -> None:
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, IN], "data": [0.0] * IN}]}
+    reject = {**body, "parameters": {"slo_latency_ms": 0.01, "slo_on_infeasible": "reject"}}
+    response = client.post("/v2/models/tiny/infer", json=reject)
+    assert response.status_code == 503 and list(response.json()) == ["error"]
+    assert "nothing was run; best achievable: latency 5.1 ms" in response.json()["error"]
+    response = client.post("/v2/models/tiny/infer", json={**body, "parameters": {"slo_max_cost": 1e-15}})
+    assert response.status_code == 503 and "max_cost" in response.json()["error"]
+    bad = {**body, "parameters": {"slo_on_infeasible": "later"}}
+    response = client.post("/v2/models/tiny/infer", json=bad)
+    assert response.status_code == 400
+    assert response.json() == {"error": """'slo_on_infeasible' must be "best_effort" or "reject", not 'later'"""}
+    assert client.get("/v1/queries").json()["queries"] == []
+    best_effort = {**body, "parameters": {"slo_latency_ms": 0.01, "slo_on_infeasible": "best_effort"}}
+    response = client.post("/v2/models/tiny/infer", json=best_effort)
+    assert response.status_code == 200 and response.json()["parameters"]["slo_at_risk"] is True
+
+
+def test_the_hint_and_its_errors_are_documented(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    v1 = paths["/v1/infer"]["post"]
+    schema = v1["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["on_infeasible"]["enum"] == ["best_effort", "reject"]
+    assert "infeasible" in v1["responses"]["503"]["description"]
+    assert "on_infeasible" in v1["responses"]["400"]["description"]
+    v2 = paths["/v2/models/{name}/infer"]["post"]["responses"]
+    assert "infeasible" in v2["503"]["description"] and "slo_on_infeasible" in v2["400"]["description"]
