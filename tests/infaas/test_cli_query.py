@@ -48,3 +48,16 @@ def test_query_errors(runner: CliRunner, services: Services, mlp_path: Path, tmp
     assert unknown.exit_code == 1 and "404" in unknown.output
     too_accurate = runner.invoke(app, ["query", "mlp", "--input", str(tmp_path / "x.npy"), "--min-accuracy", "0.999"])
     assert too_accurate.exit_code == 1 and "422" in too_accurate.output
+
+
+def test_query_on_infeasible(runner: CliRunner, services: Services, mlp_path: Path, tmp_path: Path) -> None:
+    seed_model(services, "mlp", mlp_path.read_bytes(), task=TASK, max_batch=32, variants=MLP_VARIANTS)
+    np.save(tmp_path / "x.npy", np.zeros((1, 8), dtype=np.float32))
+    args = ["query", "mlp", "--input", str(tmp_path / "x.npy"), "--latency-ms", "0.01"]
+    rejected = runner.invoke(app, [*args, "--on-infeasible", "reject"])
+    said = " ".join(rejected.output.split())  # rich wraps long lines
+    assert rejected.exit_code == 1 and "error 503" in said and "nothing was run; best achievable: latency" in said
+    served = runner.invoke(app, args)  # best effort by default
+    assert served.exit_code == 0 and "(SLO at risk)" in served.output
+    wrong = runner.invoke(app, [*args, "--on-infeasible", "later"])
+    assert wrong.exit_code == 2 and "best_effort" in wrong.output and "reject" in wrong.output
