@@ -85,6 +85,7 @@ class ModelOut(BaseModel):
     status_reason: str | None
     size_bytes: int
     created_at: datetime
+    rewrites: list[str]
     variant_counts: VariantCounts
     variants: list[VariantOut] | None = None
 
@@ -108,6 +109,7 @@ class ModelOut(BaseModel):
             status_reason=m.status_reason,
             size_bytes=m.size_bytes,
             created_at=m.created_at,
+            rewrites=list(m.rewrites),
             variant_counts=counts,
             variants=[VariantOut.of(v) for v in m.variants] if with_variants else None,
         )

@@ -81,6 +81,7 @@ class ModelInfo:
     size_bytes: int
     created_at: datetime
     variants: tuple[VariantInfo, ...] = field(default=())
+    rewrites: tuple[str, ...] = ()  # what registration changed to serve the upload (``infaas.zipmap``)
 
 
 @dataclass(frozen=True)

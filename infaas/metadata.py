@@ -62,6 +62,7 @@ class NewModel:
     size_bytes: int
     framework: str = "onnx"
     status: str = ModelStatus.PENDING
+    rewrites: tuple[str, ...] = ()  # what registration changed to serve the upload (``infaas.zipmap``)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def _model_info(row: Model, with_variants: bool = True) -> ModelInfo:
         size_bytes=row.size_bytes,
         created_at=row.created_at,
         variants=tuple(_variant_info(v, row.name) for v in row.variants) if with_variants else (),
+        rewrites=tuple(row.rewrites or ()),
     )
 
 
@@ -237,6 +239,7 @@ class MetadataStore:
                 **new.__dict__,
                 "inputs": [spec.to_json() for spec in new.inputs],
                 "outputs": [spec.to_json() for spec in new.outputs],
+                "rewrites": list(new.rewrites),
             }
         )
         try:

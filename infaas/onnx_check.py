@@ -2,7 +2,10 @@
 
 Order matters: parse → structural checks (checker, external data anywhere, absurd stored or declared
 tensors) → ONNX Runtime load → one inference at the declared shapes. A model that passes all four is
-safe to store and to serve.
+safe to store and to serve. Between the checker and the rest, a ZipMap output (skl2onnx's default for a
+classifier's probabilities) is rewritten to the tensor it wraps (``infaas.zipmap``) and any other
+non-tensor input or output is refused by name; the rewritten model is what the later checks see and what
+registration stores.
 
 The static checks only see shapes known before running; a shape computed at run time (``ReduceMax →
 Cast → Add → ConstantOfShape`` to [20000, 20000]: 1.6 GB) or a ``Loop`` with trip count 2^62 shows
@@ -32,6 +35,7 @@ from infaas.errors import BadRequest, InvalidInput
 from infaas.runtime import create_session, numpy_dtype
 from infaas.sandbox import Limits, is_allocation_failure, run_limited
 from infaas.tensors import TensorSpec
+from infaas.zipmap import describe_type, unwrap_zipmaps
 
 # Far beyond any model infaas serves on one host; a declared tensor past this is an attack or a bug.
 MAX_TENSOR_ELEMENTS = 2_000_000_000
@@ -54,6 +58,8 @@ class CheckedModel:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     opset: int | None
+    rewrites: tuple[str, ...] = ()  # what registration changed to serve the model (``infaas.zipmap``)
+    artifact: bytes | None = None  # the rewritten model to store; ``None``: the upload, unchanged
 
 
 def _parse(data: bytes) -> onnx.ModelProto:
@@ -134,6 +140,27 @@ def _check_value_infos(model: onnx.ModelProto) -> None:
                 )
 
 
+def _check_tensor_signature(model: onnx.ModelProto) -> None:
+    """Refuse a non-tensor graph input or output (sequence, map, optional, sparse), naming it and its type."""
+    skl2onnx = model.producer_name == "skl2onnx"
+    for role, values in (("input", model.graph.input), ("output", model.graph.output)):
+        for value in values:
+            kind = value.type.WhichOneof("value")
+            if kind in (None, "tensor_type"):
+                continue
+            sklearn_hint = (
+                "; from skl2onnx, export with options={id(model): {'zipmap': False}} (or 'zipmap': False for "
+                "every classifier) to get the probabilities as a tensor"
+                if skl2onnx or (kind == "sequence_type" and value.type.sequence_type.elem_type.HasField("map_type"))
+                else ""
+            )
+            raise ModelCheckError(
+                f"{role} {value.name!r} is a {describe_type(value.type)}, not a tensor: infaas serves tensors only "
+                f"(queries are batched, split and scored as arrays); change the model so that {value.name!r} is a "
+                f"dense tensor{sklearn_hint} (a ZipMap that is itself a graph output is unwrapped automatically)"
+            )
+
+
 def _check_tensors(model: onnx.ModelProto) -> None:
     for tensor in _all_tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
@@ -179,6 +206,10 @@ def check_model_bytes(data: bytes) -> CheckedModel:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelCheckError(f"ONNX checker rejected the model: {str(exc).splitlines()[0]}") from exc
+    rewrites = unwrap_zipmaps(model)
+    if rewrites:
+        data = model.SerializeToString()
+    _check_tensor_signature(model)
     _check_tensors(model)
     _check_declared_shapes(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -195,7 +226,9 @@ def check_model_bytes(data: bytes) -> CheckedModel:
         session.run(None, _probe_inputs(inputs))
     except Exception as exc:
         raise _runtime_failure(exc, "a test inference at the declared input shapes failed") from exc
-    return CheckedModel(inputs=inputs, outputs=outputs, opset=opset)
+    return CheckedModel(
+        inputs=inputs, outputs=outputs, opset=opset, rewrites=rewrites, artifact=data if rewrites else None
+    )
 
 
 def check_model_file(path: Path) -> CheckedModel:

@@ -108,8 +108,8 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
     request = replace(request, name=request.full_name, namespace=None)
     if services.metadata.model_exists(request.name):
         raise DuplicateModel(request.name)
-    data = request.model_path.read_bytes()
     checked = check_model_isolated(request.model_path, check_limits(services.settings))
+    data = checked.artifact if checked.artifact is not None else request.model_path.read_bytes()
     if request.validation_path is not None:
         check_validation_file(request.validation_path, checked.inputs, array_bound(services.settings))
 
@@ -124,6 +124,7 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
             inputs=checked.inputs,
             outputs=checked.outputs,
             opset=checked.opset,
+            rewrites=checked.rewrites,
             declared_accuracy=request.declared_accuracy,
             max_batch=request.max_batch,
             owner=request.owner,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -182,6 +183,8 @@ def describe(name: str) -> None:
     for io in ("inputs", "outputs"):
         for t in m[io]:
             out.print(f"  {io[:-1]} {t['name']}: {t['dtype']}{t['shape']}")
+    for rewrite in m.get("rewrites") or []:
+        out.print(f"  rewritten at registration: {escape(rewrite)}")
     for v in m["variants"] or []:
         out.print(f"  variant {v['name']:<24} {v['status']:<9} {v.get('reason') or ''}")
 

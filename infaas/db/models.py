@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -69,6 +70,8 @@ class Model(Base):
     framework: Mapped[str] = mapped_column(String(32), default="onnx")
     inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # What registration changed to serve the upload (``infaas.zipmap``), one description each.
+    rewrites: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     opset: Mapped[int | None] = mapped_column(Integer, nullable=True)
     declared_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_batch: Mapped[int] = mapped_column(Integer, default=16)

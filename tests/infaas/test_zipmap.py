@@ -1,0 +1,38 @@
+"""The ZipMap rewrite on its own: class labels in column order, and the tensor equals scikit-learn's."""
+
+from __future__ import annotations
+
+import numpy as np
+from skl2onnx import to_onnx
+from sklearn.datasets import load_digits
+from sklearn.ensemble import RandomForestClassifier
+
+from infaas.onnx_check import check_model_bytes
+from infaas.runtime import create_session
+
+
+def test_labels_that_are_not_column_numbers_are_listed_and_columns_follow_them() -> None:
+    features, digits = load_digits(return_X_y=True)
+    features, labels = features[:300].astype(np.float32), 100 + 10 * digits[:300]  # classes 100, 110, ..., 190
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(features, labels)
+    upload = to_onnx(forest, features[:1]).SerializeToString()
+
+    checked = check_model_bytes(upload)
+
+    assert checked.rewrites == (
+        "ZipMap output 'output_probability' (seq(map(int64, tensor(float)))) is served as its probability tensor "
+        f"float32 [N, 10]; columns are classes {', '.join(str(c) for c in range(100, 200, 10))}",
+    )
+    assert checked.artifact is not None and checked.artifact != upload
+    label, probabilities = create_session(checked.artifact).run(None, {"X": features})
+    np.testing.assert_allclose(probabilities, forest.predict_proba(features), atol=1e-5)
+    np.testing.assert_array_equal(label, forest.predict(features))
+
+
+def test_a_model_without_zipmap_is_stored_as_uploaded() -> None:
+    features, digits = load_digits(return_X_y=True)
+    forest = RandomForestClassifier(n_estimators=2, random_state=0).fit(features[:100], digits[:100])
+    upload = to_onnx(forest, features[:1].astype(np.float32), options={id(forest): {"zipmap": False}})
+    checked = check_model_bytes(upload.SerializeToString())
+    assert checked.rewrites == () and checked.artifact is None
+    assert [(o.name, o.shape) for o in checked.outputs] == [("label", (-1,)), ("probabilities", (-1, 10))]
