@@ -217,6 +217,7 @@ def seed_model(
     checked = check_model_bytes(model)
     artifact_key = f"models/{name}/model.onnx"
     validation_key = f"models/{name}/validation.npz" if validation is not None else None
+    model = checked.artifact if checked.artifact is not None else model  # stored as registration would
     services.store.put_bytes(artifact_key, model)
     if validation is not None and validation_key is not None:
         services.store.put_bytes(validation_key, validation)
@@ -227,6 +228,7 @@ def seed_model(
             inputs=checked.inputs,
             outputs=checked.outputs,
             opset=checked.opset,
+            rewrites=checked.rewrites,
             declared_accuracy=declared_accuracy,
             max_batch=max_batch,
             owner=owner,

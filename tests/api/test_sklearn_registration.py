@@ -14,7 +14,10 @@ from onnx import TensorProto, helper
 from skl2onnx import to_onnx
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
+from typer.testing import CliRunner
 
+import infaas.cli.client
+from infaas.cli.main import app as cli
 from infaas.config import Settings
 from infaas.services import Services
 from tests.factories import wait_for
@@ -55,7 +58,10 @@ def _npz(**arrays: np.ndarray) -> bytes:
 
 
 def test_skl2onnx_default_export_registers_and_serves_probabilities(
-    client: TestClient, services: Services, iris: tuple[LogisticRegression, np.ndarray, np.ndarray]
+    client: TestClient,
+    services: Services,
+    iris: tuple[LogisticRegression, np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     classifier, features, labels = iris
     exported = to_onnx(classifier, features[:1])  # skl2onnx's defaults: the probabilities behind a ZipMap
@@ -71,6 +77,9 @@ def test_skl2onnx_default_export_registers_and_serves_probabilities(
     assert described["status"] == "ready", described
     assert described["rewrites"] == [ZIPMAP_REWRITE]
     assert ZIPMAP_REWRITE.replace("'", "&#39;") in client.get("/console/models/iris").text
+    monkeypatch.setattr(infaas.cli.client, "client", lambda timeout=120.0: TestClient(client.app))
+    shown = CliRunner().invoke(cli, ["describe", "iris"])
+    assert f"rewritten at registration: {ZIPMAP_REWRITE}" in " ".join(shown.output.split())  # rich wraps lines
     stored = onnx.load_model_from_string(services.store.get_bytes(services.metadata.get_model("iris").artifact_key))
     assert [node.op_type for node in stored.graph.node if node.op_type == "ZipMap"] == []
 
