@@ -10,6 +10,17 @@ One run, the same models, every layer measured side by side (so machine load aff
 * ``bare``       a bare FastAPI endpoint on uvicorn (uvloop, httptools, no access log) running the same
                  ONNX session inline: the reference ceiling for any Python HTTP server.
 
+Over HTTP several servers run at once, each on its own copy of one registered home (so all choose
+among the same variant files and profiles): ``now`` (this checkout, defaults, which include the
+inference fast path ``api/fast_routes.py``), ``fast_path_off`` (the same with
+``INFAAS_INFERENCE_FAST_PATH=false``), and one ``before_<commit>`` per ``--before PATH`` (a checkout of
+earlier code, e.g. ``git worktree add /tmp/before 04c8258``, started as that code starts; with one, the
+oldest registers the models and newer code migrates a copy of its database forward). Each HTTP
+measurement runs on every server back to back, in an order that rotates, for ``--rounds`` rounds;
+comparisons (``fast_path``, ``before``) take the median of the per-round ratios. ``fast_path`` applies
+issue 11's rule: the fast path stays only while it serves at least 15% more requests per second at 16
+connections on both inference endpoints (``keep``).
+
 In process: p50/p99 at batch 1 with one caller, and throughput with 8 calling threads. Over HTTP the
 load comes from ``wrk`` (C; ``benchmarks/wrk/post.lua`` posts the body) with 1, 8 and 16 connections,
 plus one Python client (``http.client``, one keep-alive connection per thread) for comparison. The
@@ -19,7 +30,8 @@ the load averages in mind.
 Models: the example zoo's smallest (``digits-logreg``, trained here from scikit-learn's digits) and
 a 64→256→10 MLP on the same data (the model the issue's MLServer/KServe/BentoML/Ray figures used).
 
-    python benchmarks/overhead.py [--seconds 3] [--models digits-logreg,digits-mlp-256] [--profile]
+    python benchmarks/overhead.py [--seconds 3] [--rounds 3] [--models digits-logreg,digits-mlp-256]
+                                  [--before PATH ...] [--profile]
 
 Needs ``wrk`` (``apt-get install -y wrk``). Prints a table and writes
 ``benchmarks/results/overhead.json``; ``--profile`` adds a py-spy profile of the server under OIP load.
@@ -41,8 +53,9 @@ import tempfile
 import threading
 import time
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +77,11 @@ TARGET_ENGINE_ADDED_P50_MS = 0.1
 TARGET_HTTP_ADDED_P50_MS = 0.5
 TARGET_OIP_C16_RPS = 3000.0
 TARGET_OIP_C16_P99_MS = 10.0
+
+CONNECTIONS = (1, 8, 16)  # wrk connections per HTTP measurement
+# Issue 11's rule for the inference fast path (api/fast_routes.py): it stays only if it adds this much.
+RULE_CONNECTIONS = 16
+FAST_PATH_MIN_GAIN = 0.15
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -145,23 +163,25 @@ def request(port: int, method: str, path: str, body: bytes | None = None, **head
         conn.close()
 
 
-def server_env(home: Path) -> dict[str, str]:
+def server_env(home: Path, code: Path = ROOT) -> dict[str, str]:
     """Embedded defaults (SQLite + local store + in-process worker, no auth) under a temporary home.
 
-    Only the variant profiler is shortened so that the build finishes in seconds.
+    Only the variant profiler is shortened so that the build finishes in seconds. ``code`` is the
+    checkout whose packages the process imports (this one, or ``--before``'s).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFAAS_")}
     env.update(
         INFAAS_HOME=str(home),
         INFAAS_PROFILE_RUNS="10",
         INFAAS_PROFILE_MAX_SECONDS="1",
-        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        PYTHONPATH=os.pathsep.join([str(code), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     )
     return env
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *args], env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """``python ARGS`` in ``cwd`` (``-m`` puts the working directory first on ``sys.path``)."""
+    return subprocess.Popen([sys.executable, *args], env=env, cwd=cwd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -172,6 +192,54 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@dataclass(frozen=True)
+class Server:
+    """One way to run ``infaas serve`` on the benchmark's home: which code, started how, with which settings."""
+
+    label: str
+    code: Path
+    module: str
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def launch(self, home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+        """Start it and wait until it answers; (process, port)."""
+        port = free_port()
+        env = server_env(home, self.code) | self.settings
+        proc = start(["-m", self.module, "serve", "--port", str(port)], env, log, cwd=self.code)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise SystemExit(f"{self.label} server exited ({proc.returncode}):\n{tail}")
+            return request(port, "GET", "/v2/health/ready")[0] == 200
+
+        wait_until(ready, f"the {self.label} server", 60)
+        return proc, port
+
+    def imports_from(self) -> str:
+        """Where this server's ``infaas`` package is imported from (proof that ``--before`` runs the old code)."""
+        probe = [sys.executable, "-c", "import infaas; print(infaas.__file__)"]
+        env = server_env(Path(tempfile.gettempdir()), self.code)
+        return subprocess.run(probe, env=env, cwd=self.code, capture_output=True, text=True, check=False).stdout.strip()
+
+
+def now_servers() -> list[Server]:
+    """This checkout, with the inference fast path (the default) and without it."""
+    return [
+        Server("now", ROOT, "infaas", {"INFAAS_INFERENCE_FAST_PATH": "true"}),
+        Server("fast_path_off", ROOT, "infaas", {"INFAAS_INFERENCE_FAST_PATH": "false"}),
+    ]
+
+
+def before_server(path: Path) -> Server:
+    """A checkout of earlier code (e.g. ``git worktree add /tmp/before <commit>``), started as that code starts."""
+    path = path.resolve()
+    if not (path / "infaas").is_dir():
+        raise SystemExit(f"--before {path}: not an infaas checkout")
+    module = "infaas" if (path / "infaas" / "__main__.py").exists() else "infaas.cli.main"
+    return Server(f"before_{git(path, 'rev-parse', '--short', 'HEAD') or path.name}", path, module)
 
 
 def register(port: int, name: str, files: dict[str, Any]) -> None:
@@ -187,6 +255,17 @@ def register(port: int, name: str, files: dict[str, Any]) -> None:
         )
     if response.status_code != 201:
         raise RuntimeError(f"registering {name}: {response.status_code} {response.text}")
+
+
+def prepare(
+    server: Server, home: Path, files: dict[str, dict[str, Any]], log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``server`` on a new home, register the models over HTTP and wait for their variants."""
+    proc, port = server.launch(home, log)
+    for name, model in files.items():
+        register(port, name, model)
+    wait_until(lambda: all(model_status(port, n) == "ready" for n in files), "the variant builds", 180)
+    return proc, port
 
 
 def model_status(port: int, name: str) -> str:
@@ -445,19 +524,19 @@ def profile_server(pid: int, url: str, body_file: Path, seconds: float, out: Pat
 # --------------------------------------------------------------------------------------------- main
 
 
+def git(checkout: Path, *args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
 def source() -> dict[str, Any]:
     """Which code was measured: the commit, and whether the serving code had uncommitted changes."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-        except OSError:
-            return ""
-
     return {
         "root": str(ROOT),
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_serving_changes": bool(git("status", "--porcelain", "--", "api", "infaas")),
+        "commit": git(ROOT, "rev-parse", "--short", "HEAD"),
+        "uncommitted_serving_changes": bool(git(ROOT, "status", "--porcelain", "--", "api", "infaas")),
     }
 
 
@@ -503,6 +582,56 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def compare(a: dict[str, Any], b: dict[str, Any], connections: int = RULE_CONNECTIONS) -> dict[str, Any]:
+    """Two servers' wrk figures for one model, per inference endpoint: req/s at ``connections``, p50 at 1.
+
+    ``rps_ratio`` is the median over rounds of each round's ratio (the two were measured back to back),
+    steadier on a busy machine than the ratio of the means. ``variants`` names the variant each server
+    chose: a comparison is fair only when they agree.
+    """
+    out: dict[str, Any] = {"variants": [a["variant"], b["variant"]]}
+    for endpoint in ("v1", "oip"):
+        x, y = a[f"{endpoint}_wrk_c{connections}"], b[f"{endpoint}_wrk_c{connections}"]
+        ratios = [p / q for p, q in zip(x["rounds_rps"], y["rounds_rps"], strict=True)]
+        out[endpoint] = {
+            "rps": [x["rps"], y["rps"]],
+            "rps_ratio": round(float(np.median(ratios)), 3),
+            "rounds_rps": [x["rounds_rps"], y["rounds_rps"]],
+            "p99_ms": [x["p99_ms"], y["p99_ms"]],
+            "c1_p50_ms": [a[f"{endpoint}_wrk_c1"]["p50_ms"], b[f"{endpoint}_wrk_c1"]["p50_ms"]],
+        }
+    return out
+
+
+def fast_path_verdict(servers: dict[str, Any]) -> dict[str, Any]:
+    """Issue 11's rule for ``api/fast_routes.py``, applied to this run: on vs off, same code, same home."""
+    on, off = servers["now"], servers["fast_path_off"]
+    out: dict[str, Any] = {
+        "rule": f">= {FAST_PATH_MIN_GAIN:.0%} more req/s with it than without at {RULE_CONNECTIONS} connections, "
+        f"on both POST /v1/infer and OIP infer ({PRIMARY})",
+        "pairs": "[on, off]",
+    }
+    for name in on:
+        out[name] = compare(on[name], off[name])
+        for endpoint in ("v1", "oip"):
+            out[name][endpoint]["gain"] = round(out[name][endpoint]["rps_ratio"] - 1.0, 3)
+    out["keep"] = all(out[PRIMARY][e]["gain"] >= FAST_PATH_MIN_GAIN for e in ("v1", "oip"))
+    return out
+
+
+def before_comparison(servers: dict[str, Any], before: Server) -> dict[str, Any]:
+    """This checkout (default settings) vs one ``--before`` checkout's code, measured in the same rounds."""
+    out: dict[str, Any] = {
+        "code": str(before.code),
+        "commit": git(before.code, "rev-parse", "--short", "HEAD"),
+        "imports_from": before.imports_from(),
+        "pairs": "[now, before]",
+    }
+    for name in servers["now"]:
+        out[name] = compare(servers["now"][name], servers[before.label][name])
+    return out
+
+
 def table(results: dict[str, Any]) -> str:
     rows = [
         ("raw session.run", "raw_c1", "raw_c8", None),
@@ -516,28 +645,86 @@ def table(results: dict[str, Any]) -> str:
     for name, m in results["models"].items():
         lines.append(f"\n{name}  (variant {results['chosen'][name]['variant']})")
         head = f"{'c1 p50':>9} {'c1 p99':>9} {'+p50':>8} | {'c8 req/s':>9} {'c8 p99':>8}"
-        lines.append(f"{'':32} {head} | {'c16 req/s':>9} {'c16 p99':>8}")
+        lines.append(f"{'':36} {head} | {'c16 req/s':>9} {'c16 p99':>8}")
         raw_p50 = m["raw_c1"]["p50_ms"]
-        for label, c1, c8, c16 in rows:
-            if c1 not in m:
+        labelled = [(label, m, c1, c8, c16) for label, c1, c8, c16 in rows]
+        for server, measured in results["servers"].items():
+            if server == "now":
                 continue
-            a, b = m[c1], m[c8]
-            c = m.get(c16) if c16 else None
+            for endpoint, what in (("v1", "POST /v1/infer"), ("oip", "OIP infer")):
+                keys = tuple(f"{endpoint}_wrk_c{c}" for c in CONNECTIONS)
+                labelled.append((f"{what} [{server}]", measured[name], *keys))
+        for label, source_, c1, c8, c16 in labelled:
+            if c1 not in source_:
+                continue
+            a, b = source_[c1], source_[c8]
+            c = source_.get(c16) if c16 else None
             tail = f"{c['rps']:>9.0f} {c['p99_ms']:>8.3f}" if c else f"{'':>9} {'':>8}"
             lines.append(
-                f"{label:32} {a['p50_ms']:>9.3f} {a['p99_ms']:>9.3f} {a['p50_ms'] - raw_p50:>+8.3f} | "
+                f"{label:36} {a['p50_ms']:>9.3f} {a['p99_ms']:>9.3f} {a['p50_ms'] - raw_p50:>+8.3f} | "
                 f"{b['rps']:>9.0f} {b['p99_ms']:>8.3f} | {tail}"
             )
     lines.append("\n(ms; '+p50' is added over raw session.run; c<N> = N concurrent clients/connections)")
+    verdict = results["fast_path"]
+    for endpoint in ("v1", "oip"):
+        v = verdict[PRIMARY][endpoint]
+        lines.append(
+            f"fast path {endpoint} c{RULE_CONNECTIONS}: on {v['rps'][0]:.0f} / off {v['rps'][1]:.0f} req/s, "
+            f"gain {v['gain']:+.1%} (rounds on {v['rounds_rps'][0]}, off {v['rounds_rps'][1]})"
+        )
+    lines.append(f"fast path rule ({verdict['rule']}): {'KEEP' if verdict['keep'] else 'REMOVE'}")
+    for label, before in results.get("before", {}).items():
+        for endpoint in ("v1", "oip"):
+            v = before[PRIMARY][endpoint]
+            lines.append(
+                f"now vs {label} {endpoint} c{RULE_CONNECTIONS}: {v['rps'][0]:.0f} / {v['rps'][1]:.0f} req/s "
+                f"(x{v['rps_ratio']}), c1 p50 {v['c1_p50_ms'][0]:.3f} / {v['c1_p50_ms'][1]:.3f} ms, "
+                f"variants {before[PRIMARY]['variants']}"
+            )
     for key, value in results["targets"].items():
         lines.append(f"target {key}: {'MET' if value['met'] else 'missed'}  {value}")
     return "\n".join(lines)
 
 
+def check(port: int, path: str, body_file: Path) -> dict[str, Any]:
+    """One request that must succeed; its decoded answer."""
+    status, answer = request(port, "POST", path, body_file.read_bytes(), **{"content-type": "application/json"})
+    if status != 200:
+        raise RuntimeError(f"{path} on port {port}: {status} {answer[:300]!r}")
+    return orjson.loads(answer)
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one wrk measurement as one: mean req/s and latencies, each round's req/s kept."""
+
+    def mean(key: str) -> float:
+        return round(float(np.mean([r[key] for r in runs])), 4)
+
+    return {
+        "requests": sum(r["requests"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "rps": round(mean("rps"), 1),
+        "p50_ms": mean("p50_ms"),
+        "p99_ms": mean("p99_ms"),
+        "mean_ms": mean("mean_ms"),
+        "max_ms": max(r["max_ms"] for r in runs),
+        "wrk_threads": runs[0]["wrk_threads"],
+        "rounds_rps": [r["rps"] for r in runs],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each load run")
+    parser.add_argument("--rounds", type=int, default=3, help="HTTP rounds (each measures every server once)")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument(
+        "--before",
+        type=Path,
+        action="append",
+        default=[],
+        help="a checkout of earlier code to measure over HTTP alongside (repeatable)",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile the server under OIP load (py-spy)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve-reference", nargs=2, metavar=("PORT", "SPEC"), help=argparse.SUPPRESS)
@@ -550,12 +737,15 @@ def main() -> None:
     names = [n for n in args.models.split(",") if n]
     if PRIMARY not in names:
         names.insert(0, PRIMARY)
+    befores = [before_server(path) for path in args.before]
+    servers = now_servers() + befores
     began = time.monotonic()
     results: dict[str, Any] = {
         "benchmark": "overhead",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine() | {"loadavg_start": list(os.getloadavg())},
         "seconds_per_run": args.seconds,
+        "rounds": args.rounds,
         "source": source(),
     }
     tmp = Path(tempfile.mkdtemp(prefix="infaas-overhead-"))
@@ -564,61 +754,102 @@ def main() -> None:
         print(f"building models in {tmp} ...", flush=True)
         files = build_models(tmp / "models", names)
         x = sample()
-        home = tmp / "home"
-        port = free_port()
-        server = start(["-m", "infaas", "serve", "--port", str(port)], server_env(home), tmp / "server.log")
-        procs.append(server)
-        wait_until(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, "infaas serve", 60)
+        body_files: dict[str, dict[str, Path]] = {}
         for name in names:
-            register(port, name, files[name])
-        wait_until(lambda: all(model_status(port, n) == "ready" for n in names), "the variant builds", 120)
+            body_files[name] = {}
+            for endpoint, body in bodies(name, x).items():
+                body_files[name][endpoint] = tmp / f"{name}.{endpoint}.json"
+                body_files[name][endpoint].write_bytes(body)
+        # One registration (by the oldest code, whose database the newer code migrates forward), and each
+        # server its own copy of that home: all choose among the same variant files and profiles.
+        registrar = befores[-1] if befores else servers[0]
+        print(f"registering the models with {registrar.label} ...", flush=True)
+        base = tmp / "home-registered"
+        stop(prepare(registrar, base, files, tmp / "setup.log")[0])
+        homes = {srv.label: tmp / f"home-{srv.label}" for srv in servers}
+        for home in homes.values():
+            shutil.copytree(base, home)
+        ports: dict[str, int] = {}
+        for srv in servers:
+            proc, ports[srv.label] = srv.launch(homes[srv.label], tmp / f"{srv.label}.log")
+            procs.append(proc)
+            wait_until(lambda p=ports[srv.label]: all(model_status(p, n) == "ready" for n in names), srv.label, 60)
+        server, port = procs[0], ports["now"]
         results["setup_s"] = round(time.monotonic() - began, 1)
-        print(f"server ready after {results['setup_s']} s; measuring in process ...", flush=True)
+        print(f"servers ready after {results['setup_s']} s; measuring in process ...", flush=True)
 
-        measured, chosen = in_process(home, names, x, args.seconds)
+        measured, chosen = in_process(homes["now"], names, x, args.seconds)
         results["chosen"] = chosen
-        spec = json.dumps({n: [c["path"], c["providers"], c["threads"]] for n, c in chosen.items()})
-        ref_port = free_port()
-        procs.append(start([__file__, "--serve-reference", str(ref_port), spec], server_env(home), tmp / "ref.log"))
-        wait_until(lambda: request(ref_port, "GET", "/docs")[0] == 200, "the reference server", 60)
-
-        for name in names:
-            body = bodies(name, x)
-            urls = {
-                "bare": (ref_port, "/v1/infer"),
-                "v1": (port, "/v1/infer"),
-                "oip": (port, f"/v2/models/{name}/infer"),
-            }
-            m = measured[name]
-            for endpoint, (p, path) in urls.items():
-                body_file = tmp / f"{name}.{endpoint}.json"
-                body_file.write_bytes(body[endpoint])
-                status, answer = request(p, "POST", path, body[endpoint], **{"content-type": "application/json"})
-                if status != 200:
-                    raise RuntimeError(f"{endpoint} {path}: {status} {answer[:300]!r}")
-                print(f"{name}: wrk → {endpoint}", flush=True)
-                for connections in (1, 8, 16):
-                    m[f"{endpoint}_wrk_c{connections}"] = wrk(
-                        f"http://127.0.0.1:{p}{path}", body_file, args.seconds, connections
-                    )
-            if name == PRIMARY:
-                print(f"{name}: Python client → v1", flush=True)
-                for threads in (1, 8):
-                    m[f"v1_py_c{threads}"] = python_client(port, "/v1/infer", body["v1"], args.seconds, threads)
-        results["models"] = measured
+        print(f"{PRIMARY}: Python client → v1", flush=True)
+        for threads in (1, 8):
+            measured[PRIMARY][f"v1_py_c{threads}"] = python_client(
+                port, "/v1/infer", body_files[PRIMARY]["v1"].read_bytes(), args.seconds, threads
+            )
         if args.profile:
             print("profiling the server under OIP load ...", flush=True)
             results["profile"] = profile_server(
                 server.pid,
                 f"http://127.0.0.1:{port}/v2/models/{PRIMARY}/infer",
-                tmp / f"{PRIMARY}.oip.json",
+                body_files[PRIMARY]["oip"],
                 max(args.seconds, 5.0),
                 tmp / "profile",
             )
+
+        spec = json.dumps({n: [c["path"], c["providers"], c["threads"]] for n, c in chosen.items()})
+        ports["bare"] = free_port()
+        reference = [__file__, "--serve-reference", str(ports["bare"]), spec]
+        procs.append(start(reference, server_env(homes["now"]), tmp / "ref.log"))
+        wait_until(lambda: request(ports["bare"], "GET", "/docs")[0] == 200, "the reference server", 60)
+
+        def path(endpoint: str, name: str) -> str:
+            return f"/v2/models/{name}/infer" if endpoint == "oip" else "/v1/infer"
+
+        # Every server answers once (a cold load, and which variant it chose) before anything is timed.
+        variants: dict[str, dict[str, str]] = defaultdict(dict)
+        for label, p in ports.items():
+            for name in names:
+                for endpoint in ("bare",) if label == "bare" else ("v1", "oip"):
+                    answer = check(p, path(endpoint, name), body_files[name][endpoint])
+                    if endpoint == "v1":
+                        variants[label][name] = answer["served_by"]["variant"]
+
+        # All servers stay up; each measurement runs on every server back to back, the order rotating, so
+        # that whatever else loads the machine hits them alike and each round gives paired figures.
+        runs: dict[str, dict[str, dict[str, list[Any]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+        labels, turn = list(ports), 0
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1}/{args.rounds}", flush=True)
+            for name in names:
+                for endpoint in ("v1", "oip"):
+                    for connections in CONNECTIONS:
+                        for label in labels[turn % len(labels) :] + labels[: turn % len(labels)]:
+                            measure = "bare" if label == "bare" else endpoint
+                            if label == "bare" and endpoint == "oip":
+                                continue
+                            url = f"http://127.0.0.1:{ports[label]}{path(measure, name)}"
+                            result = wrk(url, body_files[name][measure], args.seconds, connections)
+                            runs[label][name][f"{measure}_wrk_c{connections}"].append(result)
+                        turn += 1
     finally:
         for proc in procs:
             stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
+    results["servers"] = {
+        label: {
+            name: {"variant": variants[label][name]} | {key: combine(values) for key, values in by_key.items()}
+            for name, by_key in by_model.items()
+        }
+        for label, by_model in runs.items()
+        if label != "bare"
+    }
+    for name in names:
+        now = results["servers"]["now"][name]
+        measured[name] |= {k: v for k, v in now.items() if k != "variant"}
+        measured[name] |= {k: combine(v) for k, v in runs["bare"][name].items()}
+    results["models"] = measured
+    results["fast_path"] = fast_path_verdict(results["servers"])
+    if befores:
+        results["before"] = {srv.label: before_comparison(results["servers"], srv) for srv in befores}
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["elapsed_s"] = round(time.monotonic() - began, 1)
     results["targets"] = targets(results)
