@@ -2,8 +2,9 @@
 
 The API, the CLI, the Celery worker and the autoscaler all call ``build_services``; it is the only place
 that chooses between the embedded and scaled-out implementation of a concern (metadata SQLite or
-PostgreSQL, model store folder or S3, live state in-process or Redis, jobs in-process or Celery) and
-wires them together. Everything else receives a ``Services`` and never asks which mode it is in.
+PostgreSQL, model store folder or S3, live state in-process or Redis, jobs in-process or Celery, the
+autoscaler's leader lease always ours or in Redis) and wires them together. Everything else receives a
+``Services`` and never asks which mode it is in.
 """
 
 from __future__ import annotations

@@ -172,8 +172,8 @@ def test_one_front_end_acts_and_a_killed_leader_hands_over_within_the_lease(fron
     assert front_ends.name_of(second) == survivor
     print(f"leader {leader} killed; {survivor} took over after {handover_s:.2f} s (lease {LEASE_S} s)")
     # The lease was renewed at most RENEW_S before the kill, and the survivor tries every RENEW_S; the
-    # last term covers writing and polling the decision (measured 0.1-0.3 s on this machine).
-    assert handover_s <= LEASE_S + RENEW_S + 0.7
+    # last term covers writing and polling the decision and a loaded machine (1.67-1.78 s in all measured here).
+    assert handover_s <= LEASE_S + RENEW_S + 1.0
 
     took = next(d for d in front_ends.decisions() if d.level == "leader" and d.target == second)
     assert took.inputs["previous_leader"] == first and took.inputs["decisions_used"] == 1
