@@ -3,41 +3,46 @@
 Why a process: ONNX Runtime gives no way to stop a ``session.run`` from outside, and no per-session cap on
 CPU memory. A 291-byte model (a ``Loop`` with trip count 2^62 around an ``Identity``) pinned a core of the
 API process until it was killed -- SIGTERM did not stop it within 10 s -- and a shape computed at run time
-(``ReduceMax → Cast → Add → ConstantOfShape``) allocated 1.6 GB in it. In a child, the parent waits on a
-pipe for at most ``wall_s`` and then SIGKILLs it, and ``RLIMIT_AS`` makes the child's allocations fail
-(ONNX Runtime reports "Failed to allocate memory", numpy raises ``MemoryError``) rather than the host's.
+(``ReduceMax → Cast → Add → ConstantOfShape``) allocated 1.6 GB in it. In a child, the parent waits for at
+most ``wall_s`` and then SIGKILLs it, and ``RLIMIT_AS`` makes the child's allocations fail (ONNX Runtime
+reports "Failed to allocate memory", numpy raises ``MemoryError``) rather than the host's.
 
-Children come from a ``forkserver`` that imports the first function's module (onnx, ONNX Runtime) once:
-a fork from it takes about 20 ms where a ``spawn`` re-imports them (0.3-0.75 s), and unlike a plain
-``fork`` it never copies the server's threads or locks. What a child needs beyond that (the variant
-generators, the profiler) it imports itself, in 0.03-0.1 s. Like every ``multiprocessing`` child it also
-re-runs the main *script*'s imports: nothing under ``python -m infaas``, about 0.3 s under ``pytest``
-and 0.5 s under the ``infaas`` console script (Python 3.11's fork server cannot preload ``__main__``).
+Why a fresh interpreter (``subprocess``) rather than ``multiprocessing``: a Celery prefork worker, where
+variant builds run, is a daemonic process that ``multiprocessing`` refuses children ("daemonic processes
+are not allowed to have children"; in billiard's workers even its fork server cannot pickle the worker's
+authentication key), and a ``multiprocessing`` child re-runs the parent's main script (0.5 s of imports
+under the ``infaas`` console script). A fresh ``python`` imports only the function's module: 0.3 s for
+the profiler or a generator, 0.65 s for ``infaas.onnx_check`` (measured cold, unloaded two-core host).
+The request and the answer are pickles over its stdin and stdout; what the function prints goes to
+stderr.
 
-The memory limit is address space *beyond* what the child holds when it starts (about 220 MB of imports,
-measured from ``/proc/self/status``), so it means the same thing whatever was imported. A server killed
-before it could kill its child takes the child with it (``_die_with_parent``); ``RLIMIT_CPU`` (the
-wall-clock limit, rounded up, plus one second) is the backstop.
+The memory limit is address space *beyond* what the child holds once it has imported what it runs (about
+220 MB, measured from ``/proc/self/status``), so it means the same thing whatever was imported. The child
+asks the kernel for SIGKILL when the thread that started it goes (``PR_SET_PDEATHSIG``), so a server
+killed before it could kill its child takes the child with it; ``RLIMIT_CPU`` (the wall-clock limit,
+rounded up, plus one second) is the backstop.
 
-Each child gets a fresh temporary folder (``TMPDIR``) that the parent removes, whatever happened to the
-child; only a parent killed with SIGKILL leaves it behind, as it does its own.
+Each child runs in a fresh temporary folder (its working directory and ``TMPDIR``) that the parent
+removes, whatever happened to the child; only a parent killed with SIGKILL leaves it behind, as it does
+its own.
 """
 
 from __future__ import annotations
 
-import fcntl
+import ctypes
+import ctypes.util
 import math
-import multiprocessing
 import os
 import pickle
 import resource
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from infaas.errors import Unprocessable
 
@@ -45,6 +50,9 @@ T = TypeVar("T")
 
 # How ONNX Runtime words an allocation refused under ``RLIMIT_AS`` (its arena, or std::bad_alloc in a kernel).
 ALLOCATION_FAILURES = ("Failed to allocate memory", "bad_alloc", "Available memory of")
+_CHILD = "from infaas.sandbox import serve_child; serve_child()"
+_PARENT_PID = "INFAAS_SANDBOX_PARENT"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def is_allocation_failure(exc: BaseException) -> bool:
@@ -84,6 +92,9 @@ class Limits:
         return f"{self.memory_mb:g} MB" + (f" ({self.memory_setting})" if self.memory_setting else "")
 
 
+# -- the child -------------------------------------------------------------------------------------------------
+
+
 def _address_space() -> int:
     """This process's virtual memory size in bytes (``VmSize``)."""
     with open("/proc/self/status") as status:
@@ -93,48 +104,13 @@ def _address_space() -> int:
     raise RuntimeError("no VmSize in /proc/self/status")
 
 
-def _child(
-    reply: Connection,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    limits: Limits,
-    tmp: str,
-) -> None:
-    _die_with_parent()
-    os.environ["TMPDIR"] = tmp
-    tempfile.tempdir = tmp
-    memory = _address_space() + int(limits.memory_mb * 2**20)
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    cpu = math.ceil(limits.wall_s) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    try:
-        outcome: tuple[str, Any] = ("ok", fn(*args, **kwargs))
-    except Exception as exc:  # raised again in the parent, as if the call had run there
-        if is_allocation_failure(exc):
-            outcome = ("memory", str(exc))
-        else:
-            outcome = ("raised", exc if _pickles(exc) else f"{type(exc).__name__}: {exc}")
-    except BaseException as exc:  # SystemExit, KeyboardInterrupt: reported, never raised in the parent
-        outcome = ("raised", f"{type(exc).__name__}: {exc}")
-    reply.send(outcome)
-    reply.close()
-
-
 def _die_with_parent() -> None:
-    """Have the kernel end this child (SIGIO, whose default action terminates) when the process that asked
-    for it dies: a server killed with SIGKILL cannot kill its check, which would otherwise spin on for good.
-
-    The fork server cannot do it (it lives as long as any of its children) and ``PR_SET_PDEATHSIG`` would
-    watch the fork server; the requester's end of ``parent_process().sentinel`` closes when it dies, and
-    ``O_ASYNC`` turns that EOF into the signal.
-    """
-    parent = multiprocessing.parent_process()
-    if parent is None or parent.sentinel is None:
-        return
-    fcntl.fcntl(parent.sentinel, fcntl.F_SETOWN, os.getpid())
-    fcntl.fcntl(parent.sentinel, fcntl.F_SETFL, fcntl.fcntl(parent.sentinel, fcntl.F_GETFL) | os.O_ASYNC)
-    if not parent.is_alive():  # gone before the signal was armed
+    """SIGKILL this child when the thread that started it exits (a server killed with SIGKILL cannot kill it)."""
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is not None and hasattr(libc, "prctl"):
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(os.environ.get(_PARENT_PID, os.getppid())):  # it went before the request was armed
         os._exit(1)
 
 
@@ -146,20 +122,60 @@ def _pickles(exc: Exception) -> bool:
     return True
 
 
-def _context(fn: Callable[..., Any]) -> multiprocessing.context.ForkServerContext:
-    context = multiprocessing.get_context("forkserver")
-    # Only read when the fork server starts (on the first call); later calls reuse the running server.
-    context.set_forkserver_preload([fn.__module__])
-    return context
+def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        return "ok", fn(*args, **kwargs)
+    except Exception as exc:  # raised again in the parent, as if the call had run there
+        if is_allocation_failure(exc):
+            return "memory", str(exc)
+        return "raised", exc if _pickles(exc) else f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt: reported, never raised in the parent
+        return "raised", f"{type(exc).__name__}: {exc}"
 
 
-def _death(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
+def _answer(out: IO[bytes], outcome: tuple[str, Any]) -> None:
+    try:
+        pickle.dump(outcome, out)
+    except MemoryError as exc:  # a result too large to pickle within the limit
+        pickle.dump(("memory", str(exc)), out)
+    except Exception as exc:  # a result that does not pickle is a bug of the caller, said as such
+        pickle.dump(("raised", f"the result of the call cannot be sent back: {exc}"), out)
+    out.flush()
+
+
+def serve_child() -> None:
+    """The child's side: read ``(fn, args, kwargs, limits)`` from stdin, run it within the limits, answer on stdout."""
+    _die_with_parent()
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # what the function prints goes to stderr, not into the answer
+    try:
+        fn, args, kwargs, limits = pickle.load(sys.stdin.buffer)  # imports fn's module: before the limits
+    except Exception as exc:
+        _answer(out, ("raised", f"the call could not be read: {type(exc).__name__}: {exc}"))
+        return
+    memory = _address_space() + int(limits.memory_mb * 2**20)
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    cpu = math.ceil(limits.wall_s) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    _answer(out, _run(fn, args, kwargs))
+
+
+# -- the parent ------------------------------------------------------------------------------------------------
+
+
+def _death(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
         try:
-            return f"signal {signal.Signals(-exitcode).name}"
+            return f"signal {signal.Signals(-returncode).name}"
         except ValueError:
-            return f"signal {-exitcode}"
-    return f"exit status {exitcode}"
+            return f"signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def _environment(tmp: str) -> dict[str, str]:
+    """The parent's environment and import path (tests import functions from ``tests``), in its folder."""
+    path = [os.path.abspath(p) for p in sys.path if os.path.isdir(p or os.curdir)]  # "" is the working folder
+    return {**os.environ, "TMPDIR": tmp, "PYTHONPATH": os.pathsep.join(path), _PARENT_PID: str(os.getpid())}
 
 
 def run_limited(fn: Callable[..., T], *args: Any, limits: Limits, what: str, **kwargs: Any) -> T:
@@ -173,35 +189,32 @@ def run_limited(fn: Callable[..., T], *args: Any, limits: Limits, what: str, **k
     ``SandboxCrashed``. ``what`` starts each message, so it should say what was stopped and why it can be
     slow or large ("the model check (ONNX Runtime load and one inference on zeros)").
     """
-    context = _context(fn)
+    request = pickle.dumps((fn, args, kwargs, limits))
     tmp = tempfile.mkdtemp(prefix="infaas-sandbox-")
-    receive, send = context.Pipe(duplex=False)
     try:
-        process = context.Process(target=_child, args=(send, fn, args, kwargs, limits, tmp), daemon=True)
-        process.start()
-        send.close()
-        try:
-            if not receive.poll(limits.wall_s):
-                raise LimitExceeded(f"{what} did not finish within {limits.time_limit} and was stopped")
-            try:
-                outcome: tuple[str, Any] | None = receive.recv()
-            except EOFError:  # the child died without answering (or its result did not pickle)
-                outcome = None
-        finally:
-            if process.is_alive():
-                process.kill()
-            process.join()
-            exitcode = process.exitcode
-            process.close()
-    finally:
-        send.close()
-        receive.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-    if outcome is None:
-        raise SandboxCrashed(
-            f"{what} crashed ({_death(exitcode)}), most likely at its memory limit of {limits.memory_limit}"
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=tmp,
+            env=_environment(tmp),
         )
-    kind, value = outcome
+        try:
+            answer, _ = child.communicate(request, timeout=limits.wall_s)
+        except subprocess.TimeoutExpired:
+            raise LimitExceeded(f"{what} did not finish within {limits.time_limit} and was stopped") from None
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        kind, value = pickle.loads(answer)
+    except Exception:  # no answer (or half of one): the child died
+        raise SandboxCrashed(
+            f"{what} crashed ({_death(child.returncode)}), most likely at its memory limit of {limits.memory_limit}"
+        ) from None
     if kind == "ok":
         return value
     if kind == "memory":

@@ -30,13 +30,13 @@ from infaas.config import Settings
 from infaas.db.models import ModelStatus, VariantStatus
 from infaas.errors import NotFound
 from infaas.model_store import ObjectNotFound
-from infaas.runtime import Skip
+from infaas.runtime import Skip, require_cuda
 from infaas.sandbox import Limits, run_limited
 from infaas.services import Services
 from variant_generator import registry
 from variant_generator.accuracy import ValidationSet, load_validation, synthetic_set
 from variant_generator.base import BuildContext, VariantGenerator
-from variant_generator.profiler import profile_variant, reference_outputs
+from variant_generator.profiler import build_and_profile, profile_variant, reference_outputs
 
 log = logging.getLogger(__name__)
 MAX_REASON_CHARS = 2000
@@ -92,6 +92,23 @@ class Measurement:
         if failure is not None:
             raise failure
         return outputs
+
+    def build_and_profile(
+        self, generator: VariantGenerator, ctx: BuildContext, built: Path | None, threads: int
+    ) -> tuple[Path, list[ProfileInfo]]:
+        """The generator's artifact and its profiles, made in one child within the build limits."""
+        return run_limited(
+            build_and_profile,
+            generator,
+            ctx,
+            built,
+            threads=threads,
+            settings=self.settings,
+            data=self.data,
+            reference=self.reference,
+            limits=self.limits,
+            what=f"building and profiling {generator.variant_name}",
+        )
 
     def profile(self, artifact: Path, name: str, providers: Sequence[str], threads: int) -> list[ProfileInfo]:
         """``profile_variant`` of one artifact on this measurement's data, within the build limits."""
@@ -153,14 +170,12 @@ def _build_one(
     try:
         if generator.threads and generator.threads >= ctx.cores:
             raise Skip(f"this worker has {ctx.cores} core(s), so it is the same as {generator.name}")
+        if generator.hardware == "gpu":
+            require_cuda()  # decided here: no child is started for a variant this host cannot run
         # A model that cannot run on its own data within the limits fails here, before a generator spends them.
         _ = measurement.reference
-        if generator.name not in built:
-            built[generator.name] = run_limited(
-                generator.build, ctx, limits=measurement.limits, what=f"building {generator.name}"
-            )
-        artifact = built[generator.name]
-        profiles = measurement.profile(artifact, name, generator.providers, threads)
+        artifact, profiles = measurement.build_and_profile(generator, ctx, built.get(generator.name), threads)
+        built[generator.name] = artifact
         key = variant_key(model_name, generator)
         if _gone(services, model_name):
             raise ModelGone(model_name)

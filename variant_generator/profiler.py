@@ -24,6 +24,7 @@ from infaas.catalog import ModelInfo, ProfileInfo
 from infaas.config import Settings
 from infaas.runtime import CPU_PROVIDERS, Session, open_session
 from variant_generator.accuracy import ValidationSet, fixed_batch, predict, score
+from variant_generator.base import BuildContext, VariantGenerator
 
 WARMUP_RUNS = 2
 MIN_RUNS = 3  # even a slow model gets a p50 that is not a single sample
@@ -131,6 +132,34 @@ def profile_variant(
         )
         for size, (latencies, elapsed) in timings.items()
     ]
+
+
+def build_and_profile(
+    generator: VariantGenerator,
+    ctx: BuildContext,
+    built: Path | None,
+    *,
+    threads: int,
+    settings: Settings,
+    data: ValidationSet,
+    reference: np.ndarray | None,
+) -> tuple[Path, list[ProfileInfo]]:
+    """``generator``'s artifact (``built`` when another thread count already made it) and its profiles.
+
+    One step of a build, so that a sandboxed build starts one child per variant, not two: each child
+    pays for a fresh interpreter and its imports (about 0.3 s).
+    """
+    artifact = built or generator.build(ctx)
+    profiles = profile_variant(
+        artifact,
+        ctx.model,
+        providers=generator.providers,
+        threads=threads,
+        settings=settings,
+        data=data,
+        reference=reference,
+    )
+    return artifact, profiles
 
 
 def reference_outputs(original: Path, model: ModelInfo, data: ValidationSet) -> np.ndarray | None:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
@@ -20,7 +17,8 @@ from infaas.errors import Conflict
 from infaas.onnx_check import ModelCheckError, check_model_bytes, check_model_isolated
 from infaas.sandbox import LimitExceeded, Limits, SandboxCrashed, run_limited
 from tests.factories import mlp_model, wait_for
-from tests.infaas import runtime_bombs
+from tests.infaas import runtime_bombs, sandboxed
+from tests.infaas.sandboxed import add, allocate, fail, fail_oddly, refuse, segfault, spin_forever
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = Limits(wall_s=5.0, memory_mb=256.0, time_setting="TIME_SETTING", memory_setting="MEMORY_SETTING")
@@ -34,48 +32,6 @@ UNHURRIED = Limits(wall_s=120.0, memory_mb=256.0)
 def _grew_mb(peak_before_kb: int) -> float:
     """How far this process's peak resident set grew since ``peak_before_kb`` (``ru_maxrss``, in KB)."""
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kb) / 1024
-
-
-# -- functions run in the child (module level, so they pickle by name) ----------------------------------------
-
-
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-def refuse() -> None:
-    raise Conflict("taken")
-
-
-def fail() -> None:
-    raise ValueError("broken")
-
-
-class Unpicklable(Exception):
-    def __init__(self, message: str, extra: object) -> None:  # pickle cannot rebuild it from args alone
-        super().__init__(message)
-        self.extra = extra
-
-
-def fail_oddly() -> None:
-    raise Unpicklable("odd", object())
-
-
-def spin_forever(report: Path) -> None:
-    """Record this process and its temporary folder, then never return."""
-    scratch = Path(tempfile.mkdtemp())
-    (scratch / "leftover").write_bytes(b"x")
-    report.write_text(f"{os.getpid()} {scratch}")
-    while True:
-        pass
-
-
-def allocate(megabytes: int) -> int:
-    return int(np.ones(megabytes * 2**20, dtype=np.uint8).sum())
-
-
-def segfault() -> None:
-    os.kill(os.getpid(), signal.SIGSEGV)
 
 
 # -- the sandbox ---------------------------------------------------------------------------------------------
@@ -122,7 +78,7 @@ def test_a_child_dies_with_its_killed_parent(tmp_path: Path) -> None:
     script = (
         "from pathlib import Path\n"
         "from infaas.sandbox import Limits, run_limited\n"
-        "from tests.infaas.test_sandbox import spin_forever\n"
+        "from tests.infaas.sandboxed import spin_forever\n"
         f"run_limited(spin_forever, Path({str(report)!r}), limits=Limits(wall_s=600, memory_mb=64), what='spinning')\n"
     )
     scratch = tmp_path / "tmp"  # a parent killed with SIGKILL cannot remove its child's folder: keep it here
@@ -136,6 +92,18 @@ def test_a_child_dies_with_its_killed_parent(tmp_path: Path) -> None:
         parent.kill()
         parent.wait(10)
     assert wait_for(lambda: not _running(pid), 5), f"child {pid} outlived its killed parent"
+
+
+def test_a_daemonic_worker_can_run_sandboxed_calls() -> None:
+    """Celery's prefork workers, where builds run, are daemonic: ``multiprocessing`` refuses them children."""
+    billiard = pytest.importorskip("billiard")
+    answers = billiard.Queue()
+    worker = billiard.Process(target=sandboxed.add_in_a_sandbox, args=(answers,), daemon=True)
+    worker.start()
+    try:
+        assert answers.get(timeout=60) == 5
+    finally:
+        worker.join(10)
 
 
 def test_allocations_past_the_memory_limit_fail_in_the_child() -> None:
