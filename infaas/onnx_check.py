@@ -32,7 +32,7 @@ from onnx import TensorProto
 from infaas.array_files import ArrayFileError, file_kind, read_headers
 from infaas.config import Settings
 from infaas.errors import BadRequest, InvalidInput
-from infaas.runtime import create_session, numpy_dtype
+from infaas.runtime import ONNX_TO_NUMPY, create_session, numpy_dtype
 from infaas.sandbox import Limits, is_allocation_failure, run_limited
 from infaas.tensors import TensorSpec
 from infaas.zipmap import describe_type, unwrap_zipmaps
@@ -141,24 +141,44 @@ def _check_value_infos(model: onnx.ModelProto) -> None:
 
 
 def _check_tensor_signature(model: onnx.ModelProto) -> None:
-    """Refuse a non-tensor graph input or output (sequence, map, optional, sparse), naming it and its type."""
-    skl2onnx = model.producer_name == "skl2onnx"
+    """Refuse a graph input or output infaas cannot serve, naming it and its type: a non-tensor (sequence,
+    map, optional, sparse) or a tensor of an element type with no numpy counterpart here (e.g. string)."""
+    from_skl2onnx = model.producer_name == "skl2onnx"
     for role, values in (("input", model.graph.input), ("output", model.graph.output)):
         for value in values:
             kind = value.type.WhichOneof("value")
-            if kind in (None, "tensor_type"):
+            if kind is None or (kind == "tensor_type" and _served_element(value.type.tensor_type.elem_type)):
                 continue
-            sklearn_hint = (
-                "; from skl2onnx, export with options={id(model): {'zipmap': False}} (or 'zipmap': False for "
-                "every classifier) to get the probabilities as a tensor"
-                if skl2onnx or (kind == "sequence_type" and value.type.sequence_type.elem_type.HasField("map_type"))
+            if kind == "tensor_type":
+                labels_hint = (
+                    "; for a scikit-learn classifier, fit it on integer class labels (sklearn.preprocessing."
+                    "LabelEncoder) and map them back to names yourself"
+                    if from_skl2onnx and role == "output"
+                    else ""
+                )
+                raise ModelCheckError(
+                    f"{role} {value.name!r} is a {describe_type(value.type)}, which infaas does not serve (tensors "
+                    f"of {', '.join(t[len('tensor(') : -1] for t in ONNX_TO_NUMPY)} only){labels_hint}"
+                )
+            zipmap_hint = (
+                "; from skl2onnx, export with options={id(model): {'zipmap': False}} to get the probabilities as "
+                "a tensor (a ZipMap that is itself a graph output, as skl2onnx makes it, is unwrapped automatically)"
+                if from_skl2onnx
+                or (kind == "sequence_type" and value.type.sequence_type.elem_type.HasField("map_type"))
                 else ""
             )
             raise ModelCheckError(
                 f"{role} {value.name!r} is a {describe_type(value.type)}, not a tensor: infaas serves tensors only "
                 f"(queries are batched, split and scored as arrays); change the model so that {value.name!r} is a "
-                f"dense tensor{sklearn_hint} (a ZipMap that is itself a graph output is unwrapped automatically)"
+                f"dense tensor{zipmap_hint}"
             )
+
+
+def _served_element(elem_type: int) -> bool:
+    """Whether tensors of this element type can be served (undefined is left to ONNX Runtime's load)."""
+    return (
+        elem_type == TensorProto.UNDEFINED or f"tensor({TensorProto.DataType.Name(elem_type).lower()})" in ONNX_TO_NUMPY
+    )
 
 
 def _check_tensors(model: onnx.ModelProto) -> None:

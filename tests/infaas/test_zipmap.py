@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from skl2onnx import to_onnx
 from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
 
-from infaas.onnx_check import check_model_bytes
+from infaas.onnx_check import ModelCheckError, check_model_bytes
 from infaas.runtime import create_session
 
 
@@ -36,3 +37,14 @@ def test_a_model_without_zipmap_is_stored_as_uploaded() -> None:
     checked = check_model_bytes(upload.SerializeToString())
     assert checked.rewrites == () and checked.artifact is None
     assert [(o.name, o.shape) for o in checked.outputs] == [("label", (-1,)), ("probabilities", (-1, 10))]
+
+
+def test_string_class_labels_are_refused_by_name_with_the_fix() -> None:
+    """skl2onnx gives string classes a tensor(string) label output, which infaas cannot serve."""
+    features, digits = load_digits(return_X_y=True)
+    names = np.array([f"digit-{d}" for d in digits[:100]])
+    forest = RandomForestClassifier(n_estimators=2, random_state=0).fit(features[:100], names)
+    with pytest.raises(ModelCheckError) as refused:
+        check_model_bytes(to_onnx(forest, features[:1].astype(np.float32)).SerializeToString())
+    assert str(refused.value).startswith("output 'output_label' is a tensor(string), which infaas does not serve")
+    assert "LabelEncoder" in str(refused.value)
