@@ -83,8 +83,9 @@ class Achievable:
 class Infeasible(Unavailable):
     """No placement meets the query's latency budget (with ``on_infeasible: "reject"``) or its ``max_cost``.
 
-    Nothing ran. ``Retry-After`` is set only where waiting can help: the latency was missed because of
-    queueing, and the fastest placement would meet the budget once its queue drains.
+    Nothing ran. ``Retry-After`` is set only where waiting can help: some placement misses the budget only
+    because of queueing and would meet it once its queue drains (the header says about when, at least 1 s).
+    An unmeetable ``max_cost`` never gets one: queueing does not change a placement's cost.
     """
 
     code = "infeasible"
