@@ -71,10 +71,17 @@ def read_catalog(deployment: Deployment) -> Catalog:
     ]
     if orphan_profiles:
         orphan_rows.append(f"{orphan_profiles} profile rows of deleted variants")
-    files = {}
-    if deployment.store.is_dir():
-        files = {str(p.relative_to(deployment.store)): p for p in deployment.store.rglob("*") if p.is_file()}
-    return Catalog(models, variants, jobs, work, orphan_rows, files)
+    return Catalog(models, variants, jobs, work, orphan_rows, store_files(deployment.store))
+
+
+def store_files(store: Path) -> dict[str, Path]:
+    """Every file in the store folder by key; walked again if a folder vanished under the walk."""
+    for _ in range(10):
+        try:
+            return {str(p.relative_to(store)): p for p in store.rglob("*") if p.is_file()} if store.is_dir() else {}
+        except FileNotFoundError:  # a deletion removed a folder the walk was about to enter
+            time.sleep(0.05)
+    raise AssertionError(f"the store {store} kept changing under ten walks")
 
 
 def unsettled(catalog: Catalog) -> list[str]:
@@ -242,7 +249,8 @@ def duplicate_work(catalog: Catalog, ledger: Ledger) -> list[str]:
 
 
 def check(deployment: Deployment, ledger: Ledger, workload: Workload, watch: ResultWatch) -> list[str]:
-    """Every invariant on the settled state; an empty list when all hold."""
+    """Every invariant of the settled rows and files; an empty list when all hold (what the workload saw
+    answered is in ``ledger.violations``)."""
     catalog = read_catalog(deployment)
     return (
         unsettled(catalog)
@@ -250,5 +258,4 @@ def check(deployment: Deployment, ledger: Ledger, workload: Workload, watch: Res
         + jobs(catalog, ledger)
         + duplicate_work(catalog, ledger)
         + watch.observe(catalog)
-        + list(ledger.violations)
     )

@@ -176,6 +176,7 @@ def settle_and_check(
     report.problems += invariants.check(deployment, ledger, workload, watch)
     report.problems += acknowledged_models_ready(catalog, ledger)
     report.problems += answers_queries(workload, ledger, rng)
+    report.problems += ledger.violations  # wrong answers, 500s: seen by the workload, probes included
 
 
 def run_case(deployment: Deployment, seed: int, kills: int, prefix: str = "m") -> CaseReport:
@@ -254,14 +255,17 @@ def run_outage(deployment: Deployment, seed: int, outage: Outage, prefix: str = 
     try:
         warm_up(workload, ledger, rng)
         with Background(workload, rng.randrange(1 << 30)), Background(workload, rng.randrange(1 << 30), QUERY_WEIGHTS):
-            time.sleep(rng.uniform(0.5, 1.5))
+            point = KillPoint(0, outage.service, "the load started", rng.uniform(0.5, 1.5))
             down_s = rng.uniform(*OUTAGE_S)
-            report.kill_points.append(KillPoint(0, outage.service, f"stopped for {down_s:.1f} s", 0.0))
+            report.kind += f" of {down_s:.1f} s"
+            report.kill_points.append(point)
+            time.sleep(point.delay_s)
             down_at = time.monotonic()
             outage.stop()
             time.sleep(down_s)
             outage.start()
             back_at = time.monotonic()
+            point.restart_s = back_at - down_at
             time.sleep(2.0)  # load goes on while the deployment reconnects
         for name, process in deployment.processes.items():
             if not process.running:
