@@ -145,7 +145,10 @@ async def model_infer(request: Request) -> Response:
     """Run a query; JSON or binary tensors in, JSON or binary tensors out, as the client asks."""
     path_params = request.path_params
     name: str = path_params["name"]
-    version: str | None = path_params["version"] if "version" in path_params else request.query_params.get("version")
+    if "version" in path_params:
+        version: str | None = path_params["version"]
+    else:  # parsing an empty query string still costs a QueryParams: most requests have none
+        version = request.query_params.get("version") if request.scope["query_string"] else None
     principal = await get_principal(request)
     services: Services = request.app.state.services
     _model(services, principal, name, version)
