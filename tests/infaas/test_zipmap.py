@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from skl2onnx import to_onnx
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits, load_iris
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
 
 from infaas.onnx_check import ModelCheckError, check_model_bytes
 from infaas.runtime import create_session
@@ -48,3 +50,20 @@ def test_string_class_labels_are_refused_by_name_with_the_fix() -> None:
         check_model_bytes(to_onnx(forest, features[:1].astype(np.float32)).SerializeToString())
     assert str(refused.value).startswith("output 'output_label' is a tensor(string), which infaas does not serve")
     assert "LabelEncoder" in str(refused.value)
+
+
+def test_the_rewritten_graph_converts_to_fp16_like_a_zipmap_free_export() -> None:
+    """The CUDA FP16 variant's conversion (run here on the CPU) loads and keeps the classes: with an Identity
+    left in the ZipMap's place, ONNX Runtime refused the converted graph (float16 into a float output)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16  # the cuda-fp16 generator's converter
+
+    features, species = load_iris(return_X_y=True)
+    features = features.astype(np.float32)
+    classifier = LogisticRegression(max_iter=500).fit(features, species)
+    checked = check_model_bytes(to_onnx(classifier, features[:1]).SerializeToString())
+    assert checked.artifact is not None
+    assert "ZipMap" not in {node.op_type for node in onnx.load_model_from_string(checked.artifact).graph.node}
+    half = convert_float_to_float16(onnx.load_model_from_string(checked.artifact), keep_io_types=True)
+    label, probabilities = create_session(half.SerializeToString()).run(None, {"X": features})
+    np.testing.assert_allclose(probabilities, classifier.predict_proba(features), atol=5e-3)
+    assert np.mean(label == classifier.predict(features)) == 1.0
