@@ -354,3 +354,13 @@ def test_the_hint_and_its_errors_are_documented(client: TestClient) -> None:
     assert "on_infeasible" in v1["responses"]["400"]["description"]
     v2 = paths["/v2/models/{name}/infer"]["post"]["responses"]
     assert "infeasible" in v2["503"]["description"] and "slo_on_infeasible" in v2["400"]["description"]
+
+
+def test_v2_infer_version_in_the_path_or_the_query(client: TestClient) -> None:
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, IN], "data": [0.0] * IN}]}
+    assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
+    assert client.post("/v2/models/tiny/infer?version=1", json=body).status_code == 200
+    assert client.post("/v2/models/tiny/versions/1/infer", json=body).status_code == 200
+    unknown = client.post("/v2/models/tiny/infer?version=7", json=body)
+    assert unknown.status_code == 404 and unknown.json() == {"error": "unknown model 'tiny' version '7'"}
+    assert client.post("/v2/models/tiny/versions/7/infer", json=body).status_code == 404
