@@ -9,12 +9,17 @@ registration stores.
 
 The static checks only see shapes known before running; a shape computed at run time (``ReduceMax →
 Cast → Add → ConstantOfShape`` to [20000, 20000]: 1.6 GB) or a ``Loop`` with trip count 2^62 shows
-itself only in the test inference. So registration runs the whole check through ``check_model_isolated``,
-in a child process with a time and a memory limit (``infaas/sandbox.py``). ONNX Runtime has no
-per-session cap on CPU memory (its arena ``max_mem`` exists only for an allocator shared by the whole
-process, and kernels allocate outside the arena too), so a model whose allocation depends on the *values*
-it is given can still be asked for much at serving time; the check catches every case that shows at the
-declared shapes on zeros.
+itself only in the test inference. So registration goes through ``check_model_isolated``: the static
+checks (bounded by the upload's size) in its own process, ONNX Runtime's load and the inference in a
+child process with a time and a memory limit (``infaas/sandbox.py``).
+
+ONNX Runtime has no per-session cap on CPU memory: its arena ``max_mem`` exists only for an allocator
+registered for the whole process (``create_and_register_allocator`` + ``session.use_env_allocators``;
+with 256 MB it refused a run-time ``ConstantOfShape``'s 576 MB and 1.6 GB requests), shared by every
+session of the process, and kernels also allocate outside the arena. So a model whose allocation depends
+on the *values* it is given can still be asked for much at serving time (a refused allocation is then a
+4xx, ``infaas.worker.instance``); the check catches every case that shows at the declared shapes on
+zeros, and variant builds, which run the owner's validation values, are sandboxed too.
 """
 
 from __future__ import annotations
@@ -216,10 +221,11 @@ def _runtime_failure(exc: Exception, refusal: str) -> Exception:
     return ModelCheckError(f"{refusal}: {str(exc).splitlines()[0][:500]}")
 
 
-def check_model_bytes(data: bytes) -> CheckedModel:
-    """Run every check on an in-memory model; raises ``ModelCheckError`` with a fix-it message.
+def _static_checks(data: bytes) -> tuple[bytes, int | None, tuple[str, ...]]:
+    """Parse, checker, ZipMap rewrite, tensors and declared shapes: the model to run, its opset, the rewrites.
 
-    Unbounded in time and memory: anything a client uploads goes through ``check_model_isolated``.
+    Bounded by the upload's size, so they run in the caller's process: a file refused here (most hostile
+    uploads are) costs no child process.
     """
     model = _parse(data)
     try:
@@ -233,6 +239,15 @@ def check_model_bytes(data: bytes) -> CheckedModel:
     _check_tensors(model)
     _check_declared_shapes(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return data, opset, rewrites
+
+
+def _runtime_checks(data: bytes) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """ONNX Runtime load and one inference on zeros at the declared shapes: the model's inputs and outputs.
+
+    Unbounded in time and memory (a ``Loop`` may never end, a shape computed at run time may be huge):
+    ``check_model_isolated`` runs this in a sandboxed child.
+    """
     try:
         session = create_session(data, threads=1)
     except Exception as exc:  # ONNX Runtime raises several unrelated exception types.
@@ -246,14 +261,19 @@ def check_model_bytes(data: bytes) -> CheckedModel:
         session.run(None, _probe_inputs(inputs))
     except Exception as exc:
         raise _runtime_failure(exc, "a test inference at the declared input shapes failed") from exc
+    return inputs, outputs
+
+
+def check_model_bytes(data: bytes) -> CheckedModel:
+    """Run every check on an in-memory model, in this process; raises ``ModelCheckError`` with a fix-it message.
+
+    Unbounded in time and memory: anything a client uploads goes through ``check_model_isolated``.
+    """
+    checked, opset, rewrites = _static_checks(data)
+    inputs, outputs = _runtime_checks(checked)
     return CheckedModel(
-        inputs=inputs, outputs=outputs, opset=opset, rewrites=rewrites, artifact=data if rewrites else None
+        inputs=inputs, outputs=outputs, opset=opset, rewrites=rewrites, artifact=checked if rewrites else None
     )
-
-
-def check_model_file(path: Path) -> CheckedModel:
-    """``check_model_bytes`` on a file."""
-    return check_model_bytes(Path(path).read_bytes())
 
 
 def check_limits(settings: Settings) -> Limits:
@@ -267,16 +287,20 @@ def check_limits(settings: Settings) -> Limits:
 
 
 def check_model_isolated(path: Path, limits: Limits) -> CheckedModel:
-    """``check_model_file`` in a child process within ``limits``: what registration runs on an upload.
+    """Every check on an uploaded file, the ONNX Runtime part in a child process within ``limits``.
 
-    Past a limit the child is killed and its temporary folder removed; the caller gets ``LimitExceeded``
-    (422) naming the limit, and nothing has been stored.
+    What registration runs. Past a limit the child is killed and its temporary folder removed; the caller
+    gets ``LimitExceeded`` (422) naming the limit, and nothing has been stored.
     """
-    return run_limited(
-        check_model_file,
-        Path(path),
+    checked, opset, rewrites = _static_checks(Path(path).read_bytes())
+    inputs, outputs = run_limited(
+        _runtime_checks,
+        checked,
         limits=limits,
         what="the model check (ONNX Runtime load and one inference on zeros at the declared shapes)",
+    )
+    return CheckedModel(
+        inputs=inputs, outputs=outputs, opset=opset, rewrites=rewrites, artifact=checked if rewrites else None
     )
 
 
