@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # its headers before anything is read: an uncompressed upload could carry 200 MB, and compression must
     # not buy more (a 972 KB .npz held 1 GB of zeros). See infaas/array_files.py.
     max_array_mb: float = 256.0
-    # The registration check (parse, ONNX Runtime load, one test inference) runs in a child process
+    # The registration check's ONNX Runtime load and test inference run in a child process
     # (infaas/sandbox.py) that is killed past either limit: a 291-byte Loop with trip count 2^62 never
     # ends, and a shape computed at run time made a 1.6 GB ConstantOfShape. Memory is address space
     # beyond the child's own at start (about 220 MB of imports); the largest declared tensor the static
