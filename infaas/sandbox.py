@@ -22,9 +22,9 @@ asks the kernel for SIGKILL when the thread that started it goes (``PR_SET_PDEAT
 killed before it could kill its child takes the child with it; ``RLIMIT_CPU`` (the wall-clock limit,
 rounded up, plus one second) is the backstop.
 
-Each child runs in a fresh temporary folder (its working directory and ``TMPDIR``) that the parent
-removes, whatever happened to the child; only a parent killed with SIGKILL leaves it behind, as it does
-its own.
+Each child gets a fresh temporary folder (``TMPDIR``; its working folder stays the parent's, so relative
+paths such as a relative ``INFAAS_HOME`` mean the same) that the parent removes, whatever happened to the
+child; only a parent killed with SIGKILL leaves it behind, as it does its own.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def _death(returncode: int | None) -> str:
 
 
 def _environment(tmp: str) -> dict[str, str]:
-    """The parent's environment and import path (tests import functions from ``tests``), in its folder."""
+    """The parent's environment and import path (tests import functions from ``tests``), ``TMPDIR`` its own."""
     path = [os.path.abspath(p) for p in sys.path if os.path.isdir(p or os.curdir)]  # "" is the working folder
     return {**os.environ, "TMPDIR": tmp, "PYTHONPATH": os.pathsep.join(path), _PARENT_PID: str(os.getpid())}
 
@@ -196,7 +196,6 @@ def run_limited(fn: Callable[..., T], *args: Any, limits: Limits, what: str, **k
             [sys.executable, "-c", _CHILD],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            cwd=tmp,
             env=_environment(tmp),
         )
         try:
