@@ -74,10 +74,15 @@ class SandboxCrashed(Unprocessable):
 
 @dataclass(frozen=True)
 class Limits:
-    """How long (wall clock) and how much more memory (address space) one sandboxed call may take."""
+    """How long (wall clock) and how much more memory (address space) one sandboxed call may take.
+
+    ``memory_mb=None`` bounds time only: for work on a GPU, because CUDA reserves virtual address ranges far
+    beyond any host-memory limit (under ``ulimit -v`` of 16 GB, CUDA reports out of memory), so an
+    address-space limit would refuse every GPU variant rather than the costly ones.
+    """
 
     wall_s: float
-    memory_mb: float
+    memory_mb: float | None
     time_setting: str = ""  # the setting that raises each limit, named in the refusal
     memory_setting: str = ""
 
@@ -89,6 +94,8 @@ class Limits:
     @property
     def memory_limit(self) -> str:
         """The memory limit as a message says it: ``1024 MB (INFAAS_CHECK_MEMORY_MB)``."""
+        if self.memory_mb is None:
+            return "none"
         return f"{self.memory_mb:g} MB" + (f" ({self.memory_setting})" if self.memory_setting else "")
 
 
@@ -153,8 +160,9 @@ def serve_child() -> None:
     except Exception as exc:
         _answer(out, ("raised", f"the call could not be read: {type(exc).__name__}: {exc}"))
         return
-    memory = _address_space() + int(limits.memory_mb * 2**20)
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    if limits.memory_mb is not None:
+        memory = _address_space() + int(limits.memory_mb * 2**20)
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     cpu = math.ceil(limits.wall_s) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     _answer(out, _run(fn, args, kwargs))

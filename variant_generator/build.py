@@ -21,6 +21,7 @@ import functools
 import logging
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,11 +107,17 @@ class Measurement:
             settings=self.settings,
             data=self.data,
             reference=self.reference,
-            limits=self.limits,
+            limits=self.limits_on(generator.hardware),
             what=f"building and profiling {generator.variant_name}",
         )
 
-    def profile(self, artifact: Path, name: str, providers: Sequence[str], threads: int) -> list[ProfileInfo]:
+    def limits_on(self, hardware: str) -> Limits:
+        """The build limits for a step on ``hardware``: a GPU step is bounded in time only (see ``Limits``)."""
+        return self.limits if hardware == "cpu" else replace(self.limits, memory_mb=None)
+
+    def profile(
+        self, artifact: Path, name: str, hardware: str, providers: Sequence[str], threads: int
+    ) -> list[ProfileInfo]:
         """``profile_variant`` of one artifact on this measurement's data, within the build limits."""
         return run_limited(
             profile_variant,
@@ -121,7 +128,7 @@ class Measurement:
             settings=self.settings,
             data=self.data,
             reference=self.reference,
-            limits=self.limits,
+            limits=self.limits_on(hardware),
             what=f"profiling {name}",
         )
 
@@ -251,7 +258,7 @@ def _reprofile_one(
     threads = generator.threads_for(services.settings.worker_cores) if generator else variant.threads
     try:
         profiles = measurement.profile(
-            services.store.local_path(artifact_key), variant.name, variant.providers, threads
+            services.store.local_path(artifact_key), variant.name, variant.hardware, variant.providers, threads
         )
     except NotFound:
         raise

@@ -116,6 +116,13 @@ def test_allocations_past_the_memory_limit_fail_in_the_child() -> None:
     assert _grew_mb(before) < 50  # this process allocated nothing
 
 
+def test_without_a_memory_limit_only_time_is_bounded() -> None:
+    """For GPU work: CUDA reserves more address space than any host-memory limit would allow."""
+    unbounded = Limits(wall_s=60.0, memory_mb=None)
+    assert unbounded.memory_limit == "none"
+    assert run_limited(allocate, 300, limits=unbounded, what="allocating") == 300 * 2**20
+
+
 def test_a_child_that_dies_is_reported() -> None:
     with pytest.raises(SandboxCrashed, match=r"crashing crashed \(signal SIGSEGV\)"):
         run_limited(segfault, limits=QUICK, what="crashing")

@@ -169,6 +169,15 @@ def test_model_deleted_mid_build_stops_quietly(services: Services, monkeypatch: 
     reprofile_model(services, "never-registered")
 
 
+def test_gpu_steps_are_bounded_in_time_only(services: Services) -> None:
+    seed_mlp(services)
+    model = services.metadata.get_model("mlp")
+    measurement = build.Measurement(services, model, services.store.local_path(model.artifact_key))
+    assert measurement.limits_on("cpu") == build.build_limits(services.settings)
+    assert measurement.limits_on("gpu").memory_mb is None
+    assert measurement.limits_on("gpu").wall_s == services.settings.build_timeout_s
+
+
 # -- a build is bounded like the registration check ----------------------------------------------------------
 
 
