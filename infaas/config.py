@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     # reference outputs) runs in a child process killed past these (infaas/sandbox.py); the variant then
     # fails with the reason. Profiles go up to max_batch on the owner's validation values, so a build needs
     # more than the batch-1 registration check: the model took 1.6 GB checked and 3.3 GB built.
+    # GPU steps are bounded in time only (CUDA reserves more address space than such a limit allows).
     build_timeout_s: float = 600.0
     build_memory_mb: float = 4096.0
 
