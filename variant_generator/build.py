@@ -80,7 +80,7 @@ class Measurement:
                 self.model,
                 self.data,
                 limits=self.limits,
-                what="running the original model on the validation set",
+                what=f"running the original model on {'the validation set' if self.validation else 'synthetic inputs'}",
             )
         except Exception as exc:  # remembered: every variant fails with it, none runs it again
             return None, exc
