@@ -70,7 +70,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # (bounded), admission authenticates and checks upload quotas from the headers, then the per-key
     # concurrency limit and the body limit; the inference fast path runs inside all of them.
     if settings.inference_fast_path:
-        app.add_middleware(FastInferenceRoutes, routes=app.router.routes, endpoints=(infer.infer, v2.model_infer))
+        app.add_middleware(
+            FastInferenceRoutes,
+            routes=app.router.routes,
+            endpoints=(infer.infer, v2.model_infer),
+            handlers=app.exception_handlers,
+        )
     app.add_middleware(
         BodySizeLimit,
         upload_limit=int(settings.max_upload_mb * 1e6),

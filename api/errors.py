@@ -18,6 +18,9 @@ import orjson
 import redis.exceptions
 import sqlalchemy.exc
 from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -50,9 +53,13 @@ def domain_error(exc: Exception) -> InfaasError:
     raise TypeError(f"{type(exc).__name__} is not an error infaas renders") from exc
 
 
+def _is_oip(path: str) -> bool:
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+
+
 def render(path: str, exc: InfaasError) -> Response:
     """The response for ``exc`` on a request to ``path``."""
-    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+    if _is_oip(path):
         status = _OIP_STATUS.get(exc.status, exc.status)
         body = {"error": exc.message}
     else:
@@ -66,7 +73,38 @@ async def handle(request: Request, exc: Exception) -> Response:
     return render(request.url.path, domain_error(exc))
 
 
+# The framework's own refusals (no such route, wrong method, a query parameter out of range) in the same
+# shapes: ``code`` beside FastAPI's ``detail`` on /v1 (its validation list kept, as the OpenAPI documents it),
+# ``{"error"}`` on /v2.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 429: "too_many_requests"}
+
+
+async def handle_http(request: Request, exc: Exception) -> Response:
+    """Starlette's ``HTTPException`` (unknown routes, wrong methods) in the house shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in {204, 304}:
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    if _is_oip(request.url.path):
+        body: dict[str, object] = {"error": str(exc.detail)}
+    else:
+        body = {"detail": exc.detail, "code": _HTTP_CODES.get(exc.status_code, "http_error")}
+    return Response(orjson.dumps(body), status_code=exc.status_code, headers=exc.headers, media_type="application/json")
+
+
+async def handle_validation(request: Request, exc: Exception) -> Response:
+    """FastAPI's parameter validation: 422 with its list of errors and a ``code`` on /v1, a 400 on /v2."""
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors())
+    if _is_oip(request.url.path):
+        where = "; ".join(f"{'.'.join(str(part) for part in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
+        return Response(orjson.dumps({"error": f"invalid request: {where}"}), 400, media_type="application/json")
+    body = {"detail": errors, "code": "invalid_request"}
+    return Response(orjson.dumps(body), status_code=422, media_type="application/json")
+
+
 def install(app: FastAPI) -> None:
-    """Register the one handler on ``app``, for the error root and for every backing-service outage."""
+    """Register the handlers on ``app``: the error root, every backing-service outage, the framework's own."""
     for kind in RENDERED:
         app.add_exception_handler(kind, handle)
+    app.add_exception_handler(HTTPException, handle_http)
+    app.add_exception_handler(RequestValidationError, handle_validation)

@@ -5,7 +5,8 @@ serving system gets, and for a small model FastAPI's per-request work (trying ro
 exit stacks, dependency solving, exception wrapping) costs more than selecting a variant and running
 it. Both endpoints take only the ``Request``, so this pure-ASGI middleware can call them itself. Which
 requests it takes is read from the app's own registered routes (their paths and methods), so the two
-cannot disagree; errors are rendered by the app's one handler (``api.errors``). It sits inside the
+cannot disagree; errors are answered by the app's own exception handlers (``api.errors`` installs the
+one for infaas's errors). It sits inside the
 body-size and concurrency limits, so they still apply; the routes stay registered (OpenAPI, and any
 request this does not match, e.g. a wrong method, goes through the router as before).
 
@@ -15,15 +16,16 @@ stays only while it gains at least 15% throughput at 16 connections (issue 11).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from fastapi import routing
+from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from api import errors
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -45,12 +47,24 @@ def registered_routes(routes: Sequence[BaseRoute], endpoints: Sequence[Endpoint]
 
 
 class FastInferenceRoutes:
-    """Serve the routes whose endpoint is one of ``endpoints`` directly; everything else goes to the app."""
+    """Serve the routes whose endpoint is one of ``endpoints`` directly; everything else goes to the app.
 
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute], endpoints: Sequence[Endpoint]) -> None:
+    An exception from an endpoint is answered by the app's own exception handlers (``app.exception_handlers``,
+    looked up along the exception's class hierarchy as Starlette does), so a handler registered on the app
+    applies here exactly as it does behind the router; an exception without a handler propagates.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Sequence[BaseRoute],
+        endpoints: Sequence[Endpoint],
+        handlers: Mapping[Any, Callable[..., Any]],
+    ) -> None:
         self.app = app
         self._routes = routes  # the app's live route list: routers are included after middleware is added
         self._endpoints = tuple(endpoints)
+        self._handlers = handlers  # the app's live handler table
         self._fast: tuple[Route, ...] | None = None
 
     def fast_routes(self) -> tuple[Route, ...]:
@@ -69,11 +83,22 @@ class FastInferenceRoutes:
                     return
         await self.app(scope, receive, send)
 
-    @staticmethod
-    async def _serve(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
         try:
             response = await endpoint(request)
-        except errors.RENDERED as exc:
-            response = errors.render(scope["path"], errors.domain_error(exc))
+        except Exception as exc:
+            handler = self._handler(exc)
+            if handler is None:
+                raise
+            if inspect.iscoroutinefunction(handler):
+                response = await handler(request, exc)
+            else:
+                response = await run_in_threadpool(handler, request, exc)
         await response(scope, receive, send)
+
+    def _handler(self, exc: Exception) -> Callable[..., Any] | None:
+        for kind in type(exc).__mro__:
+            if kind in self._handlers:
+                return self._handlers[kind]
+        return None

@@ -7,11 +7,19 @@ from abc import ABC, abstractmethod
 from datetime import datetime
 from pathlib import Path
 
+from infaas.errors import NotFound
+
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*$")
 
 
-class ObjectNotFound(KeyError):
-    """The key does not exist in the store."""
+class ObjectNotFound(NotFound, KeyError):
+    """The key does not exist in the store (a 404 if it reaches a caller: e.g. a job whose result is gone)."""
+
+    code = "object_not_found"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key!r} is not in the model store")
+        self.key = key
 
 
 def check_key(key: str) -> str:

@@ -20,6 +20,7 @@ import variant_generator
 from api import errors
 from api.limits import BodySizeLimit
 from infaas.errors import InfaasError, TooManyRequests, Unauthenticated, Unprocessable
+from infaas.model_store.base import ObjectNotFound
 from infaas.services import build_services
 from tests.fuzz import secure_app, secure_settings
 
@@ -138,3 +139,22 @@ def test_console_login_required_is_a_sign_in_page_for_browsers_and_a_401_for_scr
             assert api_call.status_code == 401 and api_call.json()["code"] == "login_required"
     finally:
         services.close()
+
+
+def test_the_frameworks_own_refusals_have_the_house_shape(client: TestClient) -> None:
+    """No such route, a wrong method, a query parameter out of range: ``code`` beside ``detail`` on /v1
+    (FastAPI's validation list kept, as the OpenAPI documents it), ``{"error"}`` on /v2."""
+    assert client.get("/v1/no-such-route").json() == {"detail": "Not Found", "code": "not_found"}
+    wrong_method = client.delete("/v1/infer")
+    assert wrong_method.status_code == 405 and wrong_method.json()["code"] == "method_not_allowed"
+    out_of_range = client.get("/v1/stats", params={"window_s": -1})
+    assert out_of_range.status_code == 422 and out_of_range.json()["code"] == "invalid_request"
+    assert out_of_range.json()["detail"][0]["loc"] == ["query", "window_s"]
+    oip = client.get("/v2/no-such-route")
+    assert (oip.status_code, oip.json()) == (404, {"error": "Not Found"})
+
+
+def test_a_missing_store_object_is_a_404_not_a_500() -> None:
+    missing = ObjectNotFound("jobs/j1/result.npz")
+    assert (missing.status, missing.code) == (404, "object_not_found") and isinstance(missing, KeyError)
+    assert "jobs/j1/result.npz" in str(missing)
