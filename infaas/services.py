@@ -1,6 +1,7 @@
 """The composition root: every backend and the query engine, built once at start-up from configuration.
 
-The API, the CLI, the Celery worker and the autoscaler all call ``build_services``; it is the only place
+The API, the CLI and the Celery worker call ``build_services`` (the autoscaler receives the result), and
+``infaas worker`` calls ``build_worker_service``; they are the only place
 that chooses between the embedded and scaled-out implementation of a concern (metadata SQLite or
 PostgreSQL, model store folder or S3, live state in-process or Redis, jobs in-process or Celery, the
 autoscaler's leader lease always ours or in Redis) and wires them together. Everything else receives a
@@ -20,7 +21,6 @@ from infaas.config import Settings
 from infaas.db.migrate import upgrade
 from infaas.db.session import Database
 from infaas.engine import QueryEngine
-from infaas.errors import BadRequest
 from infaas.jobs import tasks
 from infaas.jobs.durable import DurableRunner
 from infaas.jobs.periodic import Every, Periodic
@@ -129,7 +129,7 @@ def build_worker_service(settings: Settings, worker_id: str, address: str) -> Wo
     needs only the model store and Redis (which is how front-ends find it).
     """
     if not settings.redis_url:
-        raise BadRequest("set INFAAS_REDIS_URL: front-ends find workers through the shared live state")
+        raise ValueError("set INFAAS_REDIS_URL: front-ends find workers through the shared live state")
     settings.ensure_home()
     store = _model_store(settings)
     live = make_live_state(settings)

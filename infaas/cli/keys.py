@@ -37,7 +37,7 @@ def _local_keyring() -> Iterator[KeyRing]:
     settings = get_settings()
     services = build_services(settings, with_jobs=False)
     try:
-        yield KeyRing(services.metadata, settings.admin_key)
+        yield services.keyring
     finally:
         services.close()
 

@@ -24,7 +24,6 @@ def worker_command(
     """
     import uvicorn
 
-    from infaas.errors import InfaasError
     from infaas.services import build_worker_service
     from infaas.worker.server import create_worker_app
 
@@ -33,7 +32,7 @@ def worker_command(
     wid = worker_id or settings.worker_id or f"{socket.gethostname()}-{port}"
     try:
         service = build_worker_service(settings, wid, address)
-    except InfaasError as exc:
+    except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:
         uvicorn.run(
