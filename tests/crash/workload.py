@@ -46,6 +46,9 @@ class Registration:
     name: str
     model_seed: int
     outcome: str = Outcome.UNKNOWN
+    # The request is over (answered, or its connection dropped): no later commit can make the model appear,
+    # so a deletion's 404 from now on means it is absent for good.
+    finished: bool = False
 
 
 @dataclass
@@ -169,16 +172,19 @@ class Workload:
             "model": ("model.onnx", self.models.onnx[seed]),
             "validation": ("validation.npz", self.models.validation),
         }
-        response = self._send("register", "POST", "/v1/models", files=files, data={"name": name, "task": TASK})
-        if response is None:
-            return
-        if response.status_code == 201:
-            registration.outcome = Outcome.ACKED
-        elif response.status_code < 500:
-            registration.outcome = Outcome.REFUSED
+        try:
+            response = self._send("register", "POST", "/v1/models", files=files, data={"name": name, "task": TASK})
+            if response is None:
+                return
+            if response.status_code == 201:
+                registration.outcome = Outcome.ACKED
+            elif response.status_code < 500:
+                registration.outcome = Outcome.REFUSED
+        finally:
+            registration.finished = True
 
     def delete(self, rng: random.Random) -> None:
-        name = self._pick(rng, lambda r: not self.ledger.deletion_attempted(r.name))
+        name = self._pick(rng, lambda r: r.finished and not self.ledger.deletion_attempted(r.name))
         if name is None:
             return
         deletion = Deletion(name)
