@@ -39,7 +39,7 @@ BACKEND_OUTAGES: dict[type[Exception], str] = {
     redis.exceptions.TimeoutError: "Redis",
     kombu.exceptions.OperationalError: "the job broker",
 }
-# What a pure-ASGI middleware catches and hands to ``domain_error``.
+# Every exception type the app renders through ``handle`` (the fast path uses the same handlers).
 RENDERED: tuple[type[Exception], ...] = (InfaasError, *BACKEND_OUTAGES)
 
 
