@@ -1,5 +1,6 @@
-"""What tests build: tiny ONNX models, catalog records, models seeded into a live store and catalog, and
-the polling that waits for a state instead of sleeping a fixed time.
+"""What tests build: tiny ONNX models, a session that runs only when the test lets it, catalog records,
+models seeded into a live store and catalog, registrations over REST, the environment of a scaled-out
+deployment, and the polling that waits for a state instead of sleeping a fixed time.
 
 One module, so that a test that needs "a ready model with a profiled variant" does not grow its own
 variant of it: when the catalog changes shape, this is the one place to follow it.
@@ -8,12 +9,15 @@ variant of it: when the catalog changes shape, this is the one place to follow i
 from __future__ import annotations
 
 import io
+import os
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -21,11 +25,13 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 
 from infaas.catalog import ModelInfo, ProfileInfo, VariantInfo
-from infaas.db.models import VariantStatus
+from infaas.db.models import ModelStatus, VariantStatus
 from infaas.metadata import NewModel
 from infaas.onnx_check import check_model_bytes
 from infaas.services import Services
 from infaas.tensors import TensorSpec
+from infaas.worker import Instance
+from tests.redis_server import REDIS_URL
 
 TASK = "tabular-classification"
 
@@ -105,6 +111,60 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+class GatedSession:
+    """A real ONNX Runtime session whose runs wait for ``gate``, so that requests sent meanwhile queue up
+    deterministically behind the first one and are run together (or not) as the batching decides.
+
+    ``entered`` is set when a run starts; ``feeds`` keeps every run's inputs, in order.
+    """
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    @property
+    def batches(self) -> list[int]:
+        """The rows of each run (its first input's leading dimension)."""
+        return [int(next(iter(feeds.values())).shape[0]) for feeds in self.feeds]
+
+    def get_inputs(self):  # type: ignore[no-untyped-def]
+        return self.session.get_inputs()
+
+    def get_outputs(self):  # type: ignore[no-untyped-def]
+        return self.session.get_outputs()
+
+    def run(self, names, feeds):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        self.feeds.append(feeds)
+        return self.session.run(names, feeds)
+
+    def release(self, threads: Iterable[threading.Thread]) -> None:
+        """Open the gate and wait (up to 5 s each) for ``threads``, the requests it held, to finish."""
+        self.gate.set()
+        for thread in threads:
+            thread.join(5)
+
+
+def queue_behind_gate(
+    instance: Instance, gated: GatedSession, blocker: Callable[[], object], queued: Sequence[Callable[[], object]]
+) -> list[threading.Thread]:
+    """Start ``blocker`` and wait until its run holds ``gated``; then start each of ``queued`` in turn, waiting
+    until ``instance`` has queued it, so that the queue order is the order given. Return the threads, the
+    blocker's first; ``gated.release`` runs them."""
+    threads = [threading.Thread(target=blocker)]
+    threads[0].start()
+    assert gated.entered.wait(5), "the blocking request never reached the session"
+    for count, request in enumerate(queued, start=1):
+        thread = threading.Thread(target=request)
+        thread.start()
+        threads.append(thread)
+        assert wait_for(lambda n=count: len(instance._pending) == n, interval_s=0.001), f"request {count} did not queue"
+    return threads
+
+
 # -- catalog records, in memory ------------------------------------------------------------------
 
 
@@ -158,7 +218,7 @@ def model_info(
         public=True,
         status=status,
         status_reason=None,
-        artifact_key=f"models/{name}/model.onnx",
+        artifact_key=artifact_key_of(name),
         validation_key=None,
         size_bytes=1,
         created_at=datetime.now(UTC),
@@ -194,6 +254,53 @@ def variant_info(
 # -- models seeded into a store and catalog ------------------------------------------------------
 
 
+def add_model_row(
+    services: Services,
+    name: str,
+    model: bytes,
+    *,
+    task: str,
+    status: str = ModelStatus.PENDING,
+    declared_accuracy: float | None = None,
+    max_batch: int = 16,
+    owner: str = "local",
+    public: bool = False,
+    validation_key: str | None = None,
+) -> bytes:
+    """Record ``model``'s catalog row, with the tensors, opset and rewrites the registration check reads from
+    it, and store no file; return the bytes registration would store (the check's rewrite, or ``model``).
+
+    On its own, for a test of what a row without its files means (the orphan sweep); ``seed_model`` adds
+    the files.
+    """
+    checked = check_model_bytes(model)
+    stored = checked.artifact if checked.artifact is not None else model
+    services.metadata.add_model(
+        NewModel(
+            name=name,
+            task=task,
+            inputs=checked.inputs,
+            outputs=checked.outputs,
+            opset=checked.opset,
+            rewrites=checked.rewrites,
+            declared_accuracy=declared_accuracy,
+            max_batch=max_batch,
+            owner=owner,
+            public=public,
+            artifact_key=artifact_key_of(name),
+            validation_key=validation_key,
+            size_bytes=len(stored),
+            status=status,
+        )
+    )
+    return stored
+
+
+def artifact_key_of(name: str) -> str:
+    """Where registration stores a model's file."""
+    return f"models/{name}/model.onnx"
+
+
 def seed_model(
     services: Services,
     name: str,
@@ -214,30 +321,22 @@ def seed_model(
     scaling wants a model in a known state now, not a build that races the test. Each variant serves
     the model's own file and runs with the threads of its profiles.
     """
-    checked = check_model_bytes(model)
-    artifact_key = f"models/{name}/model.onnx"
+    artifact_key = artifact_key_of(name)
     validation_key = f"models/{name}/validation.npz" if validation is not None else None
-    model = checked.artifact if checked.artifact is not None else model  # stored as registration would
-    services.store.put_bytes(artifact_key, model)
+    stored = add_model_row(
+        services,
+        name,
+        model,
+        task=task,
+        declared_accuracy=declared_accuracy,
+        max_batch=max_batch,
+        owner=owner,
+        public=public,
+        validation_key=validation_key,
+    )
+    services.store.put_bytes(artifact_key, stored)
     if validation is not None and validation_key is not None:
         services.store.put_bytes(validation_key, validation)
-    services.metadata.add_model(
-        NewModel(
-            name=name,
-            task=task,
-            inputs=checked.inputs,
-            outputs=checked.outputs,
-            opset=checked.opset,
-            rewrites=checked.rewrites,
-            declared_accuracy=declared_accuracy,
-            max_batch=max_batch,
-            owner=owner,
-            public=public,
-            artifact_key=artifact_key,
-            validation_key=validation_key,
-            size_bytes=len(model),
-        )
-    )
     for variant, measured in (variants or {}).items():
         services.metadata.upsert_variant(
             name,
@@ -251,6 +350,52 @@ def seed_model(
             artifact_key=artifact_key,
         )
         services.metadata.replace_profiles(name, variant, measured)
+
+
+# -- the REST API --------------------------------------------------------------------------------
+
+
+def upload_model(
+    client: TestClient,
+    name: str,
+    model_bytes: bytes,
+    *,
+    headers: Mapping[str, str] | None = None,
+    validation: bytes | None = None,
+    **form_fields: str,
+) -> httpx.Response:
+    """``POST /v1/models`` as a client registers: the model (and validation set) as files, ``name`` and the
+    ``task`` (``TASK`` unless given) with any other ``form_fields`` as form values."""
+    files = {"model": ("m.onnx", model_bytes, "application/octet-stream")}
+    if validation is not None:
+        files["validation"] = ("v.npz", validation, "application/octet-stream")
+    data = {"name": name, "task": TASK, **form_fields}
+    return client.post("/v1/models", data=data, files=files, headers=headers)
+
+
+# -- scaled-out deployments ----------------------------------------------------------------------
+
+
+def scaled_out_env(database_url: str, redis_prefix: str, store: Path, **settings: object) -> dict[str, str]:
+    """The environment of processes that share one PostgreSQL catalog, one Redis (under ``redis_prefix``) and
+    one model store, with no in-process worker; ``settings`` add ``INFAAS_<NAME>`` values (``heartbeat_s=0.5``).
+
+    Settings this process inherited that would point the children elsewhere (a broker, an admin key, a
+    worker id) are dropped.
+    """
+    env = {
+        **os.environ,
+        "INFAAS_DATABASE_URL": database_url,
+        "INFAAS_REDIS_URL": REDIS_URL,
+        "INFAAS_REDIS_PREFIX": redis_prefix,
+        "INFAAS_MODEL_STORE": str(store),
+        "INFAAS_IN_PROCESS_WORKER": "false",
+    }
+    for key in ("INFAAS_BROKER_URL", "INFAAS_ADMIN_KEY", "INFAAS_WORKER_ID"):
+        env.pop(key, None)
+    for key, value in settings.items():
+        env[f"INFAAS_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
 
 
 # -- waiting -------------------------------------------------------------------------------------

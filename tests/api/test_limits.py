@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.concurrency import ConcurrencyLimit
 from infaas.auth import Principal
 from infaas.services import Services, build_services
-from tests.factories import TASK
+from tests.factories import upload_model
 from tests.fuzz import Tenants, make_tenants, mlp_bytes, route_exists, secure_app, secure_settings
 
 
@@ -32,23 +32,14 @@ def limited(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Tenants]]:
     services.close()
 
 
-def _register(client: TestClient, headers: dict[str, str], model: bytes, name: str = "m") -> httpx.Response:
-    return client.post(
-        "/v1/models",
-        data={"name": name, "task": TASK},
-        files={"model": ("m.onnx", model, "application/octet-stream")},
-        headers=headers,
-    )
-
-
 def test_upload_past_limit_is_413_and_stores_nothing(limited: tuple[TestClient, Services, Tenants]) -> None:
     client, services, tenants = limited
     big = mlp_bytes(in_dim=64, hidden=64)
     assert len(big) > 10_000
-    response = _register(client, tenants.alice, big)
+    response = upload_model(client, "m", big, headers=tenants.alice)
     assert response.status_code == 413, response.text
     assert services.metadata.get_model("m") is None and services.store.list("models/") == []
-    assert _register(client, tenants.alice, mlp_bytes()).status_code == 201
+    assert upload_model(client, "m", mlp_bytes(), headers=tenants.alice).status_code == 201
 
 
 def _chunks(size: int) -> Iterator[bytes]:
@@ -83,7 +74,7 @@ def test_batch_and_input_count_limits_are_400(limited: tuple[TestClient, Service
     client, services, tenants = limited
     if not route_exists(client.app, "/v1/infer", "POST"):
         pytest.fail("POST /v1/infer is not served by the app")
-    assert _register(client, tenants.alice, mlp_bytes()).status_code == 201
+    assert upload_model(client, "m", mlp_bytes(), headers=tenants.alice).status_code == 201
     too_big = client.post(
         "/v1/infer", json={"model": "alice.m", "inputs": {"x": [[0.0] * 8] * 5}}, headers=tenants.alice
     )

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from infaas.db.models import Job
 from infaas.services import Services, build_services
-from tests.factories import TASK
+from tests.factories import upload_model
 from tests.fuzz import Tenants, make_tenants, mlp_bytes, secure_app, secure_settings
 
 PUBLIC = "alice.shared"
@@ -37,18 +37,9 @@ def world(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Tenants, list[
     services.jobs.submit = lambda name, **kwargs: queued.append((name, kwargs))  # type: ignore[method-assign]
     with TestClient(secure_app(settings, services)) as client:
         tenants = make_tenants(services)
-        assert _register(client, tenants.alice, "shared", public=True).status_code == 201
+        assert upload_model(client, "shared", mlp_bytes(), headers=tenants.alice, public="true").status_code == 201
         yield client, services, tenants, queued
     services.close()
-
-
-def _register(client: TestClient, headers: dict[str, str], name: str, public: bool = False) -> httpx.Response:
-    return client.post(
-        "/v1/models",
-        data={"name": name, "task": TASK, "public": str(public).lower()},
-        files={"model": ("m.onnx", mlp_bytes(), "application/octet-stream")},
-        headers=headers,
-    )
 
 
 def _assert_quota_refusal(response: httpx.Response, setting: str) -> None:
@@ -81,13 +72,16 @@ def test_registrations_past_the_hourly_quota_are_429_and_store_nothing(
     world: tuple[TestClient, Services, Tenants, list],
 ) -> None:
     client, services, tenants, _ = world
-    assert _register(client, tenants.alice, "second").status_code == 201
+    assert upload_model(client, "second", mlp_bytes(), headers=tenants.alice).status_code == 201
     assert client.delete("/v1/models/alice.second", headers=tenants.alice).status_code == 200
     stored = services.store.list("models/")
     # Deleting a model does not give its registration back.
-    _assert_quota_refusal(_register(client, tenants.alice, "third"), "INFAAS_MAX_REGISTRATIONS_PER_HOUR")
+    _assert_quota_refusal(
+        upload_model(client, "third", mlp_bytes(), headers=tenants.alice), "INFAAS_MAX_REGISTRATIONS_PER_HOUR"
+    )
     assert services.metadata.get_model("alice.third") is None and services.store.list("models/") == stored
-    assert _register(client, tenants.bob, "own").status_code == 201  # other tenants are unaffected
+    # Other tenants are unaffected.
+    assert upload_model(client, "own", mlp_bytes(), headers=tenants.bob).status_code == 201
 
 
 def test_jobs_past_the_quota_in_flight_are_429_and_store_nothing(

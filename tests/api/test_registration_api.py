@@ -13,18 +13,7 @@ from onnx import TensorProto, helper
 
 from infaas.jobs.runner import JobRunner
 from infaas.services import Services
-from tests.factories import mlp_model, npy_bytes, write_validation
-
-
-def _register(
-    client: TestClient, model: Path | bytes, name: str = "mlp", validation: Path | None = None, **fields: str
-):
-    data = {"name": name, "task": "tabular-classification", **fields}
-    body = model.read_bytes() if isinstance(model, Path) else model
-    files = {"model": ("m.onnx", body, "application/octet-stream")}
-    if validation is not None:
-        files["validation"] = ("v.npz", validation.read_bytes(), "application/octet-stream")
-    return client.post("/v1/models", data=data, files=files)
+from tests.factories import mlp_model, npy_bytes, upload_model, write_validation
 
 
 def _nothing_stored(services: Services, name: str = "mlp") -> None:
@@ -35,7 +24,9 @@ def _nothing_stored(services: Services, name: str = "mlp") -> None:
 def test_register_list_describe_delete(
     client: TestClient, services: Services, mlp_path: Path, validation_path: Path
 ) -> None:
-    response = _register(client, mlp_path, validation=validation_path, accuracy="0.8", max_batch="8")
+    response = upload_model(
+        client, "mlp", mlp_path.read_bytes(), validation=validation_path.read_bytes(), accuracy="0.8", max_batch="8"
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["inputs"] == [{"name": "x", "dtype": "float32", "shape": [-1, 8]}]
@@ -63,14 +54,14 @@ def test_register_records_and_queues_the_variant_build(client: TestClient, servi
     services.settings.build_variants = True
     assert services.jobs is not None
     services.jobs.transport = Recorder()
-    assert _register(client, mlp_path).status_code == 201
+    assert upload_model(client, "mlp", mlp_path.read_bytes()).status_code == 201
     [item] = services.metadata.list_work_items()
     assert (item.task, item.kwargs, item.state) == ("build_variants", {"model_name": "mlp"}, "pending")
     assert delivered == [("work_item", {"item_id": item.id})]  # recorded with the registration, then handed over
 
 
 def test_not_onnx_rejected(client: TestClient, services: Services) -> None:
-    response = _register(client, b"this is plainly a text file, not a protobuf")
+    response = upload_model(client, "mlp", b"this is plainly a text file, not a protobuf")
     assert response.status_code == 400
     assert "not an ONNX model" in response.json()["detail"]
     _nothing_stored(services)
@@ -78,7 +69,7 @@ def test_not_onnx_rejected(client: TestClient, services: Services) -> None:
 
 def test_corrupt_onnx_rejected(client: TestClient, services: Services, mlp_path: Path) -> None:
     data = mlp_path.read_bytes()
-    response = _register(client, data[: len(data) // 2])
+    response = upload_model(client, "mlp", data[: len(data) // 2])
     assert response.status_code == 400
     _nothing_stored(services)
 
@@ -93,7 +84,7 @@ def test_model_onnx_runtime_cannot_load(client: TestClient, services: Services) 
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example.missing", 1)]
     )
-    response = _register(client, model.SerializeToString())
+    response = upload_model(client, "mlp", model.SerializeToString())
     assert response.status_code == 400
     assert "ONNX Runtime cannot load" in response.json()["detail"]
     _nothing_stored(services)
@@ -107,7 +98,7 @@ def test_checker_rejects_invalid_graph(client: TestClient, services: Services) -
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    response = _register(client, model.SerializeToString())
+    response = upload_model(client, "mlp", model.SerializeToString())
     assert response.status_code == 400
     assert "checker" in response.json()["detail"]
     _nothing_stored(services)
@@ -116,10 +107,10 @@ def test_checker_rejects_invalid_graph(client: TestClient, services: Services) -
 def test_duplicate_name_rejected_and_original_kept(
     client: TestClient, services: Services, mlp_path: Path, tmp_path: Path
 ) -> None:
-    assert _register(client, mlp_path).status_code == 201
+    assert upload_model(client, "mlp", mlp_path.read_bytes()).status_code == 201
     other = tmp_path / "other.onnx"
     onnx.save(mlp_model(in_dim=4), other)
-    response = _register(client, other)
+    response = upload_model(client, "mlp", other.read_bytes())
     assert response.status_code == 409
     assert "already exists" in response.json()["detail"]
     assert services.metadata.get_model("mlp").inputs[0].shape == (-1, 8)
@@ -145,7 +136,7 @@ def test_missing_model_file(client: TestClient, services: Services) -> None:
 
 def test_upload_over_size_limit(client: TestClient, services: Services, mlp_path: Path) -> None:
     services.settings.max_upload_mb = 0.0005  # 500 bytes; the route reads the limit per request
-    response = _register(client, mlp_path.read_bytes() + b"\0" * 2000)
+    response = upload_model(client, "mlp", mlp_path.read_bytes() + b"\0" * 2000)
     assert response.status_code == 413
     assert "limit" in response.json()["detail"]
     _nothing_stored(services)
@@ -153,7 +144,7 @@ def test_upload_over_size_limit(client: TestClient, services: Services, mlp_path
 
 def test_validation_shape_mismatch(client: TestClient, services: Services, mlp_path: Path, tmp_path: Path) -> None:
     bad = write_validation(tmp_path / "bad.npz", in_dim=5)
-    response = _register(client, mlp_path, validation=bad)
+    response = upload_model(client, "mlp", mlp_path.read_bytes(), validation=bad.read_bytes())
     assert response.status_code == 400
     assert "shape" in response.json()["detail"] and "[N, 8]" in response.json()["detail"]
     _nothing_stored(services)
@@ -164,11 +155,11 @@ def test_validation_dtype_and_name_mismatch(
 ) -> None:
     wrong_dtype = tmp_path / "d.npz"
     np.savez(wrong_dtype, x=np.zeros((4, 8), dtype=np.float64))
-    response = _register(client, mlp_path, validation=wrong_dtype)
+    response = upload_model(client, "mlp", mlp_path.read_bytes(), validation=wrong_dtype.read_bytes())
     assert response.status_code == 400 and "dtype" in response.json()["detail"]
     wrong_name = tmp_path / "n.npz"
     np.savez(wrong_name, features=np.zeros((4, 8), dtype=np.float32))
-    response = _register(client, mlp_path, validation=wrong_name)
+    response = upload_model(client, "mlp", mlp_path.read_bytes(), validation=wrong_name.read_bytes())
     assert response.status_code == 400 and "no array 'x'" in response.json()["detail"]
     _nothing_stored(services)
 
@@ -181,13 +172,13 @@ def test_validation_bombs_refused_from_their_headers(
     bomb = tmp_path / "bomb.npz"  # x fits the model; 'labels' hides 4 MB of zeros in a few KB
     np.savez_compressed(bomb, x=np.zeros((4, 8), np.float32), labels=np.zeros(2**20, np.int32))
     assert bomb.stat().st_size < 20_000
-    response = _register(client, mlp_path, validation=bomb)
+    response = upload_model(client, "mlp", mlp_path.read_bytes(), validation=bomb.read_bytes())
     assert response.status_code == 413, response.text
     assert response.json()["detail"].startswith("array 'labels' is 4.0 MB uncompressed (int32[1048576])")
     forged = tmp_path / "forged.npz"  # the .npy header says 4 x 8 floats, the member holds 8 MB
     with zipfile.ZipFile(forged, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("x.npy", npy_bytes(np.zeros((4, 8), np.float32)) + bytes(8 * 2**20))
-    response = _register(client, mlp_path, validation=forged)
+    response = upload_model(client, "mlp", mlp_path.read_bytes(), validation=forged.read_bytes())
     assert response.status_code == 400 and "the file is corrupt or forged" in response.json()["detail"], response.text
     _nothing_stored(services)
 
@@ -196,7 +187,7 @@ def test_validation_inputs_alias_for_single_input(
     client: TestClient, services: Services, mlp_path: Path, tmp_path: Path
 ) -> None:
     alias = write_validation(tmp_path / "alias.npz", input_name="inputs")
-    assert _register(client, mlp_path, validation=alias).status_code == 201
+    assert upload_model(client, "mlp", mlp_path.read_bytes(), validation=alias.read_bytes()).status_code == 201
 
 
 @pytest.mark.parametrize(
@@ -211,7 +202,7 @@ def test_bad_field_values(
     client: TestClient, services: Services, mlp_path: Path, field: str, value: str, message: str
 ) -> None:
     fields = {"name": "mlp", field: value}
-    response = _register(client, mlp_path, **fields)
+    response = upload_model(client, fields.pop("name"), mlp_path.read_bytes(), **fields)
     assert response.status_code == 400
     assert message in response.json()["detail"]
-    _nothing_stored(services, fields["name"] if field != "name" else "mlp")
+    _nothing_stored(services)

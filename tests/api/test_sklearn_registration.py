@@ -20,7 +20,9 @@ import infaas.cli.client
 from infaas.cli.main import app as cli
 from infaas.config import Settings
 from infaas.services import Services
-from tests.factories import wait_for
+from tests.factories import upload_model, wait_for
+
+MAX_BATCH = "4"  # few batch sizes to profile
 
 ZIPMAP_REWRITE = (
     "ZipMap output 'output_probability' (seq(map(int64, tensor(float)))) is served as its probability tensor "
@@ -43,14 +45,6 @@ def iris() -> tuple[LogisticRegression, np.ndarray, np.ndarray]:
     return LogisticRegression(max_iter=500).fit(features, labels), features, labels
 
 
-def _register(client: TestClient, model: bytes, name: str, validation: bytes | None = None):
-    files = {"model": ("m.onnx", model, "application/octet-stream")}
-    if validation is not None:
-        files["validation"] = ("v.npz", validation, "application/octet-stream")
-    fields = {"name": name, "task": "tabular-classification", "max_batch": "4"}  # few batch sizes to profile
-    return client.post("/v1/models", data=fields, files=files)
-
-
 def _npz(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -67,7 +61,13 @@ def test_skl2onnx_default_export_registers_and_serves_probabilities(
     exported = to_onnx(classifier, features[:1])  # skl2onnx's defaults: the probabilities behind a ZipMap
     assert any(node.op_type == "ZipMap" for node in exported.graph.node)
 
-    response = _register(client, exported.SerializeToString(), "iris", _npz(inputs=features, labels=labels))
+    response = upload_model(
+        client,
+        "iris",
+        exported.SerializeToString(),
+        validation=_npz(inputs=features, labels=labels),
+        max_batch=MAX_BATCH,
+    )
     assert response.status_code == 201, response.text
     assert response.json()["outputs"] == [
         {"name": "output_label", "dtype": "int64", "shape": [-1]},
@@ -128,7 +128,7 @@ def _optional_output_model() -> bytes:
 def test_other_non_tensor_outputs_are_refused_by_name(
     client: TestClient, services: Services, model: bytes, described: str
 ) -> None:
-    response = _register(client, model, "odd")
+    response = upload_model(client, "odd", model, max_batch=MAX_BATCH)
     assert response.status_code == 400, response.text
     body = response.json()
     assert body["code"] == "invalid_model"
@@ -146,7 +146,7 @@ def test_a_zipmap_that_feeds_another_node_is_refused_with_the_skl2onnx_hint(
     exported = to_onnx(classifier, features[:1], target_opset={"": 17, "ai.onnx.ml": 3})
     exported.graph.node.append(helper.make_node("SequenceLength", ["output_probability"], ["rows"]))
     exported.graph.output.append(helper.make_tensor_value_info("rows", TensorProto.INT64, []))
-    response = _register(client, exported.SerializeToString(), "iris")
+    response = upload_model(client, "iris", exported.SerializeToString(), max_batch=MAX_BATCH)
     assert response.status_code == 400, response.text
     detail = response.json()["detail"]
     assert detail.startswith("output 'output_probability' is a seq(map(int64, tensor(float))), not a tensor")

@@ -9,7 +9,6 @@ the lease within its TTL plus one renewal, remembers the cool-downs, and adds th
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from infaas.catalog import DecisionInfo
 from infaas.db.session import Database
 from infaas.live_state.redis import RedisLiveState
 from infaas.metadata import MetadataStore
-from tests.factories import wait_for
+from tests.factories import scaled_out_env, wait_for
 from tests.pg import temporary_database
 from tests.redis_server import REDIS_URL, delete_keys, redis_up
 from tests.s3server import free_port
@@ -102,28 +101,23 @@ class FrontEnds:
 def front_ends(tmp_path: Path) -> Iterator[FrontEnds]:
     prefix = f"infaas-test-leader-{uuid.uuid4().hex[:10]}"
     with temporary_database() as database_url:
-        env = {
-            **os.environ,
-            "INFAAS_DATABASE_URL": database_url,
-            "INFAAS_REDIS_URL": REDIS_URL,
-            "INFAAS_REDIS_PREFIX": prefix,
-            "INFAAS_MODEL_STORE": str(tmp_path / "store"),
-            "INFAAS_IN_PROCESS_WORKER": "false",
-            "INFAAS_AUTOSCALER": "on",
-            "INFAAS_PROVIDER": "inprocess",
-            "INFAAS_MIN_WORKERS": "1",
-            "INFAAS_MAX_WORKERS": "1",
-            "INFAAS_AUTOSCALER_PERIOD_S": str(PERIOD_S),
-            "INFAAS_VM_AUTOSCALER_PERIOD_S": str(PERIOD_S),
-            "INFAAS_AUTOSCALER_LEASE_S": str(LEASE_S),
-            "INFAAS_AUTOSCALER_LEASE_RENEW_S": str(RENEW_S),
-            "INFAAS_HEARTBEAT_S": "0.2",
-            "INFAAS_HEARTBEAT_TTL_S": str(HEARTBEAT_TTL_S),
-            "INFAAS_WORKER_CORES": "1",
-            "INFAAS_WORKER_MEMORY_MB": "200",
-        }
-        for key in ("INFAAS_BROKER_URL", "INFAAS_ADMIN_KEY", "INFAAS_WORKER_ID"):
-            env.pop(key, None)
+        env = scaled_out_env(
+            database_url,
+            prefix,
+            tmp_path / "store",
+            autoscaler="on",
+            provider="inprocess",
+            min_workers=1,
+            max_workers=1,
+            autoscaler_period_s=PERIOD_S,
+            vm_autoscaler_period_s=PERIOD_S,
+            autoscaler_lease_s=LEASE_S,
+            autoscaler_lease_renew_s=RENEW_S,
+            heartbeat_s=0.2,
+            heartbeat_ttl_s=HEARTBEAT_TTL_S,
+            worker_cores=1,
+            worker_memory_mb=200,
+        )
         db = Database(database_url)
         live = RedisLiveState(REDIS_URL, prefix, snapshot_ttl_s=0.0)
         built = FrontEnds(tmp=tmp_path, env=env, prefix=prefix, metadata=MetadataStore(db), live=live)

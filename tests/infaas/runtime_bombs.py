@@ -7,6 +7,8 @@ live-server tests.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -33,10 +35,11 @@ def _scalar(name: str, value: object, dtype: type) -> TensorProto:
     return numpy_helper.from_array(np.array(value, dtype=dtype), name)
 
 
-def loop_with_trip_count(trip_count: int) -> bytes:
-    """``Loop`` with a constant trip count around an ``Identity`` body: never answers for a huge count."""
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+def _loop_body(condition: list[onnx.NodeProto], initializers: Sequence[TensorProto] = ()) -> onnx.GraphProto:
+    """A ``Loop`` body (iteration ``i``, ``cond_in``, a [1] float carried through unchanged): ``condition``
+    computes ``cond_out``, the loop's only way to stop when it has no trip count."""
+    return helper.make_graph(
+        [*condition, helper.make_node("Identity", ["v_in"], ["v_out"])],
         "body",
         [
             helper.make_tensor_value_info("i", TensorProto.INT64, []),
@@ -47,7 +50,13 @@ def loop_with_trip_count(trip_count: int) -> bytes:
             helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1]),
         ],
+        list(initializers),
     )
+
+
+def loop_with_trip_count(trip_count: int) -> bytes:
+    """``Loop`` with a constant trip count around an ``Identity`` body: never answers for a huge count."""
+    body = _loop_body([helper.make_node("Identity", ["cond_in"], ["cond_out"])])
     return _model(
         [helper.make_node("Loop", ["M", "keep_going", "x"], ["y"], body=body)],
         [_scalar("M", trip_count, np.int64), _scalar("keep_going", True, np.bool_)],
@@ -57,23 +66,7 @@ def loop_with_trip_count(trip_count: int) -> bytes:
 
 def loop_driven_by_condition() -> bytes:
     """``Loop`` with no trip count at all: the body's own condition (``i < 2^62``) keeps it going."""
-    body = helper.make_graph(
-        [
-            helper.make_node("Less", ["i", "bound"], ["cond_out"]),
-            helper.make_node("Identity", ["v_in"], ["v_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1]),
-        ],
-        [_scalar("bound", 2**62, np.int64)],
-    )
+    body = _loop_body([helper.make_node("Less", ["i", "bound"], ["cond_out"])], [_scalar("bound", 2**62, np.int64)])
     return _model(
         [helper.make_node("Loop", ["", "keep_going", "x"], ["y"], body=body)],
         [_scalar("keep_going", True, np.bool_)],
@@ -121,19 +114,7 @@ def expand_at_run_time(offset: int) -> bytes:
 
 def loop_from_input_value() -> bytes:
     """A ``Loop`` that runs ``int64(max(x))`` times: no iteration on zeros (what the check runs), endless for 1e12."""
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1]),
-        ],
-    )
+    body = _loop_body([helper.make_node("Identity", ["cond_in"], ["cond_out"])])
     return _model(
         [
             helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from infaas.jobs.runner import JobRunner
 from infaas.metadata import MetadataStore
 from infaas.offline import JobStatus, result_key
 from infaas.services import Services, build_services
-from tests.factories import TASK, mlp_model, npy_bytes, profiles, seed_model
+from tests.factories import TASK, mlp_model, npy_bytes, profiles, seed_model, wait_for
 from tests.pg import temporary_database
 
 LEASE_S = 10.0
@@ -47,13 +47,6 @@ def settings(tmp_path: Path) -> Settings:
         recovery_period_s=3600,
         orphan_grace_s=3600,
     )
-
-
-@pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
-    built = build_services(settings)
-    yield built
-    built.close()
 
 
 class Clock:
@@ -200,7 +193,10 @@ def test_the_heartbeat_renews_only_what_this_process_still_holds(services: Servi
     running = threading.Thread(target=holder.run, args=(item.id,))
     running.start()
     try:
-        assert _wait_state(services, item.id, WorkState.RUNNING)
+        held = wait_for(
+            lambda: services.metadata.get_work_item(item.id), 10, until=lambda i: i and i.state == WorkState.RUNNING
+        )
+        assert held is not None and held.state == WorkState.RUNNING, held
         clock.advance(LEASE_S * 0.9)
         assert holder.heartbeat() == 1  # renewed from the new "now"
         clock.advance(LEASE_S * 0.9)  # past the first lease, within the renewed one
@@ -211,16 +207,6 @@ def test_the_heartbeat_renews_only_what_this_process_still_holds(services: Servi
         running.join(30)
     assert services.metadata.get_work_item(item.id).state == WorkState.DONE  # type: ignore[union-attr]
     assert holder.heartbeat() == 0  # nothing held any more
-
-
-def _wait_state(services: Services, item_id: str, state: str, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        item = services.metadata.get_work_item(item_id)
-        if item is not None and item.state == state:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_a_redelivered_message_and_the_sweep_run_an_item_once(services: Services) -> None:
@@ -423,13 +409,9 @@ def test_start_up_recovery_runs_what_a_dead_process_left_queued(settings: Settin
         first.close()
     second = build_services(settings)  # its maintenance thread sweeps at start
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            model = second.metadata.get_model("mlp")
-            if model is not None and model.status == ModelStatus.READY:
-                break
-            time.sleep(0.1)
-        model = second.metadata.get_model("mlp")
+        model = wait_for(
+            lambda: second.metadata.get_model("mlp"), 60, until=lambda m: m and m.status == ModelStatus.READY
+        )
         assert model is not None and model.status == ModelStatus.READY, model
         [item] = second.metadata.list_work_items()
         assert item.state == WorkState.DONE and item.attempts == 1

@@ -3,25 +3,22 @@ runtime's message, and requests batched with it are not failed for it."""
 
 from __future__ import annotations
 
-import socket
-import threading
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-import uvicorn
 from onnx import TensorProto, helper, numpy_helper
 
 from infaas.errors import InvalidInput
 from infaas.live_state import MemoryLiveState
 from infaas.model_store import LocalModelStore
 from infaas.selector import ProfileCurve
-from infaas.worker import Instance, LocalWorker
+from infaas.worker import Instance
 from infaas.worker.instance import InferResult
 from infaas.worker.remote import RemoteWorkerClient
-from infaas.worker.server import WorkerService, create_worker_app
-from tests.factories import profiles, variant_info, wait_for
+from tests.factories import GatedSession, profiles, queue_behind_gate, variant_info
+from tests.worker_app import served_worker
 
 # y = table[i]: any index past 3 fails inside ONNX Runtime ("indices element out of data bounds").
 _GRAPH = helper.make_graph(
@@ -35,26 +32,8 @@ _MODEL = helper.make_model(_GRAPH, opset_imports=[helper.make_opsetid("", 17)])
 _MODEL.ir_version = 8
 
 
-class GatedSession:
-    """A real session whose first run waits for the gate, so that later requests queue into one batch."""
-
-    def __init__(self) -> None:
-        self.session = ort.InferenceSession(_MODEL.SerializeToString(), providers=["CPUExecutionProvider"])
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.runs: list[list[int]] = []
-
-    def get_inputs(self):  # type: ignore[no-untyped-def]
-        return self.session.get_inputs()
-
-    def get_outputs(self):  # type: ignore[no-untyped-def]
-        return self.session.get_outputs()
-
-    def run(self, names, feeds):  # type: ignore[no-untyped-def]
-        self.entered.set()
-        assert self.gate.wait(10)
-        self.runs.append(feeds["i"].tolist())
-        return self.session.run(names, feeds)
+def _gated_session() -> GatedSession:
+    return GatedSession(ort.InferenceSession(_MODEL.SerializeToString(), providers=["CPUExecutionProvider"]))
 
 
 def _instance(session: GatedSession) -> Instance:
@@ -63,7 +42,7 @@ def _instance(session: GatedSession) -> Instance:
 
 
 def test_a_failing_run_is_invalid_input_with_the_runtimes_message() -> None:
-    session = GatedSession()
+    session = _gated_session()
     session.gate.set()
     instance = _instance(session)
     assert instance.infer({"i": np.array([2], np.int64)}).outputs["y"].tolist() == [20.0]
@@ -75,7 +54,7 @@ def test_a_failing_run_is_invalid_input_with_the_runtimes_message() -> None:
 
 
 def test_only_the_failing_request_of_a_batch_gets_the_error() -> None:
-    session = GatedSession()
+    session = _gated_session()
     instance = _instance(session)
     outcomes: dict[int, InferResult | BaseException] = {}
 
@@ -85,17 +64,9 @@ def test_only_the_failing_request_of_a_batch_gets_the_error() -> None:
         except BaseException as exc:  # noqa: BLE001 - recorded for the assertions
             outcomes[key] = exc
 
-    blocker = threading.Thread(target=send, args=(-1, 0))
-    blocker.start()
-    assert session.entered.wait(5)
-    queued = [threading.Thread(target=send, args=(k, index)) for k, index in enumerate([1, 99, 2])]
-    for n, thread in enumerate(queued, start=1):
-        thread.start()
-        assert wait_for(lambda n=n: len(instance._pending) == n, interval_s=0.001), "request did not queue"
-    session.gate.set()
-    for thread in (blocker, *queued):
-        thread.join(5)
-    assert [1, 99, 2] in session.runs  # they were run together once, and that run failed
+    queued = [lambda k=k, index=index: send(k, index) for k, index in enumerate([1, 99, 2])]
+    session.release(queue_behind_gate(instance, session, lambda: send(-1, 0), queued))
+    assert [1, 99, 2] in [feeds["i"].tolist() for feeds in session.feeds]  # run together once, and that run failed
     assert isinstance(outcomes[1], InvalidInput) and "idx=99" in str(outcomes[1])
     assert outcomes[0].outputs["y"].tolist() == [10.0]  # type: ignore[union-attr]
     assert outcomes[2].outputs["y"].tolist() == [20.0]  # type: ignore[union-attr]
@@ -108,23 +79,10 @@ def test_a_remote_worker_passes_the_failure_back_as_invalid_input(tmp_path: Path
     failure (which would retry the query elsewhere and end in a 503)."""
     store = LocalModelStore(tmp_path / "store")
     store.put_bytes("gather/model.onnx", _MODEL.SerializeToString())
-    live = MemoryLiveState()
-    worker = LocalWorker("w", store, live, memory_budget_mb=100, cores=1)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(uvicorn.Config(create_worker_app(WorkerService(worker, live, url, 0.2)), port=port))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_for(lambda: server.started, 10, interval_s=0.02)
+    with served_worker(store, MemoryLiveState(), memory_budget_mb=100) as url:
         variant = variant_info("gather", "fp32", profiles({1: 0.1}), artifact_key="gather/model.onnx")
         client = RemoteWorkerClient("w", url)
         assert client.infer(variant, {"i": np.array([1], np.int64)}, None).outputs["y"].tolist() == [10.0]
         with pytest.raises(InvalidInput, match=r"could not run on this input: .*idx=42"):
             client.infer(variant, {"i": np.array([42], np.int64)}, None)
         client.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -14,11 +14,9 @@ import pytest
 
 from infaas import orphans
 from infaas.db.models import Job, ModelStatus
-from infaas.metadata import NewModel
 from infaas.model_store.local import TEMP_PREFIX, LocalModelStore
-from infaas.onnx_check import check_model_bytes
 from infaas.services import Services
-from tests.factories import TASK, mlp_model, profiles, seed_model
+from tests.factories import TASK, add_model_row, mlp_model, profiles, seed_model
 
 GRACE_S = 60.0
 MODEL = mlp_model().SerializeToString()
@@ -27,27 +25,6 @@ MODEL = mlp_model().SerializeToString()
 def later() -> datetime:
     """A moment past the grace period of everything written so far."""
     return datetime.now(UTC) + timedelta(seconds=GRACE_S + 1)
-
-
-def add_row(services: Services, name: str, status: str) -> None:
-    checked = check_model_bytes(MODEL)
-    services.metadata.add_model(
-        NewModel(
-            name=name,
-            task=TASK,
-            inputs=checked.inputs,
-            outputs=checked.outputs,
-            opset=checked.opset,
-            declared_accuracy=None,
-            max_batch=8,
-            owner="local",
-            public=False,
-            artifact_key=f"models/{name}/model.onnx",
-            validation_key=None,
-            size_bytes=len(MODEL),
-            status=status,
-        )
-    )
 
 
 def test_files_without_a_row_go_after_the_grace_period_and_the_log_says_so(
@@ -71,7 +48,7 @@ def test_files_without_a_row_go_after_the_grace_period_and_the_log_says_so(
 
 
 def test_a_registration_that_stopped_before_its_commit_is_removed_after_the_grace_period(services: Services) -> None:
-    add_row(services, "half", ModelStatus.REGISTERING)
+    add_model_row(services, "half", MODEL, task=TASK, status=ModelStatus.REGISTERING)
     services.store.put_bytes("models/half/model.onnx", MODEL)
     assert orphans.sweep(services.metadata, services.store, GRACE_S).empty  # may still be running
     assert services.metadata.model_exists("half")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 
 from infaas.engine import Query
 from infaas.live_state import MemoryLiveState, WorkerState
@@ -19,9 +17,8 @@ from infaas.selector import NoWorkerAvailable, Requirements
 from infaas.services import Services
 from infaas.worker import LocalWorker, OutOfMemory
 from infaas.worker.remote import RemoteWorkerClient
-from infaas.worker.server import WorkerService, create_worker_app
-from tests.factories import linear_model, profiles, reference_outputs, seed_model, variant_info, wait_for, write_mlp
-from tests.s3server import free_port
+from tests.factories import linear_model, profiles, reference_outputs, seed_model, variant_info, write_mlp
+from tests.worker_app import served_worker
 
 VARIANT_MB = 10.0  # the profiled memory of every variant below
 
@@ -78,19 +75,8 @@ def test_the_query_fails_only_when_no_worker_has_room(services: Services) -> Non
 def small_worker_url(tmp_path: Path) -> Iterator[tuple[str, LocalModelStore]]:
     """An ``infaas worker`` app over HTTP whose 5 MB budget fits no variant here."""
     store = LocalModelStore(tmp_path / "store")
-    live = MemoryLiveState()
-    worker = LocalWorker("w", store, live, memory_budget_mb=5.0, cores=1)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(
-        uvicorn.Config(create_worker_app(WorkerService(worker, live, url, 0.2)), port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10, interval_s=0.02)
-    yield url, store
-    server.should_exit = True
-    thread.join(10)
+    with served_worker(store, MemoryLiveState(), memory_budget_mb=5.0) as url:
+        yield url, store
 
 
 def test_a_remote_worker_reports_out_of_memory_as_such(

@@ -9,7 +9,6 @@ restarts, models, variants and profiles are still there and queries work.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import subprocess
 import sys
@@ -26,18 +25,25 @@ import httpx
 import numpy as np
 import pytest
 import redis
-import uvicorn
 
 from infaas.live_state import MemoryLiveState
 from infaas.live_state.redis import RedisLiveState
 from infaas.model_store import LocalModelStore
-from infaas.worker import LocalWorker, WorkerError
+from infaas.worker import WorkerError
 from infaas.worker.remote import FrameError, RemoteWorkerClient, WorkerUnavailable, decode_frame, encode_frame
-from infaas.worker.server import WorkerService, create_worker_app
-from tests.factories import profiles, reference_outputs, variant_info, wait_for, write_mlp, write_validation
+from tests.factories import (
+    profiles,
+    reference_outputs,
+    scaled_out_env,
+    variant_info,
+    wait_for,
+    write_mlp,
+    write_validation,
+)
 from tests.pg import temporary_database
-from tests.redis_server import REDIS_URL, redis_up
+from tests.redis_server import REDIS_URL, delete_keys, redis_up
 from tests.s3server import free_port
+from tests.worker_app import served_worker
 
 HEARTBEAT_TTL_S = 2.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,19 +94,9 @@ def worker_url(tmp_path: Path) -> Iterator[tuple[str, LocalModelStore]]:
     """A worker app served by uvicorn in this process, over in-memory live state."""
     store = LocalModelStore(tmp_path / "store")
     live = MemoryLiveState()
-    worker = LocalWorker("w", store, live, memory_budget_mb=100, cores=1)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(
-        uvicorn.Config(create_worker_app(WorkerService(worker, live, url, 0.2)), port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10, interval_s=0.02)
-    assert [w.address for w in live.workers()] == [url]
-    yield url, store
-    server.should_exit = True
-    thread.join(10)
+    with served_worker(store, live, memory_budget_mb=100) as url:
+        assert [w.address for w in live.workers()] == [url]
+        yield url, store
     assert live.workers() == []  # a worker that shuts down leaves the registry
 
 
@@ -196,22 +192,17 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     prefix = f"infaas-test-{uuid.uuid4().hex[:10]}"
     with temporary_database() as database_url:
-        env = {
-            **os.environ,
-            "INFAAS_DATABASE_URL": database_url,
-            "INFAAS_REDIS_URL": REDIS_URL,
-            "INFAAS_REDIS_PREFIX": prefix,
-            "INFAAS_MODEL_STORE": str(tmp_path / "store"),
-            "INFAAS_IN_PROCESS_WORKER": "false",
-            "INFAAS_AUTOSCALER": "off",
-            "INFAAS_HEARTBEAT_S": "0.5",
-            "INFAAS_HEARTBEAT_TTL_S": str(HEARTBEAT_TTL_S),
-            "INFAAS_PROFILE_RUNS": "5",
-            "INFAAS_PROFILE_MAX_SECONDS": "1",
-            "INFAAS_WORKER_CORES": "1",
-        }
-        for key in ("INFAAS_BROKER_URL", "INFAAS_ADMIN_KEY", "INFAAS_WORKER_ID"):
-            env.pop(key, None)
+        env = scaled_out_env(
+            database_url,
+            prefix,
+            tmp_path / "store",
+            autoscaler="off",
+            heartbeat_s=0.5,
+            heartbeat_ttl_s=HEARTBEAT_TTL_S,
+            profile_runs=5,
+            profile_max_seconds=1,
+            worker_cores=1,
+        )
         built = Cluster(tmp=tmp_path, env=env, prefix=prefix)
         try:
             yield built
@@ -219,11 +210,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             for proc in built.procs.values():
                 proc.kill()
                 proc.wait(15)
-            client = redis.Redis.from_url(REDIS_URL)
-            keys = list(client.scan_iter(match=f"{prefix}:*"))
-            if keys:
-                client.delete(*keys)
-            client.close()
+            delete_keys(f"{prefix}:")
 
 
 def _query(url: str, x: np.ndarray) -> tuple[np.ndarray, str]:

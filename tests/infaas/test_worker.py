@@ -17,34 +17,12 @@ from infaas.model_store import LocalModelStore
 from infaas.runtime import warm_up
 from infaas.selector import ProfileCurve
 from infaas.worker import Instance, LocalWorker, OutOfMemory
-from tests.factories import linear_model, profiles, variant_info, wait_for
+from tests.factories import GatedSession, linear_model, profiles, queue_behind_gate, variant_info
 
 
 def variant(name: str, artifact_key: str, memory_mb: float = 10.0) -> VariantInfo:
     """A ready variant of the tiny model, profiled at batch 1 and 4."""
     return variant_info("tiny", name, profiles({1: 1.0, 4: 2.0}, memory_mb=memory_mb), artifact_key=artifact_key)
-
-
-class GatedSession:
-    """A real session whose first run blocks until released, so requests pile up deterministically."""
-
-    def __init__(self, session: ort.InferenceSession) -> None:
-        self.session = session
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.batches: list[int] = []
-
-    def get_inputs(self):  # type: ignore[no-untyped-def]
-        return self.session.get_inputs()
-
-    def get_outputs(self):  # type: ignore[no-untyped-def]
-        return self.session.get_outputs()
-
-    def run(self, names, feeds):  # type: ignore[no-untyped-def]
-        self.entered.set()
-        assert self.gate.wait(10)
-        self.batches.append(int(next(iter(feeds.values())).shape[0]))
-        return self.session.run(names, feeds)
 
 
 @pytest.fixture()
@@ -65,20 +43,14 @@ def test_batching_gathers_concurrent_requests_up_to_best_batch(raw_session: ort.
     first_x = rng.standard_normal((1, 4)).astype(np.float32)
     xs = [rng.standard_normal((2 if i == 1 else 1, 4)).astype(np.float32) for i in range(6)]
     results: dict[int, object] = {}
-    blocker = threading.Thread(target=lambda: results.setdefault(-1, instance.infer({"x": first_x})))
-    blocker.start()
-    assert gated.entered.wait(5)
-    threads = [
-        threading.Thread(target=lambda i=i: results.setdefault(i, instance.infer({"x": xs[i]}))) for i in range(6)
-    ]
-    for queued, t in enumerate(threads, start=1):
-        t.start()  # one at a time, so the queue order is the submission order
-        assert wait_for(lambda n=queued: len(instance._pending) == n, interval_s=0.001), "condition not reached"
+    threads = queue_behind_gate(
+        instance,
+        gated,
+        lambda: results.setdefault(-1, instance.infer({"x": first_x})),
+        [lambda i=i: results.setdefault(i, instance.infer({"x": xs[i]})) for i in range(6)],
+    )
     assert instance.outstanding == 7
-    gated.gate.set()
-    blocker.join(5)
-    for t in threads:
-        t.join(5)
+    gated.release(threads)
     # 7 queued rows (one request has 2): first run takes 4 rows (requests 0,1,2), the rest follow.
     assert gated.batches[0] == 1
     assert gated.batches[1] == 4
@@ -96,16 +68,9 @@ def test_batch_dependent_variants_never_share_a_run(raw_session: ort.InferenceSe
     instance = Instance("tiny/v", lambda: gated, _curve({1: 1.0, 4: 2.0}), batch_invariant=False)
     assert instance.max_batch == 1
     x = np.ones((1, 4), np.float32)
-    blocker = threading.Thread(target=lambda: instance.infer({"x": x}))
-    blocker.start()
-    assert gated.entered.wait(5)
-    queued = [threading.Thread(target=lambda: instance.infer({"x": x})) for _ in range(3)]
-    for n, t in enumerate(queued, start=1):
-        t.start()
-        assert wait_for(lambda n=n: len(instance._pending) == n, interval_s=0.001), "condition not reached"
-    gated.gate.set()
-    for t in (blocker, *queued):
-        t.join(5)
+    gated.release(
+        queue_behind_gate(instance, gated, lambda: instance.infer({"x": x}), [lambda: instance.infer({"x": x})] * 3)
+    )
     assert gated.batches == [1, 1, 1, 1]  # three requests were waiting together, yet each ran alone
     instance.close()
 
@@ -122,16 +87,9 @@ def test_dynamic_int8_variants_are_served_batch_independently(store: LocalModelS
 def _queued_behind_blocker(instance: Instance, gated: GatedSession, deadline: float | None) -> object:
     """Occupy the only replica, queue one request, release, and return the queued request's result."""
     x = np.ones((1, 4), np.float32)
-    blocker = threading.Thread(target=lambda: instance.infer({"x": x}))
-    blocker.start()
-    assert gated.entered.wait(5)
     out: list[object] = []
-    waiter = threading.Thread(target=lambda: out.append(instance.infer({"x": x}, deadline)))
-    waiter.start()
-    assert wait_for(lambda: len(instance._pending) == 1, interval_s=0.001), "condition not reached"
-    gated.gate.set()
-    waiter.join(5)
-    blocker.join(5)
+    queued = [lambda: out.append(instance.infer({"x": x}, deadline))]
+    gated.release(queue_behind_gate(instance, gated, lambda: instance.infer({"x": x}), queued))
     return out[0]
 
 
@@ -250,13 +208,10 @@ def test_try_run_now_never_waits(raw_session: ort.InferenceSession) -> None:
     gated = GatedSession(raw_session)
     instance = Instance("tiny/v", lambda: gated, _curve({1: 1.0}))
     x = np.ones((1, 4), np.float32)
-    blocker = threading.Thread(target=lambda: instance.infer({"x": x}))
-    blocker.start()
-    assert gated.entered.wait(5)
+    threads = queue_behind_gate(instance, gated, lambda: instance.infer({"x": x}), [])
     assert instance.try_run_now({"x": x}) is None  # busy: nothing queued, nothing run
     assert instance.outstanding == 1
-    gated.gate.set()
-    blocker.join(5)
+    gated.release(threads)
     result = instance.try_run_now({"x": x})
     assert result is not None and result.queue_ms == 0
     np.testing.assert_array_equal(result.outputs["y"], raw_session.run(None, {"x": x})[0])
