@@ -13,17 +13,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.types import Message
 
-from infaas.services import Services, build_services
-from tests.fuzz import Tenants, make_tenants, secure_app, secure_settings
+from infaas.services import Services
+from tests.fuzz import Tenants, secure_world
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Tenants]]:
-    settings = secure_settings(tmp_path / "home", max_body_mb=0.001, max_upload_mb=0.1, max_jobs_per_tenant=0)
-    services = build_services(settings)
-    with TestClient(secure_app(settings, services)) as client:
-        yield client, services, make_tenants(services)
-    services.close()
+    with secure_world(tmp_path / "home", max_body_mb=0.001, max_upload_mb=0.1, max_jobs_per_tenant=0) as world:
+        yield world
 
 
 def _call_without_reading(app: FastAPI, method: str, path: str, headers: dict[str, str]) -> tuple[int, int]:

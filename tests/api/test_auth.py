@@ -23,23 +23,18 @@ from tests.factories import TASK
 from tests.fuzz import (
     ADMIN_KEY,
     Tenants,
-    make_tenants,
     mlp_bytes,
     route_exists,
     secure_app,
-    secure_settings,
+    secure_world,
     served_routes,
 )
 
 
 @pytest.fixture
 def secure(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Tenants]]:
-    settings = secure_settings(tmp_path / "home")
-    services = build_services(settings)
-    app = secure_app(settings, services)
-    with TestClient(app) as client:
-        yield client, services, make_tenants(services)
-    services.close()
+    with secure_world(tmp_path / "home") as world:
+        yield world
 
 
 def _protected_calls(client: TestClient) -> list[tuple[str, str]]:

@@ -32,7 +32,7 @@ from infaas.db.models import ApiKey
 from infaas.registration import RegistrationRequest, register_model
 from infaas.services import Services, build_services
 from tests.factories import TASK, linear_model, profiles, seed_model
-from tests.fuzz import ADMIN_KEY, Tenants, bearer, make_tenants, mlp_bytes, secure_app, secure_settings
+from tests.fuzz import ADMIN_KEY, Tenants, bearer, mlp_bytes, secure_app, secure_settings, secure_world
 from tests.fuzz.hostile_tenant import gather_model, serve_in_thread
 
 LOCAL_URL = "http://127.0.0.1:8000"
@@ -142,11 +142,8 @@ def test_test_client_name_is_loopback_only_without_trusted_proxies(tmp_path: Pat
 # -- 6 with keys: the console cookie is the ambient credential -------------------------------------
 @pytest.fixture
 def secure(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Tenants]]:
-    settings = secure_settings(tmp_path / "home")
-    services = build_services(settings)
-    with TestClient(secure_app(settings, services)) as client:
-        yield client, services, make_tenants(services)
-    services.close()
+    with secure_world(tmp_path / "home") as world:
+        yield world
 
 
 def test_cookie_console_requests_refuse_cross_site_and_bearer_calls_do_not(

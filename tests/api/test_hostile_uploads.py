@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from infaas.services import Services, build_services
+from infaas.services import Services
 from tests.factories import TASK
 from tests.fuzz import (
     Tenants,
     hostile_models,
-    make_tenants,
     mlp_bytes,
     random_header_bytes,
     route_exists,
-    secure_app,
-    secure_settings,
+    secure_world,
 )
 
 HOSTILE = hostile_models()
@@ -29,11 +27,8 @@ HOSTILE = hostile_models()
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Services, Tenants]]:
     # One tenant attempts far more registrations here than the hourly quota allows (tested on its own).
-    settings = secure_settings(tmp_path_factory.mktemp("hostile") / "home", max_registrations_per_hour=1000)
-    services = build_services(settings)
-    with TestClient(secure_app(settings, services)) as client:
-        yield client, services, make_tenants(services)
-    services.close()
+    with secure_world(tmp_path_factory.mktemp("hostile") / "home", max_registrations_per_hour=1000) as world:
+        yield world
 
 
 def _still_serving(client: TestClient, services: Services, tenants: Tenants) -> None:

@@ -18,18 +18,15 @@ from api.concurrency import ConcurrencyLimit
 from infaas.auth import Principal
 from infaas.services import Services, build_services
 from tests.factories import upload_model
-from tests.fuzz import Tenants, make_tenants, mlp_bytes, route_exists, secure_app, secure_settings
+from tests.fuzz import Tenants, mlp_bytes, route_exists, secure_app, secure_settings, secure_world
 
 
 @pytest.fixture
 def limited(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Tenants]]:
-    settings = secure_settings(
+    with secure_world(
         tmp_path / "home", max_upload_mb=0.01, max_body_mb=0.001, max_batch_per_query=4, max_inputs_per_request=1
-    )
-    services = build_services(settings)
-    with TestClient(secure_app(settings, services)) as client:
-        yield client, services, make_tenants(services)
-    services.close()
+    ) as world:
+        yield world
 
 
 def test_upload_past_limit_is_413_and_stores_nothing(limited: tuple[TestClient, Services, Tenants]) -> None:

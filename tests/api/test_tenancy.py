@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from infaas.db.models import Job
-from infaas.services import Services, build_services
-from tests.factories import TASK
-from tests.fuzz import Tenants, make_tenants, mlp_bytes, route_exists, secure_app, secure_settings
+from infaas.services import Services
+from tests.factories import TASK, upload_model
+from tests.fuzz import Tenants, mlp_bytes, route_exists, secure_world
 
 # Tenant models live in the tenant's namespace: "<tenant>.<name>".
 PRIVATE = "alice.private"
@@ -29,21 +29,11 @@ ROW = [[0.5] * 8]
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[TestClient, Services, Tenants]]:
     """Alice owns a private model (sole model of its task) and a public one; Bob owns nothing."""
-    settings = secure_settings(tmp_path / "home")
-    services = build_services(settings)
-    app = secure_app(settings, services)
-    with TestClient(app) as client:
-        tenants = make_tenants(services)
+    with secure_world(tmp_path / "home") as (client, services, tenants):
         for name, task, public in ((PRIVATE, SECRET_TASK, "false"), (PUBLIC, TASK, "true")):
-            response = client.post(
-                "/v1/models",
-                data={"name": name, "task": task, "public": public},
-                files={"model": ("m.onnx", mlp_bytes(), "application/octet-stream")},
-                headers=tenants.alice,
-            )
+            response = upload_model(client, name, mlp_bytes(), headers=tenants.alice, task=task, public=public)
             assert response.status_code == 201, response.text
         yield client, services, tenants
-    services.close()
 
 
 def _same_as_missing(hidden: httpx.Response, missing: httpx.Response, hidden_name: str, missing_name: str) -> None:
@@ -101,12 +91,7 @@ def test_registration_does_not_reveal_private_names(world: tuple[TestClient, Ser
     client, _, tenants = world
 
     def register(name: str) -> httpx.Response:
-        return client.post(
-            "/v1/models",
-            data={"name": name, "task": TASK},
-            files={"model": ("m.onnx", mlp_bytes(), "application/octet-stream")},
-            headers=tenants.bob,
-        )
+        return upload_model(client, name, mlp_bytes(), headers=tenants.bob)
 
     taken, fresh = register(PRIVATE), register("fresh-name")
     assert taken.status_code == fresh.status_code == 201
@@ -117,20 +102,18 @@ def test_registration_does_not_reveal_private_names(world: tuple[TestClient, Ser
 
 def test_tenant_names_are_qualified_admin_names_are_not(world: tuple[TestClient, Services, Tenants]) -> None:
     client, _, tenants = world
-    files = {"model": ("m.onnx", mlp_bytes(), "application/octet-stream")}
-    by_bob = client.post("/v1/models", data={"name": "plain", "task": TASK}, files=files, headers=tenants.bob)
-    by_admin = client.post("/v1/models", data={"name": "plain", "task": TASK}, files=files, headers=tenants.admin)
+    by_bob = upload_model(client, "plain", mlp_bytes(), headers=tenants.bob)
+    by_admin = upload_model(client, "plain", mlp_bytes(), headers=tenants.admin)
     assert (by_bob.json()["name"], by_admin.json()["name"]) == ("bob.plain", "plain")
 
 
 def test_an_admin_cannot_take_a_name_in_a_tenants_namespace(world: tuple[TestClient, Services, Tenants]) -> None:
     client, services, tenants = world
-    files = {"model": ("m.onnx", mlp_bytes(), "application/octet-stream")}
-    squat = client.post("/v1/models", data={"name": "bob.later", "task": TASK}, files=files, headers=tenants.admin)
+    squat = upload_model(client, "bob.later", mlp_bytes(), headers=tenants.admin)
     assert squat.status_code == 400 and "reserved for tenant namespaces" in squat.json()["detail"]
     assert services.metadata.get_model("bob.later") is None
     # So bob's own registration of that name never collides with (and learns of) an admin's model.
-    by_bob = client.post("/v1/models", data={"name": "later", "task": TASK}, files=files, headers=tenants.bob)
+    by_bob = upload_model(client, "later", mlp_bytes(), headers=tenants.bob)
     assert by_bob.status_code == 201 and by_bob.json()["name"] == "bob.later"
 
 

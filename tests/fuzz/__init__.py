@@ -6,6 +6,8 @@ The security tests and ``run_fuzz.py`` must attack the same app the server build
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +15,13 @@ import numpy as np
 import onnx
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
+from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 
 from api.app import create_app
 from infaas.auth import KeyRing
 from infaas.config import Settings
-from infaas.services import Services
+from infaas.services import Services, build_services
 from tests.factories import mlp_model
 
 ADMIN_KEY = "root-admin-key-for-tests"
@@ -84,6 +87,19 @@ def make_tenants(services: Services) -> Tenants:
         revoked=bearer(carol.secret),
         alice_key_id=alice.info.id,
     )
+
+
+@contextmanager
+def secure_world(home: Path, **overrides: object) -> Iterator[tuple[TestClient, Services, Tenants]]:
+    """The auth-on app of ``secure_settings(home, **overrides)`` behind a started client, with the tenants'
+    keys; its services are closed on exit."""
+    settings = secure_settings(home, **overrides)
+    services = build_services(settings)
+    try:
+        with TestClient(secure_app(settings, services)) as client:
+            yield client, services, make_tenants(services)
+    finally:
+        services.close()
 
 
 def mlp_bytes(**kwargs: int) -> bytes:
