@@ -362,11 +362,12 @@ def upload_model(
     *,
     headers: Mapping[str, str] | None = None,
     validation: bytes | None = None,
+    filename: str = "m.onnx",
     **form_fields: str,
 ) -> httpx.Response:
-    """``POST /v1/models`` as a client registers: the model (and validation set) as files, ``name`` and the
-    ``task`` (``TASK`` unless given) with any other ``form_fields`` as form values."""
-    files = {"model": ("m.onnx", model_bytes, "application/octet-stream")}
+    """``POST /v1/models`` as a client registers: the model (uploaded as ``filename``) and validation set as
+    files, ``name`` and the ``task`` (``TASK`` unless given) with any other ``form_fields`` as form values."""
+    files = {"model": (filename, model_bytes, "application/octet-stream")}
     if validation is not None:
         files["validation"] = ("v.npz", validation, "application/octet-stream")
     data = {"name": name, "task": TASK, **form_fields}

@@ -19,10 +19,11 @@ from infaas.cli import keys as keys_cli
 from infaas.config import Settings, get_settings
 from infaas.db.models import ApiKey
 from infaas.services import Services, build_services
-from tests.factories import TASK
+from tests.factories import upload_model
 from tests.fuzz import (
     ADMIN_KEY,
     Tenants,
+    bearer,
     mlp_bytes,
     route_exists,
     secure_app,
@@ -118,12 +119,7 @@ def test_key_secret_shown_once_and_stored_hashed(secure: tuple[TestClient, Servi
         assert row.key_hash == hash_key(secret)
         assert secret not in {str(getattr(row, c.key)) for c in ApiKey.__table__.columns}
     # The new key authenticates as its tenant: a model it registers belongs to it.
-    registered = client.post(
-        "/v1/models",
-        data={"name": "daves", "task": TASK},
-        files={"model": ("m.onnx", mlp_bytes(), "application/octet-stream")},
-        headers={"Authorization": f"Bearer {secret}"},
-    )
+    registered = upload_model(client, "daves", mlp_bytes(), headers=bearer(secret))
     assert registered.status_code == 201, registered.text
     assert registered.json()["owner"] == "dave"
 

@@ -31,7 +31,7 @@ from infaas.config import Settings, get_settings
 from infaas.db.models import ApiKey
 from infaas.registration import RegistrationRequest, register_model
 from infaas.services import Services, build_services
-from tests.factories import TASK, linear_model, profiles, seed_model
+from tests.factories import TASK, linear_model, profiles, seed_model, upload_model
 from tests.fuzz import ADMIN_KEY, Tenants, bearer, mlp_bytes, secure_app, secure_settings, secure_world
 from tests.fuzz.hostile_tenant import gather_model, serve_in_thread
 
@@ -43,13 +43,6 @@ seed_ready = partial(seed_model, task=TASK, variants={"fp32": FP32})
 
 
 GATHER = gather_model()  # y = table[i] over 4 values: an index past 3 fails inside ONNX Runtime
-
-
-def _register_files(name: str = "m") -> dict:
-    return {
-        "files": {"model": ("m.onnx", mlp_bytes(), "application/octet-stream")},
-        "data": {"name": name, "task": TASK},
-    }
 
 
 # -- 6: auth-off mode (the embedded default) ------------------------------------------------------
@@ -75,7 +68,7 @@ def test_cross_site_pages_cannot_drive_a_keyless_server(keyless: tuple[TestClien
     for hostile in ({"Origin": EVIL}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
         infer = client.post("/v1/infer", content=infer_body, headers={**plain, **hostile})
         assert infer.status_code == 403 and "cross-site request refused" in infer.json()["detail"], infer.text
-        register = client.post("/v1/models", headers=hostile, **_register_files("planted"))
+        register = upload_model(client, "planted", mlp_bytes(), headers=hostile)
         assert register.status_code == 403, register.text
         assert client.post("/v1/models/tiny/profile", headers=hostile).status_code == 403
         assert client.delete("/v1/models/tiny", headers=hostile).status_code == 403
@@ -161,8 +154,7 @@ def test_cookie_console_requests_refuse_cross_site_and_bearer_calls_do_not(
     assert client.post("/console/login", data={"key": ADMIN_KEY}, headers={"Origin": EVIL}).status_code == 403
     client.cookies.clear()
     # Bearer-key API clients are not a browser's ambient credential: an Origin does not matter to them.
-    files = _register_files("scripted")
-    scripted = client.post("/v1/models", headers={**tenants.alice, "Origin": EVIL}, **files)
+    scripted = upload_model(client, "scripted", mlp_bytes(), headers={**tenants.alice, "Origin": EVIL})
     assert scripted.status_code == 201, scripted.text
 
 
@@ -264,7 +256,7 @@ def test_hidden_and_missing_names_cost_the_same_work(
 def test_a_name_ending_in_a_newline_is_refused(secure: tuple[TestClient, Services, Tenants]) -> None:
     client, services, tenants = secure
     for name in ("model\n", "model\r\n", "\nmodel"):
-        response = client.post("/v1/models", headers=tenants.alice, **_register_files(name))
+        response = upload_model(client, name, mlp_bytes(), headers=tenants.alice)
         assert response.status_code == 400 and "name must be" in response.json()["detail"], response.text
     assert client.post("/v1/admin/keys", json={"tenant": "eve\n"}, headers=tenants.admin).status_code == 422
     assert client.delete("/v1/admin/keys/abcdef%0A", headers=tenants.admin).status_code == 422

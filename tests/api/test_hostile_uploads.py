@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from infaas.services import Services
-from tests.factories import TASK
+from tests.factories import upload_model
 from tests.fuzz import (
     Tenants,
     hostile_models,
@@ -39,11 +39,8 @@ def _still_serving(client: TestClient, services: Services, tenants: Tenants) -> 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_hostile_model_rejected(server: tuple[TestClient, Services, Tenants], kind: str) -> None:
     client, services, tenants = server
-    response = client.post(
-        "/v1/models",
-        data={"name": f"hostile-{kind}", "task": TASK},
-        files={"model": ("../../etc/cron.d/evil.onnx", HOSTILE[kind], "application/octet-stream")},
-        headers=tenants.alice,
+    response = upload_model(
+        client, f"hostile-{kind}", HOSTILE[kind], headers=tenants.alice, filename="../../etc/cron.d/evil.onnx"
     )
     assert 400 <= response.status_code < 500, (kind, response.status_code, response.text)
     _still_serving(client, services, tenants)
@@ -53,12 +50,7 @@ def test_random_bytes_behind_onnx_header(server: tuple[TestClient, Services, Ten
     client, services, tenants = server
     rng = np.random.default_rng(7)
     for i in range(20):
-        response = client.post(
-            "/v1/models",
-            data={"name": f"noise-{i}", "task": TASK},
-            files={"model": ("m.onnx", random_header_bytes(rng, 2048), "application/octet-stream")},
-            headers=tenants.alice,
-        )
+        response = upload_model(client, f"noise-{i}", random_header_bytes(rng, 2048), headers=tenants.alice)
         assert 400 <= response.status_code < 500, response.text
     _still_serving(client, services, tenants)
 
@@ -66,12 +58,7 @@ def test_random_bytes_behind_onnx_header(server: tuple[TestClient, Services, Ten
 def test_hostile_file_name_never_reaches_a_path(server: tuple[TestClient, Services, Tenants], tmp_path: Path) -> None:
     client, services, tenants = server
     for filename in ("../../../../tmp/pwned.onnx", "/etc/passwd", "a\x00b.onnx", "..\\..\\x.onnx"):
-        response = client.post(
-            "/v1/models",
-            data={"name": "named", "task": TASK},
-            files={"model": (filename, mlp_bytes(), "application/octet-stream")},
-            headers=tenants.alice,
-        )
+        response = upload_model(client, "named", mlp_bytes(), headers=tenants.alice, filename=filename)
         assert response.status_code == 201, response.text
         assert services.store.exists("models/alice.named/model.onnx")
         assert not Path("/tmp/pwned.onnx").exists()
@@ -81,12 +68,7 @@ def test_hostile_file_name_never_reaches_a_path(server: tuple[TestClient, Servic
 @pytest.mark.parametrize("name", ["../../etc", "a/b", "..", "x" * 300, "", " "])
 def test_hostile_model_names_rejected(server: tuple[TestClient, Services, Tenants], name: str) -> None:
     client, services, tenants = server
-    response = client.post(
-        "/v1/models",
-        data={"name": name, "task": TASK},
-        files={"model": ("m.onnx", mlp_bytes(), "application/octet-stream")},
-        headers=tenants.alice,
-    )
+    response = upload_model(client, name, mlp_bytes(), headers=tenants.alice)
     assert 400 <= response.status_code < 500, (name, response.text)
     _still_serving(client, services, tenants)
 
@@ -97,12 +79,7 @@ def test_malformed_oip_binary_header_is_400(server: tuple[TestClient, Services, 
     if not route_exists(client.app, "/v2/models/{name}/infer", "POST"):
         pytest.fail("POST /v2/models/{name}/infer is not served by the app")
     if services.metadata.get_model("alice.oip") is None:
-        registered = client.post(
-            "/v1/models",
-            data={"name": "oip", "task": TASK},
-            files={"model": ("m.onnx", mlp_bytes(), "application/octet-stream")},
-            headers=tenants.alice,
-        )
+        registered = upload_model(client, "oip", mlp_bytes(), headers=tenants.alice)
         assert registered.status_code == 201, registered.text
     header = b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","parameters":{"binary_data_size":32}}]}'
     body = header + np.zeros(8, np.float32).tobytes()
