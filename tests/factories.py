@@ -356,7 +356,7 @@ def seed_model(
 
 
 def upload_model(
-    client: TestClient,
+    client: httpx.Client,
     name: str,
     model_bytes: bytes,
     *,

@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playw
 from api.app import create_app
 from infaas.config import Settings
 from infaas.services import Services
-from tests.factories import wait_for, write_mlp, write_validation
+from tests.factories import upload_model, wait_for, write_mlp, write_validation
 
 pytestmark = pytest.mark.browser
 
@@ -82,10 +82,7 @@ class ConsoleServer:
         """Register the tiny MLP with a validation set through the REST API."""
         model = write_mlp(self.home / f"{name}.onnx", seed=seed)
         validation = write_validation(self.home / f"{name}.npz")
-        with model.open("rb") as m, validation.open("rb") as v:
-            response = self.http.post(
-                "/v1/models", data={"name": name, "task": task}, files={"model": m, "validation": v}
-            )
+        response = upload_model(self.http, name, model.read_bytes(), validation=validation.read_bytes(), task=task)
         assert response.status_code == 201, response.text
 
     def wait_built(self, name: str, timeout_s: float = 120.0) -> dict:

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from infaas.services import build_services
-from tests.factories import TASK
-from tests.fuzz import hostile_models, make_tenants, random_header_bytes, secure_app, secure_settings
+from tests.factories import upload_model
+from tests.fuzz import hostile_models, random_header_bytes, secure_world
 from tests.fuzz.hostile_tenant import run_hostile_tenant
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,32 +65,21 @@ def run_uploads(count: int, seed: int) -> dict[str, object]:
     nothing stored, and the server still answering."""
     rng = np.random.default_rng(seed)
     home = Path(tempfile.mkdtemp(prefix="infaas-fuzz-"))
-    settings = secure_settings(home / "home")
-    services = build_services(settings)
     failures: list[str] = []
     tried = 0
-    try:
-        with TestClient(secure_app(settings, services)) as client:
-            tenants = make_tenants(services)
-            blobs = list(hostile_models(seed).items())
-            blobs += [(f"random-{i}", random_header_bytes(rng, int(rng.integers(0, 65536)))) for i in range(count)]
-            for label, blob in blobs:
-                tried += 1
-                response = client.post(
-                    "/v1/models",
-                    data={"name": "fuzzed", "task": TASK},
-                    files={"model": ("../../x.onnx", blob, "application/octet-stream")},
-                    headers=tenants.alice,
-                )
-                if not 400 <= response.status_code < 500:
-                    failures.append(f"{label}: {response.status_code} {response.text[:200]}")
-                    client.delete("/v1/models/fuzzed", headers=tenants.admin)
-                if services.store.list("models/") and not failures:
-                    failures.append(f"{label}: something was stored")
-                if client.get("/v1/models", headers=tenants.alice).status_code != 200:
-                    failures.append(f"{label}: the server stopped serving")
-    finally:
-        services.close()
+    with secure_world(home / "home") as (client, services, tenants):
+        blobs = list(hostile_models(seed).items())
+        blobs += [(f"random-{i}", random_header_bytes(rng, int(rng.integers(0, 65536)))) for i in range(count)]
+        for label, blob in blobs:
+            tried += 1
+            response = upload_model(client, "fuzzed", blob, headers=tenants.alice, filename="../../x.onnx")
+            if not 400 <= response.status_code < 500:
+                failures.append(f"{label}: {response.status_code} {response.text[:200]}")
+                client.delete("/v1/models/fuzzed", headers=tenants.admin)
+            if services.store.list("models/") and not failures:
+                failures.append(f"{label}: something was stored")
+            if client.get("/v1/models", headers=tenants.alice).status_code != 200:
+                failures.append(f"{label}: the server stopped serving")
     return {"uploads": tried, "failures": failures}
 
 
