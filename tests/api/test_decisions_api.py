@@ -36,6 +36,10 @@ def test_filters_by_level_and_limits(client: TestClient, services: Services) -> 
     _record(services)
     assert [r["level"] for r in client.get("/v1/decisions", params={"level": "model"}).json()] == ["model"]
     assert len(client.get("/v1/decisions", params={"limit": 1}).json()) == 1
+    services.metadata.record_decision(
+        level="leader", action="leader", target="front-end-1", inputs={}, reason="took the lease", outcome=None
+    )
+    assert [r["action"] for r in client.get("/v1/decisions", params={"level": "leader"}).json()] == ["leader"]
     assert client.get("/v1/decisions", params={"level": "bogus"}).status_code == 422
     assert client.get("/v1/decisions", params={"limit": 0}).status_code == 422
 
