@@ -140,9 +140,14 @@ class Settings(BaseSettings):
         """Auth is on whenever an admin key is configured."""
         return bool(self.admin_key)
 
+    @property
+    def scratch_dir(self) -> Path:
+        """Temporary folders of every process on this home (``infaas.scratch``): swept at start-up."""
+        return self.home / "scratch"
+
     def ensure_home(self) -> None:
-        """Create the home folder; the embedded default keeps its SQLite file and models there."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        """Create the home and its scratch folder; the embedded default keeps its SQLite file and models there."""
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
 
 
 @functools.lru_cache(maxsize=1)

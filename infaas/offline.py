@@ -29,6 +29,7 @@ from infaas.catalog import ModelInfo, VariantInfo
 from infaas.db.models import VariantStatus
 from infaas.errors import BadRequest, InvalidInput, Unprocessable
 from infaas.runtime import available_providers, open_session
+from infaas.scratch import scratch_dir
 from infaas.services import Services
 from infaas.tensors import TensorSpec
 
@@ -283,7 +284,7 @@ def _run_batches(
 
 def _store_result(services: Services, key: str, outputs: dict[str, np.ndarray]) -> None:
     """Write the outputs as one ``.npz`` (via a temp file, so large results never sit in memory twice)."""
-    with tempfile.TemporaryDirectory(prefix="infaas-job-") as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch_dir(services.settings), prefix="job-result-") as tmp:
         path = Path(tmp) / "result.npz"
         np.savez(path, **outputs)  # type: ignore[arg-type]
         services.store.put_file(key, path)

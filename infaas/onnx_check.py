@@ -39,6 +39,7 @@ from infaas.config import Settings
 from infaas.errors import BadRequest, InvalidInput
 from infaas.runtime import ONNX_TO_NUMPY, create_session, numpy_dtype
 from infaas.sandbox import Limits, is_allocation_failure, run_limited
+from infaas.scratch import scratch_dir
 from infaas.tensors import TensorSpec
 from infaas.zipmap import describe_type, unwrap_zipmaps
 
@@ -283,6 +284,7 @@ def check_limits(settings: Settings) -> Limits:
         memory_mb=settings.check_memory_mb,
         time_setting="INFAAS_CHECK_TIMEOUT_S",
         memory_setting="INFAAS_CHECK_MEMORY_MB",
+        scratch=scratch_dir(settings),
     )
 
 

@@ -42,6 +42,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from infaas.errors import Unprocessable
@@ -85,6 +86,7 @@ class Limits:
     memory_mb: float | None
     time_setting: str = ""  # the setting that raises each limit, named in the refusal
     memory_setting: str = ""
+    scratch: Path | None = None  # where the child's TMPDIR is made (the home's scratch folder); None: system temp
 
     @property
     def time_limit(self) -> str:
@@ -198,7 +200,7 @@ def run_limited(fn: Callable[..., T], *args: Any, limits: Limits, what: str, **k
     slow or large ("the model check (ONNX Runtime load and one inference on zeros)").
     """
     request = pickle.dumps((fn, args, kwargs, limits))
-    tmp = tempfile.mkdtemp(prefix="infaas-sandbox-")
+    tmp = tempfile.mkdtemp(dir=limits.scratch, prefix="infaas-sandbox-")
     try:
         child = subprocess.Popen(
             [sys.executable, "-c", _CHILD],

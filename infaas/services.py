@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from infaas import orphans
+from infaas import orphans, scratch
 from infaas.auth import KeyRing
 from infaas.candidates import CandidateCache
 from infaas.config import Settings
@@ -189,10 +189,12 @@ def _broker_visibility_s() -> float:
 
 
 def _maintenance(settings: Settings, services: Services, runner: DurableRunner) -> Periodic:
-    """The heartbeat of this process's work, the sweep that resumes dead processes' work, and the orphan sweep.
+    """The heartbeat of this process's work, the sweep that resumes dead processes' work, and the orphan sweeps.
 
     The orphan sweep lists the whole model store, so it runs at a tenth of the grace period (at least every
-    recovery period): nothing it removes can be younger than the grace anyway.
+    recovery period): nothing it removes can be younger than the grace anyway. The scratch sweep runs with it:
+    it removes the temporary folders of killed processes, only those quiet for longer than any live step
+    (``scratch.stale_after_s``), since a front-end and a Celery worker may share this home.
     """
     orphan_period_s = max(settings.recovery_period_s, settings.orphan_grace_s / 10)
     return Periodic(
@@ -203,6 +205,11 @@ def _maintenance(settings: Settings, services: Services, runner: DurableRunner) 
                 orphan_period_s,
                 lambda: orphans.sweep(services.metadata, services.store, settings.orphan_grace_s),
                 "orphan sweep",
+            ),
+            Every(
+                orphan_period_s,
+                lambda: scratch.sweep_scratch(settings.scratch_dir, scratch.stale_after_s(settings)),
+                "scratch sweep",
             ),
         ]
     )

@@ -33,6 +33,7 @@ from infaas.errors import NotFound
 from infaas.model_store import ObjectNotFound
 from infaas.runtime import Skip, require_cuda
 from infaas.sandbox import Limits, run_limited
+from infaas.scratch import scratch_dir
 from infaas.services import Services
 from variant_generator import registry
 from variant_generator.accuracy import ValidationSet, load_validation, synthetic_set
@@ -59,6 +60,7 @@ def build_limits(settings: Settings) -> Limits:
         memory_mb=settings.build_memory_mb,
         time_setting="INFAAS_BUILD_TIMEOUT_S",
         memory_setting="INFAAS_BUILD_MEMORY_MB",
+        scratch=scratch_dir(settings),
     )
 
 
@@ -216,7 +218,7 @@ def build_model_variants(services: Services, model_name: str) -> None:
         metadata.set_model_status(model_name, ModelStatus.BUILDING)
         source = services.store.local_path(model.artifact_key)
         measurement = Measurement(services, model, source)
-        with tempfile.TemporaryDirectory(prefix="infaas-build-") as tmp:
+        with tempfile.TemporaryDirectory(dir=scratch_dir(services.settings), prefix="build-") as tmp:
             ctx = BuildContext(model, source, measurement.validation, Path(tmp), services.settings.worker_cores)
             built: dict[str, Path] = {}
             statuses = {g.variant_name: _build_one(services, ctx, measurement, g, built) for g in registry.generators()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
@@ -41,6 +40,7 @@ from infaas.catalog import ModelInfo
 from infaas.errors import InfaasError, NotFound
 from infaas.live_state import LiveState
 from infaas.registration import NAME_PATTERN, RegistrationRequest, delete_model, register_model
+from infaas.scratch import make_scratch
 from infaas.services import Services
 
 HERE = Path(__file__).parent
@@ -371,7 +371,7 @@ async def register_action(
     except ValueError:
         return _result(request, session, False, "Registration failed", "accuracy must be a number", 400)
     limit = int(services.settings.max_upload_mb * 1e6)
-    workdir = Path(tempfile.mkdtemp(prefix="infaas-console-"))
+    workdir = make_scratch(services.settings, "console-")
     try:
         model_path = await save_upload(model, workdir, limit, "the model file")
         validation_path = None

@@ -8,7 +8,6 @@ problems nobody could see in advance.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from infaas.offline import (
     plan_variant,
     ready_variants,
 )
+from infaas.scratch import make_scratch
 from infaas.services import Services
 
 router = APIRouter(
@@ -202,7 +202,7 @@ async def submit(
     input_key: str | None = Form(None, description="an object already stored under uploads/<tenant>/ or jobs/"),
 ) -> JobAccepted:
     """Queue an offline job over a whole input file; poll ``GET /v1/jobs/{id}`` for its progress."""
-    workdir = Path(tempfile.mkdtemp(prefix="infaas-job-"))
+    workdir = make_scratch(services.settings, "job-")
     try:
         upload = None
         if input is not None and input.filename:

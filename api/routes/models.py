@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
-from pathlib import Path
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
@@ -15,6 +13,7 @@ from api.uploads import save_upload
 from infaas.auth import model_namespace
 from infaas.errors import Forbidden
 from infaas.registration import RegistrationRequest, delete_model, register_model
+from infaas.scratch import make_scratch
 
 router = APIRouter(
     prefix="/v1/models",
@@ -41,7 +40,7 @@ async def register(
 ) -> ModelOut:
     """Register a model: every check runs before anything is stored; the variant build is queued."""
     limit = int(services.settings.max_upload_mb * 1e6)
-    workdir = Path(tempfile.mkdtemp(prefix="infaas-register-"))
+    workdir = make_scratch(services.settings, "register-")
     try:
         model_path = await save_upload(model, workdir, limit, "the model file")
         validation_path = None

@@ -11,7 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
+from infaas.config import Settings
 from infaas.jobs.runner import JobRunner
+from infaas.scratch import make_scratch
 from infaas.services import Services
 from tests.factories import mlp_model, npy_bytes, upload_model, write_validation
 
@@ -206,3 +208,30 @@ def test_bad_field_values(
     assert response.status_code == 400
     assert message in response.json()["detail"]
     _nothing_stored(services)
+
+
+@pytest.mark.parametrize(("model_bytes", "expected"), [(None, 201), (b"not an onnx model", 400)])
+def test_the_upload_lands_in_the_homes_scratch_folder_and_is_gone_after_the_request(
+    client: TestClient,
+    services: Services,
+    mlp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model_bytes: bytes | None,
+    expected: int,
+) -> None:
+    """A killed front-end's uploads must be where the start-up sweep looks (``infaas.scratch``)."""
+    import api.routes.models as routes
+
+    made: list[Path] = []
+
+    def recording(settings: Settings, prefix: str) -> Path:
+        made.append(make_scratch(settings, prefix))
+        return made[-1]
+
+    monkeypatch.setattr(routes, "make_scratch", recording)
+    response = upload_model(client, "mlp", model_bytes or mlp_path.read_bytes())
+    assert response.status_code == expected, response.text
+    [workdir] = made
+    assert workdir.parent == services.settings.scratch_dir
+    assert not workdir.exists()
+    assert list(services.settings.scratch_dir.iterdir()) == []  # the sandboxed check's folder went too

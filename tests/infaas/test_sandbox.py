@@ -54,7 +54,7 @@ def test_past_the_time_limit_the_child_is_killed_and_its_folder_removed(tmp_path
         run_limited(
             spin_forever,
             report,
-            limits=Limits(wall_s=1.0, memory_mb=64.0, time_setting="TIME_SETTING"),
+            limits=Limits(wall_s=1.0, memory_mb=64.0, time_setting="TIME_SETTING", scratch=tmp_path),
             what="spinning",
         )
     assert refused.value.status == 422
@@ -63,6 +63,7 @@ def test_past_the_time_limit_the_child_is_killed_and_its_folder_removed(tmp_path
     assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
     assert not Path(scratch).exists()  # the child's TMPDIR went with it
     assert Path(scratch).parent.name.startswith("infaas-sandbox-")
+    assert Path(scratch).parent.parent == tmp_path  # under the scratch folder the start-up sweep looks in
 
 
 def _running(pid: int) -> bool:
