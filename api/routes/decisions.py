@@ -37,7 +37,9 @@ def list_decisions(
     services: ServicesDep,
     _admin: AdminDep,
     limit: int = Query(100, ge=1, le=1000, description="newest first, at most this many"),
-    level: str | None = Query(None, pattern="^(model|vm|leader)$", description="only this level (leader: leadership changes)"),
+    level: str | None = Query(
+        None, pattern="^(model|vm|leader)$", description="only this level (leader: leadership changes)"
+    ),
 ) -> list[DecisionOut]:
     """The newest autoscaler decisions (recorded in dry-run mode too, flagged ``dry_run``)."""
     return [DecisionOut.of(d) for d in services.metadata.list_decisions(limit=limit, level=level)]
