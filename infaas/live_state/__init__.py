@@ -9,6 +9,8 @@ from infaas.live_state.base import (
     LiveSnapshot,
     LiveState,
     QueryRecord,
+    Rejection,
+    RejectionStats,
     VariantStats,
     WorkerState,
 )
@@ -33,6 +35,8 @@ __all__ = [
     "LiveState",
     "MemoryLiveState",
     "QueryRecord",
+    "Rejection",
+    "RejectionStats",
     "VariantStats",
     "WorkerState",
     "make_live_state",

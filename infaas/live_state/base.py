@@ -64,6 +64,9 @@ class QueryRecord:
     cost: float
     slo_at_risk: bool
     reason: str
+    # At risk because no placement met the budget even with empty queues (the selector's ``infeasible``):
+    # a miss that more replicas cannot fix, so statistics count it apart from the misses they can.
+    infeasible: bool = False
 
     @property
     def variant_key(self) -> str:
@@ -78,16 +81,45 @@ class QueryRecord:
 
 @dataclass(frozen=True)
 class VariantStats:
-    """Windowed statistics of one variant, computed on read."""
+    """Windowed statistics of one variant (over all its instances, or on one worker: ``instance_stats``).
+
+    ``slo_miss_rate`` is over the queries that were feasible when selected: the misses that capacity (more
+    replicas, faster variants, more workers) can fix. Queries no placement could serve in time even with
+    empty queues are counted apart in ``infeasible_rate``, so that an impossible budget does not read as
+    an overloaded instance.
+    """
 
     variant_key: str
     requests: int  # in the window
     rate_per_s: float
     p50_ms: float
     p99_ms: float
-    slo_miss_rate: float
+    slo_miss_rate: float  # missed / feasible queries in the window
     mean_estimate_error_ms: float  # mean of (actual − estimated); positive means under-estimated
     total_requests: int = 0  # since start
+    infeasible_rate: float = 0.0  # infeasible / all queries in the window
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One query refused with ``Infeasible``: nothing ran, so it has no variant, worker or latency."""
+
+    at: float  # time.time()
+    tenant: str
+    target: str  # the model the query named, or ``task:<name>``
+    unmet: str  # the requirement no placement met: ``latency_ms`` or ``max_cost``
+
+
+@dataclass(frozen=True)
+class RejectionStats:
+    """Windowed counts of the queries refused for one target (model or ``task:<name>``)."""
+
+    target: str
+    rejected: int  # in the window
+    rate_per_s: float
+    unmet_latency: int  # of ``rejected``: no placement met ``latency_ms`` (``on_infeasible: reject``)
+    unmet_max_cost: int  # of ``rejected``: no placement was affordable
+    total_rejected: int = 0  # since start
 
 
 @dataclass(frozen=True)
@@ -108,31 +140,73 @@ class LiveSnapshot:
         return self.queue_depth.get((worker_id, variant_key), 0)
 
 
-# Latency samples kept per variant (in memory or in Redis): enough for a stable p99, bounded memory.
+# Latency samples kept per variant and per instance, and rejections kept per target (in memory or in
+# Redis): enough for a stable p99, bounded memory.
 WINDOW_SAMPLES = 4096
 
-Sample = tuple[float, float, float, float]  # (unix time, actual ms, estimated ms, 1.0 if SLO missed)
+# (unix time, actual ms, estimated ms, 1.0 if a feasible query missed its SLO, 1.0 if infeasible when selected)
+Sample = tuple[float, float, float, float, float]
+RejectionSample = tuple[float, float]  # (unix time, 1.0 if max_cost was unmet else 0.0: latency_ms was)
+
+
+def sample_of(record: QueryRecord) -> Sample:
+    """What the statistics keep of a served query; a miss of an infeasible query is not a miss capacity fixes."""
+    return (
+        record.at,
+        record.actual_ms,
+        record.estimated_ms,
+        float(record.slo_missed and not record.infeasible),
+        float(record.infeasible),
+    )
+
+
+def rejection_sample_of(rejection: Rejection) -> RejectionSample:
+    """What the statistics keep of a rejected query."""
+    return (rejection.at, float(rejection.unmet == "max_cost"))
+
+
+def _span(samples_kept: int, oldest: float, now: float, window_s: float) -> float:
+    """Seconds the window's samples cover: when the ring is full, the window really starts at its oldest."""
+    return window_s if samples_kept < WINDOW_SAMPLES else max(now - oldest, 1e-3)
 
 
 def stats_from_samples(key: str, samples: list[Sample], total: int, now: float, window_s: float) -> VariantStats:
-    """Window statistics of one variant from its recent samples; shared by both implementations."""
+    """Window statistics of one variant (or instance) from its recent samples; shared by both implementations."""
     recent = [s for s in samples if s[0] >= now - window_s]
     if not recent:
         return VariantStats(key, 0, 0.0, 0.0, 0.0, 0.0, 0.0, total)
     actual = np.fromiter((s[1] for s in recent), dtype=np.float64, count=len(recent))
     estimated = np.fromiter((s[2] for s in recent), dtype=np.float64, count=len(recent))
-    # When the ring is full, the window really starts at its oldest sample.
-    oldest = min(s[0] for s in recent)
-    span = window_s if len(samples) < WINDOW_SAMPLES else max(now - oldest, 1e-3)
+    infeasible = sum(1 for s in recent if s[4])
+    feasible = len(recent) - infeasible
     return VariantStats(
         variant_key=key,
         requests=len(recent),
-        rate_per_s=len(recent) / span,
+        rate_per_s=len(recent) / _span(len(samples), min(s[0] for s in recent), now, window_s),
         p50_ms=float(np.percentile(actual, 50)),
         p99_ms=float(np.percentile(actual, 99)),
-        slo_miss_rate=sum(1 for s in recent if s[3]) / len(recent),
+        slo_miss_rate=sum(1 for s in recent if s[3]) / feasible if feasible else 0.0,
         mean_estimate_error_ms=float(np.mean(actual - estimated)),
         total_requests=total,
+        infeasible_rate=infeasible / len(recent),
+    )
+
+
+def rejection_stats_from_samples(
+    target: str, samples: list[RejectionSample], total: int, now: float, window_s: float
+) -> RejectionStats:
+    """Window counts of one target's rejections from its recent samples; shared by both implementations."""
+    recent = [s for s in samples if s[0] >= now - window_s]
+    if not recent:
+        return RejectionStats(target, 0, 0.0, 0, 0, total)
+    cost = sum(1 for s in recent if s[1])
+    return RejectionStats(
+        target=target,
+        rejected=len(recent),
+        rate_per_s=len(recent) / _span(len(samples), min(s[0] for s in recent), now, window_s),
+        unmet_latency=len(recent) - cost,
+        unmet_max_cost=cost,
+        total_rejected=total,
     )
 
 
@@ -180,7 +254,12 @@ class LiveState(ABC):
 
     @abstractmethod
     def record_query(self, record: QueryRecord) -> None:
-        """Account one served query (rate, latency, SLO miss, estimate error, recent list). O(1)."""
+        """Account one served query (rate, latency, SLO miss, estimate error, recent list), per variant and
+        per instance. O(1)."""
+
+    @abstractmethod
+    def record_rejection(self, rejection: Rejection) -> None:
+        """Account one query refused with ``Infeasible`` (nothing ran; not in ``recent_queries``). O(1)."""
 
     @abstractmethod
     def snapshot(self) -> LiveSnapshot:
@@ -190,6 +269,15 @@ class LiveState(ABC):
     @abstractmethod
     def variant_stats(self, window_s: float = 60.0) -> dict[str, VariantStats]:
         """Windowed statistics per variant key (computed on read, not on write)."""
+
+    @abstractmethod
+    def instance_stats(self, window_s: float = 60.0) -> dict[tuple[str, str], VariantStats]:
+        """Windowed statistics per instance, keyed ``(worker id, variant key)``: one slow worker is not
+        another's p99. A removed worker's instances are forgotten with it."""
+
+    @abstractmethod
+    def rejection_stats(self, window_s: float = 60.0) -> dict[str, RejectionStats]:
+        """Windowed counts of rejected queries per target (the model named, or ``task:<name>``)."""
 
     @abstractmethod
     def recent_queries(self, limit: int = 100) -> list[QueryRecord]:

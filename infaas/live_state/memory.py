@@ -20,20 +20,29 @@ from infaas.live_state.base import (
     LiveSnapshot,
     LiveState,
     QueryRecord,
+    Rejection,
+    RejectionStats,
     VariantStats,
     WorkerState,
+    rejection_sample_of,
+    rejection_stats_from_samples,
+    sample_of,
     stats_from_samples,
 )
 
 
-class _VariantWindow:
-    """Recent samples of one variant: (time, actual ms, estimated ms, SLO missed)."""
+class _Window:
+    """Recent samples of one variant, instance or rejection target, and how many there were since start."""
 
     __slots__ = ("samples", "total")
 
     def __init__(self) -> None:
-        self.samples: deque[tuple[float, float, float, bool]] = deque(maxlen=WINDOW_SAMPLES)
+        self.samples: deque[tuple[float, ...]] = deque(maxlen=WINDOW_SAMPLES)
         self.total = 0
+
+    def add(self, sample: tuple[float, ...]) -> None:
+        self.samples.append(sample)
+        self.total += 1
 
 
 class MemoryLiveState(LiveState):
@@ -44,7 +53,9 @@ class MemoryLiveState(LiveState):
         self._workers: dict[str, WorkerState] = {}
         self._instances: dict[tuple[str, str], InstanceState] = {}
         self._queue_depth: dict[tuple[str, str], int] = {}
-        self._windows: dict[str, _VariantWindow] = {}
+        self._windows: dict[str, _Window] = {}
+        self._instance_windows: dict[tuple[str, str], _Window] = {}
+        self._rejections: dict[str, _Window] = {}
         self._recent: deque[QueryRecord] = deque(maxlen=recent)
         self._snapshot = LiveSnapshot(workers=(), instances=MappingProxyType({}), queue_depth=self._queue_depth)
 
@@ -93,6 +104,8 @@ class MemoryLiveState(LiveState):
             for key in [k for k in self._instances if k[0] == worker_id]:
                 del self._instances[key]
                 self._queue_depth.pop(key, None)
+            for key in [k for k in self._instance_windows if k[0] == worker_id]:
+                del self._instance_windows[key]
             self._publish()
 
     def workers(self) -> list[WorkerState]:
@@ -120,14 +133,25 @@ class MemoryLiveState(LiveState):
 
     def record_query(self, record: QueryRecord) -> None:
         key = record.variant_key
-        sample = (record.at, record.actual_ms, record.estimated_ms, record.slo_missed)
+        instance = (record.worker, key)
+        sample = sample_of(record)
         with self._lock:
             window = self._windows.get(key)
             if window is None:
-                window = self._windows[key] = _VariantWindow()
-            window.samples.append(sample)
-            window.total += 1
+                window = self._windows[key] = _Window()
+            window.add(sample)
+            window = self._instance_windows.get(instance)
+            if window is None:
+                window = self._instance_windows[instance] = _Window()
+            window.add(sample)
             self._recent.append(record)
+
+    def record_rejection(self, rejection: Rejection) -> None:
+        with self._lock:
+            window = self._rejections.get(rejection.target)
+            if window is None:
+                window = self._rejections[rejection.target] = _Window()
+            window.add(rejection_sample_of(rejection))
 
     def snapshot(self) -> LiveSnapshot:
         return self._snapshot
@@ -137,10 +161,24 @@ class MemoryLiveState(LiveState):
         now = time.time()
         with self._lock:
             copied = {k: (list(w.samples), w.total) for k, w in self._windows.items()}
-        out: dict[str, VariantStats] = {}
-        for key, (samples, total) in copied.items():
-            out[key] = stats_from_samples(key, samples, total, now, window_s)
-        return out
+        return {key: stats_from_samples(key, samples, total, now, window_s) for key, (samples, total) in copied.items()}
+
+    def instance_stats(self, window_s: float = 60.0) -> dict[tuple[str, str], VariantStats]:
+        now = time.time()
+        with self._lock:
+            copied = {k: (list(w.samples), w.total) for k, w in self._instance_windows.items()}
+        return {
+            key: stats_from_samples(key[1], samples, total, now, window_s) for key, (samples, total) in copied.items()
+        }
+
+    def rejection_stats(self, window_s: float = 60.0) -> dict[str, RejectionStats]:
+        now = time.time()
+        with self._lock:
+            copied = {k: (list(w.samples), w.total) for k, w in self._rejections.items()}
+        return {
+            target: rejection_stats_from_samples(target, samples, total, now, window_s)
+            for target, (samples, total) in copied.items()
+        }
 
     def recent_queries(self, limit: int = 100) -> list[QueryRecord]:
         with self._lock:

@@ -7,8 +7,13 @@ Layout (every key under ``<prefix>:``):
 * ``inst:<id>`` / ``depth:<id>`` (hashes keyed by ``model/variant``) — loaded instances and queue
   depths of one worker, expiring with it and emptied when a worker registers (a worker restarted under
   the same id within the TTL starts with nothing loaded); ``iw`` lists the workers with instance hashes.
-* ``samples:<model/variant>`` (list, LPUSH + LTRIM) — recent (time, actual, estimate, missed)
+* ``samples:<model/variant>`` (list, LPUSH + LTRIM) — recent (time, actual, estimate, missed, infeasible)
   samples; ``totals`` (hash) counts queries since start; ``variants`` (set) names sampled variants.
+* ``isamples:<worker>:<model/variant>`` (list) — the same samples per instance; ``ivariants:<worker>`` (set)
+  and ``itotals:<worker>`` (hash) name and count them; ``iworkers`` (set) names the workers that have them.
+  Removing a worker deletes its instance statistics.
+* ``rejects:<target>`` (list) — recent (time, max_cost unmet) samples of queries refused as infeasible, per
+  model named (or ``task:<name>``); ``rtotals`` (hash) counts them since start; ``rtargets`` (set) names them.
 * ``recent`` (list, LPUSH + LTRIM) — the recent-queries ring, newest first.
 * ``catalog`` (counter) and the ``catalog`` channel — catalog changes, for candidate caches.
 
@@ -39,8 +44,13 @@ from infaas.live_state.base import (
     LiveSnapshot,
     LiveState,
     QueryRecord,
+    Rejection,
+    RejectionStats,
     VariantStats,
     WorkerState,
+    rejection_sample_of,
+    rejection_stats_from_samples,
+    sample_of,
     stats_from_samples,
 )
 
@@ -71,6 +81,17 @@ local p, id = ARGV[1], ARGV[2]
 if redis.call('EXISTS', p .. 'w:' .. id) == 0 then return 0 end
 redis.call('HSET', p .. 'w:' .. id, 'heartbeat_at', ARGV[3], 'memory_used_mb', ARGV[4])
 for _, k in ipairs({'w:', 'inst:', 'depth:'}) do redis.call('PEXPIRE', p .. k .. id, ARGV[5]) end
+return 1
+"""
+
+# A removed worker's instance statistics, in one round trip.
+_FORGET_INSTANCE_STATS_LUA = """
+local p, id = ARGV[1], ARGV[2]
+for _, key in ipairs(redis.call('SMEMBERS', p .. 'ivariants:' .. id)) do
+  redis.call('DEL', p .. 'isamples:' .. id .. ':' .. key)
+end
+redis.call('DEL', p .. 'ivariants:' .. id, p .. 'itotals:' .. id)
+redis.call('SREM', p .. 'iworkers', id)
 return 1
 """
 
@@ -127,6 +148,16 @@ def _instance_value(instance: InstanceState) -> str:
     return f"{instance.replicas}|{instance.memory_mb!r}|{instance.last_used_at!r}"
 
 
+def _encode(sample: tuple[float, ...]) -> str:
+    return "|".join(map(repr, sample))
+
+
+def _samples(raw: list[str], fields: int) -> list[Any]:
+    """Decoded samples; ones written before a field existed read it as 0 (a rolling upgrade shares Redis)."""
+    padding = (0.0,) * fields
+    return [(tuple(float(x) for x in s.split("|")) + padding)[:fields] for s in raw]
+
+
 def _pairs(flat: list[str]) -> Iterator[tuple[str, str]]:
     return zip(flat[0::2], flat[1::2], strict=True)
 
@@ -153,6 +184,7 @@ class RedisLiveState(LiveState):
         self._snapshot_script = self._redis.register_script(_SNAPSHOT_LUA)
         self._heartbeat_script = self._redis.register_script(_HEARTBEAT_LUA)
         self._draining_script = self._redis.register_script(_SET_DRAINING_LUA)
+        self._forget_stats_script = self._redis.register_script(_FORGET_INSTANCE_STATS_LUA)
         # Snapshot cache: one refresh at a time; other threads keep reading the previous one.
         self._local_depth: dict[tuple[str, str], int] = {}
         self._snap = LiveSnapshot(workers=(), instances=MappingProxyType({}), queue_depth=_Depths({}, {}))
@@ -162,6 +194,7 @@ class RedisLiveState(LiveState):
         self._buffer_lock = threading.Lock()
         self._dirty_depth: dict[tuple[str, str], int] = {}
         self._records: list[QueryRecord] = []
+        self._rejections: list[Rejection] = []
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -236,6 +269,7 @@ class RedisLiveState(LiveState):
         pipe.srem(self._k("workers"), worker_id)
         pipe.srem(self._k("iw"), worker_id)
         pipe.execute()
+        self._forget_stats_script(args=[self._p, worker_id])
         with self._buffer_lock:
             for key in [k for k in list(self._local_depth) if k[0] == worker_id]:
                 self._local_depth.pop(key, None)
@@ -288,6 +322,11 @@ class RedisLiveState(LiveState):
     def record_query(self, record: QueryRecord) -> None:
         with self._buffer_lock:
             self._records.append(record)
+        self._wake.set()
+
+    def record_rejection(self, rejection: Rejection) -> None:
+        with self._buffer_lock:
+            self._rejections.append(rejection)
         self._wake.set()
 
     def snapshot(self) -> LiveSnapshot:
@@ -361,7 +400,8 @@ class RedisLiveState(LiveState):
         with self._buffer_lock:
             depths, self._dirty_depth = self._dirty_depth, {}
             records, self._records = self._records, []
-        if not depths and not records:
+            rejections, self._rejections = self._rejections, []
+        if not depths and not records and not rejections:
             return
         pipe = self._redis.pipeline(transaction=False)
         per_worker: dict[str, dict[str, int]] = {}
@@ -372,16 +412,33 @@ class RedisLiveState(LiveState):
             pipe.pexpire(self._k("depth", worker_id), self._ttl_ms)
         if records:
             by_variant: dict[str, list[str]] = {}
+            by_instance: dict[tuple[str, str], list[str]] = {}
             for r in records:
-                sample = f"{r.at!r}|{r.actual_ms!r}|{r.estimated_ms!r}|{int(r.slo_missed)}"
+                sample = _encode(sample_of(r))
                 by_variant.setdefault(r.variant_key, []).append(sample)
+                by_instance.setdefault((r.worker, r.variant_key), []).append(sample)
             for key, samples in by_variant.items():
                 pipe.lpush(self._k("samples", key), *samples)
                 pipe.ltrim(self._k("samples", key), 0, WINDOW_SAMPLES - 1)
                 pipe.hincrby(self._k("totals"), key, len(samples))
             pipe.sadd(self._k("variants"), *by_variant)
+            for (worker_id, key), samples in by_instance.items():
+                pipe.lpush(self._k("isamples", worker_id, key), *samples)
+                pipe.ltrim(self._k("isamples", worker_id, key), 0, WINDOW_SAMPLES - 1)
+                pipe.hincrby(self._k("itotals", worker_id), key, len(samples))
+                pipe.sadd(self._k("ivariants", worker_id), key)
+            pipe.sadd(self._k("iworkers"), *{worker_id for worker_id, _key in by_instance})
             pipe.lpush(self._k("recent"), *(orjson.dumps(r.__dict__) for r in records))
             pipe.ltrim(self._k("recent"), 0, self._recent_max - 1)
+        if rejections:
+            by_target: dict[str, list[str]] = {}
+            for rejection in rejections:
+                by_target.setdefault(rejection.target, []).append(_encode(rejection_sample_of(rejection)))
+            for target, samples in by_target.items():
+                pipe.lpush(self._k("rejects", target), *samples)
+                pipe.ltrim(self._k("rejects", target), 0, WINDOW_SAMPLES - 1)
+                pipe.hincrby(self._k("rtotals"), target, len(samples))
+            pipe.sadd(self._k("rtargets"), *by_target)
         pipe.execute()
 
     def flush(self) -> None:
@@ -401,9 +458,42 @@ class RedisLiveState(LiveState):
         out: dict[str, VariantStats] = {}
         for key, raw in zip(keys, lists, strict=True):
             total = int(totals.get(key, 0))
-            samples = [tuple(float(x) for x in s.split("|")) for s in raw]  # newest first
-            out[key] = stats_from_samples(key, samples, total, now, window_s)
+            out[key] = stats_from_samples(key, _samples(raw, 5), total, now, window_s)
         return out
+
+    def instance_stats(self, window_s: float = 60.0) -> dict[tuple[str, str], VariantStats]:
+        self._flush()
+        workers = sorted(self._redis.smembers(self._k("iworkers")))
+        pipe = self._redis.pipeline(transaction=False)
+        for worker_id in workers:
+            pipe.smembers(self._k("ivariants", worker_id))
+            pipe.hgetall(self._k("itotals", worker_id))
+        listed = pipe.execute()
+        instances: list[tuple[str, str, int]] = []
+        for worker_id, keys, totals in zip(workers, listed[0::2], listed[1::2], strict=True):
+            instances.extend((worker_id, key, int(totals.get(key, 0))) for key in sorted(keys))
+        for worker_id, key, _total in instances:
+            pipe.lrange(self._k("isamples", worker_id, key), 0, -1)
+        lists = pipe.execute()
+        now = time.time()
+        return {
+            (worker_id, key): stats_from_samples(key, _samples(raw, 5), total, now, window_s)
+            for (worker_id, key, total), raw in zip(instances, lists, strict=True)
+        }
+
+    def rejection_stats(self, window_s: float = 60.0) -> dict[str, RejectionStats]:
+        self._flush()
+        targets = sorted(self._redis.smembers(self._k("rtargets")))
+        pipe = self._redis.pipeline(transaction=False)
+        for target in targets:
+            pipe.lrange(self._k("rejects", target), 0, -1)
+        pipe.hgetall(self._k("rtotals"))
+        *lists, totals = pipe.execute()
+        now = time.time()
+        return {
+            target: rejection_stats_from_samples(target, _samples(raw, 2), int(totals.get(target, 0)), now, window_s)
+            for target, raw in zip(targets, lists, strict=True)
+        }
 
     def recent_queries(self, limit: int = 100) -> list[QueryRecord]:
         if limit <= 0:

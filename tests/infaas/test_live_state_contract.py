@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from infaas.live_state import InstanceState, LiveState, MemoryLiveState, QueryRecord, WorkerState
+from infaas.live_state import InstanceState, LiveState, MemoryLiveState, QueryRecord, Rejection, WorkerState
 from infaas.live_state.redis import RedisLiveState
 from tests.redis_server import REDIS_URL, delete_keys, redis_up
 
@@ -55,12 +55,17 @@ def make_live(request: pytest.FixtureRequest) -> Iterator[MakeLiveState]:
 
 
 def record(
-    variant: str = "v", actual: float = 10.0, estimated: float = 8.0, budget: float | None = 20.0
+    variant: str = "v",
+    actual: float = 10.0,
+    estimated: float = 8.0,
+    budget: float | None = 20.0,
+    worker: str = "w1",
+    infeasible: bool = False,
 ) -> QueryRecord:
     return QueryRecord(
-        at=time.time(), tenant="t", model="m", variant=variant, worker="w1", batch=1, latency_ms=budget,
+        at=time.time(), tenant="t", model="m", variant=variant, worker=worker, batch=1, latency_ms=budget,
         min_accuracy=0.0, max_cost=None, estimated_ms=estimated, actual_ms=actual, queue_ms=0.0, cost=1e-9,
-        slo_at_risk=False, reason="r",
+        slo_at_risk=infeasible, reason="r", infeasible=infeasible,
     )  # fmt: skip
 
 
@@ -146,6 +151,8 @@ def test_recent_queries_are_a_bounded_ring_newest_first(make_live: MakeLiveState
     recent = live.recent_queries(limit=3)
     assert [r.actual_ms for r in recent] == [7.0, 6.0, 5.0]
     assert recent[0] == QueryRecord(**{**record(actual=7.0).__dict__, "at": recent[0].at})  # every field survives
+    live.record_query(record(actual=9.0, infeasible=True))
+    assert live.recent_queries(limit=1)[0].infeasible  # the new field too
     assert len(live.recent_queries(limit=100)) == 5
 
 
@@ -158,3 +165,51 @@ def test_recording_is_thread_safe(make_live: MakeLiveState) -> None:
     for t in threads:
         t.join()
     assert live.variant_stats()["m/v"].total_requests == 20000
+
+
+def test_infeasible_queries_are_counted_apart_from_misses_capacity_can_fix(make_live: MakeLiveState) -> None:
+    live = make_live()
+    for _ in range(6):
+        live.record_query(record(actual=30.0, budget=20.0, infeasible=True))  # missed, but no placement could meet it
+    for ms in (10.0, 10.0, 10.0, 30.0):
+        live.record_query(record(actual=ms, budget=20.0))  # feasible: one of four missed
+    s = live.variant_stats(window_s=10.0)["m/v"]
+    assert s.requests == 10 and s.infeasible_rate == pytest.approx(0.6)
+    assert s.slo_miss_rate == pytest.approx(0.25)  # over the feasible queries only
+    assert live.instance_stats(window_s=10.0)[("w1", "m/v")].slo_miss_rate == pytest.approx(0.25)
+
+
+def test_statistics_per_instance_keep_one_slow_worker_apart(make_live: MakeLiveState) -> None:
+    live = make_live()
+    live.register_worker(WorkerState(id="w1", address="local", cores=2, memory_budget_mb=100))
+    live.register_worker(WorkerState(id="w2", address="http://127.0.0.1:2", cores=2, memory_budget_mb=100))
+    for _ in range(30):
+        live.record_query(record(worker="w1", actual=5.0, budget=20.0))
+    for _ in range(10):
+        live.record_query(record(worker="w2", actual=50.0, budget=20.0))
+    stats = live.instance_stats(window_s=10.0)
+    fast, slow = stats[("w1", "m/v")], stats[("w2", "m/v")]
+    assert fast.variant_key == slow.variant_key == "m/v"
+    assert fast.requests == 30 and fast.p99_ms == pytest.approx(5.0) and fast.slo_miss_rate == 0.0
+    assert slow.requests == 10 and slow.p99_ms == pytest.approx(50.0) and slow.slo_miss_rate == 1.0
+    assert fast.rate_per_s == pytest.approx(3.0) and slow.total_requests == 10
+    both = live.variant_stats(window_s=10.0)["m/v"]  # the per-variant aggregate the console shows
+    assert both.requests == 40 and both.slo_miss_rate == pytest.approx(0.25)
+    live.remove_worker("w2")
+    assert set(live.instance_stats(window_s=10.0)) == {("w1", "m/v")}  # a removed worker's stats go with it
+    assert live.variant_stats(window_s=10.0)["m/v"].requests == 40
+
+
+def test_rejections_are_counted_per_target_and_not_as_served_queries(make_live: MakeLiveState) -> None:
+    live = make_live()
+    now = time.time()
+    for unmet in ("latency_ms", "latency_ms", "max_cost"):
+        live.record_rejection(Rejection(at=now, tenant="t", target="m", unmet=unmet))
+    live.record_rejection(Rejection(at=now, tenant="t", target="task:classify", unmet="latency_ms"))
+    live.record_rejection(Rejection(at=now - 100, tenant="t", target="m", unmet="latency_ms"))  # out of the window
+    stats = live.rejection_stats(window_s=10.0)
+    assert stats["m"].rejected == 3 and stats["m"].total_rejected == 4
+    assert (stats["m"].unmet_latency, stats["m"].unmet_max_cost) == (2, 1)
+    assert stats["m"].rate_per_s == pytest.approx(0.3)
+    assert stats["task:classify"].rejected == 1
+    assert live.recent_queries() == [] and live.variant_stats() == {}  # nothing ran
