@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 from infaas.catalog import ModelInfo, VariantInfo
@@ -191,6 +191,9 @@ class Selection:
     loaded: bool
     slo_at_risk: bool
     reason: str
+    # At risk even with empty queues and the variant loaded: no placement meets the budget at all, so the miss
+    # is not one that replicas fix (the autoscaler's statistics count it apart). False when not at risk.
+    infeasible: bool = False
 
     @property
     def variant(self) -> VariantInfo:
@@ -350,7 +353,21 @@ def select(
         wait_s = min(waits_ms) / 1000.0 if waits_ms else None
         raise Infeasible(f"latency_ms {budget:g}", _achievable(affordable), wait_s)
     why = f"SLO at risk: no placement meets {budget:g} ms; serving the fastest ({best.estimated_ms:.2f} ms est)"
-    return _selection(best, batch, True, why)
+    infeasible = all(_unqueued_ms(o) > budget for o in affordable)
+    if infeasible:
+        why += "; infeasible even with empty queues"
+    return replace(_selection(best, batch, True, why), infeasible=infeasible)
+
+
+def _unqueued_ms(option: _Option) -> float:
+    """An option's estimate once loaded with nothing queued: what capacity (replicas, loads) can bring it down to.
+
+    The queue's share is removed, and for a cold placement its load time (raw: the correction of a cold
+    estimate is fitted mostly on its service part, so this is close and errs towards "infeasible").
+    """
+    if option.loaded:
+        return option.estimated_ms - option.queue_ms
+    return option.estimated_ms - option.candidate.curve.load_ms
 
 
 def _achievable(options: Sequence[_Option]) -> Achievable:

@@ -338,3 +338,19 @@ def test_excluded_placements_move_the_query_to_the_next_one() -> None:
     assert select(Requirements(model="m"), both, loaded, PRICES).variant.name == "fast"
     after = select(Requirements(model="m"), both, loaded, PRICES, exclude={("m/fast", "w1")})
     assert (after.variant.name, after.loaded) == ("slow", False)
+
+
+def test_at_risk_only_for_queueing_or_a_load_is_not_infeasible_but_below_the_service_time_is() -> None:
+    # slow alone takes 6 ms (p99); 3 rows outstanding add a batch-8 round: at risk, but replicas would fix it.
+    busy = live(loaded={"m/slow": [("w1", 1)]}, depth={("w1", "m/slow"): 3})
+    queued = select(Requirements(model="m", latency_ms=7), [SLOW_CHEAP], busy, PRICES)
+    assert queued.slo_at_risk and not queued.infeasible
+    # Cold only: the 100 ms load is what misses 50 ms; loading it (capacity) fixes that.
+    cold = select(Requirements(model="m", latency_ms=50), [SLOW_CHEAP], live(), PRICES)
+    assert cold.slo_at_risk and not cold.infeasible
+    # Below every placement's own service time: nothing capacity can do.
+    for snapshot in (busy, live()):
+        hopeless = select(Requirements(model="m", latency_ms=4), [SLOW_CHEAP], snapshot, PRICES)
+        assert hopeless.slo_at_risk and hopeless.infeasible and "infeasible even with empty queues" in hopeless.reason
+    met = select(Requirements(model="m", latency_ms=100), [SLOW_CHEAP], live(loaded={"m/slow": [("w1", 1)]}), PRICES)
+    assert not met.slo_at_risk and not met.infeasible
