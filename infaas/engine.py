@@ -21,8 +21,8 @@ from infaas import offload
 from infaas.candidates import CandidateCache
 from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
-from infaas.live_state import LiveState, QueryRecord
-from infaas.selector import Candidate, NoWorkerAvailable, Requirements, Selection, select
+from infaas.live_state import LiveState, QueryRecord, Rejection
+from infaas.selector import Candidate, Infeasible, NoWorkerAvailable, Requirements, Selection, select
 from infaas.tensors import TensorSpec, check_limits, conform_inputs
 from infaas.worker import InferResult, OutOfMemory, WorkerClient, WorkerError
 from infaas.worker.clients import WorkerClients
@@ -136,11 +136,27 @@ class QueryEngine:
         candidates, arrays, batch = self._candidates(models, query.inputs)
         requirements = replace(requirements, batch=batch)
         snapshot = self.workers.snapshot()
-        decision = select(requirements, candidates, snapshot, self._prices)
+        try:
+            decision = select(requirements, candidates, snapshot, self._prices)
+        except Infeasible as refused:
+            self._record_rejection(query, refused)
+            raise
         client = self.workers.get(decision.worker, snapshot)
         if client is None:
             raise ModelNotReady(f"worker {decision.worker!r} is not reachable from this front-end")
         return _Dispatch(query, requirements, decision, client, arrays, start, tuple(candidates))
+
+    def _record_rejection(self, query: Query, refused: Infeasible) -> None:
+        """Count a query refused as infeasible (nothing ran), so the console and ``/v1/stats`` show it apart."""
+        requirements = query.requirements
+        self.live.record_rejection(
+            Rejection(
+                at=time.time(),
+                tenant=query.tenant,
+                target=requirements.model or f"task:{requirements.task}",
+                unmet=refused.unmet.split(" ", 1)[0],  # Infeasible.unmet starts with the requirement's name
+            )
+        )
 
     def _try_now(self, plan: _Dispatch) -> tuple[_Dispatch, InferResult] | None:
         """Run on this thread only if a replica is free right now; ``None`` having done nothing otherwise."""
@@ -204,6 +220,7 @@ class QueryEngine:
                 latency_ms=requirements.latency_ms,
                 min_accuracy=requirements.min_accuracy,
                 max_cost=requirements.max_cost,
+                infeasible=decision.infeasible,
                 estimated_ms=decision.estimated_ms,
                 actual_ms=actual_ms,
                 queue_ms=result.queue_ms,

@@ -101,6 +101,12 @@ def test_a_rejected_query_runs_nothing(services: Services) -> None:
         replace(query, requirements=replace(query.requirements, on_infeasible="best_effort"))
     )
     assert answer.served_by.slo_at_risk and len(services.live.recent_queries(10)) == 1
+    # The rejection is counted apart (the console and /v1/stats show it), and the served query, whose budget is
+    # below even the loaded service time, is marked infeasible: not a miss that replicas fix.
+    rejected = services.live.rejection_stats()["lin"]
+    assert (rejected.rejected, rejected.unmet_latency, rejected.unmet_max_cost) == (1, 1, 0)
+    assert services.live.recent_queries(10)[0].infeasible
+    assert services.live.variant_stats()["lin/" + answer.served_by.variant].infeasible_rate == 1.0
 
 
 def test_an_unaffordable_query_runs_nothing_even_best_effort(services: Services) -> None:
@@ -109,6 +115,7 @@ def test_an_unaffordable_query_runs_nothing_even_best_effort(services: Services)
     with pytest.raises(Infeasible, match="max_cost"):
         services.engine.infer(query)
     assert services.live.recent_queries(10) == [] and services.live.instances() == []
+    assert services.live.rejection_stats()["lin"].unmet_max_cost == 1
 
 
 def test_a_model_without_ready_variants_is_not_ready(services: Services) -> None:
