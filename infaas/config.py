@@ -14,7 +14,11 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PRICES: dict[str, float] = {
-    # $ per hour of one unit of the hardware kind; a CPU variant holds `threads` cores.
+    # $ per hour of one unit of the hardware kind; a CPU variant holds `threads` cores, a GPU variant (CUDA,
+    # TensorRT: hardware "gpu") one whole GPU. cpu-core: one vCPU of a general-purpose cloud VM (AWS m6i,
+    # $0.192/h for 4 vCPUs). gpu: one data-centre GPU with its share of host, between an A10G ($1.01/h,
+    # g5.xlarge) and an A100 ($4.10/h, 1/8 of p4d.24xlarge): about 52 cores, so a GPU variant is chosen on
+    # cost only when it is that many times faster than a one-core CPU variant, and on latency otherwise.
     "cpu-core": 0.048,
     "gpu": 2.50,
 }
@@ -80,6 +84,9 @@ class Settings(BaseSettings):
     worker_memory_mb: float = 2048.0
     worker_cores: int = Field(default_factory=lambda: os.cpu_count() or 1)
     in_process_worker: bool = True
+    # The CUDA device (driver numbering) the in-process worker, and ``infaas worker`` without ``--gpu``, pins:
+    # its GPU sessions run there and it reports that device. None: device 0 when a GPU is usable, else CPU only.
+    worker_gpu: int | None = None
     heartbeat_s: float = 1.0
     heartbeat_ttl_s: float = 3.0
 

@@ -66,19 +66,26 @@ class Session(Protocol):
         ...
 
 
-def open_session(path: Path, providers: Sequence[str], threads: int) -> Session:
+class SessionOpener(Protocol):
+    """``open_session``'s shape: what a worker calls to open a variant (tests inject one that stays on the CPU)."""
+
+    def __call__(self, path: Path, providers: Sequence[str], threads: int, device: int | None = None) -> Session: ...
+
+
+def open_session(path: Path, providers: Sequence[str], threads: int, device: int | None = None) -> Session:
     """Open a variant artifact as the catalog describes it, warmed up, or raise ``Skip`` saying why not.
 
-    ``providers`` and ``threads`` are the variant's (``threads=0``: every core). A GPU provider that this
-    ONNX Runtime build does not really activate is refused rather than silently run on the CPU: a "GPU"
-    variant served or profiled on the CPU would be a lie.
+    ``providers`` and ``threads`` are the variant's (``threads=0``: every core); ``device`` is the CUDA
+    device its GPU providers or engine run on (a worker's ``--gpu``; ``None``: the runtime's default, 0). A
+    GPU provider that this ONNX Runtime build does not really activate is refused rather than silently run
+    on the CPU: a "GPU" variant served or profiled on the CPU would be a lie.
     """
     session: Session
     if TENSORRT_ENGINE in providers:
         require_cuda()
-        session = EngineSession(path, import_tensorrt())
+        session = EngineSession(path, import_tensorrt(), device or 0)
     else:
-        ort_session = create_session(path, providers, threads)
+        ort_session = create_session(path, providers, threads, device)
         wanted = providers[0] if providers else CPU_PROVIDERS[0]
         active = ort_session.get_providers()
         if wanted not in active:
@@ -109,7 +116,7 @@ def warm_up(session: Session) -> bool:
 
 
 def create_session(
-    model: str | Path | bytes, providers: Sequence[str] | None = None, threads: int = 0
+    model: str | Path | bytes, providers: Sequence[str] | None = None, threads: int = 0, device: int | None = None
 ) -> ort.InferenceSession:
     """An ONNX Runtime session with the serving options (CPU when no providers are given).
 
@@ -118,8 +125,24 @@ def create_session(
     """
     source = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(
-        source, sess_options=session_options(threads), providers=list(providers or CPU_PROVIDERS)
+        source, sess_options=session_options(threads), providers=provider_options(providers or CPU_PROVIDERS, device)
     )
+
+
+# Execution providers that run on one CUDA device, chosen by their ``device_id`` option.
+DEVICE_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+
+
+def provider_options(providers: Sequence[str], device: int | None) -> list[str | tuple[str, dict[str, str]]]:
+    """ONNX Runtime's provider list with ``device_id`` set on the GPU providers when a device is pinned.
+
+    The option, not ``CUDA_VISIBLE_DEVICES``: the in-process worker of ``infaas serve`` shares its process
+    with the front-end, and an environment variable read once at CUDA initialisation cannot be changed by
+    the code that finds out which device to use.
+    """
+    if device is None:
+        return list(providers)
+    return [(p, {"device_id": str(device)}) if p in DEVICE_PROVIDERS else p for p in providers]
 
 
 def session_options(threads: int) -> ort.SessionOptions:

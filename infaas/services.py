@@ -10,6 +10,7 @@ autoscaler's leader lease always ours or in Redis) and wires them together. Ever
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from infaas.config import Settings
 from infaas.db.migrate import upgrade
 from infaas.db.session import Database
 from infaas.engine import QueryEngine
+from infaas.hardware import Hardware, detect
 from infaas.jobs import tasks
 from infaas.jobs.durable import DurableRunner
 from infaas.jobs.periodic import Every, Periodic
@@ -33,6 +35,8 @@ from infaas.quotas import EventWindow, MemoryEventWindow, Quotas, RedisEventWind
 from infaas.worker.clients import WorkerClients
 from infaas.worker.server import WorkerService
 from infaas.worker.worker import LocalWorker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,6 +86,8 @@ class Services:
 
 def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool = True) -> Services:
     """Open every backend named by ``settings``; apply migrations first when asked."""
+    # The in-process worker's hardware first: a pinned GPU that cannot be used stops start-up before anything opens.
+    hardware = detect(settings.worker_gpu) if settings.in_process_worker else None
     settings.ensure_home()
     url = settings.resolved_database_url
     if migrate:
@@ -90,7 +96,9 @@ def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool 
     metadata = MetadataStore(db)
     store = _model_store(settings)
     live = make_live_state(settings)
-    local = _local_worker(settings, settings.worker_id or "local", store, live) if settings.in_process_worker else None
+    local = (
+        _local_worker(settings, settings.worker_id or "local", store, live, hardware) if hardware is not None else None
+    )
     engine = QueryEngine(
         CandidateCache(metadata),
         live,
@@ -130,23 +138,32 @@ def build_worker_service(settings: Settings, worker_id: str, address: str) -> Wo
     """
     if not settings.redis_url:
         raise ValueError("set INFAAS_REDIS_URL: front-ends find workers through the shared live state")
+    hardware = detect(settings.worker_gpu)
     settings.ensure_home()
     store = _model_store(settings)
     live = make_live_state(settings)
-    return WorkerService(_local_worker(settings, worker_id, store, live), live, address, settings.heartbeat_s)
+    worker = _local_worker(settings, worker_id, store, live, hardware)
+    return WorkerService(worker, live, address, settings.heartbeat_s)
 
 
 def _model_store(settings: Settings) -> ModelStore:
     return open_model_store(settings.resolved_model_store, cache_dir=str(settings.home / "cache"))
 
 
-def _local_worker(settings: Settings, worker_id: str, store: ModelStore, live: LiveState) -> LocalWorker:
+def _local_worker(
+    settings: Settings, worker_id: str, store: ModelStore, live: LiveState, hardware: Hardware
+) -> LocalWorker:
+    """This process's worker, advertising ``hardware``: what ``infaas.hardware.detect`` found on this host with
+    ``settings.worker_gpu`` pinned (it raises ``GpuNotUsable``, naming the visible devices, for a GPU that
+    cannot be used)."""
+    log.info("worker %s runs %s", worker_id, hardware.describe())
     return LocalWorker(
         worker_id,
         store,
         live,
         memory_budget_mb=settings.worker_memory_mb,
         cores=settings.worker_cores,
+        hardware=hardware,
         heartbeat_s=settings.heartbeat_s,
     )
 

@@ -31,11 +31,15 @@ class TensorArg:
 
 
 class EngineSession:
-    """Runs a deserialized TensorRT engine on numpy feeds, with device buffers reused across calls."""
+    """Runs a deserialized TensorRT engine on numpy feeds, with device buffers reused across calls.
 
-    def __init__(self, path: Path, trt: ModuleType) -> None:
+    ``device`` is the CUDA device the engine lives on (a worker's ``--gpu``); every call makes its context
+    current first, since replicas run on threads other than the one that loaded the engine.
+    """
+
+    def __init__(self, path: Path, trt: ModuleType, device: int = 0) -> None:
         self.trt = trt
-        self.cuda = CudaDriver()
+        self.cuda = CudaDriver(device)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
@@ -76,6 +80,7 @@ class EngineSession:
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray], /) -> list[np.ndarray]:
         """Outputs named by ``output_names`` (all, in the engine's order, when ``None``)."""
+        self.cuda.make_current()
         for name in self.inputs:
             array = np.ascontiguousarray(feeds[name], dtype=self._dtype(name))
             self.context.set_input_shape(name, array.shape)

@@ -24,9 +24,11 @@ class WorkerState:
     cores: int
     memory_budget_mb: float
     memory_used_mb: float = 0.0
-    hardware: tuple[str, ...] = ("cpu",)
+    hardware: tuple[str, ...] = ("cpu",)  # kinds it runs (``infaas.hardware``), matched to VariantInfo.hardware
     heartbeat_at: float = 0.0  # time.time() of the last heartbeat
     draining: bool = False
+    device: str = ""  # the GPU its GPU variants run on ("cuda:0 NVIDIA H200 (143771 MB)"); "" without one
+    device_memory_mb: float = 0.0  # that GPU's memory (0 when none or unknown)
 
     @property
     def memory_free_mb(self) -> float:

@@ -141,6 +141,8 @@ def _worker_from_hash(worker_id: str, h: dict[str, str]) -> WorkerState:
         hardware=tuple(x for x in h.get("hardware", "cpu").split(",") if x),
         heartbeat_at=float(h.get("heartbeat_at", "0")),
         draining=h.get("draining") == "1",
+        device=h.get("device", ""),
+        device_memory_mb=float(h.get("device_memory_mb", "0")),
     )
 
 
@@ -247,6 +249,8 @@ class RedisLiveState(LiveState):
                 "hardware": ",".join(worker.hardware),
                 "heartbeat_at": repr(worker.heartbeat_at or time.time()),
                 "draining": "1" if worker.draining else "0",
+                "device": worker.device,
+                "device_memory_mb": repr(worker.device_memory_mb),
             },
         )
         for key in (w, self._k("inst", worker.id), self._k("depth", worker.id)):

@@ -22,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from infaas import offload
 from infaas.catalog import VariantInfo
 from infaas.errors import InvalidInput
-from infaas.live_state.base import InstanceState, LiveState, WorkerState
+from infaas.live_state.base import InstanceState, LiveState
 from infaas.selector import ProfileCurve
 from infaas.worker.remote import (
     BAD_INPUT,
@@ -53,16 +53,7 @@ class WorkerService:
     # -- registration ---------------------------------------------------------------------------
     def _register(self) -> None:
         status = self.worker.status()
-        self.live.register_worker(
-            WorkerState(
-                id=self.worker.id,
-                address=self.address,
-                cores=status.cores,
-                memory_budget_mb=status.memory_budget_mb,
-                memory_used_mb=status.memory_used_mb,
-                heartbeat_at=time.time(),
-            )
-        )
+        self.live.register_worker(self.worker.registration(self.address))  # with its hardware and GPU
         for inst in status.instances:
             self.live.set_instance(InstanceState(self.worker.id, inst.variant_key, inst.replicas, inst.memory_mb))
 

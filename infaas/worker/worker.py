@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from infaas.catalog import VariantInfo
+from infaas.hardware import CPU_ONLY, Hardware
 from infaas.live_state.base import InstanceState, LiveState, WorkerState
 from infaas.model_store import ModelStore
-from infaas.runtime import Session, open_session
+from infaas.runtime import Session, SessionOpener, open_session
 from infaas.selector import ProfileCurve
 from infaas.worker.instance import InferResult, Instance, InstanceClosed
 
@@ -98,7 +99,12 @@ class WorkerClient(ABC):
 
 
 class LocalWorker(WorkerClient):
-    """Runs variants in this process, opened as the profiler opened them (``runtime.open_session``)."""
+    """Runs variants in this process, opened as the profiler opened them (``runtime.open_session``).
+
+    ``hardware`` is what it advertises (``infaas.hardware.detect``: CPU only unless told); GPU variants are
+    opened on its device. ``opener`` is ``open_session`` except in tests, where a fake GPU worker opens
+    its variants on the CPU.
+    """
 
     def __init__(
         self,
@@ -108,15 +114,17 @@ class LocalWorker(WorkerClient):
         *,
         memory_budget_mb: float,
         cores: int,
-        hardware: tuple[str, ...] = ("cpu",),
+        hardware: Hardware = CPU_ONLY,
         heartbeat_s: float = 1.0,
+        opener: SessionOpener = open_session,
     ) -> None:
         self.id = worker_id
         self._store = store
         self._live = live
         self._budget = memory_budget_mb
         self._cores = cores
-        self._hardware = hardware
+        self.hardware = hardware
+        self._open = opener
         self._heartbeat_s = heartbeat_s
         self._instances: dict[str, Instance] = {}
         self._memory: dict[str, float] = {}  # per-replica memory of each loaded variant
@@ -127,17 +135,7 @@ class LocalWorker(WorkerClient):
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         """Register in live state and start heartbeating."""
-        self._live.register_worker(
-            WorkerState(
-                id=self.id,
-                address="local",
-                cores=self._cores,
-                memory_budget_mb=self._budget,
-                memory_used_mb=self.memory_used_mb,
-                hardware=self._hardware,
-                heartbeat_at=time.time(),
-            )
-        )
+        self._live.register_worker(self.registration("local"))
         self._stop.clear()
         self._heartbeat_thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.id}", daemon=True)
         self._heartbeat_thread.start()
@@ -150,6 +148,21 @@ class LocalWorker(WorkerClient):
         for key in list(self._instances):
             self.unload(key)
         self._live.remove_worker(self.id)
+
+    def registration(self, address: str) -> WorkerState:
+        """This worker as live state lists it, reachable at ``address`` ("local" in process): its cores,
+        memory, and the hardware kinds and GPU it really has."""
+        return WorkerState(
+            id=self.id,
+            address=address,
+            cores=self._cores,
+            memory_budget_mb=self._budget,
+            memory_used_mb=self.memory_used_mb,
+            hardware=self.hardware.kinds,
+            device=self.hardware.device.describe() if self.hardware.device is not None else "",
+            device_memory_mb=self.hardware.device_memory_mb,
+            heartbeat_at=time.time(),
+        )
 
     def _beat(self) -> None:
         while not self._stop.wait(self._heartbeat_s):
@@ -188,7 +201,7 @@ class LocalWorker(WorkerClient):
             key = variant.key
 
             def make_session() -> Session:
-                return open_session(path, variant.providers, variant.threads)
+                return self._open(path, variant.providers, variant.threads, self.hardware.device_id)
 
             def on_depth(depth: int) -> None:
                 self._live.set_queue_depth(self.id, key, depth)
