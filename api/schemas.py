@@ -86,6 +86,8 @@ class ModelOut(BaseModel):
     size_bytes: int
     created_at: datetime
     rewrites: list[str]
+    # The shape (batch 1) each input with a dynamic non-batch dimension was checked and is profiled at.
+    input_shapes: dict[str, list[int]]
     variant_counts: VariantCounts
     variants: list[VariantOut] | None = None
 
@@ -110,6 +112,7 @@ class ModelOut(BaseModel):
             size_bytes=m.size_bytes,
             created_at=m.created_at,
             rewrites=list(m.rewrites),
+            input_shapes={name: list(shape) for name, shape in m.input_shapes.items()},
             variant_counts=counts,
             variants=[VariantOut.of(v) for v in m.variants] if with_variants else None,
         )

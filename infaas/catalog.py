@@ -6,6 +6,7 @@ responses, other threads) never touch a database session.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -82,6 +83,8 @@ class ModelInfo:
     created_at: datetime
     variants: tuple[VariantInfo, ...] = field(default=())
     rewrites: tuple[str, ...] = ()  # what registration changed to serve the upload (``infaas.zipmap``)
+    # The shape (batch 1) each input with a dynamic non-batch dimension was checked at (``infaas.input_shapes``).
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ in-memory candidate cache (and, scaled out, every other front-end's) learns to r
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +63,7 @@ class NewModel:
     framework: str = "onnx"
     status: str = ModelStatus.PENDING
     rewrites: tuple[str, ...] = ()  # what registration changed to serve the upload (``infaas.zipmap``)
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # ``infaas.input_shapes``
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ def _model_info(row: Model, with_variants: bool = True) -> ModelInfo:
         created_at=row.created_at,
         variants=tuple(_variant_info(v, row.name) for v in row.variants) if with_variants else (),
         rewrites=tuple(row.rewrites or ()),
+        input_shapes={name: tuple(shape) for name, shape in (row.input_shapes or {}).items()},
     )
 
 
@@ -240,6 +242,7 @@ class MetadataStore:
                 "inputs": [spec.to_json() for spec in new.inputs],
                 "outputs": [spec.to_json() for spec in new.outputs],
                 "rewrites": list(new.rewrites),
+                "input_shapes": {name: list(shape) for name, shape in new.input_shapes.items()},
             }
         )
         try:

@@ -2,10 +2,14 @@
 
 Order matters: parse → structural checks (checker, external data anywhere, absurd stored or declared
 tensors) → ONNX Runtime load → one inference at the declared shapes. A model that passes all four is
-safe to store and to serve. Between the checker and the rest, a ZipMap output (skl2onnx's default for a
-classifier's probabilities) is rewritten to the tensor it wraps (``infaas.zipmap``) and any other
-non-tensor input or output is refused by name; the rewritten model is what the later checks see and what
-registration stores.
+safe to store and to serve. Where an input has a dynamic dimension besides the batch axis (an image's
+height and width, a sequence length), the inference runs at the owner's ``--input-shape``, else at the
+sizes ``infaas.input_shapes`` proposes (exporter metadata, then common sizes) until one runs; the shape
+that ran is returned so registration records it.
+
+Between the checker and the rest, a ZipMap output (skl2onnx's default for a classifier's probabilities)
+is rewritten to the tensor it wraps (``infaas.zipmap``) and any other non-tensor input or output is
+refused by name; the rewritten model is what the later checks see and what registration stores.
 
 The static checks only see shapes known before running; a shape computed at run time (``ReduceMax →
 Cast → Add → ConstantOfShape`` to [20000, 20000]: 1.6 GB) or a ``Loop`` with trip count 2^62 shows
@@ -25,7 +29,7 @@ zeros, and variant builds, which run the owner's validation values, are sandboxe
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,8 @@ from onnx import TensorProto
 from infaas.array_files import ArrayFileError, file_kind, read_headers
 from infaas.config import Settings
 from infaas.errors import BadRequest, InvalidInput
-from infaas.runtime import ONNX_TO_NUMPY, create_session, numpy_dtype
+from infaas.input_shapes import Shapes, candidate_shapes, check_given_shapes, describe, needs_resolving
+from infaas.runtime import ONNX_TO_NUMPY, Session, create_session, numpy_dtype
 from infaas.sandbox import Limits, is_allocation_failure, run_limited
 from infaas.scratch import scratch_dir
 from infaas.tensors import TensorSpec
@@ -66,6 +71,18 @@ class CheckedModel:
     opset: int | None
     rewrites: tuple[str, ...] = ()  # what registration changed to serve the model (``infaas.zipmap``)
     artifact: bytes | None = None  # the rewritten model to store; ``None``: the upload, unchanged
+    # The shape (batch 1) the test inference ran at, for each input with a dynamic non-batch dimension.
+    input_shapes: Shapes = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Static:
+    """What the static checks hand to the runtime checks."""
+
+    data: bytes  # the model to run (rewritten if ``rewrites``)
+    opset: int | None
+    rewrites: tuple[str, ...]
+    metadata: dict[str, str]  # the model's ``metadata_props`` (shape hints such as ``imgsz``)
 
 
 def _parse(data: bytes) -> onnx.ModelProto:
@@ -210,11 +227,6 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=arg.name, dtype=numpy_dtype(arg.type), shape=shape)
 
 
-def _probe_inputs(inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-    """Inputs of the declared shapes (dynamic dimensions set to 1) for one test inference."""
-    return {spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype) for spec in inputs}
-
-
 def _runtime_failure(exc: Exception, refusal: str) -> Exception:
     """``MemoryError`` for a refused allocation (so a sandbox reports its memory limit), else ``ModelCheckError``."""
     if is_allocation_failure(exc):
@@ -222,8 +234,21 @@ def _runtime_failure(exc: Exception, refusal: str) -> Exception:
     return ModelCheckError(f"{refusal}: {str(exc).splitlines()[0][:500]}")
 
 
-def _static_checks(data: bytes) -> tuple[bytes, int | None, tuple[str, ...]]:
-    """Parse, checker, ZipMap rewrite, tensors and declared shapes: the model to run, its opset, the rewrites.
+def _declared_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """The graph inputs that are not initializers, with their declared shapes (``-1``: dynamic or unknown)."""
+    stored = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in stored:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims)
+        specs.append(TensorSpec(name=value.name, dtype=np.dtype(np.float32), shape=shape))
+    return specs
+
+
+def _static_checks(data: bytes, given: Shapes) -> _Static:
+    """Parse, checker, ZipMap rewrite, tensors, declared shapes and the owner's input shapes.
 
     Bounded by the upload's size, so they run in the caller's process: a file refused here (most hostile
     uploads are) costs no child process.
@@ -239,12 +264,54 @@ def _static_checks(data: bytes) -> tuple[bytes, int | None, tuple[str, ...]]:
     _check_tensor_signature(model)
     _check_tensors(model)
     _check_declared_shapes(model)
+    check_given_shapes(given, _declared_inputs(model))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    return data, opset, rewrites
+    metadata = {p.key: p.value for p in model.metadata_props}
+    return _Static(data=data, opset=opset, rewrites=rewrites, metadata=metadata)
 
 
-def _runtime_checks(data: bytes) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """ONNX Runtime load and one inference on zeros at the declared shapes: the model's inputs and outputs.
+def _test_inference(
+    session: Session, inputs: tuple[TensorSpec, ...], given: Shapes, metadata: dict[str, str]
+) -> Shapes:
+    """Run the model on zeros until a candidate shape works; the shapes of inputs that needed resolving.
+
+    With nothing dynamic but the batch axis there is one try (batch 1). Otherwise the candidates of
+    ``infaas.input_shapes`` are tried in order (at most 8, all within the check's sandbox limits); a
+    refused allocation ends the search at once (the sandbox reports its memory limit).
+    """
+    candidates = candidate_shapes(inputs, given, metadata)
+    resolving = [s.name for s in inputs if needs_resolving(s)]
+    failure: Exception | None = None
+    for shapes in candidates:
+        try:
+            session.run(None, {s.name: np.zeros(shapes[s.name], dtype=s.dtype) for s in inputs})
+        except Exception as exc:
+            if is_allocation_failure(exc):
+                raise _runtime_failure(exc, f"a test inference at {describe(shapes)} failed") from exc
+            failure = exc
+            continue
+        return {name: shapes[name] for name in resolving}
+    assert failure is not None  # there is always at least one candidate
+    reason = str(failure).splitlines()[0][:500]
+    if not resolving:
+        raise ModelCheckError(f"a test inference at the declared input shapes failed: {reason}")
+    if given and len(candidates) == 1:
+        raise ModelCheckError(
+            f"a test inference at the given input shape ({describe(candidates[0])}) failed: {reason}; "
+            "check the shape the model takes (--input-shape NAME=D0,D1,... on the CLI, the input_shape form field)"
+        )
+    tried = ", ".join(f"[{describe(c)}]" for c in candidates)
+    raise ModelCheckError(
+        f"inputs {', '.join(repr(n) for n in resolving)} have dynamic dimensions and a test inference failed at "
+        f"every shape tried ({tried}); the last error: {reason}. Give the shape the model takes: "
+        "--input-shape NAME=D0,D1,... on the CLI, or the input_shape form field (e.g. images=1,3,320,320)"
+    )
+
+
+def _runtime_checks(
+    data: bytes, given: Shapes, metadata: dict[str, str]
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Shapes]:
+    """ONNX Runtime load and a test inference on zeros: the model's inputs, outputs and resolved input shapes.
 
     Unbounded in time and memory (a ``Loop`` may never end, a shape computed at run time may be huge):
     ``check_model_isolated`` runs this in a sandboxed child.
@@ -258,23 +325,29 @@ def _runtime_checks(data: bytes) -> tuple[tuple[TensorSpec, ...], tuple[TensorSp
         outputs = tuple(_spec(a) for a in session.get_outputs())
     except ValueError as exc:
         raise ModelCheckError(f"unsupported input or output type: {exc}") from exc
-    try:
-        session.run(None, _probe_inputs(inputs))
-    except Exception as exc:
-        raise _runtime_failure(exc, "a test inference at the declared input shapes failed") from exc
-    return inputs, outputs
+    shapes = _test_inference(session, inputs, given, metadata)
+    return inputs, outputs, shapes
 
 
-def check_model_bytes(data: bytes) -> CheckedModel:
+def _checked(static: _Static, runtime: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Shapes]) -> CheckedModel:
+    inputs, outputs, shapes = runtime
+    return CheckedModel(
+        inputs=inputs,
+        outputs=outputs,
+        opset=static.opset,
+        rewrites=static.rewrites,
+        artifact=static.data if static.rewrites else None,
+        input_shapes=shapes,
+    )
+
+
+def check_model_bytes(data: bytes, input_shapes: Shapes | None = None) -> CheckedModel:
     """Run every check on an in-memory model, in this process; raises ``ModelCheckError`` with a fix-it message.
 
     Unbounded in time and memory: anything a client uploads goes through ``check_model_isolated``.
     """
-    checked, opset, rewrites = _static_checks(data)
-    inputs, outputs = _runtime_checks(checked)
-    return CheckedModel(
-        inputs=inputs, outputs=outputs, opset=opset, rewrites=rewrites, artifact=checked if rewrites else None
-    )
+    static = _static_checks(data, input_shapes or {})
+    return _checked(static, _runtime_checks(static.data, input_shapes or {}, static.metadata))
 
 
 def check_limits(settings: Settings) -> Limits:
@@ -288,22 +361,23 @@ def check_limits(settings: Settings) -> Limits:
     )
 
 
-def check_model_isolated(path: Path, limits: Limits) -> CheckedModel:
+def check_model_isolated(path: Path, limits: Limits, input_shapes: Shapes | None = None) -> CheckedModel:
     """Every check on an uploaded file, the ONNX Runtime part in a child process within ``limits``.
 
-    What registration runs. Past a limit the child is killed and its temporary folder removed; the caller
-    gets ``LimitExceeded`` (422) naming the limit, and nothing has been stored.
+    What registration runs; ``input_shapes`` are the owner's (``--input-shape``), checked against the
+    declared inputs before any child starts. Past a limit the child is killed and its temporary folder
+    removed; the caller gets ``LimitExceeded`` (422) naming the limit, and nothing has been stored.
     """
-    checked, opset, rewrites = _static_checks(Path(path).read_bytes())
-    inputs, outputs = run_limited(
+    static = _static_checks(Path(path).read_bytes(), input_shapes or {})
+    runtime = run_limited(
         _runtime_checks,
-        checked,
+        static.data,
+        input_shapes or {},
+        static.metadata,
         limits=limits,
-        what="the model check (ONNX Runtime load and one inference on zeros at the declared shapes)",
+        what="the model check (ONNX Runtime load and test inferences on zeros)",
     )
-    return CheckedModel(
-        inputs=inputs, outputs=outputs, opset=opset, rewrites=rewrites, artifact=checked if rewrites else None
-    )
+    return _checked(static, runtime)
 
 
 def check_validation_file(path: Path, inputs: tuple[TensorSpec, ...], max_bytes: int) -> int:

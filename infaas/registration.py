@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from infaas.array_files import array_bound
 from infaas.catalog import ModelInfo
 from infaas.db.models import ModelStatus
 from infaas.errors import BadRequest
+from infaas.input_shapes import Shapes
 from infaas.metadata import DuplicateModel, NewModel, NewWorkItem
 from infaas.onnx_check import check_limits, check_model_isolated, check_validation_file
 from infaas.orphans import model_prefix, remove_model
@@ -73,6 +74,8 @@ class RegistrationRequest:
     owner: str = "local"
     public: bool = False
     namespace: str | None = None  # tenant registrations are stored as "<namespace>.<name>"
+    # The owner's shapes for inputs with dynamic dimensions (``--input-shape``; ``infaas.input_shapes``).
+    input_shapes: Shapes = field(default_factory=dict)
 
     @property
     def full_name(self) -> str:
@@ -108,7 +111,7 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
     request = replace(request, name=request.full_name, namespace=None)
     if services.metadata.model_exists(request.name):
         raise DuplicateModel(request.name)
-    checked = check_model_isolated(request.model_path, check_limits(services.settings))
+    checked = check_model_isolated(request.model_path, check_limits(services.settings), request.input_shapes)
     data = checked.artifact if checked.artifact is not None else request.model_path.read_bytes()
     if request.validation_path is not None:
         check_validation_file(request.validation_path, checked.inputs, array_bound(services.settings))
@@ -125,6 +128,7 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
             outputs=checked.outputs,
             opset=checked.opset,
             rewrites=checked.rewrites,
+            input_shapes=checked.input_shapes,
             declared_accuracy=request.declared_accuracy,
             max_batch=request.max_batch,
             owner=request.owner,

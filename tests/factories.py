@@ -267,8 +267,8 @@ def add_model_row(
     public: bool = False,
     validation_key: str | None = None,
 ) -> bytes:
-    """Record ``model``'s catalog row, with the tensors, opset and rewrites the registration check reads from
-    it, and store no file; return the bytes registration would store (the check's rewrite, or ``model``).
+    """Record ``model``'s catalog row, with the tensors, opset, rewrites and input shapes the registration check
+    reads from it, and store no file; return the bytes registration would store (the check's rewrite, or ``model``).
 
     On its own, for a test of what a row without its files means (the orphan sweep); ``seed_model`` adds
     the files.
@@ -283,6 +283,7 @@ def add_model_row(
             outputs=checked.outputs,
             opset=checked.opset,
             rewrites=checked.rewrites,
+            input_shapes=checked.input_shapes,
             declared_accuracy=declared_accuracy,
             max_batch=max_batch,
             owner=owner,

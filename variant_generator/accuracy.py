@@ -16,7 +16,7 @@ from infaas.catalog import ModelInfo
 from infaas.runtime import Session
 from infaas.tensors import TensorSpec
 
-DEFAULT_DYNAMIC_DIM = 16  # e.g. a sequence axis left dynamic by the exporter
+DEFAULT_DYNAMIC_DIM = 16  # a dynamic axis of a model registered before input shapes were recorded
 MAX_ROWS = 1024  # bound on rows used for accuracy, so a big validation set cannot stall a build
 SYNTHETIC_ROWS = 64
 _EPS = 1e-12
@@ -66,9 +66,22 @@ def load_validation(path: Path, model: ModelInfo) -> ValidationSet:
     return ValidationSet(inputs=inputs, labels=labels)
 
 
-def _synthetic_array(spec: TensorSpec, batch: int, rng: np.random.Generator) -> np.ndarray:
-    shape = tuple(d if d > 0 else DEFAULT_DYNAMIC_DIM for d in spec.shape[1:])
-    shape = (batch, *shape) if spec.shape else ()
+def sample_shape(model: ModelInfo, spec: TensorSpec, batch: int) -> tuple[int, ...]:
+    """``spec``'s shape for ``batch`` rows: its dynamic non-batch dims as registration recorded them.
+
+    Registration records the shape its test inference ran at (``ModelInfo.input_shapes``); a YOLO
+    detector, which fails below 2x2, is profiled at the 320x320 it ran at, not at a guessed size. Models
+    registered before shapes were recorded fall back to ``DEFAULT_DYNAMIC_DIM``.
+    """
+    if not spec.shape:
+        return ()
+    recorded = model.input_shapes.get(spec.name)
+    if recorded is not None and len(recorded) == len(spec.shape):
+        return (batch, *recorded[1:])
+    return (batch, *(d if d > 0 else DEFAULT_DYNAMIC_DIM for d in spec.shape[1:]))
+
+
+def _synthetic_array(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     dtype, name = spec.dtype, spec.name.lower()
     if dtype == np.bool_:
         return np.ones(shape, dtype=dtype)
@@ -87,7 +100,10 @@ def synthetic_set(model: ModelInfo, rows: int = SYNTHETIC_ROWS, seed: int = 0) -
     """Deterministic random inputs of the declared dtypes, used when no validation set was given."""
     rng = np.random.default_rng(seed)
     rows = fixed_batch(model) or rows
-    return ValidationSet({spec.name: _synthetic_array(spec, rows, rng) for spec in model.inputs}, synthetic=True)
+    return ValidationSet(
+        {spec.name: _synthetic_array(spec, sample_shape(model, spec, rows), rng) for spec in model.inputs},
+        synthetic=True,
+    )
 
 
 def fixed_batch(model: ModelInfo) -> int | None:

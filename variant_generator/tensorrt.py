@@ -49,8 +49,11 @@ class TensorrtEp(VariantGenerator):
         return out
 
 
-def _shapes(dims: list[int], batch: int) -> tuple[int, ...]:
-    """A concrete input shape: ``batch`` on axis 0, a default for any other dynamic axis."""
+def _shapes(dims: list[int], batch: int, recorded: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """A concrete input shape: ``batch`` on axis 0, the registration's recorded shape (``ModelInfo.input_shapes``)
+    or else a default for any other dynamic axis."""
+    if recorded is not None and len(recorded) == len(dims):
+        return (batch, *recorded[1:])
     return (batch, *(d if d > 0 else DEFAULT_DYNAMIC_DIM for d in dims[1:]))
 
 
@@ -116,12 +119,13 @@ class TensorrtEngine(VariantGenerator):
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
-            dims = list(tensor.shape)
+            dims, recorded = list(tensor.shape), ctx.model.input_shapes.get(tensor.name)
             if dims and dims[0] > 0:  # a pinned batch size: one shape only
-                shape = _shapes(dims, dims[0])
+                shape = _shapes(dims, dims[0], recorded)
                 profile.set_shape(tensor.name, shape, shape, shape)
             else:
-                profile.set_shape(tensor.name, _shapes(dims, 1), _shapes(dims, max(1, top // 2)), _shapes(dims, top))
+                low, mid, high = (_shapes(dims, b, recorded) for b in (1, max(1, top // 2), top))
+                profile.set_shape(tensor.name, low, mid, high)
         config.add_optimization_profile(profile)
         if calibration_data is not None:
             config.set_flag(trt.BuilderFlag.INT8)
@@ -129,7 +133,7 @@ class TensorrtEngine(VariantGenerator):
             calibration = builder.create_optimization_profile()
             for i in range(network.num_inputs):
                 tensor = network.get_input(i)
-                shape = _shapes(list(tensor.shape), batch)
+                shape = _shapes(list(tensor.shape), batch, ctx.model.input_shapes.get(tensor.name))
                 calibration.set_shape(tensor.name, shape, shape, shape)
             config.set_calibration_profile(calibration)
             config.int8_calibrator = _calibrator(trt, CudaDriver(), calibration_data, batch)

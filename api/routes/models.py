@@ -12,6 +12,7 @@ from api.schemas import DeletedOut, ErrorOut, ModelOut, VariantOut
 from api.uploads import save_upload
 from infaas.auth import model_namespace
 from infaas.errors import Forbidden
+from infaas.input_shapes import parse_input_shapes
 from infaas.registration import RegistrationRequest, delete_model, register_model
 from infaas.scratch import make_scratch
 
@@ -37,6 +38,11 @@ async def register(
     max_batch: int = Form(16),
     public: bool = Form(False),
     validation: UploadFile | None = File(None, description="optional .npz validation set"),
+    input_shape: str | None = Form(
+        None,
+        description="shapes for inputs with dynamic dimensions, 'NAME=D0,D1,...' separated by ';' "
+        "(e.g. 'images=1,3,320,320'); without it registration tries the model's metadata, then common sizes",
+    ),
 ) -> ModelOut:
     """Register a model: every check runs before anything is stored; the variant build is queued."""
     limit = int(services.settings.max_upload_mb * 1e6)
@@ -56,6 +62,7 @@ async def register(
             max_batch=max_batch,
             owner=principal.tenant,
             public=public,
+            input_shapes=parse_input_shapes(input_shape),
         )
         info = await run_in_threadpool(register_model, services, request)
     finally:

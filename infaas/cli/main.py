@@ -116,11 +116,18 @@ def register(
     max_batch: int = typer.Option(16, help="largest batch to build and profile"),
     public: bool = typer.Option(False, help="let every tenant use the model"),
     wait: bool = typer.Option(False, help="wait for the variant build, showing progress"),
+    input_shape: list[str] = typer.Option(
+        None,
+        help="NAME=D0,D1,... (repeatable): the shape an input with dynamic dimensions runs at, e.g. "
+        "images=1,3,320,320; without it registration tries the model's metadata, then common sizes",
+    ),
 ) -> None:
     """Register a model; its variants are built in the background."""
     data = {"name": name, "task": task, "max_batch": str(max_batch), "public": str(public).lower()}
     if accuracy is not None:
         data["accuracy"] = str(accuracy)
+    if input_shape:
+        data["input_shape"] = ";".join(input_shape)
     with open(path, "rb") as model_file:
         files = {"model": (path.name, model_file, "application/octet-stream")}
         if validation is not None:

@@ -72,6 +72,9 @@ class Model(Base):
     outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     # What registration changed to serve the upload (``infaas.zipmap``), one description each.
     rewrites: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    # The shape each input with a dynamic non-batch dimension was checked at, {name: [1, 3, 320, 320]}
+    # (``infaas.input_shapes``): what builds profile and make synthetic data at.
+    input_shapes: Mapped[dict[str, list[int]]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     opset: Mapped[int | None] = mapped_column(Integer, nullable=True)
     declared_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_batch: Mapped[int] = mapped_column(Integer, default=16)

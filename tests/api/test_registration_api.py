@@ -16,6 +16,7 @@ from infaas.jobs.runner import JobRunner
 from infaas.scratch import make_scratch
 from infaas.services import Services
 from tests.factories import mlp_model, npy_bytes, upload_model, write_validation
+from tests.shaped_models import fixed_size_model, strided_concat_model
 
 
 def _nothing_stored(services: Services, name: str = "mlp") -> None:
@@ -235,3 +236,49 @@ def test_the_upload_lands_in_the_homes_scratch_folder_and_is_gone_after_the_requ
     assert workdir.parent == services.settings.scratch_dir
     assert not workdir.exists()
     assert list(services.settings.scratch_dir.iterdir()) == []  # the sandboxed check's folder went too
+
+
+def test_a_model_with_dynamic_spatial_dims_registers_and_shows_its_shape(client: TestClient) -> None:
+    """Fails at 1x1 like NudeNet's YOLOv8n: registered at the metadata's size, shown on the model."""
+    model = strided_concat_model({"imgsz": "[320, 320]"}).SerializeToString()
+    response = upload_model(client, "detector", model)
+    assert response.status_code == 201, response.text
+    assert response.json()["input_shapes"] == {"images": [1, 3, 320, 320]}
+    described = client.get("/v1/models/detector").json()
+    assert described["inputs"] == [{"name": "images", "dtype": "float32", "shape": [-1, 3, -1, -1]}]
+    assert described["input_shapes"] == {"images": [1, 3, 320, 320]}
+
+
+def test_the_input_shape_field_is_used_and_recorded(client: TestClient) -> None:
+    response = upload_model(
+        client, "fixed", fixed_size_model(100, 100).SerializeToString(), input_shape="images=1,3,100,100"
+    )
+    assert response.status_code == 201, response.text
+    assert client.get("/v1/models/fixed").json()["input_shapes"] == {"images": [1, 3, 100, 100]}
+
+
+def test_no_working_shape_is_a_400_naming_the_field(client: TestClient, services: Services) -> None:
+    response = upload_model(client, "fixed", fixed_size_model(100, 100).SerializeToString())
+    assert response.status_code == 400
+    assert "input_shape" in response.json()["detail"] and "images=1,3,640,640" in response.json()["detail"]
+    _nothing_stored(services, "fixed")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("images=1,3,abc,320", "must be integers"),
+        ("images=1,3,0,320", "must be positive"),
+        ("pixels=1,3,320,320", "no input 'pixels'; its inputs are 'images'"),
+        ("images=1,3,320", "has 4 dimensions"),
+        ("images=1,1,320,320", "fixes dimension 1 to 3"),
+        ("images=1,3,2,2", "the given input shape (images=1,3,2,2) failed"),
+    ],
+)
+def test_bad_input_shape_values_say_what_to_fix(
+    client: TestClient, services: Services, value: str, message: str
+) -> None:
+    response = upload_model(client, "detector", strided_concat_model().SerializeToString(), input_shape=value)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["detail"]
+    _nothing_stored(services, "detector")
