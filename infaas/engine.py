@@ -5,6 +5,9 @@ pure selector, and a direct call into the worker (which runs idle instances on t
 HTTP adapters (``/v1/infer``, OIP infer) hand ``serve`` a parse function and the body size; the engine
 decides which thread parses and runs the query (``infaas.offload``), and raises ``infaas.errors``
 subclasses that the API renders in one place.
+
+The engine also learns how far its latency estimates are from what queries take (``infaas.calibration``): every
+query served by a loaded instance is observed, and the selector compares the corrected estimate with the budget.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 import numpy as np
 
 from infaas import offload
+from infaas.calibration import Calibration
 from infaas.candidates import CandidateCache
 from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
@@ -52,13 +56,19 @@ class ServedBy:
     worker: str
     rows: int  # rows in this query
     batch: int  # rows in the session run the query was part of (≥ rows when batched with others)
-    estimated_ms: float
+    estimated_ms: float  # the corrected tail estimate the budget was compared with
+    raw_estimated_ms: float  # before correction: profile p99 + queueing + load
     actual_ms: float
     queue_ms: float
     service_ms: float
     cost: float
     slo_at_risk: bool
     reason: str
+
+
+# What a QueryRecord copies from ServedBy: every field both have, except ``batch`` (the query's own rows in a
+# QueryRecord, ``ServedBy.rows``; the whole session run's rows in ServedBy).
+_RECORDED = tuple(f.name for f in fields(QueryRecord) if f.name in ServedBy.__dataclass_fields__ and f.name != "batch")
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class QueryEngine:
         self._prices = dict(prices)
         self._max_batch = max_batch
         self._max_inputs = max_inputs
+        self.calibration = Calibration()
 
     # -- the entry point ------------------------------------------------------------------------
     async def serve(self, parse: Callable[[], tuple[Query, T]], body_bytes: int) -> tuple[Answer, T]:
@@ -137,7 +148,7 @@ class QueryEngine:
         requirements = replace(requirements, batch=batch)
         snapshot = self.workers.snapshot()
         try:
-            decision = select(requirements, candidates, snapshot, self._prices)
+            decision = select(requirements, candidates, snapshot, self._prices, correct=self.calibration.correct)
         except Infeasible as refused:
             self._record_rejection(query, refused)
             raise
@@ -196,7 +207,9 @@ class QueryEngine:
         """Choose again for ``plan`` without the excluded placements (and the workers being avoided)."""
         snapshot = self.workers.snapshot()
         try:
-            decision = select(plan.requirements, plan.candidates, snapshot, self._prices, exclude)
+            decision = select(
+                plan.requirements, plan.candidates, snapshot, self._prices, exclude, self.calibration.correct
+            )
         except NoWorkerAvailable as exc:
             raise NoWorkerAvailable(f"{cause}; {exc}") from cause
         client = self.workers.get(decision.worker, snapshot)
@@ -205,30 +218,10 @@ class QueryEngine:
         return replace(plan, decision=decision, client=client)
 
     def _account(self, plan: _Dispatch, result: InferResult) -> Answer:
-        """Record the query in live state and describe how it was served."""
+        """Record the query in live state and in the calibration, and describe how it was served."""
         actual_ms = (time.monotonic() - plan.start) * 1000.0
         decision, requirements = plan.decision, plan.requirements
         variant = decision.variant
-        self.live.record_query(
-            QueryRecord(
-                at=time.time(),
-                tenant=plan.query.tenant,
-                model=variant.model_name,
-                variant=variant.name,
-                worker=decision.worker,
-                batch=decision.batch,
-                latency_ms=requirements.latency_ms,
-                min_accuracy=requirements.min_accuracy,
-                max_cost=requirements.max_cost,
-                infeasible=decision.infeasible,
-                estimated_ms=decision.estimated_ms,
-                actual_ms=actual_ms,
-                queue_ms=result.queue_ms,
-                cost=decision.estimated_cost,
-                slo_at_risk=decision.slo_at_risk,
-                reason=decision.reason,
-            )
-        )
         served_by = ServedBy(
             model=variant.model_name,
             variant=variant.name,
@@ -236,6 +229,7 @@ class QueryEngine:
             rows=decision.batch,
             batch=result.batch,
             estimated_ms=decision.estimated_ms,
+            raw_estimated_ms=decision.raw_estimated_ms,
             actual_ms=actual_ms,
             queue_ms=result.queue_ms,
             service_ms=result.service_ms,
@@ -243,6 +237,28 @@ class QueryEngine:
             slo_at_risk=decision.slo_at_risk,
             reason=decision.reason,
         )
+        shared = {name: getattr(served_by, name) for name in _RECORDED}
+        self.live.record_query(
+            QueryRecord(
+                at=time.time(),
+                tenant=plan.query.tenant,
+                batch=decision.batch,
+                latency_ms=requirements.latency_ms,
+                min_accuracy=requirements.min_accuracy,
+                max_cost=requirements.max_cost,
+                infeasible=decision.infeasible,
+                **shared,
+            )
+        )
+        if decision.loaded:  # a load's one-off time is the profile's to measure, not a serving-path error
+            self.calibration.observe(
+                decision.candidate.key,
+                decision.worker,
+                decision.raw_estimated_ms,
+                actual_ms,
+                worker_ms=result.queue_ms + result.service_ms,
+                budget_ms=requirements.latency_ms,
+            )
         return Answer(result.outputs, served_by)
 
     # -- models and inputs ----------------------------------------------------------------------

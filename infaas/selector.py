@@ -1,8 +1,12 @@
 """Variant selection: a pure function from (requirements, candidates, live state, prices) to a decision.
 
 Pure so that it is testable with hand-made profiles and identical in every front-end. The estimate
-for a placement is: profiled p50 latency at the batch the query runs at + expected queueing from
-live state + load time if the variant is not loaded on that worker. Among placements meeting the
+for a placement is a tail, since the budget is a promise: profiled p99 latency at the batch the query runs
+at + the tail time to drain the rows outstanding on that instance (live state counts rows, not requests,
+so one 64-row query weighs what it costs) + load time if the variant is not loaded on that worker; then
+corrected online by the caller's ``correct`` (``infaas.calibration``: the serving path's overhead and how
+much slower each worker runs each variant than profiled). Comparing the profiled p50 instead missed about
+half the queries whose budget sat near it, by construction. Among placements meeting the
 latency budget (and ``max_cost``) the cheapest wins, loaded before cold on equal cost; if none
 meets the budget, the fastest is served and flagged ``slo_at_risk`` — or, when the query says
 ``on_infeasible: "reject"``, nothing is served and ``Infeasible`` names the best achievable. ``max_cost`` is
@@ -28,6 +32,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
+from infaas.calibration import Correction
 from infaas.catalog import ModelInfo, VariantInfo
 from infaas.errors import BadRequest, Unavailable, Unprocessable
 from infaas.live_state.base import LiveSnapshot, WorkerState
@@ -127,6 +132,7 @@ class ProfileCurve:
 
     batches: tuple[int, ...]  # profiled batch sizes, ascending
     latencies_ms: tuple[float, ...]  # p50 at each profiled batch
+    tails_ms: tuple[float, ...]  # p99 at each profiled batch
     load_ms: float
     memory_mb: float
     best_batch: int  # profiled batch with the highest throughput
@@ -141,19 +147,28 @@ class ProfileCurve:
         return cls(
             batches=tuple(p.batch_size for p in profiles),
             latencies_ms=tuple(p.latency_p50_ms for p in profiles),
+            tails_ms=tuple(max(p.latency_p99_ms, p.latency_p50_ms) for p in profiles),
             load_ms=max(p.load_ms for p in profiles),
             memory_mb=max(p.memory_mb for p in profiles),
             best_batch=best.batch_size,
         )
 
     def service_ms(self, batch: int) -> float:
-        """Profiled p50 at the smallest profiled batch ≥ ``batch``; linear beyond the largest."""
+        """Profiled p50 at the smallest profiled batch ≥ ``batch``; linear beyond the largest (the typical
+        time: what a query's hardware is held for, and what batching and inlining plan with)."""
+        return self._at(self.latencies_ms, batch)
+
+    def tail_ms(self, batch: int) -> float:
+        """Profiled p99 at ``batch``, interpolated like ``service_ms`` (what a latency promise is made with)."""
+        return self._at(self.tails_ms, batch)
+
+    def _at(self, latencies: tuple[float, ...], batch: int) -> float:
         i = bisect.bisect_left(self.batches, batch)
         if i < len(self.batches):
-            return self.latencies_ms[i]
-        b_last, l_last = self.batches[-1], self.latencies_ms[-1]
+            return latencies[i]
+        b_last, l_last = self.batches[-1], latencies[-1]
         if len(self.batches) >= 2:
-            slope = (l_last - self.latencies_ms[-2]) / (b_last - self.batches[-2])
+            slope = (l_last - latencies[-2]) / (b_last - self.batches[-2])
         else:
             slope = l_last / b_last
         return l_last + max(slope, 0.0) * (batch - b_last)
@@ -186,7 +201,8 @@ class Selection:
     candidate: Candidate
     worker: str
     batch: int
-    estimated_ms: float
+    estimated_ms: float  # corrected tail estimate, the one compared with the budget
+    raw_estimated_ms: float  # before correction: profile p99 + queueing + load
     estimated_cost: float
     loaded: bool
     slo_at_risk: bool
@@ -206,8 +222,9 @@ class _Option:
     candidate: Candidate
     worker: WorkerState
     loaded: bool
-    estimated_ms: float
-    queue_ms: float  # of estimated_ms, the wait behind outstanding requests
+    estimated_ms: float  # corrected
+    raw_ms: float  # before correction
+    queue_ms: float  # of estimated_ms, the (corrected) wait behind outstanding rows
     cost: float
 
 
@@ -226,10 +243,17 @@ def query_cost(candidate: Candidate, worker: WorkerState, service_ms: float, pri
     return per_hour * service_ms / 3_600_000.0
 
 
-def _queue_ms(depth: int, replicas: int, per_request_ms: float) -> float:
-    """Expected wait behind ``depth`` outstanding requests served by ``replicas`` replicas."""
-    waiting = depth - replicas + 1
-    return waiting * per_request_ms / replicas if waiting > 0 else 0.0
+def _queue_ms(rows: int, replicas: int, curve: ProfileCurve) -> float:
+    """Tail wait behind ``rows`` outstanding rows (waiting or running) on ``replicas`` replicas.
+
+    Fewer rows than replicas leaves a replica free: no wait. Otherwise the replicas drain the rows in rounds of
+    at most ``best_batch`` rows (the instance's batching), spread evenly, each round taking its profiled p99.
+    Counting requests instead priced a queued 64-row query like a 1-row one.
+    """
+    if rows < replicas:
+        return 0.0
+    full, rest = divmod(math.ceil(rows / replicas), curve.best_batch)
+    return full * curve.tail_ms(curve.best_batch) + (curve.tail_ms(rest) if rest else 0.0)
 
 
 class _Room:
@@ -264,10 +288,11 @@ def _options(
     prices: Mapping[str, float],
     room: _Room,
     exclude: Collection[tuple[str, str]],
+    correct: Correction | None,
 ) -> list[_Option]:
     curve = candidate.curve
-    service = curve.service_ms(batch)
-    per_request = curve.latencies_ms[0]
+    service = curve.service_ms(batch)  # typical: what the hardware is held for (cost)
+    tail = curve.tail_ms(batch)
     key = candidate.key
     usable = [
         w
@@ -283,11 +308,12 @@ def _options(
         worker = by_id.get(inst.worker_id)
         if worker is None or (exclude and (key, worker.id) in exclude):
             continue
-        depth = live.depth(worker.id, key)
-        queue = _queue_ms(depth, max(inst.replicas, 1), per_request)
-        out.append(
-            _Option(candidate, worker, True, service + queue, queue, query_cost(candidate, worker, service, prices))
-        )
+        queue = _queue_ms(live.depth(worker.id, key), max(inst.replicas, 1), curve)
+        raw = tail + queue
+        est = raw if correct is None else correct(key, worker.id, raw)
+        if queue and correct is not None:
+            queue = est - correct(key, worker.id, tail)  # the correction is affine: this is queue's share of est
+        out.append(_Option(candidate, worker, True, est, raw, queue, query_cost(candidate, worker, service, prices)))
     loaded_on = {inst.worker_id for inst in instances}
     cold = [w for w in usable if w.id not in loaded_on]
     if exclude:
@@ -300,8 +326,10 @@ def _options(
             roomy = [w for w in cold if room.fits(w, curve.memory_mb)]
             worker = max(roomy, key=lambda w: (w.memory_free_mb, w.id)) if roomy else None
         if worker is not None:
-            est = curve.load_ms + service
-            out.append(_Option(candidate, worker, False, est, 0.0, query_cost(candidate, worker, est, prices)))
+            raw = curve.load_ms + tail
+            est = raw if correct is None else correct(key, worker.id, raw)
+            cost = query_cost(candidate, worker, curve.load_ms + service, prices)
+            out.append(_Option(candidate, worker, False, est, raw, 0.0, cost))
     return out
 
 
@@ -311,10 +339,13 @@ def select(
     live: LiveSnapshot,
     prices: Mapping[str, float],
     exclude: Collection[tuple[str, str]] = (),
+    correct: Correction | None = None,
 ) -> Selection:
     """Choose the variant and worker for one query (see the module docstring for the rules).
 
     ``exclude`` holds ``(variant key, worker id)`` placements not to offer (a load there just failed).
+    ``correct`` maps a placement's raw estimate to the calibrated one (``Calibration.correct``); ``None``
+    compares the raw estimates.
     """
     floor = requirements.min_accuracy
     qualified = [
@@ -326,7 +357,7 @@ def select(
 
     batch = requirements.batch
     room = _Room(live)
-    options = [o for c in qualified for o in _options(c, batch, live, prices, room, exclude)]
+    options = [o for c in qualified for o in _options(c, batch, live, prices, room, exclude, correct)]
     if not options:
         raise NoWorkerAvailable(
             "no live, non-draining worker has room for a variant meeting the accuracy floor"
@@ -388,6 +419,7 @@ def _selection(option: _Option, batch: int, at_risk: bool, why: str) -> Selectio
         worker=option.worker.id,
         batch=batch,
         estimated_ms=option.estimated_ms,
+        raw_estimated_ms=option.raw_ms,
         estimated_cost=option.cost,
         loaded=option.loaded,
         slo_at_risk=at_risk,

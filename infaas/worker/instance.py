@@ -7,6 +7,9 @@ reaches the variant's best profiled batch size (highest throughput) or when wait
 spend the tightest queued request's slack (deadline − now − estimated service time), whichever
 comes first; the wait is also capped at one best-batch service time so requests without a deadline
 are not held for long. Multi-row requests are concatenated along axis 0 and split back.
+
+Queue depth is reported (``on_depth``) in rows outstanding, not requests: the selector prices the wait as
+the time to drain those rows at this batching, and a queued 64-row request costs 64 times a 1-row one.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def _run(session: Session, output_names: list[str], feeds: dict[str, np.ndarray]
         raise InvalidInput(f"the model could not run on this input: {str(exc)[:_MAX_MESSAGE]}") from None
 
 
-def _rows(inputs: dict[str, np.ndarray]) -> int:
+def rows_of(inputs: dict[str, np.ndarray]) -> int:
+    """Rows in a request: its first input's first dimension (1 for a scalar or no input)."""
     for value in inputs.values():
         return int(value.shape[0]) if value.ndim else 1
     return 1
@@ -86,6 +90,7 @@ class Instance:
         """``batch_invariant=False`` for variants whose answer to one request depends on the other rows
         of the batch it runs in (dynamic quantization scales activations by the whole tensor's range):
         their requests are never concatenated, so a query's answer never depends on its neighbours.
+        ``on_depth`` is called with the rows outstanding whenever they change.
         """
         self.key = key
         self.curve = curve
@@ -100,6 +105,7 @@ class Instance:
         self._gathering = False
         self._closed = False
         self._outstanding = 0
+        self._outstanding_rows = 0
         first = make_session()
         self._output_names = [o.name for o in first.get_outputs()]
         # Inputs with a fixed first dimension cannot be concatenated: run such requests one by one.
@@ -117,6 +123,11 @@ class Instance:
     def outstanding(self) -> int:
         """Requests waiting or running."""
         return self._outstanding
+
+    @property
+    def outstanding_rows(self) -> int:
+        """Rows of the requests waiting or running (what ``on_depth`` reports)."""
+        return self._outstanding_rows
 
     def add_replica(self) -> None:
         """Load one more session and start its thread."""
@@ -150,20 +161,22 @@ class Instance:
     def infer(self, inputs: dict[str, np.ndarray], deadline: float | None = None) -> InferResult:
         """Run one request (possibly batched with others); ``deadline`` is ``time.monotonic()`` based."""
         self.last_used = time.monotonic()
+        rows = rows_of(inputs)
         cond = self._cond
         with cond:
             if self._closed:
                 raise InstanceClosed(f"instance {self.key} is unloaded")
             self._outstanding += 1
-            depth = self._outstanding
+            self._outstanding_rows += rows
+            depth = self._outstanding_rows
             session = self._free.pop() if self._free and not self._pending else None
             if session is None:
-                request = _Request(inputs, _rows(inputs), deadline)
+                request = _Request(inputs, rows, deadline)
                 self._pending.append(request)
                 cond.notify_all()  # the gathering thread must see it, not just any waiter
         self._on_depth(depth)
         if session is not None:
-            return self._run_direct(session, inputs)
+            return self._run_direct(session, inputs, rows)
         request.done.wait()
         if request.error is not None:
             raise request.error
@@ -172,30 +185,33 @@ class Instance:
 
     def try_run_now(self, inputs: dict[str, np.ndarray]) -> InferResult | None:
         """Run on this thread if a replica is free and nobody waits; else ``None`` (nothing queued)."""
+        rows = rows_of(inputs)
         with self._cond:
             if self._closed or self._pending or not self._free:
                 return None
             session = self._free.pop()
             self._outstanding += 1
-            depth = self._outstanding
+            self._outstanding_rows += rows
+            depth = self._outstanding_rows
         self.last_used = time.monotonic()
         self._on_depth(depth)
-        return self._run_direct(session, inputs)
+        return self._run_direct(session, inputs, rows)
 
-    def _run_direct(self, session: Session, inputs: dict[str, np.ndarray]) -> InferResult:
+    def _run_direct(self, session: Session, inputs: dict[str, np.ndarray], rows: int) -> InferResult:
         start = time.perf_counter()
         try:
             values = _run(session, self._output_names, inputs)
         finally:
             service_ms = (time.perf_counter() - start) * 1000.0
-            self._release(session, 1)
-        return InferResult(dict(zip(self._output_names, values, strict=True)), 0.0, service_ms, _rows(inputs))
+            self._release(session, 1, rows)
+        return InferResult(dict(zip(self._output_names, values, strict=True)), 0.0, service_ms, rows)
 
-    def _release(self, session: Session, finished: int) -> None:
+    def _release(self, session: Session, finished: int, finished_rows: int) -> None:
         with self._cond:
             self._free.append(session)
             self._outstanding -= finished
-            depth = self._outstanding
+            self._outstanding_rows -= finished_rows
+            depth = self._outstanding_rows
             if self._pending or self._retire:
                 self._cond.notify_all()
         self._on_depth(depth)
@@ -273,7 +289,7 @@ class Instance:
             for request in batch:
                 request.error = exc
         finally:
-            self._release(session, len(batch))
+            self._release(session, len(batch), sum(r.rows for r in batch))
             for request in batch:
                 request.done.set()
 

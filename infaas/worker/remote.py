@@ -29,7 +29,7 @@ from urllib3.exceptions import HTTPError
 
 from infaas.catalog import ProfileInfo, VariantInfo
 from infaas.errors import InvalidInput
-from infaas.worker.instance import InferResult
+from infaas.worker.instance import InferResult, rows_of
 from infaas.worker.worker import InstanceStatus, OutOfMemory, WorkerClient, WorkerError, WorkerStatus
 
 FRAME_TYPE = "application/x-infaas-tensors"
@@ -166,7 +166,8 @@ class RemoteWorkerClient(WorkerClient):
         self._on_depth(key, depth)
 
     def infer(self, variant: VariantInfo, inputs: dict[str, np.ndarray], deadline_s: float | None) -> InferResult:
-        self._track(variant.key, 1)
+        rows = rows_of(inputs)  # outstanding work is counted in rows, as the worker's own instances count it
+        self._track(variant.key, rows)
         try:
             for attempt in range(2):
                 remaining = None if deadline_s is None else (deadline_s - time.monotonic()) * 1000.0
@@ -186,7 +187,7 @@ class RemoteWorkerClient(WorkerClient):
                 return InferResult(outputs, float(meta["queue_ms"]), float(meta["service_ms"]), int(meta["batch"]))
             raise WorkerError(f"worker {self.id} did not keep variant {variant.key} loaded")
         finally:
-            self._track(variant.key, -1)
+            self._track(variant.key, -rows)
 
     def load(self, variant: VariantInfo) -> None:
         self._json("POST", "/load", variant_to_json(variant))

@@ -203,8 +203,8 @@ class LocalWorker(WorkerClient):
             def make_session() -> Session:
                 return self._open(path, variant.providers, variant.threads, self.hardware.device_id)
 
-            def on_depth(depth: int) -> None:
-                self._live.set_queue_depth(self.id, key, depth)
+            def on_depth(rows: int) -> None:  # rows outstanding: what the selector prices the queue with
+                self._live.set_queue_depth(self.id, key, rows)
 
             instance = Instance(
                 key, make_session, curve, on_depth=on_depth, batch_invariant=variant.kind not in BATCH_DEPENDENT_KINDS

@@ -88,11 +88,11 @@ def test_engine_raises_domain_errors(services: Services, query: Query, error: ty
 
 
 def test_a_rejected_query_runs_nothing(services: Services) -> None:
-    _seeded(services, p50_ms=5.0)  # cold: 5 ms load + 5 ms service
+    _seeded(services, p50_ms=5.0)  # cold: 5 ms load + 7.5 ms service (the p99: factories' p99 is 1.5 × p50)
     query = Query(Requirements(model="lin", latency_ms=1, on_infeasible="reject"), {"x": [[0.0] * 4]}, tenant="t1")
     with pytest.raises(Infeasible, match="no placement meets latency_ms 1; nothing was run") as excinfo:
         services.engine.infer(query)
-    assert excinfo.value.best.latency_ms == 10.0
+    assert excinfo.value.best.latency_ms == 5.0 + 5.0 * 1.5
     # Nothing ran: no query recorded, nothing loaded on any worker.
     assert services.live.recent_queries(10) == [] and services.live.instances() == []
     assert services.engine.workers.local is not None and services.engine.workers.local.status().instances == ()

@@ -19,6 +19,7 @@ from infaas.selector import (
 from tests.factories import model_info, profiles, variant_info
 
 PRICES = {"cpu-core": 0.048, "gpu": 2.5}
+P99 = 1.2  # every hand-made profile's p99 / p50: estimates use the p99, costs the p50
 
 
 def candidate(
@@ -33,7 +34,7 @@ def candidate(
     task: str = "classify",
 ) -> Candidate:
     measured = profiles(
-        latencies, threads=threads, accuracy=accuracy, memory_mb=memory_mb, p99_factor=1.2, load_ms=load_ms
+        latencies, threads=threads, accuracy=accuracy, memory_mb=memory_mb, p99_factor=P99, load_ms=load_ms
     )
     variant = variant_info(model_name, name, measured, kind=name, hardware=hardware)
     return Candidate.of(model_info(model_name, task=task), variant)
@@ -60,7 +61,7 @@ def test_cheapest_meeting_the_budget_wins() -> None:
     loaded = {"m/fast": [("w1", 1)], "m/slow": [("w1", 1)]}
     decision = select(Requirements(model="m", latency_ms=10), both, live(loaded=loaded), PRICES)
     assert decision.variant.name == "slow" and not decision.slo_at_risk
-    assert decision.estimated_ms == 5.0
+    assert decision.estimated_ms == decision.raw_estimated_ms == 5.0 * P99  # the tail, not the p50
     assert decision.estimated_cost == pytest.approx(0.048 * 5 / 3_600_000)
     # A tighter budget only the fast one meets: not always the same variant.
     decision = select(Requirements(model="m", latency_ms=3), both, live(loaded=loaded), PRICES)
@@ -93,7 +94,7 @@ def test_a_loaded_variant_beats_a_cold_one_that_is_cheaper_only_per_query() -> N
 
 def test_load_time_is_counted_for_cold_variants() -> None:
     decision = select(Requirements(model="m", latency_ms=50), [SLOW_CHEAP], live(), PRICES)
-    assert not decision.loaded and decision.estimated_ms == 105.0 and decision.slo_at_risk
+    assert not decision.loaded and decision.estimated_ms == 100.0 + 5.0 * P99 and decision.slo_at_risk
     assert "cold, +100 ms load" in decision.reason
 
 
@@ -101,7 +102,7 @@ def test_queueing_changes_the_choice() -> None:
     loaded = {"m/fast": [("w1", 1)], "m/slow": [("w1", 1)]}
     idle = select(Requirements(model="m", latency_ms=12), [FAST_PRICEY, SLOW_CHEAP], live(loaded=loaded), PRICES)
     assert idle.variant.name == "slow"
-    # 3 outstanding on slow: (3 − 1 + 1) × 5 ms waiting + 5 ms service = 20 ms > 12 ms.
+    # 3 rows outstanding on slow (best batch 8): one round of 3 rows, p99 at batch 8 (24 ms), + 6 ms service > 12 ms.
     busy = live(loaded=loaded, depth={("w1", "m/slow"): 3})
     decision = select(Requirements(model="m", latency_ms=12), [FAST_PRICEY, SLOW_CHEAP], busy, PRICES)
     assert decision.variant.name == "fast"
@@ -204,7 +205,7 @@ def test_profile_at_the_batch_it_runs_with_extrapolation() -> None:
     single = ProfileCurve.of(candidate("m", "v", {4: 8.0}).variant)
     assert single.service_ms(8) == pytest.approx(16.0)
     decision = select(Requirements(model="m", batch=3), [candidate("m", "v", {1: 2.0, 4: 5.0})], live(), PRICES)
-    assert decision.estimated_ms == 105.0 and decision.batch == 3
+    assert decision.estimated_ms == 100.0 + 5.0 * P99 and decision.batch == 3
 
 
 # -- on_infeasible and max_cost as a hard limit ----------------------------------------------------------
@@ -218,10 +219,10 @@ def test_an_unmeetable_budget_with_reject_names_the_best_achievable() -> None:
     error = excinfo.value
     assert (error.status, error.code, error.unmet) == (503, "infeasible", "latency_ms 1")
     # The real best over the placements: fastest is fast's 2 ms, cheapest slow's 1 core × 5 ms, accuracy 0.9.
-    assert error.best.latency_ms == 2.0
+    assert error.best.latency_ms == 2.0 * P99
     assert error.best.cost == pytest.approx(min(4 * 2.0, 1 * 5.0) * 0.048 / 3_600_000)
     assert error.best.accuracy == 0.9
-    assert "latency 2 ms, accuracy 0.9, cost $6.67e-08/query" in str(error) and "nothing was run" in str(error)
+    assert "latency 2.4 ms, accuracy 0.9, cost $6.67e-08/query" in str(error) and "nothing was run" in str(error)
     # No queue: waiting cannot help, so no Retry-After.
     assert "Retry-After" not in error.headers
     # Best effort (the default) serves the fastest, flagged.
@@ -247,16 +248,16 @@ def test_the_best_achievable_are_minima_over_every_qualifying_placement() -> Non
         "quick": [2 * 3.0 * per_ms, 2 * (100 + 3.0) * per_ms],
         "cheap": [(50 + 4.0) * per_ms],  # cold only
     }
-    assert best.latency_ms == 3.0 and best.accuracy == 0.97
+    assert best.latency_ms == 3.0 * P99 and best.accuracy == 0.97
     assert best.cost == pytest.approx(min(c for cs in costs.values() for c in cs))
 
 
 def test_queueing_is_the_only_reason_that_earns_a_retry_after() -> None:
-    # slow alone takes 5 ms; 3 outstanding make it 20 ms: after ~15 ms of draining it would meet 6 ms.
+    # slow alone takes 6 ms (p99); 3 rows outstanding add a batch-8 round (24 ms): once drained it would meet 6 ms.
     busy = live(loaded={"m/slow": [("w1", 1)]}, depth={("w1", "m/slow"): 3})
     with pytest.raises(Infeasible) as excinfo:
         select(Requirements(model="m", latency_ms=6, on_infeasible="reject"), [SLOW_CHEAP], busy, PRICES)
-    assert excinfo.value.headers == {"Retry-After": "1"} and excinfo.value.best.latency_ms == 20.0
+    assert excinfo.value.headers == {"Retry-After": "1"} and excinfo.value.best.latency_ms == (5.0 + 20.0) * P99
     # A budget below the service time itself: retrying cannot help.
     with pytest.raises(Infeasible) as excinfo:
         select(Requirements(model="m", latency_ms=4, on_infeasible="reject"), [SLOW_CHEAP], busy, PRICES)
@@ -275,7 +276,7 @@ def test_max_cost_is_a_hard_limit_whatever_on_infeasible_says() -> None:
                 PRICES,
             )
         assert excinfo.value.unmet.startswith("max_cost") and "a hard limit" in str(excinfo.value)
-        assert excinfo.value.best.cost == pytest.approx(cheapest) and excinfo.value.best.latency_ms == 2.0
+        assert excinfo.value.best.cost == pytest.approx(cheapest) and excinfo.value.best.latency_ms == 2.0 * P99
         assert "Retry-After" not in excinfo.value.headers
     # At exactly the cheapest cost it is served.
     assert select(Requirements(model="m", max_cost=cheapest), [FAST_PRICEY, SLOW_CHEAP], snapshot, PRICES).loaded
