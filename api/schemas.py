@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from infaas.accuracy import Accuracy, accuracy_of, fidelity_of
 from infaas.catalog import ModelInfo, ProfileInfo, VariantInfo
+from infaas.db.models import VariantStatus
 
 
 class TensorSpecOut(BaseModel):
@@ -24,10 +26,12 @@ class ProfileOut(BaseModel):
     latency_p99_ms: float
     throughput_per_s: float
     memory_mb: float
-    accuracy: float | None
-    accuracy_metric: str
+    accuracy: float | None  # measured on held-out labelled rows only
+    accuracy_metric: str | None
     host: str
     measured_at: datetime | None
+    fidelity: float | None
+    fidelity_metric: str | None
 
     @classmethod
     def of(cls, p: ProfileInfo) -> ProfileOut:
@@ -35,6 +39,9 @@ class ProfileOut(BaseModel):
 
 
 class VariantOut(BaseModel):
+    """A variant; ``accuracy`` is ``infaas.accuracy.accuracy_of``: value, metric and source (``measured`` on held-out
+    labelled rows, ``declared``, ``estimated`` from the declared accuracy and the fidelity, or ``unknown``)."""
+
     name: str
     kind: str
     precision: str
@@ -44,10 +51,15 @@ class VariantOut(BaseModel):
     status: str
     reason: str | None
     accuracy: float | None
+    accuracy_metric: str | None
+    accuracy_source: str
+    fidelity: float | None
+    fidelity_metric: str | None
     profiles: list[ProfileOut]
 
     @classmethod
-    def of(cls, v: VariantInfo) -> VariantOut:
+    def of(cls, v: VariantInfo, model: ModelInfo) -> VariantOut:
+        accuracy, fidelity = accuracy_of(model, v), fidelity_of(v)
         return cls(
             name=v.name,
             kind=v.kind,
@@ -57,7 +69,11 @@ class VariantOut(BaseModel):
             providers=list(v.providers),
             status=v.status,
             reason=v.reason,
-            accuracy=v.accuracy,
+            accuracy=accuracy.value,
+            accuracy_metric=accuracy.metric,
+            accuracy_source=accuracy.source,
+            fidelity=fidelity.value,
+            fidelity_metric=fidelity.metric,
             profiles=[ProfileOut.of(p) for p in v.profiles],
         )
 
@@ -70,7 +86,19 @@ class VariantCounts(BaseModel):
     pending: int = 0
 
 
+class AccuracyOut(BaseModel):
+    value: float | None
+    metric: str | None
+    source: str
+
+    @classmethod
+    def of(cls, a: Accuracy) -> AccuracyOut:
+        return cls(value=a.value, metric=a.metric, source=a.source)
+
+
 class ModelOut(BaseModel):
+    """A model; ``accuracy`` is its most accurate ready variant's (``infaas.accuracy.accuracy_of``), None if none."""
+
     name: str
     task: str
     framework: str
@@ -89,6 +117,7 @@ class ModelOut(BaseModel):
     # The shape (batch 1) each input with a dynamic non-batch dimension was checked and is profiled at.
     input_shapes: dict[str, list[int]]
     variant_counts: VariantCounts
+    accuracy: AccuracyOut | None = None
     variants: list[VariantOut] | None = None
 
     @classmethod
@@ -114,8 +143,14 @@ class ModelOut(BaseModel):
             rewrites=list(m.rewrites),
             input_shapes={name: list(shape) for name, shape in m.input_shapes.items()},
             variant_counts=counts,
-            variants=[VariantOut.of(v) for v in m.variants] if with_variants else None,
+            accuracy=_best_accuracy(m),
+            variants=[VariantOut.of(v, m) for v in m.variants] if with_variants else None,
         )
+
+
+def _best_accuracy(m: ModelInfo) -> AccuracyOut | None:
+    known = [a for v in m.variants if v.status == VariantStatus.READY and (a := accuracy_of(m, v)).value is not None]
+    return AccuracyOut.of(max(known, key=lambda a: a.value or 0.0)) if known else None
 
 
 class ErrorOut(BaseModel):

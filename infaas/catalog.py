@@ -25,10 +25,12 @@ class ProfileInfo:
     latency_p99_ms: float
     throughput_per_s: float
     memory_mb: float
-    accuracy: float | None
-    accuracy_metric: str = "top1"
+    accuracy: float | None  # measured on held-out labelled validation rows; None without labels
+    accuracy_metric: str | None = "top1"  # ``top1`` or ``1-rel-error``; None when accuracy is
     host: str = ""
     measured_at: datetime | None = None
+    fidelity: float | None = None  # vs the original model's outputs (``infaas.accuracy``)
+    fidelity_metric: str | None = None  # ``agreement``, ``cosine`` or ``1-rel-error``, ``-synthetic`` on random inputs
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,11 @@ class VariantInfo:
 
     @property
     def accuracy(self) -> float | None:
-        """Measured accuracy (the same at every batch size; taken from the first profile)."""
+        """Measured accuracy on labelled rows (the same at every batch size), None without labels.
+
+        The accuracy the selector, jobs, API and console use is ``infaas.accuracy.accuracy_of``, which adds the
+        estimate from a declared accuracy; this is its measured part.
+        """
         measured = [p.accuracy for p in self.profiles if p.accuracy is not None]
         return measured[0] if measured else None
 

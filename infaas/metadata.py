@@ -90,6 +90,8 @@ def _profile_info(row: Profile) -> ProfileInfo:
         accuracy_metric=row.accuracy_metric,
         host=row.host,
         measured_at=row.measured_at,
+        fidelity=row.fidelity,
+        fidelity_metric=row.fidelity_metric,
     )
 
 
@@ -428,6 +430,8 @@ class MetadataStore:
                         memory_mb=p.memory_mb,
                         accuracy=p.accuracy,
                         accuracy_metric=p.accuracy_metric,
+                        fidelity=p.fidelity,
+                        fidelity_metric=p.fidelity_metric,
                         host=p.host,
                         measured_at=p.measured_at or datetime.now(UTC),
                     )

@@ -1,7 +1,8 @@
 """Offline (batch) jobs: run a whole input file through the cheapest variant that is accurate enough.
 
 Offline queries have no per-request latency SLO, so the choice is about cost: among the ready variants
-the job may use that reach its accuracy floor, take the one with the lowest cost per sample at its
+the job may use that reach its accuracy floor (``infaas.accuracy``: the same accuracy, read in the same metric,
+as online queries), take the one with the lowest cost per sample at its
 best-throughput profiled batch size. A deadline, when given, narrows the choice to variants whose
 profile says they finish in time; when none does, the job still runs on the fastest accurate variant
 and the job row carries a note saying the deadline will probably be missed (a late result is more
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from infaas import array_files
+from infaas.accuracy import Accuracy, accuracy_of, floor_metric
 from infaas.array_files import ArrayFileError, ArrayFileTooLarge
 from infaas.catalog import ModelInfo, VariantInfo
 from infaas.db.models import VariantStatus
@@ -147,11 +149,6 @@ def cost_per_sample(
     return per_hour * (service_ms / 3_600_000.0) / max(batch, 1)
 
 
-def effective_accuracy(model: ModelInfo, variant: VariantInfo) -> float | None:
-    """Measured accuracy of the variant, else the owner's declared accuracy of the model."""
-    return variant.accuracy if variant.accuracy is not None else model.declared_accuracy
-
-
 @dataclass(frozen=True)
 class JobPlan:
     """A variant at its best-throughput batch, with what running the job on it would cost and take."""
@@ -161,7 +158,7 @@ class JobPlan:
     batch: int
     service_ms: float
     load_ms: float
-    accuracy: float | None
+    accuracy: Accuracy
     cost_per_sample: float
     estimated_s: float
 
@@ -183,7 +180,7 @@ def plan_variant(
         batch=best.batch_size,
         service_ms=best.latency_p50_ms,
         load_ms=best.load_ms,
-        accuracy=effective_accuracy(model, variant),
+        accuracy=accuracy_of(model, variant),
         cost_per_sample=cost_per_sample(
             variant.hardware, variant.threads, cores, best.latency_p50_ms, best.batch_size, prices
         ),
@@ -191,15 +188,10 @@ def plan_variant(
     )
 
 
-def meets_floor(accuracy: float | None, min_accuracy: float) -> bool:
-    """An unknown accuracy only satisfies a floor of zero."""
-    return min_accuracy <= 0 or (accuracy is not None and accuracy >= min_accuracy)
-
-
-def best_accuracy(plans: Sequence[JobPlan]) -> JobPlan | None:
-    """The most accurate plan (for the "best available is ..." message)."""
-    known = [p for p in plans if p.accuracy is not None]
-    return max(known, key=lambda p: p.accuracy or 0.0) if known else None
+def best_accuracy(plans: Sequence[JobPlan], metric: str | None) -> JobPlan | None:
+    """The most accurate plan in ``metric`` (for the "best available is ..." message)."""
+    known = [p for p in plans if p.accuracy.value is not None and p.accuracy.metric == metric]
+    return max(known, key=lambda p: p.accuracy.value or 0.0) if known else None
 
 
 def choose_plan(plans: Sequence[JobPlan], min_accuracy: float, deadline_s: float | None) -> tuple[JobPlan, str | None]:
@@ -207,10 +199,15 @@ def choose_plan(plans: Sequence[JobPlan], min_accuracy: float, deadline_s: float
 
     Raises ``NoVariant`` naming the best available accuracy when no plan reaches ``min_accuracy``.
     """
-    accurate = [p for p in plans if meets_floor(p.accuracy, min_accuracy)]
+    metric = floor_metric((p.model.name, p.accuracy) for p in plans)
+    accurate = [p for p in plans if p.accuracy.reaches(min_accuracy, metric)]
     if not accurate:
-        best = best_accuracy(plans)
-        detail = f"; the best available is {best.key} at {best.accuracy:.3f}" if best else ""
+        best = best_accuracy(plans, metric)
+        if best is not None:
+            a = best.accuracy
+            detail = f"; the best available is {best.key} at {a.value:.3f} ({a.metric}, {a.source})"
+        else:
+            detail = "; no variant has a known accuracy (register labels in validation.npz, or a declared accuracy)"
         raise NoVariant(f"no ready variant reaches accuracy {min_accuracy}{detail}")
     cheapest = sorted(accurate, key=lambda p: (p.cost_per_sample, p.estimated_s))
     if deadline_s is None:

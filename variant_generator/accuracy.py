@@ -1,8 +1,10 @@
-"""The data variants are measured on, and how their accuracy is scored.
+"""The data variants are measured on, how it is split, and how a variant's accuracy and fidelity are scored.
 
-Accuracy is what the selector checks a query's minimum against, so it is measured on every variant
-the same way: top-1 against the registration's ``labels`` when there are any, otherwise agreement with
-the *original* model's outputs (a quantized variant is only as good as it stays faithful).
+Two numbers, never confused (``infaas.accuracy``): *accuracy* is top-1 (or 1 - relative error for a regression)
+against the registration's ``labels``; *fidelity* is agreement (classifiers), cosine (vector outputs) or
+1 - relative error (the rest) with the *original* model's outputs. Both are scored on the validation rows held
+out from INT8-static calibration (``ValidationSet.split``): a variant calibrated on the rows it is scored on would
+be graded on its own homework.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infaas.accuracy import AGREEMENT, COSINE, REL_ERROR, TOP1, is_classification
 from infaas.catalog import ModelInfo
 from infaas.runtime import Session
 from infaas.tensors import TensorSpec
@@ -19,6 +22,8 @@ from infaas.tensors import TensorSpec
 DEFAULT_DYNAMIC_DIM = 16  # a dynamic axis of a model registered before input shapes were recorded
 MAX_ROWS = 1024  # bound on rows used for accuracy, so a big validation set cannot stall a build
 SYNTHETIC_ROWS = 64
+CALIBRATION_ROWS = 128  # at most this many rows calibrate INT8-static (MinMax ranges settle well before)
+CALIBRATION_SHARE = 4  # ... and at most 1/4 of the set, so most rows remain to score on
 _EPS = 1e-12
 
 
@@ -39,6 +44,25 @@ class ValidationSet:
         """``size`` rows from ``start``, wrapping around so any batch size can be fed."""
         index = (np.arange(size) + start) % self.rows
         return {name: array[index] for name, array in self.inputs.items()}
+
+    def take(self, index: np.ndarray) -> ValidationSet:
+        """The rows at ``index``, labels included."""
+        labels = None if self.labels is None else self.labels[index]
+        return ValidationSet({n: a[index] for n, a in self.inputs.items()}, labels, self.synthetic)
+
+    def split(self, seed: int = 0) -> tuple[ValidationSet | None, ValidationSet]:
+        """Disjoint ``(calibration, scoring)`` rows, the same on every build of the same set.
+
+        Calibration takes ``min(CALIBRATION_ROWS, rows // CALIBRATION_SHARE)`` rows drawn by a seeded
+        permutation (a set sorted by class would otherwise calibrate on one class); every variant is scored on
+        the rest, so accuracies stay comparable across variants. A set of fewer than ``CALIBRATION_SHARE`` rows
+        is not split: nothing calibrates on it (``None``) and all of it is scored.
+        """
+        count = min(CALIBRATION_ROWS, self.rows // CALIBRATION_SHARE)
+        if count == 0:
+            return None, self
+        order = np.random.default_rng(seed).permutation(self.rows)
+        return self.take(np.sort(order[:count])), self.take(np.sort(order[count:]))
 
 
 def load_validation(path: Path, model: ModelInfo) -> ValidationSet:
@@ -142,11 +166,6 @@ def _labels_of(output: np.ndarray) -> np.ndarray:
     return output.argmax(axis=-1) if _is_class_scores(output) else output.reshape(len(output), -1)[:, 0]
 
 
-def is_classification(task: str) -> bool:
-    """Whether a task's outputs are class scores (argmax agreement is meaningful) rather than vectors."""
-    return "classif" in task.lower()
-
-
 def _cosine(predicted: np.ndarray, target: np.ndarray) -> float:
     """Mean per-row cosine similarity, clipped to [0, 1]: how faithful an embedding variant stays."""
     a = predicted.astype(np.float64).reshape(len(predicted), -1)
@@ -155,24 +174,22 @@ def _cosine(predicted: np.ndarray, target: np.ndarray) -> float:
     return float(np.clip(cos.mean(), 0.0, 1.0))
 
 
-def score(
-    predicted: np.ndarray, reference: np.ndarray | None, labels: np.ndarray | None, task: str = "classification"
-) -> tuple[float, str]:
-    """Accuracy and its metric name.
+def accuracy_score(predicted: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
+    """Accuracy against labels and its metric: ``top1`` for class scores or ids, else ``1-rel-error``."""
+    if _is_class_scores(predicted) or np.issubdtype(predicted.dtype, np.integer):
+        target = _labels_of(labels) if labels.ndim == 2 else labels.reshape(-1)
+        return float(np.mean(_labels_of(predicted) == target)), TOP1
+    return _closeness(predicted, labels), REL_ERROR
 
-    ``top1`` vs labels; otherwise, against the original model: ``agreement`` of argmax for classifiers,
-    ``cosine`` for vector outputs of other tasks (embeddings: argmax of an embedding means nothing), and
-    ``fidelity`` (1 - relative error) for the rest.
+
+def fidelity_score(predicted: np.ndarray, reference: np.ndarray, task: str = "classification") -> tuple[float, str]:
+    """Fidelity to the original model's outputs and its metric.
+
+    ``agreement`` of argmax for classifiers (and integer outputs), ``cosine`` for vector outputs of other tasks
+    (embeddings: argmax of an embedding means nothing), and ``1-rel-error`` for the rest.
     """
-    if labels is not None:
-        if _is_class_scores(predicted) or np.issubdtype(predicted.dtype, np.integer):
-            target = _labels_of(labels) if labels.ndim == 2 else labels.reshape(-1)
-            return float(np.mean(_labels_of(predicted) == target)), "top1"
-        return _closeness(predicted, labels), "1-rel-error"
-    if reference is None:
-        raise ValueError("need labels or the original model's outputs to score against")
     if np.issubdtype(predicted.dtype, np.integer) or (_is_class_scores(predicted) and is_classification(task)):
-        return float(np.mean(_labels_of(predicted) == _labels_of(reference))), "agreement"
+        return float(np.mean(_labels_of(predicted) == _labels_of(reference))), AGREEMENT
     if _is_class_scores(predicted):
-        return _cosine(predicted, reference), "cosine"
-    return _closeness(predicted, reference), "fidelity"
+        return _cosine(predicted, reference), COSINE
+    return _closeness(predicted, reference), REL_ERROR

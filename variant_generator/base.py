@@ -19,7 +19,11 @@ from variant_generator.accuracy import ValidationSet
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a generator may read: the model, its original file, validation data, a scratch folder."""
+    """What a generator may read: the model, its original file, calibration rows, a scratch folder.
+
+    ``validation`` holds only the rows set aside for calibration (``ValidationSet.split``), never those that
+    variants are scored on; ``None`` without a validation set (or one too small to split).
+    """
 
     model: ModelInfo
     source: Path

@@ -65,13 +65,18 @@ def build_limits(settings: Settings) -> Limits:
 
 
 class Measurement:
-    """The data every variant of one model is measured on, and the original's outputs on it."""
+    """The data every variant of one model is measured on, and the original's outputs on it.
+
+    A validation set is split once (``ValidationSet.split``): ``calibration`` rows go to the generators that
+    calibrate (INT8-static, TensorRT INT8), every variant is scored on the other rows (``data``).
+    """
 
     def __init__(self, services: Services, model: ModelInfo, source: Path) -> None:
         self.model, self.source, self.settings = model, source, services.settings
         self.limits = build_limits(services.settings)
         self.validation = _validation(services, model)
-        self.data: ValidationSet = self.validation or synthetic_set(model)
+        self.calibration, scoring = self.validation.split() if self.validation else (None, None)
+        self.data: ValidationSet = scoring or synthetic_set(model)
 
     @functools.cached_property
     def _reference(self) -> tuple[np.ndarray | None, Exception | None]:
@@ -219,7 +224,7 @@ def build_model_variants(services: Services, model_name: str) -> None:
         source = services.store.local_path(model.artifact_key)
         measurement = Measurement(services, model, source)
         with tempfile.TemporaryDirectory(dir=scratch_dir(services.settings), prefix="build-") as tmp:
-            ctx = BuildContext(model, source, measurement.validation, Path(tmp), services.settings.worker_cores)
+            ctx = BuildContext(model, source, measurement.calibration, Path(tmp), services.settings.worker_cores)
             built: dict[str, Path] = {}
             statuses = {g.variant_name: _build_one(services, ctx, measurement, g, built) for g in registry.generators()}
         if VariantStatus.READY in statuses.values():

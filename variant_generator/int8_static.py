@@ -1,5 +1,8 @@
 """INT8 with static activation scales (QDQ), calibrated on the registration's validation inputs.
 
+Calibration uses only the rows ``ValidationSet.split`` sets aside (``BuildContext.validation``); every variant is
+scored on the others, so this one is never graded on the rows its scales were fitted to.
+
 Static INT8 made a CNN 2.2-2.9x faster on this kind of host. Per-channel weights are tried first (more
 accurate for convolutions); ``quantize_static(per_channel=True)`` crashes in onnxruntime 1.32 on graphs
 where MatMul+Add were fused into Gemm, so any failure there is retried per-tensor.
@@ -14,21 +17,20 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
 from infaas.runtime import Skip
-from variant_generator.accuracy import ValidationSet, fixed_batch
+from variant_generator.accuracy import CALIBRATION_SHARE, ValidationSet, fixed_batch
 from variant_generator.base import BuildContext, VariantGenerator
 from variant_generator.int8_dynamic import quantizable_source, require_quantized
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_ROWS = 128
 CALIBRATION_BATCH = 16
 
 
 class ValidationReader(CalibrationDataReader):
-    """Feeds up to ``CALIBRATION_ROWS`` validation rows in batches the model accepts."""
+    """Feeds the calibration rows in batches the model accepts."""
 
     def __init__(self, data: ValidationSet, batch: int, pinned: bool) -> None:
-        rows = min(data.rows, CALIBRATION_ROWS)
+        rows = data.rows
         starts = range(0, rows, batch)
         self._batches = iter([data.batch(batch if pinned else min(batch, rows - s), s) for s in starts])
 
@@ -45,7 +47,10 @@ class Int8Static(VariantGenerator):
 
     def build(self, ctx: BuildContext) -> Path:
         if ctx.validation is None:
-            raise Skip("no validation inputs to calibrate on (upload validation.npz)")
+            raise Skip(
+                "no validation inputs to calibrate on: upload validation.npz with at least "
+                f"{CALIBRATION_SHARE} rows (calibration rows are held out from scoring)"
+            )
         source, out = quantizable_source(ctx), self.output_path(ctx)
         pinned = fixed_batch(ctx.model)
         batch = pinned or min(CALIBRATION_BATCH, max(1, ctx.model.max_batch))

@@ -14,16 +14,18 @@ import gc
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import psutil
 
+from infaas.accuracy import SYNTHETIC
 from infaas.catalog import ModelInfo, ProfileInfo
 from infaas.config import Settings
 from infaas.runtime import CPU_PROVIDERS, Session, open_session
-from variant_generator.accuracy import ValidationSet, fixed_batch, predict, score
+from variant_generator.accuracy import ValidationSet, accuracy_score, fidelity_score, fixed_batch, predict
 from variant_generator.base import BuildContext, VariantGenerator
 
 WARMUP_RUNS = 2
@@ -75,14 +77,27 @@ def _predict(session: Session, model: ModelInfo, data: ValidationSet) -> np.ndar
     return predict(session, data, batch, pinned=pinned is not None)
 
 
-def _accuracy(
-    session: Session, model: ModelInfo, data: ValidationSet, reference: np.ndarray | None
-) -> tuple[float | None, str]:
+@dataclass(frozen=True)
+class _Scores:
+    accuracy: float | None = None
+    accuracy_metric: str | None = None
+    fidelity: float | None = None
+    fidelity_metric: str | None = None
+
+
+def _scores(session: Session, model: ModelInfo, data: ValidationSet, reference: np.ndarray | None) -> _Scores:
+    """Accuracy against the labels (real ones only) and fidelity to ``reference``, each when there is one."""
     predicted = _predict(session, model, data)
     if predicted.dtype == object:  # e.g. a ZipMap's list of dicts: nothing numeric to compare
-        return None, "unavailable"
-    value, metric = score(predicted, reference, None if data.synthetic else data.labels, task=model.task)
-    return value, f"{metric}-synthetic" if data.synthetic else metric
+        return _Scores()
+    accuracy, accuracy_metric = (None, None)
+    if data.labels is not None and not data.synthetic:
+        accuracy, accuracy_metric = accuracy_score(predicted, data.labels)
+    fidelity, fidelity_metric = (None, None)
+    if reference is not None:
+        fidelity, metric = fidelity_score(predicted, reference, task=model.task)
+        fidelity_metric = metric + SYNTHETIC if data.synthetic else metric
+    return _Scores(accuracy, accuracy_metric, fidelity, fidelity_metric)
 
 
 def profile_variant(
@@ -97,9 +112,9 @@ def profile_variant(
 ) -> list[ProfileInfo]:
     """One ``ProfileInfo`` per batch size for the artifact loaded with ``providers`` and ``threads``.
 
-    ``data`` is the validation set (or deterministic synthetic inputs when none was registered);
-    ``reference`` is the original model's first output on ``data``, scored against when there are no
-    labels. ``memory_mb`` is the growth of this process's resident set from before loading to after the
+    ``data`` is the validation set's scoring rows (or deterministic synthetic inputs when none was registered):
+    accuracy is scored against its labels, fidelity against ``reference``, the original model's first output on
+    ``data``. ``memory_mb`` is the growth of this process's resident set from before loading to after the
     largest batch ran (clamped at 0): a worker's footprint, not device memory.
     """
     process = psutil.Process()
@@ -108,7 +123,7 @@ def profile_variant(
     t0 = time.perf_counter()
     session = open_session(artifact, providers, threads)
     load_ms = (time.perf_counter() - t0) * 1000.0
-    accuracy, metric = _accuracy(session, model, data, reference)
+    scores = _scores(session, model, data, reference)
 
     sizes = batch_sizes(model)
     budget_s = settings.profile_max_seconds / len(sizes)
@@ -125,8 +140,10 @@ def profile_variant(
             latency_p99_ms=float(np.percentile(latencies, 99)),
             throughput_per_s=size * len(latencies) / elapsed,
             memory_mb=memory_mb,
-            accuracy=accuracy,
-            accuracy_metric=metric,
+            accuracy=scores.accuracy,
+            accuracy_metric=scores.accuracy_metric,
+            fidelity=scores.fidelity,
+            fidelity_metric=scores.fidelity_metric,
             host=host,
             measured_at=now,
         )
@@ -162,8 +179,6 @@ def build_and_profile(
     return artifact, profiles
 
 
-def reference_outputs(original: Path, model: ModelInfo, data: ValidationSet) -> np.ndarray | None:
-    """The original model's first output on ``data`` (what variants are scored against without labels)."""
-    if data.labels is not None and not data.synthetic:
-        return None
+def reference_outputs(original: Path, model: ModelInfo, data: ValidationSet) -> np.ndarray:
+    """The original model's first output on ``data``: what every variant's fidelity is scored against."""
     return _predict(open_session(original, CPU_PROVIDERS, 0), model, data)

@@ -84,8 +84,9 @@ def describe(name: str, services: ServicesDep, principal: PrincipalDep) -> Model
 
 @router.get("/{name}/variants", response_model=list[VariantOut])
 def variants(name: str, services: ServicesDep, principal: PrincipalDep) -> list[VariantOut]:
-    """The model's variants with status, reason and profiles."""
-    return [VariantOut.of(v) for v in visible_model(services, principal, name).variants]
+    """The model's variants with status, reason, accuracy (value, metric, measured or estimated), fidelity, profiles."""
+    model = visible_model(services, principal, name)
+    return [VariantOut.of(v, model) for v in model.variants]
 
 
 @router.post("/{name}/profile", status_code=status.HTTP_202_ACCEPTED, response_model=ModelOut)

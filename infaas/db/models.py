@@ -135,8 +135,10 @@ class Profile(Base):
     latency_p99_ms: Mapped[float] = mapped_column(Float)
     throughput_per_s: Mapped[float] = mapped_column(Float)
     memory_mb: Mapped[float] = mapped_column(Float)
-    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
-    accuracy_metric: Mapped[str] = mapped_column(String(32), default="top1")
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # on held-out labelled rows
+    accuracy_metric: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    fidelity: Mapped[float | None] = mapped_column(Float, nullable=True)  # vs the original's outputs
+    fidelity_metric: Mapped[str | None] = mapped_column(String(32), nullable=True)
     host: Mapped[str] = mapped_column(String(255))
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from infaas import cuda
+from infaas.accuracy import fidelity_of
 from infaas.config import Settings
 from infaas.db.models import ModelStatus, VariantStatus
 from infaas.services import Services, build_services
@@ -77,10 +78,21 @@ def test_builds_profiles_and_stores_every_cpu_variant(services: Services) -> Non
         assert v.status == VariantStatus.READY, (name, v.reason)
         assert [p.batch_size for p in v.profiles] == [1, 2, 4]
         assert all(p.latency_p99_ms >= p.latency_p50_ms > 0 and p.throughput_per_s > 0 for p in v.profiles)
-        assert v.accuracy is not None and v.accuracy >= 0.9
+        # No labels: no accuracy (nothing declared either), and agreement with the original is fidelity.
+        assert v.accuracy is None and fidelity_of(v).value is not None and fidelity_of(v).value >= 0.9
         assert v.threads == (1 if name.endswith("-t1") else 2)
         assert v.artifact_key.startswith("models/mlp/variants/") and services.store.exists(v.artifact_key)
-    assert built["cpu-fp32"].accuracy == 1.0
+    assert fidelity_of(built["cpu-fp32"]).value == 1.0
+
+
+def test_calibration_rows_are_held_out_of_scoring(services: Services) -> None:
+    seed_mlp(services)
+    model = services.metadata.get_model("mlp")
+    measurement = build.Measurement(services, model, services.store.local_path(model.artifact_key))
+    calibration, scored = measurement.calibration, measurement.data
+    assert calibration is not None and (calibration.rows, scored.rows) == (10, 30)  # 40 rows: a quarter calibrates
+    rows = lambda data: {row.tobytes() for row in data.inputs["x"]}  # noqa: E731
+    assert rows(calibration).isdisjoint(rows(scored))
 
 
 @pytest.mark.skipif(cuda.has_cuda_device(), reason="this host has a CUDA device")
@@ -124,7 +136,8 @@ def test_without_validation_static_int8_is_skipped(services: Services) -> None:
     built = variants(services)
     assert built["cpu-int8-static"].status == VariantStatus.SKIPPED
     assert "no validation inputs" in built["cpu-int8-static"].reason
-    assert built["cpu-fp32"].profiles[0].accuracy_metric == "agreement-synthetic"
+    fp32 = built["cpu-fp32"].profiles[0]  # no labels: agreement with the original is fidelity, not accuracy
+    assert (fp32.accuracy, fp32.accuracy_metric, fp32.fidelity_metric) == (None, None, "agreement-synthetic")
 
 
 def test_rebuilding_is_idempotent_and_reprofiling_replaces_profiles(services: Services) -> None:

@@ -12,7 +12,7 @@ from infaas.catalog import ModelInfo
 from infaas.config import Settings
 from infaas.tensors import TensorSpec
 from tests.factories import linear_model, model_info
-from variant_generator.accuracy import ValidationSet, load_validation, score, synthetic_set
+from variant_generator.accuracy import ValidationSet, accuracy_score, fidelity_score, load_validation, synthetic_set
 from variant_generator.profiler import batch_sizes, profile_variant, reference_outputs
 
 SETTINGS = Settings(home=Path("/nonexistent"), profile_runs=10, profile_max_seconds=0.3)
@@ -56,12 +56,14 @@ def test_profiles_are_plausible_with_labels(linear_path: Path) -> None:
         threads=1,
         settings=SETTINGS,
         data=ValidationSet({"x": x}, labels=labels),
+        reference=reference_outputs(path, model, ValidationSet({"x": x})),
     )
     assert [p.batch_size for p in profiles] == [1, 2, 4, 8]
     for p in profiles:
         assert p.latency_p99_ms >= p.latency_p50_ms > 0
         assert p.throughput_per_s > 0 and p.load_ms > 0 and p.memory_mb >= 0
         assert (p.accuracy, p.accuracy_metric, p.threads) == (1.0, "top1", 1)
+        assert (p.fidelity, p.fidelity_metric) == (1.0, "agreement")  # labels do not replace fidelity
         assert p.host and p.measured_at is not None
 
 
@@ -87,7 +89,7 @@ def test_profiled_load_time_includes_the_warm_up_a_worker_does(
     assert len(warmed) == 1 and all(p.load_ms >= 50.0 for p in profiles)
 
 
-def test_without_labels_accuracy_is_agreement_with_the_original(linear_path: Path) -> None:
+def test_without_labels_agreement_is_fidelity_never_accuracy(linear_path: Path) -> None:
     path, model = linear_path, info(max_batch=2)
     data = synthetic_set(model)
     profiles = profile_variant(
@@ -99,21 +101,40 @@ def test_without_labels_accuracy_is_agreement_with_the_original(linear_path: Pat
         data=data,
         reference=reference_outputs(path, model, data),
     )
-    assert {(p.accuracy, p.accuracy_metric) for p in profiles} == {(1.0, "agreement-synthetic")}
+    assert {(p.accuracy, p.accuracy_metric) for p in profiles} == {(None, None)}
+    assert {(p.fidelity, p.fidelity_metric) for p in profiles} == {(1.0, "agreement-synthetic")}
 
 
 def test_score_rules() -> None:
     scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    assert score(scores, None, np.array([1, 0, 0])) == (pytest.approx(2 / 3), "top1")
-    assert score(scores, scores[[0, 1, 1]], None) == (pytest.approx(2 / 3), "agreement")
+    assert accuracy_score(scores, np.array([1, 0, 0])) == (pytest.approx(2 / 3), "top1")
+    assert fidelity_score(scores, scores[[0, 1, 1]]) == (pytest.approx(2 / 3), "agreement")
     # Vector outputs of a non-classification task (embeddings) are scored by cosine, not argmax.
     embedding = np.array([[1.0, 0.0], [0.0, 1.0]])
-    assert score(embedding, embedding, None, task="sentence-embedding") == (pytest.approx(1.0), "cosine")
-    assert score(embedding, embedding[[1, 0]], None, task="sentence-embedding") == (0.0, "cosine")
+    assert fidelity_score(embedding, embedding, task="sentence-embedding") == (pytest.approx(1.0), "cosine")
+    assert fidelity_score(embedding, embedding[[1, 0]], task="sentence-embedding") == (0.0, "cosine")
     regression = np.array([[1.0], [2.0], [3.0]])
-    assert score(regression * 1.1, regression, None) == (pytest.approx(0.9), "fidelity")
-    assert score(regression * 5, regression, None) == (0.0, "fidelity")  # clipped, never negative
-    assert score(np.array([1, 2, 2]), None, np.array([1, 2, 3])) == (pytest.approx(2 / 3), "top1")
+    assert fidelity_score(regression * 1.1, regression) == (pytest.approx(0.9), "1-rel-error")
+    assert fidelity_score(regression * 5, regression) == (0.0, "1-rel-error")  # clipped, never negative
+    assert accuracy_score(regression * 1.1, regression) == (pytest.approx(0.9), "1-rel-error")
+    assert accuracy_score(np.array([1, 2, 2]), np.array([1, 2, 3])) == (pytest.approx(2 / 3), "top1")
+
+
+def test_calibration_rows_are_never_scored() -> None:
+    rows = 600
+    data = ValidationSet({"x": np.arange(rows, dtype=np.float32)[:, None]}, labels=np.arange(rows))
+    calibration, scoring = data.split()
+    assert calibration is not None and calibration.rows == 128 and scoring.rows == rows - 128
+    used, scored = set(calibration.inputs["x"][:, 0]), set(scoring.inputs["x"][:, 0])
+    assert used.isdisjoint(scored) and len(used | scored) == rows
+    assert (scoring.labels == scoring.inputs["x"][:, 0]).all()  # labels travel with their rows
+    assert calibration.inputs["x"].max() > rows / 2  # drawn over the set, not its first rows
+    again, _ = data.split()
+    assert again is not None and (again.inputs["x"] == calibration.inputs["x"]).all()  # deterministic
+    small_calibration, small_scoring = ValidationSet({"x": np.ones((40, 1))}).split()
+    assert small_calibration is not None and (small_calibration.rows, small_scoring.rows) == (10, 30)
+    tiny = ValidationSet({"x": np.ones((3, 1))})
+    assert tiny.split() == (None, tiny)  # too small to hold rows out: nothing calibrates on it
 
 
 def test_synthetic_integer_inputs_are_valid_token_data() -> None:
