@@ -32,6 +32,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
+from infaas.accuracy import UNKNOWN, Accuracy, Fidelity, accuracy_of, fidelity_of, floor_metric
 from infaas.calibration import Correction
 from infaas.catalog import ModelInfo, VariantInfo
 from infaas.errors import BadRequest, Unavailable, Unprocessable
@@ -44,15 +45,49 @@ ON_INFEASIBLE: tuple[str, ...] = get_args(OnInfeasible)  # what a query may say;
 
 
 class AccuracyUnavailable(Unprocessable):
-    """No candidate reaches the accuracy floor; carries the best accuracy that is available."""
+    """No candidate reaches the accuracy floor; says the best accuracy available and, when none is known, why
+    and what to register (``infaas.accuracy``)."""
 
     code = "accuracy_unavailable"
+
+    def __init__(self, required: float, metric: str | None, candidates: Sequence[Candidate]) -> None:
+        self.required = required
+        comparable = [c.accuracy_info for c in candidates if c.accuracy_info.metric == metric and metric is not None]
+        best = max(comparable, key=lambda a: a.value or 0.0, default=None)
+        self.best = best.value if best is not None else None
+        if best is not None:
+            why = f"best available is {best.value:.4g} ({best.metric}, {best.source})"
+        else:
+            why = (
+                "no variant has a known accuracy: register labels in the validation set (validation.npz "
+                "'labels': accuracy measured on held-out rows) or a declared accuracy (estimated for each variant); "
+                "min_fidelity bounds agreement with the registered model without either"
+            )
+        other = sorted(
+            {
+                f"{c.model.name} ({c.accuracy_info.metric})"
+                for c in candidates
+                if c.accuracy_info.metric not in (None, metric)
+            }
+        )
+        if other:
+            why += f"; not comparable with {metric}, so only meeting min_accuracy 0: {', '.join(other)}"
+        super().__init__(f"no variant reaches min_accuracy {required:.4g}; {why}")
+
+
+class FidelityUnavailable(Unprocessable):
+    """No candidate meeting the accuracy floor reaches ``min_fidelity`` (agreement or cosine with the original)."""
+
+    code = "fidelity_unavailable"
 
     def __init__(self, required: float, best: float | None) -> None:
         self.required = required
         self.best = best
-        best_text = "no variant has a measured accuracy" if best is None else f"best available is {best:.4g}"
-        super().__init__(f"no variant reaches min_accuracy {required:.4g}; {best_text}")
+        why = "no variant has a measured fidelity" if best is None else f"best available is {best:.4g}"
+        super().__init__(
+            f"no variant reaches min_fidelity {required:.4g} (agreement or cosine with the registered model's own "
+            f"outputs); {why}"
+        )
 
 
 class NoWorkerAvailable(Unavailable):
@@ -120,7 +155,8 @@ class Requirements:
     model: str | None = None
     task: str | None = None
     latency_ms: float | None = None
-    min_accuracy: float = 0.0
+    min_accuracy: float = 0.0  # in the metric of the candidates' accuracies (``infaas.accuracy.floor_metric``)
+    min_fidelity: float = 0.0  # agreement / cosine with the registered model's own outputs
     max_cost: float | None = None  # a hard limit, $ per query
     batch: int = 1
     on_infeasible: OnInfeasible = "best_effort"  # when the latency budget cannot be met: serve flagged, or reject
@@ -180,13 +216,23 @@ class Candidate:
 
     model: ModelInfo
     variant: VariantInfo
-    accuracy: float | None
+    accuracy: float | None  # accuracy_info.value
     curve: ProfileCurve
+    accuracy_info: Accuracy = UNKNOWN  # value, metric, measured or estimated (``infaas.accuracy.accuracy_of``)
+    fidelity: Fidelity = Fidelity(None, None)
 
     @classmethod
     def of(cls, model: ModelInfo, variant: VariantInfo) -> Candidate:
         """The selector's view of a profiled variant."""
-        return cls(model=model, variant=variant, accuracy=variant.accuracy, curve=ProfileCurve.of(variant))
+        accuracy = accuracy_of(model, variant)
+        return cls(
+            model=model,
+            variant=variant,
+            accuracy=accuracy.value,
+            curve=ProfileCurve.of(variant),
+            accuracy_info=accuracy,
+            fidelity=fidelity_of(variant),
+        )
 
     @property
     def key(self) -> str:
@@ -347,13 +393,7 @@ def select(
     ``correct`` maps a placement's raw estimate to the calibrated one (``Calibration.correct``); ``None``
     compares the raw estimates.
     """
-    floor = requirements.min_accuracy
-    qualified = [
-        c for c in candidates if (c.accuracy is not None and c.accuracy >= floor) or (c.accuracy is None and floor <= 0)
-    ]
-    if not qualified:
-        measured = [c.accuracy for c in candidates if c.accuracy is not None]
-        raise AccuracyUnavailable(floor, max(measured) if measured else None)
+    qualified = _qualified(requirements, candidates)
 
     batch = requirements.batch
     room = _Room(live)
@@ -399,6 +439,29 @@ def _unqueued_ms(option: _Option) -> float:
     if option.loaded:
         return option.estimated_ms - option.queue_ms
     return option.estimated_ms - option.candidate.curve.load_ms
+
+
+def _qualified(requirements: Requirements, candidates: Sequence[Candidate]) -> Sequence[Candidate]:
+    """The candidates meeting the accuracy floor (read in one metric: ``floor_metric``) and ``min_fidelity``.
+
+    Unknown accuracy or fidelity meets only a floor of 0. Raises ``AccuracyUnavailable`` / ``FidelityUnavailable``.
+    """
+    floor, fidelity_floor = requirements.min_accuracy, requirements.min_fidelity
+    if floor <= 0 and fidelity_floor <= 0:
+        return candidates
+    qualified: Sequence[Candidate] = candidates
+    if floor > 0:
+        metric = floor_metric((c.model.name, c.accuracy_info) for c in candidates)
+        qualified = [c for c in candidates if c.accuracy_info.reaches(floor, metric)]
+        if not qualified:
+            raise AccuracyUnavailable(floor, metric, candidates)
+    if fidelity_floor > 0:
+        faithful = [c for c in qualified if c.fidelity.reaches(fidelity_floor)]
+        if not faithful:
+            known = [c.fidelity.value for c in qualified if c.fidelity.value is not None]
+            raise FidelityUnavailable(fidelity_floor, max(known, default=None))
+        qualified = faithful
+    return qualified
 
 
 def _achievable(options: Sequence[_Option]) -> Achievable:

@@ -128,7 +128,8 @@ def test_accuracy_floor_error_carries_the_best_accuracy() -> None:
         select(Requirements(model="m", min_accuracy=0.9), [low, high], live(), PRICES)
     assert excinfo.value.best == 0.88 and "best available is 0.88" in str(excinfo.value)
     unmeasured = candidate("m", "x", {1: 1.0}, accuracy=None)
-    with pytest.raises(AccuracyUnavailable, match="no variant has a measured accuracy"):
+    # Neither labels nor a declared accuracy: the 422 says what to register.
+    with pytest.raises(AccuracyUnavailable, match="no variant has a known accuracy: register labels"):
         select(Requirements(model="m", min_accuracy=0.5), [unmeasured], live(), PRICES)
     # Without a floor, unmeasured variants qualify.
     assert select(Requirements(model="m"), [unmeasured], live(), PRICES).variant.name == "x"
