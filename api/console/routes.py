@@ -300,7 +300,13 @@ def live_rows(services: Services) -> list[dict[str, Any]]:
 def live_page(request: Request, session: ConsoleSessionDep, services: ServicesDep) -> Response:
     """Live per-variant statistics; ``console.js`` refreshes the table from ``/console/api/live``."""
     rows = live_rows(services)
-    context = {"nav": "live", "rows": rows, "window_s": LIVE_WINDOW_S, "total": sum(r["total_requests"] for r in rows)}
+    context = {
+        "nav": "live",
+        "rows": rows,
+        "window_s": LIVE_WINDOW_S,
+        "total": sum(r["total_requests"] for r in rows),
+        "estimates": services.engine.calibration.report(),
+    }
     return _render(request, session, "live.html", context)
 
 

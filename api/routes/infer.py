@@ -139,7 +139,10 @@ async def infer(request: Request) -> Response:
 def stats(services: ServicesDep, principal: PrincipalDep, window_s: float = Query(60.0, gt=0, le=3600)) -> Response:
     """Per variant over the window: requests, rate, p50/p99 latency, SLO-miss rate, estimate error.
 
-    Admins also see the workers with their loaded instances and queue depths.
+    ``estimates``: this front-end's latency estimates against what its recent queries took, before (raw: profile
+    p99 + queueing + load) and after the online correction (``infaas.calibration``): p50/p99 of actual − estimate,
+    and of the queries whose estimate was within their budget, the share that met it. Admins also see the
+    correction per (variant, worker), and the workers with their loaded instances and rows queued.
     """
     engine = services.engine
     out = []
@@ -147,7 +150,10 @@ def stats(services: ServicesDep, principal: PrincipalDep, window_s: float = Quer
         model = engine.cache.model(key.split("/", 1)[0])
         if model is not None and can_use(principal, model):
             out.append(asdict(s))
-    content: dict[str, Any] = {"window_s": window_s, "variants": out}
+    estimates = engine.calibration.report()
+    if not principal.is_admin:
+        estimates.pop("factors")  # names every variant served, whoever's
+    content: dict[str, Any] = {"window_s": window_s, "variants": out, "estimates": estimates}
     if principal.is_admin:
         snapshot = engine.live.snapshot()
         content["workers"] = [

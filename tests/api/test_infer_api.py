@@ -162,6 +162,14 @@ def test_stats_and_recent_queries(client: TestClient) -> None:
     recent = client.get("/v1/queries", params={"limit": 2}).json()["queries"]
     assert len(recent) == 2
     assert recent[0]["variant"] == "fp32" and recent[0]["latency_ms"] == 500 and recent[0]["estimated_ms"] > 0
+    # Estimates before and after correction, over the queries served by the loaded instance (not the load).
+    estimates = client.get("/v1/stats").json()["estimates"]
+    assert 2 <= estimates["observed"] <= 3 and estimates["overhead_ms"] > 0
+    assert estimates["raw_error_ms"]["p99"] >= estimates["raw_error_ms"]["p50"]
+    assert estimates["corrected_promises"]["promised"] <= estimates["observed"]
+    assert list(estimates["factors"]) == ["tiny/fp32 on local"]  # admins see the correction per placement
+    page = client.get("/console/live")
+    assert page.status_code == 200 and 'id="estimates"' in page.text and "corrected" in page.text
 
 
 # -- Open Inference Protocol ------------------------------------------------------------------------
