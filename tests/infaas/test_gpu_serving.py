@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from infaas.cuda import CudaDevice
 from infaas.db.models import VariantStatus
@@ -116,3 +117,13 @@ def test_a_query_only_the_gpu_variant_meets_is_served_by_it_on_the_gpu_worker(
     worker.stop()  # the GPU worker leaves: the GPU variant is not chosen any more
     services.engine.workers.remove(worker.id)
     assert (_ask(services).served_by.variant, _ask(services).served_by.worker) == ("fp32", "local")
+
+
+def test_admins_see_each_workers_gpu_in_stats_and_the_console(
+    client: TestClient, services: Services, lin: bytes, gpu_worker: tuple[LocalWorker, CpuStandIn]
+) -> None:
+    workers = {w["id"]: w for w in client.get("/v1/stats").json()["workers"]}  # the local principal is an admin
+    assert workers["gpu-0"]["hardware"] == ["cpu", "gpu"] and workers["gpu-0"]["device_memory_mb"] == 16000.0
+    assert workers["gpu-0"]["device"] == "cuda:1 Fake GPU (16000 MB)" and workers["local"]["device"] == ""
+    page = client.get("/console/workers")
+    assert page.status_code == 200 and "<dt>GPU</dt><dd>cuda:1 Fake GPU (16000 MB)</dd>" in page.text
