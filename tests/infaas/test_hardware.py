@@ -168,3 +168,20 @@ def test_infaas_worker_with_an_invalid_gpu_says_so_in_one_line(tmp_path: Path, m
         "error (--gpu / INFAAS_WORKER_GPU): GPU 3 is not visible; visible CUDA devices: "
         "cuda:0 NVIDIA H200 (143771 MB); cuda:1 NVIDIA H200 (143771 MB)"
     ]
+
+
+def test_the_gpu_check_says_in_one_line_that_there_is_no_gpu_and_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import gpu_check
+
+    out = tmp_path / "gpu_check.json"
+    monkeypatch.setattr(hardware, "probe", lambda pinned: HardwareReport(GPU_BUILD, (), True, pinned))
+    assert gpu_check.main(["--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: no GPU here, nothing to measure (CUDA devices: none;")
+    assert not out.exists()
+    # GPUs, but not the one asked for: an error naming them, not "no GPU".
+    monkeypatch.setattr(hardware, "probe", lambda pinned: HardwareReport(GPU_BUILD, H200, False, pinned))
+    assert gpu_check.main(["--gpu", "4", "--out", str(out)]) == 2
+    assert "GPU 4 is not visible; visible CUDA devices: cuda:0 NVIDIA H200" in capsys.readouterr().out
