@@ -6,8 +6,8 @@ or worker its predecessor added a second ago. Every action is a ``decisions`` ro
 action and target, which is exactly what the guards need, so they are rebuilt from it:
 
 - rebuilt: when each target was last acted on (model-level cool-down per instance, VM-level cool-down of
-  the cluster), when each was last scaled up (the down-after-up guards), and when each draining worker
-  began to drain (its drain timeout);
+  the cluster), when each was last scaled up (the down-after-up guards), when each draining worker
+  began to drain (its drain timeout), and when each worker was started (its minimum lifetime);
 - fresh: the streaks (consecutive over- or underloaded periods) and the capacity deratings. A streak only
   delays an action until a condition has held ``up_periods`` / ``down_periods`` periods in a row, so
   starting it at zero makes the new leader wait a few periods longer, never act sooner or twice. A
@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from autoscaler import model_level, vm_level
-from autoscaler.model_level import instance_target
-from autoscaler.policy_types import History
+from autoscaler.policy_types import History, instance_target
 from infaas.catalog import DecisionInfo
 
 LEVEL = "leader"  # the level of the decisions that record leadership changes
@@ -57,6 +56,7 @@ def rebuild(decisions: Sequence[DecisionInfo], *, now: float, dry_run: bool, wal
     model_up: dict[str, float] = {}
     vm_last: dict[str, float] = {}
     vm_up: dict[str, float] = {}
+    vm_started: dict[str, float] = {}
     previous = next((d.target for d in decisions if d.level == LEVEL and d.action == "leader"), None)
     used = 0
     for decision in reversed(decisions):  # oldest first, so later decisions overwrite earlier ones
@@ -75,6 +75,8 @@ def rebuild(decisions: Sequence[DecisionInfo], *, now: float, dry_run: bool, wal
                 if up:
                     model_up[target] = when
             used += 1
+        elif decision.level == vm_level.LEVEL and decision.action == "worker_started":
+            vm_started[decision.target] = when  # how an add_worker ended: not an action of its own
         elif decision.level == vm_level.LEVEL and decision.action in VM_ACTIONS:
             drain = f"drain:{decision.target}"
             if decision.action == "remove_worker":
@@ -90,7 +92,7 @@ def rebuild(decisions: Sequence[DecisionInfo], *, now: float, dry_run: bool, wal
             used += 1
     return Handover(
         model=History(last_action=model_last, last_up=model_up),
-        vm=History(last_action=vm_last, last_up=vm_up),
+        vm=History(last_action=vm_last, last_up=vm_up, started=vm_started),
         previous_leader=previous,
         decisions_used=used,
     )

@@ -2,7 +2,8 @@
 
 One background thread runs the model level every ``autoscaler_period_s`` and the VM level every
 ``vm_autoscaler_period_s``. Each period it builds a ``ClusterView`` from live state (arrival rates,
-latencies and SLO misses per variant; queue depths), the workers' own status (replicas, idle time)
+latencies and SLO misses per instance, i.e. per variant on each worker, so one slow worker is not taken
+for all; queue depths), the workers' own status (replicas, idle time)
 and the candidate cache (profiles), asks the policies, and for every action records a decision
 (``metadata.record_decision``) and, unless ``settings.autoscaler`` is ``"dry-run"``, executes it
 through the worker clients, live state and the provider. Starting a worker can take minutes (a VM),
@@ -224,7 +225,7 @@ class Autoscaler:
         if not self.leading:
             return []
         view = self.view()
-        plan = vm_level.decide(view, self._vm_history, self.config, self._unmet)
+        plan = vm_level.decide(view, self._vm_history, self.config, self._unmet, self._model_history.derate)
         self._vm_history = plan.history
         for action in plan.actions:
             self._apply(action)
@@ -247,7 +248,7 @@ class Autoscaler:
         settings = self.services.settings
         variants = {k: v[1] for k, v in self._variants().items()}
         snapshot = live.snapshot()
-        stats = live.variant_stats(self.stats_window_s)
+        stats = live.instance_stats(self.stats_window_s)
         wall = time.time()
         floors: dict[str, float] = {}
         budgets: dict[str, float] = {}
@@ -262,9 +263,6 @@ class Autoscaler:
             rows.setdefault(key, []).append(max(1, record.batch))
             if record.latency_ms is not None:
                 budgets[key] = min(budgets.get(key, record.latency_ms), record.latency_ms)
-        total_replicas: dict[str, int] = {}
-        for key, group in snapshot.instances.items():
-            total_replicas[key] = sum(i.replicas for i in group)
 
         workers: list[WorkerLoad] = []
         for state in snapshot.workers:
@@ -285,10 +283,9 @@ class Autoscaler:
                 ]
             instances = []
             for key, replicas, idle_s in loaded:
-                stat = stats.get(key)
+                stat = stats.get((state.id, key))  # this instance's own: the selector spreads load unevenly
                 sizes = rows.get(key)
                 rows_per_query = sum(sizes) / len(sizes) if sizes else 1.0
-                share = replicas / max(total_replicas.get(key, replicas), replicas, 1)
                 if idle_s is None:
                     seen = last_seen.get((state.id, key), 0.0)
                     idle_s = wall - seen if seen else 0.0
@@ -298,9 +295,10 @@ class Autoscaler:
                         variant_key=key,
                         replicas=replicas,
                         queue_depth=snapshot.depth(state.id, key),
-                        rate_per_s=(stat.rate_per_s if stat else 0.0) * rows_per_query * share,
+                        rate_per_s=(stat.rate_per_s if stat else 0.0) * rows_per_query,
                         p99_ms=stat.p99_ms if stat else 0.0,
                         slo_miss_rate=stat.slo_miss_rate if stat else 0.0,
+                        infeasible_rate=stat.infeasible_rate if stat else 0.0,
                         idle_s=idle_s,
                         accuracy_floor=floors.get(key, 0.0),
                         budget_ms=budgets.get(key),
@@ -385,6 +383,8 @@ class Autoscaler:
             if action.action == "remove_worker":
                 self._remove_worker(action.target)
                 return "stopped"
+            if action.action in vm_level.NOTES:
+                return "nothing to do"
             raise ValueError(f"unknown VM action {action.action!r}")
         client = self.engine.workers.get(action.worker or "")
         if client is None:

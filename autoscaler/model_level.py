@@ -2,11 +2,15 @@
 
 Per loaded instance, every period (``autoscaler_period_s``):
 
-* utilization = arrival rate / (replicas × per-replica capacity), where capacity is the profiled
-  throughput at the largest batch that still fits half the tightest latency budget seen;
+* utilization = arrival rate / (replicas × per-replica capacity), where the rate, p99 and misses are
+  this instance's own (live state's per-instance statistics: one slow worker does not make every
+  instance of its variant look slow) and capacity is ``policy_types.effective_capacity``, the one the
+  VM level uses too: the profiled throughput at the largest batch that still fits half the tightest
+  latency budget seen, derated as below;
 * *overloaded* when utilization > ``high_utilization``, or SLO misses exceed the threshold while the
   observed p99 is well above the profiled p99 and the load is not negligible (the profile is too
-  optimistic under this load; misses at near-zero load are not something replicas fix), or when the
+  optimistic under this load; misses at near-zero load are not something replicas fix, and neither are
+  misses of queries that were infeasible when selected, which are not counted as misses), or when the
   requests waiting now (queue depth beyond one per replica) would take more than half the tightest
   budget to drain: queue time reacts within a period, while a windowed rate lags a burst;
 * *underloaded* when utilization < ``low_utilization`` with no misses and nothing queued.
@@ -34,6 +38,7 @@ low and the latency budget loose. Instances idle past ``idle_unload_s`` are unlo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from autoscaler.policy_types import (
@@ -44,6 +49,8 @@ from autoscaler.policy_types import (
     PolicyConfig,
     VariantOption,
     WorkerLoad,
+    effective_capacity,
+    instance_target,
     next_streak,
     replicas_needed,
 )
@@ -59,11 +66,6 @@ class ModelPlan:
     actions: tuple[Action, ...]
     history: History
     unmet: tuple[str, ...]  # targets overloaded with no room anywhere
-
-
-def instance_target(worker_id: str, variant_key: str) -> str:
-    """The history key of one instance: ``worker/model/variant``."""
-    return f"{worker_id}/{variant_key}"
 
 
 def meets_floor(option: VariantOption, floor: float) -> bool:
@@ -84,13 +86,13 @@ class _Budget:
     past that, another replica adds contention, not capacity.
     """
 
-    def __init__(self, view: ClusterView) -> None:
+    def __init__(self, view: ClusterView, derate: Mapping[str, float]) -> None:
         self.memory = {w.id: w.memory_budget_mb - w.memory_used_mb for w in view.workers}
         self.cores: dict[str, float] = {}
         self._busy: dict[tuple[str, str], float] = {}
         for w in view.workers:
             for i in w.instances:
-                self._busy[(w.id, i.variant_key)] = _busy_cores(view, i)
+                self._busy[(w.id, i.variant_key)] = _busy_cores(view, i, derate)
             self.cores[w.id] = w.cores - sum(self._busy[(w.id, i.variant_key)] for i in w.instances)
 
     def fits(self, worker_id: str, option: VariantOption, loaded: InstanceLoad | None = None) -> int:
@@ -109,18 +111,18 @@ class _Budget:
         self.cores[worker_id] -= replicas * option.cores
 
 
-def _busy_cores(view: ClusterView, instance: InstanceLoad) -> float:
+def _busy_cores(view: ClusterView, instance: InstanceLoad, derate: Mapping[str, float]) -> float:
     option = view.variants.get(instance.variant_key)
     if option is None:
         return 0.0
     held = instance.replicas * option.cores
-    capacity = instance.capacity(option)
+    capacity = effective_capacity(instance, option, derate)
     return min(held, instance.rate_per_s / capacity * option.cores) if capacity > 0 else float(held)
 
 
 def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPlan:
     """Plan this period's model-level actions (pure: no I/O, time comes from ``view.now``)."""
-    budget = _Budget(view)
+    budget = _Budget(view, history.derate)
     streaks: dict[str, int] = {}
     derates: dict[str, float] = {}
     actions: list[Action] = []
@@ -132,7 +134,7 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
                 continue  # no longer a ready variant: the query engine unloads it
             target = instance_target(worker.id, inst.variant_key)
             derate = history.derate.get(target, 1.0)
-            capacity = inst.capacity(option) * derate
+            capacity = effective_capacity(inst, option, history.derate)
             utilization = inst.rate_per_s / (max(inst.replicas, 1) * capacity)
             # Misses count as overload only under real load: at negligible utilization more replicas cannot help.
             slow = (
@@ -166,6 +168,7 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
                 "p99_ms": round(inst.p99_ms, 3),
                 "profiled_p99_ms": round(option.p99_at(inst.rows_per_query), 3),
                 "slo_miss_rate": round(inst.slo_miss_rate, 4),
+                "infeasible_rate": round(inst.infeasible_rate, 4),
                 "idle_s": round(inst.idle_s, 1),
                 "accuracy_floor": inst.accuracy_floor,
                 "budget_ms": inst.budget_ms,

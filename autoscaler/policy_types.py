@@ -35,6 +35,12 @@ class PolicyConfig:
     vm_down_periods: int = 3
     vm_cooldown_s: float = 20.0
     vm_down_after_up_s: float = 60.0  # no worker is drained within this of the last one added
+    # A worker is not drained before it has run this long (a VM takes minutes to start and is billed by the
+    # minute at least; the trace's bursts came back within two minutes), unless clearly idle (below
+    # vm_idle_utilization of its cores, nothing outstanding) for vm_idle_periods periods in a row.
+    vm_min_lifetime_s: float = 600.0
+    vm_idle_periods: int = 6
+    vm_idle_utilization: float = 0.05
     drain_timeout_s: float = 60.0  # a draining worker is stopped after this even if work remains
 
 
@@ -97,16 +103,33 @@ class InstanceLoad:
     replicas: int
     queue_depth: int  # outstanding requests now
     rate_per_s: float  # this worker's share of the variant's windowed arrival rate, in rows/s like profiles
-    p99_ms: float  # observed, windowed (0 when no requests)
-    slo_miss_rate: float  # observed, windowed
+    p99_ms: float  # observed on this worker, windowed (0 when no requests)
+    slo_miss_rate: float  # observed on this worker, windowed, over queries that were feasible when selected
     idle_s: float  # since the last request
     accuracy_floor: float = 0.0  # the highest floor among recent queries it served
     budget_ms: float | None = None  # the tightest latency budget among recent queries it served
     rows_per_query: float = 1.0  # mean rows of recent queries
+    infeasible_rate: float = 0.0  # share of its windowed queries no placement could serve in time (not overload)
 
     def capacity(self, option: VariantOption) -> float:
-        """Rows/s one replica of ``option`` sustains for the queries this instance receives."""
+        """Rows/s one replica of ``option`` sustains for the queries this instance receives, as profiled."""
         return option.capacity(self.budget_ms, self.rows_per_query)
+
+
+def instance_target(worker_id: str, variant_key: str) -> str:
+    """The history key of one instance: ``worker/model/variant``."""
+    return f"{worker_id}/{variant_key}"
+
+
+def effective_capacity(inst: InstanceLoad, option: VariantOption, derate: Mapping[str, float]) -> float:
+    """Rows/s one replica of ``option`` really sustains on ``inst``'s worker: the one capacity model of both levels.
+
+    The profiled capacity for the queries it receives, times the derating the model level learned for this
+    instance (``History.derate``, 1 when it never missed objectives below ``high_utilization``). The VM
+    level counting busy cores from the profile alone saw a derated instance as lighter than the model level
+    did, and could drain the worker whose replicas the model level had just added for misses.
+    """
+    return inst.capacity(option) * derate.get(instance_target(inst.worker_id, inst.variant_key), 1.0)
 
 
 @dataclass(frozen=True)
@@ -165,13 +188,16 @@ class History:
     ``streaks`` counts consecutive periods a target was overloaded (positive) or underloaded
     (negative); ``last_up`` / ``last_action`` hold when a target was last scaled up / acted on;
     ``derate`` is the fraction of its profiled capacity an instance has shown it really sustains
-    (see ``model_level``), 1 when it has not missed objectives below the utilization threshold.
+    (see ``model_level``), 1 when it has not missed objectives below the utilization threshold;
+    ``started`` holds when each worker the VM level added was started (its minimum lifetime; ``-inf`` for
+    workers already there when the level began).
     """
 
     streaks: Mapping[str, int] = field(default_factory=dict)
     last_action: Mapping[str, float] = field(default_factory=dict)
     last_up: Mapping[str, float] = field(default_factory=dict)
     derate: Mapping[str, float] = field(default_factory=dict)
+    started: Mapping[str, float] = field(default_factory=dict)
 
     def streak(self, target: str) -> int:
         """The signed streak of a target (0 when in band or unknown)."""
@@ -196,7 +222,7 @@ class History:
         streaks[target] = 0
         last_action = {**self.last_action, target: now}
         last_up = {**self.last_up, target: now} if up else dict(self.last_up)
-        return History(streaks=streaks, last_action=last_action, last_up=last_up, derate=self.derate)
+        return replace(self, streaks=streaks, last_action=last_action, last_up=last_up)
 
 
 def next_streak(previous: int, over: bool, under: bool) -> int:

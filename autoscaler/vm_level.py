@@ -2,10 +2,13 @@
 
 Every ``vm_autoscaler_period_s`` the cluster's utilization is the cores its loaded instances keep busy
 (Σ rate / per-replica capacity × cores per replica) over the cores of the workers that take new
-queries. The cluster is *overloaded* when that is above ``high_utilization``, when SLO misses persist
-under real load (rate-weighted miss rate above the threshold while utilization is at least
-``low_utilization``; more machines do not fix misses at near-zero load), or when the model level
-reported demand that fits on no worker; *underloaded* when utilization is below ``low_utilization`` with no misses.
+queries. Per-replica capacity is the model level's (``policy_types.effective_capacity``: the profile
+derated by what each instance has shown), so both levels judge one load the same way. The cluster is
+*overloaded* when that is above ``high_utilization``, when SLO misses persist under real load
+(rate-weighted miss rate of feasible queries above the threshold while utilization is at least
+``low_utilization``; more machines do not fix misses at near-zero load, nor misses of queries no
+placement could serve in time), or when the model level reported demand that fits on no worker;
+*underloaded* when utilization is below ``low_utilization`` with no misses.
 
 After ``vm_up_periods`` overloaded periods a draining worker is taken back first (it is already paid
 for), else a worker is added, never beyond ``max_workers``. After ``vm_down_periods`` underloaded
@@ -13,6 +16,15 @@ periods the idlest removable worker is drained, never below ``min_workers``, nev
 ``vm_down_after_up_s`` of the last addition (a worker is paid for by then, and the burst that called
 for it often comes back in waves), and only when the rest would stay below ``target_utilization``
 (so removing it does not immediately call for a new one).
+
+No worker added is drained before it has run ``vm_min_lifetime_s`` (counted from its ``worker_started``
+decision, or the first period it was registered) unless it was *clearly idle* (below
+``vm_idle_utilization`` of its cores with nothing outstanding) for ``vm_idle_periods`` periods in a row.
+The cluster-wide guards above were not enough: in one trace run bursts came back every 40 s, so a worker
+was added, drained as soon as the burst passed, and added again, three times in 120 s. When the only
+workers underload would drain are too young, a ``keep_worker`` decision (once per worker) says so.
+Workers already there at this level's first period (started by the operator or a previous leader whose
+``worker_started`` decision is not in the log) are not new, and only the cluster-wide guards apply to them.
 A draining worker takes no new queries; once nothing is outstanding on it (or after
 ``drain_timeout_s``) it is removed and stopped. One cool-down (``vm_cooldown_s``) spaces all
 cluster-size changes.
@@ -20,13 +32,24 @@ cluster-size changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
-from autoscaler.policy_types import Action, ClusterView, History, PolicyConfig, WorkerLoad, next_streak
+from autoscaler.policy_types import (
+    Action,
+    ClusterView,
+    History,
+    PolicyConfig,
+    WorkerLoad,
+    effective_capacity,
+    next_streak,
+)
 
 LEVEL = "vm"
 CLUSTER = "cluster"
 UP_ACTIONS = frozenset({"add_worker", "undrain"})  # actions that start the down-after-up guard
+NOTES = frozenset({"keep_worker"})  # decisions that change nothing: no cool-down, nothing to execute
 
 
 @dataclass(frozen=True)
@@ -37,14 +60,14 @@ class VmPlan:
     history: History
 
 
-def busy_cores(view: ClusterView, worker: WorkerLoad) -> float:
-    """Cores the worker's instances keep busy at their current arrival rates."""
+def busy_cores(view: ClusterView, worker: WorkerLoad, derate: Mapping[str, float]) -> float:
+    """Cores the worker's instances keep busy at their current arrival rates (at their effective capacity)."""
     busy = 0.0
     for inst in worker.instances:
         option = view.variants.get(inst.variant_key)
         if option is None:
             continue
-        busy += inst.rate_per_s / inst.capacity(option) * option.cores
+        busy += inst.rate_per_s / effective_capacity(inst, option, derate) * option.cores
     return busy
 
 
@@ -52,11 +75,33 @@ def _drain_key(worker_id: str) -> str:
     return f"drain:{worker_id}"
 
 
-def decide(view: ClusterView, history: History, config: PolicyConfig, unmet: tuple[str, ...] = ()) -> VmPlan:
-    """Plan this period's VM-level actions (pure: no I/O, time comes from ``view.now``)."""
+def _kept_key(worker_id: str) -> str:
+    return f"kept:{worker_id}"
+
+
+def _idle_key(worker_id: str) -> str:
+    return f"idle:{worker_id}"
+
+
+_PER_WORKER = ("drain:", "kept:")  # last_action keys that name a worker, forgotten with it
+_OBSERVED = "observed"  # last_action key: this level's first period (absent: workers there now are not new)
+
+
+def decide(
+    view: ClusterView,
+    history: History,
+    config: PolicyConfig,
+    unmet: tuple[str, ...] = (),
+    derate: Mapping[str, float] | None = None,
+) -> VmPlan:
+    """Plan this period's VM-level actions (pure: no I/O, time comes from ``view.now``).
+
+    ``unmet`` and ``derate`` come from the model level's last plan and history: demand that fit on no worker,
+    and each instance's capacity derating.
+    """
     active = [w for w in view.workers if not w.draining]
     draining = [w for w in view.workers if w.draining]
-    busy = {w.id: busy_cores(view, w) for w in view.workers}
+    busy = {w.id: busy_cores(view, w, derate or {}) for w in view.workers}
     cores = sum(w.cores for w in active)
     utilization = sum(busy[w.id] for w in active) / cores if cores else 0.0
     rate = sum(i.rate_per_s for w in view.workers for i in w.instances)
@@ -78,13 +123,23 @@ def decide(view: ClusterView, history: History, config: PolicyConfig, unmet: tup
         "streak": streak,
     }
     streaks = {CLUSTER: streak}
-    # Drain bookkeeping survives in last_action under drain:<id>; forget workers that are gone.
+    for w in active:  # consecutive clearly idle periods of each worker taking queries
+        idle = busy[w.id] <= config.vm_idle_utilization * w.cores and w.outstanding == 0
+        streaks[_idle_key(w.id)] = history.streak(_idle_key(w.id)) + 1 if idle else 0
+    # Per-worker bookkeeping survives in last_action under drain:/kept:<id>; forget workers that are gone.
     last_action = {
-        k: v for k, v in history.last_action.items() if not k.startswith("drain:") or view.worker(k[6:]) is not None
+        k: v
+        for k, v in history.last_action.items()
+        if not k.startswith(_PER_WORKER) or view.worker(k.split(":", 1)[1]) is not None
     }
     for w in draining:
         last_action.setdefault(_drain_key(w.id), view.now)
-    new_history = History(streaks=streaks, last_action=last_action, last_up=dict(history.last_up))
+    first_period = _OBSERVED not in last_action
+    last_action.setdefault(_OBSERVED, view.now)
+    started = {k: v for k, v in history.started.items() if view.worker(k) is not None}
+    for w in view.workers:
+        started.setdefault(w.id, -math.inf if first_period else view.now)
+    new_history = History(streaks=streaks, last_action=last_action, last_up=dict(history.last_up), started=started)
     actions: list[Action] = []
 
     for w in draining:
@@ -103,11 +158,13 @@ def decide(view: ClusterView, history: History, config: PolicyConfig, unmet: tup
         )
     elif not new_history.cooling(CLUSTER, view.now, config.vm_cooldown_s):
         last_up = new_history.last_up.get(CLUSTER)
-        actions.extend(_resize(view, streak, active, draining, busy, utilization, config, inputs, last_up))
+        actions.extend(_resize(view, streak, active, draining, busy, utilization, config, inputs, new_history, last_up))
 
     for action in actions:
         if action.action == "remove_worker":
             new_history = _forget_drain(new_history, action.target)
+        elif action.action == "keep_worker":
+            new_history = _note(new_history, _kept_key(action.target), view.now)
         else:
             new_history = new_history.acted(CLUSTER, view.now, up=action.action in UP_ACTIONS)
             if action.action == "drain_worker":
@@ -126,6 +183,7 @@ def _resize(
     utilization: float,
     config: PolicyConfig,
     inputs: dict,
+    history: History,
     last_up: float | None,
 ) -> list[Action]:
     """Grow or shrink the cluster by one worker when the streak is long enough."""
@@ -146,37 +204,76 @@ def _resize(
         removable = [w for w in active if w.removable]
         if not removable:
             return []
-        idlest = min(removable, key=lambda w: (busy[w.id], len(w.instances), w.outstanding, w.id))
-        rest_cores = sum(w.cores for w in active) - idlest.cores
+        age = {w.id: view.now - history.started[w.id] for w in removable}
+        idle = {w.id: history.streak(_idle_key(w.id)) for w in removable}
+        young = [w for w in removable if age[w.id] < config.vm_min_lifetime_s and idle[w.id] < config.vm_idle_periods]
+        eligible = [w for w in removable if w not in young]
         total_busy = sum(busy[w.id] for w in active)
-        if rest_cores <= 0 or total_busy / rest_cores >= config.target_utilization:
+        rest_cores = {w.id: sum(x.cores for x in active) - w.cores for w in removable}
+
+        def fits_on_rest(w: WorkerLoad) -> bool:
+            return rest_cores[w.id] > 0 and total_busy / rest_cores[w.id] < config.target_utilization
+
+        if not eligible:
+            # Say once per worker why underload drains nothing: the workers it would drain are too young.
+            return [
+                Action(
+                    LEVEL,
+                    "keep_worker",
+                    w.id,
+                    f"underloaded for {-streak} periods (utilization {utilization:.2f}), but {w.id} was added "
+                    f"{age[w.id]:.0f} s ago, under vm_min_lifetime_s {config.vm_min_lifetime_s:g} s, and is not "
+                    f"clearly idle ({busy[w.id]:.2f} busy cores, {w.outstanding} outstanding; idle "
+                    f"{idle[w.id]} of {config.vm_idle_periods} periods): kept",
+                    {**inputs, **_worker_inputs(w, busy, age, idle)},
+                    worker=w.id,
+                )
+                for w in young
+                if _kept_key(w.id) not in history.last_action and fits_on_rest(w)
+            ]
+        idlest = min(eligible, key=lambda w: (busy[w.id], len(w.instances), w.outstanding, w.id))
+        if not fits_on_rest(idlest):
             return []
+        if math.isinf(age[idlest.id]):
+            why_now = "there before this level's first period"
+        elif age[idlest.id] >= config.vm_min_lifetime_s:
+            why_now = f"up {age[idlest.id]:.0f} s"
+        else:
+            why_now = f"up only {age[idlest.id]:.0f} s but clearly idle for {idle[idlest.id]} periods"
+        kept = f"; kept younger {', '.join(w.id for w in young)}" if young else ""
         return [
             Action(
                 LEVEL,
                 "drain_worker",
                 idlest.id,
                 f"underloaded for {-streak} periods: utilization {utilization:.2f}; {idlest.id} is the idlest "
-                f"({busy[idlest.id]:.2f} busy cores); the rest would run at {total_busy / rest_cores:.2f}",
-                {**inputs, "worker_busy_cores": round(busy[idlest.id], 3)},
+                f"eligible ({busy[idlest.id]:.2f} busy cores, {why_now}); the rest would run at "
+                f"{total_busy / rest_cores[idlest.id]:.2f}{kept}",
+                {**inputs, **_worker_inputs(idlest, busy, age, idle), "kept_young": [w.id for w in young]},
                 worker=idlest.id,
             )
         ]
     return []
 
 
+def _worker_inputs(
+    worker: WorkerLoad, busy: dict[str, float], age: dict[str, float], idle: dict[str, int]
+) -> dict[str, float | int | None]:
+    return {
+        "worker_busy_cores": round(busy[worker.id], 3),
+        "worker_age_s": None if math.isinf(age[worker.id]) else round(age[worker.id], 1),
+        "worker_idle_periods": idle[worker.id],
+    }
+
+
+def _note(history: History, key: str, now: float) -> History:
+    return replace(history, last_action={**history.last_action, key: now})
+
+
 def _note_drain(history: History, worker_id: str, now: float) -> History:
-    return History(
-        streaks=history.streaks,
-        last_action={**history.last_action, _drain_key(worker_id): now},
-        last_up=history.last_up,
-    )
+    return _note(history, _drain_key(worker_id), now)
 
 
 def _forget_drain(history: History, worker_id: str) -> History:
     key = _drain_key(worker_id)
-    return History(
-        streaks=history.streaks,
-        last_action={k: v for k, v in history.last_action.items() if k != key},
-        last_up=history.last_up,
-    )
+    return replace(history, last_action={k: v for k, v in history.last_action.items() if k != key})

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
+import pytest
+
 from autoscaler import model_level, vm_level
 from autoscaler.policy_types import (
     ClusterView,
@@ -10,6 +15,7 @@ from autoscaler.policy_types import (
     PolicyConfig,
     VariantOption,
     WorkerLoad,
+    effective_capacity,
     next_streak,
 )
 
@@ -480,3 +486,105 @@ def test_load_returning_during_a_drain_takes_the_worker_back() -> None:
     hot = lambda now: cluster({"local": 400.0, "w2": 0.0}, now=now, draining=("w2",), depth={"w2": 1})  # noqa: E731
     actions, _ = run_vm(hot, 2)
     assert [(a.action, a.target) for a in actions] == [("undrain", "w2")]
+
+
+# -- one capacity model for both levels ----------------------------------------------------------
+
+
+def test_both_levels_judge_an_instance_by_the_same_derated_capacity() -> None:
+    # 100/s on a 200/s replica is 0.5 busy cores as profiled; derated to a quarter it is 2 busy cores of 2.
+    derate = {"local/m/fp32": 0.25}
+    load = lambda now: cluster({"local": 100.0}, now=now)  # noqa: E731
+    inst_load, option_ = load(0.0).workers[0].instances[0], option()
+    assert effective_capacity(inst_load, option_, derate) == 50.0 == inst_load.capacity(option_) * 0.25
+    assert vm_level.busy_cores(load(0.0), load(0.0).workers[0], derate) == pytest.approx(2.0)
+    assert run_vm(load, 3)[0] == []  # as profiled: 0.25 utilization, in band
+    actions, _ = run_vm(load, 2, derate=derate)  # as the model level sees it: overloaded
+    assert [a.action for a in actions] == ["add_worker"] and actions[0].inputs["utilization"] == 1.0
+    # The model level uses the same number: at 100/s on 50/s it needs ceil(100 / (50 × 0.6)) = 4 replicas.
+    derated = History(derate={"w1/m/fp32": 0.25})
+    actions, _ = run_periods(lambda now: view([inst(rate_per_s=100.0)], [option()], now=now), CFG.up_periods, derated)
+    assert actions[0].inputs["capacity_per_replica_per_s"] == 50.0 and actions[0].inputs["needed_replicas"] == 4
+
+
+# -- VM level: no flapping ------------------------------------------------------------------------
+
+TRACE_CFG = PolicyConfig(vm_up_periods=2, vm_down_periods=3, vm_cooldown_s=4.0, vm_down_after_up_s=10.0)
+
+
+def simulate(rate_at, config: PolicyConfig, seconds: float = 120.0, period_s: float = 1.5):  # type: ignore[no-untyped-def]
+    """Run the VM level over a load sequence on a simulated cluster; returns every action.
+
+    Workers have 2 cores and share the load evenly; an added worker registers one period later and a drained
+    one is removed when the policy says so. ``local`` is the front-end's own worker (never removed).
+    """
+    workers, draining, pending, history, actions = ["local"], set(), 0, History(), []
+    next_id = 2
+    for n in range(int(seconds / period_s)):
+        now = n * period_s
+        workers += [f"w{next_id + k}" for k in range(pending)]
+        next_id, pending = next_id + pending, 0
+        active = [w for w in workers if w not in draining]
+        rates = {w: (rate_at(now) / len(active) if w in active else 0.0) for w in workers}
+        plan = vm_level.decide(
+            cluster(rates, now=now, draining=tuple(draining), max_workers=3, pending=pending), history, config
+        )
+        history = plan.history
+        for action in plan.actions:
+            actions.append((now, action))
+            if action.action == "add_worker":
+                pending += 1
+            elif action.action == "drain_worker":
+                draining.add(action.target)
+            elif action.action == "undrain":
+                draining.discard(action.target)
+            elif action.action == "remove_worker":
+                workers.remove(action.target)
+                draining.discard(action.target)
+    return actions
+
+
+def bursts(now: float) -> float:
+    """The trace's shape: a 10 s burst every 40 s (1.1 of one worker's cores), and a trickle in between."""
+    return 440.0 if now % 40.0 < 10.0 else 80.0
+
+
+def test_bursts_every_40_s_add_one_worker_and_keep_it() -> None:
+    actions = simulate(bursts, TRACE_CFG)
+    names = [a.action for _t, a in actions]
+    assert names.count("add_worker") == 1 and "drain_worker" not in names
+    [(_t, keep)] = [(t, a) for t, a in actions if a.action == "keep_worker"]  # said once, not every period
+    assert keep.target == "w2" and "vm_min_lifetime_s 600 s" in keep.reason and "not clearly idle" in keep.reason
+    assert keep.inputs["worker_idle_periods"] == 0 and keep.inputs["worker_age_s"] < 600
+
+
+def test_the_same_bursts_flap_without_the_minimum_lifetime() -> None:
+    # What the trace run did before: added and drained a worker three times in 120 s.
+    names = [a.action for _t, a in simulate(bursts, replace(TRACE_CFG, vm_min_lifetime_s=0.0))]
+    assert names.count("add_worker") == 3 and names.count("drain_worker") == 3
+
+
+def test_a_young_worker_is_drained_once_clearly_idle_for_several_periods() -> None:
+    one_burst = lambda now: 440.0 if now < 10.0 else 0.0  # noqa: E731
+    actions = simulate(one_burst, TRACE_CFG, seconds=60.0)
+    [(added_at, _add)] = [(t, a) for t, a in actions if a.action == "add_worker"]
+    [(drained_at, drain)] = [(t, a) for t, a in actions if a.action == "drain_worker"]
+    assert drain.target == "w2" and drained_at - added_at < TRACE_CFG.vm_min_lifetime_s
+    assert drain.inputs["worker_idle_periods"] >= TRACE_CFG.vm_idle_periods
+    assert f"clearly idle for {drain.inputs['worker_idle_periods']} periods" in drain.reason
+    # One period of trickle before that (at t=15) restarts the idle count: the drain waits idle_periods more.
+    blip = lambda now: 440.0 if now < 10.0 else (80.0 if 15.0 <= now < 16.5 else 0.0)  # noqa: E731
+    [(blip_drained_at, _)] = [(t, a) for t, a in simulate(blip, TRACE_CFG, seconds=60.0) if a.action == "drain_worker"]
+    assert drained_at < 15.0 + TRACE_CFG.vm_idle_periods * 1.5 <= blip_drained_at
+
+
+def test_workers_there_before_the_first_period_are_not_new() -> None:
+    # A front-end that starts (or takes the lease) with workers running does not treat them as just added.
+    quiet = lambda now: cluster({"local": 10.0, "w2": 5.0}, now=now)  # noqa: E731
+    actions, history = run_vm(quiet, CFG.vm_down_periods)
+    assert [(a.action, a.target) for a in actions] == [("drain_worker", "w2")]
+    assert actions[0].inputs["worker_age_s"] is None and "before this level's first period" in actions[0].reason
+    assert history.started["w2"] == -math.inf
+    # A worker whose start the decision log recorded keeps its age across a leader change.
+    restarted = History(started={"w2": 95.0})
+    assert [a.action for a in run_vm(quiet, CFG.vm_down_periods, restarted)[0]] == ["keep_worker"]

@@ -260,6 +260,7 @@ def test_rebuild_places_each_guard_at_its_decisions_time() -> None:
     assert rebuilt.model.last_up == {"w1/m/v0": 988.0, "w1/m/v1": 994.0, "w1/m/v2": 994.0}
     assert rebuilt.vm.last_action == {"cluster": 995.0, "drain:w1": 995.0}  # w2 was removed: its drain is over
     assert rebuilt.vm.last_up == {"cluster": 990.0}
+    assert rebuilt.vm.started == {"w3": 998.0}  # the new worker's minimum lifetime runs from its start
     assert rebuilt.model.streaks == {} and rebuilt.model.derate == {}
 
 
