@@ -290,10 +290,20 @@ def live_rows(services: Services) -> list[dict[str, Any]]:
             "slo_miss_rate": round(s.slo_miss_rate, 4),
             "estimate_error_ms": round(s.mean_estimate_error_ms, 3),
             "total_requests": s.total_requests,
+            "infeasible_rate": round(s.infeasible_rate, 4),
         }
         for s in stats.values()
     ]
     return sorted(rows, key=lambda r: (-r["rate_per_s"], r["variant"]))
+
+
+def rejected_rows(services: Services) -> list[dict[str, Any]]:
+    """Queries refused as infeasible (nothing ran) per model or task, most first; kept apart from served ones."""
+    rows = [
+        asdict(s) | {"rate_per_s": round(s.rate_per_s, 3)}
+        for s in _live(services).rejection_stats(LIVE_WINDOW_S).values()
+    ]
+    return sorted(rows, key=lambda r: (-r["rejected"], -r["total_rejected"], r["target"]))
 
 
 @router.get("/live", response_class=HTMLResponse)
@@ -305,6 +315,7 @@ def live_page(request: Request, session: ConsoleSessionDep, services: ServicesDe
         "rows": rows,
         "window_s": LIVE_WINDOW_S,
         "total": sum(r["total_requests"] for r in rows),
+        "rejected": rejected_rows(services),
         "estimates": services.engine.calibration.report(),
     }
     return _render(request, session, "live.html", context)
@@ -312,9 +323,15 @@ def live_page(request: Request, session: ConsoleSessionDep, services: ServicesDe
 
 @router.get("/api/live")
 def live_json(_session: ConsoleSessionDep, services: ServicesDep) -> JSONResponse:
-    """What the live page polls: the same rows, plus the total number of requests served."""
+    """What the live page polls: the same rows, the total number of requests served, and the rejected queries."""
     rows = live_rows(services)
-    body = {"at": time.time(), "window_s": LIVE_WINDOW_S, "total": sum(r["total_requests"] for r in rows), "rows": rows}
+    body = {
+        "at": time.time(),
+        "window_s": LIVE_WINDOW_S,
+        "total": sum(r["total_requests"] for r in rows),
+        "rows": rows,
+        "rejected": rejected_rows(services),
+    }
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 

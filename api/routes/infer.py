@@ -137,7 +137,9 @@ async def infer(request: Request) -> Response:
 
 @router.get("/v1/stats")
 def stats(services: ServicesDep, principal: PrincipalDep, window_s: float = Query(60.0, gt=0, le=3600)) -> Response:
-    """Per variant over the window: requests, rate, p50/p99 latency, SLO-miss rate, estimate error.
+    """Per variant over the window: requests, rate, p50/p99 latency, SLO-miss rate (of the queries that were
+    feasible when selected), the share that was infeasible, estimate error. ``rejected``: apart, the queries refused
+    as infeasible (nothing ran) per model named (and per task, for admins only: a task spans other tenants' models).
 
     ``estimates``: this front-end's latency estimates against what its recent queries took, before (raw: profile
     p99 + queueing + load) and after the online correction (``infaas.calibration``): p50/p99 of actual − estimate,
@@ -150,10 +152,15 @@ def stats(services: ServicesDep, principal: PrincipalDep, window_s: float = Quer
         model = engine.cache.model(key.split("/", 1)[0])
         if model is not None and can_use(principal, model):
             out.append(asdict(s))
+    rejected = []
+    for target, r in sorted(engine.live.rejection_stats(window_s).items()):
+        model = None if target.startswith("task:") else engine.cache.model(target)
+        if principal.is_admin or (model is not None and can_use(principal, model)):
+            rejected.append(asdict(r))
     estimates = engine.calibration.report()
     if not principal.is_admin:
         estimates.pop("factors")  # names every variant served, whoever's
-    content: dict[str, Any] = {"window_s": window_s, "variants": out, "estimates": estimates}
+    content: dict[str, Any] = {"window_s": window_s, "variants": out, "rejected": rejected, "estimates": estimates}
     if principal.is_admin:
         snapshot = engine.live.snapshot()
         content["workers"] = [

@@ -170,6 +170,22 @@ def test_stats_and_recent_queries(client: TestClient) -> None:
     assert list(estimates["factors"]) == ["tiny/fp32 on local"]  # admins see the correction per placement
     page = client.get("/console/live")
     assert page.status_code == 200 and 'id="estimates"' in page.text and "corrected" in page.text
+    assert stats[0]["infeasible_rate"] == 0.0 and client.get("/v1/stats").json()["rejected"] == []
+
+
+def test_rejected_and_infeasible_queries_are_counted_apart_in_stats_and_console(client: TestClient) -> None:
+    body = {"model": "tiny", "inputs": {"x": [[0] * IN]}, "latency_ms": 0.001}  # below any service time
+    assert client.post("/v1/infer", json=body | {"on_infeasible": "reject"}).status_code == 503
+    assert client.post("/v1/infer", json=body).json()["served_by"]["slo_at_risk"]  # best effort: served, flagged
+    content = client.get("/v1/stats").json()
+    [rejected] = content["rejected"]
+    assert rejected["target"] == "tiny" and rejected["rejected"] == 1 and rejected["unmet_latency"] == 1
+    [served] = content["variants"]
+    assert served["requests"] == 1 and served["infeasible_rate"] == 1.0 and served["slo_miss_rate"] == 0.0
+    live = client.get("/console/api/live").json()
+    assert live["rejected"][0]["target"] == "tiny" and live["rows"][0]["infeasible_rate"] == 1.0
+    page = client.get("/console/live").text
+    assert 'id="rejected"' in page and "<td>tiny</td>" in page
 
 
 # -- Open Inference Protocol ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-// infaas console: confirmation for actions, and the live page's self-refreshing table.
+// infaas console: confirmation for actions, and the live page's self-refreshing tables (served and rejected).
 "use strict";
 
 function confirmActions() {
@@ -36,6 +36,7 @@ function renderLive(table, data) {
       cell(r.p50_ms.toFixed(2), true),
       cell(r.p99_ms.toFixed(2), true),
       cell((100 * r.slo_miss_rate).toFixed(1) + "%", true),
+      cell((100 * r.infeasible_rate).toFixed(1) + "%", true),
       cell((r.estimate_error_ms >= 0 ? "+" : "") + r.estimate_error_ms.toFixed(2), true),
       cell(String(r.total_requests), true),
     );
@@ -45,7 +46,7 @@ function renderLive(table, data) {
     const tr = document.createElement("tr");
     tr.className = "empty-row";
     const td = cell("No queries yet.", false);
-    td.colSpan = 7;
+    td.colSpan = 8;
     td.className = "empty";
     tr.append(td);
     rows.push(tr);
@@ -54,8 +55,35 @@ function renderLive(table, data) {
   const total = document.getElementById("live-total");
   total.textContent = String(data.total);
   total.dataset.total = String(data.total);
+  renderRejected(document.getElementById("rejected"), data.rejected);
   const status = document.getElementById("live-status");
   status.textContent = `last ${Math.round(data.window_s)} s · updated ${new Date(data.at * 1000).toLocaleTimeString()}`;
+}
+
+function renderRejected(table, rejected) {
+  if (!table) return;
+  const rows = rejected.map((r) => {
+    const tr = document.createElement("tr");
+    tr.append(
+      cell(r.target, false),
+      cell(String(r.rejected), true),
+      cell(r.rate_per_s.toFixed(2), true),
+      cell(String(r.unmet_latency), true),
+      cell(String(r.unmet_max_cost), true),
+      cell(String(r.total_rejected), true),
+    );
+    return tr;
+  });
+  if (rows.length === 0) {
+    const tr = document.createElement("tr");
+    tr.className = "empty-row";
+    const td = cell("No query rejected.", false);
+    td.colSpan = 6;
+    td.className = "empty";
+    tr.append(td);
+    rows.push(tr);
+  }
+  table.tBodies[0].replaceChildren(...rows);
 }
 
 function pollLive(table) {
