@@ -128,7 +128,8 @@ class RejectionStats:
 class LiveSnapshot:
     """What the selector needs, read once per query.
 
-    ``queue_depth`` maps ``(worker_id, variant_key)`` to requests outstanding (waiting or running).
+    ``queue_depth`` maps ``(worker_id, variant_key)`` to rows outstanding (of requests waiting or running):
+    rows, not requests, so that the selector can price the wait at the instance's batching.
     Implementations may hand out mappings that keep changing underneath (the in-memory one does, to
     stay O(1)); readers must only look keys up, never iterate ``queue_depth``.
     """
@@ -138,7 +139,7 @@ class LiveSnapshot:
     queue_depth: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     def depth(self, worker_id: str, variant_key: str) -> int:
-        """Outstanding requests for a variant on a worker (0 when unknown)."""
+        """Rows outstanding for a variant on a worker (0 when unknown)."""
         return self.queue_depth.get((worker_id, variant_key), 0)
 
 
@@ -252,7 +253,7 @@ class LiveState(ABC):
     # -- per-query path -------------------------------------------------------------------------
     @abstractmethod
     def set_queue_depth(self, worker_id: str, variant_key: str, depth: int) -> None:
-        """Requests outstanding (waiting or running) for a variant on a worker. Hot path: O(1)."""
+        """Rows outstanding (of requests waiting or running) for a variant on a worker. Hot path: O(1)."""
 
     @abstractmethod
     def record_query(self, record: QueryRecord) -> None:
@@ -287,7 +288,7 @@ class LiveState(ABC):
 
     # -- shared between processes (no-ops when everything lives in one process) -----------------
     def note_local_depth(self, worker_id: str, variant_key: str, depth: int) -> None:
-        """Requests this process has outstanding on another process's worker, seen before that worker reports."""
+        """Rows this process has outstanding on another process's worker, seen before that worker reports."""
         return None
 
     def catalog_changed(self, model_name: str) -> None:

@@ -316,7 +316,7 @@ class RedisLiveState(LiveState):
         self._wake.set()
 
     def note_local_depth(self, worker_id: str, variant_key: str, depth: int) -> None:
-        """Requests this process itself has outstanding on a (remote) worker; never written to Redis.
+        """Rows this process itself has outstanding on a (remote) worker; never written to Redis.
 
         A front-end dispatching a burst would otherwise see the worker's depth only after the worker's
         next flush and the next snapshot refresh, and send the whole burst to one worker.
