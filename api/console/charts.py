@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # before any figure exists: the API process has no displa
 from matplotlib.backends.backend_svg import FigureCanvasSVG  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from infaas.accuracy import accuracy_of
 from infaas.catalog import ModelInfo, VariantInfo  # noqa: E402
 
 
@@ -31,8 +32,9 @@ class ScatterPoint:
     latency_p50_ms: float
     latency_p99_ms: float
     throughput_per_s: float
-    accuracy: float
-    accuracy_measured: bool  # False: the model's declared accuracy (or 0) stands in
+    accuracy: float  # ``infaas.accuracy.accuracy_of``; 0 stands in for an unknown one (source says so)
+    accuracy_metric: str | None
+    accuracy_source: str  # measured, declared, estimated or unknown
     cost_per_1m: float  # dollars per million inferences (rows) at this batch size
     pareto: bool = False
 
@@ -66,9 +68,8 @@ def scatter_points(model: ModelInfo, prices: Mapping[str, float], cores: int) ->
     """One point per profile of every variant, Pareto front marked."""
     points = []
     for variant in model.variants:
+        accuracy = accuracy_of(model, variant)
         for profile in variant.profiles:
-            measured = profile.accuracy is not None
-            accuracy = profile.accuracy if measured else (model.declared_accuracy or 0.0)
             points.append(
                 ScatterPoint(
                     variant=variant.name,
@@ -77,8 +78,9 @@ def scatter_points(model: ModelInfo, prices: Mapping[str, float], cores: int) ->
                     latency_p50_ms=profile.latency_p50_ms,
                     latency_p99_ms=profile.latency_p99_ms,
                     throughput_per_s=profile.throughput_per_s,
-                    accuracy=float(accuracy),
-                    accuracy_measured=measured,
+                    accuracy=float(accuracy.value or 0.0),
+                    accuracy_metric=accuracy.metric,
+                    accuracy_source=accuracy.source,
                     cost_per_1m=_cost_per_1m(variant, profile.throughput_per_s, prices, cores),
                 )
             )

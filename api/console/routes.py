@@ -36,6 +36,7 @@ from api.console.auth import (
 from api.console.throttle import SignInThrottle
 from api.deps import ServicesDep
 from api.uploads import save_upload
+from infaas.accuracy import accuracy_of, fidelity_of
 from infaas.catalog import ModelInfo
 from infaas.errors import InfaasError, NotFound
 from infaas.live_state import LiveState
@@ -230,9 +231,17 @@ def model_page(
     session: ConsoleSessionDep,
     services: ServicesDep,
 ) -> Response:
-    """One model: variants, build errors and skip reasons, and the latency–accuracy scatter."""
+    """One model: variants (accuracy with its metric and source, fidelity), build errors and skip reasons, and the
+    latency–accuracy scatter."""
     model = _model_or_404(services, name)
-    context = {"nav": "models", "model": model, "counts": _counts(model), "points": _points(services, model)}
+    context = {
+        "nav": "models",
+        "model": model,
+        "counts": _counts(model),
+        "points": _points(services, model),
+        "accuracy": {v.name: accuracy_of(model, v) for v in model.variants},
+        "fidelity": {v.name: fidelity_of(v) for v in model.variants},
+    }
     return _render(request, session, "model.html", context)
 
 

@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import PrincipalDep, ServicesDep, can_use, get_principal
+from api.request_body import read_body
 from infaas.engine import Query as EngineQuery
 from infaas.errors import BadRequest
 from infaas.selector import ON_INFEASIBLE, Requirements, parse_on_infeasible
@@ -34,7 +35,22 @@ _INFER_BODY = {
             "additionalProperties": {"description": "a nested list shaped like the model input, batch first"},
         },
         "latency_ms": {"type": "number", "exclusiveMinimum": 0, "description": "latency budget"},
-        "min_accuracy": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+        "min_accuracy": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "default": 0,
+            "description": "accuracy on the task's metric: measured on held-out labelled rows, or estimated from "
+            "the declared accuracy; a variant whose accuracy is unknown only meets 0",
+        },
+        "min_fidelity": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "default": 0,
+            "description": "agreement (classifiers) or cosine (vector outputs) with the registered model's own "
+            "outputs; serves models without labels or a declared accuracy",
+        },
         "max_cost": {
             "type": "number",
             "minimum": 0,
@@ -96,6 +112,7 @@ def parse_infer_body(body: bytes) -> tuple[Requirements, dict[str, Any]]:
         task=task,
         latency_ms=_number(document, "latency_ms", 0.0),
         min_accuracy=_number(document, "min_accuracy", 0.0, 1.0) or 0.0,
+        min_fidelity=_number(document, "min_fidelity", 0.0, 1.0) or 0.0,
         max_cost=_number(document, "max_cost", 0.0),
         on_infeasible=parse_on_infeasible(document.get("on_infeasible"), "on_infeasible"),
     )
@@ -111,7 +128,10 @@ def parse_infer_body(body: bytes) -> tuple[Requirements, dict[str, Any]]:
             "or inputs of the wrong name, dtype or shape"
         },
         404: {"description": "unknown model or task (or one the caller may not use)"},
-        422: {"description": "no variant reaches min_accuracy; the message names the best available"},
+        422: {
+            "description": "no variant reaches min_accuracy (code accuracy_unavailable) or min_fidelity (code "
+            "fidelity_unavailable); the message names the best available, or what to register"
+        },
         503: {
             "description": "code 'infeasible': no placement costs at most max_cost (always), or none meets latency_ms "
             "with on_infeasible 'reject'; nothing was run, and the message names the best achievable latency (ms), "
@@ -125,7 +145,7 @@ async def infer(request: Request) -> Response:
     # No FastAPI dependencies (each costs tens of microseconds per request): see api.fast_routes.
     principal = await get_principal(request)
     services: Services = request.app.state.services
-    body = await request.body()
+    body = await read_body(request)
 
     def parse() -> tuple[EngineQuery, None]:
         requirements, inputs = parse_infer_body(body)

@@ -1,8 +1,8 @@
 """Open Inference Protocol (KServe v2) REST, so Triton/KServe clients work unmodified.
 
 A v2 model name is an infaas model; the variant is chosen per query from the flat request
-``parameters`` ``slo_latency_ms`` / ``slo_min_accuracy`` / ``slo_max_cost`` / ``slo_on_infeasible``
-(``"best_effort"`` or ``"reject"``) and reported back in the response ``parameters``. Errors are
+``parameters`` ``slo_latency_ms`` / ``slo_min_accuracy`` / ``slo_min_fidelity`` / ``slo_max_cost`` /
+``slo_on_infeasible`` (``"best_effort"`` or ``"reject"``) and reported back in the response ``parameters``. Errors are
 ``{"error": "..."}`` with Triton's statuses: 400 bad request (including an unreachable accuracy floor),
 404 unknown model, 503 not ready or infeasible. An infeasible query (``slo_max_cost`` unmeetable, or
 ``slo_latency_ms`` with ``slo_on_infeasible: "reject"``) is a 503 as on ``/v1``: Triton answers its
@@ -18,6 +18,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from api.deps import PrincipalDep, ServicesDep, can_use, get_principal
+from api.request_body import read_body
 from infaas import __version__
 from infaas.auth import Principal
 from infaas.catalog import ModelInfo
@@ -72,7 +73,8 @@ _INFER_ERRORS: dict[int | str, dict] = {
     **_MODEL_ERRORS,
     400: {
         "description": "bad request: inputs, binary header, a malformed hint (slo_on_infeasible other than "
-        "best_effort or reject) or an unreachable slo_min_accuracy",
+        "best_effort or reject, an slo_min_accuracy or slo_min_fidelity outside [0, 1]) or an unreachable "
+        "slo_min_accuracy or slo_min_fidelity",
         "content": {"application/json": {}},
     },
     503: {
@@ -113,12 +115,14 @@ def model_ready(name: str, services: ServicesDep, principal: PrincipalDep, versi
     )
 
 
-def _slo(parameters: dict[str, Any], key: str) -> float | None:
+def _slo(parameters: dict[str, Any], key: str, high: float | None = None) -> float | None:
     value = parameters.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:  # NaN fails >= too
         raise OipError(f"parameter {key!r} must be a non-negative number")
+    if high is not None and value > high:
+        raise OipError(f"parameter {key!r} must be in [0, {high:g}]")
     return float(value)
 
 
@@ -154,14 +158,15 @@ async def model_infer(request: Request) -> Response:
     _model(services, principal, name, version)
     if request.headers.get("content-encoding", "identity") != "identity":
         raise BadRequest("compressed request bodies are not supported")
-    body = await request.body()
+    body = await read_body(request)
 
     def parse() -> tuple[Query, InferRequest]:
         decoded = decode_request(body, request.headers.get(HEADER))
         requirements = Requirements(
             model=name,
             latency_ms=_slo(decoded.parameters, "slo_latency_ms") or None,
-            min_accuracy=_slo(decoded.parameters, "slo_min_accuracy") or 0.0,
+            min_accuracy=_slo(decoded.parameters, "slo_min_accuracy", 1.0) or 0.0,
+            min_fidelity=_slo(decoded.parameters, "slo_min_fidelity", 1.0) or 0.0,
             max_cost=_slo(decoded.parameters, "slo_max_cost"),
             on_infeasible=parse_on_infeasible(decoded.parameters.get("slo_on_infeasible"), "slo_on_infeasible"),
         )

@@ -159,12 +159,23 @@ def _wait_for_build(name: str, timeout_s: float = 1800.0) -> None:
     out.print(f"model {name}: {model['status']} {model.get('status_reason') or ''}")
 
 
+def accuracy_text(value: float | None, metric: str | None, source: str) -> str:
+    """``0.920 top1 (measured)``, or ``unknown``: value, metric and where the accuracy comes from, never bare."""
+    return "unknown" if value is None else f"{value:.3f} {metric} ({source})"
+
+
+def fidelity_text(value: float | None, metric: str | None) -> str:
+    """``1.000 agreement``, or empty when it was not measured."""
+    return "" if value is None else f"{value:.3f} {metric}"
+
+
 @app.command()
 def models() -> None:
     """List the models you can use."""
-    table = Table("name", "task", "status", "ready", "failed", "skipped", "owner")
+    table = Table("name", "task", "status", "ready", "failed", "skipped", "best accuracy", "owner")
     for m in call("GET", "/v1/models"):
         c = m["variant_counts"]
+        best = m.get("accuracy") or {"value": None, "metric": None, "source": "unknown"}
         table.add_row(
             m["name"],
             m["task"],
@@ -172,6 +183,7 @@ def models() -> None:
             str(c["ready"]),
             str(c["failed"]),
             str(c["skipped"]),
+            accuracy_text(best["value"], best["metric"], best["source"]),
             m["owner"],
         )
     out.print(table)
@@ -199,8 +211,23 @@ def describe(name: str) -> None:
 @app.command()
 def variants(name: str) -> None:
     """Print each variant's measured profile per batch size."""
-    table = Table("variant", "kind", "precision", "hw", "status", "batch", "p50 ms", "p99 ms", "thr/s", "MB", "acc")
+    table = Table(
+        "variant",
+        "kind",
+        "precision",
+        "hw",
+        "status",
+        "batch",
+        "p50 ms",
+        "p99 ms",
+        "thr/s",
+        "MB",
+        "accuracy",
+        "fidelity",
+    )
     for v in call("GET", f"/v1/models/{name}/variants"):
+        accuracy = accuracy_text(v["accuracy"], v["accuracy_metric"], v["accuracy_source"])
+        fidelity = fidelity_text(v["fidelity"], v["fidelity_metric"])
         if not v["profiles"]:
             table.add_row(
                 v["name"],
@@ -214,6 +241,7 @@ def variants(name: str) -> None:
                 "",
                 "",
                 (v.get("reason") or "")[:40],
+                "",
             )
         for p in v["profiles"]:
             table.add_row(
@@ -227,7 +255,8 @@ def variants(name: str) -> None:
                 f"{p['latency_p99_ms']:.3f}",
                 f"{p['throughput_per_s']:.0f}",
                 f"{p['memory_mb']:.1f}",
-                "" if p["accuracy"] is None else f"{p['accuracy']:.3f}",
+                accuracy,
+                fidelity,
             )
     out.print(table)
 

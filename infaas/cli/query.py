@@ -31,7 +31,12 @@ def query_command(
     input_file: Path = typer.Option(..., "--input", exists=True, dir_okay=False, help=".npy or .npz inputs"),
     input_name: str = typer.Option(None, help="input name for a .npy file (default: the model's only input)"),
     latency_ms: float = typer.Option(None, help="latency budget in ms"),
-    min_accuracy: float = typer.Option(0.0, help="minimum measured accuracy"),
+    min_accuracy: float = typer.Option(
+        0.0, help="minimum accuracy on the task's metric (measured on held-out labelled rows, or estimated)"
+    ),
+    min_fidelity: float = typer.Option(
+        0.0, help="minimum agreement (classifiers) or cosine (vectors) with the registered model's own outputs"
+    ),
     max_cost: float = typer.Option(None, help="maximum cost per query in $ (a hard limit)"),
     on_infeasible: OnInfeasibleChoice = typer.Option(
         OnInfeasibleChoice.best_effort,
@@ -49,7 +54,7 @@ def query_command(
             out.print("[red]a .npy file needs --input-name (or a named single-input model)[/red]")
             raise typer.Exit(2)
         inputs = {target["inputs"][0]["name"]: inputs.pop("__single__")}
-    body: dict = {"inputs": inputs, "min_accuracy": min_accuracy}
+    body: dict = {"inputs": inputs, "min_accuracy": min_accuracy, "min_fidelity": min_fidelity}
     body.update({k: v for k, v in (("model", model), ("task", task)) if v is not None})
     if latency_ms is not None:
         body["latency_ms"] = latency_ms
