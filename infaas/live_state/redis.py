@@ -150,8 +150,9 @@ def _instance_value(instance: InstanceState) -> str:
     return f"{instance.replicas}|{instance.memory_mb!r}|{instance.last_used_at!r}"
 
 
-def _encode(sample: tuple[float, ...]) -> str:
-    return "|".join(map(repr, sample))
+def _encode(record: QueryRecord) -> str:
+    at, actual, estimated, missed, infeasible = sample_of(record)
+    return f"{at!r}|{actual!r}|{estimated!r}|{missed:.0f}|{infeasible:.0f}"
 
 
 def _samples(raw: list[str], fields: int) -> list[Any]:
@@ -418,7 +419,7 @@ class RedisLiveState(LiveState):
             by_variant: dict[str, list[str]] = {}
             by_instance: dict[tuple[str, str], list[str]] = {}
             for r in records:
-                sample = _encode(sample_of(r))
+                sample = _encode(r)
                 by_variant.setdefault(r.variant_key, []).append(sample)
                 by_instance.setdefault((r.worker, r.variant_key), []).append(sample)
             for key, samples in by_variant.items():
@@ -437,7 +438,8 @@ class RedisLiveState(LiveState):
         if rejections:
             by_target: dict[str, list[str]] = {}
             for rejection in rejections:
-                by_target.setdefault(rejection.target, []).append(_encode(rejection_sample_of(rejection)))
+                at, max_cost = rejection_sample_of(rejection)
+                by_target.setdefault(rejection.target, []).append(f"{at!r}|{max_cost:.0f}")
             for target, samples in by_target.items():
                 pipe.lpush(self._k("rejects", target), *samples)
                 pipe.ltrim(self._k("rejects", target), 0, WINDOW_SAMPLES - 1)
