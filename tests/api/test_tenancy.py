@@ -4,6 +4,7 @@ but not deletable by other tenants; admins see everything."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from infaas.db.models import Job
+from infaas.live_state import Rejection
 from infaas.services import Services
 from tests.factories import TASK, upload_model
 from tests.fuzz import Tenants, mlp_bytes, route_exists, secure_world
@@ -200,3 +202,18 @@ def test_jobs_cannot_target_hidden_models_or_inputs(world: tuple[TestClient, Ser
     )
     assert stolen.status_code in (400, 404, 422), stolen.text
     assert client.get("/v1/jobs", headers=tenants.bob).json() == []
+
+
+def test_stats_show_rejected_queries_only_of_models_the_caller_may_use(
+    world: tuple[TestClient, Services, Tenants],
+) -> None:
+    client, services, tenants = world
+    for target in (PRIVATE, PUBLIC, f"task:{SECRET_TASK}"):  # a task's rejections span models: admins only
+        services.live.record_rejection(Rejection(at=time.time(), tenant="alice", target=target, unmet="latency_ms"))
+
+    def rejected(headers: dict[str, str]) -> list[str]:
+        return [r["target"] for r in client.get("/v1/stats", headers=headers).json()["rejected"]]
+
+    assert rejected(tenants.alice) == sorted([PRIVATE, PUBLIC])
+    assert rejected(tenants.bob) == [PUBLIC]
+    assert rejected(tenants.admin) == sorted([PRIVATE, PUBLIC, f"task:{SECRET_TASK}"])
