@@ -102,7 +102,7 @@ class InstanceLoad:
     variant_key: str
     replicas: int
     queue_depth: int  # outstanding requests now
-    rate_per_s: float  # this worker's share of the variant's windowed arrival rate, in rows/s like profiles
+    rate_per_s: float  # this instance's own windowed arrival rate (queries sent to it), in rows/s like profiles
     p99_ms: float  # observed on this worker, windowed (0 when no requests)
     slo_miss_rate: float  # observed on this worker, windowed, over queries that were feasible when selected
     idle_s: float  # since the last request
