@@ -61,3 +61,8 @@ class VariantGenerator(ABC):
     @abstractmethod
     def build(self, ctx: BuildContext) -> Path:
         """Write the artifact under ``ctx.workdir`` and return its path; raise ``Skip`` if not applicable."""
+
+    def notes(self, artifact: Path, ctx: BuildContext) -> str | None:
+        """What a ready variant's listing should say about it (its ``reason``), e.g. how much an INT8 variant
+        really quantized; ``None``: nothing beyond its kind and precision."""
+        return None

@@ -198,7 +198,8 @@ def _build_one(
             services.store.delete_prefix(key)
             raise ModelGone(model_name)
         metadata.replace_profiles(model_name, name, profiles)
-        metadata.set_variant_status(model_name, name, VariantStatus.READY, artifact_key=key)
+        notes = generator.notes(artifact, ctx)
+        metadata.set_variant_status(model_name, name, VariantStatus.READY, reason=notes, artifact_key=key)
         return VariantStatus.READY
     except (ModelGone, NotFound):
         raise

@@ -19,7 +19,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantiz
 from infaas.runtime import Skip
 from variant_generator.accuracy import CALIBRATION_SHARE, ValidationSet, fixed_batch
 from variant_generator.base import BuildContext, VariantGenerator
-from variant_generator.int8_dynamic import quantizable_source, require_quantized
+from variant_generator.int8_dynamic import int8_notes, quantizable_source, require_quantized
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,15 @@ class Int8Static(VariantGenerator):
         except Exception as exc:
             log.info("per-channel static quantization failed for %s (%s); retrying per-tensor", ctx.model.name, exc)
             self._quantize(source, out, ctx.validation, batch, pinned is not None, per_channel=False)
-        return require_quantized(out)
+        return require_quantized(
+            out,
+            ctx.model,
+            "static INT8",
+            "the rest are operators ONNX Runtime does not quantize statically, so the variant would run in float",
+        )
+
+    def notes(self, artifact: Path, ctx: BuildContext) -> str | None:
+        return int8_notes(artifact, ctx.model)
 
     @staticmethod
     def _quantize(source: Path, out: Path, data: ValidationSet, batch: int, pinned: bool, *, per_channel: bool) -> None:

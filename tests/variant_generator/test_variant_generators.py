@@ -127,6 +127,12 @@ def test_int8_agrees_with_original_argmax(
     generator: VariantGenerator, small_model: tuple[Path, ModelInfo], tmp_path: Path
 ) -> None:
     source, model = small_model
+    if isinstance(generator, Int8Dynamic) and model.name == "cnn":
+        # Dynamic INT8 reaches the MatMul head only (0.07% of the MACs): skipped rather than called INT8
+        # (tests/variant_generator/test_quantized_share.py).
+        with pytest.raises(Skip, match=r"^dynamic INT8 quantized 1 MatMul = 0\.072% of MACs; 1 Conv left float"):
+            build(generator, source, model, tmp_path)
+        return
     artifact = build(generator, source, model, tmp_path)
     feeds = validation_for(model).batch(200)
     ops = {node.op_type for node in onnx.load(str(artifact)).graph.node}
