@@ -204,6 +204,8 @@ def summarize_model(services: Any, name: str, extra: dict[str, Any], paired_seco
                     "artifact_mb": round(size / 2**20, 2) if size is not None else None,
                     "accuracy": None if first.accuracy is None else round(first.accuracy, 5),
                     "accuracy_metric": first.accuracy_metric,
+                    "fidelity": None if first.fidelity is None else round(first.fidelity, 5),
+                    "fidelity_metric": first.fidelity_metric,
                     "profiles": [
                         {
                             "batch_size": p.batch_size,
@@ -289,7 +291,7 @@ def print_table(result: dict[str, Any]) -> None:
             if row["status"] != "ready":
                 others.append(f"{variant_name} {row['status']}: {row['reason']}")
                 continue
-            accuracy = f"{_fmt(row['accuracy'], '.4f')} {row['accuracy_metric'][:9]}"
+            accuracy = f"{_fmt(row['accuracy'], '.4f')} {(row['accuracy_metric'] or 'unknown')[:9]}"
             print(
                 f"{model_name:<17} {variant_name:<22} {_fmt(row['batch1_p50_ms'], '8.3f')} "
                 f"{_fmt(row['batch1_p99_ms'], '8.3f')} {row['max_batch']:>4} "
@@ -417,8 +419,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     },
                     args.paired_seconds,
                 )
-                metrics = {r.get("accuracy_metric") for r in models[MINILM_NAME]["variants"].values()} - {None}
-                if metrics & {"agreement", "top1"}:
+                metrics = {r.get("fidelity_metric") for r in models[MINILM_NAME]["variants"].values()} - {None}
+                if metrics & {"agreement"}:
                     notes.append(
                         "minilm: the profiler scored the embedding as class scores (argmax agreement), which says "
                         "little about an embedding; read cosine_to_fp32 for its fidelity"
