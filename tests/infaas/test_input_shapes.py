@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
+from typer.testing import CliRunner
 
 from infaas.input_shapes import (
     SEQUENCE_SIZES,
@@ -19,6 +23,7 @@ from infaas.onnx_check import ModelCheckError, check_model_bytes
 from infaas.tensors import TensorSpec
 from tests.shaped_models import fixed_size_model, installed_model_file, strided_concat_model
 
+cli_main = importlib.import_module("infaas.cli.main")  # the package's ``main`` attribute is the entry function
 IMAGES = TensorSpec("images", np.dtype(np.float32), (-1, 3, -1, -1))
 
 
@@ -140,3 +145,21 @@ def test_nudenet_320n_registers_at_its_exported_size() -> None:
     checked = check_model_bytes(data)
     assert checked.inputs[0].shape == (-1, 3, -1, -1)
     assert checked.input_shapes == {"images": (1, 3, 320, 320)}
+
+
+def test_the_cli_sends_repeated_input_shapes_as_the_form_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[dict] = []
+
+    def call(method: str, path: str, **kwargs: object) -> dict:
+        sent.append(dict(kwargs["data"]))  # type: ignore[call-overload]
+        return {"name": "detector", "task": "detection", "status": "pending"}
+
+    monkeypatch.setattr(cli_main, "call", call)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(strided_concat_model().SerializeToString())
+    args = ["register", str(model), "--name", "detector", "--task", "detection"]
+    shapes = ["--input-shape", "images=1,3,320,320", "--input-shape", "mask=1,16"]
+    result = CliRunner().invoke(cli_main.app, args + shapes)
+    assert result.exit_code == 0, result.output
+    assert sent[0]["input_shape"] == "images=1,3,320,320;mask=1,16"
+    assert CliRunner().invoke(cli_main.app, args).exit_code == 0 and "input_shape" not in sent[1]
