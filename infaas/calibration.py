@@ -8,14 +8,19 @@ and called "meeting" a 0.01 ms budget. The engine now corrects every raw estimat
 
     corrected = overhead + factor[(variant, worker)] × raw
 
-* ``overhead`` is the serving path: a query's actual latency minus what the worker reported (its queue plus
-  service time), one value for this front-end, since the path does not depend on the variant;
-* ``factor`` is the worker's reported time over the raw estimate, one per (variant, worker), so one slow worker
-  never makes the same variant on another worker look slow.
+* ``overhead`` is the serving path's typical time: the median of a query's actual latency minus what the worker
+  reported (its queue plus service time), one value for this front-end, since the path does not depend on the
+  variant;
+* ``factor`` is a high quantile (``TAIL_QUANTILE``) of (actual − overhead) / raw, one per (variant, worker), so
+  one slow worker never makes the same variant on another worker look slow.
 
-Both are a high quantile (``TAIL_QUANTILE``) tracked online in log space by stochastic approximation: each
-observation moves the tracked value up by ``STEP × τ`` when it lies above it and down by ``STEP × (1 − τ)`` when
-below, so at rest a fraction τ of observations lie below. Hence:
+One tail per placement, not a tail of the path plus a tail of the worker's time: the two are correlated (both
+stretch when the machine is busy), and summing two p99s promised almost nothing on a loaded two-core host (a
+6 ms "overhead" for a path whose median was 0.3 ms; ``benchmarks/estimate_honesty.py``).
+
+Both are tracked online in log space by stochastic approximation: each observation moves the tracked value up
+by ``STEP × τ`` when it lies above it and down by ``STEP × (1 − τ)`` when below, so at rest a fraction τ of
+observations lie below (τ = 0.5 for the overhead). Hence:
 
 * robust: an observation moves the estimate by one fixed step however far off it is (a GC pause, a load that
   landed mid-query), where a mean is dragged by every outlier;
@@ -49,23 +54,24 @@ REPORT_SAMPLES = 4096  # recent queries the report's error percentiles are taken
 Correction = Callable[[str, str, float], float]
 
 
-class _TailTracker:
-    """A quantile of a positive quantity, tracked in log space (see the module docstring)."""
+class _Quantile:
+    """The ``quantile`` of a positive quantity, tracked in log space (see the module docstring).
 
-    __slots__ = ("log_value", "count")
+    ``value`` is kept as a plain attribute: it is read once per placement on every query, updated once per query.
+    """
 
-    def __init__(self, first: float) -> None:
+    __slots__ = ("up", "down", "log_value", "value", "count")
+
+    def __init__(self, quantile: float, first: float) -> None:
+        self.up, self.down = STEP * quantile, STEP * (1.0 - quantile)
         self.log_value = math.log(max(first, _FLOOR_MS))
+        self.value = math.exp(self.log_value)
         self.count = 1
 
-    def update(self, value: float) -> None:
-        above = math.log(max(value, _FLOOR_MS)) > self.log_value
-        self.log_value += STEP * TAIL_QUANTILE if above else -STEP * (1.0 - TAIL_QUANTILE)
+    def update(self, observed: float) -> None:
+        self.log_value += self.up if math.log(max(observed, _FLOOR_MS)) > self.log_value else -self.down
+        self.value = math.exp(self.log_value)
         self.count += 1
-
-    @property
-    def value(self) -> float:
-        return math.exp(self.log_value)
 
 
 @dataclass(frozen=True)
@@ -83,25 +89,27 @@ class Calibration:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._overhead: _TailTracker | None = None
-        self._factors: dict[tuple[str, str], _TailTracker] = {}
+        self._overhead: _Quantile | None = None
+        self._overhead_ms = 0.0  # the tracker's value, read on every correction
+        self._factors: dict[tuple[str, str], _Quantile] = {}
         self._samples: deque[_Sample] = deque(maxlen=REPORT_SAMPLES)
         self._observed = 0
 
     @property
     def overhead_ms(self) -> float:
-        """The serving path's tail time per query (0 until a query was observed)."""
-        tracker = self._overhead
-        return tracker.value if tracker is not None else 0.0
+        """The serving path's median time per query (0 until a query was observed)."""
+        return self._overhead_ms
 
     def factor(self, key: str, worker: str) -> float:
-        """How much slower than its raw estimate ``key`` runs on ``worker`` (1 until observed there)."""
+        """How much slower than its raw estimate ``key`` runs on ``worker``, beyond the overhead, at the tail
+        (1 until observed there)."""
         tracker = self._factors.get((key, worker))
         return tracker.value if tracker is not None else 1.0
 
     def correct(self, key: str, worker: str, raw_ms: float) -> float:
-        """The corrected estimate for a raw one (a ``Correction``)."""
-        return self.overhead_ms + self.factor(key, worker) * raw_ms
+        """The corrected estimate for a raw one (a ``Correction``; called per placement on every query)."""
+        tracker = self._factors.get((key, worker))
+        return self._overhead_ms + (raw_ms if tracker is None else tracker.value * raw_ms)
 
     def observe(
         self, key: str, worker: str, raw_ms: float, actual_ms: float, *, worker_ms: float, budget_ms: float | None
@@ -119,13 +127,14 @@ class Calibration:
             self._observed += 1
             path_ms = actual_ms - worker_ms
             if self._overhead is None:
-                self._overhead = _TailTracker(path_ms)
+                self._overhead = _Quantile(0.5, path_ms)
             else:
                 self._overhead.update(path_ms)
-            ratio = worker_ms / max(raw_ms, _FLOOR_MS)
+            self._overhead_ms = self._overhead.value
+            ratio = (actual_ms - self._overhead_ms) / max(raw_ms, _FLOOR_MS)
             tracker = self._factors.get((key, worker))
             if tracker is None:
-                self._factors[(key, worker)] = _TailTracker(ratio)
+                self._factors[(key, worker)] = _Quantile(TAIL_QUANTILE, ratio)
             else:
                 tracker.update(ratio)
 

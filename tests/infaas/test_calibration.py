@@ -49,8 +49,8 @@ def test_a_constant_serving_overhead_is_learned_and_added() -> None:
     calibration, rng = Calibration(), np.random.default_rng(0)
     first = _stream(calibration, rng, 50, overhead_ms=2.0)
     settled = _stream(calibration, rng, 500, overhead_ms=2.0)
-    # The tail of the 2 ms path (10% noise): above its median, below twice it.
-    assert 2.0 < calibration.overhead_ms < 3.0
+    # The 2 ms path's median (10% noise); its tail is the factor's to cover.
+    assert calibration.overhead_ms == pytest.approx(2.0, rel=0.1)
     # Converged: about the tail quantile's share of queries exceed the estimate, and estimates are not inflated.
     assert _exceeded(settled) <= 2 * (1 - TAIL_QUANTILE) + 0.01
     assert np.median([e - a for e, a in settled]) < 0.25 * np.median([a for _, a in settled])
@@ -68,8 +68,8 @@ def test_a_slow_worker_is_slow_only_on_that_worker() -> None:
         rng.uniform(), rng.lognormal(), rng.lognormal()  # keep w1's draws identical to the interleaved run
     ratio = calibration.factor(KEY, "w2") / calibration.factor(KEY, "w1")
     assert 1.6 < ratio < 2.5
-    # w1's correction is what it would be had w2 never existed.
-    assert calibration.factor(KEY, "w1") == alone.factor(KEY, "w1")
+    # w1's correction is what it would be had w2 never existed (up to the shared overhead's jitter).
+    assert calibration.factor(KEY, "w1") == pytest.approx(alone.factor(KEY, "w1"), rel=0.1)
     assert calibration.correct(KEY, "w1", 5.0) < calibration.correct(KEY, "w2", 5.0)
     # An unobserved variant on the slow worker is not marked slow either.
     assert calibration.factor("m/other", "w2") == 1.0
@@ -96,7 +96,7 @@ def test_one_outlier_moves_the_correction_by_one_step_only() -> None:
     calibration.observe(KEY, "w1", 5.0, 5_000.0, worker_ms=4_000.0, budget_ms=None)  # a 1000× pause
     after = calibration.factor(KEY, "w1"), calibration.overhead_ms
     assert after[0] == pytest.approx(before[0] * math.exp(STEP * TAIL_QUANTILE))
-    assert after[1] == pytest.approx(before[1] * math.exp(STEP * TAIL_QUANTILE))
+    assert after[1] == pytest.approx(before[1] * math.exp(STEP * 0.5))  # the overhead is a median
 
 
 def test_the_report_shows_the_error_and_promises_kept_before_and_after() -> None:
