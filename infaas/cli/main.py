@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from infaas.cli.client import call
+from infaas.cli.client import call, err
 from infaas.cli.decisions import decisions_command
 from infaas.cli.jobs import job_app, jobs_worker
 from infaas.cli.keys import keys_app
@@ -61,6 +61,8 @@ def serve(
     import uvicorn
 
     settings = get_settings()
+    if settings.in_process_worker and settings.worker_gpu is not None:
+        _require_usable_gpu(settings.worker_gpu)
     host = host or settings.host
     if not settings.auth_enabled and host not in {"127.0.0.1", "localhost", "::1"}:
         out.print(
@@ -81,6 +83,18 @@ def serve(
         timeout_keep_alive=settings.keep_alive_s,
         limit_concurrency=settings.max_connections,  # connections + requests in flight; 503 past it
     )
+
+
+def _require_usable_gpu(pinned: int) -> None:
+    """Check ``INFAAS_WORKER_GPU`` before uvicorn starts: the app factory would fail with a traceback ending in
+    the reason, where one line naming the visible devices says what to fix."""
+    from infaas.hardware import GpuNotUsable, detect
+
+    try:
+        detect(pinned)
+    except GpuNotUsable as exc:
+        err.print(f"[red]error (INFAAS_WORKER_GPU):[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @db_app.command("upgrade")

@@ -170,6 +170,28 @@ def test_infaas_worker_with_an_invalid_gpu_says_so_in_one_line(tmp_path: Path, m
     ]
 
 
+def test_infaas_serve_with_an_unusable_worker_gpu_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infaas.cli.main import app
+
+    monkeypatch.setattr(hardware, "probe", lambda pinned: HardwareReport(GPU_BUILD, H200, False, pinned))
+    monkeypatch.setenv("INFAAS_WORKER_GPU", "7")
+    monkeypatch.setenv("INFAAS_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["serve", "--port", "1"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [
+        "error (INFAAS_WORKER_GPU): GPU 7 is not visible; visible CUDA devices: "
+        "cuda:0 NVIDIA H200 (143771 MB); cuda:1 NVIDIA H200 (143771 MB)"
+    ]
+    assert not (tmp_path / "home").exists()  # refused before anything was created
+
+
 def test_the_gpu_check_says_in_one_line_that_there_is_no_gpu_and_exits_0(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
