@@ -217,3 +217,14 @@ def test_stats_show_rejected_queries_only_of_models_the_caller_may_use(
     assert rejected(tenants.alice) == sorted([PRIVATE, PUBLIC])
     assert rejected(tenants.bob) == [PUBLIC]
     assert rejected(tenants.admin) == sorted([PRIVATE, PUBLIC, f"task:{SECRET_TASK}"])
+
+
+def test_stats_show_estimate_corrections_per_placement_to_admins_only(
+    world: tuple[TestClient, Services, Tenants],
+) -> None:
+    client, services, tenants = world
+    services.engine.calibration.observe(f"{PRIVATE}/cpu-fp32", "local", 1.0, 2.0, worker_ms=1.5, budget_ms=None)
+    seen_by_bob = client.get("/v1/stats", headers=tenants.bob).json()["estimates"]
+    assert seen_by_bob["observed"] == 1 and "factors" not in seen_by_bob  # the key would name Alice's private model
+    seen_by_admin = client.get("/v1/stats", headers=tenants.admin).json()["estimates"]
+    assert list(seen_by_admin["factors"]) == [f"{PRIVATE}/cpu-fp32 on local"]
