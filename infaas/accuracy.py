@@ -76,7 +76,12 @@ def is_classification(task: str) -> bool:
 
 
 def fidelity_of(variant: VariantInfo) -> Fidelity:
-    """The variant's measured fidelity (the same at every batch size); the original's is 1.0 by definition."""
+    """The variant's measured fidelity (the same at every batch size); the original's is 1.0 by definition.
+
+    A variant without profiles (not built, skipped, failed) has none.
+    """
+    if not variant.profiles:
+        return Fidelity(None, None)
     measured = next((p for p in variant.profiles if p.fidelity is not None), None)
     metric = measured.fidelity_metric if measured is not None else None
     if variant.kind in ORIGINAL_KINDS:
@@ -102,8 +107,11 @@ def accuracy_of(model: ModelInfo, variant: VariantInfo) -> Accuracy:
     chosen over ``declared x fidelity`` because it is never higher (the two differ by
     ``(1 - declared)(1 - fidelity) >= 0``): the conservative of the two.
 
-    The original variant (``ORIGINAL_KINDS``) gets exactly the declared value, marked ``declared``.
+    The original variant (``ORIGINAL_KINDS``) gets exactly the declared value, marked ``declared``. A variant
+    without profiles (not built, skipped, failed) has no accuracy.
     """
+    if not variant.profiles:
+        return UNKNOWN
     measured = next((p for p in variant.profiles if p.accuracy is not None), None)
     if measured is not None:
         return Accuracy(measured.accuracy, measured.accuracy_metric, "measured")

@@ -55,6 +55,8 @@ def test_without_labels_the_estimate_is_declared_minus_disagreement() -> None:
     original = variant("m", "cpu-fp32", fidelity=0.999)
     int8 = variant("m", "cpu-int8-dynamic", fidelity=0.95)
     assert accuracy_of(declared, original) == Accuracy(0.60, "top1", "declared")  # exactly the declared value
+    unbuilt = replace(original, profiles=(), status="failed")
+    assert accuracy_of(declared, unbuilt).source == "unknown" and fidelity_of(unbuilt).value is None
     assert fidelity_of(original).value == 1.0  # the original agrees with itself by definition
     estimate = accuracy_of(declared, int8)
     assert (estimate.metric, estimate.source) == ("top1", "estimated")
