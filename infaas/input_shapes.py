@@ -14,6 +14,7 @@ Only the dimensions other than the batch axis are resolved here; the batch axis 
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from infaas.errors import BadRequest
@@ -70,8 +71,9 @@ def parse_input_shapes(entries: str | Iterable[str] | None) -> Shapes:
     return shapes
 
 
-def check_given_shapes(given: Mapping[str, tuple[int, ...]], inputs: Sequence[TensorSpec]) -> None:
-    """Refuse a given shape that cannot be the model's: an unknown input, the wrong rank, a fixed dim changed."""
+def check_given_shapes(given: Mapping[str, tuple[int, ...]], inputs: Sequence[TensorSpec], max_elements: int) -> None:
+    """Refuse a given shape that cannot be the model's (an unknown input, the wrong rank, a fixed dim changed)
+    or that is larger than the check lets one sample be (``max_elements``)."""
     declared = {spec.name: spec.shape for spec in inputs}
     for name, shape in given.items():
         if name not in declared:
@@ -89,6 +91,12 @@ def check_given_shapes(given: Mapping[str, tuple[int, ...]], inputs: Sequence[Te
                 raise InputShapeError(
                     f"input {name!r} fixes dimension {axis} to {fixed} ({rendered}); the shape given has {got} there"
                 )
+        elements = math.prod(shape)
+        if elements > max_elements:
+            raise InputShapeError(
+                f"input shape for {name!r} is {list(shape)}: {elements} elements, past the limit of {max_elements} "
+                "for one sample"
+            )
 
 
 def needs_resolving(spec: TensorSpec) -> bool:

@@ -264,7 +264,7 @@ def _static_checks(data: bytes, given: Shapes) -> _Static:
     _check_tensor_signature(model)
     _check_tensors(model)
     _check_declared_shapes(model)
-    check_given_shapes(given, _declared_inputs(model))
+    check_given_shapes(given, _declared_inputs(model), MAX_DECLARED_ELEMENTS)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     metadata = {p.key: p.value for p in model.metadata_props}
     return _Static(data=data, opset=opset, rewrites=rewrites, metadata=metadata)

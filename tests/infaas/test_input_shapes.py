@@ -19,7 +19,7 @@ from infaas.input_shapes import (
     metadata_image_size,
     parse_input_shapes,
 )
-from infaas.onnx_check import ModelCheckError, check_model_bytes
+from infaas.onnx_check import MAX_DECLARED_ELEMENTS, ModelCheckError, check_model_bytes
 from infaas.tensors import TensorSpec
 from tests.shaped_models import fixed_size_model, installed_model_file, strided_concat_model
 
@@ -114,11 +114,12 @@ def test_input_shapes_parse_from_the_form_field_and_the_repeated_option() -> Non
         ({"img": (1, 3, 320, 320)}, "no input 'img'; its inputs are 'images'"),
         ({"images": (1, 3, 320)}, "has 4 dimensions"),
         ({"images": (1, 4, 320, 320)}, "fixes dimension 1 to 3"),
+        ({"images": (1, 3, 100000, 100000)}, "past the limit of"),
     ],
 )
 def test_shapes_that_cannot_be_the_models_are_refused(given: dict, fix: str) -> None:
     with pytest.raises(InputShapeError, match=fix):
-        check_given_shapes(given, [IMAGES])
+        check_given_shapes(given, [IMAGES], MAX_DECLARED_ELEMENTS)
     with pytest.raises(InputShapeError, match=fix):  # before any inference: the static checks refuse it
         check_model_bytes(strided_concat_model().SerializeToString(), given)
 
