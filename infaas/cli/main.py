@@ -219,7 +219,12 @@ def describe(name: str) -> None:
     for rewrite in m.get("rewrites") or []:
         out.print(f"  rewritten at registration: {escape(rewrite)}")
     for v in m["variants"] or []:
-        out.print(f"  variant {v['name']:<24} {v['status']:<9} {v.get('reason') or ''}")
+        quality = ""
+        if v["status"] == "ready":
+            accuracy = accuracy_text(v["accuracy"], v["accuracy_metric"], v["accuracy_source"])
+            fidelity = fidelity_text(v["fidelity"], v["fidelity_metric"])
+            quality = f"accuracy {accuracy}" + (f", fidelity {fidelity}" if fidelity else "")
+        out.print(f"  variant {v['name']:<24} {v['status']:<9} {quality}{v.get('reason') or ''}")
 
 
 @app.command()

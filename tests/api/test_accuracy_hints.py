@@ -107,6 +107,8 @@ def test_catalog_cli_and_console_show_value_metric_source_and_fidelity(
     )  # a table wide enough not to elide cells
     shown = " ".join(CliRunner().invoke(cli, ["variants", "tiny"]).output.split())
     assert "0.850 top1 (estimated)" in shown and "0.950 agreement" in shown
+    described = " ".join(CliRunner().invoke(cli, ["describe", "tiny"]).output.split())
+    assert "accuracy 0.850 top1 (estimated), fidelity 0.950 agreement" in described
     listing = " ".join(CliRunner().invoke(cli, ["models"]).output.split())
     assert "0.910 top1 (measured)" in listing and "0.850 top1 (estimated)" in listing
 
