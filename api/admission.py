@@ -28,6 +28,7 @@ from api.console.auth import LoginRequired, console_session
 from api.console.routes import sign_in_answer
 from api.deps import get_principal
 from api.errors import render
+from infaas.auth import Principal
 from infaas.errors import InfaasError, TooManyRequests
 from infaas.services import Services
 
@@ -35,6 +36,7 @@ CONSOLE_PREFIX = "/console/"
 CONSOLE_API_PREFIX = "/console/api/"  # the console's JSON endpoints answer a JSON 401
 CONSOLE_SIGN_IN = "/console/login"  # takes the key in its form: the one console POST without a session
 HEALTH_PREFIX = "/v2/health"
+QUOTA_ROUTES = frozenset({"/v1/models", "/v1/jobs"})  # POSTs whose quotas are checked before the upload
 RETRY_AFTER_S = 1
 
 
@@ -64,8 +66,11 @@ class Admission:
             await self.app(scope, receive, send)
             return
         try:
-            if _api_route(scope["path"]):
-                await self._admit_api_call(Request(scope))
+            path: str = scope["path"]
+            if _api_route(path):
+                principal = await get_principal(Request(scope))  # stores it in the scope for the route
+                if scope["method"] == "POST" and path in QUOTA_ROUTES:
+                    await self._admit_upload(scope, principal)
             elif _console_form(scope):
                 request = Request(scope)
                 try:
@@ -81,13 +86,12 @@ class Admission:
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def _admit_api_call(request: Request) -> None:
-        principal = await get_principal(request)  # stores it in the scope for the route
-        services: Services = request.app.state.services
-        route = (request.scope["method"], request.scope["path"])
-        if route == ("POST", "/v1/models"):
+    async def _admit_upload(scope: Scope, principal: Principal) -> None:
+        """The quotas of a ``POST`` to one of ``QUOTA_ROUTES`` (only those: every other call skips this)."""
+        services: Services = scope["app"].state.services
+        if scope["path"] == "/v1/models":
             await run_in_threadpool(services.quotas.admit_registration, principal)
-        elif route == ("POST", "/v1/jobs"):
+        else:
             await run_in_threadpool(services.quotas.check_jobs, principal)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, refusal: InfaasError) -> None:

@@ -33,18 +33,17 @@ DRAIN_TIMEOUT_S = 10.0  # a 16 MB body at 1.6 MB/s (a slow link) still drains in
 MAX_DRAINING = 64  # requests draining at once; each costs the event loop only the reads
 
 
-def _may_have_body(scope: Scope) -> bool:
-    for name, value in scope.get("headers") or ():
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
-            return True
-    return False
-
-
-def _declared_length(scope: Scope) -> int | None:
+def _declared_body(scope: Scope) -> tuple[bool, int | None]:
+    """Whether the request may have a body, and its (first) declared Content-Length: one pass over the headers."""
+    may_have_body = False
+    declared: bytes | None = None
     for name, value in scope.get("headers") or ():
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            declared = value if declared is None else declared
+            may_have_body = may_have_body or value.strip() not in (b"", b"0")
+        elif name == b"transfer-encoding":
+            may_have_body = True
+    return may_have_body, int(declared) if declared is not None and declared.isdigit() else None
 
 
 class DrainBeforeClose:
@@ -68,31 +67,19 @@ class DrainBeforeClose:
             await self.app(scope, receive, send)
             return
         try:
-            if _may_have_body(scope):
-                await self._tracked(scope, receive, send)
+            may_have_body, declared = _declared_body(scope)
+            if may_have_body:
+                exchange = _Exchange(self, scope, receive, send, declared)
+                await self.app(scope, exchange.receive, exchange.send)
             else:
                 await self.app(scope, receive, send)
         except ClientDisconnect:
             client = scope.get("client")
             log.debug("client %s went away while sending the body of %s", client, scope.get("path"))
 
-    async def _tracked(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = _RequestBody(receive)
-
-        async def draining_send(message: Message) -> None:
-            if message["type"] != "http.response.body" or message.get("more_body", False) or body.done:
-                await send(message)
-                return
-            await send({**message, "more_body": True})  # the whole answer, now
-            await self._drain(scope, body)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        await self.app(scope, body.receive, draining_send)
-
-    async def _drain(self, scope: Scope, body: _RequestBody) -> None:
+    async def drain(self, scope: Scope, body: _Exchange) -> None:
         """Read and discard the rest of the body within the bounds; give up silently past any of them."""
-        declared = _declared_length(scope)
-        if (declared is not None and declared > self.limit_bytes) or self.draining >= self.max_draining:
+        if (body.declared is not None and body.declared > self.limit_bytes) or self.draining >= self.max_draining:
             return
         self.draining += 1
         try:
@@ -105,11 +92,24 @@ class DrainBeforeClose:
             self.draining -= 1
 
 
-class _RequestBody:
-    """The server's ``receive``, counting what has arrived and noting when nothing more will."""
+class _Exchange:
+    """One request's ``receive`` and ``send`` as the app sees them: ``receive`` counts what has arrived and
+    notes when nothing more will; ``send`` holds back the end of an answer completed before that.
 
-    def __init__(self, receive: Receive) -> None:
+    One object with two methods, built once per request, rather than a body counter and a ``send`` closure:
+    this layer cost every request with a body 1.5 us, most of it those allocations (measured in process).
+    """
+
+    __slots__ = ("_middleware", "_receive", "_scope", "_send", "declared", "done", "received")
+
+    def __init__(
+        self, middleware: DrainBeforeClose, scope: Scope, receive: Receive, send: Send, declared: int | None
+    ) -> None:
+        self._middleware = middleware
+        self._scope = scope
         self._receive = receive
+        self._send = send
+        self.declared = declared
         self.received = 0
         self.done = False
 
@@ -121,3 +121,11 @@ class _RequestBody:
         else:  # http.disconnect
             self.done = True
         return message
+
+    async def send(self, message: Message) -> None:
+        if self.done or message["type"] != "http.response.body" or message.get("more_body", False):
+            await self._send(message)
+            return
+        await self._send({**message, "more_body": True})  # the whole answer, now
+        await self._middleware.drain(self._scope, self)
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})

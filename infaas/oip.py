@@ -9,6 +9,7 @@ expects by default.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,8 +88,9 @@ class InferRequest:
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or len(raw) > _MAX_RANK:
         raise OipError(f"input {name!r}: 'shape' must be a list of at most {_MAX_RANK} integers")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
-        raise OipError(f"input {name!r}: 'shape' must hold non-negative integers, got {raw}")
+    for d in raw:  # a loop, not all() over a generator: 0.3 us against 1.0 us for a 2-d shape
+        if type(d) is not int or d < 0:  # JSON gives int or bool (an int subclass, refused here)
+            raise OipError(f"input {name!r}: 'shape' must hold non-negative integers, got {raw}")
     return tuple(raw)
 
 
@@ -102,16 +104,22 @@ def _reshaped(array: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarra
         raise OipError(f"input {name!r}: shape {list(shape)} is not a shape an array can have ({exc})") from None
 
 
-def _json_data(name: str, data: Any, dtype: np.dtype, shape: tuple[int, ...], declared: str) -> np.ndarray:
+@functools.lru_cache(maxsize=256)
+def _spec(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> TensorSpec:
+    """The ``TensorSpec`` a request's tensor is conformed to, built once per name, dtype and shape (a frozen
+    dataclass costs 1.2 us to build, a cache hit 0.1 us; bounded, since names come from clients)."""
+    return TensorSpec(name, dtype, shape)
+
+
+def _json_data(name: str, data: Any, dtype: np.dtype, shape: tuple[int, ...], count: int, declared: str) -> np.ndarray:
     """JSON ``data``, flat (row-major, as the protocol says) or nested in ``shape`` (as some clients send),
     as an array of the declared datatype; JSON values are taken by ``TensorSpec.conform``'s rule, as on
-    ``/v1``, so ``1.5`` is not truncated into an integer tensor."""
-    count = math.prod(shape)
+    ``/v1``, so ``1.5`` is not truncated into an integer tensor. ``count`` is the product of ``shape``."""
     flat = not (isinstance(data, list) and data and isinstance(data[0], list))
     if flat and isinstance(data, list) and len(data) != count:
         raise OipError(f"input {name!r}: {len(data)} values given, shape {list(shape)} needs {count}")
     try:
-        conformed = TensorSpec(name, dtype, (count,) if flat else shape).conform(data)
+        conformed = _spec(name, dtype, (count,) if flat else shape).conform(data)
     except InvalidInput as exc:
         raise OipError(
             f"input {name!r}: 'data' is not a list of {declared} values of shape {list(shape)} ({exc})"
@@ -160,7 +168,8 @@ def decode_request(body: bytes, header_length: str | int | None) -> InferRequest
         dtype = numpy_dtype(raw.get("datatype"))
         shape = _shape(raw.get("shape"), name)
         count = math.prod(shape)  # exact, and a tenth of np.prod's cost on a short tuple
-        size = _parameters(raw.get("parameters"), f"input {name!r}").get("binary_data_size")
+        parameters = raw.get("parameters")  # usually absent: no message built for it
+        size = None if parameters is None else _parameters(parameters, f"input {name!r}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise OipError(f"input {name!r}: binary_data_size must be a non-negative integer")
@@ -176,7 +185,7 @@ def decode_request(body: bytes, header_length: str | int | None) -> InferRequest
         else:
             if "data" not in raw:
                 raise OipError(f"input {name!r} has neither 'data' nor binary_data_size")
-            array = _json_data(name, raw["data"], dtype, shape, raw["datatype"])
+            array = _json_data(name, raw["data"], dtype, shape, count, raw["datatype"])
         inputs[name] = array
     if offset != len(view):
         raise OipError(f"{len(view) - offset} bytes of binary data are not claimed by any input")
