@@ -71,10 +71,12 @@ def parse_input_shapes(entries: str | Iterable[str] | None) -> Shapes:
     return shapes
 
 
-def check_given_shapes(given: Mapping[str, tuple[int, ...]], inputs: Sequence[TensorSpec], max_elements: int) -> None:
+def check_given_shapes(
+    given: Mapping[str, tuple[int, ...]], declared: Mapping[str, tuple[int, ...]], max_elements: int
+) -> None:
     """Refuse a given shape that cannot be the model's (an unknown input, the wrong rank, a fixed dim changed)
-    or that is larger than the check lets one sample be (``max_elements``)."""
-    declared = {spec.name: spec.shape for spec in inputs}
+    or that is larger than the check lets one sample be (``max_elements``); ``declared``: the graph's input
+    shapes by name, ``-1`` for a dynamic dimension."""
     for name, shape in given.items():
         if name not in declared:
             raise InputShapeError(

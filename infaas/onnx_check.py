@@ -234,17 +234,16 @@ def _runtime_failure(exc: Exception, refusal: str) -> Exception:
     return ModelCheckError(f"{refusal}: {str(exc).splitlines()[0][:500]}")
 
 
-def _declared_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
-    """The graph inputs that are not initializers, with their declared shapes (``-1``: dynamic or unknown)."""
+def _declared_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """The shapes of the graph inputs that are not initializers, by name (``-1``: dynamic or unknown)."""
     stored = {t.name for t in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in stored:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims)
-        specs.append(TensorSpec(name=value.name, dtype=np.dtype(np.float32), shape=shape))
-    return specs
+    return {
+        value.name: tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in value.type.tensor_type.shape.dim
+        )
+        for value in model.graph.input
+        if value.name not in stored
+    }
 
 
 def _static_checks(data: bytes, given: Shapes) -> _Static:
@@ -264,7 +263,7 @@ def _static_checks(data: bytes, given: Shapes) -> _Static:
     _check_tensor_signature(model)
     _check_tensors(model)
     _check_declared_shapes(model)
-    check_given_shapes(given, _declared_inputs(model), MAX_DECLARED_ELEMENTS)
+    check_given_shapes(given, _declared_shapes(model), MAX_DECLARED_ELEMENTS)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     metadata = {p.key: p.value for p in model.metadata_props}
     return _Static(data=data, opset=opset, rewrites=rewrites, metadata=metadata)

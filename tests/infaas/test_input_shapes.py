@@ -119,7 +119,7 @@ def test_input_shapes_parse_from_the_form_field_and_the_repeated_option() -> Non
 )
 def test_shapes_that_cannot_be_the_models_are_refused(given: dict, fix: str) -> None:
     with pytest.raises(InputShapeError, match=fix):
-        check_given_shapes(given, [IMAGES], MAX_DECLARED_ELEMENTS)
+        check_given_shapes(given, {IMAGES.name: IMAGES.shape}, MAX_DECLARED_ELEMENTS)
     with pytest.raises(InputShapeError, match=fix):  # before any inference: the static checks refuse it
         check_model_bytes(strided_concat_model().SerializeToString(), given)
 
