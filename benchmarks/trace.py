@@ -1,4 +1,4 @@
-"""Replay one bursty open-loop trace against three deployments of the example zoo and compare them.
+"""Replay one bursty open-loop trace at three loads against three deployments of the example zoo.
 
 What is real: the four zoo models (trained offline, ``infaas.examples.zoo``), their variants built and
 profiled by the real pipeline (registration → ``build_variants`` job → profiler), the real
@@ -7,29 +7,39 @@ sessions, adaptive batching and replicas, and the real autoscaler loop (both lev
 ``InProcessProvider``. Every latency is measured wall-clock from the query's *scheduled* arrival (so
 dispatch lag under load counts) to its answer.
 
-What is simulated: the time scale is compressed (a two-minute trace; autoscaler periods of 0.5 s and
-1.5 s instead of 1 s and 10 s), and every "worker" is a ``LocalWorker`` in this process. They all share
+What is simulated: the time scale is compressed (a one-to-two-minute trace; autoscaler periods of 0.5 s
+and 1.5 s instead of 1 s and 10 s), and every "worker" is a ``LocalWorker`` in this process. They all share
 this machine's cores: a worker added by the VM-level autoscaler adds *accounted* capacity (its declared
 cores are billed from the moment it starts until it is stopped), not physical CPU. Cost is therefore
 price table × declared worker core-seconds held, the way a VM bill would be. The same holds for the
 fixed deployments: (c)'s workers are billed for the peak but run on the same two cores, so its misses
 say little; its cost is the point of comparison.
 
-The trace's rates are given in units of what one core serves of the accurate class's best variant
-(from its profile), so the same trace shape exercises the same decisions on a faster or slower machine:
-by default the step needs most of one replica and the spike two.
+The offered load is calibrated, not derived from a profile: before the trace, the engine serves the
+trace's class mix closed-loop (``--calibrate-clients`` clients sending back to back, autoscaler off, the
+deployment the trace starts from) for ``--calibrate-repeats`` windows of ``--calibrate-window`` seconds
+after one discarded warm-up window; the capacity is the median of the windows' queries/s, and every
+window's rate and the spread are recorded. One timing of one variant's profile used to set the rates,
+and the same command then offered 21,585 queries in one run and 34,846 in the next (issue 12). A load
+level ``L`` scales the trace so that its spike, the busiest part, offers ``L`` × capacity; base and step
+keep their ratios to it.
 
-Setups (same trace, run one after the other in one process):
+Setups (same trace, run one after the other in one process, at every level):
 
 a. ``infaas``: per-query selection by latency budget and accuracy floor, both autoscalers on;
 b. ``fixed-accurate``: the most accurate variant, one replica, one worker, for every query;
 c. ``fixed-peak``: the fastest variant meeting the highest accuracy floor, with enough replicas
    (and workers) for the peak rate, held for the whole trace.
 
+Outcomes are counted apart: a query is *infeasible* when its class's need cannot be met even on the idle
+system (found by asking the engine once per class before the clock starts, with ``on_infeasible:
+"reject"``); a feasible query is *rejected* when infaas answered 503 ``infeasible`` (nothing ran; with
+``Retry-After`` when queueing was the cause), *missed* when it was answered late, failed, or served below
+its floor, and *in time* otherwise. Only infaas rejects: the fixed deployments serve whatever arrives.
+
 Run from the repository root: ``python -m benchmarks.trace`` (builds the zoo into ``--zoo`` first if it is
-not there, which takes ~2-15 min on two cores; the three setups then ~8 min). ``--home DIR`` keeps the
-registered, profiled zoo for the next run.
-Writes ``benchmarks/results/trace.json`` and ``trace.png``.
+not there, which takes ~2-15 min on two cores). ``--home DIR`` keeps the registered, profiled zoo for the
+next run. Writes ``benchmarks/results/trace.json`` and ``trace.png``.
 """
 
 from __future__ import annotations
@@ -38,7 +48,9 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
+import re
 import tempfile
 import threading
 import time
@@ -52,13 +64,14 @@ import numpy as np
 
 from autoscaler import Autoscaler, PolicyConfig
 from autoscaler.providers.inprocess import InProcessProvider
+from infaas.calibration import Calibration
 from infaas.catalog import VariantInfo
 from infaas.config import Settings
 from infaas.engine import Query
 from infaas.examples.zoo import TASK, load_zoo
 from infaas.live_state import MemoryLiveState
 from infaas.registration import RegistrationRequest, register_model
-from infaas.selector import ProfileCurve, Requirements
+from infaas.selector import AccuracyUnavailable, Infeasible, OnInfeasible, ProfileCurve, Requirements
 from infaas.services import Services, build_services
 from infaas.worker import LocalWorker
 
@@ -72,18 +85,26 @@ PROFILED_BATCH = 64  # the largest batch the variant builds profile
 ACCURATE_BUDGET_MS = 100.0  # the latency budget of the class that asks for the highest accuracy floor
 
 
+LEVELS = (0.7, 1.0, 1.5)
+SETUPS = ("infaas", "fixed-accurate", "fixed-peak")
+# Clients are independent: one class's backlog must not hold another's queries back before they are sent
+# (48 shared client threads did, and the cheap class "missed" 43% waiting for a thread, not for infaas).
+CLIENT_THREADS = 256
+
 # ------------------------------------------------------------------------------------------ the trace
 
 
 @dataclass(frozen=True)
 class QueryClass:
-    """A kind of client: its share of the traffic, its latency budget and its accuracy floor."""
+    """A kind of client: its share of the traffic, its latency budget, its accuracy floor, and what it wants
+    when the budget cannot be met (served late and flagged, or a 503 so that it can go elsewhere)."""
 
     name: str
     share: float
     budget_ms: float
     floor: float
     rows: int  # samples per query: clients send mini-batches
+    on_infeasible: OnInfeasible = "best_effort"
 
 
 @dataclass(frozen=True)
@@ -91,6 +112,11 @@ class Arrival:
     at_s: float
     cls: QueryClass
     sample: int
+    tenant: str = ""  # who sends it: the class's own client unless set (a bursting tenant)
+
+    @property
+    def who(self) -> str:
+        return self.tenant or self.cls.name
 
 
 @dataclass(frozen=True)
@@ -102,7 +128,8 @@ class Shape:
     can only be absorbed by headroom, while a burst that builds over seconds is what they can follow.
 
     With ``burst_class`` set, the spike is one tenant bursting: the step's traffic keeps its class mix
-    and only the extra ``spike - step`` queries/s are of that class. Without it the whole mix scales up.
+    and only the extra ``spike - step`` queries/s are of that class, sent by a tenant of their own
+    (``<class>-burst``). Without it the whole mix scales up.
     """
 
     duration: float
@@ -143,81 +170,148 @@ def make_trace(classes: list[QueryClass], shape: Shape, samples: int, seed: int)
         rate = shape.rate_at(t)
         if rng.random() < rate / peak:
             if burst is not None and shape.in_spike(t) and rng.random() >= shape.step / rate:
-                cls = burst
+                cls, tenant = burst, f"{burst.name}-burst"
             else:
-                cls = rng.choices(classes, weights)[0]
-            out.append(Arrival(t, cls, rng.randrange(samples - cls.rows)))
+                cls, tenant = rng.choices(classes, weights)[0], ""
+            out.append(Arrival(t, cls, rng.randrange(samples - cls.rows), tenant))
 
 
 # -------------------------------------------------------------------------------------- measurements
 
+Serve = Callable[[Arrival, np.ndarray, float], tuple[str, float | None]]
+
 
 @dataclass
 class Outcome:
+    """One query of the trace. ``status``: ``ok`` (in time, floor met), ``late``, ``below-floor``,
+    ``failed``, ``timed-out`` (the client gave up before sending), or ``rejected`` (503, nothing ran)."""
+
     at_s: float
     cls: str
+    tenant: str
     latency_ms: float
-    missed: bool
+    status: str
     accuracy: float | None
     variant: str
+    retry_after: bool = False  # a rejection that said when to retry (queueing was the cause)
+    reason: str = ""  # why it was rejected or failed
+
+
+def tally(group: list[Outcome], duration: float) -> dict:
+    """Counts of one group of queries; ``missed`` excludes rejections, which are counted apart."""
+    n = len(group)
+    by_status: dict[str, int] = {}
+    for o in group:
+        by_status[o.status] = by_status.get(o.status, 0) + 1
+    rejected = by_status.get("rejected", 0)
+    in_time = by_status.get("ok", 0)
+    missed = n - in_time - rejected
+    answered = [o.latency_ms for o in group if o.status in {"ok", "late", "below-floor"}]
+    return {
+        "queries": n,
+        "in_time": in_time,
+        "missed": missed,
+        "rejected": rejected,
+        "rejected_with_retry_after": sum(o.status == "rejected" and o.retry_after for o in group),
+        "miss_rate": round(missed / n, 4) if n else 0.0,
+        "reject_rate": round(rejected / n, 4) if n else 0.0,
+        "goodput_qps": round(in_time / duration, 2),
+        "p99_ms": round(float(np.percentile(answered, 99)), 2) if answered else None,
+        "by_status": dict(sorted(by_status.items())),
+        "why_not_served": _top_reasons(group),
+    }
+
+
+def _top_reasons(group: list[Outcome], top: int = 3) -> dict[str, dict]:
+    """The commonest reasons for rejections and failures (numbers masked so that alike messages count
+    together), each with its count and its first message as it was."""
+    counts: dict[str, dict] = {}
+    for o in group:
+        if o.reason:
+            key = re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", o.reason)[:240]
+            counts.setdefault(key, {"count": 0, "example": o.reason[:400]})["count"] += 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]["count"])[:top])
+
+
+def jain_index(values: list[float]) -> float | None:
+    """Jain's fairness index of ``values``: 1 when all are equal, 1/n when one class gets everything."""
+    if not values or not any(values):
+        return None
+    return round(sum(values) ** 2 / (len(values) * sum(v * v for v in values)), 4)
 
 
 @dataclass
 class Run:
-    """What one setup did over the trace."""
+    """What one setup did over the trace at one load level."""
 
     name: str
+    level: float
     outcomes: list[Outcome] = field(default_factory=list)
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, workers, replicas)
     started_wall: float = 0.0  # time.time() when the trace clock started
     decisions: list[dict] = field(default_factory=list)  # the autoscaler's, with trace time t_s
+    estimates: dict = field(default_factory=dict)  # the engine's estimate correction and its error, at the end
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, outcome: Outcome) -> None:
         with self.lock:
             self.outcomes.append(outcome)
 
-    def summary(self, duration: float, prices: dict[str, float]) -> dict:
-        done = [o for o in self.outcomes if o.accuracy is not None]
+    def summary(self, duration: float, prices: dict[str, float], infeasible: set[str]) -> dict:
         per_core_s = prices["cpu-core"] / 3600.0
         worker_core_s = sum(w * WORKER_CORES * SAMPLE_S for _t, w, _r in self.samples)
-        latencies = np.array([o.latency_ms for o in self.outcomes]) if self.outcomes else np.zeros(1)
-        by_class = {}
-        for name in sorted({o.cls for o in self.outcomes}):
-            group = [o for o in self.outcomes if o.cls == name]
-            by_class[name] = {
-                "queries": len(group),
-                "slo_miss_rate": round(sum(o.missed for o in group) / len(group), 4),
-                "p99_ms": round(float(np.percentile([o.latency_ms for o in group], 99)), 2),
-            }
+        feasible = [o for o in self.outcomes if o.cls not in infeasible]
+        by_class = {
+            name: {"feasible": name not in infeasible, **tally([o for o in self.outcomes if o.cls == name], duration)}
+            for name in sorted({o.cls for o in self.outcomes})
+        }
+        by_tenant = {
+            name: tally([o for o in feasible if o.tenant == name], duration)
+            for name in sorted({o.tenant for o in feasible})
+        }
+        class_share = {c: v["in_time"] / v["queries"] for c, v in by_class.items() if v["feasible"]}
+        tenant_share = {t: v["in_time"] / v["queries"] for t, v in by_tenant.items()}
         served: dict[str, int] = {}
-        for o in done:
-            served[o.variant] = served.get(o.variant, 0) + 1
-        return {
-            "queries": len(self.outcomes),
-            "answered": len(done),
-            "slo_miss_rate": round(sum(o.missed for o in self.outcomes) / max(1, len(self.outcomes)), 4),
-            "mean_accuracy": round(float(np.mean([o.accuracy for o in done])), 4) if done else None,
-            "throughput_qps": round(len(done) / duration, 2),
-            "goodput_qps": round(sum(not o.missed for o in done) / duration, 2),
-            "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        for o in self.outcomes:
+            if o.accuracy is not None:
+                served[o.variant] = served.get(o.variant, 0) + 1
+        accuracies = [o.accuracy for o in feasible if o.accuracy is not None]
+        out = {
+            "feasible": tally(feasible, duration),
+            "infeasible": tally([o for o in self.outcomes if o.cls in infeasible], duration),
+            "mean_accuracy": round(float(np.mean(accuracies)), 4) if accuracies else None,
             "worker_core_seconds": round(worker_core_s, 1),
             "cost_usd": round(worker_core_s * per_core_s, 6),
             "max_workers": max((w for _t, w, _r in self.samples), default=0),
             "max_replicas": max((r for _t, _w, r in self.samples), default=0),
+            "fairness": {
+                "in_time_share_by_class": {c: round(v, 4) for c, v in class_share.items()},
+                "jain_index_classes": jain_index(list(class_share.values())),
+                "in_time_share_by_tenant": {t: round(v, 4) for t, v in tenant_share.items()},
+                "jain_index_tenants": jain_index(list(tenant_share.values())),
+            },
             "by_class": by_class,
+            "by_tenant": by_tenant,
             "served_by": dict(sorted(served.items(), key=lambda kv: -kv[1])),
         }
+        if self.estimates:
+            out["estimates"] = self.estimates
+        if self.decisions:
+            by_action: dict[str, int] = {}
+            for d in self.decisions:
+                by_action[d["action"]] = by_action.get(d["action"], 0) + 1
+            out["decisions_by_action"] = dict(sorted(by_action.items()))
+            out["decisions"] = self.decisions
+        return out
 
 
 def replay(
     trace: list[Arrival],
     inputs: np.ndarray,
-    serve: Callable[[Arrival, np.ndarray, float], tuple[str, float | None]],
+    serve: Serve,
     run: Run,
     sample: Callable[[], tuple[int, int]],
-    threads: int = 48,
+    threads: int = CLIENT_THREADS,
 ) -> None:
     """Open loop: submit each query at its scheduled time whatever the backlog; latency from the schedule."""
     stop = threading.Event()
@@ -231,23 +325,29 @@ def replay(
             stop.wait(SAMPLE_S)
 
     def one(arrival: Arrival) -> None:
+        cls = arrival.cls
         scheduled = start + arrival.at_s
         waited = time.perf_counter() - scheduled
-        if waited * 1000.0 > arrival.cls.budget_ms:
+        if waited * 1000.0 > cls.budget_ms:
             # Every client thread was stuck behind a backlog until past this query's budget: the client
             # gives up without sending it (a miss), as a real one with a timeout would.
-            run.add(Outcome(arrival.at_s, arrival.cls.name, waited * 1000.0, True, None, "timed-out"))
+            run.add(Outcome(arrival.at_s, cls.name, arrival.who, waited * 1000.0, "timed-out", None, "timed-out"))
             return
-        deadline = time.monotonic() + (scheduled + arrival.cls.budget_ms / 1000.0 - time.perf_counter())
+        deadline = time.monotonic() + (scheduled + cls.budget_ms / 1000.0 - time.perf_counter())
+        retry_after, reason = False, ""
         try:
-            rows = inputs[arrival.sample : arrival.sample + arrival.cls.rows]
+            rows = inputs[arrival.sample : arrival.sample + cls.rows]
             variant, accuracy = serve(arrival, rows, deadline)
+        except Infeasible as exc:  # the 503: nothing ran
+            variant, accuracy, status = "rejected", None, "rejected"
+            retry_after, reason = "Retry-After" in exc.headers, str(exc)
         except Exception as exc:  # a failed query is a missed one
             log.debug("query failed: %s", exc)
-            variant, accuracy = "error", None
+            variant, accuracy, status, reason = "error", None, "failed", f"{type(exc).__name__}: {exc}"
         latency = (time.perf_counter() - scheduled) * 1000.0
-        missed = accuracy is None or latency > arrival.cls.budget_ms or accuracy < arrival.cls.floor
-        run.add(Outcome(arrival.at_s, arrival.cls.name, latency, missed, accuracy, variant))
+        if accuracy is not None:
+            status = "late" if latency > cls.budget_ms else "below-floor" if accuracy < cls.floor else "ok"
+        run.add(Outcome(arrival.at_s, cls.name, arrival.who, latency, status, accuracy, variant, retry_after, reason))
 
     watcher = threading.Thread(target=sampler, daemon=True)
     watcher.start()
@@ -310,23 +410,133 @@ def ready_variants(services: Services) -> list[VariantInfo]:
     return [v for _m, v in services.metadata.ready_variants() if v.accuracy is not None]
 
 
-def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, config: PolicyConfig) -> Run:
-    """Setup (a): the engine picks a variant per query; both autoscalers run."""
-    services.start_serving()
+def engine_serve(services: Services) -> Serve:
+    """Setup (a)'s client call: the remaining budget, the class's floor and ``on_infeasible``, the class as tenant."""
     engine = services.engine
-    provider = InProcessProvider(
-        services.store, engine.live, memory_budget_mb=WORKER_MEMORY_MB, cores=WORKER_CORES, heartbeat_s=0.25
-    )
-    scaler = Autoscaler(services, provider=provider, config=config, stats_window_s=3.0)
     accuracy = {v.key: v.accuracy for v in ready_variants(services)}
-    run = Run("infaas")
 
     def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+        cls = arrival.cls
         remaining_ms = max(0.1, (deadline - time.monotonic()) * 1000.0)
-        requirements = Requirements(task=TASK, latency_ms=remaining_ms, min_accuracy=arrival.cls.floor)
-        how = engine.infer(Query(requirements, {"input": x}, tenant=arrival.cls.name)).served_by
+        requirements = Requirements(
+            task=TASK, latency_ms=remaining_ms, min_accuracy=cls.floor, on_infeasible=cls.on_infeasible
+        )
+        how = engine.infer(Query(requirements, {"input": x}, tenant=arrival.who)).served_by
         key = f"{how.model}/{how.variant}"
         return key, accuracy.get(key)
+
+    return serve
+
+
+def find_infeasible(serve: Serve, classes: list[QueryClass], inputs: np.ndarray, tries: int = 3) -> dict[str, str]:
+    """The classes whose need no placement meets on the idle system: each asked ``tries`` times with
+    ``on_infeasible: "reject"`` and a generous head start; infeasible only if every try was refused."""
+    out: dict[str, str] = {}
+    for cls in classes:
+        probe = Arrival(0.0, QueryClass(cls.name, cls.share, cls.budget_ms, cls.floor, cls.rows, "reject"), 0)
+        refusals = []
+        for _ in range(tries):
+            try:
+                serve(probe, inputs[: cls.rows], time.monotonic() + cls.budget_ms / 1000.0)
+            except (Infeasible, AccuracyUnavailable) as exc:
+                refusals.append(str(exc))
+            time.sleep(0.05)
+        if len(refusals) == tries:
+            out[cls.name] = refusals[-1]
+    return out
+
+
+def calibrate(
+    serve: Serve, classes: list[QueryClass], inputs: np.ndarray, *, clients: int, window_s: float, repeats: int
+) -> dict:
+    """Capacity of the deployment the trace starts from, in queries/s of the trace's (feasible) class mix.
+
+    ``clients`` closed-loop clients send back to back (every class served best effort, so a rejection never
+    passes for throughput) for one warm-up window and then ``repeats`` windows of ``window_s``; the capacity
+    is the median of the windows' completed queries/s. The windows' rates, p99s and spread are kept: on a
+    shared two-core machine one window can be 30% off its neighbours.
+    """
+    mix = [QueryClass(c.name, c.share, c.budget_ms, c.floor, c.rows, "best_effort") for c in classes]
+    weights = [c.share for c in mix]
+    stop = threading.Event()
+    done: list[tuple[float, float, str]] = []  # (finished at, latency ms, variant)
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            cls = rng.choices(mix, weights)[0]
+            arrival = Arrival(0.0, cls, rng.randrange(len(inputs) - cls.rows))
+            began = time.perf_counter()
+            try:
+                variant, _accuracy = serve(
+                    arrival, inputs[arrival.sample : arrival.sample + cls.rows], time.monotonic() + cls.budget_ms / 1e3
+                )
+            except Exception:
+                log.debug("calibration query failed", exc_info=True)
+                continue
+            finished = time.perf_counter()
+            with lock:
+                done.append((finished, (finished - began) * 1000.0, variant))
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(window_s * (repeats + 1))
+    stop.set()
+    for t in threads:
+        t.join(30)
+    windows = []
+    for k in range(1, repeats + 1):  # window 0 is the warm-up
+        lo, hi = began + k * window_s, began + (k + 1) * window_s
+        latencies = [lat for at, lat, _v in done if lo <= at < hi]
+        served: dict[str, int] = {}
+        for at, _lat, variant in done:
+            if lo <= at < hi:
+                served[variant] = served.get(variant, 0) + 1
+        windows.append({"qps": round(len(latencies) / window_s, 1), "p99_ms": _p99(latencies), "served_by": served})
+    rates = sorted(w["qps"] for w in windows)
+    median = float(np.median(rates))
+    return {
+        "method": f"{clients} closed-loop clients, the feasible class mix served best effort, autoscaler off, "
+        f"{repeats} windows of {window_s:g} s after a warm-up window; capacity = median",
+        "windows": windows,
+        "capacity_qps": round(median, 1),
+        "min_qps": rates[0],
+        "max_qps": rates[-1],
+        "spread_over_median": round((rates[-1] - rates[0]) / median, 3) if median else None,
+        "iqr_over_median": round(float(np.subtract(*np.percentile(rates, [75, 25]))) / median, 3) if median else None,
+    }
+
+
+def _p99(values: list[float]) -> float | None:
+    return round(float(np.percentile(values, 99)), 2) if values else None
+
+
+def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, config: PolicyConfig, level: float) -> Run:
+    """Setup (a): the engine picks a variant per query; both autoscalers run.
+
+    Each level starts from the same state: the front-end's worker, emptied (every instance unloaded) and started
+    again, and the engine's estimate correction fresh, as in a restarted front-end. Without the fresh start, the
+    correction learnt during the capacity measurement (which saturates the machine on purpose) or the previous
+    level's spike would decide the next level's first few hundred queries: its serving-path overhead, learnt at
+    76 ms there, made every 10 ms query of the next (0.7×) level infeasible.
+    """
+    services.start_serving()
+    engine = services.engine
+    engine.calibration = Calibration()
+    provider = InProcessProvider(
+        services.store,
+        engine.live,
+        memory_budget_mb=WORKER_MEMORY_MB,
+        cores=WORKER_CORES,
+        heartbeat_s=0.25,
+        prefix=f"inproc-x{level:g}",
+    )
+    scaler = Autoscaler(services, provider=provider, config=config, stats_window_s=3.0)
+    serve = engine_serve(services)
+    run = Run("infaas", level)
 
     def sample() -> tuple[int, int]:
         return len(engine.live.workers()), sum(i.replicas for i in engine.live.instances())
@@ -337,8 +547,10 @@ def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, con
     try:
         replay(trace, inputs, serve, run, sample)
     finally:
-        scaler.stop()
-        engine.workers.stop()  # the next setups run their own workers
+        scaler.stop()  # stops the workers it started
+        engine.workers.stop()  # the next run starts from an empty front-end worker
+    report = engine.calibration.report()
+    run.estimates = {k: v for k, v in report.items() if k != "factors"}  # per placement: too many to keep
     run.decisions = [
         {
             "t_s": round(_utc(d.at).timestamp() - run.started_wall, 2),
@@ -350,7 +562,7 @@ def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, con
             "reason": d.reason,
         }
         for d in reversed(services.metadata.list_decisions(limit=1000))
-        if _utc(d.at).timestamp() >= scaler_started  # not an earlier run's, when --home is reused
+        if _utc(d.at).timestamp() >= scaler_started  # not an earlier run's
     ]
     return run
 
@@ -360,7 +572,14 @@ def _utc(at: datetime) -> datetime:
 
 
 def run_fixed(
-    name: str, services: Services, variant: VariantInfo, workers: int, replicas: int, trace: list[Arrival], inputs
+    name: str,
+    services: Services,
+    variant: VariantInfo,
+    workers: int,
+    replicas: int,
+    trace: list[Arrival],
+    inputs: np.ndarray,
+    level: float,
 ) -> Run:
     """Setups (b) and (c): one variant for every query, ``replicas`` spread over ``workers``, no autoscaling."""
     live = MemoryLiveState()  # private: no selector and no autoscaler read it
@@ -375,7 +594,7 @@ def run_fixed(
         pool[i % workers].add_replica(variant)
     outstanding = [0] * workers
     lock = threading.Lock()
-    run = Run(name)
+    run = Run(name, level)
 
     def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
         with lock:  # least-outstanding balancing, as a load balancer in front of fixed replicas would do
@@ -397,7 +616,7 @@ def run_fixed(
     return run
 
 
-def _warm(serve: Callable[[Arrival, np.ndarray, float], tuple[str, float | None]], trace, inputs) -> None:
+def _warm(serve: Serve, trace: list[Arrival], inputs: np.ndarray) -> None:
     """Load what each query class uses before the clock starts (cold loads are not the point here)."""
     seen = {a.cls.name: a for a in trace}
     for arrival in seen.values():
@@ -411,57 +630,56 @@ def _warm(serve: Callable[[Arrival, np.ndarray, float], tuple[str, float | None]
 # ------------------------------------------------------------------------------------------ reporting
 
 
-def plot(runs: list[Run], trace: list[Arrival], duration: float, path: Path) -> None:
+def plot(report: dict, path: Path) -> None:
+    """Misses (and rejections, stacked and hatched) per class per load level for infaas, then the feasible
+    queries' miss rate and cost of every setup per level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bins = np.arange(0, math.ceil(duration) + 1)
-    fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
-    counts, _ = np.histogram([a.at_s for a in trace], bins=bins)
-    axes[0].step(bins[:-1], counts, where="post", color="black")
-    axes[0].set_ylabel("offered load (qps)")
-    for run in runs:
-        t = [s[0] for s in run.samples]
-        axes[1].step(t, [s[2] for s in run.samples], where="post", label=f"{run.name} replicas")
-        axes[1].step(t, [s[1] for s in run.samples], where="post", linestyle="--", label=f"{run.name} workers")
-        p99 = []
-        for lo in bins[:-1]:
-            window = [o.latency_ms for o in run.outcomes if lo <= o.at_s < lo + 1]
-            p99.append(np.percentile(window, 99) if window else np.nan)
-        axes[2].plot(bins[:-1] + 0.5, p99, label=run.name)
-    colours = {
-        "add_replica": "tab:green",
-        "place": "tab:olive",
-        "upgrade": "tab:purple",
-        "add_worker": "tab:red",
-        "worker_started": "tab:pink",
-        "remove_replica": "tab:cyan",
-        "downgrade": "tab:brown",
-        "unload": "tab:gray",
-        "drain_worker": "tab:blue",
-        "remove_worker": "navy",
-        "undrain": "tab:orange",
-    }
-    labelled: set[str] = set()
-    for run in runs:
-        for d in run.decisions:
-            colour = colours.get(d["action"], "black")
-            for ax in axes:
-                ax.axvline(d["t_s"], color=colour, linestyle=":", linewidth=1.0, alpha=0.8)
-            if d["action"] not in labelled:
-                labelled.add(d["action"])
-                axes[0].plot([], [], color=colour, linestyle=":", label=f"{run.name}: {d['action']}")
-    if labelled:
-        axes[0].legend(fontsize=7, ncol=3, title="autoscaler decisions", title_fontsize=7)
-    axes[1].set_ylabel("replicas / workers")
-    axes[1].legend(fontsize=7, ncol=3)
-    axes[2].set_yscale("log")
-    axes[2].set_ylabel("p99 latency (ms), 1 s bins")
-    axes[2].set_xlabel("trace time (s)")
-    axes[2].legend(fontsize=8)
-    fig.suptitle("bursty open-loop trace: infaas vs fixed deployments")
+    levels = list(report["levels"])
+    classes = [c["name"] for c in report["trace"]["classes"]]
+    infeasible = set(report["infeasible_classes"])
+    fig, axes = plt.subplots(2, 1, figsize=(10, 8))
+    width = 0.8 / len(classes)
+    colours = plt.get_cmap("tab10")
+    for j, name in enumerate(classes):
+        missed, rejected = [], []
+        for level in levels:
+            row = report["levels"][level]["setups"].get("infaas", {}).get("by_class", {}).get(name, {})
+            missed.append(100.0 * row.get("miss_rate", 0.0))
+            rejected.append(100.0 * row.get("reject_rate", 0.0))
+        x = np.arange(len(levels)) + (j - (len(classes) - 1) / 2) * width
+        label = f"{name} (infeasible)" if name in infeasible else name
+        axes[0].bar(x, missed, width, color=colours(j), label=f"{label}: missed")
+        axes[0].bar(
+            x, rejected, width, bottom=missed, color=colours(j), alpha=0.35, hatch="//", label=f"{label}: rejected"
+        )
+    axes[0].set_xticks(np.arange(len(levels)), [f"{level}× capacity" for level in levels])
+    axes[0].set_ylabel("% of the class's queries")
+    axes[0].set_title("infaas: missed (solid) and rejected with 503 (hatched), per class and load level")
+    axes[0].legend(fontsize=7, ncol=len(classes))
+    setups = sorted({s for level in levels for s in report["levels"][level]["setups"]})
+    width = 0.8 / len(setups)
+    for j, name in enumerate(setups):
+        rates, costs = [], []
+        for level in levels:
+            summary = report["levels"][level]["setups"].get(name)
+            rates.append(100.0 * summary["feasible"]["miss_rate"] if summary else np.nan)
+            costs.append(summary["cost_usd"] if summary else np.nan)
+        x = np.arange(len(levels)) + (j - (len(setups) - 1) / 2) * width
+        bars = axes[1].bar(x, rates, width, color=colours(j), label=name)
+        for bar, cost in zip(bars, costs, strict=True):
+            if not np.isnan(cost):
+                axes[1].annotate(
+                    f"${cost:.4f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", fontsize=7
+                )
+    axes[1].set_xticks(np.arange(len(levels)), [f"{level}× capacity" for level in levels])
+    axes[1].set_ylabel("% of feasible queries missed")
+    axes[1].set_title("every setup: feasible queries missed (bar) and cost (label)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"bursty open-loop trace at calibrated load (capacity {report['calibration']['capacity_qps']} q/s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -470,17 +688,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", type=Path, default=Path(tempfile.gettempdir()) / "infaas-zoo")
     parser.add_argument("--quick-zoo", action="store_true", help="train the zoo briefly if it must be built")
-    parser.add_argument("--duration", type=float, default=120.0, help="trace length, seconds")
-    rate_unit = "in queries/s one core serves with the accurate class's best variant (per profile)"
-    parser.add_argument("--base", type=float, default=0.35, help=f"base rate, {rate_unit}")
-    parser.add_argument("--step", type=float, default=0.8, help=f"rate after the step up, {rate_unit}")
-    parser.add_argument("--spike", type=float, default=1.9, help=f"rate during the spike, {rate_unit}")
+    parser.add_argument("--duration", type=float, default=60.0, help="trace length per run, seconds")
+    parser.add_argument(
+        "--levels", type=float, nargs="+", default=list(LEVELS), help="load levels: spike rate / calibrated capacity"
+    )
+    parser.add_argument("--base", type=float, default=0.2, help="base rate, as a fraction of the spike's")
+    parser.add_argument("--step", type=float, default=0.45, help="rate after the step up, as a fraction of the spike's")
     parser.add_argument("--spike-from", type=float, default=0.45, help="spike start, fraction of the trace")
     parser.add_argument("--spike-to", type=float, default=0.6, help="spike end, fraction of the trace")
     parser.add_argument(
-        "--burst-class", choices=["tight", "cheap", "accurate"], help="the spike's extra queries are all of this class"
+        "--burst-class",
+        default="accurate",
+        help="one more infaas run, at --burst-level, whose spike's extra queries all come from one tenant of this "
+        "class (tight, cheap, accurate); empty: none",
     )
+    parser.add_argument("--burst-level", type=float, default=max(LEVELS), help="load level of the burst run")
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds the spike takes to build up")
+    parser.add_argument("--calibrate-clients", type=int, default=2 * WORKER_CORES)
+    parser.add_argument("--calibrate-window", type=float, default=3.0, help="seconds per calibration window")
+    parser.add_argument("--calibrate-repeats", type=int, default=7, help="calibration windows (at least 5)")
     parser.add_argument(
         "--util-scale",
         type=float,
@@ -492,10 +718,10 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument(
-        "--only", choices=["infaas", "fixed-accurate", "fixed-peak"], action="append", help="run only these setups"
-    )
+    parser.add_argument("--only", choices=SETUPS, action="append", help="run only these setups")
     args = parser.parse_args()
+    if args.calibrate_repeats < 5:
+        parser.error("--calibrate-repeats must be at least 5: one window is not a measurement")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("infaas").setLevel(logging.WARNING)
 
@@ -505,6 +731,7 @@ def main() -> None:
         build_zoo(args.zoo, quick=args.quick_zoo)
     zoo = load_zoo(args.zoo)
     inputs = np.load(zoo[0].validation_path)["inputs"].astype(np.float32)
+    load_at_start = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="infaas-trace-") as scratch:
         services = prepare(args.zoo, args.home or Path(scratch))
@@ -531,36 +758,18 @@ def main() -> None:
                 (v for v in by_model[top_model] if (v.accuracy or 0.0) >= high_floor),
                 key=lambda v: ProfileCurve.of(v).service_ms(ROWS),
             )
+            # tight asks for a 503 rather than a late answer (an interactive caller with a fallback);
+            # strict asks for an accuracy only a model too slow for its budget has: infeasible on any
+            # deployment of this machine, so infaas should refuse it at once and run nothing.
             classes = [
-                QueryClass("tight", 0.25, 10.0, 0.9, ROWS),
+                QueryClass("tight", 0.25, 10.0, 0.9, ROWS, "reject"),
                 QueryClass("cheap", 0.25, 50.0, 0.0, ROWS),
-                QueryClass("accurate", 0.5, ACCURATE_BUDGET_MS, high_floor, ROWS),
+                QueryClass("accurate", 0.45, ACCURATE_BUDGET_MS, high_floor, ROWS),
             ]
-            # Rates are set in units of what one core serves of the top model's best variant (queries of
-            # ROWS rows per second, from its profile), so the trace means the same on a fast and on a slow
-            # machine: a spike past 1 needs a second replica, on a second core.
-            unit_qps = (
-                max(
-                    max(p.throughput_per_s for p in v.profiles) / max(1, v.threads or WORKER_CORES)
-                    for v in by_model[top_model]
-                    if (v.accuracy or 0.0) >= high_floor
-                )
-                / ROWS
-            )
-            rates = {"base": args.base * unit_qps, "step": args.step * unit_qps, "spike": args.spike * unit_qps}
-            shape = Shape(
-                args.duration,
-                rates["base"],
-                rates["step"],
-                rates["spike"],
-                args.spike_from,
-                args.spike_to,
-                args.burst_class,
-                args.ramp,
-            )
-            trace = make_trace(classes, shape, len(inputs), args.seed)
-            log.info("trace: %d queries over %.0f s; classes %s", len(trace), args.duration, classes)
-
+            too_slow = [v.accuracy or 0.0 for m, vs in by_model.items() if m not in feasible for v in vs]
+            if too_slow and max(too_slow) > (ranked[0].accuracy or 0.0):
+                strict_floor = round((max(too_slow) + (ranked[0].accuracy or 0.0)) / 2, 4)
+                classes.append(QueryClass("strict", 0.05, ACCURATE_BUDGET_MS, strict_floor, ROWS, "reject"))
             # Among the models that can serve the accurate class at all; ties (INT8 often keeps the
             # accuracy) go to the variant as registered (cpu-fp32): what a deployment without a variant
             # generator would serve.
@@ -588,39 +797,106 @@ def main() -> None:
                 vm_down_after_up_s=10.0,
                 drain_timeout_s=10.0,
             )
-            peak_rows = rates["spike"] * ROWS
-            peak_replicas = max(1, math.ceil(peak_rows / (profile.throughput_per_s * config.target_utilization)))
-            per_worker = max(1, WORKER_CORES // max(1, top_fast.threads or WORKER_CORES))
-            peak_workers = math.ceil(peak_replicas / per_worker)
 
-            setups = {
-                "infaas": lambda: run_infaas(services, trace, inputs, config),
-                "fixed-accurate": lambda: run_fixed("fixed-accurate", services, most_accurate, 1, 1, trace, inputs),
-                "fixed-peak": lambda: run_fixed(
-                    "fixed-peak", services, top_fast, peak_workers, peak_replicas, trace, inputs
-                ),
-            }
-            runs = [run() for name, run in setups.items() if not args.only or name in args.only]
+            # Which classes no placement can serve, then the capacity, both on the deployment every run starts
+            # from (the front-end's worker, warmed, autoscaler off).
+            services.start_serving()
+            serve = engine_serve(services)
+            _warm(serve, [Arrival(0.0, c, 0) for c in classes], inputs)
+            infeasible = find_infeasible(serve, classes, inputs)
+            log.info("infeasible on the idle system: %s", infeasible or "none")
+            calibration = calibrate(
+                serve,
+                [c for c in classes if c.name not in infeasible],
+                inputs,
+                clients=args.calibrate_clients,
+                window_s=args.calibrate_window,
+                repeats=args.calibrate_repeats,
+            )
+            services.engine.workers.stop()
+            capacity = calibration["capacity_qps"]
+            log.info("calibrated capacity %.1f q/s (windows %s)", capacity, [w["qps"] for w in calibration["windows"]])
+
+            def shape_at(level: float, burst_class: str | None = None) -> Shape:
+                spike = level * capacity
+                return Shape(
+                    args.duration,
+                    args.base * spike,
+                    args.step * spike,
+                    spike,
+                    args.spike_from,
+                    args.spike_to,
+                    burst_class,
+                    args.ramp,
+                )
+
+            levels: dict[str, dict] = {}
+            for level in args.levels:
+                shape = shape_at(level)
+                spike = shape.spike
+                rates = {"base": shape.base, "step": shape.step, "spike": spike}
+                trace = make_trace(classes, shape, len(inputs), args.seed)
+                log.info("level %g: %d queries over %.0f s (spike %.0f q/s)", level, len(trace), args.duration, spike)
+                peak_rows = spike * ROWS
+                peak_replicas = max(1, math.ceil(peak_rows / (profile.throughput_per_s * config.target_utilization)))
+                per_worker = max(1, WORKER_CORES // max(1, top_fast.threads or WORKER_CORES))
+                peak_workers = math.ceil(peak_replicas / per_worker)
+                level_runs = []
+                for name in SETUPS:
+                    if args.only and name not in args.only:
+                        continue
+                    if name == "infaas":
+                        level_runs.append(run_infaas(services, trace, inputs, config, level))
+                    elif name == "fixed-accurate":
+                        level_runs.append(run_fixed(name, services, most_accurate, 1, 1, trace, inputs, level))
+                    else:
+                        level_runs.append(
+                            run_fixed(name, services, top_fast, peak_workers, peak_replicas, trace, inputs, level)
+                        )
+                levels[f"{level:g}"] = {
+                    "rates_qps": {k: round(v, 1) for k, v in rates.items()},
+                    "queries": len(trace),
+                    "queries_by_class": {c.name: sum(a.cls is c for a in trace) for c in classes},
+                    "fixed_peak": f"{top_fast.key}, {peak_replicas} replicas on {peak_workers} worker(s)",
+                    "setups": {r.name: r.summary(args.duration, prices_of(), set(infeasible)) for r in level_runs},
+                }
+            burst: dict = {}
+            if args.burst_class and (not args.only or "infaas" in args.only):
+                # Fairness across tenants: the same spike, but its extra queries all come from one tenant of one
+                # class; the steady tenants' share of queries in time should not fall with it.
+                shape = shape_at(args.burst_level, args.burst_class)
+                trace = make_trace(classes, shape, len(inputs), args.seed)
+                run = run_infaas(services, trace, inputs, config, args.burst_level)
+                burst = {
+                    "level": args.burst_level,
+                    "burst_class": args.burst_class,
+                    "rates_qps": {
+                        "base": round(shape.base, 1),
+                        "step": round(shape.step, 1),
+                        "spike": round(shape.spike, 1),
+                    },
+                    "queries_by_tenant": {t: sum(a.who == t for a in trace) for t in sorted({a.who for a in trace})},
+                    "infaas": run.summary(args.duration, prices_of(), set(infeasible)),
+                }
         finally:
             services.close()
 
-    prices = dict(Settings().prices)
     report = {
         "what_is_real": __doc__.split("What is simulated")[0].split("What is real: ")[1].strip(),
         "what_is_simulated": "What is simulated" + __doc__.split("What is simulated")[1].split("Setups")[0].rstrip(),
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start]},
+        "calibration": calibration,
         "trace": {
             "duration_s": args.duration,
-            "rates_qps": {k: round(v, 1) for k, v in rates.items()},
-            "rates_in_cores_of_the_accurate_variant": {"base": args.base, "step": args.step, "spike": args.spike},
-            "one_core_qps": round(unit_qps, 1),
+            "levels": args.levels,
+            "shape": {"base": args.base, "step": args.step, "spike": 1.0, "unit": "fraction of the spike rate"},
             "spike_window_s": [args.spike_from * args.duration, args.spike_to * args.duration],
-            "burst_class": args.burst_class,
             "spike_ramp_s": args.ramp,
-            "queries": len(trace),
             "classes": [asdict(c) for c in classes],
             "seed": args.seed,
             "models_too_slow_for_the_accurate_budget": sorted(set(by_model) - set(feasible)),
         },
+        "infeasible_classes": infeasible,
         "variants": {
             v.key: {
                 "accuracy": v.accuracy,
@@ -632,45 +908,45 @@ def main() -> None:
             for v in sorted(variants, key=lambda v: v.key)
         },
         "setups": {
-            "infaas": {"description": "per-query selection, model- and VM-level autoscalers on"},
-            "fixed-accurate": {"description": f"{most_accurate.key}, 1 replica, 1 worker"},
-            "fixed-peak": {
-                "description": f"{top_fast.key} (fastest meeting floor {high_floor}), {peak_replicas} replicas on "
-                f"{peak_workers} worker(s), sized for the {rates['spike']:.0f} qps × {ROWS} rows peak at "
-                f"{config.target_utilization:.0%} of its profiled {profile.throughput_per_s:.0f} rows/s"
-            },
+            "infaas": "per-query selection, model- and VM-level autoscalers on",
+            "fixed-accurate": f"{most_accurate.key}, 1 replica, 1 worker",
+            "fixed-peak": f"{top_fast.key} (fastest meeting floor {high_floor}), replicas for the level's spike at "
+            f"{config.target_utilization:.0%} of its profiled {profile.throughput_per_s:.0f} rows/s",
         },
+        "levels": levels,
+        "burst": burst,
         "policy": {
             k: getattr(config, k)
             for k in ("high_utilization", "target_utilization", "low_utilization", "up_periods", "down_periods")
         },
-        "prices": prices,
+        "prices": prices_of(),
         "worker_cores": WORKER_CORES,
     }
-    for run in runs:
-        report["setups"][run.name].update(run.summary(args.duration, prices))
-    for run in runs:
-        if run.name == "infaas":
-            by_action: dict[str, int] = {}
-            for d in run.decisions:
-                by_action[d["action"]] = by_action.get(d["action"], 0) + 1
-            report["setups"]["infaas"]["decisions_by_action"] = dict(sorted(by_action.items()))
-            report["setups"]["infaas"]["decisions"] = run.decisions
-    report["setups"] = {k: v for k, v in report["setups"].items() if "queries" in v}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "trace.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(runs, trace, args.duration, args.out / "trace.png")
-    for run in runs:
-        s = report["setups"][run.name]
+    plot(report, args.out / "trace.png")
+    print(
+        f"capacity {capacity} q/s (windows {[w['qps'] for w in calibration['windows']]}); infeasible {list(infeasible)}"
+    )
+    for level, row in levels.items():
+        for name, s in row["setups"].items():
+            by_class = {c: (v["miss_rate"], v["reject_rate"]) for c, v in s["by_class"].items()}
+            print(
+                f"{level:>4}× {name:15s} feasible: miss {s['feasible']['miss_rate']:.2%} rejected "
+                f"{s['feasible']['reject_rate']:.2%}  cost ${s['cost_usd']:.6f}  "
+                f"jain {s['fairness']['jain_index_classes']}  (miss, reject) by class {by_class}  "
+                f"decisions {s.get('decisions_by_action')}"
+            )
+    if burst:
+        fairness = burst["infaas"]["fairness"]
         print(
-            f"{run.name:15s} by class { {c: v['slo_miss_rate'] for c, v in s['by_class'].items()} }  "
-            f"decisions {s.get('decisions_by_action')}"
+            f"burst of {args.burst_class} at {args.burst_level}×: "
+            f"in time by tenant {fairness['in_time_share_by_tenant']}"
         )
-        print(
-            f"{run.name:15s} miss {s['slo_miss_rate']:.2%}  acc {s['mean_accuracy']}  thr {s['throughput_qps']}/s  "
-            f"p99 {s['p99_ms']} ms  cost ${s['cost_usd']:.6f}  max workers {s['max_workers']} "
-            f"replicas {s['max_replicas']}"
-        )
+
+
+def prices_of() -> dict[str, float]:
+    return dict(Settings().prices)
 
 
 if __name__ == "__main__":

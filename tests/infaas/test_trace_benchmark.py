@@ -1,0 +1,164 @@
+"""The trace benchmark's bookkeeping (``benchmarks/trace.py``): what it counts as missed, rejected and infeasible,
+how it calibrates the load, and who sends a burst. The replay itself runs against fake clients here; the
+benchmark's numbers come from running it (``python -m benchmarks.trace``), never from a test."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import trace
+from benchmarks.trace import Arrival, Outcome, QueryClass, Run, Shape
+from infaas.selector import Achievable, Infeasible
+
+BEST = Achievable(latency_ms=50.0, accuracy=0.9, cost=1e-6)
+
+
+def _outcome(status: str, cls: str = "c", retry_after: bool = False) -> Outcome:
+    accuracy = 0.9 if status in {"ok", "late", "below-floor"} else None
+    return Outcome(0.0, cls, cls, 1.0, status, accuracy, "m/v", retry_after, "why" if status == "rejected" else "")
+
+
+def test_rejections_are_counted_apart_from_misses() -> None:
+    group = [
+        *[_outcome("ok")] * 6,
+        _outcome("late"),
+        _outcome("timed-out"),
+        _outcome("rejected", retry_after=True),
+        _outcome("rejected"),
+    ]
+    counts = trace.tally(group, duration=2.0)
+    assert counts["queries"] == 10
+    assert counts["in_time"] == 6
+    assert counts["missed"] == 2  # late and timed out; the two rejections are not misses
+    assert counts["rejected"] == 2
+    assert counts["rejected_with_retry_after"] == 1
+    assert counts["miss_rate"] == pytest.approx(0.2)
+    assert counts["reject_rate"] == pytest.approx(0.2)
+    assert counts["goodput_qps"] == pytest.approx(3.0)
+    assert counts["why_not_served"] == {"why": {"count": 2, "example": "why"}}
+
+
+def test_infeasible_classes_are_kept_out_of_the_feasible_miss_rate() -> None:
+    run = Run("infaas", 1.0)
+    for o in [_outcome("ok", "a"), _outcome("late", "a"), _outcome("rejected", "strict"), _outcome("ok", "b")]:
+        run.add(o)
+    summary = run.summary(1.0, {"cpu-core": 0.048}, infeasible={"strict"})
+    assert summary["feasible"]["queries"] == 3
+    assert summary["feasible"]["missed"] == 1
+    assert summary["infeasible"] == {**summary["infeasible"], "queries": 1, "rejected": 1}
+    assert summary["by_class"]["strict"]["feasible"] is False
+    assert summary["fairness"]["in_time_share_by_class"] == {"a": 0.5, "b": 1.0}
+
+
+def test_jain_index_is_one_when_equal_and_one_over_n_when_one_gets_all() -> None:
+    assert trace.jain_index([0.7, 0.7, 0.7]) == pytest.approx(1.0)
+    assert trace.jain_index([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
+    assert trace.jain_index([]) is None
+
+
+def test_replay_sorts_each_answer_into_its_outcome() -> None:
+    classes = {
+        "ok": QueryClass("ok", 1.0, 10_000.0, 0.5, 2),
+        "late": QueryClass("late", 1.0, 20.0, 0.5, 2),
+        "low": QueryClass("low", 1.0, 10_000.0, 0.95, 2),
+        "busy": QueryClass("busy", 1.0, 10_000.0, 0.5, 2, "reject"),
+        "never": QueryClass("never", 1.0, 10_000.0, 0.5, 2, "reject"),
+        "broken": QueryClass("broken", 1.0, 10_000.0, 0.5, 2),
+    }
+
+    def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+        name = arrival.cls.name
+        if name == "late":
+            time.sleep(0.2)
+        if name == "busy":
+            raise Infeasible("latency_ms 1", BEST, retry_after_s=1.0)
+        if name == "never":
+            raise Infeasible("latency_ms 1", BEST)
+        if name == "broken":
+            raise RuntimeError("worker went away")
+        return "m/v", 0.9
+
+    run = Run("fake", 1.0)
+    arrivals = [Arrival(0.01 * i, cls, 0) for i, cls in enumerate(classes.values())]
+    trace.replay(arrivals, np.zeros((4, 1), np.float32), serve, run, lambda: (1, 1), threads=8)
+    by_class = {o.cls: o for o in run.outcomes}
+    assert by_class["ok"].status == "ok"
+    assert by_class["late"].status in {"late", "timed-out"}  # timed out if the replay itself lagged 20 ms
+    assert by_class["low"].status == "below-floor"
+    assert (by_class["busy"].status, by_class["busy"].retry_after) == ("rejected", True)
+    assert (by_class["never"].status, by_class["never"].retry_after) == ("rejected", False)
+    assert by_class["broken"].status == "failed"
+    assert "worker went away" in by_class["broken"].reason
+
+
+def test_a_burst_comes_from_its_own_tenant_and_only_during_the_spike() -> None:
+    classes = [QueryClass("cheap", 0.5, 50.0, 0.0, 1), QueryClass("accurate", 0.5, 100.0, 0.9, 1)]
+    shape = Shape(
+        duration=20.0, base=20.0, step=40.0, spike=200.0, spike_from=0.45, spike_to=0.6, burst_class="accurate"
+    )
+    arrivals = trace.make_trace(classes, shape, samples=100, seed=3)
+    burst = [a for a in arrivals if a.who == "accurate-burst"]
+    assert burst, "the spike's extra queries must come from the bursting tenant"
+    assert all(a.cls.name == "accurate" and shape.in_spike(a.at_s) for a in burst)
+    steady = [a for a in arrivals if shape.in_spike(a.at_s) and not a.tenant]
+    assert {a.cls.name for a in steady} == {"cheap", "accurate"}  # the steady traffic keeps its mix
+    assert len(burst) > len(steady)  # 160 of the spike's 200 q/s
+
+
+def test_calibration_is_the_median_of_repeated_windows() -> None:
+    classes = [QueryClass("a", 0.5, 100.0, 0.0, 1, "reject"), QueryClass("b", 0.5, 100.0, 0.0, 1)]
+    seen: set[str] = set()
+
+    def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+        seen.add(arrival.cls.on_infeasible)
+        time.sleep(0.002)
+        return f"m/{arrival.cls.name}", 1.0
+
+    result = trace.calibrate(serve, classes, np.zeros((10, 1), np.float32), clients=2, window_s=0.2, repeats=5)
+    rates = [w["qps"] for w in result["windows"]]
+    assert len(rates) == 5
+    assert result["capacity_qps"] == pytest.approx(float(np.median(rates)), abs=0.1)
+    assert result["min_qps"] == min(rates) and result["max_qps"] == max(rates)
+    assert result["capacity_qps"] > 0
+    assert seen == {"best_effort"}  # a rejection must never pass for throughput
+    assert set().union(*(w["served_by"] for w in result["windows"])) <= {"m/a", "m/b"}
+
+
+def test_a_class_is_infeasible_only_if_every_probe_was_refused() -> None:
+    classes = [QueryClass("never", 1.0, 10.0, 0.99, 1), QueryClass("once", 1.0, 10.0, 0.9, 1)]
+    calls = {"once": 0}
+
+    def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+        assert arrival.cls.on_infeasible == "reject"
+        if arrival.cls.name == "never":
+            raise Infeasible("latency_ms 10", BEST)
+        calls["once"] += 1
+        if calls["once"] == 1:
+            raise Infeasible("latency_ms 10", BEST, retry_after_s=1.0)
+        return "m/v", 0.95
+
+    infeasible = trace.find_infeasible(serve, classes, np.zeros((4, 1), np.float32))
+    assert list(infeasible) == ["never"]
+    assert "no placement meets latency_ms 10" in infeasible["never"]
+
+
+def test_the_plot_is_drawn_from_the_report(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    summary = {
+        "feasible": {"miss_rate": 0.01},
+        "cost_usd": 0.001,
+        "by_class": {"a": {"miss_rate": 0.1, "reject_rate": 0.2}},
+    }
+    report = {
+        "levels": {"0.7": {"setups": {"infaas": summary}}, "1.5": {"setups": {"infaas": summary}}},
+        "trace": {"classes": [{"name": "a"}, {"name": "b"}]},
+        "infeasible_classes": {"b": "no placement meets"},
+        "calibration": {"capacity_qps": 100.0},
+    }
+    out = tmp_path / "trace.png"
+    trace.plot(report, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
