@@ -288,6 +288,7 @@ def _reprofile_one(
             threads=threads,
             providers=variant.providers,
             status=VariantStatus.READY,
+            reason=variant.reason,  # a ready variant's notes (e.g. its INT8 share) stay
             artifact_key=artifact_key,
         )
     metadata.replace_profiles(model.name, variant.name, profiles)

@@ -22,7 +22,7 @@ from tests.factories import model_info, seed_model
 from tests.shaped_models import installed_model_file
 from variant_generator.accuracy import synthetic_set
 from variant_generator.base import BuildContext
-from variant_generator.build import build_model_variants
+from variant_generator.build import build_model_variants, reprofile_model
 from variant_generator.int8_dynamic import Int8Dynamic
 from variant_generator.int8_static import Int8Static
 from variant_generator.quantized_share import MIN_QUANTIZED_SHARE, measure
@@ -151,6 +151,10 @@ def test_the_build_records_the_skip_and_shows_the_share_on_int8_variants(service
         assert built[name].status == VariantStatus.READY, built[name].reason
         assert built[name].reason == "INT8: quantized 2 Conv, 1 MatMul = 100.0% of MACs"
     assert built["cpu-fp32"].status == VariantStatus.READY and built["cpu-fp32"].reason is None
+    services.settings.worker_cores = 3  # moved to a bigger host: "every core" re-profiles with 3 threads
+    reprofile_model(services, "cnn")
+    static = next(v for v in services.metadata.get_model("cnn").variants if v.name == "cpu-int8-static")
+    assert static.threads == 3 and static.reason == "INT8: quantized 2 Conv, 1 MatMul = 100.0% of MACs"
 
 
 def test_open_nsfw_dynamic_int8_is_skipped_and_static_int8_is_real(tmp_path: Path) -> None:
