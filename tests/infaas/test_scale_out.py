@@ -110,7 +110,7 @@ def test_remote_worker_client_serves_loads_and_reports(worker_url: tuple[str, Lo
     expected = reference_outputs(tmp_path / "mlp.onnx", x)
     result = client.infer(variant, {"x": x}, time.monotonic() + 5)  # first use: 409 need-variant, load, retry
     np.testing.assert_allclose(result.outputs["y"], expected, rtol=1e-5)
-    assert depths == [1, 0]
+    assert depths == [3, 0]  # rows outstanding (the query's 3), as the worker's own instances count them
     assert client.add_replica(variant) == 2 and client.remove_replica("m/fp32") == 1
     (status,) = client.status().instances
     assert status.variant_key == "m/fp32" and status.replicas == 1
