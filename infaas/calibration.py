@@ -41,7 +41,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -74,14 +74,11 @@ class _Quantile:
         self.count += 1
 
 
-@dataclass(frozen=True)
-class _Sample:
-    raw_error_ms: float  # actual − raw
-    corrected_error_ms: float  # actual − corrected (the correction in force when the query was observed)
-    budget_ms: float | None
+class _Sample(NamedTuple):  # a tuple: one is made per query
     raw_ms: float
-    corrected_ms: float
+    corrected_ms: float  # by the correction in force when the query was observed
     actual_ms: float
+    budget_ms: float | None
 
 
 class Calibration:
@@ -120,10 +117,7 @@ class Calibration:
         Queries that loaded a variant are not observed: their time is a one-off load the profile measured.
         """
         with self._lock:
-            corrected_ms = self.correct(key, worker, raw_ms)
-            self._samples.append(
-                _Sample(actual_ms - raw_ms, actual_ms - corrected_ms, budget_ms, raw_ms, corrected_ms, actual_ms)
-            )
+            self._samples.append(_Sample(raw_ms, self.correct(key, worker, raw_ms), actual_ms, budget_ms))
             self._observed += 1
             path_ms = actual_ms - worker_ms
             if self._overhead is None:
@@ -153,10 +147,9 @@ class Calibration:
         }
         if not samples:
             return out
-        raw_err = np.fromiter((s.raw_error_ms for s in samples), dtype=np.float64, count=len(samples))
-        cor_err = np.fromiter((s.corrected_error_ms for s in samples), dtype=np.float64, count=len(samples))
-        out["raw_error_ms"] = _percentiles(raw_err)
-        out["corrected_error_ms"] = _percentiles(cor_err)
+        raw, corrected, actual = np.array([s[:3] for s in samples], dtype=np.float64).T
+        out["raw_error_ms"] = _percentiles(actual - raw)
+        out["corrected_error_ms"] = _percentiles(actual - corrected)
         out["raw_promises"] = _promises(samples, lambda s: s.raw_ms)
         out["corrected_promises"] = _promises(samples, lambda s: s.corrected_ms)
         return out
