@@ -146,10 +146,18 @@ def provider_options(providers: Sequence[str], device: int | None) -> list[str |
 
 
 def session_options(threads: int) -> ort.SessionOptions:
-    """Options shared by serving and profiling; ``threads=0`` lets ONNX Runtime use every core."""
+    """Options shared by serving and profiling; ``threads=0`` lets ONNX Runtime use every core.
+
+    Intra-op threads do not spin-wait between runs: a worker holds many sessions on the same cores, and each
+    spinning session burns a core that the others and the Python threads handing them work need. Closed-loop
+    capacity of the example zoo's mix on two shared cores (``benchmarks/trace.py``'s calibration, paired runs):
+    spinning 169/179/754/615 q/s at 4 clients and 112/76/89 at 8, not spinning 669/762/802/966 and 342/384/130;
+    alone on the machine, not spinning costs mlp-large 256 rows +4% at p50 and saves 17% at p99.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, threads)
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
