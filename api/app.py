@@ -15,10 +15,10 @@ from api.console.throttle import SignInThrottle
 from api.early_answers import DrainBeforeClose
 from api.fast_routes import FastInferenceRoutes
 from api.limits import BodySizeLimit
-from api.routes import admin, decisions, infer, jobs, models, v2
+from api.routes import admin, decisions, infer, jobs, metrics, models, v2
 from api.schemas import ErrorOut
 from autoscaler import Autoscaler
-from infaas import __version__
+from infaas import __version__, logs, tracing
 from infaas.config import Settings, get_settings
 from infaas.services import Services, build_services
 
@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.state.services = running = services or build_services(settings)
         if not settings.auth_enabled:
             log.warning("INFAAS_ADMIN_KEY is not set: authentication is off and only localhost clients are served")
+        if settings.metrics:
+            metrics.open_metrics(app, running)
         running.start_serving()
         scaler = _start_autoscaler(running)
         try:
@@ -94,6 +96,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.add_middleware(Admission, unauthenticated_limit=settings.max_concurrent_unauthenticated)
     app.add_middleware(DrainBeforeClose, limit_bytes=int(settings.max_body_mb * 1e6))
+    app.add_middleware(logs.RequestIds)  # outermost: every line a request causes carries its id
+    tracing.instrument(app)  # server spans (around everything) when OTEL_* asks for traces
     app.include_router(models.router)
     app.include_router(infer.router)
     app.include_router(v2.router)
@@ -101,4 +105,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(console.router)
     app.include_router(jobs.router)
     app.include_router(decisions.router)
+    if settings.metrics:
+        app.include_router(metrics.router)
     return app

@@ -331,6 +331,21 @@ class Autoscaler:
     def _record(self, action: Action, outcome: str | None, *, name: str | None = None) -> None:
         # Which front-end decided, and what an upgrade or downgrade loaded: a new leader rebuilds from these.
         inputs = {**action.inputs, "front_end": self._lease.holder}
+        log.info(
+            "autoscaler %s %s: %s (%s)",
+            action.action,
+            action.target,
+            action.reason,
+            outcome or ("dry run" if self.dry_run else "pending"),
+            extra={
+                "event": "autoscaler_decision",
+                "autoscaler_level": action.level,
+                "action": name or action.action,
+                "target": action.target,
+                "outcome": outcome,
+                "dry_run": self.dry_run,
+            },
+        )
         if action.to_variant is not None:
             inputs.update(worker=action.worker, to_variant=action.to_variant)
         try:

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import signals
 
+from infaas import logs, tracing
 from infaas.config import get_settings
 from infaas.jobs.celery_runner import RUN_TASK, make_celery
 from infaas.services import Services, build_services
@@ -40,6 +41,12 @@ def worker_services() -> Services:
 app = make_celery(get_settings().broker_url)
 
 
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    """infaas's structured lines instead of Celery's own logging setup (a receiver here replaces it)."""
+    logs.setup(get_settings())
+
+
 @signals.worker_process_init.connect
 def _start_recovery(**_: Any) -> None:
     """Build the services when the process that runs tasks starts (each prefork child, or the solo worker).
@@ -49,6 +56,7 @@ def _start_recovery(**_: Any) -> None:
     reachable yet, the failure is logged and the services are built with the first task instead (a
     raise here would end the worker process and have it restarted in a loop).
     """
+    tracing.configure("infaas-jobs")  # here, after the fork: the span exporter's thread belongs to this process
     try:
         worker_services()
     except Exception:

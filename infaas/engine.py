@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from infaas import offload
+from infaas import offload, tracing
 from infaas.calibration import Calibration
 from infaas.candidates import CandidateCache
 from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
 from infaas.live_state import LiveState, QueryRecord, Rejection
+from infaas.metrics import QueryMetrics
 from infaas.selector import Candidate, Infeasible, NoWorkerAvailable, Requirements, Selection, select
 from infaas.tensors import TensorSpec, check_limits, conform_inputs
 from infaas.worker import InferResult, OutOfMemory, WorkerClient, WorkerError
@@ -77,6 +78,7 @@ class Answer:
 
     outputs: dict[str, np.ndarray]
     served_by: ServedBy
+    record: QueryRecord  # what live state recorded (the metrics read the budget and infeasibility from it)
 
 
 @dataclass(frozen=True)
@@ -112,14 +114,37 @@ class QueryEngine:
         self._max_batch = max_batch
         self._max_inputs = max_inputs
         self.calibration = Calibration()
+        self.metrics: QueryMetrics | None = None  # set by the app when INFAAS_METRICS is on; None costs nothing
 
     # -- the entry point ------------------------------------------------------------------------
-    async def serve(self, parse: Callable[[], tuple[Query, T]], body_bytes: int) -> tuple[Answer, T]:
+    async def serve(
+        self, parse: Callable[[], tuple[Query, T]], body_bytes: int, endpoint: str = "v1"
+    ) -> tuple[Answer, T]:
         """Parse, select, run and record one query; ``parse`` also returns what the adapter needs to render.
+
+        With metrics on (``infaas.metrics``), the query is counted under ``endpoint`` with its outcome,
+        failures included (a parse error is a ``client_error`` of that endpoint).
+        """
+        metrics = self.metrics
+        if metrics is None:
+            return await self._serve(parse, body_bytes)
+        try:
+            answer, context = await self._serve(parse, body_bytes)
+        except Exception as exc:
+            metrics.failed(endpoint, exc)
+            raise
+        served = answer.served_by
+        metrics.served(endpoint, answer.record, served.service_ms, served.batch)
+        return answer, context
+
+    async def _serve(self, parse: Callable[[], tuple[Query, T]], body_bytes: int) -> tuple[Answer, T]:
+        """``serve`` without the metrics.
 
         A small body is parsed and planned on the event loop, and the model runs there too when the
         chosen instance is idle and takes under ``offload.INLINE_MAX_MS``; anything else runs in the pool.
         """
+        if tracing.ENABLED:
+            return await self._serve_traced(parse, body_bytes)
         if not offload.body_is_small(body_bytes):
             return await offload.in_pool(self._parse_and_run, parse)
         query, context = parse()
@@ -132,11 +157,73 @@ class QueryEngine:
     def infer(self, query: Query) -> Answer:
         """Serve a query on the calling thread, blocking while it runs (callers already off the event loop:
         benchmarks, the trace replay, tests)."""
+        if tracing.ENABLED:
+            with tracing.tracer().start_as_current_span("query"):
+                return self._infer_traced(query)
         return self._account(*self._run(self._plan(query)))
 
     def _parse_and_run(self, parse: Callable[[], tuple[Query, T]]) -> tuple[Answer, T]:
         query, context = parse()
         return self.infer(query), context
+
+    # -- the same, in spans (only while tracing is on: ``infaas.tracing``) ------------------------
+    async def _serve_traced(self, parse: Callable[[], tuple[Query, T]], body_bytes: int) -> tuple[Answer, T]:
+        """``serve`` with a ``query`` span around ``parse``, ``select``, ``run`` (and its ``queue``) and ``account``.
+
+        ``run`` is the current span while the worker is called, in the pool too (the pool copies the context),
+        so a remote worker's spans join this trace as its children.
+        """
+        tracer = tracing.tracer()
+        with tracer.start_as_current_span("query"):
+            if not offload.body_is_small(body_bytes):
+                return await offload.in_pool(self._parse_and_infer_traced, parse)
+            with tracer.start_as_current_span("parse"):
+                query, context = parse()
+            plan = self._plan_traced(query)
+            decision = plan.decision
+            expected_ms = decision.candidate.curve.service_ms(decision.batch) if decision.loaded else float("inf")
+            with tracer.start_as_current_span("run") as span:
+                started_ns = tracing.now_ns()
+                ran = await offload.short_inline_else_pool(
+                    expected_ms, lambda: self._try_now(plan), lambda: self._run(plan)
+                )
+                self._describe_run(span, started_ns, *ran)
+            with tracer.start_as_current_span("account"):
+                return self._account(*ran), context
+
+    def _parse_and_infer_traced(self, parse: Callable[[], tuple[Query, T]]) -> tuple[Answer, T]:
+        with tracing.tracer().start_as_current_span("parse"):
+            query, context = parse()
+        return self._infer_traced(query), context
+
+    def _infer_traced(self, query: Query) -> Answer:
+        plan = self._plan_traced(query)
+        tracer = tracing.tracer()
+        with tracer.start_as_current_span("run") as span:
+            started_ns = tracing.now_ns()
+            ran = self._run(plan)
+            self._describe_run(span, started_ns, *ran)
+        with tracer.start_as_current_span("account"):
+            return self._account(*ran)
+
+    def _plan_traced(self, query: Query) -> _Dispatch:
+        with tracing.tracer().start_as_current_span("select") as span:
+            plan = self._plan(query)
+            decision = plan.decision
+            span.set_attribute("infaas.model", decision.variant.model_name)
+            span.set_attribute("infaas.variant", decision.variant.name)
+            span.set_attribute("infaas.worker", decision.worker)
+            span.set_attribute("infaas.estimated_ms", decision.estimated_ms)
+            span.set_attribute("infaas.slo_at_risk", decision.slo_at_risk)
+            return plan
+
+    @staticmethod
+    def _describe_run(span: Any, started_ns: int, plan: _Dispatch, result: InferResult) -> None:
+        span.set_attribute("infaas.variant", plan.decision.variant.key)
+        span.set_attribute("infaas.worker", plan.client.id)
+        tracing.record_run(
+            span, started_ns=started_ns, queue_ms=result.queue_ms, service_ms=result.service_ms, batch=result.batch
+        )
 
     # -- plan, run, record ----------------------------------------------------------------------
     def _plan(self, query: Query) -> _Dispatch:
@@ -238,18 +325,17 @@ class QueryEngine:
             reason=decision.reason,
         )
         shared = {name: getattr(served_by, name) for name in _RECORDED}
-        self.live.record_query(
-            QueryRecord(
-                at=time.time(),
-                tenant=plan.query.tenant,
-                batch=decision.batch,
-                latency_ms=requirements.latency_ms,
-                min_accuracy=requirements.min_accuracy,
-                max_cost=requirements.max_cost,
-                infeasible=decision.infeasible,
-                **shared,
-            )
+        record = QueryRecord(
+            at=time.time(),
+            tenant=plan.query.tenant,
+            batch=decision.batch,
+            latency_ms=requirements.latency_ms,
+            min_accuracy=requirements.min_accuracy,
+            max_cost=requirements.max_cost,
+            infeasible=decision.infeasible,
+            **shared,
         )
+        self.live.record_query(record)
         if decision.loaded:  # a load's one-off time is the profile's to measure, not a serving-path error
             self.calibration.observe(
                 decision.candidate.key,
@@ -259,7 +345,7 @@ class QueryEngine:
                 worker_ms=result.queue_ms + result.service_ms,
                 budget_ms=requirements.latency_ms,
             )
-        return Answer(result.outputs, served_by)
+        return Answer(result.outputs, served_by, record)
 
     # -- models and inputs ----------------------------------------------------------------------
     def _resolve(self, allowed: Callable[[ModelInfo], bool], model: str | None, task: str | None) -> list[ModelInfo]:

@@ -150,6 +150,13 @@ def register_model(services: Services, request: RegistrationRequest) -> ModelInf
         raise
     if build is not None and services.jobs is not None:
         services.jobs.dispatch(build.id)  # step 4
+    log.info(
+        "model %s registered (task %s, %d bytes)",
+        request.name,
+        request.task,
+        len(data),
+        extra={"event": "registration", "model": request.name, "task": request.task, "owner": request.owner},
+    )
     return replace(model, status=ModelStatus.PENDING)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from infaas import orphans, scratch
+from infaas import __version__, orphans, scratch
 from infaas.auth import KeyRing
 from infaas.candidates import CandidateCache
 from infaas.config import Settings
@@ -29,6 +29,7 @@ from infaas.jobs.periodic import Every, Periodic
 from infaas.jobs.runner import InProcessRunner, JobRunner
 from infaas.leadership import InProcessLease, Lease, RedisLease, front_end_id
 from infaas.live_state import LiveState, make_live_state
+from infaas.logs import public_config
 from infaas.metadata import MetadataStore
 from infaas.model_store import ModelStore, open_model_store
 from infaas.quotas import EventWindow, MemoryEventWindow, Quotas, RedisEventWindow
@@ -86,6 +87,7 @@ class Services:
 
 def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool = True) -> Services:
     """Open every backend named by ``settings``; apply migrations first when asked."""
+    log.info("infaas %s starting", __version__, extra={"event": "startup", "config": public_config(settings)})
     # The in-process worker's hardware first: a pinned GPU that cannot be used stops start-up before anything opens.
     hardware = detect(settings.worker_gpu) if settings.in_process_worker else None
     settings.ensure_home()
@@ -139,6 +141,7 @@ def build_worker_service(settings: Settings, worker_id: str, address: str) -> Wo
     if not settings.redis_url:
         raise ValueError("set INFAAS_REDIS_URL: front-ends find workers through the shared live state")
     hardware = detect(settings.worker_gpu)
+    log.info("infaas worker %s starting", worker_id, extra={"event": "startup", "config": public_config(settings)})
     settings.ensure_home()
     store = _model_store(settings)
     live = make_live_state(settings)

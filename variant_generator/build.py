@@ -228,6 +228,12 @@ def build_model_variants(services: Services, model_name: str) -> None:
             ctx = BuildContext(model, source, measurement.calibration, Path(tmp), services.settings.worker_cores)
             built: dict[str, Path] = {}
             statuses = {g.variant_name: _build_one(services, ctx, measurement, g, built) for g in registry.generators()}
+        log.info(
+            "model %s built: %s",
+            model_name,
+            ", ".join(f"{name} {status}" for name, status in statuses.items()),
+            extra={"event": "build", "model": model_name, "variants": statuses},
+        )
         if VariantStatus.READY in statuses.values():
             metadata.set_model_status(model_name, ModelStatus.READY)
             return

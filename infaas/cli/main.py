@@ -60,7 +60,11 @@ def serve(
     """
     import uvicorn
 
+    from infaas import logs, tracing
+
     settings = get_settings()
+    logs.setup(settings)
+    tracing.configure("infaas")
     if settings.in_process_worker and settings.worker_gpu is not None:
         _require_usable_gpu(settings.worker_gpu)
     host = host or settings.host

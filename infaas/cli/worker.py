@@ -31,10 +31,13 @@ def worker_command(
     """
     import uvicorn
 
+    from infaas import logs, tracing
     from infaas.services import build_worker_service
     from infaas.worker.server import create_worker_app
 
     settings = get_settings()
+    logs.setup(settings)
+    tracing.configure("infaas-worker")
     if gpu is not None:
         settings = settings.model_copy(update={"worker_gpu": gpu})
     address = advertise or f"http://{host}:{port}"

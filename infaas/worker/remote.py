@@ -27,6 +27,7 @@ import orjson
 import urllib3
 from urllib3.exceptions import HTTPError
 
+from infaas import tracing
 from infaas.catalog import ProfileInfo, VariantInfo
 from infaas.errors import InvalidInput
 from infaas.worker.instance import InferResult, rows_of
@@ -145,8 +146,11 @@ class RemoteWorkerClient(WorkerClient):
     def _request(
         self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"
     ) -> urllib3.BaseHTTPResponse:
+        headers = {"content-type": content_type}
+        if tracing.ENABLED:  # the worker's spans join the current trace
+            tracing.inject(headers)
         try:
-            response = self._http.urlopen(method, path, body=body, headers={"content-type": content_type})
+            response = self._http.urlopen(method, path, body=body, headers=headers)
         except HTTPError as exc:  # refused, reset, timed out, closed mid-response
             raise WorkerUnavailable(f"worker {self.id} at {self.address}: {type(exc).__name__}: {exc}") from exc
         if response.status >= 500:

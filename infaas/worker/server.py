@@ -9,6 +9,7 @@ sends the variant's description once (see ``infaas.worker.remote``).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -18,11 +19,13 @@ from dataclasses import asdict
 import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from infaas import offload
+from infaas import offload, tracing
 from infaas.catalog import VariantInfo
 from infaas.errors import InvalidInput
 from infaas.live_state.base import InstanceState, LiveState
+from infaas.metrics import WorkerCollector, WorkerGauges, free_cores
 from infaas.selector import ProfileCurve
 from infaas.worker.remote import (
     BAD_INPUT,
@@ -35,6 +38,8 @@ from infaas.worker.remote import (
     variant_from_json,
 )
 from infaas.worker.worker import LocalWorker, OutOfMemory, WorkerError
+
+log = logging.getLogger(__name__)
 
 
 class WorkerService:
@@ -54,6 +59,12 @@ class WorkerService:
     def _register(self) -> None:
         status = self.worker.status()
         self.live.register_worker(self.worker.registration(self.address))  # with its hardware and GPU
+        log.info(
+            "worker %s joined at %s",
+            self.worker.id,
+            self.address,
+            extra={"event": "worker_join", "worker": self.worker.id, "address": self.address},
+        )
         for inst in status.instances:
             self.live.set_instance(InstanceState(self.worker.id, inst.variant_key, inst.replicas, inst.memory_mb))
 
@@ -79,6 +90,27 @@ class WorkerService:
         if self._thread is not None:
             self._thread.join(5)
         self.worker.stop()
+        log.info("worker %s left", self.worker.id, extra={"event": "worker_leave", "worker": self.worker.id})
+
+    def gauges(self) -> WorkerGauges:
+        """This worker's resources for its ``GET /metrics``: what it holds, and whether live state has it draining."""
+        status = self.worker.status()
+        threads = {key: variant.threads for key, (variant, _) in list(self._variants.items())}
+        held = ((i.replicas, threads.get(i.variant_key, 0)) for i in status.instances)
+        try:
+            draining = any(w.id == status.id and w.draining for w in self.live.workers())
+        except Exception:  # Redis away for a moment: the worker's own numbers are still worth a scrape
+            draining = False
+        return WorkerGauges(
+            worker=status.id,
+            state="draining" if draining else "ready",
+            instances=len(status.instances),
+            replicas=sum(i.replicas for i in status.instances),
+            memory_used_mb=status.memory_used_mb,
+            memory_budget_mb=status.memory_budget_mb,
+            cores=status.cores,
+            free_cores=free_cores(status.cores, held),
+        )
 
     # -- variants -------------------------------------------------------------------------------
     def known(self, key: str, variant_id: int) -> tuple[VariantInfo, ProfileCurve] | None:
@@ -113,6 +145,7 @@ def create_worker_app(service: WorkerService) -> FastAPI:
             await run_in_threadpool(service.stop)
 
     app = FastAPI(title="infaas worker", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    tracing.instrument(app)  # server spans continue the front-end's traceparent (when tracing is on)
     worker = service.worker
 
     @app.get("/health")
@@ -129,6 +162,7 @@ def create_worker_app(service: WorkerService) -> FastAPI:
         if found is None:
             return Response(status_code=409, headers={"x-infaas-error": NEED_VARIANT})
         variant, curve = found
+        started_ns = tracing.now_ns() if tracing.ENABLED else 0
         remaining = meta.get("remaining_ms")
         deadline = None if remaining is None else time.monotonic() + float(remaining) / 1000.0
         # Like the front-end (one rule, ``infaas.offload``): a short run on an idle replica skips the pool.
@@ -143,6 +177,14 @@ def create_worker_app(service: WorkerService) -> FastAPI:
             raise _error(exc) from None
         except InvalidInput as exc:  # the model failed on these values: the front-end answers 400
             return Response(exc.message.encode(), status_code=400, headers={"x-infaas-error": BAD_INPUT})
+        if tracing.ENABLED:
+            tracing.worker_run(
+                started_ns=started_ns,
+                queue_ms=result.queue_ms,
+                service_ms=result.service_ms,
+                batch=result.batch,
+                variant=variant.key,
+            )
         body = encode_frame(
             {"queue_ms": result.queue_ms, "service_ms": result.service_ms, "batch": result.batch}, result.outputs
         )
@@ -184,5 +226,13 @@ def create_worker_app(service: WorkerService) -> FastAPI:
     @app.get("/status")
     def status() -> Response:
         return Response(orjson.dumps(asdict(worker.status())), media_type="application/json")
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(WorkerCollector(service.gauges))
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """This worker's instances, replicas, memory and free cores in Prometheus text format."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
