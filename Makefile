@@ -26,9 +26,11 @@ services:
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && redis-cli ping >/dev/null 2>&1 && exit 0; sleep 1; done; \
 		echo "PostgreSQL or Redis did not start" >&2; exit 1
 
-# Debian's Chromium for the console's browser tests (Playwright cannot download browsers here).
+# Debian's Chromium for the console's browser tests (Playwright cannot download browsers here), and Debian's
+# Prometheus for tests/api/test_prometheus_scrape.py (the test runs the binary itself; the service is not started).
 browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk >/dev/null)
+	@command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     console_signin_window_s: float = 60.0  # ... after which the next attempt gets 429 until the oldest ages out
     # Serve the inference routes past FastAPI's router (api/fast_routes.py); off only to measure what it gains.
     inference_fast_path: bool = True
+    # GET /metrics and the engine's per-query counters (infaas.metrics); off only to measure what they cost.
+    metrics: bool = True
 
     # Workers.
     worker_id: str | None = None

@@ -193,7 +193,7 @@ async def model_infer(request: Request) -> Response:
         )
         return Query(requirements, decoded.inputs, lambda m: can_use(principal, m), principal.tenant), decoded
 
-    answer, decoded = await services.engine.serve(parse, len(body))
+    answer, decoded = await services.engine.serve(parse, len(body), "oip")
     served = answer.served_by
     parameters = {
         "variant": f"{served.model}/{served.variant}",
