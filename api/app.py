@@ -55,8 +55,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             log.warning("INFAAS_ADMIN_KEY is not set: authentication is off and only localhost clients are served")
         if settings.metrics:
             metrics.open_metrics(app, running)
-        if settings.metrics:
-            metrics.open_metrics(app, running)
         running.start_serving()
         scaler = _start_autoscaler(running)
         try:
@@ -107,8 +105,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(console.router)
     app.include_router(jobs.router)
     app.include_router(decisions.router)
-    if settings.metrics:
-        app.include_router(metrics.router)
     if settings.metrics:
         app.include_router(metrics.router)
     return app

@@ -27,7 +27,6 @@ from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
 from infaas.live_state import LiveState, QueryRecord, Rejection
 from infaas.metrics import QueryMetrics
-from infaas.metrics import QueryMetrics
 from infaas.selector import Candidate, Infeasible, NoWorkerAvailable, Requirements, Selection, select
 from infaas.tensors import TensorSpec, check_limits, conform_inputs
 from infaas.worker import InferResult, OutOfMemory, WorkerClient, WorkerError
@@ -80,7 +79,6 @@ class Answer:
     outputs: dict[str, np.ndarray]
     served_by: ServedBy
     record: QueryRecord  # what live state recorded (the metrics read the budget and infeasibility from it)
-    record: QueryRecord  # what live state recorded (the metrics read the budget and infeasibility from it)
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,6 @@ class QueryEngine:
         self._max_batch = max_batch
         self._max_inputs = max_inputs
         self.calibration = Calibration()
-        self.metrics: QueryMetrics | None = None  # set by the app when INFAAS_METRICS is on; None costs nothing
         self.metrics: QueryMetrics | None = None  # set by the app when INFAAS_METRICS is on; None costs nothing
 
     # -- the entry point ------------------------------------------------------------------------

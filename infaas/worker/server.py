@@ -20,13 +20,11 @@ import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from infaas import offload, tracing
 from infaas.catalog import VariantInfo
 from infaas.errors import InvalidInput
 from infaas.live_state.base import InstanceState, LiveState
-from infaas.metrics import WorkerCollector, WorkerGauges, free_cores
 from infaas.metrics import WorkerCollector, WorkerGauges, free_cores
 from infaas.selector import ProfileCurve
 from infaas.worker.remote import (
@@ -93,26 +91,6 @@ class WorkerService:
             self._thread.join(5)
         self.worker.stop()
         log.info("worker %s left", self.worker.id, extra={"event": "worker_leave", "worker": self.worker.id})
-
-    def gauges(self) -> WorkerGauges:
-        """This worker's resources for its ``GET /metrics``: what it holds, and whether live state has it draining."""
-        status = self.worker.status()
-        threads = {key: variant.threads for key, (variant, _) in list(self._variants.items())}
-        held = ((i.replicas, threads.get(i.variant_key, 0)) for i in status.instances)
-        try:
-            draining = any(w.id == status.id and w.draining for w in self.live.workers())
-        except Exception:  # Redis away for a moment: the worker's own numbers are still worth a scrape
-            draining = False
-        return WorkerGauges(
-            worker=status.id,
-            state="draining" if draining else "ready",
-            instances=len(status.instances),
-            replicas=sum(i.replicas for i in status.instances),
-            memory_used_mb=status.memory_used_mb,
-            memory_budget_mb=status.memory_budget_mb,
-            cores=status.cores,
-            free_cores=free_cores(status.cores, held),
-        )
 
     def gauges(self) -> WorkerGauges:
         """This worker's resources for its ``GET /metrics``: what it holds, and whether live state has it draining."""
@@ -248,14 +226,6 @@ def create_worker_app(service: WorkerService) -> FastAPI:
     @app.get("/status")
     def status() -> Response:
         return Response(orjson.dumps(asdict(worker.status())), media_type="application/json")
-
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(WorkerCollector(service.gauges))
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        """This worker's instances, replicas, memory and free cores in Prometheus text format."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(WorkerCollector(service.gauges))
