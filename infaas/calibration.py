@@ -22,12 +22,12 @@ Both are tracked online in log space by stochastic approximation: each observati
 by ``STEP × τ`` when it lies above it and down by ``STEP × (1 − τ)`` when below, so at rest a fraction τ of
 observations lie below (τ = 0.5 for the overhead). Hence:
 
-* robust: an observation moves the estimate by one fixed step however far off it is (a GC pause, a load that
-  landed mid-query), where a mean is dragged by every outlier;
+* robust: a lone observation moves the estimate by one fixed step however far off it is (a GC pause, a load
+  that landed mid-query), where a mean is dragged by every outlier;
 * forgetting: with a constant gain, old observations' weight decays geometrically, so a change is followed:
-  a worker twice as slow is caught within ~7 queries (ln 2 / (STEP × τ)), one twice as fast within ~350
-  (ln 2 / (STEP × (1 − τ))) — quick to believe bad news and slow to believe good, the honest direction for a
-  latency promise;
+  a worker twice as slow is caught within 3 queries (steps double while observations keep landing above,
+  ``_Quantile``), one twice as fast within ~350 (ln 2 / (STEP × (1 − τ))) — quick to believe bad news and
+  slow to believe good, the honest direction for a latency promise;
 * scale-free: steps are relative, so a 10 µs model and a 100 ms one converge equally fast.
 
 The correction only moves an estimate towards what was observed; it never touches what was observed. The report
@@ -46,7 +46,8 @@ from typing import NamedTuple
 import numpy as np
 
 TAIL_QUANTILE = 0.98  # τ: the estimate is meant to be a tail, which queries near their budget rely on
-STEP = 0.1  # log-space gain: doubling is caught in ~7 observations, halving in ~350 (module docstring)
+STEP = 0.1  # log-space gain: doubling is caught in 3 observations, halving in ~350 (module docstring)
+_MAX_DOUBLINGS = 3  # a streak of misses moves up by at most 8 steps a query
 _FLOOR_MS = 1e-3  # 1 µs: below timer resolution; keeps logarithms finite
 REPORT_SAMPLES = 4096  # recent queries the report's error percentiles are taken over
 
@@ -57,19 +58,32 @@ Correction = Callable[[str, str, float], float]
 class _Quantile:
     """The ``quantile`` of a positive quantity, tracked in log space (see the module docstring).
 
+    Consecutive observations above the estimate double the step each time (up to ``_MAX_DOUBLINGS``), never
+    past the observation itself: one outlier still moves it one step, but a shift to a slower regime is caught
+    in a few queries, not in ln(shift) / STEP. That matters most for placements chosen rarely, whose every
+    query under a stale estimate is a broken promise.
+
     ``value`` is kept as a plain attribute: it is read once per placement on every query, updated once per query.
     """
 
-    __slots__ = ("up", "down", "log_value", "value", "count")
+    __slots__ = ("up", "down", "log_value", "value", "count", "streak")
 
     def __init__(self, quantile: float, first: float) -> None:
         self.up, self.down = STEP * quantile, STEP * (1.0 - quantile)
         self.log_value = math.log(max(first, _FLOOR_MS))
         self.value = math.exp(self.log_value)
         self.count = 1
+        self.streak = 0  # observations above the estimate in a row, before this one
 
     def update(self, observed: float) -> None:
-        self.log_value += self.up if math.log(max(observed, _FLOOR_MS)) > self.log_value else -self.down
+        log_observed = math.log(max(observed, _FLOOR_MS))
+        if log_observed > self.log_value:
+            accelerated = self.up * (1 << min(self.streak, _MAX_DOUBLINGS))
+            self.log_value += max(self.up, min(accelerated, log_observed - self.log_value))
+            self.streak += 1
+        else:
+            self.log_value -= self.down
+            self.streak = 0
         self.value = math.exp(self.log_value)
         self.count += 1
 

@@ -89,9 +89,24 @@ def test_a_step_change_is_followed_both_ways() -> None:
     assert calibration.factor(KEY, "w1") == pytest.approx(before, rel=0.25)
 
 
+def test_a_streak_of_misses_accelerates_without_passing_what_was_observed() -> None:
+    calibration, rng = Calibration(), np.random.default_rng(5)
+    _stream(calibration, rng, 300)
+    before = calibration.factor(KEY, "w1")
+    # Four queries in a row at 8× the tail: one step each would take ln 8 / (STEP τ) ≈ 21 queries.
+    for _ in range(4):
+        raw = 5.0
+        actual = calibration.overhead_ms + 8 * before * raw
+        calibration.observe(KEY, "w1", raw, actual, worker_ms=actual - calibration.overhead_ms, budget_ms=None)
+    after = calibration.factor(KEY, "w1")
+    assert after > 4 * before  # steps of 1, 2, 4 and 8 × STEP τ: e^(15 × 0.098) ≈ 4.4
+    assert after <= 8 * before * 1.01  # never past the observations themselves
+
+
 def test_one_outlier_moves_the_correction_by_one_step_only() -> None:
     calibration, rng = Calibration(), np.random.default_rng(3)
     _stream(calibration, rng, 200)
+    calibration.observe(KEY, "w1", 5.0, 0.2, worker_ms=0.1, budget_ms=None)  # below both: no streak in progress
     before = calibration.factor(KEY, "w1"), calibration.overhead_ms
     calibration.observe(KEY, "w1", 5.0, 5_000.0, worker_ms=4_000.0, budget_ms=None)  # a 1000× pause
     after = calibration.factor(KEY, "w1"), calibration.overhead_ms
