@@ -224,8 +224,9 @@ def cached_threads(cache: CandidateCache) -> Callable[[str], int]:
 WORKER_STATES = ("ready", "draining", "stale")
 
 
-def worker_families(gauges: Iterable[WorkerGauges]) -> list[Metric]:
-    """Gauge families of workers (by state) and of each worker's instances, replicas, memory and cores."""
+def worker_families(gauges: Iterable[WorkerGauges], with_states: bool = True) -> list[Metric]:
+    """Gauge families of each worker's instances, replicas, memory and cores, and (``with_states``) of workers by
+    state: the front-ends' view of the cluster only, since a worker's own endpoint would count just itself."""
     by_state = GaugeMetricFamily(
         "infaas_workers", "Workers by state (stale: no heartbeat within the TTL)", labels=["state"]
     )
@@ -254,17 +255,17 @@ def worker_families(gauges: Iterable[WorkerGauges]) -> list[Metric]:
         families["free_cores"].add_metric([g.worker], g.free_cores)
     for state, count in counts.items():
         by_state.add_metric([state], count)
-    return [by_state, *families.values()]
+    return [by_state, *families.values()] if with_states else list(families.values())
 
 
 class WorkerCollector(Collector):
-    """One ``infaas worker``'s own gauges, read from it at scrape time."""
+    """One ``infaas worker``'s own gauges, read from it at scrape time (its state is the front-ends' to count)."""
 
     def __init__(self, read: Callable[[], WorkerGauges]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
-        yield from worker_families([self._read()])
+        yield from worker_families([self._read()], with_states=False)
 
 
 class StateCollector(Collector):

@@ -93,17 +93,13 @@ class WorkerService:
         log.info("worker %s left", self.worker.id, extra={"event": "worker_leave", "worker": self.worker.id})
 
     def gauges(self) -> WorkerGauges:
-        """This worker's resources for its ``GET /metrics``: what it holds, and whether live state has it draining."""
+        """This worker's resources for its ``GET /metrics``: what it holds, read from itself."""
         status = self.worker.status()
         threads = {key: variant.threads for key, (variant, _) in list(self._variants.items())}
         held = ((i.replicas, threads.get(i.variant_key, 0)) for i in status.instances)
-        try:
-            draining = any(w.id == status.id and w.draining for w in self.live.workers())
-        except Exception:  # Redis away for a moment: the worker's own numbers are still worth a scrape
-            draining = False
         return WorkerGauges(
             worker=status.id,
-            state="draining" if draining else "ready",
+            state="ready",  # serving this scrape; stale or draining is what the front-ends' live state says
             instances=len(status.instances),
             replicas=sum(i.replicas for i in status.instances),
             memory_used_mb=status.memory_used_mb,
