@@ -30,7 +30,10 @@ COMMON_RESPONSES: dict[int | str, dict] = {
     401: {"model": ErrorOut, "description": "missing, invalid or revoked API key"},
     403: {"model": ErrorOut, "description": "not allowed for this key"},
     413: {"model": ErrorOut, "description": "request body over the configured limit"},
-    429: {"model": ErrorOut, "description": "too many requests in flight, or over a quota (see Retry-After)"},
+    429: {
+        "model": ErrorOut,
+        "description": "too many requests in flight, over a quota, or over a fair share under overload (Retry-After)",
+    },
 }
 
 

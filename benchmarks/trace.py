@@ -69,6 +69,7 @@ from infaas.catalog import VariantInfo
 from infaas.config import Settings
 from infaas.engine import Query
 from infaas.examples.zoo import TASK, load_zoo
+from infaas.fair_share import OverFairShare
 from infaas.live_state import MemoryLiveState
 from infaas.registration import RegistrationRequest, register_model
 from infaas.selector import AccuracyUnavailable, Infeasible, OnInfeasible, ProfileCurve, Requirements
@@ -184,7 +185,8 @@ Serve = Callable[[Arrival, np.ndarray, float], tuple[str, float | None]]
 @dataclass
 class Outcome:
     """One query of the trace. ``status``: ``ok`` (in time, floor met), ``late``, ``below-floor``,
-    ``failed``, ``timed-out`` (the client gave up before sending), or ``rejected`` (503, nothing ran)."""
+    ``failed``, ``timed-out`` (the client gave up before sending), ``rejected`` (503 ``infeasible``, nothing
+    ran) or ``shed`` (429 ``over_fair_share``: at risk from a tenant over its share; nothing ran)."""
 
     at_s: float
     cls: str
@@ -198,14 +200,15 @@ class Outcome:
 
 
 def tally(group: list[Outcome], duration: float) -> dict:
-    """Counts of one group of queries; ``missed`` excludes rejections, which are counted apart."""
+    """Counts of one group of queries; ``missed`` excludes rejections and sheds, which are counted apart."""
     n = len(group)
     by_status: dict[str, int] = {}
     for o in group:
         by_status[o.status] = by_status.get(o.status, 0) + 1
     rejected = by_status.get("rejected", 0)
+    shed = by_status.get("shed", 0)
     in_time = by_status.get("ok", 0)
-    missed = n - in_time - rejected
+    missed = n - in_time - rejected - shed
     answered = [o.latency_ms for o in group if o.status in {"ok", "late", "below-floor"}]
     return {
         "queries": n,
@@ -213,8 +216,10 @@ def tally(group: list[Outcome], duration: float) -> dict:
         "missed": missed,
         "rejected": rejected,
         "rejected_with_retry_after": sum(o.status == "rejected" and o.retry_after for o in group),
+        "shed": shed,
         "miss_rate": round(missed / n, 4) if n else 0.0,
         "reject_rate": round(rejected / n, 4) if n else 0.0,
+        "shed_rate": round(shed / n, 4) if n else 0.0,
         "goodput_qps": round(in_time / duration, 2),
         "p99_ms": round(float(np.percentile(answered, 99)), 2) if answered else None,
         "by_status": dict(sorted(by_status.items())),
@@ -340,6 +345,9 @@ def replay(
             variant, accuracy = serve(arrival, rows, deadline)
         except Infeasible as exc:  # the 503: nothing ran
             variant, accuracy, status = "rejected", None, "rejected"
+            retry_after, reason = "Retry-After" in exc.headers, str(exc)
+        except OverFairShare as exc:  # the 429: nothing ran
+            variant, accuracy, status = "shed", None, "shed"
             retry_after, reason = "Retry-After" in exc.headers, str(exc)
         except Exception as exc:  # a failed query is a missed one
             log.debug("query failed: %s", exc)
@@ -645,21 +653,21 @@ def plot(report: dict, path: Path) -> None:
     width = 0.8 / len(classes)
     colours = plt.get_cmap("tab10")
     for j, name in enumerate(classes):
-        missed, rejected = [], []
-        for level in levels:
-            row = report["levels"][level]["setups"].get("infaas", {}).get("by_class", {}).get(name, {})
-            missed.append(100.0 * row.get("miss_rate", 0.0))
-            rejected.append(100.0 * row.get("reject_rate", 0.0))
+        rows = [
+            report["levels"][level]["setups"].get("infaas", {}).get("by_class", {}).get(name, {}) for level in levels
+        ]
+        missed = np.array([100.0 * row.get("miss_rate", 0.0) for row in rows])
+        rejected = np.array([100.0 * row.get("reject_rate", 0.0) for row in rows])
+        shed = np.array([100.0 * row.get("shed_rate", 0.0) for row in rows])
         x = np.arange(len(levels)) + (j - (len(classes) - 1) / 2) * width
         label = f"{name} (infeasible)" if name in infeasible else name
         axes[0].bar(x, missed, width, color=colours(j), label=f"{label}: missed")
-        axes[0].bar(
-            x, rejected, width, bottom=missed, color=colours(j), alpha=0.35, hatch="//", label=f"{label}: rejected"
-        )
+        axes[0].bar(x, rejected, width, bottom=missed, color=colours(j), alpha=0.35, hatch="//", label="503")
+        axes[0].bar(x, shed, width, bottom=missed + rejected, color=colours(j), alpha=0.2, hatch="xx", label="429")
     axes[0].set_xticks(np.arange(len(levels)), [f"{level}× capacity" for level in levels])
     axes[0].set_ylabel("% of the class's queries")
-    axes[0].set_title("infaas: missed (solid) and rejected with 503 (hatched), per class and load level")
-    axes[0].legend(fontsize=7, ncol=len(classes))
+    axes[0].set_title("infaas per class: missed (solid), refused 503 infeasible (//), shed 429 over fair share (xx)")
+    axes[0].legend(fontsize=7, ncol=len(classes), columnspacing=0.8)
     setups = sorted({s for level in levels for s in report["levels"][level]["setups"]})
     width = 0.8 / len(setups)
     for j, name in enumerate(setups):
@@ -930,11 +938,11 @@ def main() -> None:
     )
     for level, row in levels.items():
         for name, s in row["setups"].items():
-            by_class = {c: (v["miss_rate"], v["reject_rate"]) for c, v in s["by_class"].items()}
+            by_class = {c: (v["miss_rate"], v["reject_rate"], v["shed_rate"]) for c, v in s["by_class"].items()}
             print(
                 f"{level:>4}× {name:15s} feasible: miss {s['feasible']['miss_rate']:.2%} rejected "
-                f"{s['feasible']['reject_rate']:.2%}  cost ${s['cost_usd']:.6f}  "
-                f"jain {s['fairness']['jain_index_classes']}  (miss, reject) by class {by_class}  "
+                f"{s['feasible']['reject_rate']:.2%} shed {s['feasible']['shed_rate']:.2%}  cost ${s['cost_usd']:.6f}  "
+                f"jain {s['fairness']['jain_index_classes']}  (miss, reject, shed) by class {by_class}  "
                 f"decisions {s.get('decisions_by_action')}"
             )
     if burst:

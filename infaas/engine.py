@@ -25,6 +25,7 @@ from infaas.calibration import Calibration
 from infaas.candidates import CandidateCache
 from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
+from infaas.fair_share import FairShare
 from infaas.live_state import LiveState, QueryRecord, Rejection
 from infaas.metrics import QueryMetrics
 from infaas.selector import Candidate, Infeasible, NoWorkerAvailable, Requirements, Selection, select
@@ -114,6 +115,7 @@ class QueryEngine:
         self._max_batch = max_batch
         self._max_inputs = max_inputs
         self.calibration = Calibration()
+        self.fair_share = FairShare()  # under overload, refuses the at-risk queries of tenants over an equal share
         self.metrics: QueryMetrics | None = None  # set by the app when INFAAS_METRICS is on; None costs nothing
 
     # -- the entry point ------------------------------------------------------------------------
@@ -239,6 +241,7 @@ class QueryEngine:
         except Infeasible as refused:
             self._record_rejection(query, refused)
             raise
+        self.fair_share.admit(query.tenant, decision.slo_at_risk and not decision.infeasible)
         client = self.workers.get(decision.worker, snapshot)
         if client is None:
             raise ModelNotReady(f"worker {decision.worker!r} is not reachable from this front-end")

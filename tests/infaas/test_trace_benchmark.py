@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import trace
 from benchmarks.trace import Arrival, Outcome, QueryClass, Run, Shape
+from infaas.fair_share import OverFairShare
 from infaas.selector import Achievable, Infeasible
 
 BEST = Achievable(latency_ms=50.0, accuracy=0.9, cost=1e-6)
@@ -29,15 +30,18 @@ def test_rejections_are_counted_apart_from_misses() -> None:
         _outcome("timed-out"),
         _outcome("rejected", retry_after=True),
         _outcome("rejected"),
+        _outcome("shed", retry_after=True),
     ]
     counts = trace.tally(group, duration=2.0)
-    assert counts["queries"] == 10
+    assert counts["queries"] == 11
     assert counts["in_time"] == 6
-    assert counts["missed"] == 2  # late and timed out; the two rejections are not misses
+    assert counts["missed"] == 2  # late and timed out; the rejections and the shed query are not misses
     assert counts["rejected"] == 2
     assert counts["rejected_with_retry_after"] == 1
-    assert counts["miss_rate"] == pytest.approx(0.2)
-    assert counts["reject_rate"] == pytest.approx(0.2)
+    assert counts["shed"] == 1
+    assert counts["miss_rate"] == pytest.approx(2 / 11, abs=1e-4)
+    assert counts["reject_rate"] == pytest.approx(2 / 11, abs=1e-4)
+    assert counts["shed_rate"] == pytest.approx(1 / 11, abs=1e-4)
     assert counts["goodput_qps"] == pytest.approx(3.0)
     assert counts["why_not_served"] == {"why": {"count": 2, "example": "why"}}
 
@@ -68,6 +72,7 @@ def test_replay_sorts_each_answer_into_its_outcome() -> None:
         "busy": QueryClass("busy", 1.0, 10_000.0, 0.5, 2, "reject"),
         "never": QueryClass("never", 1.0, 10_000.0, 0.5, 2, "reject"),
         "broken": QueryClass("broken", 1.0, 10_000.0, 0.5, 2),
+        "heavy": QueryClass("heavy", 1.0, 10_000.0, 0.5, 2),
     }
 
     def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
@@ -80,6 +85,8 @@ def test_replay_sorts_each_answer_into_its_outcome() -> None:
             raise Infeasible("latency_ms 1", BEST)
         if name == "broken":
             raise RuntimeError("worker went away")
+        if name == "heavy":
+            raise OverFairShare("over its share", retry_after_s=1.0)
         return "m/v", 0.9
 
     run = Run("fake", 1.0)
@@ -92,6 +99,7 @@ def test_replay_sorts_each_answer_into_its_outcome() -> None:
     assert (by_class["busy"].status, by_class["busy"].retry_after) == ("rejected", True)
     assert (by_class["never"].status, by_class["never"].retry_after) == ("rejected", False)
     assert by_class["broken"].status == "failed"
+    assert (by_class["heavy"].status, by_class["heavy"].retry_after) == ("shed", True)
     assert "worker went away" in by_class["broken"].reason
 
 
