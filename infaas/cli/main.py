@@ -79,6 +79,7 @@ def serve(
         host=host,
         port=port or settings.port,
         log_level="warning",
+        log_config=None,  # uvicorn's own lines (errors) go through infaas.logs: JSON, secrets masked
         # httptools plus a header deadline and size bound, and no reading past a finished answer.
         http="api.http_protocol:GuardedHttpToolsProtocol",
         loop="uvloop",

@@ -55,6 +55,7 @@ def worker_command(
             host=host,
             port=port,
             log_level="warning",
+            log_config=None,  # uvicorn's own lines (errors) go through infaas.logs: JSON, secrets masked
             http="httptools",
             loop="uvloop",
             timeout_keep_alive=60,
