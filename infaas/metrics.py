@@ -159,10 +159,11 @@ class QueryMetrics:
 
 
 def outcome_of(error: BaseException) -> str:
-    """The outcome label of a failed query: ``rejected`` for the selector's ``Infeasible`` (nothing ran),
-    ``client_error`` for any 4xx, ``server_error`` for the rest (not ready, no worker, a bug)."""
+    """The outcome label of a failed query: ``rejected`` when infaas refused to run it (the selector's
+    ``Infeasible``, a 503 with code ``infeasible``; a 429 such as the fair share's), ``client_error`` for any other
+    4xx, ``server_error`` for the rest (not ready, no worker, a bug)."""
     if isinstance(error, InfaasError):
-        if error.code == "infeasible":
+        if error.code == "infeasible" or error.status == 429:
             return "rejected"
         if error.status < 500:
             return "client_error"

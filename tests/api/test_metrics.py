@@ -15,6 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from infaas.config import Settings
+from infaas.errors import BadRequest, ModelNotReady, TooManyRequests, UnknownModel
+from infaas.metrics import outcome_of
+from infaas.selector import Achievable, Infeasible
 from infaas.services import Services
 from infaas.worker import LocalWorker
 from infaas.worker.server import WorkerService, create_worker_app
@@ -191,3 +194,18 @@ def test_the_dashboard_names_only_metrics_that_are_exported(client: TestClient) 
     titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
     for topic in ("outcome", "p50", "p99", "slo", "estimate error", "instances", "replicas", "memory", "decisions"):
         assert topic in titles, topic
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (Infeasible("latency_ms", Achievable(1.0, None, 0.0)), "rejected"),
+        (TooManyRequests("over your share"), "rejected"),
+        (BadRequest("bad"), "client_error"),
+        (UnknownModel("none"), "client_error"),
+        (ModelNotReady("building"), "server_error"),
+        (RuntimeError("a bug"), "server_error"),
+    ],
+)
+def test_failures_are_labelled_by_who_refused(error: BaseException, outcome: str) -> None:
+    assert outcome_of(error) == outcome
