@@ -42,9 +42,11 @@ app = make_celery(get_settings().broker_url)
 
 
 @signals.setup_logging.connect
-def _setup_logging(**_: Any) -> None:
-    """infaas's structured lines instead of Celery's own logging setup (a receiver here replaces it)."""
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """infaas's structured lines instead of Celery's own logging setup (a receiver here replaces it); Celery's
+    own lines (``ready.``, tasks received and done) at the worker's ``--loglevel``."""
     logs.setup(get_settings())
+    logging.getLogger("celery").setLevel(loglevel or logging.INFO)
 
 
 @signals.worker_process_init.connect
