@@ -124,11 +124,6 @@ class Instance:
         """Requests waiting or running."""
         return self._outstanding
 
-    @property
-    def outstanding_rows(self) -> int:
-        """Rows of the requests waiting or running (what ``on_depth`` reports)."""
-        return self._outstanding_rows
-
     def add_replica(self) -> None:
         """Load one more session and start its thread."""
         self._add_session(self._make_session())

@@ -90,10 +90,9 @@ def test_an_instance_reports_rows_outstanding() -> None:
         lambda: instance.infer({"x": np.ones((3, 4), np.float32)}),
         [lambda: instance.infer({"x": np.ones((5, 4), np.float32)})],
     )
-    assert instance.outstanding == 2 and instance.outstanding_rows == 8
-    assert reported == [3, 8]
+    assert instance.outstanding == 2 and reported == [3, 8]  # two requests, 8 rows
     gated.release(threads)
-    assert instance.outstanding_rows == 0 and reported[-1] == 0
+    assert instance.outstanding == 0 and reported[-1] == 0
     instance.close()
 
 
