@@ -179,7 +179,7 @@ class HumanFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items() if k != "config")
+        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if extras:
             text += f"  [{extras}]"
