@@ -13,6 +13,8 @@ second on this machine, and a client retrying sooner only adds load while it is 
 
 from __future__ import annotations
 
+import logging
+
 import kombu.exceptions
 import orjson
 import redis.exceptions
@@ -25,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from infaas.errors import BackendUnavailable, InfaasError
+
+log = logging.getLogger(__name__)
 
 OIP_PREFIX = "/v2"
 _OIP_STATUS = {422: 400}  # Triton's statuses: no 422
@@ -69,8 +73,21 @@ def render(path: str, exc: InfaasError) -> Response:
 
 
 async def handle(request: Request, exc: Exception) -> Response:
-    """The app's handler for the error root and backing-service outages (typed ``Exception`` by FastAPI)."""
-    return render(request.url.path, domain_error(exc))
+    """The app's handler for the error root and backing-service outages (typed ``Exception`` by FastAPI).
+
+    A 5xx is the server's problem and logged (an ``error`` event, with the request id); a 4xx is the caller's
+    and is not, so no client can flood the log."""
+    error = domain_error(exc)
+    if error.status >= 500:
+        log.warning(
+            "%s %s answered %d: %s",
+            request.method,
+            request.url.path,
+            error.status,
+            error.message,
+            extra={"event": "error", "status": error.status, "code": error.code},
+        )
+    return render(request.url.path, error)
 
 
 # The framework's own refusals (no such route, wrong method, a query parameter out of range) in the same

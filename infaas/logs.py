@@ -3,7 +3,8 @@
 Every line carries the time, level, logger, message and, where there is one, the request id (set per HTTP
 request by ``RequestIds``) and the trace id (while tracing is on). Notable events pass structured fields with
 ``extra={"event": "...", ...}`` (``startup``, ``registration``, ``build``, ``autoscaler_decision``,
-``worker_join``, ``worker_leave``); they become top-level JSON keys. Exceptions are one ``exc`` field.
+``worker_join``, ``worker_leave``, ``error``: a 5xx answer, and every ERROR line); they become top-level JSON
+keys. Exceptions are one ``exc`` field.
 
 No secret reaches a line: ``setup`` learns this process's secrets (the admin and API keys, passwords in the
 database, Redis and broker URLs, the AWS secret key and session token) and every rendered line is masked with
@@ -147,6 +148,8 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     for key, value in vars(record).items():
         if key not in _RECORD_FIELDS and not key.startswith("_"):
             fields[key] = value
+    if record.levelno >= logging.ERROR:
+        fields.setdefault("event", "error")  # an unexpected failure (a traceback, uvicorn's "Exception in ASGI")
     return fields
 
 

@@ -112,8 +112,9 @@ def test_the_startup_line_shows_the_configuration_without_secrets() -> None:
 def test_no_secret_or_api_key_reaches_a_log_line(
     tmp_path: Path, restore_logging: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Startup, a registration and queries with ``Authorization: Bearer`` keys, and errors whose messages carry
-    the secrets (as a driver's or an SDK's error text may): every captured line is scanned for them."""
+    """Startup, a registration and queries with ``Authorization: Bearer`` keys (one answered 503, logged), and
+    errors whose messages carry the secrets (as a driver's or an SDK's error text may): every captured line is
+    scanned for them."""
     admin_key = "adm-" + secrets.token_urlsafe(16)
     db_password = "pg-" + secrets.token_urlsafe(16)  # PostgreSQL here trusts local clients: any password works
     s3_secret = "s3/" + secrets.token_urlsafe(24)
@@ -138,6 +139,9 @@ def test_no_secret_or_api_key_reaches_a_log_line(
                 tenant = {"Authorization": f"Bearer {tenant_key}"}
                 missing = client.post("/v1/infer", json={"model": "nope", "inputs": {"x": [[0.0]]}}, headers=tenant)
                 assert missing.status_code == 404
+                # The admin's model is registered but never built: a 503, which the server logs as an error.
+                unbuilt = client.post("/v1/infer", json={"model": "mlp", "inputs": {"x": [[0.0] * 8]}}, headers=admin)
+                assert unbuilt.status_code == 503, unbuilt.text
                 wrong = client.get("/v1/models", headers={"Authorization": f"Bearer {tenant_key}x"})
                 assert wrong.status_code == 401
             log.error("could not reach %s for a request with Authorization: Bearer %s", database_url, tenant_key)
@@ -155,6 +159,10 @@ def test_no_secret_or_api_key_reaches_a_log_line(
     assert startup["config"]["admin_key"] == logs.MASK and "127.0.0.1:5432" in startup["config"]["database_url"]
     registration = next(line for line in lines if line.get("event") == "registration")
     assert registration["model"] == "mlp" and registration["request_id"]
+    served_error = next(line for line in lines if line.get("event") == "error" and line.get("status") == 503)
+    assert served_error["code"] == "model_not_ready" and served_error["request_id"] != registration["request_id"]
+    assert "POST /v1/infer answered 503" in served_error["msg"]
+    assert all(line["event"] == "error" for line in lines if line["level"] == "error")  # the raised ones too
     text = stream.getvalue()
     assert "could not reach" in text and "S3 refused" in text  # the error lines were written, masked
     for secret in (admin_key, db_password, s3_secret, tenant_key, tenant_key[: len(tenant_key) // 2]):
