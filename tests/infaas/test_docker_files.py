@@ -12,6 +12,7 @@ import yaml
 from infaas.config import Settings
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
+IMAGES_SCRIPT = DOCKER / "images.sh"
 INFAAS_ENV = {"INFAAS_DATABASE_URL", "INFAAS_REDIS_URL", "INFAAS_BROKER_URL", "INFAAS_MODEL_STORE"}
 
 
@@ -33,9 +34,10 @@ def test_compose_wires_infaas_services_to_shared_backends() -> None:
         assert INFAAS_ENV <= set(service["environment"]), name
         assert service["environment"]["INFAAS_MODEL_STORE"].startswith("/data")
         assert "store:/data" in service["volumes"], name
-        assert (
-            DOCKER.parent / service["build"]["context"].replace("..", ".") / service["build"]["dockerfile"]
-        ).is_file()
+        # Images come from `make images` (docker/images.sh), built from wheels, not from a compose build context.
+        image = service["image"].split(":")[0]
+        assert image == f"infaas-{'worker' if name == 'jobs' else name}", name
+        assert (DOCKER / f"Dockerfile.{image.removeprefix('infaas-')}").is_file()
     assert compose["services"]["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert compose["services"]["jobs"]["command"][:2] == ["infaas", "jobs"]
     assert compose["services"]["gpu-worker"]["profiles"] == ["gpu"]
@@ -43,9 +45,9 @@ def test_compose_wires_infaas_services_to_shared_backends() -> None:
 
 
 def _install_lines(dockerfile: Path) -> list[str]:
-    """The ``pip install`` commands of a Dockerfile (continuation lines joined)."""
+    """The ``pip install`` commands of a Dockerfile that install the project (continuation lines joined)."""
     text = dockerfile.read_text().replace("\\\n", " ")
-    return [line for line in text.splitlines() if re.search(r"\bpip install\b", line)]
+    return [line for line in text.splitlines() if re.search(r"\bpip install\b.*infaas\[", line)]
 
 
 @pytest.mark.parametrize(
@@ -55,11 +57,15 @@ def _install_lines(dockerfile: Path) -> list[str]:
 def test_dockerfiles_install_exactly_one_onnxruntime_build(name: str, extra: str) -> None:
     lines = _install_lines(DOCKER / name)
     assert len(lines) == 1, lines
-    extras = re.findall(r'"?\.\[([a-z,]+)\]"?', lines[0])
+    extras = re.findall(r'"?(?:\.|infaas)\[([a-z,]+)\]"?', lines[0])
     assert extras and set(extras[0].split(",")) == {extra}, lines[0]
-    assert "onnxruntime" not in lines[0].replace("! pip show onnxruntime", "")
+    assert "onnxruntime" not in re.sub(r"! \S*pip show onnxruntime", "", lines[0])
     other = {"cpu": "gpu", "gpu": "cpu"}[extra]
     assert f"[{other}" not in lines[0] and f",{other}" not in lines[0]
+    # The dependencies installed before the project are the wheels docker/images.sh built for the same extra.
+    image = name.removeprefix("Dockerfile.")
+    case = re.search(rf"^\s*(?:[a-z-]+ \| )?{image}(?: \| [a-z-]+)?\) build [^;]*", IMAGES_SCRIPT.read_text(), re.M)
+    assert case and f" {extra} " in case.group(0), image
 
 
 def test_cpu_and_gpu_extras_carry_different_onnxruntime_builds() -> None:
@@ -77,7 +83,7 @@ def _readme_front_end_env() -> dict[str, str]:
     """The ``VAR=value`` assignments on the README's scale-out ``infaas serve`` line."""
     readme = (DOCKER.parent / "README.md").read_text()
     scale_out = readme.split("## Scale-out", 1)[1].split("\n## ", 1)[0]
-    (line,) = [line for line in scale_out.splitlines() if re.search(r"\binfaas serve\b", line)]
+    (line,) = [line for line in scale_out.splitlines() if re.search(r"\bINFAAS_[A-Z_]+=\S+ .*\binfaas serve\b", line)]
     return dict(re.findall(r"\b(INFAAS_[A-Z_]+)=(\S+)", line))
 
 
@@ -92,7 +98,10 @@ def test_front_ends_are_router_only_in_the_readme_and_in_compose_alike() -> None
 
 @pytest.mark.parametrize("name", ["Dockerfile.worker", "Dockerfile.gpu-worker"])
 def test_worker_images_listen_where_front_ends_in_other_containers_reach_them(name: str) -> None:
-    (cmd,) = [line for line in (DOCKER / name).read_text().splitlines() if line.startswith("CMD ")]
+    text = (DOCKER / name).read_text()
+    (cmd,) = [line for line in text.splitlines() if line.startswith("CMD ")]
     assert "infaas worker" in cmd and "--host 0.0.0.0" in cmd
-    port = re.search(r"--port (\d+)", cmd).group(1)
-    assert f"--advertise http://$(hostname -i):{port}" in cmd
+    # The port and the advertised URL come from the environment, with defaults: no extra arguments needed.
+    assert re.search(r"INFAAS_WORKER_PORT=(\d+)", text).group(1) == "8101"
+    assert '--port \\"$INFAAS_WORKER_PORT\\"' in cmd
+    assert "${INFAAS_WORKER_ADVERTISE:-http://$(hostname -i):$INFAAS_WORKER_PORT}" in cmd
