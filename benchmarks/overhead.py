@@ -25,7 +25,9 @@ In process: p50/p99 at batch 1 with one caller, and throughput with 8 calling th
 load comes from ``wrk`` (C; ``benchmarks/wrk/post.lua`` posts the body) with 1, 8 and 16 connections,
 plus one Python client (``http.client``, one keep-alive connection per thread) for comparison. The
 load generator shares the machine's cores with the server: read the figures with ``cpu_count`` and
-the load averages in mind.
+the load averages in mind. Each ``wrk`` run also records the server process's CPU time per answered
+request (``server_cpu_us``, from ``/proc``): req/s follow the CPU share a server happens to get on a
+shared machine, its CPU time per request does not, so comparisons report both (``cpu_ratio``).
 
 Models: the example zoo's smallest (``digits-logreg``, trained here from scikit-learn's digits) and
 a 64→256→10 MLP on the same data (the model the issue's MLServer/KServe/BentoML/Ray figures used).
@@ -415,6 +417,26 @@ def wrk(url: str, body_file: Path, seconds: float, connections: int) -> dict[str
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc/PID/stat``, clock-tick resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_wrk(pid: int, url: str, body_file: Path, seconds: float, connections: int) -> dict[str, Any]:
+    """``wrk`` against the server ``pid``, with the server's CPU time per answered request.
+
+    Requests per second depend on the CPU share the server gets, and on a machine shared with other work
+    (or with ``wrk`` itself) that share varies from run to run by more than the differences measured here;
+    the CPU time the server spends per request does not, so it is what compares two servers' overhead.
+    """
+    before = cpu_seconds(pid)
+    result = wrk(url, body_file, seconds, connections)
+    used = cpu_seconds(pid) - before
+    result["server_cpu_us"] = round(used / max(result["requests"], 1) * 1e6, 1)
+    return result
+
+
 def in_process(home: Path, names: list[str], x: np.ndarray, seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """Raw ``session.run`` vs ``QueryEngine.infer`` over the server's own catalog and store.
 
@@ -586,19 +608,30 @@ def compare(a: dict[str, Any], b: dict[str, Any], connections: int = RULE_CONNEC
     """Two servers' wrk figures for one model, per inference endpoint: req/s at ``connections``, p50 at 1.
 
     ``rps_ratio`` is the median over rounds of each round's ratio (the two were measured back to back),
-    steadier on a busy machine than the ratio of the means. ``variants`` names the variant each server
-    chose: a comparison is fair only when they agree.
+    steadier on a busy machine than the ratio of the means. ``cpu_ratio`` is the same for the server CPU
+    time per request, as ``b``'s over ``a``'s (above 1: ``a`` serves more requests per CPU second); it
+    does not depend on the CPU share each server got, which is what varies most on a shared machine.
+    ``variants`` names the variant each server chose: a comparison is fair only when they agree.
     """
+
+    def median_ratio(xs: list[float], ys: list[float]) -> float:
+        return round(float(np.median([p / q for p, q in zip(xs, ys, strict=True)])), 3)
+
     out: dict[str, Any] = {"variants": [a["variant"], b["variant"]]}
     for endpoint in ("v1", "oip"):
         x, y = a[f"{endpoint}_wrk_c{connections}"], b[f"{endpoint}_wrk_c{connections}"]
-        ratios = [p / q for p, q in zip(x["rounds_rps"], y["rounds_rps"], strict=True)]
+        x1, y1 = a[f"{endpoint}_wrk_c1"], b[f"{endpoint}_wrk_c1"]
         out[endpoint] = {
             "rps": [x["rps"], y["rps"]],
-            "rps_ratio": round(float(np.median(ratios)), 3),
+            "rps_ratio": median_ratio(x["rounds_rps"], y["rounds_rps"]),
             "rounds_rps": [x["rounds_rps"], y["rounds_rps"]],
+            "server_cpu_us": [x["server_cpu_us"], y["server_cpu_us"]],
+            "cpu_ratio": median_ratio(y["rounds_server_cpu_us"], x["rounds_server_cpu_us"]),
+            "rounds_server_cpu_us": [x["rounds_server_cpu_us"], y["rounds_server_cpu_us"]],
             "p99_ms": [x["p99_ms"], y["p99_ms"]],
-            "c1_p50_ms": [a[f"{endpoint}_wrk_c1"]["p50_ms"], b[f"{endpoint}_wrk_c1"]["p50_ms"]],
+            "c1_p50_ms": [x1["p50_ms"], y1["p50_ms"]],
+            "c1_server_cpu_us": [x1["server_cpu_us"], y1["server_cpu_us"]],
+            "c1_cpu_ratio": median_ratio(y1["rounds_server_cpu_us"], x1["rounds_server_cpu_us"]),
         }
     return out
 
@@ -670,7 +703,8 @@ def table(results: dict[str, Any]) -> str:
         v = verdict[PRIMARY][endpoint]
         lines.append(
             f"fast path {endpoint} c{RULE_CONNECTIONS}: on {v['rps'][0]:.0f} / off {v['rps'][1]:.0f} req/s, "
-            f"gain {v['gain']:+.1%} (rounds on {v['rounds_rps'][0]}, off {v['rounds_rps'][1]})"
+            f"gain {v['gain']:+.1%} (rounds on {v['rounds_rps'][0]}, off {v['rounds_rps'][1]}); server CPU "
+            f"{v['server_cpu_us'][0]:.0f} / {v['server_cpu_us'][1]:.0f} us/request (x{v['cpu_ratio']})"
         )
     lines.append(f"fast path rule ({verdict['rule']}): {'KEEP' if verdict['keep'] else 'REMOVE'}")
     for label, before in results.get("before", {}).items():
@@ -678,7 +712,9 @@ def table(results: dict[str, Any]) -> str:
             v = before[PRIMARY][endpoint]
             lines.append(
                 f"now vs {label} {endpoint} c{RULE_CONNECTIONS}: {v['rps'][0]:.0f} / {v['rps'][1]:.0f} req/s "
-                f"(x{v['rps_ratio']}), c1 p50 {v['c1_p50_ms'][0]:.3f} / {v['c1_p50_ms'][1]:.3f} ms, "
+                f"(x{v['rps_ratio']}), server CPU {v['server_cpu_us'][0]:.0f} / {v['server_cpu_us'][1]:.0f} us/request "
+                f"(x{v['cpu_ratio']} requests per CPU second); c1 p50 {v['c1_p50_ms'][0]:.3f} / "
+                f"{v['c1_p50_ms'][1]:.3f} ms, CPU {v['c1_server_cpu_us'][0]:.0f} / {v['c1_server_cpu_us'][1]:.0f} us; "
                 f"variants {before[PRIMARY]['variants']}"
             )
     for key, value in results["targets"].items():
@@ -695,7 +731,8 @@ def check(port: int, path: str, body_file: Path) -> dict[str, Any]:
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rounds of one wrk measurement as one: mean req/s and latencies, each round's req/s kept."""
+    """Rounds of one wrk measurement as one: mean req/s and latencies, median server CPU per request, each
+    round's req/s and CPU per request kept."""
 
     def mean(key: str) -> float:
         return round(float(np.mean([r[key] for r in runs])), 4)
@@ -710,6 +747,8 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "max_ms": max(r["max_ms"] for r in runs),
         "wrk_threads": runs[0]["wrk_threads"],
         "rounds_rps": [r["rps"] for r in runs],
+        "server_cpu_us": round(float(np.median([r["server_cpu_us"] for r in runs])), 1),
+        "rounds_server_cpu_us": [r["server_cpu_us"] for r in runs],
     }
 
 
@@ -770,9 +809,11 @@ def main() -> None:
         for home in homes.values():
             shutil.copytree(base, home)
         ports: dict[str, int] = {}
+        pids: dict[str, int] = {}
         for srv in servers:
             proc, ports[srv.label] = srv.launch(homes[srv.label], tmp / f"{srv.label}.log")
             procs.append(proc)
+            pids[srv.label] = proc.pid
             wait_until(lambda p=ports[srv.label]: all(model_status(p, n) == "ready" for n in names), srv.label, 60)
         server, port = procs[0], ports["now"]
         results["setup_s"] = round(time.monotonic() - began, 1)
@@ -799,6 +840,7 @@ def main() -> None:
         ports["bare"] = free_port()
         reference = [__file__, "--serve-reference", str(ports["bare"]), spec]
         procs.append(start(reference, server_env(homes["now"]), tmp / "ref.log"))
+        pids["bare"] = procs[-1].pid
         wait_until(lambda: request(ports["bare"], "GET", "/docs")[0] == 200, "the reference server", 60)
 
         def path(endpoint: str, name: str) -> str:
@@ -827,7 +869,9 @@ def main() -> None:
                             if label == "bare" and endpoint == "oip":
                                 continue
                             url = f"http://127.0.0.1:{ports[label]}{path(measure, name)}"
-                            result = wrk(url, body_files[name][measure], args.seconds, connections)
+                            result = measured_wrk(
+                                pids[label], url, body_files[name][measure], args.seconds, connections
+                            )
                             runs[label][name][f"{measure}_wrk_c{connections}"].append(result)
                         turn += 1
     finally:
