@@ -11,8 +11,9 @@ Per loaded instance, every period (``autoscaler_period_s``):
   observed p99 is well above the profiled p99 and the load is not negligible (the profile is too
   optimistic under this load; misses at near-zero load are not something replicas fix, and neither are
   misses of queries that were infeasible when selected, which are not counted as misses), or when the
-  requests waiting now (queue depth beyond one per replica) would take more than half the tightest
-  budget to drain: queue time reacts within a period, while a windowed rate lags a burst;
+  rows waiting now (queue depth, in rows, beyond one query of the mean size per replica) would take more
+  than half the tightest budget to drain: queue time reacts within a period, while a windowed rate lags a
+  burst;
 * *underloaded* when utilization < ``low_utilization`` with no misses and nothing queued.
 
 Profiles are measured alone on a quiet machine; an instance that is overloaded (misses, queue time)
@@ -142,8 +143,8 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
                 and inst.p99_ms > option.p99_at(inst.rows_per_query) * config.slow_factor
                 and utilization >= config.low_utilization
             )
-            waiting = max(0, inst.queue_depth - inst.replicas)
-            queue_ms = waiting / max(inst.replicas, 1) * option.latency_ms(inst.rows_per_query)
+            waiting = _waiting_rows(inst)
+            queue_ms = waiting / inst.rows_per_query / max(inst.replicas, 1) * option.latency_ms(inst.rows_per_query)
             queued = inst.budget_ms is not None and queue_ms > inst.budget_ms / 2
             over = utilization > config.high_utilization or slow or queued
             under = (
@@ -164,6 +165,7 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
                 "capacity_derate": round(derate, 3),
                 "utilization": round(utilization, 3),
                 "queue_depth": inst.queue_depth,
+                "waiting_rows": round(waiting, 1),
                 "queue_ms": round(queue_ms, 3),
                 "p99_ms": round(inst.p99_ms, 3),
                 "profiled_p99_ms": round(option.p99_at(inst.rows_per_query), 3),
@@ -204,6 +206,17 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
         if action.to_variant is not None and action.worker is not None:
             new_history = new_history.acted(instance_target(action.worker, action.to_variant), view.now, up)
     return ModelPlan(tuple(actions), new_history, tuple(unmet))
+
+
+def _waiting_rows(inst: InstanceLoad) -> float:
+    """Rows waiting behind what the replicas are running now.
+
+    Live state's queue depth counts rows outstanding (waiting or running), not requests: each replica is taken
+    to be running one query of the instance's mean size, and the rest waits. Subtracting one *row* per replica,
+    as when depth counted requests, read one 8-row query waiting behind another as 15 queries waiting: 600 ms
+    of queue instead of 40 ms (the policy tests' case), a scale-up for a queue that did not exist.
+    """
+    return max(0.0, inst.queue_depth - inst.replicas * inst.rows_per_query)
 
 
 def _next_derate(derate: float, utilization: float, overloaded: bool, calm: bool, config: PolicyConfig) -> float:

@@ -101,7 +101,7 @@ class InstanceLoad:
     worker_id: str
     variant_key: str
     replicas: int
-    queue_depth: int  # outstanding requests now
+    queue_depth: int  # rows outstanding now (of requests waiting or running), as live state counts them
     rate_per_s: float  # this instance's own windowed arrival rate (queries sent to it), in rows/s like profiles
     p99_ms: float  # observed on this worker, windowed (0 when no requests)
     slo_miss_rate: float  # observed on this worker, windowed, over queries that were feasible when selected
@@ -146,7 +146,7 @@ class WorkerLoad:
 
     @property
     def outstanding(self) -> int:
-        """Requests waiting or running on this worker."""
+        """Rows waiting or running on this worker (0 exactly when no request is outstanding)."""
         return sum(i.queue_depth for i in self.instances)
 
 

@@ -163,6 +163,20 @@ def test_a_queue_that_would_eat_half_the_budget_is_overload_before_the_rate_show
     assert run_periods(burst(5), 5)[0] == []  # 40 ms of queue is within half the budget
 
 
+def test_queue_depth_is_rows_so_multi_row_queries_are_not_counted_row_by_row() -> None:
+    # 8-row queries take 40 ms by profile (20 ms per 4 rows); depth counts rows outstanding. 16 rows on one replica
+    # is one query running and one waiting: 40 ms of queue, within half the 100 ms budget. Counting each row as a
+    # request read it as 15 waiting (600 ms) and scaled up.
+    def burst(depth: int):  # type: ignore[no-untyped-def]
+        load = inst(rate_per_s=50.0, queue_depth=depth, budget_ms=100.0, rows_per_query=8.0)
+        return lambda now: view([load], [option()], now=now)
+
+    assert run_periods(burst(16), 5)[0] == []
+    actions, _ = run_periods(burst(24), 2)  # two 8-row queries waiting: 80 ms > 50 ms
+    assert [a.action for a in actions] == ["add_replica"]
+    assert actions[0].inputs["queue_ms"] == 80.0 and actions[0].inputs["waiting_rows"] == 16.0
+
+
 def test_misses_below_the_threshold_derate_the_profile_so_the_new_replica_stays() -> None:
     # 80/s on one replica profiled at 200/s is 0.4 utilization, yet it misses: it really sustains less.
     missing = lambda now: view([inst(rate_per_s=80.0, slo_miss_rate=0.2, p99_ms=40.0)], [option()], now=now)  # noqa: E731
