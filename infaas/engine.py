@@ -212,17 +212,20 @@ class QueryEngine:
         with tracing.tracer().start_as_current_span("select") as span:
             plan = self._plan(query)
             decision = plan.decision
-            span.set_attribute("infaas.model", decision.variant.model_name)
-            span.set_attribute("infaas.variant", decision.variant.name)
-            span.set_attribute("infaas.worker", decision.worker)
-            span.set_attribute("infaas.estimated_ms", decision.estimated_ms)
-            span.set_attribute("infaas.slo_at_risk", decision.slo_at_risk)
+            span.set_attributes(
+                {
+                    "infaas.model": decision.variant.model_name,
+                    "infaas.variant": decision.variant.name,
+                    "infaas.worker": decision.worker,
+                    "infaas.estimated_ms": decision.estimated_ms,
+                    "infaas.slo_at_risk": decision.slo_at_risk,
+                }
+            )
             return plan
 
     @staticmethod
     def _describe_run(span: Any, started_ns: int, plan: _Dispatch, result: InferResult) -> None:
-        span.set_attribute("infaas.variant", plan.decision.variant.key)
-        span.set_attribute("infaas.worker", plan.client.id)
+        span.set_attributes({"infaas.variant": plan.decision.variant.key, "infaas.worker": plan.client.id})
         tracing.record_run(
             span, started_ns=started_ns, queue_ms=result.queue_ms, service_ms=result.service_ms, batch=result.batch
         )

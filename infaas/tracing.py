@@ -118,9 +118,7 @@ def inject(headers: MutableMapping[str, str]) -> None:
 def record_run(span: trace.Span, *, started_ns: int, queue_ms: float, service_ms: float, batch: int) -> None:
     """Describe a finished model run on ``span`` and add its ``queue`` child: the wait for a replica, which
     the worker measures and reports (it starts when the run was asked for)."""
-    span.set_attribute("infaas.queue_ms", queue_ms)
-    span.set_attribute("infaas.service_ms", service_ms)
-    span.set_attribute("infaas.batch", batch)
+    span.set_attributes({"infaas.queue_ms": queue_ms, "infaas.service_ms": service_ms, "infaas.batch": batch})
     queued = _tracer.start_span("queue", context=trace.set_span_in_context(span), start_time=started_ns)
     queued.end(end_time=started_ns + int(queue_ms * 1e6))
 
