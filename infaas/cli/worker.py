@@ -8,7 +8,6 @@ import typer
 
 from infaas.cli.client import err
 from infaas.config import get_settings
-from infaas.hardware import GpuNotUsable
 
 
 def worker_command(
@@ -32,6 +31,7 @@ def worker_command(
     import uvicorn
 
     from infaas import logs, tracing
+    from infaas.hardware import GpuNotUsable  # imports ONNX Runtime: not at CLI start (test_packaging)
     from infaas.services import build_worker_service
     from infaas.worker.server import create_worker_app
 
