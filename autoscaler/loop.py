@@ -50,6 +50,8 @@ def variant_option(candidate: Candidate, worker_cores: int, prices: dict[str, fl
         key=variant.key,
         model=variant.model_name,
         accuracy=candidate.accuracy,
+        accuracy_metric=candidate.accuracy_info.metric,
+        fidelity=candidate.fidelity,
         curve=tuple((p.batch_size, p.latency_p50_ms, p.throughput_per_s) for p in profiles),
         p99_ms=profiles[0].latency_p99_ms,
         memory_mb=candidate.curve.memory_mb,
@@ -250,7 +252,8 @@ class Autoscaler:
         snapshot = live.snapshot()
         stats = live.instance_stats(self.stats_window_s)
         wall = time.time()
-        floors: dict[str, float] = {}
+        floors: dict[str, float] = {}  # the strictest min_accuracy of recent queries, per variant
+        fidelity_floors: dict[str, float] = {}  # and min_fidelity: upgrades and downgrades must meet both
         budgets: dict[str, float] = {}
         rows: dict[str, list[int]] = {}  # rows per query: capacities are profiled in rows/s
         last_seen: dict[tuple[str, str], float] = {}
@@ -260,6 +263,7 @@ class Autoscaler:
             if record.at < wall - self.stats_window_s:
                 continue
             floors[key] = max(floors.get(key, 0.0), record.min_accuracy)
+            fidelity_floors[key] = max(fidelity_floors.get(key, 0.0), record.min_fidelity)
             rows.setdefault(key, []).append(max(1, record.batch))
             if record.latency_ms is not None:
                 budgets[key] = min(budgets.get(key, record.latency_ms), record.latency_ms)
@@ -301,6 +305,7 @@ class Autoscaler:
                         infeasible_rate=stat.infeasible_rate if stat else 0.0,
                         idle_s=idle_s,
                         accuracy_floor=floors.get(key, 0.0),
+                        fidelity_floor=fidelity_floors.get(key, 0.0),
                         budget_ms=budgets.get(key),
                         rows_per_query=rows_per_query,
                     )

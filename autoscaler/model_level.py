@@ -29,9 +29,10 @@ so the state reached by an action is inside the band and does not trigger the op
 
 Scaling up replicates within the worker's memory and core budget (cores counted as the busy cores of
 what is loaded, see ``_Budget``), or *upgrades* to a faster variant
-of the same model (INT8, more threads, a better batch curve) that still meets the accuracy floor its
-queries asked for, whichever adds less $/hour, or when replication does not fit; what fits on neither
-is placed on another worker, and what fits nowhere is reported as unmet demand for the VM level.
+of the same model (INT8, more threads, a better batch curve) that still meets the accuracy and fidelity
+floors its queries asked for (``meets_floors``), whichever adds less $/hour, or when replication does not
+fit; what fits on neither is placed on another worker, and what fits nowhere is reported as unmet demand
+for the VM level.
 Scaling down removes replicas, then *downgrades* a lone replica to a cheaper variant when the load is
 low and the latency budget loose. Instances idle past ``idle_unload_s`` are unloaded.
 """
@@ -69,11 +70,19 @@ class ModelPlan:
     unmet: tuple[str, ...]  # targets overloaded with no room anywhere
 
 
-def meets_floor(option: VariantOption, floor: float) -> bool:
-    """Whether a variant may serve queries that asked for at least ``floor`` accuracy."""
-    if floor <= 0:
-        return True
-    return option.accuracy is not None and option.accuracy >= floor
+def meets_floors(alt: VariantOption, inst: InstanceLoad, serving: VariantOption) -> bool:
+    """Whether ``alt`` may take over the queries ``inst`` (a loaded ``serving``) receives: both floors they asked for.
+
+    Read as the selector reads them (``infaas.accuracy``): the accuracy floor in one metric only, the one
+    ``serving`` has (it met those floors, so it is the metric they were read in; a variant whose accuracy is in
+    another metric or unknown meets only 0), and the fidelity floor, which an unknown fidelity meets only at 0.
+    Checking accuracy alone let an upgrade swap in a variant less faithful than queries' ``min_fidelity``.
+    """
+    if inst.accuracy_floor > 0 and (
+        alt.accuracy is None or alt.accuracy_metric != serving.accuracy_metric or alt.accuracy < inst.accuracy_floor
+    ):
+        return False
+    return alt.fidelity.reaches(inst.fidelity_floor)
 
 
 class _Budget:
@@ -173,6 +182,7 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
                 "infeasible_rate": round(inst.infeasible_rate, 4),
                 "idle_s": round(inst.idle_s, 1),
                 "accuracy_floor": inst.accuracy_floor,
+                "fidelity_floor": inst.fidelity_floor,
                 "budget_ms": inst.budget_ms,
                 "rows_per_query": round(inst.rows_per_query, 1),
                 "streak": streak,
@@ -243,13 +253,13 @@ def _alt_capacity(inst: InstanceLoad, option: VariantOption, capacity: float, al
 
 
 def _alternatives(view: ClusterView, option: VariantOption, inst: InstanceLoad) -> list[VariantOption]:
-    """Other variants of the same model that meet the floor and the budget its queries asked for."""
+    """Other variants of the same model that meet the floors and the budget its queries asked for."""
     return [
         alt
         for alt in view.variants.values()
         if alt.model == option.model
         and alt.key != option.key
-        and meets_floor(alt, inst.accuracy_floor)
+        and meets_floors(alt, inst, option)
         and (inst.budget_ms is None or alt.latency_ms(inst.rows_per_query) <= inst.budget_ms)
     ]
 

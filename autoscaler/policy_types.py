@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from infaas.accuracy import Fidelity
+
 
 @dataclass(frozen=True)
 class PolicyConfig:
@@ -50,6 +52,8 @@ class VariantOption:
 
     ``curve`` holds ``(batch, p50 ms, throughput/s)`` per profiled batch size, ascending by batch.
     ``cores`` is what one replica holds (its thread count, or all the worker's cores when 0).
+    ``accuracy`` is in ``accuracy_metric`` and, with ``fidelity``, comes from ``infaas.accuracy`` (the selector's
+    ``Candidate``): what an upgrade or downgrade must still offer the queries that asked for floors.
     """
 
     key: str
@@ -60,6 +64,8 @@ class VariantOption:
     memory_mb: float
     cores: int
     cost_per_hour: float  # of one replica
+    accuracy_metric: str | None = None  # None with accuracy None (or in hand-made views: all in one metric)
+    fidelity: Fidelity = Fidelity(None, None)
 
     @property
     def service_ms(self) -> float:
@@ -106,10 +112,11 @@ class InstanceLoad:
     p99_ms: float  # observed on this worker, windowed (0 when no requests)
     slo_miss_rate: float  # observed on this worker, windowed, over queries that were feasible when selected
     idle_s: float  # since the last request
-    accuracy_floor: float = 0.0  # the highest floor among recent queries it served
+    accuracy_floor: float = 0.0  # the highest min_accuracy among recent queries it served
     budget_ms: float | None = None  # the tightest latency budget among recent queries it served
     rows_per_query: float = 1.0  # mean rows of recent queries
     infeasible_rate: float = 0.0  # share of its windowed queries no placement could serve in time (not overload)
+    fidelity_floor: float = 0.0  # the highest min_fidelity among recent queries it served
 
     def capacity(self, option: VariantOption) -> float:
         """Rows/s one replica of ``option`` sustains for the queries this instance receives, as profiled."""

@@ -337,6 +337,7 @@ class QueryEngine:
             batch=decision.batch,
             latency_ms=requirements.latency_ms,
             min_accuracy=requirements.min_accuracy,
+            min_fidelity=requirements.min_fidelity,
             max_cost=requirements.max_cost,
             infeasible=decision.infeasible,
             **shared,

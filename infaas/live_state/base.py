@@ -69,6 +69,9 @@ class QueryRecord:
     # At risk because no placement met the budget even with empty queues (the selector's ``infeasible``):
     # a miss that more replicas cannot fix, so statistics count it apart from the misses they can.
     infeasible: bool = False
+    # The query's fidelity floor (``Requirements.min_fidelity``): with ``min_accuracy``, what a variant swapped in
+    # for this one by the autoscaler must still meet. Records written before the field read 0 (no floor).
+    min_fidelity: float = 0.0
 
     @property
     def variant_key(self) -> str:

@@ -18,6 +18,7 @@ from autoscaler.policy_types import (
     effective_capacity,
     next_streak,
 )
+from infaas.accuracy import Fidelity
 
 CFG = PolicyConfig(idle_unload_s=60.0)
 
@@ -248,6 +249,38 @@ def test_no_upgrade_below_the_accuracy_floor_queries_asked_for() -> None:
     hot = lambda now: view([inst(rate_per_s=300.0, accuracy_floor=0.9)], [fp32, int8], now=now)  # noqa: E731
     actions, _ = run_periods(hot, 2)
     assert [a.action for a in actions] == ["add_replica"]
+
+
+def test_no_upgrade_below_the_fidelity_floor_queries_asked_for() -> None:
+    fp32 = replace(option("m/fp32", p50=10.0), fidelity=Fidelity(1.0, "agreement"))
+    int8 = replace(option("m/int8", p50=2.0), fidelity=Fidelity(0.90, "agreement"))  # 5× faster, less faithful
+
+    def hot(floor: float):  # type: ignore[no-untyped-def]
+        load = inst(rate_per_s=300.0, accuracy_floor=0.9, fidelity_floor=floor)
+        return lambda now: view([load], [fp32, int8], now=now)
+
+    assert [a.action for a in run_periods(hot(0.95), 2)[0]] == ["add_replica"]
+    assert [a.to_variant for a in run_periods(hot(0.9), 2)[0]] == ["m/int8"]  # faithful enough: upgraded
+
+
+def test_an_accuracy_in_another_metric_does_not_meet_the_floor() -> None:
+    fp32 = replace(option("m/fp32", accuracy=0.95, p50=10.0), accuracy_metric="top1")
+    int8 = replace(option("m/int8", accuracy=0.95, p50=2.0), accuracy_metric="1-rel-error")
+    hot = lambda floor: lambda now: view([inst(rate_per_s=300.0, accuracy_floor=floor)], [fp32, int8], now=now)  # noqa: E731
+    assert [a.action for a in run_periods(hot(0.9), 2)[0]] == ["add_replica"]
+    assert [a.action for a in run_periods(hot(0.0), 2)[0]] == ["upgrade"]  # no floor: any metric will do
+
+
+def test_no_downgrade_below_the_fidelity_floor() -> None:
+    two_threads = replace(option("m/t2", p50=5.0, cores=2, cost=0.096), fidelity=Fidelity(1.0, "cosine"))
+    one_thread = replace(option("m/t1", p50=8.0, cores=1, cost=0.048), fidelity=Fidelity(None, None))  # unmeasured
+
+    def quiet(floor: float):  # type: ignore[no-untyped-def]
+        load = inst("m/t2", rate_per_s=10.0, budget_ms=100.0, fidelity_floor=floor)
+        return lambda now: view([load], [two_threads, one_thread], now=now)
+
+    assert run_periods(quiet(0.99), CFG.down_periods + 3)[0] == []
+    assert [a.action for a in run_periods(quiet(0.0), CFG.down_periods)[0]] == ["downgrade"]
 
 
 def test_demand_that_fits_nowhere_here_is_placed_on_another_worker_else_unmet() -> None:

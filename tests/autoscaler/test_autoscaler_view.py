@@ -38,7 +38,9 @@ def services(tmp_path: Path) -> Iterator[Services]:
     built.close()
 
 
-def record(services: Services, worker: str, actual_ms: float, count: int, infeasible: bool = False) -> None:
+def record(
+    services: Services, worker: str, actual_ms: float, count: int, infeasible: bool = False, min_fidelity: float = 0.0
+) -> None:
     """``count`` queries with a 100 ms budget served on ``worker`` in ``actual_ms`` over the last few seconds."""
     now = time.time()
     for n in range(count):
@@ -60,6 +62,7 @@ def record(services: Services, worker: str, actual_ms: float, count: int, infeas
                 slo_at_risk=infeasible,
                 reason="r",
                 infeasible=infeasible,
+                min_fidelity=min_fidelity,
             )  # fmt: skip
         )
 
@@ -98,3 +101,12 @@ def test_infeasible_queries_do_not_add_replicas(services: Services) -> None:
     assert scale_ups(scaler, CFG.up_periods + 3) == []
     record(services, "wa", 300.0, 200)  # the same misses of feasible queries do
     assert scale_ups(scaler, CFG.up_periods + 1) == [f"wa/{KEY}"]
+
+
+def test_the_strictest_recent_fidelity_floor_reaches_the_policies(services: Services) -> None:
+    record(services, "wa", 25.0, 5, min_fidelity=0.97)
+    record(services, "wa", 25.0, 5, min_fidelity=0.5)
+    record(services, "wb", 25.0, 5)
+    observed = loads(Autoscaler(services, stats_window_s=5.0).view())
+    # Per variant, like the accuracy floor: the selector may send those queries to any of its instances.
+    assert observed["wa"].fidelity_floor == 0.97 == observed["wb"].fidelity_floor

@@ -51,6 +51,16 @@ def test_serve_answers_and_records_the_query(services: Services) -> None:
     assert (record.tenant, record.variant, record.batch) == ("t1", "fp32", 2)
 
 
+def test_both_quality_floors_are_recorded_for_the_autoscaler(services: Services) -> None:
+    faithful = tuple(replace(p, fidelity=0.98, fidelity_metric="agreement") for p in profiles({1: 0.05}))
+    seed_model(services, "lin", linear_model(), task="t", variants={"fp32": faithful})
+    services.start_serving()
+    wanted = Requirements(model="lin", min_accuracy=0.85, min_fidelity=0.95)
+    services.engine.infer(Query(wanted, {"x": np.ones((1, 4), np.float32).tolist()}, tenant="t1"))
+    (record,) = services.live.recent_queries(10)
+    assert (record.min_accuracy, record.min_fidelity) == (0.85, 0.95)
+
+
 def test_small_body_is_parsed_on_the_loop_and_large_one_in_the_pool(services: Services) -> None:
     _seeded(services)
     loop_thread: list[int] = []

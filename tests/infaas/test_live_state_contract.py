@@ -61,11 +61,12 @@ def record(
     budget: float | None = 20.0,
     worker: str = "w1",
     infeasible: bool = False,
+    min_fidelity: float = 0.0,
 ) -> QueryRecord:
     return QueryRecord(
         at=time.time(), tenant="t", model="m", variant=variant, worker=worker, batch=1, latency_ms=budget,
         min_accuracy=0.0, max_cost=None, estimated_ms=estimated, actual_ms=actual, queue_ms=0.0, cost=1e-9,
-        slo_at_risk=infeasible, reason="r", infeasible=infeasible,
+        slo_at_risk=infeasible, reason="r", infeasible=infeasible, min_fidelity=min_fidelity,
     )  # fmt: skip
 
 
@@ -153,6 +154,8 @@ def test_recent_queries_are_a_bounded_ring_newest_first(make_live: MakeLiveState
     assert recent[0] == QueryRecord(**{**record(actual=7.0).__dict__, "at": recent[0].at})  # every field survives
     live.record_query(record(actual=9.0, infeasible=True))
     assert live.recent_queries(limit=1)[0].infeasible  # the new field too
+    live.record_query(record(min_fidelity=0.97))
+    assert live.recent_queries(limit=1)[0].min_fidelity == 0.97  # the autoscaler's fidelity floor comes from it
     assert len(live.recent_queries(limit=100)) == 5
 
 
