@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,37 @@ class InferResult:
     queue_ms: float
     service_ms: float
     batch: int  # rows in the session run this request was part of
+
+
+def flush_at(pending: Sequence[tuple[float, int, float | None]], max_batch: int, curve: ProfileCurve) -> float | None:
+    """The batching rule's flush time for the requests waiting, oldest first, each ``(enqueued, rows, deadline)``.
+
+    ``None`` when they already fill a batch (``max_batch`` rows): flush now. Otherwise the earliest of one
+    best-batch service time after the oldest was enqueued (requests without a deadline are not held long) and
+    each deadline less the service time of the batch one row bigger (waiting longer would spend its slack).
+    Pure, so that the fleet simulator (``benchmarks/fleet_sim.py``) batches by the same rule as the instance.
+    """
+    rows = sum(r for _at, r, _deadline in pending)
+    if rows >= max_batch:
+        return None
+    service_s = curve.service_ms(max(rows, 1) + 1) / 1000.0
+    at = pending[0][0] + curve.service_ms(max_batch) / 1000.0
+    for _enqueued, _rows, deadline in pending:
+        if deadline is not None:
+            at = min(at, deadline - service_s)
+    return at
+
+
+def batch_size(pending_rows: Sequence[int], max_batch: int) -> int:
+    """How many of the waiting requests (their rows, oldest first) one session run takes: in order, up to
+    ``max_batch`` rows, and always the oldest even when it alone is bigger."""
+    taken = rows = 0
+    for r in pending_rows:
+        if taken and rows + r > max_batch:
+            break
+        taken += 1
+        rows += r
+    return taken
 
 
 class InstanceClosed(RuntimeError):
@@ -237,27 +268,15 @@ class Instance:
         """Wait (lock held, released while waiting) for a full batch or until slack runs out."""
         self._gathering = True
         try:
-            cap = self.curve.service_ms(self.max_batch) / 1000.0
             while not self._closed:
-                rows = sum(r.rows for r in self._pending)
-                if rows >= self.max_batch:
-                    break
-                service_s = self.curve.service_ms(max(rows, 1) + 1) / 1000.0
-                flush_at = self._pending[0].enqueued + cap
-                for r in self._pending:
-                    if r.deadline is not None:
-                        flush_at = min(flush_at, r.deadline - service_s)
+                waiting = [(r.enqueued, r.rows, r.deadline) for r in self._pending]
+                at = flush_at(waiting, self.max_batch, self.curve)
                 now = time.monotonic()
-                if now >= flush_at:
+                if at is None or now >= at:
                     break
-                self._cond.wait(flush_at - now)
-            batch: list[_Request] = []
-            rows = 0
-            while self._pending and (not batch or rows + self._pending[0].rows <= self.max_batch):
-                request = self._pending.popleft()
-                batch.append(request)
-                rows += request.rows
-            return batch
+                self._cond.wait(at - now)
+            taken = batch_size([r.rows for r in self._pending], self.max_batch)
+            return [self._pending.popleft() for _ in range(taken)]
         finally:
             self._gathering = False
 

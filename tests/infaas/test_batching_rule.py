@@ -1,0 +1,28 @@
+"""The instance's batching rule as a pure function (shared with the fleet simulator)."""
+
+from infaas.selector import ProfileCurve
+from infaas.worker.instance import batch_size, flush_at
+
+CURVE = ProfileCurve(
+    batches=(1, 8), latencies_ms=(2.0, 10.0), tails_ms=(3.0, 12.0), load_ms=5.0, memory_mb=10.0, best_batch=8
+)
+
+
+def test_full_batch_flushes_now() -> None:
+    assert flush_at([(0.0, 4, None), (0.1, 4, None)], 8, CURVE) is None
+
+
+def test_without_deadline_waits_one_best_batch_service_time() -> None:
+    assert flush_at([(1.0, 1, None), (1.002, 1, None)], 8, CURVE) == 1.0 + 0.010
+
+
+def test_tightest_deadline_less_the_next_batch_service_time() -> None:
+    # Two rows waiting: the batch one row bigger (3 rows) is profiled at the batch-8 time, 10 ms.
+    at = flush_at([(1.0, 1, 1.5), (1.001, 1, 1.015)], 8, CURVE)
+    assert at is not None and abs(at - (1.015 - 0.010)) < 1e-12
+
+
+def test_batch_takes_in_order_up_to_max_rows_and_always_the_oldest() -> None:
+    assert batch_size([3, 3, 3], 8) == 2
+    assert batch_size([20, 1], 8) == 1  # bigger than a batch alone: runs alone
+    assert batch_size([1] * 10, 8) == 8
