@@ -1,0 +1,375 @@
+"""Indexed selection: the decisions of ``infaas.selector.select`` without scanning every candidate × worker.
+
+The reference scans every qualified candidate against every live worker (its usable-worker filter and its
+cold choice each walk all workers): measured at 10,000 variants and 1,000 workers, p50 2.7 s per task query
+(issue 20). This module makes the same decision with three structures (``benchmarks/scale.py`` measures
+them against the reference):
+
+* per snapshot (built once per ``LiveSnapshot.workers`` tuple): workers by id, and per hardware kind the
+  non-draining workers sorted by (free memory, id) descending, so a candidate's cold worker — the reference's
+  ``max(cold, key=(memory_free_mb, id))`` — is the first one in that order that is usable, not loaded and not
+  excluded; the loaded options come from ``LiveSnapshot.instances`` (already indexed by variant);
+* per candidate list (cached by the identity of the qualified candidates, batch, prices and the smallest
+  worker's cores): the candidates sorted by a lower bound on the cost of any of their placements (the loaded
+  cost on the cheapest worker; a cold one adds ``load_ms``);
+* early termination: once a feasible placement is found, no candidate whose bound exceeds the cheapest
+  feasible cost (within the reference's cost tie) can win or tie, so the scan stops there.
+
+When no placement is feasible (best effort at risk, ``Infeasible``, ``NoWorkerAvailable``) every option is
+needed (the fastest, the best achievable, the wait): the scan is then complete, still one pass over each
+candidate's instances plus its cold worker instead of over all workers. The reference stays the test oracle
+(``tests/infaas/test_fast_selector.py`` compares the two on thousands of random cases); its private helpers
+are reused so that messages and the selection's fields are built in one place. The one difference: the
+reason of a feasible choice does not count every feasible placement (that count needs the full scan).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from infaas.calibration import Correction
+from infaas.live_state.base import InstanceState, LiveSnapshot, WorkerState
+from infaas.selector import (
+    _COST_TIE,
+    Candidate,
+    Infeasible,
+    NoWorkerAvailable,
+    Requirements,
+    Selection,
+    _achievable,
+    _Option,
+    _qualified,
+    _queue_ms,
+    _selection,
+    _unqueued_ms,
+    query_cost,
+    select,
+)
+
+_ORDER_CACHE_MAX = 1024  # distinct candidate lists (task × tenant × floors × batch) kept sorted
+
+
+def usable(candidate: Candidate, worker: WorkerState) -> bool:
+    """The reference's usable-worker filter (``selector._options``): kept in step with it by the oracle tests."""
+    return (
+        not worker.draining
+        and candidate.variant.hardware in worker.hardware
+        and worker.memory_budget_mb >= candidate.curve.memory_mb
+    )
+
+
+class _WorkerIndex:
+    """One snapshot's workers: by id, and per hardware kind the non-draining ones by (free memory, id) descending."""
+
+    __slots__ = ("workers", "by_id", "by_kind", "min_cores")
+
+    def __init__(self, workers: tuple[WorkerState, ...]) -> None:
+        self.workers = workers  # held: the cache is keyed by this tuple's identity
+        self.by_id = {w.id: w for w in workers}
+        kinds: dict[str, list[WorkerState]] = {}
+        for w in workers:
+            if not w.draining:
+                for kind in w.hardware:
+                    kinds.setdefault(kind, []).append(w)
+        self.by_kind = {
+            kind: tuple(sorted(ws, key=lambda w: (w.memory_free_mb, w.id), reverse=True)) for kind, ws in kinds.items()
+        }
+        self.min_cores = min((w.cores for w in workers), default=0)
+
+
+@dataclass(slots=True, frozen=True)
+class _Ranked:
+    """A qualified candidate with what its options share, in the order the scan visits them."""
+
+    bound: float  # no placement of this candidate costs less
+    index: int  # position in the qualified list: the reference's order among equal options
+    candidate: Candidate
+    key: str
+    service_ms: float
+    tail_ms: float
+    fixed_cost: float | None  # the loaded cost when it does not depend on the worker (not a CPU variant on all cores)
+
+
+class _MinCores:
+    """The worker ``query_cost`` prices a bound on: only its cores are read."""
+
+    __slots__ = ("cores",)
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
+
+
+class _Room:
+    """``selector._Room`` per worker: the idle instances of one worker are summed only when that worker is asked.
+
+    Sums in the reference's order (``live.instances`` order), so that the float comparison is the same.
+    """
+
+    __slots__ = ("_live", "_by_worker", "_idle")
+
+    def __init__(self, live: LiveSnapshot) -> None:
+        self._live = live
+        self._by_worker: dict[str, list[InstanceState]] | None = None
+        self._idle: dict[str, float] = {}
+
+    def fits(self, worker: WorkerState, needed_mb: float) -> bool:
+        free = worker.memory_free_mb
+        if free >= needed_mb:
+            return True
+        idle = self._idle.get(worker.id)
+        if idle is None:
+            if self._by_worker is None:
+                self._by_worker = {}
+                for instances in self._live.instances.values():
+                    for inst in instances:
+                        self._by_worker.setdefault(inst.worker_id, []).append(inst)
+            idle = 0.0
+            for inst in self._by_worker.get(worker.id, ()):
+                if self._live.depth(inst.worker_id, inst.variant_key) == 0:
+                    idle += inst.memory_mb
+            self._idle[worker.id] = idle
+        return free + idle >= needed_mb
+
+
+class FastSelector:
+    """Same decisions as ``infaas.selector.select``, from indexes kept across queries. Thread-safe.
+
+    One per process (``fast_select`` uses a module-level one); the indexes follow the snapshots and candidate
+    lists they are given, so there is nothing to invalidate.
+    """
+
+    def __init__(self) -> None:
+        self._index: _WorkerIndex | None = None
+        self._orders: dict[tuple[object, ...], tuple[tuple[Candidate, ...], tuple[_Ranked, ...] | None]] = {}
+        self._lock = threading.Lock()
+
+    def select(
+        self,
+        requirements: Requirements,
+        candidates: Sequence[Candidate],
+        live: LiveSnapshot,
+        prices: Mapping[str, float],
+        exclude: Collection[tuple[str, str]] = (),
+        correct: Correction | None = None,
+    ) -> Selection:
+        """``infaas.selector.select``'s decision (same arguments, same errors)."""
+        qualified = _qualified(requirements, candidates)
+        index = self._workers(live.workers)
+        order = self._order(qualified, requirements.batch, prices, index.min_cores)
+        if order is None:  # a negative price or load time: bounds would not bound; the reference decides
+            return select(requirements, candidates, live, prices, exclude, correct)
+        room = _Room(live)
+        found = self._cheapest(requirements, order, live, index, prices, room, exclude, correct)
+        if found is not None:
+            return found
+        return self._decide_all(requirements, order, live, index, prices, room, exclude, correct)
+
+    # -- indexes --------------------------------------------------------------------------------
+    def _workers(self, workers: tuple[WorkerState, ...]) -> _WorkerIndex:
+        index = self._index
+        if index is None or index.workers is not workers:
+            index = _WorkerIndex(workers)
+            self._index = index
+        return index
+
+    def _order(
+        self, qualified: Sequence[Candidate], batch: int, prices: Mapping[str, float], min_cores: int
+    ) -> tuple[_Ranked, ...] | None:
+        key = (tuple(map(id, qualified)), batch, tuple(prices.items()), min_cores)
+        hit = self._orders.get(key)
+        if hit is not None:
+            return hit[1]
+        order = _rank(qualified, batch, prices, min_cores)
+        with self._lock:
+            if len(self._orders) >= _ORDER_CACHE_MAX:
+                self._orders.clear()
+            self._orders[key] = (tuple(qualified), order)  # the candidates held: their ids stay theirs
+        return order
+
+    # -- the scan -------------------------------------------------------------------------------
+    def _cheapest(
+        self,
+        requirements: Requirements,
+        order: tuple[_Ranked, ...],
+        live: LiveSnapshot,
+        index: _WorkerIndex,
+        prices: Mapping[str, float],
+        room: _Room,
+        exclude: Collection[tuple[str, str]],
+        correct: Correction | None,
+    ) -> Selection | None:
+        """The cheapest feasible placement, visiting candidates by cost bound; ``None`` when none is feasible."""
+        budget, max_cost = requirements.latency_ms, requirements.max_cost
+        limit = math.inf if max_cost is None else max_cost  # options costing more can be neither feasible nor tied
+        cheapest = math.inf
+        # (cost, not loaded, estimate, key, candidate index, option index, candidate, worker, raw)
+        feasible: list[tuple[float, bool, float, str, int, int, Candidate, WorkerState, float]] = []
+        by_id, depth = index.by_id, live.depth
+        for r in order:
+            if r.bound > limit:
+                break
+            candidate, key, curve = r.candidate, r.key, r.candidate.curve
+            instances = live.instances.get(key, ())
+            for seq, inst in enumerate(instances):
+                worker = by_id.get(inst.worker_id)
+                if worker is None or not usable(candidate, worker) or (exclude and (key, worker.id) in exclude):
+                    continue
+                cost = r.fixed_cost if r.fixed_cost is not None else query_cost(candidate, worker, r.service_ms, prices)
+                if cost > limit:
+                    continue
+                raw = r.tail_ms + _queue_ms(depth(worker.id, key), max(inst.replicas, 1), curve)
+                est = raw if correct is None else correct(key, worker.id, raw)
+                if budget is None or est <= budget:
+                    feasible.append((cost, False, est, key, r.index, seq, candidate, worker, raw))
+                    if cost < cheapest:
+                        cheapest = cost
+                        limit = min(limit, cheapest * (1 + _COST_TIE))
+            worker = _cold_worker(candidate, key, instances, index, room, exclude)
+            if worker is not None:
+                cost = query_cost(candidate, worker, curve.load_ms + r.service_ms, prices)
+                if cost > limit:
+                    continue
+                raw = curve.load_ms + r.tail_ms
+                est = raw if correct is None else correct(key, worker.id, raw)
+                if budget is None or est <= budget:
+                    feasible.append((cost, True, est, key, r.index, len(instances), candidate, worker, raw))
+                    if cost < cheapest:
+                        cheapest = cost
+                        limit = min(limit, cheapest * (1 + _COST_TIE))
+        if not feasible:
+            return None
+        threshold = cheapest * (1 + _COST_TIE)
+        best = min((f for f in feasible if f[0] <= threshold), key=lambda f: f[1:6])
+        cost, cold, est, _key, _i, _s, candidate, worker, raw = best
+        option = _Option(candidate, worker, not cold, est, raw, 0.0, cost)
+        why = "cheapest placement meeting" + (f" {budget:g} ms" if budget is not None else " no latency budget")
+        return _selection(option, requirements.batch, False, why)
+
+    def _decide_all(
+        self,
+        requirements: Requirements,
+        order: tuple[_Ranked, ...],
+        live: LiveSnapshot,
+        index: _WorkerIndex,
+        prices: Mapping[str, float],
+        room: _Room,
+        exclude: Collection[tuple[str, str]],
+        correct: Correction | None,
+    ) -> Selection:
+        """No feasible placement: every option, then the reference's rules for that case."""
+        ranked = sorted(order, key=lambda r: r.index)  # the reference's option order decides exact ties
+        options = [o for r in ranked for o in _options(r, live, index, prices, room, exclude, correct)]
+        if not options:
+            raise NoWorkerAvailable(
+                "no live, non-draining worker has room for a variant meeting the accuracy floor"
+                + (" (loads that failed for lack of memory excluded)" if exclude else "")
+            )
+        budget, max_cost = requirements.latency_ms, requirements.max_cost
+        affordable = [o for o in options if max_cost is None or o.cost <= max_cost]
+        if not affordable:
+            raise Infeasible(f"max_cost ${max_cost:.3g}/query (a hard limit)", _achievable(options))
+        assert budget is not None  # affordable yet none feasible: only the budget is unmet
+        best = min(affordable, key=lambda o: (o.estimated_ms, o.cost, not o.loaded, o.candidate.key))
+        if requirements.on_infeasible == "reject":
+            waits_ms = [o.estimated_ms - budget for o in affordable if o.estimated_ms - o.queue_ms <= budget]
+            wait_s = min(waits_ms) / 1000.0 if waits_ms else None
+            raise Infeasible(f"latency_ms {budget:g}", _achievable(affordable), wait_s)
+        why = f"SLO at risk: no placement meets {budget:g} ms; serving the fastest ({best.estimated_ms:.2f} ms est)"
+        infeasible = all(_unqueued_ms(o) > budget for o in affordable)
+        if infeasible:
+            why += "; infeasible even with empty queues"
+        return replace(_selection(best, requirements.batch, True, why), infeasible=infeasible)
+
+
+def _rank(
+    qualified: Sequence[Candidate], batch: int, prices: Mapping[str, float], min_cores: int
+) -> tuple[_Ranked, ...] | None:
+    """The candidates by cost bound (then position); ``None`` when a bound could exceed a real cost."""
+    if any(p < 0 for p in prices.values()):
+        return None
+    cheapest_worker = _MinCores(min_cores)
+    ranked = []
+    for i, c in enumerate(qualified):
+        curve = c.curve
+        if curve.load_ms < 0:
+            return None
+        service = curve.service_ms(batch)
+        bound = query_cost(c, cheapest_worker, service, prices)  # type: ignore[arg-type]  # reads .cores only
+        fixed = None if c.variant.hardware == "cpu" and not c.variant.threads else bound
+        ranked.append(_Ranked(bound, i, c, c.key, service, curve.tail_ms(batch), fixed))
+    ranked.sort(key=lambda r: (r.bound, r.index))
+    return tuple(ranked)
+
+
+def _cold_worker(
+    candidate: Candidate,
+    key: str,
+    instances: Sequence[InstanceState],
+    index: _WorkerIndex,
+    room: _Room,
+    exclude: Collection[tuple[str, str]],
+) -> WorkerState | None:
+    """The reference's one cold placement: the usable worker with the most free memory (then highest id) not
+    hosting the variant nor excluded, if it has room; else the first such worker that can make room."""
+    needed = candidate.curve.memory_mb
+    loaded_on = {inst.worker_id for inst in instances} if instances else ()
+    # The reference takes the roomiest such worker if it fits, else the roomiest that fits by evicting idle
+    # instances: either way the first in (free memory, id) descending order that fits.
+    for w in index.by_kind.get(candidate.variant.hardware, ()):
+        if w.id in loaded_on or not usable(candidate, w) or (exclude and (key, w.id) in exclude):
+            continue
+        if room.fits(w, needed):
+            return w
+    return None
+
+
+def _options(
+    r: _Ranked,
+    live: LiveSnapshot,
+    index: _WorkerIndex,
+    prices: Mapping[str, float],
+    room: _Room,
+    exclude: Collection[tuple[str, str]],
+    correct: Correction | None,
+) -> list[_Option]:
+    """Every option of one candidate, as ``selector._options`` makes them, in its order."""
+    candidate, key, curve = r.candidate, r.key, r.candidate.curve
+    out: list[_Option] = []
+    instances = live.instances.get(key, ())
+    for inst in instances:
+        worker = index.by_id.get(inst.worker_id)
+        if worker is None or not usable(candidate, worker) or (exclude and (key, worker.id) in exclude):
+            continue
+        queue = _queue_ms(live.depth(worker.id, key), max(inst.replicas, 1), curve)
+        raw = r.tail_ms + queue
+        est = raw if correct is None else correct(key, worker.id, raw)
+        if queue and correct is not None:
+            queue = est - correct(key, worker.id, r.tail_ms)
+        cost = r.fixed_cost if r.fixed_cost is not None else query_cost(candidate, worker, r.service_ms, prices)
+        out.append(_Option(candidate, worker, True, est, raw, queue, cost))
+    worker = _cold_worker(candidate, key, instances, index, room, exclude)
+    if worker is not None:
+        raw = curve.load_ms + r.tail_ms
+        est = raw if correct is None else correct(key, worker.id, raw)
+        cost = query_cost(candidate, worker, curve.load_ms + r.service_ms, prices)
+        out.append(_Option(candidate, worker, False, est, raw, 0.0, cost))
+    return out
+
+
+_DEFAULT = FastSelector()
+
+
+def fast_select(
+    requirements: Requirements,
+    candidates: Sequence[Candidate],
+    live: LiveSnapshot,
+    prices: Mapping[str, float],
+    exclude: Collection[tuple[str, str]] = (),
+    correct: Correction | None = None,
+) -> Selection:
+    """The selection entry point of the engine (and of simulators): ``infaas.selector.select``'s arguments,
+    decisions and errors, from the process's ``FastSelector``."""
+    return _DEFAULT.select(requirements, candidates, live, prices, exclude, correct)
