@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from infaas.config import Settings
 from infaas.errors import BadRequest, ModelNotReady, TooManyRequests, UnknownModel
-from infaas.metrics import outcome_of
+from infaas.live_state import QueryRecord
+from infaas.metrics import FOLD_AT, QueryMetrics, outcome_of
 from infaas.selector import Achievable, Infeasible
 from infaas.services import Services
 from infaas.worker import LocalWorker
@@ -94,8 +97,18 @@ def test_requests_outcomes_histograms_and_misses_count_what_was_sent(client: Tes
 
     variant = {"model": "tiny", "variant": "fp32"}
     n = ok + oip_ok + at_risk
-    for histogram in ("request_duration", "queue_duration", "service_duration", "estimate_error"):
+    for histogram in ("request_duration", "queue_duration", "service_duration"):
         assert value(s, f"infaas_{histogram}_seconds_count", **variant) == n, histogram
+    assert value(s, "infaas_estimate_error_seconds_bucket", **variant, le="+Inf") == n
+    # The two sums the mean estimate error is computed from are those of what live state recorded.
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    recorded = services.live.recent_queries(1000)
+    assert len(recorded) == n
+    estimated_s = value(s, "infaas_estimated_latency_seconds_total", **variant)
+    assert estimated_s == pytest.approx(sum(r.estimated_ms for r in recorded) / 1000.0)
+    assert value(s, "infaas_request_duration_seconds_sum", **variant) == pytest.approx(
+        sum(r.actual_ms for r in recorded) / 1000.0
+    )
     assert value(s, "infaas_batch_size_count", **variant) == n
     assert value(s, "infaas_batch_size_sum", **variant) >= 2 * n  # each query has 2 rows
     assert value(s, "infaas_request_duration_seconds_bucket", **variant, le="+Inf") == n
@@ -209,3 +222,47 @@ def test_the_dashboard_names_only_metrics_that_are_exported(client: TestClient) 
 )
 def test_failures_are_labelled_by_who_refused(error: BaseException, outcome: str) -> None:
     assert outcome_of(error) == outcome
+
+
+def test_no_query_is_lost_when_threads_serve_while_prometheus_scrapes() -> None:
+    registry = CollectorRegistry()
+    metrics = QueryMetrics(registry)
+    record = QueryRecord(
+        at=0.0, tenant="t", model="m", variant="v", worker="w", batch=1, latency_ms=1.0, min_accuracy=0.0,
+        max_cost=None, estimated_ms=2.0, actual_ms=1.5, queue_ms=0.1, cost=0.0, slo_at_risk=False, reason="",
+    )  # fmt: skip
+    threads, each = 4, 3 * FOLD_AT + 7  # every thread crosses the fold threshold several times
+    done = threading.Event()
+
+    def serve() -> None:
+        for i in range(each):
+            metrics.served("v1", record, 1.0, 2)
+            if i % 10 == 0:
+                metrics.failed("oip", BadRequest("x"))
+
+    def scrape_until_done() -> None:
+        while not done.is_set():
+            generate_latest(registry)
+
+    scraper = threading.Thread(target=scrape_until_done)
+    scraper.start()
+    workers = [threading.Thread(target=serve) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    done.set()
+    scraper.join()
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    labels = {"model": "m", "variant": "v"}
+    assert value(samples, "infaas_requests_total", **labels, worker="w", endpoint="v1", outcome="ok") == threads * each
+    failed = {"model": "", "variant": "", "worker": "", "endpoint": "oip", "outcome": "client_error"}
+    assert value(samples, "infaas_requests_total", **failed) == threads * len(range(0, each, 10))
+    assert value(samples, "infaas_request_duration_seconds_bucket", **labels, le="0.0025") == threads * each
+    assert value(samples, "infaas_request_duration_seconds_bucket", **labels, le="0.001") == 0  # 1.5 ms
+    assert value(samples, "infaas_batch_size_sum", **labels) == 2 * threads * each
+    assert value(samples, "infaas_slo_misses_total", **labels, cause="capacity") == threads * each  # 1.5 > 1 ms
