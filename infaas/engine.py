@@ -26,9 +26,10 @@ from infaas.candidates import CandidateCache
 from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
 from infaas.fair_share import FairShare
+from infaas.fast_selector import fast_select
 from infaas.live_state import LiveState, QueryRecord, Rejection
 from infaas.metrics import QueryMetrics
-from infaas.selector import Candidate, Infeasible, NoWorkerAvailable, Requirements, Selection, select
+from infaas.selector import Candidate, Infeasible, NoWorkerAvailable, Requirements, Selection
 from infaas.tensors import TensorSpec, check_limits, conform_inputs
 from infaas.worker import InferResult, OutOfMemory, WorkerClient, WorkerError
 from infaas.worker.clients import WorkerClients
@@ -240,7 +241,7 @@ class QueryEngine:
         requirements = replace(requirements, batch=batch)
         snapshot = self.workers.snapshot()
         try:
-            decision = select(requirements, candidates, snapshot, self._prices, correct=self.calibration.correct)
+            decision = fast_select(requirements, candidates, snapshot, self._prices, correct=self.calibration.correct)
         except Infeasible as refused:
             self._record_rejection(query, refused)
             raise
@@ -300,7 +301,7 @@ class QueryEngine:
         """Choose again for ``plan`` without the excluded placements (and the workers being avoided)."""
         snapshot = self.workers.snapshot()
         try:
-            decision = select(
+            decision = fast_select(
                 plan.requirements, plan.candidates, snapshot, self._prices, exclude, self.calibration.correct
             )
         except NoWorkerAvailable as exc:
