@@ -117,23 +117,58 @@ def test_a_burst_comes_from_its_own_tenant_and_only_during_the_spike() -> None:
     assert len(burst) > len(steady)  # 160 of the spike's 200 q/s
 
 
-def test_calibration_is_the_median_of_repeated_windows() -> None:
-    classes = [QueryClass("a", 0.5, 100.0, 0.0, 1, "reject"), QueryClass("b", 0.5, 100.0, 0.0, 1)]
-    seen: set[str] = set()
+def test_capacity_is_the_median_of_repeated_staircases() -> None:
+    # A deployment that keeps 99% of queries in time up to a threshold that drifts between staircases (a
+    # staircase ends at its first failure after a pass).
+    thresholds = iter([100.0, 104.0, 96.0, 120.0, 101.0])
+    state = {"threshold": 300.0, "passed": False}
+
+    def measure(rate: float) -> dict:
+        in_time = 1.0 if rate <= state["threshold"] else 0.9
+        if in_time >= 0.99:
+            state["passed"] = True
+        elif state["passed"]:
+            state["threshold"], state["passed"] = next(thresholds, 100.0), False
+        return {"qps": rate, "in_time": in_time}
+
+    result = trace.capacity(measure, repeats=5, start_qps=20.0, target=0.99)
+    stairs = result["staircases_qps"]
+    assert len(stairs) == 5 and None not in stairs
+    for capacity, threshold in zip(stairs, [100.0, 104.0, 96.0, 120.0, 101.0], strict=True):
+        assert threshold / trace.STAIR_STEP < capacity <= threshold  # the last step under the threshold
+    assert result["capacity_qps"] == pytest.approx(float(np.median(stairs)), abs=0.1)
+    assert (result["min_qps"], result["max_qps"]) == (min(stairs), max(stairs))
+    # The coarse staircase brackets (not counted): ×1.5 from 20 q/s past 300.
+    assert result["coarse"]["capacity_qps"] <= 300.0 < result["coarse"]["capacity_qps"] * trace.COARSE_STEP
+    assert all(len(s["windows"]) >= 2 for s in result["staircases"])  # every window is kept
+
+
+def test_a_staircase_whose_first_window_fails_starts_lower() -> None:
+    def measure(rate: float) -> dict:
+        return {"qps": rate, "in_time": 1.0 if rate <= 10.0 else 0.5}
+
+    result = trace.capacity(measure, repeats=5, start_qps=100.0, target=0.99)
+    assert 10.0 / trace.STAIR_STEP < result["capacity_qps"] <= 10.0
+
+
+def test_calibration_windows_are_open_loop_and_count_refusals_as_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    classes = [QueryClass("a", 0.5, 1000.0, 0.0, 1, "reject"), QueryClass("b", 0.5, 1000.0, 0.0, 1)]
 
     def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
-        seen.add(arrival.cls.on_infeasible)
-        time.sleep(0.002)
-        return f"m/{arrival.cls.name}", 1.0
+        if arrival.cls.name == "a":
+            raise Infeasible("latency_ms 1000", BEST, retry_after_s=1.0)
+        return "m/b", 1.0
 
-    result = trace.calibrate(serve, classes, np.zeros((10, 1), np.float32), clients=2, window_s=0.2, repeats=5)
-    rates = [w["qps"] for w in result["windows"]]
-    assert len(rates) == 5
-    assert result["capacity_qps"] == pytest.approx(float(np.median(rates)), abs=0.1)
-    assert result["min_qps"] == min(rates) and result["max_qps"] == max(rates)
-    assert result["capacity_qps"] > 0
-    assert seen == {"best_effort"}  # a rejection must never pass for throughput
-    assert set().union(*(w["served_by"] for w in result["windows"])) <= {"m/a", "m/b"}
+    monkeypatch.setattr(trace, "STAIR_PAUSE_S", 0.0)
+    monkeypatch.setattr(trace, "MAX_STAIRS", 2)
+    result = trace.calibrate(
+        serve, classes, np.zeros((10, 1), np.float32), repeats=5, window_s=0.5, start_qps=400.0, target=0.99
+    )
+    # Half the queries are refused at every rate: no window is 99% in time, so no capacity is found.
+    assert result["capacity_qps"] == 0.0 and result["staircases_qps"] == [None] * 5
+    first = result["coarse"]["windows"][0]
+    assert first["qps"] == 400.0 and first["queries"] > 100
+    assert 0.3 < first["in_time"] < 0.7
 
 
 def test_a_class_is_infeasible_only_if_every_probe_was_refused() -> None:
