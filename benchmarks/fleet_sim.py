@@ -1,0 +1,1039 @@
+"""A simulated fleet of up to 1,000 workers, a compressed day of traffic, driven by the real policies (issue 20 §3).
+
+What is real (imported, never copied): ``infaas.selector.select`` places every chunk of queries (below);
+``Autoscaler.view`` (``autoscaler/loop.py``) builds the policies' ``ClusterView`` from a stand-in live state and
+worker clients; ``model_level.decide`` and ``vm_level.decide`` decide, exactly as ``step_model`` / ``step_vm``
+call them; the instance's batching rule (``infaas.worker.instance.flush_at`` / ``batch_size``) forms batches;
+service times are the zoo's measured profiles (p50 and p99 per batch size, load time, memory) read from a
+registered, profiled zoo home (``--home``, made by ``benchmarks/trace.py`` or ``estimate_honesty.py``).
+
+What is simulated, on SimPy's clock: arrivals, worker start-up delays, loads, a worker dying and a zone of
+workers dying (their queued queries fail; live state keeps them until the heartbeat TTL, so the selector can
+still pick them meanwhile), and each instance as a FIFO served by its replicas in batches.
+
+Simplifications (what makes a day at tens of thousands of queries/s run in minutes on two cores):
+
+* Time advances in ticks (``--tick``). Per tick and query class the arrivals (Poisson) are routed in *chunks*:
+  ``select`` is called once per chunk, and the chunk goes where it chose; the next call sees the rows the chunk
+  added to that instance's queue depth, so the traffic spreads as it does query by query. A chunk is at most
+  what the chosen instance serves in one tick (replicas × queries per batch × batches per tick), at least one
+  batch.
+* ``select`` reads the live snapshot of one *group* of ``--group`` workers (a front-end's shard); a class's
+  arrivals are split over groups by their active cores. With one group (the validation run) this is exact.
+  ``select`` over 1,000 workers costs 10-40 ms a call here (issue 20 §1), which is why.
+* Within a chunk, arrivals are spread evenly over the tick; latency = wait behind the backlog + the batching
+  rule's gather wait (sparse arrivals) + service; service is the profiled p50 at the batch plus, for 1% of
+  queries, the gap to the profiled p99 (the profile's own tail); a worker whose instances want more cores than
+  it has slows them in proportion (processor sharing).
+* Per-instance statistics (rate, p99, feasible misses) are kept over the autoscaler's window from those
+  latencies, as live state's ``instance_stats`` does.
+
+Validated by replaying ``benchmarks/trace.py``'s committed two-minute trace on its two-worker setup (one group,
+10 ms ticks: chunks of about one query) and comparing with ``benchmarks/results/trace.json``.
+
+Run: ``python -m benchmarks.fleet_sim --home /tmp/T-home`` (a copy of the home's database is read; nothing is
+written there). Writes ``benchmarks/results/fleet_sim.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import simpy
+
+from autoscaler import model_level, vm_level
+from autoscaler.loop import Autoscaler
+from autoscaler.policy_types import Action, History, PolicyConfig
+from infaas.live_state.base import InstanceState, LiveSnapshot, VariantStats, WorkerState
+from infaas.selector import Candidate, NoWorkerAvailable, Requirements, Selection, select
+from infaas.worker.instance import batch_size, flush_at
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PRICES = {"cpu-core": 0.048, "gpu": 2.5}  # $/hour, as benchmarks/trace.py
+TAIL_SHARE = 0.01  # queries whose service reaches the profiled p99
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class QueryClass:
+    """A kind of query: latency budget, accuracy floor, rows, and its share of traffic at the start and end of
+    the day (the task mix shifts linearly between them)."""
+
+    name: str
+    budget_ms: float
+    floor: float
+    rows: int
+    share_start: float
+    share_end: float
+
+    def share(self, fraction: float) -> float:
+        return self.share_start + (self.share_end - self.share_start) * fraction
+
+
+@dataclass(frozen=True)
+class Day:
+    """A compressed day: diurnal curve from ``trough_qps`` to ``peak_qps`` with bursts (multipliers on the curve)."""
+
+    length_s: float
+    trough_qps: float
+    peak_qps: float
+    bursts: tuple[tuple[float, float, float], ...] = ((0.30, 20.0, 2.0), (0.55, 15.0, 1.6), (0.80, 20.0, 2.5))
+
+    def rate(self, t: float) -> float:
+        x = t / self.length_s
+        diurnal = (0.5 - 0.5 * math.cos(2 * math.pi * x)) ** 2  # 0 at midnight, 1 at noon
+        rate = self.trough_qps + (self.peak_qps - self.trough_qps) * diurnal
+        for at, length, factor in self.bursts:
+            if at * self.length_s <= t < at * self.length_s + length:
+                rate *= factor
+        return rate
+
+
+def load_candidates(home: Path) -> list[Candidate]:
+    """The zoo's ready, profiled variants from a home's database (copied first: the home may be in use)."""
+    from infaas.db.session import Database
+    from infaas.metadata import MetadataStore
+
+    copy = Path(tempfile.mkdtemp(prefix="fleet-sim-")) / "infaas.db"
+    src = sqlite3.connect(f"file:{home / 'infaas.db'}?mode=ro", uri=True)
+    dst = sqlite3.connect(copy)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    try:
+        metadata = MetadataStore(Database(f"sqlite:///{copy}"))
+        return [Candidate.of(m, v) for m, v in metadata.ready_variants()]
+    finally:
+        shutil.rmtree(copy.parent, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------- the fleet model
+
+
+@dataclass
+class Instance:
+    worker: str
+    candidate: Candidate
+    replicas: int
+    ready_at: float
+    backlog_until: float = 0.0  # when the queries already routed here are done (replicas pooled)
+    last_used: float = 0.0
+    assigned_rows: int = 0  # routed this tick (counted as queued for the selector)
+    window: deque = field(default_factory=deque)  # (t, latencies array, misses)
+    busy_core_s: float = 0.0  # this tick's demand on its worker's cores
+
+    @property
+    def key(self) -> str:
+        return self.candidate.key
+
+
+@dataclass
+class Worker:
+    id: str
+    cores: int
+    memory_mb: float
+    zone: int
+    started_at: float  # billed from here
+    ready: bool = False
+    draining: bool = False
+    dead_at: float | None = None
+    gone: bool = False  # removed from live state (dead past the TTL, or removed by the VM level)
+    slow: float = 1.0
+    instances: dict[str, Instance] = field(default_factory=dict)
+
+    def state(self) -> WorkerState:
+        used = sum(i.candidate.curve.memory_mb * max(i.replicas, 1) for i in self.instances.values())
+        return WorkerState(self.id, "sim", self.cores, self.memory_mb, used, draining=self.draining)
+
+
+@dataclass
+class Tally:
+    """Every query counted once: ``in_time``, ``missed`` (late), ``failed`` (its worker died), ``rejected``."""
+
+    arrived: int = 0
+    in_time: int = 0
+    missed: int = 0
+    failed: int = 0
+    rejected: int = 0
+    infeasible: int = 0  # of the served: no placement could meet the budget even on empty queues
+    accuracy_sum: float = 0.0
+    served_by: dict = field(default_factory=lambda: defaultdict(int))
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(20_001, dtype=np.int64))  # 0.5 ms bins to 10 s
+
+    def add(self, latencies: np.ndarray, budget: float, accuracy: float, key: str, infeasible: bool) -> int:
+        n = len(latencies)
+        late = int(np.count_nonzero(latencies > budget))
+        self.missed += late
+        self.in_time += n - late
+        if infeasible:
+            self.infeasible += n
+        self.accuracy_sum += accuracy * n
+        self.served_by[key] += n
+        np.add.at(self.hist, np.minimum((latencies * 2).astype(np.int64), len(self.hist) - 1), 1)
+        return late
+
+    def p(self, q: float) -> float:
+        total = int(self.hist.sum())
+        if total == 0:
+            return 0.0
+        return float(np.searchsorted(np.cumsum(self.hist), q * total) / 2.0)
+
+
+class _Live:
+    """What ``Autoscaler.view`` reads of live state, answered from the simulated fleet."""
+
+    def __init__(self, sim: FleetSim) -> None:
+        self.sim = sim
+
+    def snapshot(self) -> LiveSnapshot:
+        return self.sim.snapshot(self.sim.visible())
+
+    def instance_stats(self, window_s: float) -> dict[tuple[str, str], VariantStats]:
+        return self.sim.instance_stats(window_s)
+
+    def recent_queries(self, limit: int) -> list[SimpleNamespace]:
+        now, wall = self.sim.env.now, time.time()
+        return [
+            SimpleNamespace(
+                variant_key=r.variant_key,
+                worker=r.worker,
+                at=wall - (now - r.at),
+                min_accuracy=r.min_accuracy,
+                min_fidelity=0.0,
+                batch=r.batch,
+                latency_ms=r.latency_ms,
+            )
+            for r in list(self.sim.recent)[-limit:]
+        ]
+
+
+class _Clients:
+    def __init__(self, sim: FleetSim) -> None:
+        self.sim = sim
+
+    def get(self, worker_id: str) -> SimpleNamespace | None:
+        worker = self.sim.workers.get(worker_id)
+        if worker is None:
+            return None
+        now = self.sim.env.now
+        instances = [
+            SimpleNamespace(variant_key=i.key, replicas=i.replicas, idle_s=now - i.last_used)
+            for i in worker.instances.values()
+        ]
+        return SimpleNamespace(status=lambda: SimpleNamespace(instances=instances))
+
+
+class _Cache:
+    def __init__(self, candidates: Sequence[Candidate]) -> None:
+        self.by_model: dict[str, list[Candidate]] = defaultdict(list)
+        self.models = {}
+        for c in candidates:
+            self.by_model[c.model.name].append(c)
+            self.models[c.model.name] = c.model
+
+    def all_models(self) -> list:
+        return list(self.models.values())
+
+    def for_model(self, name: str) -> tuple[Candidate, ...]:
+        return tuple(self.by_model.get(name, ()))
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    model_level: bool
+    vm_level: bool
+    workers: int  # at the start (and for good, without the VM level)
+    preload: bool  # instances sized for the class mix at the start (static provisioning)
+
+
+class FleetSim:
+    """One run of one setup over one day."""
+
+    def __init__(
+        self,
+        candidates: Sequence[Candidate],
+        classes: Sequence[QueryClass],
+        setup: Setup,
+        *,
+        arrivals: object,  # Day, or a list of (t, class name) for replay
+        length_s: float,
+        cores: int,
+        memory_mb: float,
+        config: PolicyConfig,
+        tick_s: float,
+        group: int,
+        model_period_s: float = 1.0,
+        vm_period_s: float = 10.0,
+        stats_window_s: float = 5.0,
+        heartbeat_ttl_s: float = 3.0,
+        startup_s: tuple[float, float] = (30.0, 90.0),
+        failures: Sequence[tuple[float, str]] = (),
+        max_workers: int = 2000,
+        zones: int = 4,
+        seed: int = 1,
+        max_chunks: int = 64,
+    ) -> None:
+        self.env = simpy.Environment()
+        self.candidates = list(candidates)
+        self.classes = list(classes)
+        self.setup = setup
+        self.arrivals = arrivals
+        self.length_s = length_s
+        self.cores, self.memory_mb = cores, memory_mb
+        self.config = config
+        self.tick_s, self.group = tick_s, group
+        self.model_period_s, self.vm_period_s = model_period_s, vm_period_s
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.startup_s = startup_s
+        self.failures = list(failures)
+        self.zones = zones
+        self.rng = random.Random(seed)
+        self.np_rng = np.random.default_rng(seed)
+        self.max_chunks = max_chunks
+        self.workers: dict[str, Worker] = {}
+        self.next_id = 0
+        self.tally = {c.name: Tally() for c in self.classes}
+        self.recent: deque = deque(maxlen=1000)
+        self.decisions: list[dict] = []
+        self.policy_calls = {"select": 0, "model_level.decide": 0, "vm_level.decide": 0, "view": 0}
+        self.worker_seconds = 0.0
+        self.peak_workers = 0
+        self.pending = 0
+        self.timeline: list[dict] = []
+        self.select_wall_s = 0.0
+        self.policy_wall_s = 0.0
+        self.chunks_capped = 0
+        self.model_history = History()
+        self.vm_history = History()
+        self.unmet: tuple[str, ...] = ()
+        settings = SimpleNamespace(
+            autoscaler="on",
+            autoscaler_lease_renew_s=1.0,
+            autoscaler_lease_s=3.0,
+            idle_unload_s=config.idle_unload_s,
+            worker_cores=cores,
+            prices=PRICES,
+            min_workers=1,
+            max_workers=max_workers,
+        )
+        engine = SimpleNamespace(live=_Live(self), workers=_Clients(self), cache=_Cache(self.candidates))
+        services = SimpleNamespace(settings=settings, engine=engine, leadership=None)
+        self.scaler = Autoscaler(
+            services,  # type: ignore[arg-type]  # the parts view() reads
+            config=config,
+            stats_window_s=stats_window_s,
+            clock=lambda: self.env.now,
+        )
+        for _ in range(setup.workers):
+            worker = self.add_worker(ready=True)
+            if setup.preload:
+                self.preload(worker)
+
+    # -- fleet ----------------------------------------------------------------------------------------
+    def add_worker(self, ready: bool) -> Worker:
+        self.next_id += 1
+        wid = f"w{self.next_id:04d}"
+        worker = Worker(wid, self.cores, self.memory_mb, self.next_id % self.zones, self.env.now, ready=ready)
+        self.workers[wid] = worker
+        self.scaler._owned.add(wid)  # every simulated worker was started by the provider: removable
+        return worker
+
+    def visible(self) -> list[Worker]:
+        """Workers live state lists: registered, not yet timed out."""
+        return [w for w in self.workers.values() if w.ready and not w.gone]
+
+    def snapshot(self, workers: Sequence[Worker]) -> LiveSnapshot:
+        states = tuple(w.state() for w in workers)
+        instances: dict[str, list[InstanceState]] = defaultdict(list)
+        depth: dict[tuple[str, str], int] = {}
+        now = self.env.now
+        for w in workers:
+            for inst in w.instances.values():
+                instances[inst.key].append(InstanceState(w.id, inst.key, inst.replicas, inst.candidate.curve.memory_mb))
+                rows = self.depth_rows(inst, now)
+                if rows:
+                    depth[(w.id, inst.key)] = rows
+        return LiveSnapshot(states, {k: tuple(v) for k, v in instances.items()}, depth)
+
+    def depth_rows(self, inst: Instance, now: float) -> int:
+        cls_rows = inst.window[-1][3] if inst.window else 1
+        per_s = self.round_rate(inst, cls_rows)
+        backlog = max(0.0, inst.backlog_until - now) * per_s * cls_rows
+        return int(math.ceil(backlog)) + inst.assigned_rows
+
+    def batch_plan(self, inst: Instance, rows: int) -> tuple[int, float]:
+        """Queries per batch (the instance's batching rule, queries of ``rows`` rows) and its service seconds."""
+        curve = inst.candidate.curve
+        k = batch_size([rows] * max(1, curve.best_batch), max(1, curve.best_batch))
+        return k, max(curve.service_ms(k * rows), 1e-3) / 1000.0  # a profile rounds sub-µs runs to 0
+
+    def round_rate(self, inst: Instance, rows: int) -> float:
+        k, service_s = self.batch_plan(inst, rows)
+        worker = self.workers[inst.worker]
+        return max(inst.replicas, 1) * k / (service_s * worker.slow)
+
+    def preload(self, worker: Worker) -> None:
+        """Static provisioning: the variant the selector picks for each class on an idle worker, with replicas
+        shared out in proportion to each class's busy cores over the day."""
+        need: dict[str, float] = {}
+        picks: dict[str, Candidate] = {}
+        for cls in self.classes:
+            pick = self.pick_idle(cls)
+            k, service_s = self.batch_plan(Instance(worker.id, pick, 1, 0.0), cls.rows)
+            share = (cls.share_start + cls.share_end) / 2
+            picks[pick.key] = pick
+            need[pick.key] = need.get(pick.key, 0.0) + share * service_s / k * (pick.variant.threads or self.cores)
+        total = sum(need.values()) or 1.0
+        for key, demand in need.items():
+            threads = picks[key].variant.threads or self.cores
+            replicas = max(1, round(self.cores * demand / total / threads))
+            worker.instances[key] = Instance(worker.id, picks[key], replicas, 0.0)
+
+    def pick_idle(self, cls: QueryClass) -> Candidate:
+        state = WorkerState("idle", "sim", self.cores, self.memory_mb)
+        return select(self.requirements(cls), self.candidates, LiveSnapshot((state,), {}), PRICES).candidate
+
+    def requirements(self, cls: QueryClass) -> Requirements:
+        return Requirements(task=self.candidates[0].model.task, latency_ms=cls.budget_ms, min_accuracy=cls.floor)
+
+    # -- traffic --------------------------------------------------------------------------------------
+    def arrivals_in(self, t: float) -> dict[str, int]:
+        if isinstance(self.arrivals, Day):
+            x = t / self.length_s
+            rate = self.arrivals.rate(t)
+            shares = [c.share(x) for c in self.classes]
+            total = sum(shares)
+            return {
+                c.name: int(self.np_rng.poisson(rate * s / total * self.tick_s))
+                for c, s in zip(self.classes, shares, strict=True)
+            }
+        counts: dict[str, int] = defaultdict(int)
+        replay: deque = self.arrivals  # type: ignore[assignment]
+        while replay and replay[0][0] < t + self.tick_s:
+            counts[replay.popleft()[1]] += 1
+        return counts
+
+    def tick(self) -> simpy.events.Event:
+        while self.env.now < self.length_s:
+            now = self.env.now
+            self.detect_dead(now)
+            live = [w for w in self.visible() if not w.draining]
+            self.update_slowdown(live)
+            counts = self.arrivals_in(now)
+            groups = self.groups(live)
+            for cls in self.classes:
+                n = counts.get(cls.name, 0)
+                self.tally[cls.name].arrived += n
+                if n == 0:
+                    continue
+                if not groups:
+                    self.tally[cls.name].rejected += n
+                    continue
+                weights = np.array([sum(w.cores for w in g) for g in groups], dtype=float)
+                split = self.np_rng.multinomial(n, weights / weights.sum())
+                for g, m in zip(groups, split, strict=True):
+                    if m:
+                        self.route(cls, g, int(m), now)
+            for w in self.workers.values():
+                for inst in w.instances.values():
+                    inst.assigned_rows = 0
+            self.account(now)
+            yield self.env.timeout(self.tick_s)
+
+    def groups(self, live: list[Worker]) -> list[list[Worker]]:
+        if not live:
+            return []
+        count = max(1, math.ceil(len(live) / self.group))
+        ordered = sorted(live, key=lambda w: w.id)
+        return [ordered[i::count] for i in range(count)]
+
+    def route(self, cls: QueryClass, group: list[Worker], n: int, now: float) -> None:
+        req = self.requirements(cls)
+        tally = self.tally[cls.name]
+        snap = self.snapshot(group)
+        depth = dict(snap.queue_depth)
+        snap = LiveSnapshot(snap.workers, snap.instances, depth)
+        by_id = {w.id: w for w in group}
+        chunks = 0
+        while n > 0:
+            started = time.perf_counter()
+            try:
+                choice = select(req, self.candidates, snap, PRICES)
+            except NoWorkerAvailable:
+                tally.rejected += n
+                return
+            finally:
+                self.select_wall_s += time.perf_counter() - started
+                self.policy_calls["select"] += 1
+            worker = by_id[choice.worker]
+            inst = worker.instances.get(choice.candidate.key)
+            if inst is None:
+                inst = self.load(worker, choice.candidate, now)
+                snap = self.snapshot(group)
+                snap = LiveSnapshot(snap.workers, snap.instances, depth)
+            chunks += 1
+            k, service_s = self.batch_plan(inst, cls.rows)
+            per_tick = max(k, int(self.round_rate(inst, cls.rows) * self.tick_s))
+            m = n if chunks >= self.max_chunks else min(n, per_tick)
+            if chunks >= self.max_chunks and n > per_tick:
+                self.chunks_capped += 1
+            self.serve(inst, worker, cls, choice, m, now)
+            depth[(worker.id, inst.key)] = depth.get((worker.id, inst.key), 0) + m * cls.rows
+            n -= m
+
+    def load(self, worker: Worker, candidate: Candidate, now: float) -> Instance:
+        """A cold placement: load (evicting idle instances, least recently used first, when memory is short)."""
+        curve = candidate.curve
+        state = worker.state()
+        free = state.memory_free_mb
+        for victim in sorted(worker.instances.values(), key=lambda i: i.last_used):
+            if free >= curve.memory_mb:
+                break
+            if victim.backlog_until <= now and victim.assigned_rows == 0:
+                free += victim.candidate.curve.memory_mb * victim.replicas
+                del worker.instances[victim.key]
+        inst = Instance(worker.id, candidate, 1, now + curve.load_ms / 1000.0, backlog_until=now + curve.load_ms / 1000)
+        worker.instances[candidate.key] = inst
+        return inst
+
+    def serve(self, inst: Instance, worker: Worker, cls: QueryClass, choice: Selection, m: int, now: float) -> None:
+        """Latencies of ``m`` queries arriving evenly over this tick at ``inst`` (see the module docstring)."""
+        tally = self.tally[cls.name]
+        if worker.dead_at is not None:
+            tally.failed += m
+            return
+        curve = inst.candidate.curve
+        k, service_s = self.batch_plan(inst, cls.rows)
+        service_s *= worker.slow
+        rate = self.round_rate(inst, cls.rows)  # queries/s with full batches
+        gap = self.tick_s / m
+        arrive = now + (np.arange(m) + 0.5) * gap
+        start = max(inst.backlog_until, inst.ready_at)
+        if start > arrive[0] or gap * rate < 1.0:  # backlog, or arrivals faster than full batches drain
+            wait = np.maximum(0.0, (start - arrive[0]) + np.arange(m) * (1.0 / rate - gap))
+            done = max(start, arrive[0]) + m / rate
+            lat = wait + service_s
+        else:  # sparse: the batching rule decides how long a batch gathers
+            flush = flush_at(
+                [(arrive[0], cls.rows, arrive[0] + cls.budget_ms / 1000.0)], max(1, curve.best_batch), curve
+            )
+            hold = 0.0 if flush is None else max(0.0, flush - arrive[0])
+            b = max(1, min(k, 1 + int(hold / gap)))
+            b_service = max(curve.service_ms(b * cls.rows), 1e-3) / 1000.0 * worker.slow
+            position = np.arange(m) % b
+            lat = np.minimum(hold, (b - 1) * gap) - position * gap
+            lat = np.maximum(lat, 0.0) + b_service
+            done = arrive[-1] + b_service
+        tail = self.np_rng.random(m) < TAIL_SHARE
+        lat_ms = lat * 1000.0 + tail * (curve.tail_ms(k * cls.rows) - curve.service_ms(k * cls.rows))
+        inst.backlog_until = done
+        inst.last_used = now
+        inst.assigned_rows += m * cls.rows
+        inst.busy_core_s += m / k * service_s / worker.slow * (inst.candidate.variant.threads or self.cores)
+        late = tally.add(lat_ms, cls.budget_ms, inst.candidate.accuracy or 0.0, inst.key, choice.infeasible)
+        inst.window.append(
+            (now, lat_ms, 0 if choice.infeasible else late, cls.rows, m, choice.infeasible, cls.name, late)
+        )
+        self.recent.append(
+            SimpleNamespace(
+                variant_key=inst.key,
+                worker=worker.id,
+                at=now,
+                min_accuracy=cls.floor,
+                batch=cls.rows,
+                latency_ms=cls.budget_ms,
+            )
+        )
+
+    def update_slowdown(self, live: list[Worker]) -> None:
+        for w in live:
+            demand = sum(i.busy_core_s for i in w.instances.values()) / self.tick_s
+            w.slow = max(1.0, demand / w.cores)
+            for i in w.instances.values():
+                i.busy_core_s = 0.0
+
+    def account(self, now: float) -> None:
+        billed = [w for w in self.workers.values() if w.dead_at is None and not (w.gone)]
+        self.worker_seconds += len(billed) * self.tick_s
+        self.peak_workers = max(self.peak_workers, len(billed))
+
+    def instance_stats(self, window_s: float) -> dict[tuple[str, str], VariantStats]:
+        now = self.env.now
+        out = {}
+        for w in self.visible():
+            for inst in w.instances.values():
+                while inst.window and inst.window[0][0] < now - window_s:
+                    inst.window.popleft()
+                if not inst.window:
+                    continue
+                lats = np.concatenate([e[1] for e in inst.window])
+                queries = sum(e[4] for e in inst.window)
+                infeasible = sum(e[4] for e in inst.window if e[5])
+                feasible = queries - infeasible
+                misses = sum(e[2] for e in inst.window)
+                out[(w.id, inst.key)] = VariantStats(
+                    inst.key,
+                    queries,
+                    queries / window_s,
+                    float(np.percentile(lats, 50)),
+                    float(np.percentile(lats, 99)),
+                    misses / feasible if feasible else 0.0,
+                    0.0,
+                    queries,
+                    infeasible / queries,
+                )
+        return out
+
+    # -- failures -------------------------------------------------------------------------------------
+    def fail(self, what: str) -> None:
+        alive = [w for w in self.workers.values() if w.ready and w.dead_at is None]
+        if not alive:
+            return
+        if what == "worker":
+            victims = [self.rng.choice(alive)]
+        else:
+            zone = self.rng.randrange(self.zones)
+            victims = [w for w in alive if w.zone == zone]
+        now = self.env.now
+        for w in victims:
+            w.dead_at = now
+            for inst in w.instances.values():  # queries still queued there fail instead of finishing
+                queued = int(max(0.0, inst.backlog_until - now) * self.round_rate(inst, 1))
+                for e in reversed(inst.window):
+                    if queued <= 0:
+                        break
+                    # the newest routed here are the ones still queued: move them from their outcome to failed
+                    cls_tally = self.tally[e[6]]
+                    moved = min(queued, e[4])
+                    moved_late = min(moved, e[7])
+                    cls_tally.failed += moved
+                    cls_tally.missed -= moved_late
+                    cls_tally.in_time -= moved - moved_late
+                    queued -= moved
+        self.decisions.append({"t_s": round(now, 2), "level": "failure", "action": what, "workers": len(victims)})
+
+    def detect_dead(self, now: float) -> None:
+        for w in self.workers.values():
+            if w.dead_at is not None and not w.gone and now - w.dead_at >= self.heartbeat_ttl_s:
+                w.gone = True
+                w.instances.clear()
+
+    def failures_process(self) -> simpy.events.Event:
+        for at, what in sorted(self.failures):
+            yield self.env.timeout(max(0.0, at - self.env.now))
+            self.fail(what)
+
+    # -- the autoscaler -------------------------------------------------------------------------------
+    def step_model(self) -> list[Action]:
+        started = time.perf_counter()
+        view = self.scaler.view()
+        plan = model_level.decide(view, self.model_history, self.config)
+        self.policy_wall_s += time.perf_counter() - started
+        self.policy_calls["view"] += 1
+        self.policy_calls["model_level.decide"] += 1
+        self.model_history, self.unmet = plan.history, plan.unmet
+        return list(plan.actions)
+
+    def step_vm(self) -> list[Action]:
+        started = time.perf_counter()
+        self.scaler._pending = self.pending  # what loop.view reports as workers asked for, not yet registered
+        view = self.scaler.view()
+        plan = vm_level.decide(view, self.vm_history, self.config, self.unmet, self.model_history.derate)
+        self.policy_wall_s += time.perf_counter() - started
+        self.policy_calls["view"] += 1
+        self.policy_calls["vm_level.decide"] += 1
+        self.vm_history = plan.history
+        return list(plan.actions)
+
+    def model_process(self) -> simpy.events.Event:
+        while True:
+            yield self.env.timeout(self.model_period_s)
+            for action in self.step_model():
+                self.apply(action)
+
+    def vm_process(self) -> simpy.events.Event:
+        while True:
+            yield self.env.timeout(self.vm_period_s)
+            for action in self.step_vm():
+                self.apply(action)
+
+    def apply(self, action: Action) -> None:
+        now = self.env.now
+        self.decisions.append(
+            {"t_s": round(now, 2), "level": action.level, "action": action.action, "target": action.target}
+        )
+        worker = self.workers.get(action.worker or action.target)
+        if action.action == "add_worker":
+            self.env.process(self.start_worker())
+        elif action.action == "drain_worker" and worker:
+            worker.draining = True
+        elif action.action == "undrain" and worker:
+            worker.draining = False
+        elif action.action == "remove_worker" and worker:
+            worker.gone = True
+            worker.dead_at = now
+            worker.instances.clear()
+        elif worker is None or worker.dead_at is not None:
+            return
+        elif action.action in {"add_replica", "place"}:
+            inst = worker.instances.get(action.variant or "")
+            candidate = self.candidate(action.variant)
+            if inst is None:
+                inst = self.load(worker, candidate, now)
+                inst.replicas = action.count
+            else:
+                inst.replicas += action.count
+        elif action.action == "remove_replica" and action.variant in worker.instances:
+            inst = worker.instances[action.variant]
+            inst.replicas = max(1, inst.replicas - action.count)
+        elif action.action in {"upgrade", "downgrade"}:
+            old = worker.instances.pop(action.variant or "", None)
+            inst = self.load(worker, self.candidate(action.to_variant), now)
+            inst.replicas = action.count
+            if old is not None:
+                inst.window = old.window  # the queries it served stay in the window statistics
+        elif action.action == "unload":
+            worker.instances.pop(action.variant or "", None)
+
+    def candidate(self, key: str | None) -> Candidate:
+        return next(c for c in self.candidates if c.key == key)
+
+    def start_worker(self) -> simpy.events.Event:
+        self.pending += 1
+        worker = self.add_worker(ready=False)  # billed while it starts, as a VM is
+        yield self.env.timeout(self.rng.uniform(*self.startup_s))
+        self.pending -= 1
+        worker.ready = True
+        self.decisions.append({"t_s": round(self.env.now, 2), "level": "vm", "action": "worker_started"})
+
+    def sample_process(self) -> simpy.events.Event:
+        while True:
+            self.timeline.append(
+                {
+                    "t_s": round(self.env.now, 1),
+                    "workers": sum(1 for w in self.workers.values() if w.dead_at is None and not w.gone),
+                    "replicas": sum(
+                        i.replicas for w in self.workers.values() if not w.gone for i in w.instances.values()
+                    ),
+                }
+            )
+            yield self.env.timeout(max(self.length_s / 200, self.tick_s))
+
+    # -- running --------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        started = time.perf_counter()
+        self.env.process(self.tick())
+        self.env.process(self.failures_process())
+        self.env.process(self.sample_process())
+        if self.setup.model_level:
+            self.env.process(self.model_process())
+        if self.setup.vm_level:
+            self.env.process(self.vm_process())
+        self.env.run(until=self.length_s)
+        wall = time.perf_counter() - started
+        return self.report(wall)
+
+    def report(self, wall_s: float) -> dict:
+        total = Tally()
+        for t in self.tally.values():
+            for f in ("arrived", "in_time", "missed", "failed", "rejected", "infeasible"):
+                setattr(total, f, getattr(total, f) + getattr(t, f))
+            total.accuracy_sum += t.accuracy_sum
+            total.hist += t.hist
+            for k, v in t.served_by.items():
+                total.served_by[k] += v
+        served = total.in_time + total.missed + total.failed
+        feasible = total.arrived - total.infeasible
+        actions = [d for d in self.decisions if d["level"] in ("model", "vm") and d["action"] != "worker_started"]
+        minutes = self.length_s / 60.0
+        cost = self.worker_seconds * self.cores * PRICES["cpu-core"] / 3600.0
+        return {
+            "setup": self.setup.name,
+            "queries": total.arrived,
+            "in_time": total.in_time,
+            "missed": total.missed,
+            "failed": total.failed,
+            "rejected": total.rejected,
+            "conserved": total.arrived == total.in_time + total.missed + total.failed + total.rejected,
+            "slo_miss_rate": round((total.missed + total.failed) / max(1, feasible), 5),
+            "reject_rate": round(total.rejected / max(1, total.arrived), 5),
+            "mean_accuracy": round(total.accuracy_sum / max(1, served), 4),
+            "p50_ms": total.p(0.50),
+            "p99_ms": total.p(0.99),
+            "cost_usd": round(cost, 4),
+            "worker_hours": round(self.worker_seconds / 3600.0, 3),
+            "peak_workers": self.peak_workers,
+            "decisions": len(actions),
+            "decisions_per_minute": round(len(actions) / minutes, 2),
+            "decisions_by_action": dict(sorted(_count(d["action"] for d in actions).items())),
+            "flapping": self.flapping(),
+            "policy_calls": dict(self.policy_calls),
+            "by_class": {
+                c: {
+                    "queries": t.arrived,
+                    "slo_miss_rate": round((t.missed + t.failed) / max(1, t.arrived - t.infeasible), 5),
+                    "p99_ms": t.p(0.99),
+                }
+                for c, t in self.tally.items()
+            },
+            "served_by": dict(sorted(total.served_by.items(), key=lambda kv: -kv[1])[:8]),
+            "chunks_capped": self.chunks_capped,
+            "wall_s": round(wall_s, 1),
+            "select_wall_s": round(self.select_wall_s, 1),
+            "policy_wall_s": round(self.policy_wall_s, 1),
+            "simulated_queries_per_wall_s": round(total.arrived / max(wall_s, 1e-9)),
+            "timeline": self.timeline,
+        }
+
+    def flapping(self) -> dict:
+        """Workers added then drained or removed within ``vm_cooldown_s``, replicas added then removed within
+        ``cooldown_s`` on the same instance."""
+        added: dict[str, float] = {}
+        up: dict[str, float] = {}
+        workers = replicas = 0
+        for d in self.decisions:
+            if d["action"] == "worker_started":
+                continue
+            if d["action"] in ("add_replica", "place", "upgrade"):
+                up[d["target"]] = d["t_s"]
+            elif d["action"] in ("remove_replica", "downgrade", "unload"):
+                if d["target"] in up and d["t_s"] - up[d["target"]] < self.config.cooldown_s:
+                    replicas += 1
+        started = sorted(d["t_s"] for d in self.decisions if d["action"] == "worker_started")
+        for w in self.workers.values():
+            added[w.id] = w.started_at
+        for d in self.decisions:
+            if d["action"] in ("drain_worker", "remove_worker") and d["target"] in added:
+                born = added[d["target"]]
+                if born > 0 and d["t_s"] - born < self.config.vm_cooldown_s:
+                    workers += 1
+        return {"workers": workers, "replicas": replicas, "workers_started": len(started)}
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for i in items:
+        out[i] += 1
+    return out
+
+
+# ------------------------------------------------------------------------------------------ experiments
+
+
+def fleet_classes() -> list[QueryClass]:
+    """Three kinds of client of the digits task; the accurate one (the CNN's) grows from 20% to 60% of traffic."""
+    return [
+        QueryClass("tight", budget_ms=20.0, floor=0.95, rows=8, share_start=0.4, share_end=0.2),
+        QueryClass("cheap", budget_ms=50.0, floor=0.0, rows=8, share_start=0.4, share_end=0.2),
+        QueryClass("accurate", budget_ms=400.0, floor=0.99, rows=16, share_start=0.2, share_end=0.6),
+    ]
+
+
+def peak_workers_for(sim_probe: FleetSim, day: Day, config: PolicyConfig, cores: int) -> tuple[float, float]:
+    """Busy cores per query/s at the start and end mixes (the idle-system picks at their best batch)."""
+    per_qps = []
+    for fraction in (0.0, 0.5, 1.0):
+        shares = [c.share(fraction) for c in sim_probe.classes]
+        total = sum(shares)
+        core_s = 0.0
+        for cls, s in zip(sim_probe.classes, shares, strict=True):
+            pick = sim_probe.pick_idle(cls)
+            k, service_s = sim_probe.batch_plan(Instance("probe", pick, 1, 0.0), cls.rows)
+            core_s += s / total * service_s / k * (pick.variant.threads or cores)
+        per_qps.append(core_s)
+    return max(per_qps), sum(per_qps) / len(per_qps)
+
+
+def run_fleet(args: argparse.Namespace, candidates: list[Candidate]) -> dict:
+    classes = fleet_classes()
+    config = PolicyConfig()
+    probe = FleetSim(
+        candidates,
+        classes,
+        Setup("probe", False, False, 0, False),
+        arrivals=None,
+        length_s=1.0,
+        cores=args.cores,
+        memory_mb=args.memory_mb,
+        config=config,
+        tick_s=1.0,
+        group=args.group,
+    )
+    peak_core_s, mean_core_s = peak_workers_for(probe, Day(1, 1, 1), config, args.cores)
+    # The day's peak is set so that provisioning for it at the policies' target utilization takes --workers.
+    peak_qps = args.workers * args.cores * config.target_utilization / peak_core_s
+    day = Day(args.day_s, trough_qps=args.trough_qps, peak_qps=peak_qps)
+    grid = np.linspace(0, args.day_s, 2001)
+    mean_qps = float(np.mean([day.rate(t) for t in grid]))
+    mean_workers = max(1, math.ceil(mean_qps * mean_core_s / (args.cores * config.target_utilization)))
+    failures = [(0.40 * args.day_s, "worker"), (0.62 * args.day_s, "zone")]
+    setups = [
+        Setup("infaas", True, True, max(2, args.start_workers), False),
+        Setup("static-peak", False, False, args.workers, True),
+        Setup("static-mean", False, False, mean_workers, True),
+        Setup("infaas-model-level-only", True, False, mean_workers, True),
+    ]
+    if args.setups:
+        setups = [s for s in setups if s.name in args.setups]
+    runs = {}
+    for setup in setups:
+        sim = FleetSim(
+            candidates,
+            classes,
+            setup,
+            arrivals=day,
+            length_s=args.day_s,
+            cores=args.cores,
+            memory_mb=args.memory_mb,
+            config=config,
+            tick_s=args.tick,
+            group=args.group,
+            failures=failures,
+            max_workers=args.max_workers,
+            seed=args.seed,
+        )
+        runs[setup.name] = sim.run()
+        r = runs[setup.name]
+        print(
+            f"{setup.name}: {r['queries']} queries, misses {r['slo_miss_rate']:.2%}, rejected {r['reject_rate']:.2%}, "
+            f"cost ${r['cost_usd']}, peak workers {r['peak_workers']}, {r['decisions_per_minute']} decisions/min, "
+            f"{r['simulated_queries_per_wall_s']} q/wall-s ({r['wall_s']} s)",
+            flush=True,
+        )
+    peak_cost = runs.get("static-peak", {}).get("cost_usd")
+    return {
+        "day": {
+            "length_s": args.day_s,
+            "trough_qps": args.trough_qps,
+            "peak_qps": round(peak_qps, 1),
+            "mean_qps": round(mean_qps, 1),
+            "bursts": [list(b) for b in day.bursts],
+            "classes": [c.__dict__ for c in classes],
+            "failures": [{"t_s": t, "what": w} for t, w in failures],
+        },
+        "fleet": {
+            "worker_cores": args.cores,
+            "worker_memory_mb": args.memory_mb,
+            "peak_provisioned_workers": args.workers,
+            "mean_provisioned_workers": mean_workers,
+            "tick_s": args.tick,
+            "group": args.group,
+            "startup_s": [30.0, 90.0],
+        },
+        "runs": runs,
+        "cost_vs_static_peak": {name: round(r["cost_usd"] / peak_cost, 3) for name, r in runs.items() if peak_cost},
+    }
+
+
+def validate(args: argparse.Namespace, candidates: list[Candidate]) -> dict:
+    """Replay benchmarks/trace.py's committed trace on its two-worker setup; compare with trace.json."""
+    from benchmarks.trace import QueryClass as TraceClass
+    from benchmarks.trace import Shape, make_trace
+
+    measured = json.loads((RESULTS / "trace.json").read_text())
+    tr = measured["trace"]
+    classes = [TraceClass(c["name"], c["share"], c["budget_ms"], c["floor"], c["rows"]) for c in tr["classes"]]
+    rates, (s_from, s_to) = tr["rates_qps"], tr["spike_window_s"]
+    shape = Shape(
+        duration=tr["duration_s"],
+        base=rates["base"],
+        step=rates["step"],
+        spike=rates["spike"],
+        spike_from=s_from / tr["duration_s"],
+        spike_to=s_to / tr["duration_s"],
+        ramp_s=tr.get("spike_ramp_s", 0.0),
+    )
+    trace = make_trace(classes, shape, 10_000, tr["seed"])
+    sim_classes = [QueryClass(c.name, c.budget_ms, c.floor, c.rows, c.share, c.share) for c in classes]
+    p = measured["policy"]
+    config = PolicyConfig(
+        high_utilization=p["high_utilization"],
+        target_utilization=p["target_utilization"],
+        low_utilization=p["low_utilization"],
+        idle_unload_s=15.0,
+        up_periods=p["up_periods"],
+        down_periods=p["down_periods"],
+        cooldown_s=1.5,
+        down_after_up_s=6.0,
+        vm_up_periods=2,
+        vm_down_periods=3,
+        vm_cooldown_s=4.0,
+        vm_down_after_up_s=10.0,
+        drain_timeout_s=10.0,
+    )
+    sim = FleetSim(
+        candidates,
+        sim_classes,
+        Setup("trace-replay", True, True, 1, False),
+        arrivals=deque((a.at_s, a.cls.name) for a in trace),
+        length_s=tr["duration_s"],
+        cores=measured.get("worker_cores", 2),
+        memory_mb=args.memory_mb,
+        config=config,
+        tick_s=0.01,
+        group=2,
+        model_period_s=0.5,
+        vm_period_s=1.5,
+        startup_s=(0.05, 0.2),  # in-process workers start at once
+        max_workers=2,
+        seed=args.seed,
+    )
+    got = sim.run()
+    want = measured["setups"]["infaas"]
+    return {
+        "measured": {"slo_miss_rate": want["slo_miss_rate"], "p99_ms": want["p99_ms"], "queries": want["queries"]},
+        "simulated": {k: got[k] for k in ("queries", "slo_miss_rate", "p50_ms", "p99_ms", "peak_workers", "conserved")},
+        "simulated_by_class": got["by_class"],
+        "decisions_by_action": got["decisions_by_action"],
+        "tolerance": {"slo_miss_rate_abs": 0.01, "p99_ratio": [0.5, 2.0]},
+        "within_tolerance": abs(got["slo_miss_rate"] - want["slo_miss_rate"]) <= 0.01
+        and 0.5 <= (got["p99_ms"] / want["p99_ms"] if want["p99_ms"] else 0) <= 2.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", type=Path, default=Path("/tmp/T-home"), help="a registered, profiled zoo home")
+    parser.add_argument("--workers", type=int, default=1000, help="peak provisioning: the fleet sized for the peak")
+    parser.add_argument("--start-workers", type=int, default=4)
+    parser.add_argument("--max-workers", type=int, default=2000)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--memory-mb", type=float, default=4096.0)
+    parser.add_argument("--day-s", type=float, default=1440.0, help="the compressed day (1440: one minute an hour)")
+    parser.add_argument("--trough-qps", type=float, default=20.0)
+    parser.add_argument("--tick", type=float, default=1.0)
+    parser.add_argument("--group", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--setups", nargs="*")
+    parser.add_argument("--skip-validation", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fleet_sim.json")
+    args = parser.parse_args()
+    candidates = load_candidates(args.home)
+    report: dict = {"what": __doc__, "variants": len(candidates)}
+    if not args.skip_validation:
+        report["validation"] = validate(args, candidates)
+        print("validation:", json.dumps(report["validation"]), flush=True)
+    report.update(run_fleet(args, candidates))
+    args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
