@@ -1,0 +1,85 @@
+"""The fleet simulator on a tiny fleet: every query counted exactly once, and the real policies doing the work."""
+
+import pytest
+
+pytest.importorskip("simpy")
+
+from autoscaler import model_level, vm_level  # noqa: E402
+from autoscaler.policy_types import PolicyConfig  # noqa: E402
+from benchmarks import fleet_sim  # noqa: E402
+from infaas import selector  # noqa: E402
+from infaas.selector import Candidate  # noqa: E402
+from infaas.worker import instance  # noqa: E402
+from tests.factories import model_info, profiles, variant_info  # noqa: E402
+
+
+def _candidates() -> list[Candidate]:
+    fast = model_info("fast", task="digits")
+    slow = model_info("slow", task="digits")
+    return [
+        Candidate.of(fast, variant_info("fast", "v1", profiles({1: 0.5, 8: 1.0}, accuracy=0.9))),
+        Candidate.of(slow, variant_info("slow", "v1", profiles({1: 5.0, 8: 20.0}, accuracy=0.99))),
+    ]
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, module: object, name: str, calls: dict[str, int]) -> None:
+    real = getattr(module, name)
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls[name] = calls.get(name, 0) + 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+
+
+def test_tiny_fleet_conserves_queries_and_calls_the_real_policies(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: dict[str, int] = {}
+    monkeypatch.setattr(fleet_sim, "select", _wrap(selector.select, "select", calls))
+    monkeypatch.setattr(fleet_sim, "flush_at", _wrap(instance.flush_at, "flush_at", calls))
+    monkeypatch.setattr(fleet_sim, "batch_size", _wrap(instance.batch_size, "batch_size", calls))
+    _counting(monkeypatch, model_level, "decide", calls)
+    model_calls = calls.get("decide", 0)
+    monkeypatch.setattr(vm_level, "decide", _wrap(vm_level.decide, "vm_decide", calls))
+    classes = [
+        fleet_sim.QueryClass("tight", 20.0, 0.0, 1, 0.5, 0.2),
+        fleet_sim.QueryClass("accurate", 200.0, 0.95, 4, 0.5, 0.8),
+    ]
+    day = fleet_sim.Day(30.0, trough_qps=20.0, peak_qps=600.0, bursts=((0.5, 3.0, 3.0),))
+    sim = fleet_sim.FleetSim(
+        _candidates(),
+        classes,
+        fleet_sim.Setup("infaas", True, True, 2, False),
+        arrivals=day,
+        length_s=30.0,
+        cores=2,
+        memory_mb=1024.0,
+        config=PolicyConfig(vm_cooldown_s=4.0, vm_down_after_up_s=8.0),
+        tick_s=0.1,
+        group=2,
+        vm_period_s=2.0,
+        startup_s=(1.0, 2.0),
+        failures=[(12.0, "worker"), (20.0, "zone")],
+        zones=2,
+    )
+    report = sim.run()
+
+    total = report["in_time"] + report["missed"] + report["failed"] + report["rejected"]
+    assert report["queries"] > 1000 and total == report["queries"] and report["conserved"]
+    assert min(report[k] for k in ("in_time", "missed", "failed", "rejected")) >= 0
+    assert sum(c["queries"] for c in report["by_class"].values()) == report["queries"]
+    assert report["failed"] > 0  # the dead workers' queued queries
+    # The real functions decided: selection per chunk, the batching rule, both autoscaler levels each period.
+    assert calls["select"] == report["policy_calls"]["select"] > 0
+    assert calls["flush_at"] > 0 and calls["batch_size"] > 0
+    assert calls["decide"] - model_calls == report["policy_calls"]["model_level.decide"] >= 29
+    assert calls["vm_decide"] == report["policy_calls"]["vm_level.decide"] >= 14
+    # The accurate class is only served by the variant meeting its floor.
+    assert report["served_by"]["slow/v1"] >= report["by_class"]["accurate"]["queries"] - report["failed"]
+
+
+def _wrap(real, name: str, calls: dict[str, int]):
+    def counted(*args, **kwargs):
+        calls[name] = calls.get(name, 0) + 1
+        return real(*args, **kwargs)
+
+    return counted
