@@ -161,11 +161,7 @@ class FastSelector:
         order = self._order(qualified, requirements.batch, prices, index.min_cores)
         if order is None:  # a negative price or load time: bounds would not bound; the reference decides
             return select(requirements, candidates, live, prices, exclude, correct)
-        room = _Room(live)
-        found = self._cheapest(requirements, order, live, index, prices, room, exclude, correct)
-        if found is not None:
-            return found
-        return self._decide_all(requirements, order, live, index, prices, room, exclude, correct)
+        return self._scan(requirements, order, live, index, prices, _Room(live), exclude, correct)
 
     # -- indexes --------------------------------------------------------------------------------
     def _workers(self, workers: tuple[WorkerState, ...]) -> _WorkerIndex:
@@ -190,65 +186,7 @@ class FastSelector:
         return order
 
     # -- the scan -------------------------------------------------------------------------------
-    def _cheapest(
-        self,
-        requirements: Requirements,
-        order: tuple[_Ranked, ...],
-        live: LiveSnapshot,
-        index: _WorkerIndex,
-        prices: Mapping[str, float],
-        room: _Room,
-        exclude: Collection[tuple[str, str]],
-        correct: Correction | None,
-    ) -> Selection | None:
-        """The cheapest feasible placement, visiting candidates by cost bound; ``None`` when none is feasible."""
-        budget, max_cost = requirements.latency_ms, requirements.max_cost
-        limit = math.inf if max_cost is None else max_cost  # options costing more can be neither feasible nor tied
-        cheapest = math.inf
-        # (cost, not loaded, estimate, key, candidate index, option index, candidate, worker, raw)
-        feasible: list[tuple[float, bool, float, str, int, int, Candidate, WorkerState, float]] = []
-        by_id, depth = index.by_id, live.depth
-        for r in order:
-            if r.bound > limit:
-                break
-            candidate, key, curve = r.candidate, r.key, r.candidate.curve
-            instances = live.instances.get(key, ())
-            for seq, inst in enumerate(instances):
-                worker = by_id.get(inst.worker_id)
-                if worker is None or not usable(candidate, worker) or (exclude and (key, worker.id) in exclude):
-                    continue
-                cost = r.fixed_cost if r.fixed_cost is not None else query_cost(candidate, worker, r.service_ms, prices)
-                if cost > limit:
-                    continue
-                raw = r.tail_ms + _queue_ms(depth(worker.id, key), max(inst.replicas, 1), curve)
-                est = raw if correct is None else correct(key, worker.id, raw)
-                if budget is None or est <= budget:
-                    feasible.append((cost, False, est, key, r.index, seq, candidate, worker, raw))
-                    if cost < cheapest:
-                        cheapest = cost
-                        limit = min(limit, cheapest * (1 + _COST_TIE))
-            worker = _cold_worker(candidate, key, instances, index, room, exclude)
-            if worker is not None:
-                cost = query_cost(candidate, worker, curve.load_ms + r.service_ms, prices)
-                if cost > limit:
-                    continue
-                raw = curve.load_ms + r.tail_ms
-                est = raw if correct is None else correct(key, worker.id, raw)
-                if budget is None or est <= budget:
-                    feasible.append((cost, True, est, key, r.index, len(instances), candidate, worker, raw))
-                    if cost < cheapest:
-                        cheapest = cost
-                        limit = min(limit, cheapest * (1 + _COST_TIE))
-        if not feasible:
-            return None
-        threshold = cheapest * (1 + _COST_TIE)
-        best = min((f for f in feasible if f[0] <= threshold), key=lambda f: f[1:6])
-        cost, cold, est, _key, _i, _s, candidate, worker, raw = best
-        option = _Option(candidate, worker, not cold, est, raw, 0.0, cost)
-        why = "cheapest placement meeting" + (f" {budget:g} ms" if budget is not None else " no latency budget")
-        return _selection(option, requirements.batch, False, why)
-
-    def _decide_all(
+    def _scan(
         self,
         requirements: Requirements,
         order: tuple[_Ranked, ...],
@@ -259,29 +197,98 @@ class FastSelector:
         exclude: Collection[tuple[str, str]],
         correct: Correction | None,
     ) -> Selection:
-        """No feasible placement: every option, then the reference's rules for that case."""
-        ranked = sorted(order, key=lambda r: r.index)  # the reference's option order decides exact ties
-        options = [o for r in ranked for o in _options(r, live, index, prices, room, exclude, correct)]
-        if not options:
-            raise NoWorkerAvailable(
-                "no live, non-draining worker has room for a variant meeting the accuracy floor"
-                + (" (loads that failed for lack of memory excluded)" if exclude else "")
-            )
+        """Visit candidates by cost bound; stop once none left can cost as little as the cheapest feasible.
+
+        Until a placement is feasible every option is kept, since without one the other rules need them all.
+        """
         budget, max_cost = requirements.latency_ms, requirements.max_cost
-        affordable = [o for o in options if max_cost is None or o.cost <= max_cost]
-        if not affordable:
-            raise Infeasible(f"max_cost ${max_cost:.3g}/query (a hard limit)", _achievable(options))
-        assert budget is not None  # affordable yet none feasible: only the budget is unmet
-        best = min(affordable, key=lambda o: (o.estimated_ms, o.cost, not o.loaded, o.candidate.key))
-        if requirements.on_infeasible == "reject":
-            waits_ms = [o.estimated_ms - budget for o in affordable if o.estimated_ms - o.queue_ms <= budget]
-            wait_s = min(waits_ms) / 1000.0 if waits_ms else None
-            raise Infeasible(f"latency_ms {budget:g}", _achievable(affordable), wait_s)
-        why = f"SLO at risk: no placement meets {budget:g} ms; serving the fastest ({best.estimated_ms:.2f} ms est)"
-        infeasible = all(_unqueued_ms(o) > budget for o in affordable)
-        if infeasible:
-            why += "; infeasible even with empty queues"
-        return replace(_selection(best, requirements.batch, True, why), infeasible=infeasible)
+        limit = math.inf if max_cost is None else max_cost  # above it: neither affordable nor tied with the cheapest
+        cheapest = math.inf
+        # (cost, cold, estimate, key, candidate index, option index, candidate, worker, raw)
+        feasible: list[tuple[float, bool, float, str, int, int, Candidate, WorkerState, float]] = []
+        every: list[tuple[_Ranked, int, _Option]] = []  # (candidate, option index, option) while none is feasible
+        by_id, depth = index.by_id, live.depth
+        for r in order:
+            if feasible and r.bound > limit:
+                break
+            candidate, key, curve = r.candidate, r.key, r.candidate.curve
+            instances = live.instances.get(key, ())
+            for seq, inst in enumerate(instances):
+                worker = by_id.get(inst.worker_id)
+                if worker is None or not usable(candidate, worker) or (exclude and (key, worker.id) in exclude):
+                    continue
+                cost = r.fixed_cost if r.fixed_cost is not None else query_cost(candidate, worker, r.service_ms, prices)
+                if feasible and cost > limit:
+                    continue
+                queue = _queue_ms(depth(worker.id, key), max(inst.replicas, 1), curve)
+                raw = r.tail_ms + queue
+                est = raw if correct is None else correct(key, worker.id, raw)
+                if cost <= limit and (budget is None or est <= budget):
+                    feasible.append((cost, False, est, key, r.index, seq, candidate, worker, raw))
+                    if cost < cheapest:
+                        cheapest = cost
+                        limit = min(limit, cheapest * (1 + _COST_TIE))
+                elif not feasible:
+                    every.append((r, seq, _Option(candidate, worker, True, est, raw, queue, cost)))
+            worker = _cold_worker(candidate, key, instances, index, room, exclude)
+            if worker is None:
+                continue
+            cost = query_cost(candidate, worker, curve.load_ms + r.service_ms, prices)
+            if feasible and cost > limit:
+                continue
+            raw = curve.load_ms + r.tail_ms
+            est = raw if correct is None else correct(key, worker.id, raw)
+            if cost <= limit and (budget is None or est <= budget):
+                feasible.append((cost, True, est, key, r.index, len(instances), candidate, worker, raw))
+                if cost < cheapest:
+                    cheapest = cost
+                    limit = min(limit, cheapest * (1 + _COST_TIE))
+            elif not feasible:
+                every.append((r, len(instances), _Option(candidate, worker, False, est, raw, 0.0, cost)))
+        if not feasible:
+            return _none_feasible(requirements, every, exclude, correct)
+        threshold = cheapest * (1 + _COST_TIE)
+        best = min((f for f in feasible if f[0] <= threshold), key=lambda f: f[1:6])
+        cost, cold, est, _key, _i, _s, candidate, worker, raw = best
+        option = _Option(candidate, worker, not cold, est, raw, 0.0, cost)
+        why = "cheapest placement meeting" + (f" {budget:g} ms" if budget is not None else " no latency budget")
+        return _selection(option, requirements.batch, False, why)
+
+
+def _none_feasible(
+    requirements: Requirements,
+    every: list[tuple[_Ranked, int, _Option]],
+    exclude: Collection[tuple[str, str]],
+    correct: Correction | None,
+) -> Selection:
+    """No feasible placement: the reference's rules for that case, over every option."""
+    if not every:
+        raise NoWorkerAvailable(
+            "no live, non-draining worker has room for a variant meeting the accuracy floor"
+            + (" (loads that failed for lack of memory excluded)" if exclude else "")
+        )
+    budget, max_cost = requirements.latency_ms, requirements.max_cost
+    affordable = [e for e in every if max_cost is None or e[2].cost <= max_cost]
+    if not affordable:
+        raise Infeasible(f"max_cost ${max_cost:.3g}/query (a hard limit)", _achievable([o for _, _, o in every]))
+    if correct is not None:  # the queue's share of the corrected estimate, as the reference computes it
+        for r, _seq, o in affordable:
+            if o.queue_ms:
+                o.queue_ms = o.estimated_ms - correct(r.key, o.worker.id, r.tail_ms)
+    options = [o for _, _, o in affordable]
+    assert budget is not None  # affordable yet none feasible: only the budget is unmet
+    _, _, best = min(
+        affordable, key=lambda e: (e[2].estimated_ms, e[2].cost, not e[2].loaded, e[0].key, e[0].index, e[1])
+    )
+    if requirements.on_infeasible == "reject":
+        waits_ms = [o.estimated_ms - budget for o in options if o.estimated_ms - o.queue_ms <= budget]
+        wait_s = min(waits_ms) / 1000.0 if waits_ms else None
+        raise Infeasible(f"latency_ms {budget:g}", _achievable(options), wait_s)
+    why = f"SLO at risk: no placement meets {budget:g} ms; serving the fastest ({best.estimated_ms:.2f} ms est)"
+    infeasible = all(_unqueued_ms(o) > budget for o in options)
+    if infeasible:
+        why += "; infeasible even with empty queues"
+    return replace(_selection(best, requirements.batch, True, why), infeasible=infeasible)
 
 
 def _rank(
@@ -324,39 +331,6 @@ def _cold_worker(
         if room.fits(w, needed):
             return w
     return None
-
-
-def _options(
-    r: _Ranked,
-    live: LiveSnapshot,
-    index: _WorkerIndex,
-    prices: Mapping[str, float],
-    room: _Room,
-    exclude: Collection[tuple[str, str]],
-    correct: Correction | None,
-) -> list[_Option]:
-    """Every option of one candidate, as ``selector._options`` makes them, in its order."""
-    candidate, key, curve = r.candidate, r.key, r.candidate.curve
-    out: list[_Option] = []
-    instances = live.instances.get(key, ())
-    for inst in instances:
-        worker = index.by_id.get(inst.worker_id)
-        if worker is None or not usable(candidate, worker) or (exclude and (key, worker.id) in exclude):
-            continue
-        queue = _queue_ms(live.depth(worker.id, key), max(inst.replicas, 1), curve)
-        raw = r.tail_ms + queue
-        est = raw if correct is None else correct(key, worker.id, raw)
-        if queue and correct is not None:
-            queue = est - correct(key, worker.id, r.tail_ms)
-        cost = r.fixed_cost if r.fixed_cost is not None else query_cost(candidate, worker, r.service_ms, prices)
-        out.append(_Option(candidate, worker, True, est, raw, queue, cost))
-    worker = _cold_worker(candidate, key, instances, index, room, exclude)
-    if worker is not None:
-        raw = curve.load_ms + r.tail_ms
-        est = raw if correct is None else correct(key, worker.id, raw)
-        cost = query_cost(candidate, worker, curve.load_ms + r.service_ms, prices)
-        out.append(_Option(candidate, worker, False, est, raw, 0.0, cost))
-    return out
 
 
 _DEFAULT = FastSelector()
