@@ -52,6 +52,7 @@ def variant_option(candidate: Candidate, worker_cores: int, prices: dict[str, fl
         accuracy=candidate.accuracy,
         accuracy_metric=candidate.accuracy_info.metric,
         fidelity=candidate.fidelity,
+        hardware=candidate.hardware,
         curve=tuple((p.batch_size, p.latency_p50_ms, p.throughput_per_s) for p in profiles),
         p99_ms=profiles[0].latency_p99_ms,
         memory_mb=candidate.curve.memory_mb,
@@ -319,6 +320,7 @@ class Autoscaler:
                     instances=tuple(instances),
                     draining=state.draining,
                     removable=state.id in self._owned,
+                    hardware=state.hardware,
                 )
             )
         with self._lock:
@@ -375,7 +377,8 @@ class Autoscaler:
             return
         if action.action == "add_worker":
             self._record(action, "starting")
-            self._start_worker_async(action)
+            for _ in range(action.count):  # the VM level sizes a step to the workers the load is short
+                self._start_worker_async(action)
             return
         try:
             outcome = self._execute(action)

@@ -28,11 +28,12 @@ not make it flap. Replicas are sized to ``target_utilization``, which lies betwe
 so the state reached by an action is inside the band and does not trigger the opposite action.
 
 Scaling up replicates within the worker's memory and core budget (cores counted as the busy cores of
-what is loaded, see ``_Budget``), or *upgrades* to a faster variant
-of the same model (INT8, more threads, a better batch curve) that still meets the accuracy and fidelity
-floors its queries asked for (``meets_floors``), whichever adds less $/hour, or when replication does not
-fit; what fits on neither is placed on another worker, and what fits nowhere is reported as unmet demand
-for the VM level.
+what is loaded, see ``_Budget``), or *upgrades* to a faster variant of the same model (INT8, more
+threads, a better batch curve) that still meets the accuracy and fidelity floors its queries asked for
+(``meets_floors``), whichever adds less $/hour, or when replication does not fit; what fits on neither
+is placed on another worker, and what fits nowhere is reported as unmet demand for the VM level. Every
+variant swapped in or placed elsewhere runs on its worker by the selector's rule
+(``infaas.hardware_kinds.required_hardware``, matched by ``runs_on``).
 Scaling down removes replicas, then *downgrades* a lone replica to a cheaper variant when the load is
 low and the latency budget loose. Instances idle past ``idle_unload_s`` are unloaded.
 """
@@ -56,6 +57,7 @@ from autoscaler.policy_types import (
     next_streak,
     replicas_needed,
 )
+from infaas.hardware_kinds import runs_on
 
 LEVEL = "model"
 UP_ACTIONS = frozenset({"add_replica", "upgrade", "place"})  # actions that start the down-after-up guard
@@ -252,13 +254,18 @@ def _alt_capacity(inst: InstanceLoad, option: VariantOption, capacity: float, al
     return inst.capacity(alt) * capacity / inst.capacity(option)
 
 
-def _alternatives(view: ClusterView, option: VariantOption, inst: InstanceLoad) -> list[VariantOption]:
-    """Other variants of the same model that meet the floors and the budget its queries asked for."""
+def _alternatives(
+    view: ClusterView, worker: WorkerLoad, option: VariantOption, inst: InstanceLoad
+) -> list[VariantOption]:
+    """Other variants of the same model that run on ``worker`` and meet the floors and the budget its queries
+    asked for (the selector's hardware rule, ``infaas.hardware_kinds.runs_on``: a GPU variant never replaces a CPU
+    one on a CPU worker, nor a TensorRT one a CUDA one where TensorRT is missing)."""
     return [
         alt
         for alt in view.variants.values()
         if alt.model == option.model
         and alt.key != option.key
+        and runs_on(alt.hardware, worker.hardware)
         and meets_floors(alt, inst, option)
         and (inst.budget_ms is None or alt.latency_ms(inst.rows_per_query) <= inst.budget_ms)
     ]
@@ -288,7 +295,7 @@ def _scale_up(
     }
 
     best: tuple[float, float, VariantOption, int] | None = None
-    for alt in _alternatives(view, option, inst):
+    for alt in _alternatives(view, worker, option, inst):
         alt_capacity = _alt_capacity(inst, option, capacity, alt)
         if alt_capacity < capacity * config.faster_factor:
             continue
@@ -349,7 +356,12 @@ def _scale_up(
     for other in sorted(view.workers, key=lambda w: -budget.memory[w.id]):
         if remaining <= 0:
             break
-        if other.id == worker.id or other.draining or any(i.variant_key == inst.variant_key for i in other.instances):
+        if (
+            other.id == worker.id
+            or other.draining
+            or not runs_on(option.hardware, other.hardware)
+            or any(i.variant_key == inst.variant_key for i in other.instances)
+        ):
             continue
         fits = min(remaining, budget.fits(other.id, option))
         if fits <= 0:
@@ -405,7 +417,7 @@ def _scale_down(
         return []  # nothing served: unloading when idle long enough is cheaper than any variant
     cheaper = [
         alt
-        for alt in _alternatives(view, option, inst)
+        for alt in _alternatives(view, worker, option, inst)
         if (
             alt.cost_per_hour < option.cost_per_hour
             or (alt.cost_per_hour == option.cost_per_hour and alt.memory_mb < 0.8 * option.memory_mb)

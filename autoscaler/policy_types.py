@@ -66,6 +66,7 @@ class VariantOption:
     cost_per_hour: float  # of one replica
     accuracy_metric: str | None = None  # None with accuracy None (or in hand-made views: all in one metric)
     fidelity: Fidelity = Fidelity(None, None)
+    hardware: tuple[str, ...] = ("cpu",)  # every kind a worker must run (``infaas.hardware_kinds.required_hardware``)
 
     @property
     def service_ms(self) -> float:
@@ -150,6 +151,7 @@ class WorkerLoad:
     instances: tuple[InstanceLoad, ...] = ()
     draining: bool = False
     removable: bool = True  # false for the front-end's own in-process worker
+    hardware: tuple[str, ...] = ("cpu",)  # the kinds it advertises (``WorkerState.hardware``)
 
     @property
     def outstanding(self) -> int:

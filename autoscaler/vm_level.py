@@ -11,11 +11,13 @@ placement could serve in time), or when the model level reported demand that fit
 *underloaded* when utilization is below ``low_utilization`` with no misses.
 
 After ``vm_up_periods`` overloaded periods a draining worker is taken back first (it is already paid
-for), else a worker is added, never beyond ``max_workers``. After ``vm_down_periods`` underloaded
+for), else as many workers are added as it takes to run the busy cores at ``target_utilization`` (at least one,
+counting those still starting), never beyond ``max_workers``. After ``vm_down_periods`` underloaded
 periods the idlest removable worker is drained, never below ``min_workers``, never within
 ``vm_down_after_up_s`` of the last addition (a worker is paid for by then, and the burst that called
 for it often comes back in waves), and only when the rest would stay below ``target_utilization``
-(so removing it does not immediately call for a new one).
+(so removing it does not immediately call for a new one) and can run every variant with load on it
+(the selector's hardware rule: the only GPU worker is not drained while its GPU variants serve).
 
 No worker added is drained before it has run ``vm_min_lifetime_s`` (counted from its ``worker_started``
 decision, or the first period it was registered) unless it was *clearly idle* (below
@@ -45,6 +47,7 @@ from autoscaler.policy_types import (
     effective_capacity,
     next_streak,
 )
+from infaas.hardware_kinds import runs_on
 
 LEVEL = "vm"
 CLUSTER = "cluster"
@@ -186,7 +189,8 @@ def _resize(
     history: History,
     last_up: float | None,
 ) -> list[Action]:
-    """Grow or shrink the cluster by one worker when the streak is long enough."""
+    """Grow the cluster by the workers it is short (``workers_short``), or shrink it by one, when the streak is
+    long enough."""
     if streak >= config.vm_up_periods:
         why = (
             f"overloaded for {streak} periods: utilization {utilization:.2f}, "
@@ -196,8 +200,19 @@ def _resize(
         if taken_back:
             w = min(taken_back, key=lambda w: (w.outstanding, w.id))
             return [Action(LEVEL, "undrain", w.id, f"{why}; taking back draining {w.id}", inputs, worker=w.id)]
-        if len(active) + view.pending_workers < view.max_workers:
-            return [Action(LEVEL, "add_worker", CLUSTER, why, inputs)]
+        room = view.max_workers - len(active) - view.pending_workers
+        if room > 0:
+            count = min(room, workers_short(active, busy, view.pending_workers, config))
+            return [
+                Action(
+                    LEVEL,
+                    "add_worker",
+                    CLUSTER,
+                    f"{why}; adding {count} to run the busy cores at target_utilization {config.target_utilization:g}",
+                    {**inputs, "workers_added": count},
+                    count=count,
+                )
+            ]
         return []
     settled = last_up is None or view.now - last_up >= config.vm_down_after_up_s
     if streak <= -config.vm_down_periods and settled and view.pending_workers == 0 and len(active) > view.min_workers:
@@ -212,7 +227,11 @@ def _resize(
         rest_cores = {w.id: sum(x.cores for x in active) - w.cores for w in removable}
 
         def fits_on_rest(w: WorkerLoad) -> bool:
-            return rest_cores[w.id] > 0 and total_busy / rest_cores[w.id] < config.target_utilization
+            return (
+                rest_cores[w.id] > 0
+                and total_busy / rest_cores[w.id] < config.target_utilization
+                and _runs_elsewhere(view, w, active)
+            )
 
         if not eligible:
             # Say once per worker why underload drains nothing: the workers it would drain are too young.
@@ -254,6 +273,30 @@ def _resize(
             )
         ]
     return []
+
+
+def _runs_elsewhere(view: ClusterView, worker: WorkerLoad, active: list[WorkerLoad]) -> bool:
+    """Whether every variant with load on ``worker`` runs on another active worker (``infaas.hardware_kinds.runs_on``,
+    the selector's rule): by cores alone, the only GPU worker looked drainable while its GPU variants served."""
+    others = [x for x in active if x.id != worker.id]
+    for inst in worker.instances:
+        option = view.variants.get(inst.variant_key)
+        if option is not None and inst.rate_per_s > 0 and not any(runs_on(option.hardware, x.hardware) for x in others):
+            return False
+    return True
+
+
+def workers_short(active: list[WorkerLoad], busy: dict[str, float], pending: int, config: PolicyConfig) -> int:
+    """Workers to add (at least one) so that the busy cores run at ``target_utilization``, counting those pending.
+
+    One worker per ``vm_cooldown_s`` grew a simulated fleet from 4 to 32 workers over a compressed day whose peak
+    needed 1,000 (``benchmarks/fleet_sim.py``: 40% of queries missed); sized steps follow the load instead.
+    """
+    if not active:
+        return 1
+    per_worker = sum(w.cores for w in active) / len(active)
+    needed = math.ceil(sum(busy[w.id] for w in active) / (config.target_utilization * per_worker))
+    return max(1, needed - len(active) - pending)
 
 
 def _worker_inputs(

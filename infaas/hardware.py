@@ -15,6 +15,8 @@ registers. The rules, and why:
 - A pinned device (``infaas worker --gpu N``, ``INFAAS_WORKER_GPU``) must be one the driver shows and must
   be usable by one of the two; anything else is refused, naming the visible devices, rather than a worker
   that was asked for a GPU quietly serving on the CPU.
+
+The other side of the match, what a variant needs, is ``infaas.hardware_kinds.required_hardware``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,7 @@ from dataclasses import dataclass
 from infaas import cuda, runtime
 from infaas.cuda import CudaDevice
 from infaas.errors import BadRequest
-
-CPU = "cpu"
-GPU = "gpu"  # VariantInfo.hardware of CUDA and TensorRT variants
-TENSORRT = "tensorrt"
-CUDA_PROVIDER = "CUDAExecutionProvider"
+from infaas.hardware_kinds import CPU, CUDA_PROVIDER, GPU, TENSORRT
 
 
 class GpuNotUsable(BadRequest):

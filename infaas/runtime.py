@@ -20,12 +20,12 @@ import onnxruntime as ort
 
 from infaas import cuda
 from infaas.errors import Unavailable
+from infaas.hardware_kinds import TENSORRT_ENGINE  # the "provider" of a native engine: no ONNX Runtime involved
 from infaas.tensorrt_engine import EngineSession
 
 log = logging.getLogger(__name__)
 
 CPU_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
-TENSORRT_ENGINE = "TensorRT"  # the "provider" of a native engine: no ONNX Runtime involved
 NO_CUDA_DEVICE = "no CUDA device"
 NO_TENSORRT = "tensorrt package not installed (pip install infaas[gpu])"
 

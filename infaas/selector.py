@@ -38,6 +38,7 @@ from infaas.accuracy import UNKNOWN, Accuracy, Fidelity, accuracy_of, fidelity_o
 from infaas.calibration import Correction
 from infaas.catalog import ModelInfo, VariantInfo
 from infaas.errors import BadRequest, Unavailable, Unprocessable
+from infaas.hardware_kinds import required_hardware, runs_on
 from infaas.live_state.base import LiveSnapshot, WorkerState
 
 _COST_TIE = 1e-9  # relative: costs this close are equal, so loaded instances win
@@ -220,6 +221,7 @@ class Candidate:
     variant: VariantInfo
     accuracy: float | None  # accuracy_info.value
     curve: ProfileCurve
+    hardware: tuple[str, ...]  # every kind a worker must advertise (``infaas.hardware_kinds.required_hardware``)
     accuracy_info: Accuracy = UNKNOWN  # value, metric, measured or estimated (``infaas.accuracy.accuracy_of``)
     fidelity: Fidelity = Fidelity(None, None)
 
@@ -232,6 +234,7 @@ class Candidate:
             variant=variant,
             accuracy=accuracy.value,
             curve=ProfileCurve.of(variant),
+            hardware=required_hardware(variant),
             accuracy_info=accuracy,
             fidelity=fidelity_of(variant),
         )
@@ -342,11 +345,12 @@ def _options(
     service = curve.service_ms(batch)  # typical: what the hardware is held for (cost)
     tail = curve.tail_ms(batch)
     key = candidate.key
+    needs = candidate.hardware
     usable = [
-        w
-        for w in live.workers
-        if not w.draining and candidate.variant.hardware in w.hardware and w.memory_budget_mb >= curve.memory_mb
+        w for w in live.workers if not w.draining and needs[0] in w.hardware and w.memory_budget_mb >= curve.memory_mb
     ]
+    if len(needs) > 1:  # TensorRT variants need "tensorrt" too; most need one kind, checked above at no extra cost
+        usable = [w for w in usable if runs_on(needs, w.hardware)]
     if not usable:
         return []
     by_id = {w.id: w for w in usable}

@@ -292,6 +292,36 @@ def test_demand_that_fits_nowhere_here_is_placed_on_another_worker_else_unmet() 
     assert plan.unmet == ("w1/m/fp32",)  # needs 9 replicas, 2 fit on w2
 
 
+TRT = ("gpu", "tensorrt")  # what infaas.hardware_kinds.required_hardware says a TensorRT variant needs
+
+
+def _on(worker_kinds: tuple[str, ...], cluster: ClusterView) -> ClusterView:
+    """``cluster`` with its first worker (w1) advertising ``worker_kinds``."""
+    first, *rest = cluster.workers
+    return replace(cluster, workers=(replace(first, hardware=worker_kinds), *rest))
+
+
+def test_an_upgrade_only_swaps_in_a_variant_the_worker_runs() -> None:
+    cuda = replace(option("m/cuda", p50=10.0), hardware=("gpu",))
+    trt = replace(option("m/trt", p50=2.0), hardware=TRT)  # 5× faster, same cost
+    hot = lambda kinds: lambda now: _on(kinds, view([inst("m/cuda", rate_per_s=300.0)], [cuda, trt], now=now))  # noqa: E731
+    assert [a.action for a in run_periods(hot(("cpu", "gpu")), 2)[0]] == ["add_replica"]
+    assert [a.to_variant for a in run_periods(hot(("cpu", "gpu", "tensorrt")), 2)[0]] == ["m/trt"]
+
+
+def test_demand_is_placed_only_on_workers_that_run_the_variant() -> None:
+    trt = replace(option("m/trt"), hardware=TRT)
+    gpu_only = WorkerLoad("g2", 2, 1000.0, 0.0, hardware=("cpu", "gpu"))  # more room, but no TensorRT
+    with_trt = WorkerLoad("t3", 1, 500.0, 0.0, hardware=("cpu", "gpu", "tensorrt"))
+    hot = lambda now: _on(  # noqa: E731
+        ("cpu", "gpu", "tensorrt"),
+        view([inst("m/trt", rate_per_s=1000.0)], [trt], now=now, cores=1, extra_workers=(gpu_only, with_trt)),
+    )
+    first = model_level.decide(hot(100.0), History(), CFG)
+    plan = model_level.decide(hot(101.0), first.history, CFG)
+    assert [(a.action, a.worker) for a in plan.actions] == [("place", "t3")]
+
+
 # -- model level: scale down -------------------------------------------------------------------
 
 
@@ -495,6 +525,26 @@ def test_never_below_min_workers_and_never_the_in_process_worker() -> None:
 def test_below_min_workers_adds_one_at_once() -> None:
     actions, _ = run_vm(lambda now: cluster({"local": 0.0}, now=now, min_workers=2), 1)
     assert [a.action for a in actions] == ["add_worker"]
+
+
+def test_the_only_worker_that_runs_a_busy_variant_is_not_drained() -> None:
+    gpu = replace(option(), hardware=("gpu",))
+    quiet = lambda now: replace(  # noqa: E731
+        cluster({"local": 10.0, "w2": 5.0, "w3": 20.0}, now=now),
+        variants={"m/fp32": gpu},
+    )
+
+    def kinds(gpus: set[str]):  # type: ignore[no-untyped-def]
+        return lambda now: replace(
+            quiet(now),
+            workers=tuple(
+                replace(w, hardware=("cpu", "gpu") if w.id in gpus else ("cpu",)) for w in quiet(now).workers
+            ),
+        )
+
+    assert run_vm(kinds({"w2"}), CFG.vm_down_periods + 3)[0] == []  # w2, the idlest, is the only GPU worker
+    actions, _ = run_vm(kinds({"local", "w2", "w3"}), CFG.vm_down_periods)
+    assert [(a.action, a.target) for a in actions] == [("drain_worker", "w2")]
 
 
 def test_drain_when_the_rest_stays_below_target_utilization() -> None:

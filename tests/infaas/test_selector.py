@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from infaas.errors import BadRequest
+from infaas.hardware_kinds import TENSORRT_ENGINE
 from infaas.live_state import InstanceState, LiveSnapshot, WorkerState
 from infaas.selector import (
     AccuracyUnavailable,
@@ -17,6 +20,7 @@ from infaas.selector import (
     select,
 )
 from tests.factories import model_info, profiles, variant_info
+from variant_generator.tensorrt import TRT_PROVIDERS
 
 PRICES = {"cpu-core": 0.048, "gpu": 2.5}
 P99 = 1.2  # every hand-made profile's p99 / p50: estimates use the p99, costs the p50
@@ -181,6 +185,22 @@ def test_gpu_variants_need_a_gpu_worker() -> None:
     gpu = candidate("m", "gpu", {1: 1.0}, hardware="gpu")
     with pytest.raises(NoWorkerAvailable):
         select(Requirements(model="m"), [gpu], live(worker()), PRICES)
+
+
+@pytest.mark.parametrize("providers", [TRT_PROVIDERS, (TENSORRT_ENGINE,)], ids=["tensorrt-ep", "tensorrt-engine"])
+def test_tensorrt_variants_need_a_worker_with_tensorrt_not_just_a_gpu(providers: tuple[str, ...]) -> None:
+    plain = candidate("m", "trt", {1: 1.0}, hardware="gpu")
+    trt = Candidate.of(plain.model, replace(plain.variant, providers=providers))
+    assert trt.hardware == ("gpu", "tensorrt")
+    gpu_only = worker("g1", hardware=("cpu", "gpu"))
+    with_trt = worker("t1", hardware=("cpu", "gpu", "tensorrt"))
+    # Loaded on the GPU-only worker as far as live state says: still never offered there.
+    with pytest.raises(NoWorkerAvailable):
+        select(Requirements(model="m"), [trt], live(gpu_only, loaded={"m/trt": [("g1", 1)]}), PRICES)
+    decision = select(Requirements(model="m"), [trt], live(gpu_only, with_trt, loaded={"m/trt": [("g1", 1)]}), PRICES)
+    assert decision.worker == "t1" and not decision.loaded
+    cuda = candidate("m", "cuda", {1: 1.0}, hardware="gpu")  # the CUDA provider alone: a GPU is enough
+    assert select(Requirements(model="m"), [cuda], live(gpu_only), PRICES).worker == "g1"
 
 
 def test_draining_workers_are_never_chosen() -> None:
