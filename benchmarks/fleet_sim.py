@@ -681,7 +681,8 @@ class FleetSim:
         )
         worker = self.workers.get(action.worker or action.target)
         if action.action == "add_worker":
-            self.env.process(self.start_worker())
+            for _ in range(action.count):
+                self.env.process(self.start_worker())
         elif action.action == "drain_worker" and worker:
             worker.draining = True
         elif action.action == "undrain" and worker:
