@@ -69,7 +69,7 @@ from infaas.catalog import VariantInfo
 from infaas.config import Settings
 from infaas.engine import Query
 from infaas.examples.zoo import TASK, load_zoo
-from infaas.fair_share import OverFairShare
+from infaas.fair_share import FairShare, OverFairShare
 from infaas.live_state import MemoryLiveState
 from infaas.registration import RegistrationRequest, register_model
 from infaas.selector import AccuracyUnavailable, Infeasible, OnInfeasible, ProfileCurve, Requirements
@@ -476,8 +476,9 @@ def calibrate(
     class mix at which at least ``target`` of the queries are answered in time (a 503 or 429 is not in time).
 
     Measured the way the trace offers load, open loop through ``replay``: a closed-loop measurement (4 clients
-    sending back to back) gave 458 q/s on this machine, and the trace with its spike at that rate missed 59%,
-    because clients that wait for their answers never queue up the way independent arrivals do.
+    sending back to back) gave 458 q/s on this machine (busy with other work, load average ~14), and the trace
+    with its spike at that rate missed 59% in the same conditions: clients that wait for their answers never
+    queue up the way independent arrivals do, so a closed-loop rate is not one the open-loop trace is served at.
     """
     seed_of = iter(range(seed, seed + 10_000))
 
@@ -543,6 +544,13 @@ def capacity(measure: Callable[[float], dict], *, repeats: int, start_qps: float
         "coarse": {"capacity_qps": None if bracket is None else round(bracket, 1), "windows": coarse},
         "staircases": stairs,
     }
+
+
+class AdmitAll(FairShare):
+    """The burst run's control: the engine's fair share replaced by one that admits every query."""
+
+    def admit(self, tenant: str, at_risk: bool) -> None:
+        return None
 
 
 def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, config: PolicyConfig, level: float) -> Run:
@@ -662,8 +670,9 @@ def _warm(serve: Serve, trace: list[Arrival], inputs: np.ndarray) -> None:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Misses (and rejections, stacked and hatched) per class per load level for infaas, then the feasible
-    queries' miss rate and cost of every setup per level."""
+    """Misses (and refusals, stacked and hatched) per class per load level for infaas; the feasible queries' miss
+    rate and cost of every setup per level; and, for the burst run, each tenant's share of queries in time
+    without and with the fair share."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -672,7 +681,8 @@ def plot(report: dict, path: Path) -> None:
     levels = list(report["levels"])
     classes = [c["name"] for c in report["trace"]["classes"]]
     infeasible = set(report["infeasible_classes"])
-    fig, axes = plt.subplots(2, 1, figsize=(10, 8))
+    burst = report.get("burst") or {}
+    fig, axes = plt.subplots(3 if burst else 2, 1, figsize=(10, 12 if burst else 8))
     width = 0.8 / len(classes)
     colours = plt.get_cmap("tab10")
     for j, name in enumerate(classes):
@@ -690,8 +700,9 @@ def plot(report: dict, path: Path) -> None:
     axes[0].set_xticks(np.arange(len(levels)), [f"{level}× capacity" for level in levels])
     axes[0].set_ylabel("% of the class's queries")
     axes[0].set_title("infaas per class: missed (solid), refused 503 infeasible (//), shed 429 over fair share (xx)")
-    axes[0].legend(fontsize=7, ncol=len(classes), columnspacing=0.8)
-    setups = sorted({s for level in levels for s in report["levels"][level]["setups"]})
+    axes[0].legend(fontsize=7, ncol=len(classes), columnspacing=0.8, loc="upper left")
+    axes[0].set_ylim(0, 135)
+    setups = [name for name in SETUPS if any(name in report["levels"][level]["setups"] for level in levels)]
     width = 0.8 / len(setups)
     for j, name in enumerate(setups):
         rates, costs = [], []
@@ -704,12 +715,26 @@ def plot(report: dict, path: Path) -> None:
         for bar, cost in zip(bars, costs, strict=True):
             if not np.isnan(cost):
                 axes[1].annotate(
-                    f"${cost:.4f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", fontsize=7
+                    f"${cost:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", fontsize=7
                 )
     axes[1].set_xticks(np.arange(len(levels)), [f"{level}× capacity" for level in levels])
     axes[1].set_ylabel("% of feasible queries missed")
     axes[1].set_title("every setup: feasible queries missed (bar) and cost (label)")
     axes[1].legend(fontsize=8)
+    if burst:
+        runs = {"without fair share": burst["infaas_without_fair_share"], "with fair share": burst["infaas"]}
+        tenants = sorted({t for r in runs.values() for t in r["fairness"]["in_time_share_by_tenant"]})
+        width = 0.8 / len(runs)
+        for j, (name, summary) in enumerate(runs.items()):
+            shares = [100.0 * summary["fairness"]["in_time_share_by_tenant"].get(t, np.nan) for t in tenants]
+            x = np.arange(len(tenants)) + (j - (len(runs) - 1) / 2) * width
+            axes[2].bar(x, shares, width, color=colours(j + 2), label=name)
+        axes[2].set_xticks(np.arange(len(tenants)), tenants)
+        axes[2].set_ylabel("% of the tenant's queries in time")
+        axes[2].set_title(
+            f"one {burst['burst_class']} tenant bursting at {burst['level']}× capacity: each tenant's share"
+        )
+        axes[2].legend(fontsize=8)
     fig.suptitle(f"bursty open-loop trace at calibrated load (capacity {report['calibration']['capacity_qps']} q/s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -738,6 +763,7 @@ def main() -> None:
     parser.add_argument("--calibrate-window", type=float, default=3.0, help="seconds per calibration window")
     parser.add_argument("--calibrate-repeats", type=int, default=5, help="calibration staircases (at least 5)")
     parser.add_argument("--calibrate-start", type=float, default=20.0, help="first rate of the coarse staircase, q/s")
+    parser.add_argument("--capacity", type=float, help="skip the calibration and take this capacity, q/s")
     parser.add_argument(
         "--util-scale",
         type=float,
@@ -836,18 +862,21 @@ def main() -> None:
             _warm(serve, [Arrival(0.0, c, 0) for c in classes], inputs)
             infeasible = find_infeasible(serve, classes, inputs)
             log.info("infeasible on the idle system: %s", infeasible or "none")
-            calibration = calibrate(
-                serve,
-                [c for c in classes if c.name not in infeasible],
-                inputs,
-                repeats=args.calibrate_repeats,
-                window_s=args.calibrate_window,
-                start_qps=args.calibrate_start,
-                seed=args.seed,
-            )
+            if args.capacity:
+                calibration = {"method": "given on the command line (--capacity)", "capacity_qps": args.capacity}
+            else:
+                calibration = calibrate(
+                    serve,
+                    [c for c in classes if c.name not in infeasible],
+                    inputs,
+                    repeats=args.calibrate_repeats,
+                    window_s=args.calibrate_window,
+                    start_qps=args.calibrate_start,
+                    seed=args.seed,
+                )
             services.engine.workers.stop()
             capacity = calibration["capacity_qps"]
-            log.info("calibrated capacity %.1f q/s (staircases %s)", capacity, calibration["staircases_qps"])
+            log.info("capacity %.1f q/s (staircases %s)", capacity, calibration.get("staircases_qps"))
             if not capacity:
                 args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / "trace-calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
@@ -902,9 +931,16 @@ def main() -> None:
             burst: dict = {}
             if args.burst_class and (not args.only or "infaas" in args.only):
                 # Fairness across tenants: the same spike, but its extra queries all come from one tenant of one
-                # class; the steady tenants' share of queries in time should not fall with it.
+                # class; the steady tenants' share of queries in time should not fall with it. Run once without
+                # the fair share first (the control), then with it.
                 shape = shape_at(args.burst_level, args.burst_class)
                 trace = make_trace(classes, shape, len(inputs), args.seed)
+                fair_share = services.engine.fair_share
+                services.engine.fair_share = AdmitAll()
+                try:
+                    control = run_infaas(services, trace, inputs, config, args.burst_level)
+                finally:
+                    services.engine.fair_share = fair_share
                 run = run_infaas(services, trace, inputs, config, args.burst_level)
                 burst = {
                     "level": args.burst_level,
@@ -916,6 +952,7 @@ def main() -> None:
                     },
                     "queries_by_tenant": {t: sum(a.who == t for a in trace) for t in sorted({a.who for a in trace})},
                     "infaas": run.summary(args.duration, prices_of(), set(infeasible)),
+                    "infaas_without_fair_share": control.summary(args.duration, prices_of(), set(infeasible)),
                 }
         finally:
             services.close()
@@ -964,7 +1001,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "trace.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, args.out / "trace.png")
-    print(f"capacity {capacity} q/s (staircases {calibration['staircases_qps']}); infeasible {list(infeasible)}")
+    print(f"capacity {capacity} q/s (staircases {calibration.get('staircases_qps')}); infeasible {list(infeasible)}")
     for level, row in levels.items():
         for name, s in row["setups"].items():
             by_class = {c: (v["miss_rate"], v["reject_rate"], v["shed_rate"]) for c, v in s["by_class"].items()}
@@ -975,11 +1012,11 @@ def main() -> None:
                 f"decisions {s.get('decisions_by_action')}"
             )
     if burst:
-        fairness = burst["infaas"]["fairness"]
-        print(
-            f"burst of {args.burst_class} at {args.burst_level}×: "
-            f"in time by tenant {fairness['in_time_share_by_tenant']}"
-        )
+        for name in ("infaas_without_fair_share", "infaas"):
+            print(
+                f"burst of {args.burst_class} at {args.burst_level}×, {name}: "
+                f"in time by tenant {burst[name]['fairness']['in_time_share_by_tenant']}"
+            )
 
 
 def prices_of() -> dict[str, float]:

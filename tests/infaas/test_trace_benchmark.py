@@ -201,6 +201,12 @@ def test_the_plot_is_drawn_from_the_report(tmp_path: Path) -> None:
         "trace": {"classes": [{"name": "a"}, {"name": "b"}]},
         "infeasible_classes": {"b": "no placement meets"},
         "calibration": {"capacity_qps": 100.0},
+        "burst": {
+            "level": 1.5,
+            "burst_class": "a",
+            "infaas": {"fairness": {"in_time_share_by_tenant": {"a": 0.9, "a-burst": 0.3}}},
+            "infaas_without_fair_share": {"fairness": {"in_time_share_by_tenant": {"a": 0.5, "a-burst": 0.6}}},
+        },
     }
     out = tmp_path / "trace.png"
     trace.plot(report, out)
