@@ -49,6 +49,9 @@ class VariantInfo:
     status: str
     reason: str | None
     profiles: tuple[ProfileInfo, ...] = ()
+    # Its model's recorded input shapes (``ModelInfo.input_shapes``), carried to workers: what a session is warmed
+    # up at (``runtime.warm_up``). Not part of the variant's identity.
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def key(self) -> str:

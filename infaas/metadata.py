@@ -95,7 +95,7 @@ def _profile_info(row: Profile) -> ProfileInfo:
     )
 
 
-def _variant_info(row: Variant, model_name: str) -> VariantInfo:
+def _variant_info(row: Variant, model_name: str, input_shapes: Mapping[str, list[int]] | None) -> VariantInfo:
     return VariantInfo(
         id=row.id,
         model_name=model_name,
@@ -109,7 +109,12 @@ def _variant_info(row: Variant, model_name: str) -> VariantInfo:
         status=row.status,
         reason=row.reason,
         profiles=tuple(_profile_info(p) for p in row.profiles),
+        input_shapes=_shapes(input_shapes),
     )
+
+
+def _shapes(raw: Mapping[str, list[int]] | None) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(shape) for name, shape in (raw or {}).items()}
 
 
 def _model_info(row: Model, with_variants: bool = True) -> ModelInfo:
@@ -131,9 +136,9 @@ def _model_info(row: Model, with_variants: bool = True) -> ModelInfo:
         validation_key=row.validation_key,
         size_bytes=row.size_bytes,
         created_at=row.created_at,
-        variants=tuple(_variant_info(v, row.name) for v in row.variants) if with_variants else (),
+        variants=tuple(_variant_info(v, row.name, row.input_shapes) for v in row.variants) if with_variants else (),
         rewrites=tuple(row.rewrites or ()),
-        input_shapes={name: tuple(shape) for name, shape in (row.input_shapes or {}).items()},
+        input_shapes=_shapes(row.input_shapes),
     )
 
 
@@ -382,7 +387,7 @@ class MetadataStore:
             row.status, row.reason, row.artifact_key = status, reason, artifact_key
             session.flush()
             session.refresh(row, ["profiles"])
-            info = _variant_info(row, model_name)
+            info = _variant_info(row, model_name, model.input_shapes)
         self._changed(model_name)
         return info
 

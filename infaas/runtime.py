@@ -66,19 +66,33 @@ class Session(Protocol):
         ...
 
 
+# Input name -> the concrete shape (batch 1) a model with dynamic dimensions runs at (``ModelInfo.input_shapes``).
+Shapes = Mapping[str, Sequence[int]]
+
+
 class SessionOpener(Protocol):
     """``open_session``'s shape: what a worker calls to open a variant (tests inject one that stays on the CPU)."""
 
-    def __call__(self, path: Path, providers: Sequence[str], threads: int, device: int | None = None) -> Session: ...
+    def __call__(
+        self,
+        path: Path,
+        providers: Sequence[str],
+        threads: int,
+        device: int | None = None,
+        shapes: Shapes | None = None,
+    ) -> Session: ...
 
 
-def open_session(path: Path, providers: Sequence[str], threads: int, device: int | None = None) -> Session:
+def open_session(
+    path: Path, providers: Sequence[str], threads: int, device: int | None = None, shapes: Shapes | None = None
+) -> Session:
     """Open a variant artifact as the catalog describes it, warmed up, or raise ``Skip`` saying why not.
 
     ``providers`` and ``threads`` are the variant's (``threads=0``: every core); ``device`` is the CUDA
     device its GPU providers or engine run on (a worker's ``--gpu``; ``None``: the runtime's default, 0). A
     GPU provider that this ONNX Runtime build does not really activate is refused rather than silently run
-    on the CPU: a "GPU" variant served or profiled on the CPU would be a lie.
+    on the CPU: a "GPU" variant served or profiled on the CPU would be a lie. ``shapes`` are the model's
+    recorded input shapes (``VariantInfo.input_shapes``), which the warm-up runs at.
     """
     session: Session
     if TENSORRT_ENGINE in providers:
@@ -91,21 +105,28 @@ def open_session(path: Path, providers: Sequence[str], threads: int, device: int
         if wanted not in active:
             raise Skip(f"{wanted} is not active in this onnxruntime build (active: {', '.join(active)})")
         session = ort_session
-    warm_up(session)
+    warm_up(session, shapes)
     return session
 
 
-def warm_up(session: Session) -> bool:
+def warm_up(session: Session, shapes: Shapes | None = None) -> bool:
     """Run one batch-1 inference on zeros so the first real query does not pay for it.
 
     ONNX Runtime allocates its arenas and picks kernels on the first ``run``: for a small model that is
     ten times a warm call, which a query would see as a latency the profile (measured warm) never
-    promised. Symbolic dimensions become 1. Returns ``False`` when the model rejects zeros (say a
+    promised. An input with a recorded shape (``shapes``: what registration found the model runs at) is
+    fed at it; other symbolic dimensions become 1. Without the recorded shape a YOLO detector's
+    ``[batch, 3, height, width]`` was fed 1x1: its ``Concat`` failed, so it was never warmed and ONNX
+    Runtime logged an error each time a session opened. Returns ``False`` when the model rejects zeros (say a
     data-dependent shape); the session is still fine, only not warmed.
     """
+    recorded = shapes or {}
     try:
         feeds = {
-            i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], dtype=numpy_dtype(i.type))
+            i.name: np.zeros(
+                recorded.get(i.name) or [d if isinstance(d, int) and d > 0 else 1 for d in i.shape],
+                dtype=numpy_dtype(i.type),
+            )
             for i in session.get_inputs()
         }
         session.run(None, feeds)

@@ -99,7 +99,8 @@ def variant_from_json(raw: bytes | str) -> VariantInfo:
     """The inverse of ``variant_to_json`` (profile timestamps are not needed by workers and dropped)."""
     data = orjson.loads(raw)
     profiles = tuple(ProfileInfo(**{**p, "measured_at": None}) for p in data.pop("profiles"))
-    return VariantInfo(**{**data, "providers": tuple(data["providers"]), "profiles": profiles})
+    shapes = {name: tuple(shape) for name, shape in data.pop("input_shapes", {}).items()}
+    return VariantInfo(**{**data, "providers": tuple(data["providers"]), "profiles": profiles, "input_shapes": shapes})
 
 
 def _worker_error(response: urllib3.BaseHTTPResponse) -> WorkerError:

@@ -201,7 +201,9 @@ class LocalWorker(WorkerClient):
             key = variant.key
 
             def make_session() -> Session:
-                return self._open(path, variant.providers, variant.threads, self.hardware.device_id)
+                return self._open(
+                    path, variant.providers, variant.threads, self.hardware.device_id, shapes=variant.input_shapes
+                )
 
             def on_depth(rows: int) -> None:  # rows outstanding: what the selector prices the queue with
                 self._live.set_queue_depth(self.id, key, rows)

@@ -18,7 +18,7 @@ from infaas.cuda import CudaDevice
 from infaas.db.models import VariantStatus
 from infaas.engine import Query
 from infaas.hardware import HardwareReport, advertise
-from infaas.runtime import CPU_PROVIDERS, Session, open_session
+from infaas.runtime import CPU_PROVIDERS, Session, Shapes, open_session
 from infaas.selector import Requirements
 from infaas.services import Services
 from infaas.worker import LocalWorker
@@ -35,9 +35,16 @@ class CpuStandIn:
     def __init__(self) -> None:
         self.opened: list[tuple[tuple[str, ...], int | None]] = []
 
-    def __call__(self, path: Path, providers: Sequence[str], threads: int, device: int | None = None) -> Session:
+    def __call__(
+        self,
+        path: Path,
+        providers: Sequence[str],
+        threads: int,
+        device: int | None = None,
+        shapes: Shapes | None = None,
+    ) -> Session:
         self.opened.append((tuple(providers), device))
-        return open_session(path, CPU_PROVIDERS, threads)
+        return open_session(path, CPU_PROVIDERS, threads, shapes=shapes)
 
 
 @pytest.fixture

@@ -250,7 +250,7 @@ def test_every_replica_is_warmed_before_it_serves(store: LocalModelStore, monkey
     from infaas import runtime
 
     warmed: list[ort.InferenceSession] = []
-    monkeypatch.setattr(runtime, "warm_up", lambda session: warmed.append(session) or True)
+    monkeypatch.setattr(runtime, "warm_up", lambda session, shapes=None: warmed.append(session) or True)
     worker = LocalWorker("w1", store, MemoryLiveState(), memory_budget_mb=100, cores=2)
     worker.start()
     a = variant("v", "models/tiny/v/model.onnx", memory_mb=20)

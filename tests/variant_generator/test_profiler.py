@@ -76,7 +76,7 @@ def test_profiled_load_time_includes_the_warm_up_a_worker_does(
 
     warmed: list[object] = []
 
-    def slow_warm_up(session: object) -> bool:
+    def slow_warm_up(session: object, shapes: object = None) -> bool:
         warmed.append(session)
         time.sleep(0.05)
         return True
