@@ -221,6 +221,10 @@ def describe(name: str) -> None:
     for io in ("inputs", "outputs"):
         for t in m[io]:
             out.print(f"  {io[:-1]} {t['name']}: {t['dtype']}{t['shape']}")
+    # The shape registration found each dynamic input runs at (``infaas.input_shapes``): what variants are
+    # profiled and warmed up at, and where a query of another size may not run.
+    for input_name, shape in (m.get("input_shapes") or {}).items():
+        out.print(f"  input {input_name} recorded at shape {list(shape)} (profiled and warmed up at it)")
     for rewrite in m.get("rewrites") or []:
         out.print(f"  rewritten at registration: {escape(rewrite)}")
     for v in m["variants"] or []:
