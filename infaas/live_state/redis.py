@@ -72,7 +72,9 @@ log = logging.getLogger(__name__)
 _SNAPSHOT_LUA = """
 local p = ARGV[1]
 local seq = tonumber(redis.call('GET', p .. 'seq') or '0')
-redis.call('ZREMRANGEBYSCORE', p .. 'changed', '-inf', seq - tonumber(ARGV[2]))
+for _, part in ipairs({'w', 'i', 'd'}) do
+  redis.call('ZREMRANGEBYSCORE', p .. 'changed:' .. part, '-inf', seq - tonumber(ARGV[2]))
+end
 local ids = redis.call('SUNION', p .. 'workers', p .. 'iw')
 local out = {}
 for _, id in ipairs(ids) do
@@ -87,9 +89,10 @@ end
 return {seq, out}
 """
 
-# The workers changed since ARGV[2] (a ``seq``), as the full fetch returns them ({} hashes when gone); first, the
-# workers whose keys expired since (``alive``) count as changed. {-1} asks for a full fetch: the counter went back
-# (Redis restarted empty) or the change log was trimmed past the caller's ``seq``.
+# The workers changed since ARGV[2] (a ``seq``): {id, parts, w, inst, depth} where ``parts`` names what changed
+# (``w`` the worker hash, ``i`` its instances, ``d`` its depths) and only those hashes are sent ({} when gone); first,
+# the workers whose keys expired since (``alive``) count as changed. {-1} asks for a full fetch: the counter went
+# back (Redis restarted empty) or the change log was trimmed past the caller's ``seq``.
 _DELTA_LUA = """
 local p, since = ARGV[1], tonumber(ARGV[2])
 local seq = tonumber(redis.call('GET', p .. 'seq') or '0')
@@ -103,33 +106,46 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. 'alive', '-inf', now)) do
   local left = math.max(lw, li)
   if left > 0 then redis.call('ZADD', p .. 'alive', now + left, id) else redis.call('ZREM', p .. 'alive', id) end
   seq = redis.call('INCR', p .. 'seq')
-  redis.call('ZADD', p .. 'changed', seq, id)
+  for _, part in ipairs({'w', 'i', 'd'}) do redis.call('ZADD', p .. 'changed:' .. part, seq, id) end
+end
+local parts, order = {}, {}
+for _, part in ipairs({'w', 'i', 'd'}) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. 'changed:' .. part, '(' .. since, '+inf')) do
+    if parts[id] == nil then parts[id] = ''; table.insert(order, id) end
+    parts[id] = parts[id] .. part
+  end
 end
 local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. 'changed', '(' .. since, '+inf')) do
-  local w = redis.call('HGETALL', p .. 'w:' .. id)
-  local inst = redis.call('HGETALL', p .. 'inst:' .. id)
-  local depth = {}
-  if #w > 0 or #inst > 0 then depth = redis.call('HGETALL', p .. 'depth:' .. id) end
-  table.insert(out, {id, w, inst, depth})
+for _, id in ipairs(order) do
+  local f, w, inst, depth = parts[id], {}, {}, {}
+  -- depths written while the worker was unknown (dropped then) count once its instances make it known
+  if string.find(f, 'i', 1, true) and not string.find(f, 'd', 1, true) then f = f .. 'd' end
+  if string.find(f, 'w', 1, true) then w = redis.call('HGETALL', p .. 'w:' .. id) end
+  if string.find(f, 'i', 1, true) then inst = redis.call('HGETALL', p .. 'inst:' .. id) end
+  local known = redis.call('EXISTS', p .. 'w:' .. id, p .. 'inst:' .. id) > 0
+  if string.find(f, 'd', 1, true) and known then
+    depth = redis.call('HGETALL', p .. 'depth:' .. id)
+  end
+  table.insert(out, {id, f, w, inst, depth})
 end
 return {seq, out}
 """
 
-# Marks workers changed (ARGV[3:]); with a TTL (ARGV[2] > 0) their keys now expire that far from now at the latest.
+# Marks parts (ARGV[3]: letters of ``w``, ``i``, ``d``) of workers (ARGV[4:]) changed; with a TTL (ARGV[2] > 0) their
+# keys now expire that far from now at the latest.
 _MARK_LUA = """
-local p, ttl = ARGV[1], tonumber(ARGV[2])
+local p, ttl, parts = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local seq = redis.call('INCR', p .. 'seq')
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-for i = 3, #ARGV do
-  redis.call('ZADD', p .. 'changed', seq, ARGV[i])
+for i = 4, #ARGV do
+  for part in string.gmatch(parts, '.') do redis.call('ZADD', p .. 'changed:' .. part, seq, ARGV[i]) end
   if ttl > 0 then redis.call('ZADD', p .. 'alive', 'GT', now + ttl, ARGV[i]) end
 end
 return seq
 """
 
-_CHANGE_LOG = 1_000_000  # changes kept in ``changed``; a front-end further behind fetches everything
+_CHANGE_LOG = 1_000_000  # changes kept in ``changed:*``; a front-end further behind fetches everything
 
 # Heartbeat of a known worker only (like the in-memory state); refreshes every TTL of the worker.
 _HEARTBEAT_LUA = """
@@ -139,7 +155,7 @@ redis.call('HSET', p .. 'w:' .. id, 'heartbeat_at', ARGV[3], 'memory_used_mb', A
 for _, k in ipairs({'w:', 'inst:', 'depth:'}) do redis.call('PEXPIRE', p .. k .. id, ARGV[5]) end
 local t = redis.call('TIME')
 redis.call('ZADD', p .. 'alive', 'GT', t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[5]), id)
-redis.call('ZADD', p .. 'changed', redis.call('INCR', p .. 'seq'), id)
+redis.call('ZADD', p .. 'changed:w', redis.call('INCR', p .. 'seq'), id)
 return 1
 """
 
@@ -157,7 +173,7 @@ return 1
 _SET_DRAINING_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'draining', ARGV[1])
-redis.call('ZADD', ARGV[2] .. 'changed', redis.call('INCR', ARGV[2] .. 'seq'), ARGV[3])
+redis.call('ZADD', ARGV[2] .. 'changed:w', redis.call('INCR', ARGV[2] .. 'seq'), ARGV[3])
 return 1
 """
 
@@ -329,7 +345,7 @@ class RedisLiveState(LiveState):
         for key in (w, self._k("inst", worker.id), self._k("depth", worker.id)):
             pipe.pexpire(key, self._ttl_ms)
         pipe.sadd(self._k("workers"), worker.id)
-        self._mark(pipe, self._ttl_ms, worker.id)
+        self._mark(pipe, self._ttl_ms, "wid", worker.id)
         pipe.execute()
         self._stale()
 
@@ -346,7 +362,7 @@ class RedisLiveState(LiveState):
         pipe.delete(self._k("w", worker_id), self._k("inst", worker_id), self._k("depth", worker_id))
         pipe.srem(self._k("workers"), worker_id)
         pipe.srem(self._k("iw"), worker_id)
-        self._mark(pipe, 0, worker_id)
+        self._mark(pipe, 0, "wid", worker_id)
         pipe.execute()
         self._forget_stats_script(args=[self._p, worker_id])
         with self._buffer_lock:
@@ -365,7 +381,7 @@ class RedisLiveState(LiveState):
         pipe.hset(inst, instance.variant_key, _instance_value(instance))
         pipe.pexpire(inst, self._ttl_ms)
         pipe.sadd(self._k("iw"), instance.worker_id)
-        self._mark(pipe, self._ttl_ms, instance.worker_id)
+        self._mark(pipe, self._ttl_ms, "i", instance.worker_id)
         pipe.execute()
         self._stale()
 
@@ -376,7 +392,7 @@ class RedisLiveState(LiveState):
         pipe = self._redis.pipeline()
         pipe.hdel(self._k("inst", worker_id), variant_key)
         pipe.hdel(self._k("depth", worker_id), variant_key)
-        self._mark(pipe, 0, worker_id)
+        self._mark(pipe, 0, "id", worker_id)
         pipe.execute()
         self._stale()
 
@@ -431,9 +447,10 @@ class RedisLiveState(LiveState):
     def _stale(self) -> None:
         self._snap_at = float("-inf")
 
-    def _mark(self, pipe: Any, ttl_ms: int, *worker_ids: str) -> None:
-        """Queue on ``pipe`` the note that these workers changed (what incremental refreshes read)."""
-        self._mark_script(args=[self._p, ttl_ms, *worker_ids], client=pipe)
+    def _mark(self, pipe: Any, ttl_ms: int, parts: str, *worker_ids: str) -> None:
+        """Queue on ``pipe`` the note that ``parts`` (``w`` worker, ``i`` instances, ``d`` depths) of these workers
+        changed: what incremental refreshes read (a heartbeat resends a worker's hash, not its 20 instances)."""
+        self._mark_script(args=[self._p, ttl_ms, parts, *worker_ids], client=pipe)
 
     def _fetch(self) -> None:
         started = time.monotonic()
@@ -458,30 +475,34 @@ class RedisLiveState(LiveState):
             self._shared_depth = {}
         shared, touched = self._shared_depth, set()
         workers_changed = full
-        for worker_id, w, inst, depth in rows:
-            for key in self._depth_keys.pop(worker_id, ()):
-                shared.pop((worker_id, key), None)
-            if w:
-                worker = _worker_from_hash(worker_id, dict(_pairs(w)))
-                if self._workers_by_id.get(worker_id) != worker:  # a depth report changes the worker not at all
-                    self._workers_by_id[worker_id] = worker
+        for row in rows:
+            worker_id, parts, w, inst, depth = row if len(row) == 5 else (row[0], "wid", *row[1:])
+            if "d" in parts:
+                for key in self._depth_keys.pop(worker_id, ()):
+                    shared.pop((worker_id, key), None)
+                keys = []
+                for key, value in _pairs(depth):
+                    shared[(worker_id, key)] = int(value)
+                    keys.append(key)
+                if keys:
+                    self._depth_keys[worker_id] = keys
+            if "i" in parts:
+                before = self._inst_by_worker.pop(worker_id, {})
+                mine: dict[str, InstanceState] = {}
+                for key, value in _pairs(inst):
+                    replicas, memory, last_used = value.split("|")
+                    mine[key] = InstanceState(worker_id, key, int(replicas), float(memory), float(last_used))
+                if mine:
+                    self._inst_by_worker[worker_id] = mine
+                touched.update(k for k in before.keys() | mine.keys() if before.get(k) != mine.get(k))
+            if "w" in parts:
+                worker = _worker_from_hash(worker_id, dict(_pairs(w))) if w else None
+                if self._workers_by_id.get(worker_id) != worker:
                     workers_changed = True
-            elif self._workers_by_id.pop(worker_id, None) is not None:
-                workers_changed = True
-            before = self._inst_by_worker.pop(worker_id, {})
-            mine: dict[str, InstanceState] = {}
-            for key, value in _pairs(inst):
-                replicas, memory, last_used = value.split("|")
-                mine[key] = InstanceState(worker_id, key, int(replicas), float(memory), float(last_used))
-            if mine:
-                self._inst_by_worker[worker_id] = mine
-            touched.update(k for k in before.keys() | mine.keys() if before.get(k) != mine.get(k))
-            keys = []
-            for key, value in _pairs(depth):
-                shared[(worker_id, key)] = int(value)
-                keys.append(key)
-            if keys:
-                self._depth_keys[worker_id] = keys
+                    if worker is None:
+                        del self._workers_by_id[worker_id]
+                    else:
+                        self._workers_by_id[worker_id] = worker
         self._seq = seq
         if full:
             by_variant: dict[str, list[InstanceState]] = {}
@@ -547,7 +568,7 @@ class RedisLiveState(LiveState):
             pipe.hset(self._k("depth", worker_id), mapping=mapping)
             pipe.pexpire(self._k("depth", worker_id), self._ttl_ms)
         if per_worker:
-            self._mark(pipe, 0, *per_worker)
+            self._mark(pipe, 0, "d", *per_worker)
         if records:
             by_variant: dict[str, list[str]] = {}
             by_instance: dict[tuple[str, str], list[str]] = {}
