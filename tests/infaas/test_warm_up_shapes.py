@@ -18,7 +18,7 @@ from infaas.services import Services
 from infaas.worker import LocalWorker
 from infaas.worker.remote import variant_from_json, variant_to_json
 from tests.factories import profiles, seed_model, variant_info
-from tests.shaped_models import strided_concat_model
+from tests.shaped_models import installed_model_file, strided_concat_model
 
 CONCAT_ERROR = "Non concat axis dimensions must match"
 
@@ -36,15 +36,10 @@ def warm_ups(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
     yield results
 
 
-def _detector(services: Services) -> LocalWorker:
-    """The detector registered at its recorded shape, and a worker (not started: no live-state traffic needed)."""
-    seed_model(
-        services,
-        "det",
-        strided_concat_model().SerializeToString(),
-        task="detect",
-        variants={"fp32": profiles({1: 5.0}, memory_mb=20.0)},
-    )
+def _detector(services: Services, model: bytes | None = None) -> LocalWorker:
+    """A detector registered at its recorded shape, and a worker (not started: no live-state traffic needed)."""
+    data = model if model is not None else strided_concat_model().SerializeToString()
+    seed_model(services, "det", data, task="detect", variants={"fp32": profiles({1: 5.0}, memory_mb=20.0)})
     return LocalWorker("w-warm", services.store, MemoryLiveState(), memory_budget_mb=500, cores=1)
 
 
@@ -79,3 +74,16 @@ def test_without_the_recorded_shape_the_warm_up_fails_and_onnx_runtime_logs_it(
 def test_the_recorded_shape_reaches_a_remote_worker() -> None:
     shaped = replace(variant_info("det", "fp32", profiles({1: 5.0})), input_shapes={"images": (1, 3, 320, 320)})
     assert variant_from_json(variant_to_json(shaped)).input_shapes == {"images": (1, 3, 320, 320)}
+
+
+def test_nudenet_320n_is_warmed_up_at_320_without_an_onnx_runtime_error(
+    services: Services, warm_ups: list[bool], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The real YOLOv8n detector from PyPI's ``nudenet`` that the issue names."""
+    worker = _detector(services, installed_model_file("nudenet", "320n.onnx").read_bytes())
+    model = services.metadata.get_model("det")
+    assert model is not None and model.variants[0].input_shapes == {"images": (1, 3, 320, 320)}
+    capfd.readouterr()
+    worker.load(model.variants[0])
+    assert warm_ups == [True]
+    assert "[E:onnxruntime" not in capfd.readouterr().err
