@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import orjson
 import pytest
 import redis
 
@@ -99,3 +100,19 @@ def test_catalog_changes_reach_other_processes(prefix: str) -> None:
     finally:
         publisher.close()
         subscriber.close()
+
+
+def test_a_query_recorded_before_min_fidelity_existed_reads_as_no_fidelity_floor(
+    live: RedisLiveState, prefix: str
+) -> None:
+    """A rolling upgrade shares Redis: an older front-end's records lack the field and must still be read."""
+    old = {
+        "at": time.time(), "tenant": "t", "model": "m", "variant": "v", "worker": "w1", "batch": 1, "latency_ms": 20.0,
+        "min_accuracy": 0.5, "max_cost": None, "estimated_ms": 8.0, "actual_ms": 10.0, "queue_ms": 0.0, "cost": 1e-9,
+        "slo_at_risk": False, "reason": "r", "infeasible": False,
+    }  # fmt: skip
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.lpush(f"{prefix}:recent", orjson.dumps(old))
+    client.close()
+    (record,) = live.recent_queries(1)
+    assert (record.min_accuracy, record.min_fidelity) == (0.5, 0.0)
