@@ -471,6 +471,7 @@ def calibrate(
     start_qps: float,
     target: float = 0.99,
     seed: int = 0,
+    fresh: Callable[[], None] = lambda: None,
 ) -> dict:
     """Capacity of the deployment the trace starts from: the highest steady Poisson rate of the trace's (feasible)
     class mix at which at least ``target`` of the queries are answered in time (a 503 or 429 is not in time).
@@ -479,14 +480,20 @@ def calibrate(
     sending back to back) gave 458 q/s on this machine (busy with other work, load average ~14), and the trace
     with its spike at that rate missed 59% in the same conditions: clients that wait for their answers never
     queue up the way independent arrivals do, so a closed-loop rate is not one the open-loop trace is served at.
+
+    ``fresh`` runs before every window (the engine's learnt state from scratch), so that a window past capacity
+    does not decide the next one: what the estimate correction learns in an overloaded window would refuse the
+    next window's tight queries for hundreds of queries.
     """
     seed_of = iter(range(seed, seed + 10_000))
 
     def window(rate: float) -> dict:
-        trace = make_trace(classes, Shape(window_s, rate, rate, rate), len(inputs), next(seed_of))
+        seconds = max(window_s, 1.3 * MIN_WINDOW_QUERIES / rate)  # long enough for MIN_WINDOW_QUERIES at low rates
+        trace = make_trace(classes, Shape(seconds, rate, rate, rate), len(inputs), next(seed_of))
+        fresh()
         run = Run("calibration", 0.0)
         replay(trace, inputs, serve, run, lambda: (0, 0))
-        counts = tally(run.outcomes, window_s)
+        counts = tally(run.outcomes, seconds)
         time.sleep(STAIR_PAUSE_S)  # let queues drain before the next window
         in_time = counts["in_time"] / counts["queries"] if counts["queries"] else 1.0
         return {"qps": round(rate, 1), "queries": counts["queries"], "in_time": round(in_time, 4)}
@@ -513,13 +520,15 @@ def capacity(measure: Callable[[float], dict], *, repeats: int, start_qps: float
     def staircase(rate: float, step: float) -> tuple[float | None, list[dict]]:
         windows: list[dict] = []
         passed: float | None = None
+        lowest = rate / 10.0  # a staircase failing that far below where it started has found nothing
         while len(windows) < MAX_STAIRS:
             windows.append(measure(rate))
-            enough = windows[-1].get("queries", MIN_WINDOW_QUERIES) >= MIN_WINDOW_QUERIES
-            if enough and windows[-1]["in_time"] >= target:
+            if windows[-1].get("queries", MIN_WINDOW_QUERIES) < MIN_WINDOW_QUERIES:
+                rate *= step  # too few queries to tell: a higher rate gives more
+            elif windows[-1]["in_time"] >= target:
                 passed = rate
                 rate *= step
-            elif passed is not None:
+            elif passed is not None or rate / (step * step) < lowest:
                 break
             else:
                 rate /= step * step  # the first window already failed: start lower
@@ -553,18 +562,33 @@ class AdmitAll(FairShare):
         return None
 
 
-def run_infaas(services: Services, trace: list[Arrival], inputs: np.ndarray, config: PolicyConfig, level: float) -> Run:
+def fresh_engine_state(services: Services, fair_share: FairShare | None = None) -> None:
+    """The engine's learnt state from scratch, as in a restarted front-end: estimate correction and fair share.
+
+    Without it, what the correction learnt during the capacity measurement (past capacity on purpose) or the
+    previous level's spike decides the next run's first few hundred queries: its serving-path overhead, learnt
+    at 76 ms there, made every 10 ms query of the next (0.7×) level infeasible.
+    """
+    services.engine.calibration = Calibration()
+    services.engine.fair_share = fair_share or FairShare()
+
+
+def run_infaas(
+    services: Services,
+    trace: list[Arrival],
+    inputs: np.ndarray,
+    config: PolicyConfig,
+    level: float,
+    fair_share: FairShare | None = None,
+) -> Run:
     """Setup (a): the engine picks a variant per query; both autoscalers run.
 
-    Each level starts from the same state: the front-end's worker, emptied (every instance unloaded) and started
-    again, and the engine's estimate correction fresh, as in a restarted front-end. Without the fresh start, the
-    correction learnt during the capacity measurement (which saturates the machine on purpose) or the previous
-    level's spike would decide the next level's first few hundred queries: its serving-path overhead, learnt at
-    76 ms there, made every 10 ms query of the next (0.7×) level infeasible.
+    Each run starts from the same state: the front-end's worker, emptied (every instance unloaded) and started
+    again, and the engine's learnt state fresh (``fresh_engine_state``; ``fair_share`` replaces the engine's).
     """
     services.start_serving()
     engine = services.engine
-    engine.calibration = Calibration()
+    fresh_engine_state(services, fair_share)
     provider = InProcessProvider(
         services.store,
         engine.live,
@@ -873,6 +897,7 @@ def main() -> None:
                     window_s=args.calibrate_window,
                     start_qps=args.calibrate_start,
                     seed=args.seed,
+                    fresh=lambda: fresh_engine_state(services),
                 )
             services.engine.workers.stop()
             capacity = calibration["capacity_qps"]
@@ -935,12 +960,7 @@ def main() -> None:
                 # the fair share first (the control), then with it.
                 shape = shape_at(args.burst_level, args.burst_class)
                 trace = make_trace(classes, shape, len(inputs), args.seed)
-                fair_share = services.engine.fair_share
-                services.engine.fair_share = AdmitAll()
-                try:
-                    control = run_infaas(services, trace, inputs, config, args.burst_level)
-                finally:
-                    services.engine.fair_share = fair_share
+                control = run_infaas(services, trace, inputs, config, args.burst_level, AdmitAll())
                 run = run_infaas(services, trace, inputs, config, args.burst_level)
                 burst = {
                     "level": args.burst_level,

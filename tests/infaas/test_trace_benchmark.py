@@ -145,10 +145,20 @@ def test_capacity_is_the_median_of_repeated_staircases() -> None:
 
 def test_a_staircase_whose_first_window_fails_starts_lower() -> None:
     def measure(rate: float) -> dict:
-        return {"qps": rate, "in_time": 1.0 if rate <= 10.0 else 0.5}
+        return {"qps": rate, "in_time": 1.0 if rate <= 15.0 else 0.5}
 
     result = trace.capacity(measure, repeats=5, start_qps=100.0, target=0.99)
-    assert 10.0 / trace.STAIR_STEP < result["capacity_qps"] <= 10.0
+    assert 15.0 / trace.STAIR_STEP < result["capacity_qps"] <= 15.0
+
+
+def test_a_window_with_too_few_queries_never_passes_and_the_staircase_climbs() -> None:
+    def measure(rate: float) -> dict:
+        return {"qps": rate, "queries": int(rate), "in_time": 1.0 if rate <= 300.0 else 0.5}
+
+    result = trace.capacity(measure, repeats=5, start_qps=20.0, target=0.99)
+    first = result["coarse"]["windows"][0]
+    assert first["queries"] < trace.MIN_WINDOW_QUERIES
+    assert 300.0 / trace.STAIR_STEP < result["capacity_qps"] <= 300.0
 
 
 def test_calibration_windows_are_open_loop_and_count_refusals_as_late(monkeypatch: pytest.MonkeyPatch) -> None:
