@@ -253,7 +253,7 @@ def _run_batches(
     """Run every sample through the plan's variant in batches, writing progress to the job row."""
     variant = plan.variant
     artifact = services.store.local_path(variant.artifact_key or plan.model.artifact_key)
-    session = open_session(artifact, variant.providers, variant.threads)
+    session = open_session(artifact, variant.providers, variant.threads, shapes=plan.model.input_shapes)
     specs = {s.name: s for s in plan.model.inputs}
     fixed = {specs[name].shape[0] for name in inputs if specs[name].shape[0] > 0}
     # A model with a fixed batch axis gets exactly that many rows; its last batch is zero-padded.

@@ -121,7 +121,7 @@ def profile_variant(
     _release_freed_memory()
     rss_before = process.memory_info().rss
     t0 = time.perf_counter()
-    session = open_session(artifact, providers, threads)
+    session = open_session(artifact, providers, threads, shapes=model.input_shapes)
     load_ms = (time.perf_counter() - t0) * 1000.0
     scores = _scores(session, model, data, reference)
 
@@ -181,4 +181,4 @@ def build_and_profile(
 
 def reference_outputs(original: Path, model: ModelInfo, data: ValidationSet) -> np.ndarray:
     """The original model's first output on ``data``: what every variant's fidelity is scored against."""
-    return _predict(open_session(original, CPU_PROVIDERS, 0), model, data)
+    return _predict(open_session(original, CPU_PROVIDERS, 0, shapes=model.input_shapes), model, data)
