@@ -134,6 +134,41 @@ class _Room:
         return free + idle >= needed_mb
 
 
+_DEPENDS = object()  # a cold choice that depends on queue depths (eviction room): made per query
+
+
+class _Placements:
+    """One snapshot's placements per candidate: its loaded instances on usable workers and, when no queue depth
+    decides it (the roomiest usable worker has the memory free), its cold worker. Built per candidate on first use;
+    what depends on depths or ``exclude`` is decided per query."""
+
+    __slots__ = ("workers", "instances", "by_candidate")
+
+    def __init__(self, live: LiveSnapshot) -> None:
+        self.workers, self.instances = live.workers, live.instances  # held: the cache is keyed by their identity
+        self.by_candidate: dict[
+            tuple[str, str, float],
+            tuple[tuple[InstanceState, ...], tuple[tuple[int, InstanceState, WorkerState], ...], object],
+        ] = {}
+
+    def of(
+        self, r: _Ranked, index: _WorkerIndex
+    ) -> tuple[tuple[InstanceState, ...], tuple[tuple[int, InstanceState, WorkerState], ...], object]:
+        candidate = r.candidate
+        key = (r.key, candidate.variant.hardware, candidate.curve.memory_mb)
+        entry = self.by_candidate.get(key)
+        if entry is None:
+            instances = self.instances.get(r.key, ())
+            loaded = []
+            for seq, inst in enumerate(instances):
+                worker = index.by_id.get(inst.worker_id)
+                if worker is not None and usable(candidate, worker):
+                    loaded.append((seq, inst, worker))
+            entry = (instances, tuple(loaded), _static_cold(candidate, instances, index))
+            self.by_candidate[key] = entry
+        return entry
+
+
 class FastSelector:
     """Same decisions as ``infaas.selector.select``, from indexes kept across queries. Thread-safe.
 
@@ -143,6 +178,7 @@ class FastSelector:
 
     def __init__(self) -> None:
         self._index: _WorkerIndex | None = None
+        self._placements: _Placements | None = None
         self._orders: dict[tuple[object, ...], tuple[tuple[Candidate, ...], tuple[_Ranked, ...] | None]] = {}
         self._lock = threading.Lock()
 
@@ -170,6 +206,13 @@ class FastSelector:
             index = _WorkerIndex(workers)
             self._index = index
         return index
+
+    def _placements_of(self, live: LiveSnapshot) -> _Placements:
+        placements = self._placements
+        if placements is None or placements.workers is not live.workers or placements.instances is not live.instances:
+            placements = _Placements(live)
+            self._placements = placements
+        return placements
 
     def _order(
         self, qualified: Sequence[Candidate], batch: int, prices: Mapping[str, float], min_cores: int
@@ -207,20 +250,19 @@ class FastSelector:
         # (cost, cold, estimate, key, candidate index, option index, candidate, worker, raw)
         feasible: list[tuple[float, bool, float, str, int, int, Candidate, WorkerState, float]] = []
         every: list[tuple[_Ranked, int, _Option]] = []  # (candidate, option index, option) while none is feasible
-        by_id, depth = index.by_id, live.depth
+        placements, depths = self._placements_of(live), live.queue_depth
         for r in order:
             if feasible and r.bound > limit:
                 break
             candidate, key, curve = r.candidate, r.key, r.candidate.curve
-            instances = live.instances.get(key, ())
-            for seq, inst in enumerate(instances):
-                worker = by_id.get(inst.worker_id)
-                if worker is None or not usable(candidate, worker) or (exclude and (key, worker.id) in exclude):
+            instances, loaded, cold = placements.of(r, index)
+            for seq, inst, worker in loaded:
+                if exclude and (key, worker.id) in exclude:
                     continue
                 cost = r.fixed_cost if r.fixed_cost is not None else query_cost(candidate, worker, r.service_ms, prices)
                 if feasible and cost > limit:
                     continue
-                queue = _queue_ms(depth(worker.id, key), max(inst.replicas, 1), curve)
+                queue = _queue_ms(depths.get((worker.id, key), 0), max(inst.replicas, 1), curve)
                 raw = r.tail_ms + queue
                 est = raw if correct is None else correct(key, worker.id, raw)
                 if cost <= limit and (budget is None or est <= budget):
@@ -230,7 +272,10 @@ class FastSelector:
                         limit = min(limit, cheapest * (1 + _COST_TIE))
                 elif not feasible:
                     every.append((r, seq, _Option(candidate, worker, True, est, raw, queue, cost)))
-            worker = _cold_worker(candidate, key, instances, index, room, exclude)
+            if exclude or cold is _DEPENDS:
+                worker = _cold_worker(candidate, key, instances, index, room, exclude)
+            else:
+                worker = cold  # type: ignore[assignment]  # a WorkerState or None
             if worker is None:
                 continue
             cost = query_cost(candidate, worker, curve.load_ms + r.service_ms, prices)
@@ -309,6 +354,17 @@ def _rank(
         ranked.append(_Ranked(bound, i, c, c.key, service, curve.tail_ms(batch), fixed))
     ranked.sort(key=lambda r: (r.bound, r.index))
     return tuple(ranked)
+
+
+def _static_cold(candidate: Candidate, instances: Sequence[InstanceState], index: _WorkerIndex) -> object:
+    """``_cold_worker`` without exclusions when no depth decides it: the roomiest usable worker not hosting the
+    variant if it has the memory free, ``None`` when there is no such worker, else ``_DEPENDS``."""
+    loaded_on = {inst.worker_id for inst in instances}
+    for w in index.by_kind.get(candidate.variant.hardware, ()):
+        if w.id in loaded_on or not usable(candidate, w):
+            continue
+        return w if w.memory_free_mb >= candidate.curve.memory_mb else _DEPENDS
+    return None
 
 
 def _cold_worker(

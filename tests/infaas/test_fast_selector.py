@@ -142,6 +142,18 @@ def test_same_decisions_as_the_reference(seed: int) -> None:
         reference = _outcome(select, requirements, candidates, live, prices, exclude, correct)
         fast = _outcome(selector.select, requirements, candidates, live, prices, exclude, correct)
         _same(reference, fast, case)
+        # The same snapshot again after its depths moved underneath (as the live states' mappings do) and with
+        # other needs: what the selector cached for this snapshot must not carry a stale depth or need over.
+        depths = live.queue_depth
+        assert isinstance(depths, dict)
+        for pair in list(depths)[::2]:
+            depths[pair] = rng.choice((0, 2, 50))
+        again = _requirements(rng)
+        _same(
+            _outcome(select, again, candidates, live, prices, (), correct),
+            _outcome(selector.select, again, candidates, live, prices, (), correct),
+            case,
+        )
         kind = reference[0]
         if kind == "selection":
             assert isinstance(reference[1], Selection)
