@@ -224,3 +224,24 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Pipeline(Base):
+    """A DAG of models planned to an end-to-end P99 objective (``infaas.pipelines``).
+
+    ``spec`` is the validated definition as the owner gave it (stages, edges, objective, arrivals); ``plan`` the
+    planner's last answer (per stage variant, batch, replicas, utilisation, cost), ``None`` until planned.
+    ``models`` lists the registered models the stages name, so a model deletion finds its users without reading
+    every spec.
+    """
+
+    __tablename__ = "pipelines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, index=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    scale_factors: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
