@@ -53,6 +53,7 @@ LEVEL = "vm"
 CLUSTER = "cluster"
 UP_ACTIONS = frozenset({"add_worker", "undrain"})  # actions that start the down-after-up guard
 NOTES = frozenset({"keep_worker"})  # decisions that change nothing: no cool-down, nothing to execute
+GROWTH_MIN = 4  # workers a step may add even to a smaller cluster
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,10 @@ def _resize(
             return [Action(LEVEL, "undrain", w.id, f"{why}; taking back draining {w.id}", inputs, worker=w.id)]
         room = view.max_workers - len(active) - view.pending_workers
         if room > 0:
-            count = min(room, workers_short(active, busy, view.pending_workers, config))
+            # At most doubling a step (or GROWTH_MIN workers), as Kubernetes' autoscaler does by default: what a
+            # step is sized from (busy cores of loaded instances, derated by misses) overstates the need while
+            # the new workers are still empty (fleet_sim: 11 -> 216 -> 1,183 workers for a 300-worker peak).
+            count = min(room, workers_short(active, busy, view.pending_workers, config), max(GROWTH_MIN, len(active)))
             return [
                 Action(
                     LEVEL,
@@ -250,9 +254,11 @@ def _resize(
                 for w in young
                 if _kept_key(w.id) not in history.last_action and fits_on_rest(w)
             ]
-        idlest = min(eligible, key=lambda w: (busy[w.id], len(w.instances), w.outstanding, w.id))
+        order = sorted(eligible, key=lambda w: (busy[w.id], len(w.instances), w.outstanding, w.id))
+        idlest = order[0]
         if not fits_on_rest(idlest):
             return []
+        drained = [idlest, *_more_to_drain(view, order[1:], active, idlest, total_busy, config)]
         if math.isinf(age[idlest.id]):
             why_now = "there before this level's first period"
         elif age[idlest.id] >= config.vm_min_lifetime_s:
@@ -260,19 +266,51 @@ def _resize(
         else:
             why_now = f"up only {age[idlest.id]:.0f} s but clearly idle for {idle[idlest.id]} periods"
         kept = f"; kept younger {', '.join(w.id for w in young)}" if young else ""
+        rest = sum(x.cores for x in active) - sum(w.cores for w in drained)
+        also = f"; with {len(drained) - 1} more as idle" if len(drained) > 1 else ""
         return [
             Action(
                 LEVEL,
                 "drain_worker",
-                idlest.id,
+                w.id,
                 f"underloaded for {-streak} periods: utilization {utilization:.2f}; {idlest.id} is the idlest "
-                f"eligible ({busy[idlest.id]:.2f} busy cores, {why_now}); the rest would run at "
-                f"{total_busy / rest_cores[idlest.id]:.2f}{kept}",
-                {**inputs, **_worker_inputs(idlest, busy, age, idle), "kept_young": [w.id for w in young]},
-                worker=idlest.id,
+                f"eligible ({busy[idlest.id]:.2f} busy cores, {why_now}){also}; the rest would run at "
+                f"{total_busy / rest:.2f}{kept}",
+                {**inputs, **_worker_inputs(w, busy, age, idle), "kept_young": [w.id for w in young]},
+                worker=w.id,
             )
+            for w in drained
         ]
     return []
+
+
+def _more_to_drain(
+    view: ClusterView,
+    candidates: list[WorkerLoad],
+    active: list[WorkerLoad],
+    first: WorkerLoad,
+    total_busy: float,
+    config: PolicyConfig,
+) -> list[WorkerLoad]:
+    """Further eligible workers (idlest first) drained with ``first`` in the same period: each while the rest stay
+    below ``target_utilization`` and run every variant with load, at most half the active workers in all, never
+    below ``min_workers``. One drain per ``vm_cooldown_s`` took 5 hours to shrink a 1,000-worker fleet after
+    its peak (``benchmarks/fleet_sim.py``)."""
+    staying = [w for w in active if w.id != first.id]
+    cores = sum(w.cores for w in staying)
+    limit = min(len(active) // 2, len(active) - max(view.min_workers, 1))
+    out: list[WorkerLoad] = []
+    for w in candidates:
+        if 1 + len(out) >= limit:
+            break
+        rest = [x for x in staying if x.id != w.id]
+        if cores - w.cores <= 0 or total_busy / (cores - w.cores) >= config.target_utilization:
+            break
+        if not _runs_elsewhere(view, w, [w, *rest]):
+            continue
+        out.append(w)
+        staying, cores = rest, cores - w.cores
+    return out
 
 
 def _runs_elsewhere(view: ClusterView, worker: WorkerLoad, active: list[WorkerLoad]) -> bool:

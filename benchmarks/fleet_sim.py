@@ -1,6 +1,7 @@
 """A simulated fleet of up to 1,000 workers, a compressed day of traffic, driven by the real policies (issue 20 §3).
 
-What is real (imported, never copied): ``infaas.selector.select`` places every chunk of queries (below);
+What is real (imported, never copied): the engine's selector (``infaas.fast_selector.fast_select``, the decisions of
+``infaas.selector.select`` from indexes) places every chunk of queries (below);
 ``Autoscaler.view`` (``autoscaler/loop.py``) builds the policies' ``ClusterView`` from a stand-in live state and
 worker clients; ``model_level.decide`` and ``vm_level.decide`` decide, exactly as ``step_model`` / ``step_vm``
 call them; the instance's batching rule (``infaas.worker.instance.flush_at`` / ``batch_size``) forms batches;
@@ -20,7 +21,8 @@ Simplifications (what makes a day at tens of thousands of queries/s run in minut
   batch.
 * ``select`` reads the live snapshot of one *group* of ``--group`` workers (a front-end's shard); a class's
   arrivals are split over groups by their active cores. With one group (the validation run) this is exact.
-  ``select`` over 1,000 workers costs 10-40 ms a call here (issue 20 §1), which is why.
+  The reference ``select`` over 1,000 workers cost 10-40 ms a call here, and one chunk per instance per tick is
+  still thousands of calls a simulated second at the peak, which is why.
 * Within a chunk, arrivals are spread evenly over the tick; latency = wait behind the backlog + the batching
   rule's gather wait (sparse arrivals) + service; service is the profiled p50 at the batch plus, for 1% of
   queries, the gap to the profiled p99 (the profile's own tail); a worker whose instances want more cores than
@@ -57,8 +59,9 @@ import simpy
 from autoscaler import model_level, vm_level
 from autoscaler.loop import Autoscaler
 from autoscaler.policy_types import Action, History, PolicyConfig
+from infaas.fast_selector import fast_select
 from infaas.live_state.base import InstanceState, LiveSnapshot, VariantStats, WorkerState
-from infaas.selector import Candidate, NoWorkerAvailable, Requirements, Selection, select
+from infaas.selector import Candidate, NoWorkerAvailable, Requirements, Selection
 from infaas.worker.instance import batch_size, flush_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,6 +257,14 @@ class _Cache:
         return tuple(self.by_model.get(name, ()))
 
 
+@dataclass
+class GroupView:
+    group: list[Worker]
+    snapshot: LiveSnapshot
+    depth: dict[tuple[str, str], int]
+    by_id: dict[str, Worker]
+
+
 @dataclass(frozen=True)
 class Setup:
     name: str
@@ -307,6 +318,7 @@ class FleetSim:
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
         self.max_chunks = max_chunks
+        self.plans: dict[tuple[str, int], tuple[int, float]] = {}
         self.workers: dict[str, Worker] = {}
         self.next_id = 0
         self.tally = {c.name: Tally() for c in self.classes}
@@ -380,9 +392,12 @@ class FleetSim:
 
     def batch_plan(self, inst: Instance, rows: int) -> tuple[int, float]:
         """Queries per batch (the instance's batching rule, queries of ``rows`` rows) and its service seconds."""
-        curve = inst.candidate.curve
-        k = batch_size([rows] * max(1, curve.best_batch), max(1, curve.best_batch))
-        return k, max(curve.service_ms(k * rows), 1e-3) / 1000.0  # a profile rounds sub-µs runs to 0
+        plan = self.plans.get((inst.key, rows))
+        if plan is None:
+            curve = inst.candidate.curve
+            k = batch_size([rows] * max(1, curve.best_batch), max(1, curve.best_batch))
+            plan = self.plans[(inst.key, rows)] = (k, max(curve.service_ms(k * rows), 1e-3) / 1000.0)  # 0: sub-µs
+        return plan
 
     def round_rate(self, inst: Instance, rows: int) -> float:
         k, service_s = self.batch_plan(inst, rows)
@@ -408,7 +423,7 @@ class FleetSim:
 
     def pick_idle(self, cls: QueryClass) -> Candidate:
         state = WorkerState("idle", "sim", self.cores, self.memory_mb)
-        return select(self.requirements(cls), self.candidates, LiveSnapshot((state,), {}), PRICES).candidate
+        return fast_select(self.requirements(cls), self.candidates, LiveSnapshot((state,), {}), PRICES).candidate
 
     def requirements(self, cls: QueryClass) -> Requirements:
         return Requirements(task=self.candidates[0].model.task, latency_ms=cls.budget_ms, min_accuracy=cls.floor)
@@ -438,6 +453,7 @@ class FleetSim:
             self.update_slowdown(live)
             counts = self.arrivals_in(now)
             groups = self.groups(live)
+            views: list[GroupView | None] = [None] * len(groups)
             for cls in self.classes:
                 n = counts.get(cls.name, 0)
                 self.tally[cls.name].arrived += n
@@ -448,9 +464,11 @@ class FleetSim:
                     continue
                 weights = np.array([sum(w.cores for w in g) for g in groups], dtype=float)
                 split = self.np_rng.multinomial(n, weights / weights.sum())
-                for g, m in zip(groups, split, strict=True):
+                for i, m in enumerate(split):
                     if m:
-                        self.route(cls, g, int(m), now)
+                        if views[i] is None:
+                            views[i] = self.group_view(groups[i])
+                        self.route(cls, views[i], int(m), now)
             for w in self.workers.values():
                 for inst in w.instances.values():
                     inst.assigned_rows = 0
@@ -464,18 +482,22 @@ class FleetSim:
         ordered = sorted(live, key=lambda w: w.id)
         return [ordered[i::count] for i in range(count)]
 
-    def route(self, cls: QueryClass, group: list[Worker], n: int, now: float) -> None:
-        req = self.requirements(cls)
-        tally = self.tally[cls.name]
+    def group_view(self, group: list[Worker]) -> GroupView:
+        """A group's live snapshot for this tick, shared by every class routed in it: the depths it holds grow
+        with every chunk routed, as live state's do with every query."""
         snap = self.snapshot(group)
         depth = dict(snap.queue_depth)
-        snap = LiveSnapshot(snap.workers, snap.instances, depth)
-        by_id = {w.id: w for w in group}
+        return GroupView(group, LiveSnapshot(snap.workers, snap.instances, depth), depth, {w.id: w for w in group})
+
+    def route(self, cls: QueryClass, view: GroupView, n: int, now: float) -> None:
+        req = self.requirements(cls)
+        tally = self.tally[cls.name]
+        snap, depth, by_id = view.snapshot, view.depth, view.by_id
         chunks = 0
         while n > 0:
             started = time.perf_counter()
             try:
-                choice = select(req, self.candidates, snap, PRICES)
+                choice = fast_select(req, self.candidates, snap, PRICES)
             except NoWorkerAvailable:
                 tally.rejected += n
                 return
@@ -486,8 +508,8 @@ class FleetSim:
             inst = worker.instances.get(choice.candidate.key)
             if inst is None:
                 inst = self.load(worker, choice.candidate, now)
-                snap = self.snapshot(group)
-                snap = LiveSnapshot(snap.workers, snap.instances, depth)
+                fresh = self.snapshot(view.group)
+                snap = view.snapshot = LiveSnapshot(fresh.workers, fresh.instances, depth)
             chunks += 1
             k, service_s = self.batch_plan(inst, cls.rows)
             per_tick = max(k, int(self.round_rate(inst, cls.rows) * self.tick_s))

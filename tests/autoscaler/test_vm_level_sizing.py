@@ -41,10 +41,13 @@ def additions(view_at, periods: int = 2) -> list:
     return actions
 
 
-def test_a_fleet_far_short_adds_the_workers_it_needs_at_once() -> None:
+def test_a_fleet_far_short_grows_by_what_it_is_short_at_most_doubling() -> None:
     # 4 workers × 1,000 rows/s: 10 busy cores each wanted, 40 in all; 2-core workers at 60% need 34 workers.
+    assert vm_level.workers_short(list(fleet(1000.0).workers), {f"w{i}": 10.0 for i in range(4)}, 0, CFG) == 30
     [action] = additions(lambda now: fleet(1000.0, now))
-    assert action.count == 30 and action.inputs["workers_added"] == 30
+    assert action.count == 4 == action.inputs["workers_added"]  # doubling: the need is overstated while new are empty
+    [action] = additions(lambda now: fleet(1000.0, now, workers=20))  # 20 × 10 cores: 167 wanted, 20 more at most
+    assert action.count == 20
 
 
 def test_workers_still_starting_count_and_max_workers_caps() -> None:
@@ -52,11 +55,27 @@ def test_workers_still_starting_count_and_max_workers_caps() -> None:
     active = list(fleet(1000.0).workers)
     assert vm_level.workers_short(active, busy, pending=10, config=CFG) == 20
     assert vm_level.workers_short(active, busy, pending=40, config=CFG) == 1  # overloaded all the same: one
-    [action] = additions(lambda now: fleet(1000.0, now, max_workers=10))
-    assert action.count == 6  # 10 - 4 active
+    [action] = additions(lambda now: fleet(1000.0, now, workers=20, max_workers=25))
+    assert action.count == 5  # 25 - 20 active
 
 
-def test_slightly_short_adds_one() -> None:
+def test_slightly_short_adds_what_it_needs() -> None:
     # 4 workers at 1.8 busy cores of 2 (90%): 7.2 / (0.6 × 2) = 6 workers wanted: 2 more.
     [action] = additions(lambda now: fleet(180.0, now))
     assert action.count == 2
+
+
+def test_an_idle_fleet_drains_several_workers_a_period_while_the_rest_stay_below_target() -> None:
+    # 20 workers at 0.1 busy cores each (2 in all): 2 / (0.6 × 2) = 2 workers would do; half go in one period.
+    history, drains = History(), []
+    for n in range(4):
+        plan = vm_level.decide(fleet(10.0, 100.0 + 10.0 * n, workers=20), history, CFG)
+        history = plan.history
+        drains.extend(a.target for a in plan.actions if a.action == "drain_worker")
+    assert len(drains) == 10 == len(set(drains))  # half of the 20 in one period (then the cool-down)
+    # Nothing drained when the rest would run above target: 20 workers at 1.0 busy cores (50%).
+    history = History()
+    for n in range(4):
+        plan = vm_level.decide(fleet(100.0, 100.0 + 10.0 * n, workers=20), history, CFG)
+        history = plan.history
+        assert not [a for a in plan.actions if a.action == "drain_worker"]

@@ -7,7 +7,7 @@ pytest.importorskip("simpy")
 from autoscaler import model_level, vm_level  # noqa: E402
 from autoscaler.policy_types import PolicyConfig  # noqa: E402
 from benchmarks import fleet_sim  # noqa: E402
-from infaas import selector  # noqa: E402
+from infaas import fast_selector  # noqa: E402
 from infaas.selector import Candidate  # noqa: E402
 from infaas.worker import instance  # noqa: E402
 from tests.factories import model_info, profiles, variant_info  # noqa: E402
@@ -34,7 +34,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch, module: object, name: str, calls:
 
 def test_tiny_fleet_conserves_queries_and_calls_the_real_policies(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: dict[str, int] = {}
-    monkeypatch.setattr(fleet_sim, "select", _wrap(selector.select, "select", calls))
+    monkeypatch.setattr(fleet_sim, "fast_select", _wrap(fast_selector.fast_select, "select", calls))
     monkeypatch.setattr(fleet_sim, "flush_at", _wrap(instance.flush_at, "flush_at", calls))
     monkeypatch.setattr(fleet_sim, "batch_size", _wrap(instance.batch_size, "batch_size", calls))
     _counting(monkeypatch, model_level, "decide", calls)
