@@ -31,6 +31,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from infaas.calibration import Correction
+from infaas.hardware_kinds import runs_on
 from infaas.live_state.base import InstanceState, LiveSnapshot, WorkerState
 from infaas.selector import (
     _COST_TIE,
@@ -54,15 +55,18 @@ _ORDER_CACHE_MAX = 1024  # distinct candidate lists (task × tenant × floors ×
 
 def usable(candidate: Candidate, worker: WorkerState) -> bool:
     """The reference's usable-worker filter (``selector._options``): kept in step with it by the oracle tests."""
+    needs = candidate.hardware
     return (
         not worker.draining
-        and candidate.variant.hardware in worker.hardware
+        and needs[0] in worker.hardware
         and worker.memory_budget_mb >= candidate.curve.memory_mb
+        and (len(needs) == 1 or runs_on(needs, worker.hardware))
     )
 
 
 class _WorkerIndex:
-    """One snapshot's workers: by id, and per hardware kind the non-draining ones by (free memory, id) descending."""
+    """One snapshot's workers: by id, and per hardware kind the non-draining ones by (free memory, id) descending
+    (a candidate's cold worker is looked for under the first kind it needs)."""
 
     __slots__ = ("workers", "by_id", "by_kind", "min_cores")
 
@@ -147,7 +151,7 @@ class _Placements:
     def __init__(self, live: LiveSnapshot) -> None:
         self.workers, self.instances = live.workers, live.instances  # held: the cache is keyed by their identity
         self.by_candidate: dict[
-            tuple[str, str, float],
+            tuple[str, tuple[str, ...], float],
             tuple[tuple[InstanceState, ...], tuple[tuple[int, InstanceState, WorkerState], ...], object],
         ] = {}
 
@@ -155,7 +159,7 @@ class _Placements:
         self, r: _Ranked, index: _WorkerIndex
     ) -> tuple[tuple[InstanceState, ...], tuple[tuple[int, InstanceState, WorkerState], ...], object]:
         candidate = r.candidate
-        key = (r.key, candidate.variant.hardware, candidate.curve.memory_mb)
+        key = (r.key, candidate.hardware, candidate.curve.memory_mb)
         entry = self.by_candidate.get(key)
         if entry is None:
             instances = self.instances.get(r.key, ())
@@ -360,7 +364,7 @@ def _static_cold(candidate: Candidate, instances: Sequence[InstanceState], index
     """``_cold_worker`` without exclusions when no depth decides it: the roomiest usable worker not hosting the
     variant if it has the memory free, ``None`` when there is no such worker, else ``_DEPENDS``."""
     loaded_on = {inst.worker_id for inst in instances}
-    for w in index.by_kind.get(candidate.variant.hardware, ()):
+    for w in index.by_kind.get(candidate.hardware[0], ()):
         if w.id in loaded_on or not usable(candidate, w):
             continue
         return w if w.memory_free_mb >= candidate.curve.memory_mb else _DEPENDS
@@ -381,7 +385,7 @@ def _cold_worker(
     loaded_on = {inst.worker_id for inst in instances} if instances else ()
     # The reference takes the roomiest such worker if it fits, else the roomiest that fits by evicting idle
     # instances: either way the first in (free memory, id) descending order that fits.
-    for w in index.by_kind.get(candidate.variant.hardware, ()):
+    for w in index.by_kind.get(candidate.hardware[0], ()):
         if w.id in loaded_on or not usable(candidate, w) or (exclude and (key, w.id) in exclude):
             continue
         if room.fits(w, needed):

@@ -20,7 +20,7 @@ from infaas.selector import Candidate, Requirements, Selection, select
 from tests.factories import model_info, profiles, variant_info
 
 CASES = 4000
-HARDWARE = (("cpu",), ("cpu",), ("cpu", "gpu"), ("gpu",))
+HARDWARE = (("cpu",), ("cpu",), ("cpu", "gpu"), ("gpu",), ("cpu", "gpu", "tensorrt"))
 
 
 def _candidates(rng: random.Random) -> list[Candidate]:
@@ -37,7 +37,10 @@ def _candidates(rng: random.Random) -> list[Candidate]:
                 load_ms=rng.choice((0.0, 50.0, 300.0)),
                 p99_factor=rng.choice((1.0, 1.5)),
             )
-            c = Candidate.of(model_info(f"m{m}", task="t"), variant_info(f"m{m}", f"v{v}", measured, hardware=hardware))
+            variant = variant_info(f"m{m}", f"v{v}", measured, hardware=hardware)
+            if hardware == "gpu" and rng.random() < 0.4:  # TensorRT: needs a worker advertising "tensorrt" too
+                variant = replace(variant, providers=("TensorrtExecutionProvider",))
+            c = Candidate.of(model_info(f"m{m}", task="t"), variant)
             accuracy = Accuracy(rng.choice((None, 0.5, 0.7, 0.9)), rng.choice(("top1", "top1", "f1")), "measured")
             fidelity = Fidelity(rng.choice((None, 0.8, 0.95, 1.0)), "agreement")
             out.append(replace(c, accuracy=accuracy.value, accuracy_info=accuracy, fidelity=fidelity))
