@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_HOME ?= $(CURDIR)/.demo
 
-.PHONY: install services browser lint format test demo bench clean
+.PHONY: install services browser lint format test demo bench clean images
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,8 +41,17 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# tests/containers/ builds what it needs itself (docker/images.sh: docker.io, dockerd, the Debian base image, the
+# api/worker/PostgreSQL/Redis images; a few seconds when cached, about 6 min on a fresh machine) and fails, never
+# skips, when no Docker engine can be started.
 test: install services browser lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# The infaas images (api, worker, gpu-worker) from wheels built here: starts dockerd and makes the base image if
+# needed. IMAGES="api worker" builds some; INFAAS_BASE_IMAGE=python:3.11-slim uses a registry's image instead.
+IMAGES ?= api worker gpu-worker
+images: install
+	docker/images.sh $(IMAGES)
 
 demo: install
 	INFAAS_HOME=$(DEMO_HOME) $(PY) -m infaas.demo

@@ -23,6 +23,9 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 IMAGES=("$@")
 [[ ${#IMAGES[@]} -gt 0 ]] || IMAGES=(api worker gpu-worker)
 
+# pip, without the noise of this host's pip.conf (missing local index folders) and of the resolver's progress.
+pip_quiet() { "$PYTHON" -m pip "$@" 2> >(grep -v -e '^WARNING: Location' -e '^INFO: pip is looking' >&2); }
+
 log() { printf '[images %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 apt_install() {
@@ -34,6 +37,7 @@ apt_install() {
 ensure_engine() {
     command -v dockerd >/dev/null || { log "installing docker.io"; apt_install docker.io; }
     command -v docker >/dev/null || apt_install docker.io
+    command -v docker-compose >/dev/null || { log "installing docker-compose"; apt_install docker-compose; }
     docker info >/dev/null 2>&1 && return 0
     log "starting dockerd (log: /var/log/infaas-dockerd.log)"
     setsid nohup dockerd >/var/log/infaas-dockerd.log 2>&1 </dev/null &
@@ -83,7 +87,7 @@ wheels() {
     [[ -n "${PREPARED[$context]:-}" ]] && return  # api and worker share one per run
     rm -rf "$context" && mkdir -p "$context/project"
     # A fixed timestamp makes the wheel's bytes depend on the sources only: unchanged code, cached layer.
-    SOURCE_DATE_EPOCH=315532800 "$PYTHON" -m pip wheel -q --no-deps --wheel-dir "$context/project" "$ROOT" 2>/dev/null
+    SOURCE_DATE_EPOCH=315532800 pip_quiet wheel -q --no-deps --wheel-dir "$context/project" "$ROOT"
     if [[ ! -e "$stamp" ]]; then
         log "building wheels for .[$extra] (Python $pyver) into $dir"
         rm -rf "$dir" && mkdir -p "$dir"
@@ -91,11 +95,11 @@ wheels() {
         project="$(ls "$context"/project/infaas-*.whl)"
         host="$("$PYTHON" -c 'import platform; print(platform.python_version())')"
         if [[ "$host" == "$pyver" ]]; then
-            "$PYTHON" -m pip wheel -q --wheel-dir "$dir" "$project[$extra]" 2>/dev/null
+            pip_quiet wheel -q --wheel-dir "$dir" "$project[$extra]"
         else  # another interpreter in the image: binary wheels for it
-            "$PYTHON" -m pip download -q --dest "$dir" --only-binary=:all: --python-version "$pyver" \
+            pip_quiet download -q --dest "$dir" --only-binary=:all: --python-version "$pyver" \
                 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-                "$project[$extra]" 2>/dev/null
+                "$project[$extra]"
         fi
         rm -f "$dir"/infaas-*.whl
         # pip evaluates environment markers on the host's interpreter, not the target's: add what the image's
@@ -108,8 +112,8 @@ wheels() {
                 | sed -n 's/.*No matching distribution found for \([^;]*\).*/\1/p' | head -n 1)" || true
             [[ -z "$missing" ]] && break
             log "adding $missing (a dependency only for Python $pyver)"
-            "$PYTHON" -m pip download -q --no-deps --dest "$dir" --only-binary=:all: --python-version "$pyver" \
-                --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 "$missing" 2>/dev/null
+            pip_quiet download -q --no-deps --dest "$dir" --only-binary=:all: --python-version "$pyver" \
+                --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 "$missing"
         done
         touch "$stamp"
     fi

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     idle_unload_s: float = 120.0
     min_workers: int = 1
     max_workers: int = 4
-    provider: str | None = None  # "local", "ec2" or "inprocess"; default: see resolved_provider
+    provider: str | None = None  # "local", "ec2", "docker" or "inprocess"; default: see resolved_provider
     # One autoscaler acts across all front-ends: the holder of a leader lease in Redis (infaas/leadership.py),
     # renewed every autoscaler_lease_renew_s. A killed leader is replaced within autoscaler_lease_s plus one
     # renewal; the TTL spans a few periods so that one slow period (a worker status call) does not lose it.

@@ -9,7 +9,7 @@ from infaas.services import Services
 
 
 def make_provider(services: Services) -> Provider:
-    """The provider named by ``settings.resolved_provider`` (``local``, ``ec2`` or ``inprocess``)."""
+    """The provider named by ``settings.resolved_provider`` (``local``, ``ec2``, ``docker`` or ``inprocess``)."""
     settings = services.settings
     provider = settings.resolved_provider
     if provider == "local":
@@ -23,6 +23,10 @@ def make_provider(services: Services) -> Provider:
         from autoscaler.providers.ec2 import Ec2Provider
 
         return Ec2Provider(settings)
+    if provider == "docker":
+        from autoscaler.providers.docker import DockerProvider
+
+        return DockerProvider(settings)
     if provider == "inprocess":
         from autoscaler.providers.inprocess import InProcessProvider
 
@@ -36,7 +40,7 @@ def make_provider(services: Services) -> Provider:
             # first worker is never taken for its predecessor's (which live state still lists until its TTL).
             prefix=f"inproc-{uuid.uuid4().hex[:6]}",
         )
-    raise ProviderError(f"unknown provider {provider!r}: use local, ec2 or inprocess")
+    raise ProviderError(f"unknown provider {provider!r}: use local, ec2, docker or inprocess")
 
 
 __all__ = ["Provider", "ProviderError", "WorkerHandle", "make_provider"]
