@@ -13,13 +13,16 @@ One run, the same models, every layer measured side by side (so machine load aff
 Over HTTP several servers run at once, each on its own copy of one registered home (so all choose
 among the same variant files and profiles): ``now`` (this checkout, defaults, which include the
 inference fast path ``api/fast_routes.py``), ``fast_path_off`` (the same with
-``INFAAS_INFERENCE_FAST_PATH=false``), and one ``before_<commit>`` per ``--before PATH`` (a checkout of
+``INFAAS_INFERENCE_FAST_PATH=false``), ``metrics_off`` (the defaults with ``INFAAS_METRICS=false``: no
+``/metrics`` and no per-query metric hooks; tracing is off in every server, its default), and one
+``before_<commit>`` per ``--before PATH`` (a checkout of
 earlier code, e.g. ``git worktree add /tmp/before 04c8258``, started as that code starts; with one, the
 oldest registers the models and newer code migrates a copy of its database forward). Each HTTP
 measurement runs on every server back to back, in an order that rotates, for ``--rounds`` rounds;
 comparisons (``fast_path``, ``before``) take the median of the per-round ratios. ``fast_path`` applies
 issue 11's rule: the fast path stays only while it serves at least 15% more requests per second at 16
-connections on both inference endpoints (``keep``).
+connections on both inference endpoints (``keep``). ``metrics`` applies issue 18's: Prometheus metrics (on by
+default) may cost at most 5% of the requests per second at 16 connections on either endpoint (``met``).
 
 In process: p50/p99 at batch 1 with one caller, and throughput with 8 calling threads. Over HTTP the
 load comes from ``wrk`` (C; ``benchmarks/wrk/post.lua`` posts the body) with 1, 8 and 16 connections,
@@ -83,6 +86,7 @@ TARGET_OIP_C16_P99_MS = 10.0
 CONNECTIONS = (1, 8, 16)  # wrk connections per HTTP measurement
 # Issue 11's rule for the inference fast path (api/fast_routes.py): it stays only if it adds this much.
 RULE_CONNECTIONS = 16
+METRICS_MAX_COST = 0.05  # issue 18: what Prometheus metrics may cost in req/s at RULE_CONNECTIONS
 FAST_PATH_MIN_GAIN = 0.15
 
 
@@ -228,10 +232,11 @@ class Server:
 
 
 def now_servers() -> list[Server]:
-    """This checkout, with the inference fast path (the default) and without it."""
+    """This checkout with its defaults (fast path and metrics on), without the fast path, and without metrics."""
     return [
-        Server("now", ROOT, "infaas", {"INFAAS_INFERENCE_FAST_PATH": "true"}),
+        Server("now", ROOT, "infaas", {"INFAAS_INFERENCE_FAST_PATH": "true", "INFAAS_METRICS": "true"}),
         Server("fast_path_off", ROOT, "infaas", {"INFAAS_INFERENCE_FAST_PATH": "false"}),
+        Server("metrics_off", ROOT, "infaas", {"INFAAS_METRICS": "false"}),
     ]
 
 
@@ -652,6 +657,22 @@ def fast_path_verdict(servers: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def metrics_verdict(servers: dict[str, Any]) -> dict[str, Any]:
+    """Issue 18's rule for ``infaas/metrics.py``: defaults (metrics on, tracing off) vs metrics off, same code."""
+    on, off = servers["now"], servers["metrics_off"]
+    out: dict[str, Any] = {
+        "rule": f"<= {METRICS_MAX_COST:.0%} fewer req/s with metrics than without at {RULE_CONNECTIONS} connections, "
+        f"on both POST /v1/infer and OIP infer ({PRIMARY})",
+        "pairs": "[on, off]",
+    }
+    for name in on:
+        out[name] = compare(on[name], off[name])
+        for endpoint in ("v1", "oip"):
+            out[name][endpoint]["cost"] = round(1.0 - out[name][endpoint]["rps_ratio"], 3)
+    out["met"] = all(out[PRIMARY][e]["cost"] <= METRICS_MAX_COST for e in ("v1", "oip"))
+    return out
+
+
 def before_comparison(servers: dict[str, Any], before: Server) -> dict[str, Any]:
     """This checkout (default settings) vs one ``--before`` checkout's code, measured in the same rounds."""
     out: dict[str, Any] = {
@@ -707,6 +728,16 @@ def table(results: dict[str, Any]) -> str:
             f"{v['server_cpu_us'][0]:.0f} / {v['server_cpu_us'][1]:.0f} us/request (x{v['cpu_ratio']})"
         )
     lines.append(f"fast path rule ({verdict['rule']}): {'KEEP' if verdict['keep'] else 'REMOVE'}")
+    metrics = results["metrics"]
+    for endpoint in ("v1", "oip"):
+        v = metrics[PRIMARY][endpoint]
+        lines.append(
+            f"metrics {endpoint} c{RULE_CONNECTIONS}: on {v['rps'][0]:.0f} / off {v['rps'][1]:.0f} req/s, "
+            f"cost {v['cost']:+.1%} (rounds on {v['rounds_rps'][0]}, off {v['rounds_rps'][1]}); server CPU "
+            f"{v['server_cpu_us'][0]:.0f} / {v['server_cpu_us'][1]:.0f} us/request; c1 p50 "
+            f"{v['c1_p50_ms'][0]:.3f} / {v['c1_p50_ms'][1]:.3f} ms"
+        )
+    lines.append(f"metrics rule ({metrics['rule']}): {'MET' if metrics['met'] else 'NOT MET'}")
     for label, before in results.get("before", {}).items():
         for endpoint in ("v1", "oip"):
             v = before[PRIMARY][endpoint]
@@ -892,6 +923,7 @@ def main() -> None:
         measured[name] |= {k: combine(v) for k, v in runs["bare"][name].items()}
     results["models"] = measured
     results["fast_path"] = fast_path_verdict(results["servers"])
+    results["metrics"] = metrics_verdict(results["servers"])
     if befores:
         results["before"] = {srv.label: before_comparison(results["servers"], srv) for srv in befores}
     results["machine"]["loadavg_end"] = list(os.getloadavg())
