@@ -221,3 +221,18 @@ def test_the_plot_is_drawn_from_the_report(tmp_path: Path) -> None:
     out = tmp_path / "trace.png"
     trace.plot(report, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_bar_follows_a_noisy_baseline_but_never_below_ninety_percent() -> None:
+    def jittery(rate: float) -> dict:  # 2.5% late at any load (timer jitter), 20% past 200 q/s
+        return {"qps": rate, "queries": 1000, "in_time": 0.975 if rate <= 200.0 else 0.8}
+
+    result = trace.capacity(jittery, repeats=5, start_qps=20.0, target=0.99)
+    assert result["in_time_bar"] == pytest.approx(0.965)
+    assert 200.0 / trace.STAIR_STEP < result["capacity_qps"] <= 200.0
+
+    def refusing(rate: float) -> dict:  # half refused at any load: never a capacity
+        return {"qps": rate, "queries": 1000, "in_time": 0.5}
+
+    result = trace.capacity(refusing, repeats=5, start_qps=20.0, target=0.99)
+    assert result["in_time_bar"] == trace.LOWEST_BAR and result["capacity_qps"] == 0.0
