@@ -42,6 +42,7 @@ from infaas.input_shapes import Shapes
 from infaas.metadata import DuplicateModel, NewModel, NewWorkItem
 from infaas.onnx_check import check_limits, check_model_isolated, check_validation_file
 from infaas.orphans import model_prefix, remove_model
+from infaas.pipelines.store import PipelineStore
 from infaas.services import Services
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,11 @@ def _take_back(services: Services, model: ModelInfo) -> None:
 
 
 def delete_model(services: Services, name: str) -> bool:
-    """Delete a model: mark it ``deleting``, remove its files, then its rows; ``False`` if there is none."""
+    """Delete a model: mark it ``deleting``, remove its files, then its rows; ``False`` if there is none.
+
+    A model that a pipeline's stage names is refused (409 naming the pipelines) before anything is touched.
+    """
+    PipelineStore(services.db).refuse_if_used(name)
     if not services.metadata.mark_model_deleting(name):
         return False
     remove_model(services.metadata, services.store, name)
