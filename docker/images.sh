@@ -86,8 +86,9 @@ wheels() {
     CONTEXT="$context"
     [[ -n "${PREPARED[$context]:-}" ]] && return  # api and worker share one per run
     rm -rf "$context" && mkdir -p "$context/project"
-    # A fixed timestamp makes the wheel's bytes depend on the sources only: unchanged code, cached layer.
-    SOURCE_DATE_EPOCH=315532800 pip_quiet wheel -q --no-deps --wheel-dir "$context/project" "$ROOT"
+    # A fixed timestamp makes the wheel's bytes depend on the sources only: unchanged code, cached layer. No build
+    # isolation: the virtual environment's setuptools builds it, so this step needs no index (air-gapped hosts).
+    SOURCE_DATE_EPOCH=315532800 pip_quiet wheel -q --no-deps --no-build-isolation --wheel-dir "$context/project" "$ROOT"
     if [[ ! -e "$stamp" ]]; then
         log "building wheels for .[$extra] (Python $pyver) into $dir"
         rm -rf "$dir" && mkdir -p "$dir"
@@ -128,8 +129,14 @@ build() {
     wheels "$extra" "$pyver" "$base"
     context="$CONTEXT"
     log "docker build infaas-$name:$TAG (base $base)"
+    local old
+    old="$(docker image inspect -f '{{.Id}}' "infaas-$name:$TAG" 2>/dev/null || true)"
     docker build -q --build-arg "BASE_IMAGE=$base" -f "$ROOT/docker/Dockerfile.$name" -t "infaas-$name:$TAG" \
         "$context" >/dev/null
+    # The image this build replaced, unless a container still uses it (the build stages stay: they are the cache).
+    if [[ -n "$old" && "$old" != "$(docker image inspect -f '{{.Id}}' "infaas-$name:$TAG")" ]]; then
+        docker rmi "$old" >/dev/null 2>&1 || true
+    fi
     log "infaas-$name:$TAG $(docker image inspect -f '{{.Size}}' "infaas-$name:$TAG" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 
