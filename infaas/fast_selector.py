@@ -95,6 +95,7 @@ class _Ranked:
     service_ms: float
     tail_ms: float
     fixed_cost: float | None  # the loaded cost when it does not depend on the worker (not a CPU variant on all cores)
+    fixed_cold_cost: float | None  # the same for a cold placement (its load held too)
 
 
 class _MinCores:
@@ -152,12 +153,12 @@ class _Placements:
         self.workers, self.instances = live.workers, live.instances  # held: the cache is keyed by their identity
         self.by_candidate: dict[
             tuple[str, tuple[str, ...], float],
-            tuple[tuple[InstanceState, ...], tuple[tuple[int, InstanceState, WorkerState], ...], object],
+            tuple[tuple[InstanceState, ...], tuple[tuple[int, WorkerState, int], ...], object],
         ] = {}
 
     def of(
         self, r: _Ranked, index: _WorkerIndex
-    ) -> tuple[tuple[InstanceState, ...], tuple[tuple[int, InstanceState, WorkerState], ...], object]:
+    ) -> tuple[tuple[InstanceState, ...], tuple[tuple[int, WorkerState, int], ...], object]:
         candidate = r.candidate
         key = (r.key, candidate.hardware, candidate.curve.memory_mb)
         entry = self.by_candidate.get(key)
@@ -167,7 +168,7 @@ class _Placements:
             for seq, inst in enumerate(instances):
                 worker = index.by_id.get(inst.worker_id)
                 if worker is not None and usable(candidate, worker):
-                    loaded.append((seq, inst, worker))
+                    loaded.append((seq, worker, max(inst.replicas, 1)))
             entry = (instances, tuple(loaded), _static_cold(candidate, instances, index))
             self.by_candidate[key] = entry
         return entry
@@ -260,13 +261,14 @@ class FastSelector:
                 break
             candidate, key, curve = r.candidate, r.key, r.candidate.curve
             instances, loaded, cold = placements.of(r, index)
-            for seq, inst, worker in loaded:
+            for seq, worker, replicas in loaded:
                 if exclude and (key, worker.id) in exclude:
                     continue
                 cost = r.fixed_cost if r.fixed_cost is not None else query_cost(candidate, worker, r.service_ms, prices)
                 if feasible and cost > limit:
                     continue
-                queue = _queue_ms(depths.get((worker.id, key), 0), max(inst.replicas, 1), curve)
+                rows = depths.get((worker.id, key), 0)
+                queue = 0.0 if rows < replicas else _queue_ms(rows, replicas, curve)
                 raw = r.tail_ms + queue
                 est = raw if correct is None else correct(key, worker.id, raw)
                 if cost <= limit and (budget is None or est <= budget):
@@ -282,7 +284,9 @@ class FastSelector:
                 worker = cold  # type: ignore[assignment]  # a WorkerState or None
             if worker is None:
                 continue
-            cost = query_cost(candidate, worker, curve.load_ms + r.service_ms, prices)
+            cost = r.fixed_cold_cost
+            if cost is None:
+                cost = query_cost(candidate, worker, curve.load_ms + r.service_ms, prices)
             if feasible and cost > limit:
                 continue
             raw = curve.load_ms + r.tail_ms
@@ -354,8 +358,13 @@ def _rank(
             return None
         service = curve.service_ms(batch)
         bound = query_cost(c, cheapest_worker, service, prices)  # type: ignore[arg-type]  # reads .cores only
-        fixed = None if c.variant.hardware == "cpu" and not c.variant.threads else bound
-        ranked.append(_Ranked(bound, i, c, c.key, service, curve.tail_ms(batch), fixed))
+        fixed = c.variant.hardware != "cpu" or bool(c.variant.threads)
+        cold = query_cost(c, cheapest_worker, curve.load_ms + service, prices)  # type: ignore[arg-type]
+        ranked.append(
+            _Ranked(
+                bound, i, c, c.key, service, curve.tail_ms(batch), bound if fixed else None, cold if fixed else None
+            )
+        )
     ranked.sort(key=lambda r: (r.bound, r.index))
     return tuple(ranked)
 
