@@ -4,22 +4,25 @@ and 1,000 workers, measured in one run per size.
 Per size (``variants`` = models × 10 variants, in tasks of 20 models; ``workers`` with 20 loaded instances
 each, half of them with rows outstanding):
 
-* ``selection``: decision time per query (p50/p99) of ``infaas.fast_selector.fast_select`` (what the engine
-  calls) and of the reference ``infaas.selector.select``, for model queries (a Zipf-popular model, mixed
-  needs: budgets from tight to loose, some accuracy floors, some ``max_cost``, some ``reject``, batches 1-8)
-  and task queries over the largest task (every ready variant of its 20 models); the reference is timed on as
-  many queries as fit a time box at the large sizes, and every query timed on both must get the same
-  decision (``mismatches``). ``index_build_ms``: building the per-snapshot worker index, paid once per
-  new snapshot (per refresh with Redis, per change in memory).
+* ``selection``: decision time per query of ``infaas.fast_selector.fast_select`` (what the engine calls) and of
+  the reference ``infaas.selector.select``, for model queries (a Zipf-popular model, mixed needs: 10% without a
+  budget, 10% below the fastest profile, the rest 1-10x the median tail; some accuracy floors, some ``max_cost``,
+  some ``reject``, batches 1-8) and task queries over the largest task (every ready variant of its 20 models).
+  Wall and thread CPU time (p50/p99), the CPU time also per outcome (served, at risk, each error): on a shared
+  machine the wall p99 is mostly other processes' scheduler quanta. The reference is timed on as many queries
+  as fit ``--reference-seconds``; every query timed on both must get the same decision (``mismatches``).
+  ``index_build``: the per-snapshot worker index, paid once per new workers tuple.
 * ``redis``: with the real Redis (``--redis-url``, a spare db; the benchmark's keys are deleted after) holding
-  the fleet: ``snapshot_refresh_ms`` (p50/p99 of one full fetch, ``RedisLiveState`` as a front-end runs it),
-  and at steady state, one front-end serving queries as the engine does (snapshot, select, depth up, depth
-  down, record): Redis commands and round trips per query, counted in the client.
-* ``fleet_load``: heartbeats and depth reports of simulated worker clients (each heartbeat the real Lua call,
-  each depth report the flush pipeline a worker's live state sends): Redis server CPU per call (from
-  ``INFO commandstats``, this benchmark's calls only), so the load 1,000 workers put on Redis is commands/s and
-  the share of one Redis core they take (heartbeat every ``heartbeat_s``; a busy worker reports depths at
-  most once per flush interval, 2 ms).
+  the fleet: ``full_refresh`` (a front-end fetching everything: its first refresh, and every ``full_refresh_s``)
+  and ``incremental_refresh`` (after what 5 ms brings at 1,000 workers: 5 heartbeats and 5 depth reports); then
+  at steady state one front-end serving queries as the engine does (snapshot, select, depth up, depth down,
+  record) while every worker heartbeats once a second: Redis commands and round trips per query, counted in the
+  client, for the selection path (snapshot refreshes) apart from accounting (the background flush of depths and
+  query records).
+* ``fleet_load``: heartbeats and depth reports of simulated workers (each heartbeat the real Lua call, each depth
+  report the flush pipeline a worker's live state sends): Redis commands and server µs per call (``INFO
+  commandstats`` deltas: server-wide, so other clients' calls in the same window count too), and from them the
+  load of the fleet: heartbeats every second, and a busy worker reporting depths at every 2 ms flush.
 
 Each cost gets its growth curve and a slope (log-log least squares against the size: 1 is linear).
 
@@ -32,6 +35,7 @@ Writes ``benchmarks/results/scale.json``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -489,6 +493,10 @@ def main() -> None:
         rng = random.Random(n_variants * 7919 + n_workers)
         built = time.perf_counter()
         fleet = build_fleet(n_variants, n_workers, rng)
+        # The catalog and fleet live as long as a server does: frozen out of the collector, a full collection
+        # of their millions of objects does not land as a pause on whichever query triggers it.
+        gc.collect()
+        gc.freeze()
         row: dict[str, Any] = {
             "variants": sum(len(c) for c in fleet.candidates.values()),
             "workers": n_workers,
@@ -545,6 +553,7 @@ def main() -> None:
         "benchmark": "scale",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu_count": os.cpu_count(), "loadavg": os.getloadavg(), "python": platform.python_version()},
+        "gc_frozen_after_building_each_fleet": True,
         "args": vars(args),
         "sizes": rows,
         "growth": {
