@@ -1,0 +1,208 @@
+"""The estimator: a discrete-event simulation (SimPy) of a pipeline on an arrival trace, InferLine's estimator.
+
+What is modelled, each as the serving path does it:
+
+* Each query walks the DAG: a stage is reached when every stage it reads from was (and finished), and each
+  conditional edge into it lets the query through with the pass rate measured on validation rows
+  (``infaas.pipelines.scale``), drawn per query.
+* Each stage is one instance with ``replicas`` sessions and one FIFO, run by the worker's real rules
+  (``infaas.worker.instance``): a query that finds a free replica and nobody waiting runs at once, alone;
+  otherwise it queues, and one free replica at a time gathers a batch by the instance's pure batching rule
+  (``flush_at``: until the batch is full or the oldest has waited one full-batch service time) and takes it
+  by ``batch_size``.
+* A batch's service time is drawn from the measured profile at its size: log-normal with the profiled p50 as
+  median and the profiled p99 as 99th percentile (``ProfileCurve.service_ms``/``tail_ms``, interpolated the
+  way the selector reads them).
+* ``overhead_ms`` per stage is the serving path's own cost around a model run (selection, the Python between
+  stages), measured once on an idle system; 0 for a plan compared with others (it shifts every plan alike).
+
+It returns the P99 (and P50) of end-to-end latency and each stage's utilisation (busy replica time over
+replica time). ``benchmarks/fleet_sim.py`` simulates a fleet in ticks with chunks of queries; a pipeline needs
+per-query paths and per-query batching, which is why this is its own event model; the two share the batching
+rule (both import ``flush_at``/``batch_size``) and read the same profiles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from infaas.pipelines.spec import PIPELINE_INPUT, Arrivals, PipelineSpec
+from infaas.selector import ProfileCurve
+from infaas.worker.instance import batch_size, flush_at
+
+_Z99 = 2.3263  # standard normal 99th percentile
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """How a stage runs: its variant's profile curve, the largest batch a replica gathers, its replicas."""
+
+    curve: ProfileCurve
+    max_batch: int
+    replicas: int
+    overhead_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """End-to-end latency percentiles (ms) over the trace's queries, and each stage's utilisation."""
+
+    p99_ms: float
+    p50_ms: float
+    queries: int
+    utilisation: dict[str, float]
+    latencies_ms: np.ndarray = field(repr=False, compare=False)
+
+    def miss_rate(self, objective_ms: float) -> float:
+        return float(np.mean(self.latencies_ms > objective_ms)) if self.queries else 0.0
+
+
+def arrival_times(arrivals: Arrivals, seed: int = 0) -> np.ndarray:
+    """The trace (seconds), or one generated with gamma gaps of the rate and CV² (``burstiness``) asked for:
+    CV² = 1 is Poisson, larger is burstier, as InferLine generates its synthetic traces."""
+    if arrivals.trace:
+        times = np.asarray(arrivals.trace, dtype=np.float64)
+        return times - times[0]
+    assert arrivals.rate_per_s is not None
+    rng = np.random.default_rng(seed)
+    count = max(2, int(arrivals.rate_per_s * arrivals.duration_s))
+    shape = 1.0 / arrivals.burstiness
+    gaps = rng.gamma(shape, arrivals.burstiness / arrivals.rate_per_s, size=count)
+    return np.concatenate([[0.0], np.cumsum(gaps[:-1])])
+
+
+class _Request:
+    __slots__ = ("enqueued", "done")
+
+    def __init__(self, enqueued: float, done: simpy.Event) -> None:
+        self.enqueued = enqueued
+        self.done = done
+
+
+class _Stage:
+    """One instance: replicas, a FIFO, one gathering replica at a time (``infaas.worker.instance.Instance``)."""
+
+    def __init__(self, env: simpy.Environment, config: StageConfig, rng: np.random.Generator) -> None:
+        self.env = env
+        self.config = config
+        self.rng = rng
+        self.free = config.replicas
+        self.pending: deque[_Request] = deque()
+        self.gathering = False
+        self.wake: simpy.Event | None = None
+        self.busy_s = 0.0
+
+    def submit(self, request: _Request) -> None:
+        if self.free and not self.pending:
+            self.free -= 1
+            self.env.process(self._run([request]))
+            return
+        self.pending.append(request)
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+        self._kick()
+
+    def _kick(self) -> None:
+        if self.pending and self.free and not self.gathering:
+            self.gathering = True
+            self.free -= 1
+            self.env.process(self._gather())
+
+    def _gather(self):  # type: ignore[no-untyped-def]  # a SimPy process
+        curve, cap = self.config.curve, self.config.max_batch
+        while True:
+            at = flush_at([(r.enqueued, 1, None) for r in self.pending], cap, curve)
+            if at is None or self.env.now >= at:
+                break
+            self.wake = self.env.event()
+            yield self.wake | self.env.timeout(at - self.env.now)
+        taken = batch_size([1] * len(self.pending), cap)
+        batch = [self.pending.popleft() for _ in range(taken)]
+        self.gathering = False
+        yield from self._run(batch)
+
+    def _service_s(self, batch: int) -> float:
+        curve = self.config.curve
+        median, tail = curve.service_ms(batch), curve.tail_ms(batch)
+        sigma = math.log(tail / median) / _Z99 if tail > median > 0 else 0.0
+        return (median * math.exp(sigma * self.rng.standard_normal()) + self.config.overhead_ms) / 1000.0
+
+    def _run(self, batch: list[_Request]):  # type: ignore[no-untyped-def]
+        service = self._service_s(len(batch))
+        self.busy_s += service
+        yield self.env.timeout(service)
+        for request in batch:
+            request.done.succeed()
+        self.free += 1
+        self._kick()
+
+
+def simulate(
+    spec: PipelineSpec,
+    stages: Mapping[str, StageConfig],
+    edge_pass: Mapping[int, float],
+    arrivals: np.ndarray,
+    *,
+    seed: int = 0,
+) -> SimResult:
+    """Simulate every query of ``arrivals`` (seconds) through the pipeline; latencies from arrival to the last
+    stage it reached finishing."""
+    env = simpy.Environment()
+    rng = np.random.default_rng(seed)
+    runners = {name: _Stage(env, stages[name], np.random.default_rng([seed, i])) for i, name in enumerate(spec.order)}
+    parents = {name: spec.parents(name) for name in spec.order}
+    gates = {
+        name: [(i, e.source_stage) for i, e in enumerate(spec.edges) if e.target_stage == name and e.when is not None]
+        for name in spec.order
+    }
+    latencies = np.zeros(len(arrivals))
+
+    def path() -> list[str]:
+        reached: set[str] = set()
+        for name in spec.order:
+            if not parents[name] <= reached:
+                continue
+            if all(rng.random() < edge_pass.get(i, 1.0) for i, _source in gates[name]):
+                reached.add(name)
+        return [n for n in spec.order if n in reached]
+
+    def stage_run(name: str, after: list[simpy.Event], done: simpy.Event):  # type: ignore[no-untyped-def]
+        if after:
+            yield env.all_of(after)
+        runners[name].submit(_Request(env.now, done))
+
+    def query(index: int, at: float):  # type: ignore[no-untyped-def]
+        yield env.timeout(at - env.now) if at > env.now else env.timeout(0)
+        reached = path()
+        done = {name: env.event() for name in reached}
+        for name in reached:
+            env.process(stage_run(name, [done[p] for p in parents[name] if p != PIPELINE_INPUT], done[name]))
+        yield env.all_of(list(done.values()))
+        latencies[index] = (env.now - at) * 1000.0
+
+    def source():  # type: ignore[no-untyped-def]
+        for index, at in enumerate(arrivals):
+            if at > env.now:
+                yield env.timeout(at - env.now)
+            env.process(query(index, float(at)))
+
+    env.process(source())
+    env.run()
+    horizon = max(env.now, 1e-9)
+    utilisation = {name: r.busy_s / (horizon * stages[name].replicas) for name, r in runners.items()}
+    return SimResult(
+        p99_ms=float(np.percentile(latencies, 99)),
+        p50_ms=float(np.percentile(latencies, 50)),
+        queries=len(latencies),
+        utilisation=utilisation,
+        latencies_ms=latencies,
+    )
+
+
+__all__ = ["SimResult", "StageConfig", "arrival_times", "simulate"]
