@@ -151,6 +151,19 @@ def _moves(judge: _Judge, choices: dict[str, StageChoice]) -> list[dict[str, Sta
     return moves
 
 
+def spaced_trace(queries: int) -> np.ndarray:
+    """Up to 500 queries far enough apart that none waits: what the service time alone gives."""
+    return np.arange(min(queries, 500)) * SPACED_S
+
+
+def service_time_p99(
+    spec: PipelineSpec, options: Mapping[str, Sequence[StageOption]], edge_pass: Mapping[int, float], seed: int = 0
+) -> float:
+    """The best achievable P99: every stage's fastest option, batch 1, no queueing."""
+    configs = {name: StageConfig(options[name][0].curve, 1, 1) for name in spec.order}
+    return simulate(spec, configs, edge_pass, spaced_trace(500), seed=seed).p99_ms
+
+
 def plan(
     spec: PipelineSpec,
     options: Mapping[str, Sequence[StageOption]],
@@ -176,8 +189,7 @@ def plan(
             seconds=time.perf_counter() - started,
         )
 
-    spaced = np.arange(min(len(arrivals), 500)) * SPACED_S
-    alone = judge.sim(choices, spaced)
+    alone = judge.sim(choices, spaced_trace(len(arrivals)))
     if alone.p99_ms > spec.p99_ms:
         return done(False, alone)
     while not judge.feasible(choices):
@@ -202,4 +214,4 @@ def plan(
     return done(True, judge.sim(choices))
 
 
-__all__ = ["Plan", "StageChoice", "plan"]
+__all__ = ["Plan", "StageChoice", "plan", "service_time_p99", "spaced_trace"]

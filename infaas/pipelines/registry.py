@@ -9,14 +9,31 @@ deletion path) answers 409 naming the pipelines.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from infaas.catalog import ModelInfo
-from infaas.pipelines.scale import measure
+from infaas.errors import Unprocessable
+from infaas.pipelines.options import StageOption, stage_options
+from infaas.pipelines.planner import plan, service_time_p99
+from infaas.pipelines.scale import ScaleFactors, measure
+from infaas.pipelines.simulator import arrival_times
 from infaas.pipelines.spec import PipelineSpec, parse_spec
 from infaas.pipelines.store import PipelineInfo, PipelineStore, UnknownPipeline
 from infaas.pipelines.validation import check_against_catalog
 from infaas.services import Services
+
+
+class ObjectiveBelowServiceTime(Unprocessable):
+    """The end-to-end objective is below what the fastest variants take with no queueing."""
+
+    code = "objective_below_service_time"
+
+
+class NothingToPlan(Unprocessable):
+    """A stage has no ready, profiled variant that meets its accuracy floor (yet)."""
+
+    code = "nothing_to_plan"
 
 
 def store_of(services: Services) -> PipelineStore:
@@ -32,8 +49,48 @@ def register_pipeline(
     models = [m for m in services.metadata.list_models() if allowed(m)]
     served = check_against_catalog(spec, models)
     scale = measure(spec, served, services.store)
+    options = {
+        name: stage_options(served[name], spec.stage(name).min_accuracy, services.settings.prices)
+        for name in spec.order
+    }
+    if all(options.values()):  # profiled already: an objective no plan can meet is refused now
+        _check_objective(spec, options, scale)
     info = store_of(services).add(spec.name, owner, spec.to_json(), spec.models(), scale.to_json())
     return info, spec
+
+
+def _check_objective(spec: PipelineSpec, options: dict[str, list[StageOption]], scale: ScaleFactors) -> float:
+    best = service_time_p99(spec, options, scale.edges)
+    if best > spec.p99_ms:
+        raise ObjectiveBelowServiceTime(
+            f"p99_ms {spec.p99_ms:g} is below the pipeline's service time: its fastest variants, with no queueing, "
+            f"reach a P99 of {best:.2f} ms; ask for at least that"
+        )
+    return best
+
+
+def plan_pipeline(services: Services, info: PipelineInfo, allowed: Callable[[ModelInfo], bool]) -> PipelineInfo:
+    """Plan a stored pipeline on its arrivals with the current profiles, store the plan and return it.
+
+    Refused (422, nothing stored) when a stage has no usable variant yet or the objective is below the
+    service time.
+    """
+    spec = parse_spec(info.spec)
+    served = check_against_catalog(spec, [m for m in services.metadata.list_models() if allowed(m)])
+    options = {
+        name: stage_options(served[name], spec.stage(name).min_accuracy, services.settings.prices)
+        for name in spec.order
+    }
+    empty = [name for name, found in options.items() if not found]
+    if empty:
+        raise NothingToPlan(
+            f"stage(s) {empty} have no ready, profiled variant meeting their min_accuracy yet: wait for the builds"
+        )
+    scale = ScaleFactors.from_json(info.scale_factors)
+    _check_objective(spec, options, scale)
+    planned = plan(spec, options, scale.edges, arrival_times(spec.arrivals))
+    document = planned.to_json(options) | {"planned_at": datetime.now(UTC).isoformat(), "scale_factors": scale.stages}
+    return store_of(services).set_plan(info.name, document)
 
 
 def visible_pipeline(services: Services, name: str, tenant: str, is_admin: bool) -> PipelineInfo:
@@ -44,4 +101,11 @@ def visible_pipeline(services: Services, name: str, tenant: str, is_admin: bool)
     return info
 
 
-__all__ = ["register_pipeline", "store_of", "visible_pipeline"]
+__all__ = [
+    "NothingToPlan",
+    "ObjectiveBelowServiceTime",
+    "plan_pipeline",
+    "register_pipeline",
+    "store_of",
+    "visible_pipeline",
+]

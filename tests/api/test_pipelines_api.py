@@ -148,3 +148,62 @@ def test_without_validation_rows_every_stage_is_assumed_reached(
     shown = client.post("/v1/pipelines", json=spec).json()
     assert shown["scale_factors"]["source"] == "assumed"
     assert shown["scale_factors"]["stages"] == {"f": 1.0, "h": 1.0, "w": 1.0}
+
+
+def _run(model: bytes, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model).run(None, {"x": x})[0]
+
+
+def test_infer_runs_the_dag_through_the_engine_with_the_edge_condition_per_row(
+    client: TestClient, zoo: dict[str, bytes]
+) -> None:
+    assert client.post("/v1/pipelines", json=_pipeline()).status_code == 201
+    x = np.random.default_rng(5).normal(size=(24, 8)).astype(np.float32)
+    response = client.post("/v1/pipelines/cascade/infer", json={"inputs": {"image": x.tolist()}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+
+    scores = _run(zoo["filter"], x)
+    kept = np.flatnonzero(condition_mask(scores, Condition(CLASS, ABOVE)))
+    assert 0 < len(kept) < len(x)
+    assert set(body["outputs"]) == {"h", "w"}  # the sinks
+    assert body["outputs"]["h"]["rows"] == kept.tolist()
+    np.testing.assert_allclose(np.array(body["outputs"]["h"]["y"]), _run(zoo["head"], scores[kept]), rtol=1e-5)
+    assert body["outputs"]["w"]["rows"] == list(range(len(x)))
+    np.testing.assert_allclose(np.array(body["outputs"]["w"]["y"]), _run(zoo["wide"], x), rtol=1e-5)
+    stages = body["stages"]
+    assert {n: s["model"] for n, s in stages.items()} == {"f": "filter", "h": "head", "w": "wide"}
+    assert stages["h"]["rows_reached"] == len(kept) and stages["h"]["rows"] == len(kept)
+    assert all(s["worker"] == "local" and s["stage_ms"] > 0 for s in stages.values())
+    # Every stage's query went through the engine and was recorded like any query.
+    recorded = [q["model"] for q in client.get("/v1/queries").json()["queries"]]
+    assert sorted(recorded) == ["filter", "head", "wide"]
+
+
+def test_infer_with_wrong_inputs_is_a_400(client: TestClient, zoo: dict[str, bytes]) -> None:
+    assert client.post("/v1/pipelines", json=_pipeline()).status_code == 201
+    for inputs, says in (({"nope": [[0.0] * 8]}, "missing ['image']"), ({"image": [[0.0] * 3]}, "shape [1, 3]")):
+        response = client.post("/v1/pipelines/cascade/infer", json={"inputs": inputs})
+        assert response.status_code == 400 and says in response.json()["detail"], response.text
+    assert client.post("/v1/pipelines/nothing/infer", json={"inputs": {}}).status_code == 404
+
+
+def test_plan_is_stored_and_shown(client: TestClient, zoo: dict[str, bytes]) -> None:
+    assert client.post("/v1/pipelines", json=_pipeline(p99_ms=20)).status_code == 201
+    response = client.post("/v1/pipelines/cascade/plan")
+    assert response.status_code == 200, response.text
+    planned = response.json()["plan"]
+    assert planned["feasible"] and planned["p99_ms"] <= 20 and planned["objective_ms"] == 20
+    assert set(planned["stages"]) == {"f", "h", "w"}
+    for stage in planned["stages"].values():
+        assert stage["variant"] == "cpu-fp32" and stage["replicas"] >= 1 and stage["batch"] in (1, 4, 16)
+        assert 0 < stage["utilisation"] <= 1 and stage["cost_per_hour"] > 0
+    assert planned["cost_per_hour"] == pytest.approx(sum(s["cost_per_hour"] for s in planned["stages"].values()))
+    assert client.get("/v1/pipelines/cascade").json()["plan"] == planned
+
+
+def test_an_objective_below_the_service_time_is_refused(client: TestClient, zoo: dict[str, bytes]) -> None:
+    response = client.post("/v1/pipelines", json=_pipeline(p99_ms=1.0))  # f then h: 1 ms each at p50 alone
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "objective_below_service_time" and "P99 of" in response.json()["detail"]
+    assert client.get("/v1/pipelines").json() == []
