@@ -50,6 +50,7 @@ STEP = 0.1  # log-space gain: doubling is caught in 3 observations, halving in ~
 _MAX_DOUBLINGS = 3  # a streak of misses moves up by at most 8 steps a query
 _FLOOR_MS = 1e-3  # 1 µs: below timer resolution; keeps logarithms finite
 REPORT_SAMPLES = 4096  # recent queries the report's error percentiles are taken over
+_log, _exp = math.log, math.exp
 
 # What the selector calls: (variant key, worker id, raw estimate ms) -> corrected estimate ms.
 Correction = Callable[[str, str, float], float]
@@ -76,15 +77,23 @@ class _Quantile:
         self.streak = 0  # observations above the estimate in a row, before this one
 
     def update(self, observed: float) -> None:
-        log_observed = math.log(max(observed, _FLOOR_MS))
-        if log_observed > self.log_value:
-            accelerated = self.up * (1 << min(self.streak, _MAX_DOUBLINGS))
-            self.log_value += max(self.up, min(accelerated, log_observed - self.log_value))
-            self.streak += 1
+        # Plain float comparisons instead of max/min calls: twice per query (overhead and factor).
+        log_observed = _log(observed if observed > _FLOOR_MS else _FLOOR_MS)
+        log_value = self.log_value
+        if log_observed > log_value:
+            up = self.up
+            streak = self.streak
+            step = up * (1 << (streak if streak < _MAX_DOUBLINGS else _MAX_DOUBLINGS))
+            gap = log_observed - log_value
+            if gap < step:
+                step = gap
+            log_value += step if step > up else up
+            self.streak = streak + 1
         else:
-            self.log_value -= self.down
+            log_value -= self.down
             self.streak = 0
-        self.value = math.exp(self.log_value)
+        self.log_value = log_value
+        self.value = _exp(log_value)
         self.count += 1
 
 
@@ -130,19 +139,23 @@ class Calibration:
         ``worker_ms`` is what the worker reported (queue + service); the rest of ``actual_ms`` is the serving path.
         Queries that loaded a variant are not observed: their time is a one-off load the profile measured.
         """
+        placement = (key, worker)
         with self._lock:
-            self._samples.append(_Sample(raw_ms, self.correct(key, worker, raw_ms), actual_ms, budget_ms))
+            # ``correct`` inlined (the placement is looked up once): this runs on every query.
+            tracker = self._factors.get(placement)
+            corrected_ms = self._overhead_ms + (raw_ms if tracker is None else tracker.value * raw_ms)
+            self._samples.append(_Sample(raw_ms, corrected_ms, actual_ms, budget_ms))
             self._observed += 1
             path_ms = actual_ms - worker_ms
-            if self._overhead is None:
-                self._overhead = _Quantile(0.5, path_ms)
+            overhead = self._overhead
+            if overhead is None:
+                overhead = self._overhead = _Quantile(0.5, path_ms)
             else:
-                self._overhead.update(path_ms)
-            self._overhead_ms = self._overhead.value
-            ratio = (actual_ms - self._overhead_ms) / max(raw_ms, _FLOOR_MS)
-            tracker = self._factors.get((key, worker))
+                overhead.update(path_ms)
+            self._overhead_ms = overhead_ms = overhead.value
+            ratio = (actual_ms - overhead_ms) / (raw_ms if raw_ms > _FLOOR_MS else _FLOOR_MS)
             if tracker is None:
-                self._factors[(key, worker)] = _Quantile(TAIL_QUANTILE, ratio)
+                self._factors[placement] = _Quantile(TAIL_QUANTILE, ratio)
             else:
                 tracker.update(ratio)
 

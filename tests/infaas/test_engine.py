@@ -164,3 +164,19 @@ def test_short_run_on_a_busy_instance_goes_to_the_pool() -> None:
 
 def test_long_run_never_tries_the_loop() -> None:
     assert _threads_used(offload.INLINE_MAX_MS * 2, "ran") == ("blocked", ["pool"])
+
+
+def test_the_record_carries_each_value_under_its_own_field(services: Services) -> None:
+    """``_account`` builds the record positionally (cheaper): every field must still hold its own value."""
+    faithful = tuple(replace(p, fidelity=0.98, fidelity_metric="agreement") for p in profiles({1: 0.05, 8: 0.1}))
+    seed_model(services, "lin", linear_model(), task="t", variants={"fp32": faithful})
+    services.start_serving()
+    wanted = Requirements(model="lin", latency_ms=500.0, min_accuracy=0.25, min_fidelity=0.5, max_cost=7.5)
+    answer = services.engine.infer(Query(wanted, {"x": np.ones((2, 4), np.float32).tolist()}, tenant="t9"))
+    served, record = answer.served_by, answer.record
+    assert services.live.recent_queries(1) == [record]
+    shared = {"model", "variant", "worker", "estimated_ms", "actual_ms", "queue_ms", "cost", "slo_at_risk", "reason"}
+    assert {name: getattr(record, name) for name in shared} == {name: getattr(served, name) for name in shared}
+    assert (record.tenant, record.batch, served.rows) == ("t9", 2, 2)
+    assert (record.latency_ms, record.max_cost, record.min_accuracy, record.min_fidelity) == (500.0, 7.5, 0.25, 0.5)
+    assert record.infeasible is False and isinstance(record.at, float) and record.at > 1e9
