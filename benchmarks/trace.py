@@ -15,15 +15,6 @@ price table × declared worker core-seconds held, the way a VM bill would be. Th
 fixed deployments: (c)'s workers are billed for the peak but run on the same two cores, so its misses
 say little; its cost is the point of comparison.
 
-The offered load is calibrated, not derived from a profile: before the trace, the engine is offered the
-trace's class mix open loop at steady rates rising in small steps (``--calibrate-window`` seconds each,
-autoscaler off, the deployment the trace starts from) until fewer than 99% of the queries are answered in
-time; the capacity is the median over ``--calibrate-repeats`` such staircases of the last rate that met it,
-and every window is recorded. One timing of one variant's profile used to set the rates,
-and the same command then offered 21,585 queries in one run and 34,846 in the next (issue 12). A load
-level ``L`` scales the trace so that its spike, the busiest part, offers ``L`` × capacity; base and step
-keep their ratios to it.
-
 Setups (same trace, run one after the other in one process, at every level):
 
 a. ``infaas``: per-query selection by latency budget and accuracy floor, both autoscalers on;
@@ -31,11 +22,24 @@ b. ``fixed-accurate``: the most accurate variant, one replica, one worker, for e
 c. ``fixed-peak``: the fastest variant meeting the highest accuracy floor, with enough replicas
    (and workers) for the peak rate, held for the whole trace.
 
+The offered load is calibrated, not derived from a profile: before the trace, the engine is offered the
+trace's class mix open loop at steady rates rising in small steps (``--calibrate-window`` seconds each,
+autoscaler off, the deployment the trace starts from) until fewer than 99% of the queries are answered in
+time (or 1 point fewer than at low load, if that is lower); the capacity is the median over
+``--calibrate-repeats`` such staircases of the last rate that met the bar, and every window is recorded.
+One timing of one variant's profile used to set the rates, and the same command then offered 21,585 queries
+in one run and 34,846 in the next (issue 12). A load level ``L`` scales the trace so that its spike, the
+busiest part, offers ``L`` × capacity; base and step keep their ratios to it.
+
 Outcomes are counted apart: a query is *infeasible* when its class's need cannot be met even on the idle
-system (found by asking the engine once per class before the clock starts, with ``on_infeasible:
+system (found by asking the engine three times per class before the clock starts, with ``on_infeasible:
 "reject"``); a feasible query is *rejected* when infaas answered 503 ``infeasible`` (nothing ran; with
-``Retry-After`` when queueing was the cause), *missed* when it was answered late, failed, or served below
-its floor, and *in time* otherwise. Only infaas rejects: the fixed deployments serve whatever arrives.
+``Retry-After`` when queueing was the cause), *shed* when it answered 429 ``over_fair_share``
+(``infaas.fair_share``; nothing ran), *missed* when it was answered late, failed, served below its floor, or
+given up by the client before it could be sent, and *in time* otherwise. Only infaas refuses: the fixed
+deployments serve whatever arrives. A last pair of infaas runs, at ``--burst-level``, makes the spike's extra
+queries come from one tenant of ``--burst-class``, without and with the fair share, to compare each tenant's
+share of queries in time.
 
 Run from the repository root: ``python -m benchmarks.trace`` (builds the zoo into ``--zoo`` first if it is
 not there, which takes ~2-15 min on two cores). ``--home DIR`` keeps the registered, profiled zoo for the
