@@ -15,6 +15,7 @@ from infaas.cli.client import call, err
 from infaas.cli.decisions import decisions_command
 from infaas.cli.jobs import job_app, jobs_worker
 from infaas.cli.keys import keys_app
+from infaas.cli.pipelines import pipeline_app, pipelines_command
 from infaas.cli.query import query_command
 from infaas.cli.worker import worker_command
 from infaas.config import get_settings
@@ -26,10 +27,12 @@ app.add_typer(db_app, name="db")
 app.add_typer(examples_app, name="examples")
 app.add_typer(job_app, name="job")
 app.add_typer(keys_app, name="keys")
+app.add_typer(pipeline_app, name="pipeline")
 app.command("worker")(worker_command)
 app.command("decisions")(decisions_command)
 app.command("query")(query_command)
 app.command("jobs")(jobs_worker)
+app.command("pipelines")(pipelines_command)
 out = Console()
 
 TERMINAL_VARIANT_STATES = {"ready", "failed", "skipped"}
