@@ -348,12 +348,12 @@ def replay(
         scheduled = start + arrival.at_s
         waited = time.perf_counter() - scheduled
         if waited * 1000.0 > cls.budget_ms:
-            # Every client thread was stuck behind a backlog until past this query's budget: the client
-            # gives up without sending it (a miss), as a real one with a timeout would.
+            # The query could not even be sent within its budget (this process was too busy to dispatch it):
+            # the client gives up without sending it (a miss), as a real one with a timeout would.
             run.add(Outcome(arrival.at_s, cls.name, arrival.who, waited * 1000.0, "timed-out", None, "timed-out"))
             return
         deadline = time.monotonic() + (scheduled + cls.budget_ms / 1000.0 - time.perf_counter())
-        retry_after, reason = False, ""
+        retry_after, reason, status = False, "", ""
         try:
             rows = inputs[arrival.sample : arrival.sample + cls.rows]
             variant, accuracy = serve(arrival, rows, deadline)
@@ -367,8 +367,9 @@ def replay(
             log.debug("query failed: %s", exc)
             variant, accuracy, status, reason = "error", None, "failed", f"{type(exc).__name__}: {exc}"
         latency = (time.perf_counter() - scheduled) * 1000.0
-        if accuracy is not None:
-            status = "late" if latency > cls.budget_ms else "below-floor" if accuracy < cls.floor else "ok"
+        if not status:  # answered; an unknown accuracy meets only a floor of 0
+            late = latency > cls.budget_ms
+            status = "late" if late else "below-floor" if (accuracy or 0.0) < cls.floor else "ok"
         run.add(Outcome(arrival.at_s, cls.name, arrival.who, latency, status, accuracy, variant, retry_after, reason))
 
     watcher = threading.Thread(target=sampler, daemon=True)
