@@ -382,6 +382,8 @@ def replay(
             pool.submit(one, arrival)
     stop.set()
     watcher.join()
+    if len(run.outcomes) != len(trace):  # a client thread failed outside the query: say so, never hide it
+        log.error("%s: %d of %d queries have no outcome", run.name, len(trace) - len(run.outcomes), len(trace))
 
 
 # ------------------------------------------------------------------------------------------- setups
