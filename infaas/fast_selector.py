@@ -35,17 +35,16 @@ from infaas.hardware_kinds import runs_on
 from infaas.live_state.base import InstanceState, LiveSnapshot, WorkerState
 from infaas.selector import (
     _COST_TIE,
+    Achievable,
     Candidate,
     Infeasible,
     NoWorkerAvailable,
     Requirements,
     Selection,
-    _achievable,
     _Option,
     _qualified,
     _queue_ms,
     _selection,
-    _unqueued_ms,
     query_cost,
     select,
 )
@@ -96,6 +95,7 @@ class _Ranked:
     tail_ms: float
     fixed_cost: float | None  # the loaded cost when it does not depend on the worker (not a CPU variant on all cores)
     fixed_cold_cost: float | None  # the same for a cold placement (its load held too)
+    queues: dict[tuple[int, int], float]  # ``_queue_ms`` by (rows, replicas): depths repeat across queries
 
 
 class _MinCores:
@@ -113,11 +113,11 @@ class _Room:
     Sums in the reference's order (``live.instances`` order), so that the float comparison is the same.
     """
 
-    __slots__ = ("_live", "_by_worker", "_idle")
+    __slots__ = ("_live", "_placements", "_idle")
 
-    def __init__(self, live: LiveSnapshot) -> None:
+    def __init__(self, live: LiveSnapshot, placements: _Placements) -> None:
         self._live = live
-        self._by_worker: dict[str, list[InstanceState]] | None = None
+        self._placements = placements
         self._idle: dict[str, float] = {}
 
     def fits(self, worker: WorkerState, needed_mb: float) -> bool:
@@ -126,14 +126,10 @@ class _Room:
             return True
         idle = self._idle.get(worker.id)
         if idle is None:
-            if self._by_worker is None:
-                self._by_worker = {}
-                for instances in self._live.instances.values():
-                    for inst in instances:
-                        self._by_worker.setdefault(inst.worker_id, []).append(inst)
             idle = 0.0
-            for inst in self._by_worker.get(worker.id, ()):
-                if self._live.depth(inst.worker_id, inst.variant_key) == 0:
+            depth = self._live.depth
+            for inst in self._placements.on_worker(worker.id):
+                if depth(inst.worker_id, inst.variant_key) == 0:
                     idle += inst.memory_mb
             self._idle[worker.id] = idle
         return free + idle >= needed_mb
@@ -147,14 +143,27 @@ class _Placements:
     decides it (the roomiest usable worker has the memory free), its cold worker. Built per candidate on first use;
     what depends on depths or ``exclude`` is decided per query."""
 
-    __slots__ = ("workers", "instances", "by_candidate")
+    __slots__ = ("workers", "instances", "by_candidate", "by_worker")
 
     def __init__(self, live: LiveSnapshot) -> None:
         self.workers, self.instances = live.workers, live.instances  # held: the cache is keyed by their identity
+        self.by_worker: dict[str, list[InstanceState]] | None = None
         self.by_candidate: dict[
             tuple[str, tuple[str, ...], float],
             tuple[tuple[InstanceState, ...], tuple[tuple[int, WorkerState, int], ...], object],
         ] = {}
+
+    def on_worker(self, worker_id: str) -> list[InstanceState]:
+        """The worker's loaded instances in ``live.instances`` order (indexed on first use: 20,000 instances at
+        scale, once per snapshot rather than once per query that needs eviction room)."""
+        by_worker = self.by_worker
+        if by_worker is None:
+            by_worker = {}
+            for instances in self.instances.values():
+                for inst in instances:
+                    by_worker.setdefault(inst.worker_id, []).append(inst)
+            self.by_worker = by_worker
+        return by_worker.get(worker_id, [])
 
     def of(
         self, r: _Ranked, index: _WorkerIndex
@@ -185,6 +194,7 @@ class FastSelector:
         self._index: _WorkerIndex | None = None
         self._placements: _Placements | None = None
         self._orders: dict[tuple[object, ...], tuple[tuple[Candidate, ...], tuple[_Ranked, ...] | None]] = {}
+        self._floors: dict[tuple[object, ...], tuple[tuple[Candidate, ...], Sequence[Candidate]]] = {}
         self._lock = threading.Lock()
 
     def select(
@@ -197,12 +207,12 @@ class FastSelector:
         correct: Correction | None = None,
     ) -> Selection:
         """``infaas.selector.select``'s decision (same arguments, same errors)."""
-        qualified = _qualified(requirements, candidates)
+        qualified = self._qualified(requirements, candidates)
         index = self._workers(live.workers)
         order = self._order(qualified, requirements.batch, prices, index.min_cores)
         if order is None:  # a negative price or load time: bounds would not bound; the reference decides
             return select(requirements, candidates, live, prices, exclude, correct)
-        return self._scan(requirements, order, live, index, prices, _Room(live), exclude, correct)
+        return self._scan(requirements, order, live, index, self._placements_of(live), prices, exclude, correct)
 
     # -- indexes --------------------------------------------------------------------------------
     def _workers(self, workers: tuple[WorkerState, ...]) -> _WorkerIndex:
@@ -218,6 +228,24 @@ class FastSelector:
             placements = _Placements(live)
             self._placements = placements
         return placements
+
+    def _qualified(self, requirements: Requirements, candidates: Sequence[Candidate]) -> Sequence[Candidate]:
+        """``selector._qualified``, kept per candidate list and floors: reading an accuracy floor's metric over the
+        200 candidates of a task took 0.24 ms, a quarter of the 1 ms target (``benchmarks/scale.py``). The errors
+        (no candidate qualifies) are not kept: the reference raises them again."""
+        floor, fidelity = requirements.min_accuracy, requirements.min_fidelity
+        if floor <= 0 and fidelity <= 0:
+            return candidates
+        key = (tuple(map(id, candidates)), floor, fidelity)
+        hit = self._floors.get(key)
+        if hit is not None:
+            return hit[1]
+        qualified = _qualified(requirements, candidates)
+        with self._lock:
+            if len(self._floors) >= _ORDER_CACHE_MAX:
+                self._floors.clear()
+            self._floors[key] = (tuple(candidates), qualified)  # the candidates held: their ids stay theirs
+        return qualified
 
     def _order(
         self, qualified: Sequence[Candidate], batch: int, prices: Mapping[str, float], min_cores: int
@@ -240,22 +268,23 @@ class FastSelector:
         order: tuple[_Ranked, ...],
         live: LiveSnapshot,
         index: _WorkerIndex,
+        placements: _Placements,
         prices: Mapping[str, float],
-        room: _Room,
         exclude: Collection[tuple[str, str]],
         correct: Correction | None,
     ) -> Selection:
         """Visit candidates by cost bound; stop once none left can cost as little as the cheapest feasible.
 
-        Until a placement is feasible every option is kept, since without one the other rules need them all.
+        Until a placement is feasible every option is kept (as a ``_Priced`` tuple: no object per option), since
+        without one the other rules need them all.
         """
         budget, max_cost = requirements.latency_ms, requirements.max_cost
         limit = math.inf if max_cost is None else max_cost  # above it: neither affordable nor tied with the cheapest
         cheapest = math.inf
         # (cost, cold, estimate, key, candidate index, option index, candidate, worker, raw)
         feasible: list[tuple[float, bool, float, str, int, int, Candidate, WorkerState, float]] = []
-        every: list[tuple[_Ranked, int, _Option]] = []  # (candidate, option index, option) while none is feasible
-        placements, depths = self._placements_of(live), live.queue_depth
+        every: list[_Priced] = []  # while none is feasible
+        depths, room = live.queue_depth, _Room(live, placements)
         for r in order:
             if feasible and r.bound > limit:
                 break
@@ -268,7 +297,12 @@ class FastSelector:
                 if feasible and cost > limit:
                     continue
                 rows = depths.get((worker.id, key), 0)
-                queue = 0.0 if rows < replicas else _queue_ms(rows, replicas, curve)
+                if rows < replicas:
+                    queue = 0.0
+                else:
+                    queue = r.queues.get((rows, replicas))  # type: ignore[assignment]  # None: not priced yet
+                    if queue is None:
+                        queue = r.queues[(rows, replicas)] = _queue_ms(rows, replicas, curve)
                 raw = r.tail_ms + queue
                 est = raw if correct is None else correct(key, worker.id, raw)
                 if cost <= limit and (budget is None or est <= budget):
@@ -277,7 +311,7 @@ class FastSelector:
                         cheapest = cost
                         limit = min(limit, cheapest * (1 + _COST_TIE))
                 elif not feasible:
-                    every.append((r, seq, _Option(candidate, worker, True, est, raw, queue, cost)))
+                    every.append((est, cost, False, key, r.index, seq, r, worker, raw, queue))
             if exclude or cold is _DEPENDS:
                 worker = _cold_worker(candidate, key, instances, index, room, exclude)
             else:
@@ -297,7 +331,7 @@ class FastSelector:
                     cheapest = cost
                     limit = min(limit, cheapest * (1 + _COST_TIE))
             elif not feasible:
-                every.append((r, len(instances), _Option(candidate, worker, False, est, raw, 0.0, cost)))
+                every.append((est, cost, True, key, r.index, len(instances), r, worker, raw, 0.0))
         if not feasible:
             return _none_feasible(requirements, every, exclude, correct)
         threshold = cheapest * (1 + _COST_TIE)
@@ -308,9 +342,15 @@ class FastSelector:
         return _selection(option, requirements.batch, False, why)
 
 
+# An option priced while none is feasible: (estimate, cost, cold, key, candidate index, option index, candidate,
+# worker, raw estimate, queue). The first six are the reference's order among the fastest (``min`` over tuples:
+# key, candidate index and option index together are unique, so the comparison never reaches the candidate).
+_Priced = tuple[float, float, bool, str, int, int, _Ranked, WorkerState, float, float]
+
+
 def _none_feasible(
     requirements: Requirements,
-    every: list[tuple[_Ranked, int, _Option]],
+    every: list[_Priced],
     exclude: Collection[tuple[str, str]],
     correct: Correction | None,
 ) -> Selection:
@@ -321,27 +361,44 @@ def _none_feasible(
             + (" (loads that failed for lack of memory excluded)" if exclude else "")
         )
     budget, max_cost = requirements.latency_ms, requirements.max_cost
-    affordable = [e for e in every if max_cost is None or e[2].cost <= max_cost]
+    affordable = every if max_cost is None else [e for e in every if e[1] <= max_cost]
     if not affordable:
-        raise Infeasible(f"max_cost ${max_cost:.3g}/query (a hard limit)", _achievable([o for _, _, o in every]))
-    if correct is not None:  # the queue's share of the corrected estimate, as the reference computes it
-        for r, _seq, o in affordable:
-            if o.queue_ms:
-                o.queue_ms = o.estimated_ms - correct(r.key, o.worker.id, r.tail_ms)
-    options = [o for _, _, o in affordable]
+        raise Infeasible(f"max_cost ${max_cost:.3g}/query (a hard limit)", _achievable_of(every))
     assert budget is not None  # affordable yet none feasible: only the budget is unmet
-    _, _, best = min(
-        affordable, key=lambda e: (e[2].estimated_ms, e[2].cost, not e[2].loaded, e[0].key, e[0].index, e[1])
-    )
     if requirements.on_infeasible == "reject":
-        waits_ms = [o.estimated_ms - budget for o in options if o.estimated_ms - o.queue_ms <= budget]
+        # The reference's wait: estimate less the queue's share (a cold option has none), against the budget.
+        waits_ms = [e[0] - budget for e in affordable if e[0] - _queue_share(e, correct) <= budget]
         wait_s = min(waits_ms) / 1000.0 if waits_ms else None
-        raise Infeasible(f"latency_ms {budget:g}", _achievable(options), wait_s)
-    why = f"SLO at risk: no placement meets {budget:g} ms; serving the fastest ({best.estimated_ms:.2f} ms est)"
-    infeasible = all(_unqueued_ms(o) > budget for o in options)
+        raise Infeasible(f"latency_ms {budget:g}", _achievable_of(affordable), wait_s)
+    est, cost, cold, _key, _i, _s, r, worker, raw, queue = min(affordable)
+    best = _Option(r.candidate, worker, not cold, est, raw, queue, cost)
+    why = f"SLO at risk: no placement meets {budget:g} ms; serving the fastest ({est:.2f} ms est)"
+    # ``selector._unqueued_ms``: a loaded option without its queue's share, a cold one without its load time.
+    infeasible = all(
+        (e[0] - e[6].candidate.curve.load_ms if e[2] else e[0] - _queue_share(e, correct)) > budget for e in affordable
+    )
     if infeasible:
         why += "; infeasible even with empty queues"
     return replace(_selection(best, requirements.batch, True, why), infeasible=infeasible)
+
+
+def _queue_share(e: _Priced, correct: Correction | None) -> float:
+    """The queue's share of an option's estimate as the reference computes it: corrected, the estimate less the
+    corrected estimate without the queue (the correction is affine)."""
+    queue = e[9]
+    if queue and correct is not None:
+        return e[0] - correct(e[3], e[7].id, e[6].tail_ms)
+    return queue
+
+
+def _achievable_of(options: Sequence[_Priced]) -> Achievable:
+    """``selector._achievable`` over priced tuples."""
+    accuracies = [e[6].candidate.accuracy for e in options if e[6].candidate.accuracy is not None]
+    return Achievable(
+        latency_ms=min(e[0] for e in options),
+        accuracy=max(accuracies) if accuracies else None,
+        cost=min(e[1] for e in options),
+    )
 
 
 def _rank(
@@ -362,7 +419,7 @@ def _rank(
         cold = query_cost(c, cheapest_worker, curve.load_ms + service, prices)  # type: ignore[arg-type]
         ranked.append(
             _Ranked(
-                bound, i, c, c.key, service, curve.tail_ms(batch), bound if fixed else None, cold if fixed else None
+                bound, i, c, c.key, service, curve.tail_ms(batch), bound if fixed else None, cold if fixed else None, {}
             )
         )
     ranked.sort(key=lambda r: (r.bound, r.index))
