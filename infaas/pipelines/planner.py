@@ -83,7 +83,7 @@ class Plan:
         }
 
 
-class _Judge:
+class Judge:
     """Simulates configurations (memoised) and prices them."""
 
     def __init__(
@@ -122,7 +122,7 @@ def _batches(option: StageOption) -> list[int]:
     return [b for b in option.curve.batches if b <= option.max_batch] or [1]
 
 
-def _moves(judge: _Judge, choices: dict[str, StageChoice]) -> list[dict[str, StageChoice]]:
+def _moves(judge: Judge, choices: dict[str, StageChoice]) -> list[dict[str, StageChoice]]:
     """Every single-stage cost-cutting candidate (the larger-batch one already stripped of spare replicas)."""
     moves = []
     for name, c in choices.items():
@@ -174,7 +174,7 @@ def plan(
 ) -> Plan:
     """Plan ``spec`` against its objective on ``arrivals``; ``options`` per stage, fastest first (non-empty)."""
     started = time.perf_counter()
-    judge = _Judge(spec, options, edge_pass, arrivals, seed)
+    judge = Judge(spec, options, edge_pass, arrivals, seed)
     choices = {name: StageChoice(0, 1, 1) for name in spec.order}
 
     def done(feasible: bool, result: SimResult) -> Plan:
@@ -214,4 +214,4 @@ def plan(
     return done(True, judge.sim(choices))
 
 
-__all__ = ["Plan", "StageChoice", "plan", "service_time_p99", "spaced_trace"]
+__all__ = ["Judge", "Plan", "StageChoice", "plan", "service_time_p99", "spaced_trace"]

@@ -14,7 +14,9 @@ What is modelled, each as the serving path does it:
   median and the profiled p99 as 99th percentile (``ProfileCurve.service_ms``/``tail_ms``, interpolated the
   way the selector reads them).
 * ``overhead_ms`` per stage is the serving path's own cost around a model run (selection, the Python between
-  stages), measured once on an idle system; 0 for a plan compared with others (it shifts every plan alike).
+  stages, a thread being scheduled), measured on a lightly loaded system (a constant or samples), added as a
+  delay before the stage's queue (it runs in the caller's thread, holding no replica); ``entry_ms`` likewise
+  for a query's way to its first stage. Both 0 when plans are compared (they shift every plan alike).
 
 It returns the P99 (and P50) of end-to-end latency and each stage's utilisation (busy replica time over
 replica time). ``benchmarks/fleet_sim.py`` simulates a fleet in ticks with chunks of queries; a pipeline needs
@@ -46,7 +48,7 @@ class StageConfig:
     curve: ProfileCurve
     max_batch: int
     replicas: int
-    overhead_ms: float = 0.0
+    overhead_ms: float | tuple[float, ...] = 0.0  # a constant, or measured samples drawn from per visit
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class _Stage:
         curve = self.config.curve
         median, tail = curve.service_ms(batch), curve.tail_ms(batch)
         sigma = math.log(tail / median) / _Z99 if tail > median > 0 else 0.0
-        return (median * math.exp(sigma * self.rng.standard_normal()) + self.config.overhead_ms) / 1000.0
+        return median * math.exp(sigma * self.rng.standard_normal()) / 1000.0
 
     def _run(self, batch: list[_Request]):  # type: ignore[no-untyped-def]
         service = self._service_s(len(batch))
@@ -150,9 +152,11 @@ def simulate(
     arrivals: np.ndarray,
     *,
     seed: int = 0,
+    entry_ms: tuple[float, ...] = (),
 ) -> SimResult:
     """Simulate every query of ``arrivals`` (seconds) through the pipeline; latencies from arrival to the last
-    stage it reached finishing."""
+    stage it reached finishing. ``entry_ms``: measured delays between a query's arrival and its first stage
+    (the front end's own: parsing, a thread picking it up), one drawn per query; none by default."""
     env = simpy.Environment()
     rng = np.random.default_rng(seed)
     runners = {name: _Stage(env, stages[name], np.random.default_rng([seed, i])) for i, name in enumerate(spec.order)}
@@ -175,10 +179,15 @@ def simulate(
     def stage_run(name: str, after: list[simpy.Event], done: simpy.Event):  # type: ignore[no-untyped-def]
         if after:
             yield env.all_of(after)
+        overhead = stages[name].overhead_ms
+        overhead_s = (overhead if isinstance(overhead, float | int) else overhead[rng.integers(len(overhead))]) / 1000.0
+        if overhead_s > 0:
+            yield env.timeout(overhead_s)  # selection and the hand-over run in the caller, holding no replica
         runners[name].submit(_Request(env.now, done))
 
     def query(index: int, at: float):  # type: ignore[no-untyped-def]
-        yield env.timeout(at - env.now) if at > env.now else env.timeout(0)
+        if entry_ms:
+            yield env.timeout(entry_ms[rng.integers(len(entry_ms))] / 1000.0)
         reached = path()
         done = {name: env.event() for name in reached}
         for name in reached:

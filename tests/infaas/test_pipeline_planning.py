@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from infaas.pipelines.options import StageOption
-from infaas.pipelines.planner import StageChoice, _Judge, plan
+from infaas.pipelines.planner import Judge, StageChoice, plan
 from infaas.pipelines.simulator import StageConfig, arrival_times, simulate
 from infaas.pipelines.spec import Arrivals, parse_spec
 from infaas.selector import ProfileCurve
@@ -93,7 +93,7 @@ def test_the_planner_meets_the_objective_near_the_brute_force_optimum() -> None:
     planned = plan(spec, options, {}, arrivals)
     assert planned.feasible and planned.p99_ms <= 40.0
 
-    judge = _Judge(spec, options, {}, arrivals, 0)
+    judge = Judge(spec, options, {}, arrivals, 0)
     per_stage = [[StageChoice(o, b, r) for o in range(2) for b in (1, 4) for r in range(1, 4)] for _name in spec.order]
     best = min(
         judge.cost(dict(zip(spec.order, combo, strict=True)))
