@@ -32,6 +32,7 @@ import bisect
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Literal, get_args
 
 from infaas.accuracy import UNKNOWN, Accuracy, Fidelity, accuracy_of, fidelity_of, floor_metric
@@ -239,9 +240,10 @@ class Candidate:
             fidelity=fidelity_of(variant),
         )
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """``model/variant``."""
+        """``model/variant``; kept on first use (the selector and the engine read it per placement per query,
+        and ``VariantInfo.key`` formats a new string each time)."""
         return self.variant.key
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -205,9 +206,9 @@ class LocalWorker(WorkerClient):
                     path, variant.providers, variant.threads, self.hardware.device_id, shapes=variant.input_shapes
                 )
 
-            def on_depth(rows: int) -> None:  # rows outstanding: what the selector prices the queue with
-                self._live.set_queue_depth(self.id, key, rows)
-
+            # Rows outstanding: what the selector prices the queue with. A partial, not a closure: called twice
+            # per query, and one Python frame fewer each time.
+            on_depth = partial(self._live.set_queue_depth, self.id, key)
             instance = Instance(
                 key, make_session, curve, on_depth=on_depth, batch_invariant=variant.kind not in BATCH_DEPENDENT_KINDS
             )
