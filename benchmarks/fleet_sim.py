@@ -69,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PRICES = {"cpu-core": 0.048, "gpu": 2.5}  # $/hour, as benchmarks/trace.py
 TAIL_SHARE = 0.01  # queries whose service reaches the profiled p99
+WINDOW_KEPT_S = 30.0  # routed chunks kept per instance: statistics windows and queries a failure finds queued
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -326,6 +327,7 @@ class FleetSim:
         self.workers: dict[str, Worker] = {}
         self.next_id = 0
         self.tally = {c.name: Tally() for c in self.classes}
+        self.budgets = {c.name: c.budget_ms for c in self.classes}
         self.recent: deque = deque(maxlen=1000)
         self.decisions: list[dict] = []
         self.policy_calls = {"select": 0, "model_level.decide": 0, "vm_level.decide": 0, "view": 0}
@@ -585,6 +587,8 @@ class FleetSim:
         inst.window.append(
             (now, lat_ms, 0 if choice.infeasible else late, cls.rows, m, choice.infeasible, cls.name, late)
         )
+        while inst.window[0][0] < now - WINDOW_KEPT_S:  # what a failure or the autoscaler's window can still need
+            inst.window.popleft()
         self.recent.append(
             SimpleNamespace(
                 variant_key=inst.key,
@@ -648,19 +652,21 @@ class FleetSim:
         now = self.env.now
         for w in victims:
             w.dead_at = now
-            for inst in w.instances.values():  # queries still queued there fail instead of finishing
-                queued = int(max(0.0, inst.backlog_until - now) * self.round_rate(inst, 1))
-                for e in reversed(inst.window):
-                    if queued <= 0:
-                        break
-                    # the newest routed here are the ones still queued: move them from their outcome to failed
-                    cls_tally = self.tally[e[6]]
-                    moved = min(queued, e[4])
-                    moved_late = min(moved, e[7])
-                    cls_tally.failed += moved
-                    cls_tally.missed -= moved_late
-                    cls_tally.in_time -= moved - moved_late
-                    queued -= moved
+            for inst in w.instances.values():  # queries not finished by now fail instead of finishing
+                for routed, lat_ms, _miss, _rows, m, infeasible, name, _late in inst.window:
+                    done = routed + (np.arange(m) + 0.5) * (self.tick_s / m) + lat_ms / 1000.0
+                    lost = done > now
+                    n_lost = int(np.count_nonzero(lost))
+                    if not n_lost:
+                        continue
+                    lost_late = int(np.count_nonzero(lost & (lat_ms > self.budgets[name])))
+                    tally = self.tally[name]
+                    tally.failed += n_lost
+                    tally.missed -= lost_late
+                    tally.in_time -= n_lost - lost_late
+                    if infeasible:  # failed by the fault, not by the budget: counted as a feasible query's failure
+                        tally.infeasible -= n_lost
+                        tally.missed_infeasible -= lost_late
         self.decisions.append({"t_s": round(now, 2), "level": "failure", "action": what, "workers": len(victims)})
 
     def detect_dead(self, now: float) -> None:
