@@ -64,7 +64,8 @@ base_image() {
         rm -rf "$dir"
         mkdir -p "$dir"
         log "debootstrap Debian bookworm with Python 3.11 (once, ~1.5 min)"
-        debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+        # python3-venv brings pip's wheel for ensurepip: the images' virtual environments need no python3-pip.
+        debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
             bookworm "$dir" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1 \
             || { tail -n 20 "$CACHE/debootstrap.log" >&2; exit 1; }
         rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
@@ -145,15 +146,24 @@ CONTEXT=""
 mkdir -p "$CACHE"
 ensure_engine
 BASE="$(base_image)"
+# PostgreSQL and Redis (apt-get in a container: mostly waiting on the mirror) build beside the infaas images.
+service_build() {
+    docker build -q --build-arg "BASE_IMAGE=$BASE" -f "$ROOT/docker/Dockerfile.$1" -t "infaas-$1:$TAG" \
+        "$ROOT/docker" >/dev/null
+    log "infaas-$1:$TAG $(docker image inspect -f '{{.Size}}' "infaas-$1:$TAG" | awk '{printf "%.0f MB", $1/1e6}')"
+}
+BACKGROUND=()
 for image in "${IMAGES[@]}"; do
     case "$image" in
         base) log "base image $BASE" ;;
         api | worker) build "$image" cpu "$BASE" ;;
         gpu-worker) build gpu-worker gpu "${INFAAS_GPU_BASE_IMAGE:-$BASE}" ;;
         postgres | redis)  # only for a host without a registry: compose uses the public images by default
-            docker build -q --build-arg "BASE_IMAGE=$BASE" -f "$ROOT/docker/Dockerfile.$image" \
-                -t "infaas-$image:$TAG" "$ROOT/docker" >/dev/null
-            log "infaas-$image:$TAG $(docker image inspect -f '{{.Size}}' "infaas-$image:$TAG" | awk '{printf "%.0f MB", $1/1e6}')" ;;
+            service_build "$image" &
+            BACKGROUND+=($!) ;;
         *) echo "docker/images.sh: unknown image $image (base, api, worker, gpu-worker, postgres, redis)" >&2; exit 2 ;;
     esac
+done
+for pid in "${BACKGROUND[@]}"; do
+    wait "$pid" || { echo "docker/images.sh: building the PostgreSQL or Redis image failed" >&2; exit 1; }
 done

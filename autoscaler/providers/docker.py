@@ -90,7 +90,7 @@ class DockerProvider(Provider):
 
     name = "docker"
 
-    def __init__(self, settings: Settings, docker_settings: DockerSettings | None = None, client: Any = None) -> None:
+    def __init__(self, settings: Settings, docker_settings: DockerSettings | None = None) -> None:
         if settings.resolved_database_url.startswith("sqlite"):
             raise ProviderError("the docker provider needs INFAAS_DATABASE_URL: containers cannot share a SQLite file")
         if not settings.redis_url:
@@ -100,7 +100,7 @@ class DockerProvider(Provider):
         if self._docker.memory_mb <= PROCESS_BASELINE_MB:
             raise ProviderError(f"INFAAS_DOCKER_MEMORY_MB must exceed {PROCESS_BASELINE_MB} (a worker's own use)")
         try:
-            self._client = client or docker.from_env()
+            self._client = docker.from_env()
             self._client.ping()
         except DockerException as exc:
             raise ProviderError(f"no Docker engine answers (start dockerd, or set DOCKER_HOST): {exc}") from exc

@@ -26,7 +26,7 @@ import pytest
 
 from tests.containers.engine import COMPOSE_FILE, ROOT, docker, ensure_images, leftovers, unique_name
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 MODEL = "digits-logreg"
 
@@ -56,7 +56,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    ensure_images("api", "worker", "postgres", "redis")
+    ensure_images("postgres", "redis", "api", "worker")
     project = unique_name("infaasct")
     key = secrets.token_hex(24)
     port = _free_port()  # the host's own PostgreSQL (5432) and Redis (6379) stay untouched: only the API is published
