@@ -42,8 +42,8 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # tests/containers/ builds what it needs itself (docker/images.sh: docker.io, dockerd, the Debian base image, the
-# api/worker/PostgreSQL/Redis images; a few seconds when cached, about 6 min on a fresh machine) and fails, never
-# skips, when no Docker engine can be started.
+# api/worker/PostgreSQL/Redis images: ~20 s when cached; on a fresh machine the compose test took 13 min with the
+# builds, under load average 10-18 from other work) and fails, never skips, when no Docker engine can be started.
 test: install services browser lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
