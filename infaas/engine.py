@@ -153,9 +153,22 @@ class QueryEngine:
         ran = await offload.short_inline_else_pool(expected_ms, lambda: self._try_now(plan), lambda: self._run(plan))
         return self._account(*ran), context
 
-    def infer(self, query: Query) -> Answer:
+    def infer(self, query: Query, endpoint: str | None = None) -> Answer:
         """Serve a query on the calling thread, blocking while it runs (callers already off the event loop:
-        benchmarks, the trace replay, tests)."""
+        a pipeline's stages, benchmarks, the trace replay, tests). With metrics on, counted under ``endpoint``
+        when one is given (``"pipeline"``), as ``serve`` counts its queries."""
+        metrics = self.metrics
+        if metrics is None or endpoint is None:
+            return self._infer(query)
+        try:
+            answer = self._infer(query)
+        except Exception as exc:
+            metrics.failed(endpoint, exc)
+            raise
+        metrics.served(endpoint, answer.record, answer.served_by.service_ms, answer.served_by.batch)
+        return answer
+
+    def _infer(self, query: Query) -> Answer:
         if tracing.ENABLED:
             with tracing.tracer().start_as_current_span("query"):
                 return self._infer_traced(query)
@@ -163,7 +176,7 @@ class QueryEngine:
 
     def _parse_and_run(self, parse: Callable[[], tuple[Query, T]]) -> tuple[Answer, T]:
         query, context = parse()
-        return self.infer(query), context
+        return self._infer(query), context  # counted by ``serve``
 
     # -- the same, in spans (only while tracing is on: ``infaas.tracing``) ------------------------
     async def _serve_traced(self, parse: Callable[[], tuple[Query, T]], body_bytes: int) -> tuple[Answer, T]:

@@ -59,7 +59,7 @@ def serve_pipeline(
 
     def run_stage(stage: str, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         stage_started = time.perf_counter()
-        answer = engine.infer(Query(requirements[stage], feeds, allowed, tenant))
+        answer = engine.infer(Query(requirements[stage], feeds, allowed, tenant), "pipeline")
         served: ServedBy = answer.served_by
         report = dict(vars(served)) | {"stage_ms": (time.perf_counter() - stage_started) * 1000.0}
         return answer.outputs, report

@@ -266,3 +266,24 @@ def test_no_query_is_lost_when_threads_serve_while_prometheus_scrapes() -> None:
     assert value(samples, "infaas_request_duration_seconds_bucket", **labels, le="0.001") == 0  # 1.5 ms
     assert value(samples, "infaas_batch_size_sum", **labels) == 2 * threads * each
     assert value(samples, "infaas_slo_misses_total", **labels, cause="capacity") == threads * each  # 1.5 > 1 ms
+
+
+def test_each_stage_of_a_pipeline_query_is_counted_under_endpoint_pipeline(client: TestClient) -> None:
+    spec = {
+        "name": "twice",
+        "p99_ms": 50,
+        "inputs": [{"name": "image", "dtype": "float32", "shape": [-1, IN]}],
+        "stages": [{"name": "a", "model": "tiny"}, {"name": "b", "model": "tiny"}],
+        "edges": [{"from": "input.image", "to": "a.x"}, {"from": "input.image", "to": "b.x"}],
+        "arrivals": {"rate_per_s": 10, "burstiness": 1, "duration_s": 10},
+    }
+    defined = client.post("/v1/pipelines", json=spec)
+    assert defined.status_code == 201, defined.text
+    for _ in range(3):
+        response = client.post("/v1/pipelines/twice/infer", json={"inputs": {"image": X}})
+        assert response.status_code == 200, response.text
+    s = scrape(client)
+    served = {"model": "tiny", "variant": "fp32", "worker": "local", "endpoint": "pipeline"}
+    assert value(s, "infaas_requests_total", **served, outcome="ok") == 3 * 2
+    assert total(s, "infaas_requests_total", endpoint="v1") == 0  # nothing counted twice
+    assert value(s, "infaas_request_duration_seconds_count", model="tiny", variant="fp32") == 3 * 2
