@@ -40,9 +40,11 @@ ensure_engine() {
     command -v docker-compose >/dev/null || { log "installing docker-compose"; apt_install docker-compose; }
     docker info >/dev/null 2>&1 && return 0
     log "starting dockerd (log: /var/log/infaas-dockerd.log)"
-    setsid nohup dockerd >/var/log/infaas-dockerd.log 2>&1 </dev/null &
+    setsid nohup dockerd >>/var/log/infaas-dockerd.log 2>&1 </dev/null &
+    local pid=$!
     for _ in $(seq 1 60); do
         docker info >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || break  # it exited: no point waiting
         sleep 1
     done
     echo "docker/images.sh: the Docker engine did not start; last lines of /var/log/infaas-dockerd.log:" >&2
