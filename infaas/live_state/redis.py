@@ -146,6 +146,58 @@ end
 return seq
 """
 
+# One flush of a process's buffers (``RedisLiveState._flush``): one EVALSHA instead of a pipeline of ~6 commands per
+# query (``benchmarks/scale.py``). ARGV: prefix, the worker TTL (ms), samples kept per list, recent queries kept, the
+# JSON of {"d": [[worker, [key, depth, ...]]], "v": [[variant, [sample, ...]]], "i": [[worker, variant, [sample,
+# ...]]], "j": [[target, [sample, ...]]]}, then the recent-query records (oldest first). Depths mark their workers
+# changed (as ``_MARK_LUA`` with no TTL: a depth hash never expires before the worker's other keys, since every
+# write that extends those extends it too). Lists are pushed in chunks: Lua's stack holds ~8,000 arguments.
+_FLUSH_LUA = """
+local p, ttl, window, recent_max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local u = cjson.decode(ARGV[5])
+local function push(key, items, first, keep)
+  for i = first, #items, 1000 do redis.call('LPUSH', key, unpack(items, i, math.min(i + 999, #items))) end
+  redis.call('LTRIM', key, 0, keep - 1)
+end
+local function add(key, items)
+  for i = 1, #items, 1000 do redis.call('SADD', key, unpack(items, i, math.min(i + 999, #items))) end
+end
+if #u.d > 0 then
+  local seq = redis.call('INCR', p .. 'seq')
+  for _, wd in ipairs(u.d) do
+    local key, flat = p .. 'depth:' .. wd[1], wd[2]
+    for i = 1, #flat, 1000 do redis.call('HSET', key, unpack(flat, i, math.min(i + 999, #flat))) end
+    redis.call('PEXPIRE', key, ttl)
+    redis.call('ZADD', p .. 'changed:d', seq, wd[1])
+  end
+end
+local names = {}
+for _, vs in ipairs(u.v) do
+  push(p .. 'samples:' .. vs[1], vs[2], 1, window)
+  redis.call('HINCRBY', p .. 'totals', vs[1], #vs[2])
+  table.insert(names, vs[1])
+end
+add(p .. 'variants', names)
+names = {}
+for _, ws in ipairs(u.i) do
+  local id, key, samples = ws[1], ws[2], ws[3]
+  push(p .. 'isamples:' .. id .. ':' .. key, samples, 1, window)
+  redis.call('HINCRBY', p .. 'itotals:' .. id, key, #samples)
+  redis.call('SADD', p .. 'ivariants:' .. id, key)
+  table.insert(names, id)
+end
+add(p .. 'iworkers', names)
+if #ARGV > 5 then push(p .. 'recent', ARGV, 6, recent_max) end
+names = {}
+for _, ts in ipairs(u.j) do
+  push(p .. 'rejects:' .. ts[1], ts[2], 1, window)
+  redis.call('HINCRBY', p .. 'rtotals', ts[1], #ts[2])
+  table.insert(names, ts[1])
+end
+add(p .. 'rtargets', names)
+return 1
+"""
+
 _CHANGE_LOG = 1_000_000  # changes kept in ``changed:*``; a front-end further behind fetches everything
 
 # Heartbeat of a known worker only (like the in-memory state); refreshes every TTL of the worker.
@@ -268,6 +320,7 @@ class RedisLiveState(LiveState):
         self._heartbeat_script = self._redis.register_script(_HEARTBEAT_LUA)
         self._draining_script = self._redis.register_script(_SET_DRAINING_LUA)
         self._forget_stats_script = self._redis.register_script(_FORGET_INSTANCE_STATS_LUA)
+        self._flush_script = self._redis.register_script(_FLUSH_LUA)
         # Snapshot cache: one refresh at a time; other threads keep reading the previous one.
         self._local_depth: dict[tuple[str, str], int] = {}
         self._snap = LiveSnapshot(workers=(), instances=MappingProxyType({}), queue_depth=_Depths({}, {}))
@@ -381,6 +434,9 @@ class RedisLiveState(LiveState):
         pipe = self._redis.pipeline()
         pipe.hset(inst, instance.variant_key, _instance_value(instance))
         pipe.pexpire(inst, self._ttl_ms)
+        # Depths expire no earlier than instances: an expiry nothing tracks (``alive`` follows these two) would
+        # leave refreshed snapshots with depths a full fetch no longer sees.
+        pipe.pexpire(self._k("depth", instance.worker_id), self._ttl_ms)
         pipe.sadd(self._k("iw"), instance.worker_id)
         self._mark(pipe, self._ttl_ms, "i", instance.worker_id)
         pipe.execute()
@@ -546,7 +602,7 @@ class RedisLiveState(LiveState):
                 log.exception("could not flush live state to Redis; dropping one batch of updates")
 
     def _flush(self) -> None:
-        """Send buffered depths and query records in one pipeline (one round trip).
+        """Send buffered depths and query records in one script call (one command, one round trip).
 
         Flushes are serialised so that a reader flushing before it reads (``variant_stats``) also waits
         for a background flush that already took records out of the buffer but has not sent them yet.
@@ -561,46 +617,35 @@ class RedisLiveState(LiveState):
             rejections, self._rejections = self._rejections, []
         if not depths and not records and not rejections:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        per_worker: dict[str, dict[str, int]] = {}
+        per_worker: dict[str, list[str]] = {}
         for (worker_id, key), depth in depths.items():
-            per_worker.setdefault(worker_id, {})[key] = depth
-        for worker_id, mapping in per_worker.items():
-            pipe.hset(self._k("depth", worker_id), mapping=mapping)
-            pipe.pexpire(self._k("depth", worker_id), self._ttl_ms)
-        if per_worker:
-            self._mark(pipe, 0, "d", *per_worker)
-        if records:
-            by_variant: dict[str, list[str]] = {}
-            by_instance: dict[tuple[str, str], list[str]] = {}
-            for r in records:
-                sample = _encode(r)
-                by_variant.setdefault(r.variant_key, []).append(sample)
-                by_instance.setdefault((r.worker, r.variant_key), []).append(sample)
-            for key, samples in by_variant.items():
-                pipe.lpush(self._k("samples", key), *samples)
-                pipe.ltrim(self._k("samples", key), 0, WINDOW_SAMPLES - 1)
-                pipe.hincrby(self._k("totals"), key, len(samples))
-            pipe.sadd(self._k("variants"), *by_variant)
-            for (worker_id, key), samples in by_instance.items():
-                pipe.lpush(self._k("isamples", worker_id, key), *samples)
-                pipe.ltrim(self._k("isamples", worker_id, key), 0, WINDOW_SAMPLES - 1)
-                pipe.hincrby(self._k("itotals", worker_id), key, len(samples))
-                pipe.sadd(self._k("ivariants", worker_id), key)
-            pipe.sadd(self._k("iworkers"), *{worker_id for worker_id, _key in by_instance})
-            pipe.lpush(self._k("recent"), *(orjson.dumps(r.__dict__) for r in records))
-            pipe.ltrim(self._k("recent"), 0, self._recent_max - 1)
-        if rejections:
-            by_target: dict[str, list[str]] = {}
-            for rejection in rejections:
-                at, max_cost = rejection_sample_of(rejection)
-                by_target.setdefault(rejection.target, []).append(f"{at!r}|{max_cost:.0f}")
-            for target, samples in by_target.items():
-                pipe.lpush(self._k("rejects", target), *samples)
-                pipe.ltrim(self._k("rejects", target), 0, WINDOW_SAMPLES - 1)
-                pipe.hincrby(self._k("rtotals"), target, len(samples))
-            pipe.sadd(self._k("rtargets"), *by_target)
-        pipe.execute()
+            per_worker.setdefault(worker_id, []).extend((key, str(depth)))
+        by_variant: dict[str, list[str]] = {}
+        by_instance: dict[tuple[str, str], list[str]] = {}
+        for r in records:
+            sample = _encode(r)
+            by_variant.setdefault(r.variant_key, []).append(sample)
+            by_instance.setdefault((r.worker, r.variant_key), []).append(sample)
+        by_target: dict[str, list[str]] = {}
+        for rejection in rejections:
+            at, max_cost = rejection_sample_of(rejection)
+            by_target.setdefault(rejection.target, []).append(f"{at!r}|{max_cost:.0f}")
+        update = {
+            "d": list(per_worker.items()),
+            "v": list(by_variant.items()),
+            "i": [(worker_id, key, samples) for (worker_id, key), samples in by_instance.items()],
+            "j": list(by_target.items()),
+        }
+        self._flush_script(
+            args=[
+                self._p,
+                self._ttl_ms,
+                WINDOW_SAMPLES,
+                self._recent_max,
+                orjson.dumps(update),
+                *(orjson.dumps(r.__dict__) for r in records),
+            ]
+        )
 
     def flush(self) -> None:
         """Write buffered updates now (reads of this process's own statistics call it first)."""
