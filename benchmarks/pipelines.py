@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -185,6 +186,7 @@ def replay(services: Services, spec: Any, images: np.ndarray, arrivals: np.ndarr
             pool.submit(one, i, due)
     done = latencies[~np.isnan(latencies)]
     return {
+        "load_average_1m": os.getloadavg()[0],  # of this host's cores (os.cpu_count()), others' work included
         "p99_ms": float(np.percentile(done, 99)),
         "p50_ms": float(np.percentile(done, 50)),
         "answered": len(done),
@@ -236,6 +238,7 @@ def estimator_accuracy(
                 "utilisation": simulated.utilisation,
                 "served": real["served"],
                 "answered": real["answered"],
+                "load_average_1m": real["load_average_1m"],
                 "mean_overhead_ms": {n: statistics.fmean(v) if v else None for n, v in real["overhead_ms"].items()},
                 # What the model runs took here, against the profile the estimator draws from (same variant).
                 "service_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in real["service_ms"].items()},
@@ -252,6 +255,7 @@ def estimator_accuracy(
             "rate_per_s": calibration_rate,
             "queries": light["answered"],
             "p99_ms": light["p99_ms"],
+            "load_average_1m": light["load_average_1m"],
             "overhead_ms_p50_p99": {n: _p50_p99(v) for n, v in overhead.items()},
             "entry_ms_p50_p99": _p50_p99(entry),
         },
@@ -303,7 +307,7 @@ def main() -> None:
     args = parser.parse_args()
     services = prepare(args.zoo, args.home)
     try:
-        results: dict[str, Any] = {}
+        results: dict[str, Any] = {"host_cpus": os.cpu_count()}
         if not args.skip_brute_force:
             results["planner_vs_brute_force"] = planner_vs_brute_force(
                 services, args.brute_rate, args.brute_p99, args.brute_queries

@@ -40,6 +40,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _STAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no dot: "stage.tensor" splits at the first one
 MAX_STAGES = 32
 MAX_TRACE = 200_000
+MIN_BURSTINESS, MAX_BURSTINESS = 0.01, 100.0  # CV² of the gaps: from near-regular to far burstier than InferLine's 4
 
 
 class PipelineInvalid(BadRequest):
@@ -231,6 +232,10 @@ def _arrivals(raw: Any) -> Arrivals:
         return Arrivals(trace=tuple(times))
     rate = _number(raw.get("rate_per_s"), "arrivals.rate_per_s")
     burstiness = _number(raw.get("burstiness", 1.0), "arrivals.burstiness")
+    if not MIN_BURSTINESS <= burstiness <= MAX_BURSTINESS:
+        raise PipelineInvalid(
+            f"arrivals.burstiness (the CV² of the gaps; 1 is Poisson) must be in [{MIN_BURSTINESS}, {MAX_BURSTINESS}]"
+        )
     duration = _number(raw.get("duration_s", 60.0), "arrivals.duration_s")
     if rate * duration > MAX_TRACE:
         raise PipelineInvalid(f"arrivals.rate_per_s x duration_s must be at most {MAX_TRACE} queries")
@@ -272,7 +277,7 @@ def parse_spec(raw: Any) -> PipelineSpec:
         raise PipelineInvalid("'inputs' must list the pipeline's inputs: [{name, dtype, shape}]")
     try:
         inputs = tuple(TensorSpec.from_json(t) for t in raw_inputs)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise PipelineInvalid(f"'inputs' must be [{{name, dtype, shape}}]: {exc}") from None
     raw_stages = raw.get("stages")
     if not isinstance(raw_stages, Sequence) or isinstance(raw_stages, str) or not 1 <= len(raw_stages) <= MAX_STAGES:

@@ -117,6 +117,8 @@ def _break(path: str, value: Any) -> dict[str, Any]:
         (_break("p99_ms", 0), "p99_ms"),
         (_break("arrivals", {"trace": [3.0, 1.0]}), "non-decreasing"),
         (_break("stages/2", {"name": "f", "model": "wide"}), "unique"),
+        (_break("inputs", [7]), "'inputs' must be"),
+        (_break("arrivals", {"rate_per_s": 10, "burstiness": 1e-9}), "burstiness"),
     ],
 )
 def test_bad_definitions_are_400s_that_store_nothing(
