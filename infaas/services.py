@@ -34,7 +34,7 @@ from infaas.metadata import MetadataStore
 from infaas.model_store import ModelStore, open_model_store
 from infaas.quotas import EventWindow, MemoryEventWindow, Quotas, RedisEventWindow
 from infaas.worker.clients import WorkerClients
-from infaas.worker.server import WorkerService
+from infaas.worker.server import DEPTH_REPORT_S, WorkerService
 from infaas.worker.worker import LocalWorker
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,9 @@ def build_worker_service(settings: Settings, worker_id: str, address: str) -> Wo
     log.info("infaas worker %s starting", worker_id, extra={"event": "startup", "config": public_config(settings)})
     settings.ensure_home()
     store = _model_store(settings)
-    live = make_live_state(settings)
+    from infaas.live_state.redis import RedisLiveState  # as make_live_state: redis only where it is used
+
+    live = RedisLiveState.from_settings(settings, flush_interval_s=DEPTH_REPORT_S)
     worker = _local_worker(settings, worker_id, store, live, hardware)
     return WorkerService(worker, live, address, settings.heartbeat_s)
 

@@ -351,11 +351,17 @@ class RedisLiveState(LiveState):
         self._subscriber: threading.Thread | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RedisLiveState:
-        """The live state named by ``INFAAS_REDIS_URL`` / ``INFAAS_REDIS_PREFIX``."""
+    def from_settings(cls, settings: Settings, *, flush_interval_s: float = 0.002) -> RedisLiveState:
+        """The live state named by ``INFAAS_REDIS_URL`` / ``INFAAS_REDIS_PREFIX`` (a worker process flushes its
+        depths less often: ``infaas.worker.server.DEPTH_REPORT_S``)."""
         if not settings.redis_url:
             raise ValueError("INFAAS_REDIS_URL is not set")
-        return cls(settings.redis_url, settings.redis_prefix, worker_ttl_s=settings.heartbeat_ttl_s)
+        return cls(
+            settings.redis_url,
+            settings.redis_prefix,
+            worker_ttl_s=settings.heartbeat_ttl_s,
+            flush_interval_s=flush_interval_s,
+        )
 
     @property
     def prefix(self) -> str:
