@@ -203,3 +203,41 @@ def test_negative_price_falls_back_to_the_reference() -> None:
             _outcome(fast_select, requirements, candidates, live, prices),
             case,
         )
+
+
+def test_same_decisions_when_nothing_is_feasible() -> None:
+    """The path where no placement meets the need (every option priced): budgets around the fastest estimates and
+    deep queues, so that best effort serves the fastest (at risk, infeasible or not), ``reject`` names the best
+    achievable with and without a Retry-After, and ``max_cost`` refuses; each the reference's, message and header."""
+    outcomes: dict[str, int] = {}
+    selector = FastSelector()
+    for case in range(3000):
+        rng = random.Random(10**6 + case)
+        candidates = _candidates(rng)
+        live = _live(rng, candidates)
+        depths = live.queue_depth
+        assert isinstance(depths, dict)
+        for inst in (i for group in live.instances.values() for i in group):
+            if rng.random() < 0.7:
+                depths[(inst.worker_id, inst.variant_key)] = rng.choice((5, 20, 60, 200))
+        requirements = Requirements(
+            task="t",
+            latency_ms=rng.choice((0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, rng.uniform(0.5, 20))),
+            min_accuracy=rng.choice((0.0, 0.0, 0.6)),
+            max_cost=rng.choice((None, None, None, 1e-9, 1e-7)),
+            batch=rng.choice((1, 1, 8)),
+            on_infeasible=rng.choice(("best_effort", "reject")),
+        )
+        prices = _prices(rng)
+        correct = _correction(rng)
+        reference = _outcome(select, requirements, candidates, live, prices, (), correct)
+        _same(reference, _outcome(selector.select, requirements, candidates, live, prices, (), correct), case)
+        kind = reference[0]
+        if isinstance(reference[1], Selection):
+            kind = "served" if not reference[1].slo_at_risk else ("hopeless" if reference[1].infeasible else "queued")
+        elif kind == "Infeasible":
+            message, headers = reference[1]  # type: ignore[misc]
+            kind = "max_cost" if "max_cost" in message else ("retry" if headers else "no_retry")
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+    for kind in ("hopeless", "queued", "retry", "no_retry", "max_cost"):
+        assert outcomes.get(kind, 0) >= 30, outcomes
