@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import PrincipalDep, ServicesDep, can_use
 from api.request_body import read_body
 from api.schemas import DeletedOut, ErrorOut
+from infaas.auth import model_namespace
 from infaas.errors import BadRequest
 from infaas.pipelines.registry import plan_pipeline, register_pipeline, store_of, visible_pipeline
 from infaas.pipelines.serving import serve_pipeline
@@ -58,9 +59,10 @@ async def define(
     principal: PrincipalDep,
     body: dict[str, Any] = Body(..., description="name, p99_ms, inputs, stages, edges, arrivals"),
 ) -> dict[str, Any]:
-    """Validate and store a pipeline, with its scale factors measured on its stages' validation rows."""
+    """Validate and store a pipeline, with its scale factors measured on its stages' validation rows; a tenant's
+    is named ``<tenant>.<name>`` (as its models are)."""
     info, _spec = await run_in_threadpool(
-        register_pipeline, services, body, principal.tenant, lambda m: can_use(principal, m)
+        register_pipeline, services, body, principal.tenant, lambda m: can_use(principal, m), model_namespace(principal)
     )
     return _out(info)
 

@@ -9,6 +9,7 @@ deletion path) answers 409 naming the pipelines.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ from infaas.pipelines.options import StageOption, stage_options
 from infaas.pipelines.planner import plan, service_time_p99
 from infaas.pipelines.scale import ScaleFactors, measure
 from infaas.pipelines.simulator import arrival_times
-from infaas.pipelines.spec import PipelineSpec, parse_spec
+from infaas.pipelines.spec import PipelineInvalid, PipelineSpec, parse_spec
 from infaas.pipelines.store import PipelineInfo, PipelineStore, UnknownPipeline
 from infaas.pipelines.validation import check_against_catalog
 from infaas.services import Services
@@ -42,10 +43,20 @@ def store_of(services: Services) -> PipelineStore:
 
 
 def register_pipeline(
-    services: Services, raw: Any, owner: str, allowed: Callable[[ModelInfo], bool]
+    services: Services, raw: Any, owner: str, allowed: Callable[[ModelInfo], bool], namespace: str | None = None
 ) -> tuple[PipelineInfo, PipelineSpec]:
-    """Validate ``raw`` against the models ``allowed`` to the owner, measure its scale factors, store it."""
+    """Validate ``raw`` against the models ``allowed`` to the owner, measure its scale factors, store it.
+
+    Names are namespaced as models are (``infaas.auth.model_namespace``): a tenant's pipeline is stored as
+    ``<tenant>.<name>``, so a definition never collides with (and so never reveals) another tenant's.
+    """
     spec = parse_spec(raw)
+    if namespace is not None and not spec.name.startswith(f"{namespace}."):
+        spec = replace(spec, name=f"{namespace}.{spec.name}")
+    elif namespace is None and "." in spec.name:
+        raise PipelineInvalid(
+            "names with '.' are reserved for tenant namespaces ('<tenant>.<name>'); pick a name without '.'"
+        )
     models = [m for m in services.metadata.list_models() if allowed(m)]
     served = check_against_catalog(spec, models)
     scale = measure(spec, served, services.store)
