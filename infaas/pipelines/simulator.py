@@ -119,12 +119,14 @@ class _Stage:
     def _gather(self):  # type: ignore[no-untyped-def]  # a SimPy process
         curve, cap = self.config.curve, self.config.max_batch
         while True:
+            if len(self.pending) >= cap:  # one row each: a full batch is waiting, flush now (as flush_at says)
+                break
             at = flush_at([(r.enqueued, 1, None) for r in self.pending], cap, curve)
             if at is None or self.env.now >= at:
                 break
             self.wake = self.env.event()
             yield self.wake | self.env.timeout(at - self.env.now)
-        taken = batch_size([1] * len(self.pending), cap)
+        taken = batch_size([1] * min(len(self.pending), cap), cap)  # the first ``cap`` decide it
         batch = [self.pending.popleft() for _ in range(taken)]
         self.gathering = False
         yield from self._run(batch)
