@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 # How often a worker process sends its changed queue depths to Redis (its live state's flush interval; front-ends
 # keep 2 ms for their own writes). One report is one script call of 16-26 µs of Redis CPU (``benchmarks/scale.py``),
 # so at the 2 ms front-ends use, 1,000 busy workers would need 8-13 Redis cores, and Redis has one: at 100 ms they
-# take 16-26% of it, leaving the rest to heartbeats (1.6%) and the front-ends. Selection stays current where it matters most: each front-end counts the rows it
-# has itself sent to a worker at once (``note_local_depth``), so only other front-ends' load is up to 100 ms old.
+# take 16-26% of it, leaving the rest to heartbeats (1.6%) and the front-ends. Selection stays current where it
+# matters most: each front-end counts the rows it has itself sent to a worker at once (``note_local_depth``), so
+# only other front-ends' load is up to 100 ms old.
 DEPTH_REPORT_S = 0.1
 
 
