@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.console.auth import LoginRequired, console_session
 from api.console.routes import sign_in_answer
 from api.deps import get_principal
-from api.errors import render
+from api.errors import refuse
 from infaas.auth import Principal
 from infaas.errors import InfaasError, TooManyRequests
 from infaas.services import Services
@@ -101,10 +101,10 @@ class Admission:
                 "(INFAAS_MAX_CONCURRENT_UNAUTHENTICATED); retry shortly",
                 retry_after_s=RETRY_AFTER_S,
             )
-            await render(scope["path"], refusal)(scope, receive, send)
+            await refuse(scope, receive, send, refusal)
             return
         self.refusing += 1
         try:
-            await render(scope["path"], refusal)(scope, receive, send)
+            await refuse(scope, receive, send, refusal)
         finally:
             self.refusing -= 1

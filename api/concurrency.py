@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import render
+from api.errors import refuse
 from infaas.auth import Principal
 from infaas.errors import TooManyRequests
 
@@ -78,4 +78,4 @@ async def _too_many(scope: Scope, receive: Receive, send: Send, limit: int) -> N
         "retry shortly",
         retry_after_s=RETRY_AFTER_S,
     )
-    await render(scope["path"], refusal)(scope, receive, send)
+    await refuse(scope, receive, send, refusal)

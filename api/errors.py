@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from infaas.errors import BackendUnavailable, InfaasError
 
@@ -70,6 +71,32 @@ def render(path: str, exc: InfaasError) -> Response:
         status = exc.status
         body = {"detail": exc.message, "code": exc.code}
     return Response(orjson.dumps(body), status_code=status, headers=exc.headers, media_type="application/json")
+
+
+def inference_endpoint(path: str) -> str | None:
+    """The ``endpoint`` label (``infaas.metrics``) of an inference path, ``None`` for any other path."""
+    if path == "/v1/infer":
+        return "v1"
+    if path.endswith("/infer"):
+        if path.startswith(OIP_PREFIX + "/models/"):
+            return "oip"
+        if path.startswith("/v1/pipelines/"):
+            return "pipeline"
+    return None
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, refusal: InfaasError) -> None:
+    """Answer ``refusal`` from a middleware (outside the app's exception handlers), counting it in the metrics
+    when it refuses an inference request: a 401, 413 or per-key 429 never reaches the engine, which counts the
+    rest, so without this ``infaas_requests_total`` would miss exactly the refusals an operator alerts on."""
+    endpoint = inference_endpoint(scope["path"])
+    if endpoint is not None:
+        app = scope.get("app")
+        services = getattr(getattr(app, "state", None), "services", None)
+        metrics = getattr(getattr(services, "engine", None), "metrics", None)
+        if metrics is not None:
+            metrics.failed(endpoint, refusal)
+    await render(scope["path"], refusal)(scope, receive, send)
 
 
 async def handle(request: Request, exc: Exception) -> Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import render
+from api.errors import refuse
 from infaas.errors import PayloadTooLarge
 
 # (method, path) of the routes that take file uploads: model registration (REST and console) and jobs.
@@ -86,4 +86,4 @@ class BodySizeLimit:
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
     """The 413, rendered like every other error (a middleware sits outside the app's exception handlers)."""
     refusal = PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
-    await render(scope["path"], refusal)(scope, receive, send)
+    await refuse(scope, receive, send, refusal)

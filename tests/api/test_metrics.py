@@ -33,9 +33,9 @@ X = np.random.default_rng(0).standard_normal((2, IN)).astype(np.float32).tolist(
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(client: TestClient) -> Samples:
+def scrape(client: TestClient, headers: dict[str, str] | None = None) -> Samples:
     """Every sample of ``GET /metrics``, keyed by (sample name, labels)."""
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=")
     return {
@@ -164,6 +164,26 @@ def test_a_tenant_key_may_not_read_metrics(tmp_path: Path) -> None:
         tenant = {"Authorization": f"Bearer {key.json()['secret']}"}
         assert test_client.get("/metrics", headers=tenant).status_code == 403
         assert test_client.get("/metrics", headers=admin).status_code == 200
+
+
+def test_refusals_before_the_engine_are_counted_per_inference_endpoint(tmp_path: Path) -> None:
+    """A 401 (no key) or a 413 (body over the limit) is answered by a middleware before any model is chosen: it is
+    still an inference request refused, counted with empty model/variant/worker; other paths are not counted."""
+    admin_key = "admin-secret-key-0123456789"
+    settings = Settings(home=tmp_path, autoscaler="off", admin_key=admin_key, max_body_mb=0.001)
+    with TestClient(create_app(settings)) as test_client:
+        admin = {"Authorization": f"Bearer {admin_key}"}
+        body = {"inputs": [{"name": "x", "shape": [2, IN], "datatype": "FP32", "data": X}]}
+        assert test_client.post("/v1/infer", json={"model": "tiny", "inputs": {"x": X}}).status_code == 401
+        assert test_client.post("/v2/models/tiny/infer", json=body).status_code == 401
+        assert test_client.post("/v2/models/tiny/infer", json=body).status_code == 401
+        assert test_client.post("/v1/infer", content=b"[" + b"0," * 1000 + b"0]", headers=admin).status_code == 413
+        assert test_client.get("/v1/models").status_code == 401  # not an inference request: not counted
+        samples = scrape(test_client, admin)
+    empty = {"model": "", "variant": "", "worker": ""}
+    assert value(samples, "infaas_requests_total", **empty, endpoint="v1", outcome="client_error") == 2
+    assert value(samples, "infaas_requests_total", **empty, endpoint="oip", outcome="client_error") == 2
+    assert total(samples, "infaas_requests_total") == 4
 
 
 def test_a_worker_exports_its_own_instances_replicas_memory_and_cores(client: TestClient) -> None:
