@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import subprocess
 import sys
@@ -11,10 +13,24 @@ from contextlib import contextmanager
 
 import httpx
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out for bind(0) is also one it hands to the
+# next outgoing connection, so a server started a moment later on it could find it taken (seen in CI with many
+# concurrent clients: "address already in use"). Ports here are only ever taken by someone binding them.
+_SERVER_PORTS = range(20000, 32000)
+_ports = random.Random(os.getpid())
+
 
 def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
+    """A free TCP port on loopback, outside the ephemeral range (see ``_SERVER_PORTS``)."""
+    for _ in range(200):
+        port = _ports.choice(_SERVER_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # that range is full: any free port
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 
 from tests.containers.engine import COMPOSE_FILE, ROOT, docker, ensure_images, leftovers, unique_name
+from tests.s3server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -48,18 +48,12 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = 120) -> str:
     return done.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     ensure_images("postgres", "redis", "api", "worker")
     project = unique_name("infaasct")
     key = secrets.token_hex(24)
-    port = _free_port()  # the host's own PostgreSQL (5432) and Redis (6379) stay untouched: only the API is published
+    port = free_port()  # the host's own PostgreSQL (5432) and Redis (6379) stay untouched: only the API is published
     env = {
         **os.environ,
         "INFAAS_ADMIN_KEY": key,

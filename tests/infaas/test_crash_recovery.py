@@ -12,7 +12,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from infaas.model_store.local import TEMP_PREFIX
 from infaas.registration import RegistrationRequest, delete_model, register_model
 from infaas.services import Services, build_services
 from tests.factories import wait_for, write_mlp, write_validation
+from tests.s3server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = {"profile_runs": 3, "profile_max_seconds": 0.05, "worker_cores": 1, "autoscaler": "off"}
@@ -173,12 +173,6 @@ def test_a_deletion_killed_half_way_is_finished(tmp_path: Path, step: str, recov
 # -- the reproduction: infaas serve killed during a variant build ----------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _serve(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFAAS_")}
     env |= {f"INFAAS_{k.upper()}": str(v) for k, v in {**QUICK, **RECOVERY, "home": home}.items()}
@@ -204,7 +198,7 @@ def _up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def test_infaas_serve_killed_during_a_variant_build_resumes_it_after_a_restart(tmp_path: Path) -> None:
-    home, port, log = tmp_path / "home", _free_port(), tmp_path / "serve.log"
+    home, port, log = tmp_path / "home", free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     model, validation = write_mlp(tmp_path / "mlp.onnx"), write_validation(tmp_path / "val.npz")
     server = _serve(home, port, log)
