@@ -2,15 +2,13 @@
 
 import pytest
 
-pytest.importorskip("simpy")
-
-from autoscaler import model_level, vm_level  # noqa: E402
-from autoscaler.policy_types import PolicyConfig  # noqa: E402
-from benchmarks import fleet_sim  # noqa: E402
-from infaas import fast_selector  # noqa: E402
-from infaas.selector import Candidate  # noqa: E402
-from infaas.worker import instance  # noqa: E402
-from tests.factories import model_info, profiles, variant_info  # noqa: E402
+from autoscaler import model_level, vm_level
+from autoscaler.policy_types import PolicyConfig
+from benchmarks import fleet_sim
+from infaas import fast_selector
+from infaas.selector import Candidate
+from infaas.worker import instance
+from tests.factories import model_info, profiles, variant_info
 
 
 def _candidates() -> list[Candidate]:
