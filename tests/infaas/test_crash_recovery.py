@@ -156,7 +156,10 @@ def test_a_registration_killed_after_its_commit_is_built_to_ready(
         lambda: services.metadata.get_model("mlp"), 60, until=lambda m: m and m.status == ModelStatus.READY
     )
     assert model is not None and model.status == ModelStatus.READY, model
-    [item] = services.metadata.list_work_items()
+    # The build marks the model ready, then its runner marks the work item done: poll for the second step too.
+    [item] = wait_for(
+        services.metadata.list_work_items, 10, until=lambda items: items and items[0].state == WorkState.DONE
+    )
     assert item.task == "build_variants" and item.state == WorkState.DONE and item.attempts == 1
     assert {"models/mlp/model.onnx", "models/mlp/validation.npz"} <= set(_stored(services))
 
