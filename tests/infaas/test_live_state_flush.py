@@ -8,8 +8,6 @@ Lua call's argument stack (pushed in chunks) must lose nothing.
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,19 +16,12 @@ import redis
 from infaas.live_state import InstanceState, QueryRecord, Rejection, WorkerState
 from infaas.live_state.base import WINDOW_SAMPLES
 from infaas.live_state.redis import RedisLiveState
-from tests.redis_server import REDIS_URL, delete_keys, redis_up
+from tests.redis_server import REDIS_URL, redis_up
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379"),
 ]
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = f"infaas-test-{uuid.uuid4().hex[:10]}"
-    yield name
-    delete_keys(f"{name}:")
 
 
 def _record(variant: str, worker: str, actual: float, i: int) -> QueryRecord:

@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from infaas.live_state import InstanceState, LiveSnapshot, WorkerState
 from infaas.live_state.redis import RedisLiveState
-from tests.redis_server import REDIS_URL, delete_keys, redis_up
+from tests.redis_server import REDIS_URL, redis_up
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379"),
 ]
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = f"infaas-test-{uuid.uuid4().hex[:10]}"
-    yield name
-    delete_keys(f"{name}:")
 
 
 def _view(snap: LiveSnapshot, pairs: set[tuple[str, str]]) -> tuple[object, ...]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import orjson
@@ -14,20 +13,12 @@ import redis
 
 from infaas.live_state import InstanceState, WorkerState
 from infaas.live_state.redis import RedisLiveState
-from tests.redis_server import REDIS_URL, delete_keys, redis_up
+from tests.redis_server import REDIS_URL, redis_up
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379"),
 ]
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A unique key prefix, every key under it deleted afterwards."""
-    name = f"infaas-test-{uuid.uuid4().hex[:10]}"
-    yield name
-    delete_keys(f"{name}:")
 
 
 @pytest.fixture
