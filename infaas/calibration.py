@@ -14,6 +14,24 @@ and called "meeting" a 0.01 ms budget. The engine now corrects every raw estimat
 * ``factor`` is a high quantile (``TAIL_QUANTILE``) of (actual − overhead) / raw, one per (variant, worker), so
   one slow worker never makes the same variant on another worker look slow.
 
+A placement never observed (a variant not loaded on that worker yet, or loaded but not yet queried) has no
+factor of its own. It starts from its worker's *prior*, not from the profile alone: before this prior, an
+unobserved placement was corrected with factor 1 while the loaded ones on the same busy worker had learnt 50×
+and more, so during a spike every unloaded variant looked fast, and the selector loaded 13 of them onto the
+busy worker (``benchmarks/trace.py`` at 0.7× capacity: 13.35% of feasible queries missed, against 0.15% at 1×).
+The prior is the larger of two tails, each learnt from every query the worker served:
+
+* an additive ``excess``: actual − overhead − raw, in ms. Waiting for a core (or the interpreter) adds about
+  the same time whatever the model; it is what a 0.01 ms model's "50×" really is (0.5 ms), and applied as a
+  factor to a 2 ms model it would claim 100 ms;
+* a multiplicative ``slowdown``: (actual − overhead) / raw, only from queries whose raw estimate is at least
+  ``PRIOR_MIN_RAW_MS``, where the stretch of compute (a slower or shared CPU) dominates the wait: a worker
+  twice as slow on its 10 ms models is believed twice as slow on a cold 10 ms model, which an additive
+  excess learnt on them would put at +10 ms whatever the model's size.
+
+So a cold placement on a busy worker is believed as slow as the worker has lately been, and a worker nobody
+has observed yet is believed (a new worker is idle). Once observed, the placement's own factor takes over.
+
 One tail per placement, not a tail of the path plus a tail of the worker's time: the two are correlated (both
 stretch when the machine is busy), and summing two p99s promised almost nothing on a loaded two-core host (a
 6 ms "overhead" for a path whose median was 0.3 ms; ``benchmarks/estimate_honesty.py``).
@@ -49,6 +67,9 @@ TAIL_QUANTILE = 0.98  # τ: the estimate is meant to be a tail, which queries ne
 STEP = 0.1  # log-space gain: doubling is caught in 3 observations, halving in ~350 (module docstring)
 _MAX_DOUBLINGS = 3  # a streak of misses moves up by at most 8 steps a query
 _FLOOR_MS = 1e-3  # 1 µs: below timer resolution; keeps logarithms finite
+# Raw estimates from which a worker's slowdown is learnt as a factor: below ~1 ms the wait for a core (a
+# scheduler quantum, the interpreter) dominates the ratio (50× on 0.01-0.1 ms models in the 0.7× trace run).
+PRIOR_MIN_RAW_MS = 1.0
 REPORT_SAMPLES = 4096  # recent queries the report's error percentiles are taken over
 _log, _exp = math.log, math.exp
 
@@ -97,6 +118,43 @@ class _Quantile:
         self.count += 1
 
 
+class _WorkerPrior:
+    """What a worker's served queries say about a placement on it that has not been observed (module docstring).
+
+    ``excess_ms`` and ``slowdown`` are the trackers' values, kept as plain attributes for ``correct``.
+    """
+
+    __slots__ = ("excess", "slowdown", "excess_ms", "slowdown_value")
+
+    def __init__(self) -> None:
+        self.excess: _Quantile | None = None
+        self.slowdown: _Quantile | None = None
+        self.excess_ms = 0.0
+        self.slowdown_value = 1.0
+
+    def update(self, raw_ms: float, worker_part_ms: float) -> None:
+        """Account one query whose raw estimate was ``raw_ms`` and that took ``worker_part_ms`` beyond the overhead."""
+        excess = worker_part_ms - raw_ms
+        if self.excess is None:
+            self.excess = _Quantile(TAIL_QUANTILE, excess)
+        else:
+            self.excess.update(excess)
+        self.excess_ms = self.excess.value
+        if raw_ms >= PRIOR_MIN_RAW_MS:
+            ratio = worker_part_ms / raw_ms
+            if self.slowdown is None:
+                self.slowdown = _Quantile(TAIL_QUANTILE, ratio)
+            else:
+                self.slowdown.update(ratio)
+            self.slowdown_value = self.slowdown.value
+
+    def estimate(self, raw_ms: float) -> float:
+        """The worker part of an unobserved placement's estimate (the caller adds the overhead)."""
+        stretched = self.slowdown_value * raw_ms
+        waited = raw_ms + self.excess_ms
+        return stretched if stretched > waited else waited
+
+
 class _Sample(NamedTuple):  # a tuple: one is made per query
     raw_ms: float
     corrected_ms: float  # by the correction in force when the query was observed
@@ -112,6 +170,7 @@ class Calibration:
         self._overhead: _Quantile | None = None
         self._overhead_ms = 0.0  # the tracker's value, read on every correction
         self._factors: dict[tuple[str, str], _Quantile] = {}
+        self._priors: dict[str, _WorkerPrior] = {}
         self._samples: deque[_Sample] = deque(maxlen=REPORT_SAMPLES)
         self._observed = 0
 
@@ -122,14 +181,20 @@ class Calibration:
 
     def factor(self, key: str, worker: str) -> float:
         """How much slower than its raw estimate ``key`` runs on ``worker``, beyond the overhead, at the tail
-        (1 until observed there)."""
+        (1 until observed there: ``correct`` then uses the worker's prior)."""
         tracker = self._factors.get((key, worker))
         return tracker.value if tracker is not None else 1.0
 
     def correct(self, key: str, worker: str, raw_ms: float) -> float:
-        """The corrected estimate for a raw one (a ``Correction``; called per placement on every query)."""
+        """The corrected estimate for a raw one (a ``Correction``; called per placement on every query).
+
+        An unobserved placement gets its worker's prior; on a worker never observed, the raw estimate.
+        """
         tracker = self._factors.get((key, worker))
-        return self._overhead_ms + (raw_ms if tracker is None else tracker.value * raw_ms)
+        if tracker is not None:
+            return self._overhead_ms + tracker.value * raw_ms
+        prior = self._priors.get(worker)
+        return self._overhead_ms + (raw_ms if prior is None else prior.estimate(raw_ms))
 
     def observe(
         self, key: str, worker: str, raw_ms: float, actual_ms: float, *, worker_ms: float, budget_ms: float | None
@@ -143,7 +208,11 @@ class Calibration:
         with self._lock:
             # ``correct`` inlined (the placement is looked up once): this runs on every query.
             tracker = self._factors.get(placement)
-            corrected_ms = self._overhead_ms + (raw_ms if tracker is None else tracker.value * raw_ms)
+            prior = self._priors.get(worker)
+            if tracker is not None:
+                corrected_ms = self._overhead_ms + tracker.value * raw_ms
+            else:
+                corrected_ms = self._overhead_ms + (raw_ms if prior is None else prior.estimate(raw_ms))
             self._samples.append(_Sample(raw_ms, corrected_ms, actual_ms, budget_ms))
             self._observed += 1
             path_ms = actual_ms - worker_ms
@@ -153,17 +222,22 @@ class Calibration:
             else:
                 overhead.update(path_ms)
             self._overhead_ms = overhead_ms = overhead.value
-            ratio = (actual_ms - overhead_ms) / (raw_ms if raw_ms > _FLOOR_MS else _FLOOR_MS)
+            worker_part_ms = actual_ms - overhead_ms
+            ratio = worker_part_ms / (raw_ms if raw_ms > _FLOOR_MS else _FLOOR_MS)
             if tracker is None:
                 self._factors[placement] = _Quantile(TAIL_QUANTILE, ratio)
             else:
                 tracker.update(ratio)
+            if prior is None:
+                prior = self._priors[worker] = _WorkerPrior()
+            prior.update(raw_ms, worker_part_ms)
 
     def report(self) -> dict[str, object]:
         """Estimate error before and after correction over the recent queries, and the correction in force."""
         with self._lock:
             samples = list(self._samples)
             factors = {f"{key} on {worker}": (t.value, t.count) for (key, worker), t in self._factors.items()}
+            priors = {w: (p.excess_ms, p.slowdown_value) for w, p in self._priors.items()}
             observed, overhead = self._observed, self.overhead_ms
         out: dict[str, object] = {
             "observed": observed,
@@ -171,6 +245,9 @@ class Calibration:
             "tail_quantile": TAIL_QUANTILE,
             "overhead_ms": round(overhead, 4),
             "factors": {k: {"factor": round(v, 4), "observed": n} for k, (v, n) in sorted(factors.items())},
+            "worker_priors": {
+                w: {"excess_ms": round(e, 4), "slowdown": round(f, 4)} for w, (e, f) in sorted(priors.items())
+            },
         }
         if not samples:
             return out

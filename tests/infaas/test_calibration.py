@@ -71,8 +71,9 @@ def test_a_slow_worker_is_slow_only_on_that_worker() -> None:
     # w1's correction is what it would be had w2 never existed (up to the shared overhead's jitter).
     assert calibration.factor(KEY, "w1") == pytest.approx(alone.factor(KEY, "w1"), rel=0.1)
     assert calibration.correct(KEY, "w1", 5.0) < calibration.correct(KEY, "w2", 5.0)
-    # An unobserved variant on the slow worker is not marked slow either.
+    # An unobserved variant has no factor of its own; its estimate starts from its worker's prior: slow on w2 only.
     assert calibration.factor("m/other", "w2") == 1.0
+    assert calibration.correct("m/other", "w2", 5.0) > 1.5 * calibration.correct("m/other", "w1", 5.0)
 
 
 def test_a_step_change_is_followed_both_ways() -> None:
