@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from autoscaler import handover, model_level, vm_level
+from autoscaler import handover, model_level, pipeline_tuner, vm_level
+from autoscaler.pipeline_apply import PipelineScaler
 from autoscaler.policy_types import Action, ClusterView, History, InstanceLoad, PolicyConfig, VariantOption, WorkerLoad
 from autoscaler.providers import Provider, ProviderError, make_provider
 from infaas.catalog import VariantInfo
@@ -95,6 +96,7 @@ class Autoscaler:
         self._vm_history = History()
         self._unmet: tuple[str, ...] = ()
         self._owned: set[str] = set()
+        self._pipelines = PipelineScaler(services)
         self._pending = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -216,12 +218,16 @@ class Autoscaler:
         if not self.leading:
             return []
         view = self.view()
-        plan = model_level.decide(view, self._model_history, self.config)
+        candidates = {key: found[0] for key, found in self._variants().items()}
+        plan = model_level.decide(view, self._model_history, self.config, self._pipelines.pinned(candidates))
         self._model_history = plan.history
         self._unmet = plan.unmet
         for action in plan.actions:
             self._apply(action)
-        return list(plan.actions)
+        tuned = self._pipelines.decide(candidates)  # planned pipelines: the plan, then the tuner
+        for action in tuned:
+            self._apply(action)
+        return [*plan.actions, *tuned]
 
     def step_vm(self) -> list[Action]:
         """Observe, decide and act once at the VM level (only while leading); returns the actions decided."""
@@ -409,6 +415,8 @@ class Autoscaler:
             if action.action in vm_level.NOTES:
                 return "nothing to do"
             raise ValueError(f"unknown VM action {action.action!r}")
+        if action.level == pipeline_tuner.LEVEL:
+            return self._pipelines.execute(action, self._variant(action.variant))
         client = self.engine.workers.get(action.worker or "")
         if client is None:
             raise LookupError(f"worker {action.worker} is not reachable from this front-end")

@@ -132,8 +132,11 @@ def _busy_cores(view: ClusterView, instance: InstanceLoad, derate: Mapping[str, 
     return min(held, instance.rate_per_s / capacity * option.cores) if capacity > 0 else float(held)
 
 
-def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPlan:
-    """Plan this period's model-level actions (pure: no I/O, time comes from ``view.now``)."""
+def decide(
+    view: ClusterView, history: History, config: PolicyConfig, pinned: frozenset[str] = frozenset()
+) -> ModelPlan:
+    """Plan this period's model-level actions (pure: no I/O, time comes from ``view.now``). ``pinned``: instance
+    targets a pipeline plan sizes (``autoscaler.pipeline_apply``): left alone here, counted in the budgets."""
     budget = _Budget(view, history.derate)
     streaks: dict[str, int] = {}
     derates: dict[str, float] = {}
@@ -142,8 +145,8 @@ def decide(view: ClusterView, history: History, config: PolicyConfig) -> ModelPl
     for worker in sorted(view.workers, key=lambda w: w.id):
         for inst in worker.instances:
             option = view.variants.get(inst.variant_key)
-            if option is None:
-                continue  # no longer a ready variant: the query engine unloads it
+            if option is None or instance_target(worker.id, inst.variant_key) in pinned:
+                continue  # no longer a ready variant (the query engine unloads it), or a planned pipeline stage
             target = instance_target(worker.id, inst.variant_key)
             derate = history.derate.get(target, 1.0)
             capacity = effective_capacity(inst, option, history.derate)

@@ -48,6 +48,9 @@ class Query:
     inputs: Mapping[str, Any]
     allowed: Callable[[ModelInfo], bool] = lambda _model: True  # which models the caller may use
     tenant: str = ""
+    # Only these variants (``model/variant`` keys) when any of them is ready: a planned pipeline stage's
+    # (``infaas.pipelines.serving``); ``None`` lets the selector choose among every ready one.
+    variants: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,8 @@ class QueryEngine:
         requirements = query.requirements
         models = self._resolve(query.allowed, requirements.model, requirements.task)
         candidates, arrays, batch = self._candidates(models, query.inputs)
+        if query.variants is not None:
+            candidates = [c for c in candidates if c.key in query.variants] or candidates
         if requirements.batch != batch:  # ``replace`` costs ~2 µs; most queries already say their batch (1)
             requirements = replace(requirements, batch=batch)
         snapshot = self.workers.snapshot()

@@ -98,9 +98,13 @@ def plan_pipeline(services: Services, info: PipelineInfo, allowed: Callable[[Mod
             f"stage(s) {empty} have no ready, profiled variant meeting their min_accuracy yet: wait for the builds"
         )
     scale = ScaleFactors.from_json(info.scale_factors)
-    _check_objective(spec, options, scale)
+    service_ms = _check_objective(spec, options, scale)
     planned = plan(spec, options, scale.edges, arrival_times(spec.arrivals))
-    document = planned.to_json(options) | {"planned_at": datetime.now(UTC).isoformat(), "scale_factors": scale.stages}
+    document = planned.to_json(options) | {
+        "planned_at": datetime.now(UTC).isoformat(),
+        "scale_factors": scale.stages,
+        "service_ms": round(service_ms, 3),  # the tuner's shortest envelope window
+    }
     return store_of(services).set_plan(info.name, document)
 
 

@@ -2,7 +2,10 @@
 
 A stage's query is a query like any other (``QueryEngine.infer``: the selector chooses, the worker batches it
 with other queries, live state and the accounting record it), asking for the planned model of the stage (the
-stage's model, or for a task stage the model the plan chose, else the task) and the stage's accuracy floor.
+stage's model, or for a task stage the model the plan chose, else the task) and the stage's accuracy floor, and
+pinned to the plan's variant (``Query.variants``) while that variant is ready: the autoscaler loads it with the
+plan's replicas and batch cap (``autoscaler.loop``), so the stage runs as it was planned. Every query's arrival
+is logged for the tuner (``infaas.pipelines.arrivals``).
 Tensors go from stage to stage as numpy arrays without leaving the process; the rows a conditional edge drops
 never reach the stage after it (``infaas.pipelines.dag``).
 """
@@ -18,6 +21,7 @@ import numpy as np
 
 from infaas.catalog import ModelInfo
 from infaas.engine import Query, QueryEngine, ServedBy
+from infaas.pipelines.arrivals import arrivals_of
 from infaas.pipelines.dag import run_dag
 from infaas.pipelines.spec import PipelineSpec
 from infaas.selector import Requirements
@@ -44,6 +48,15 @@ def stage_requirements(spec: PipelineSpec, plan: Mapping[str, Any] | None) -> di
     return out
 
 
+def stage_variants(spec: PipelineSpec, plan: Mapping[str, Any] | None) -> dict[str, frozenset[str] | None]:
+    """The variant each stage's query is pinned to: the plan's (``model/variant``), ``None`` without a plan."""
+    planned = (plan or {}).get("stages", {})
+    return {
+        stage.name: frozenset({f"{p['model']}/{p['variant']}"}) if (p := planned.get(stage.name)) else None
+        for stage in spec.stages
+    }
+
+
 def serve_pipeline(
     engine: QueryEngine,
     spec: PipelineSpec,
@@ -55,11 +68,13 @@ def serve_pipeline(
     """Run one pipeline query (blocking: call it off the event loop); ``InvalidInput`` on wrong inputs."""
     started = time.perf_counter()
     arrays, rows = conform_inputs(spec.inputs, inputs)
+    arrivals_of(engine).record(spec.name)
     requirements = stage_requirements(spec, plan)
+    pinned = stage_variants(spec, plan)
 
     def run_stage(stage: str, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         stage_started = time.perf_counter()
-        answer = engine.infer(Query(requirements[stage], feeds, allowed, tenant), "pipeline")
+        answer = engine.infer(Query(requirements[stage], feeds, allowed, tenant, pinned[stage]), "pipeline")
         served: ServedBy = answer.served_by
         report = dict(vars(served)) | {"stage_ms": (time.perf_counter() - stage_started) * 1000.0}
         return answer.outputs, report
@@ -75,4 +90,4 @@ def serve_pipeline(
     return PipelineAnswer(outputs, stages, rows, (time.perf_counter() - started) * 1000.0)
 
 
-__all__ = ["PipelineAnswer", "serve_pipeline", "stage_requirements"]
+__all__ = ["PipelineAnswer", "serve_pipeline", "stage_requirements", "stage_variants"]

@@ -206,6 +206,10 @@ class RemoteWorkerClient(WorkerClient):
     def remove_replica(self, variant_key: str) -> int:
         return int(self._json("POST", "/replicas/remove", orjson.dumps({"variant_key": variant_key}))["replicas"])
 
+    def set_max_batch(self, variant_key: str, max_batch: int) -> int:
+        body = orjson.dumps({"variant_key": variant_key, "max_batch": max_batch})
+        return int(self._json("POST", "/max_batch", body)["max_batch"])
+
     def status(self) -> WorkerStatus:
         data = self._json("GET", "/status")
         instances = tuple(InstanceStatus(**i) for i in data.pop("instances"))

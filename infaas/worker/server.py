@@ -227,6 +227,10 @@ def create_worker_app(service: WorkerService) -> FastAPI:
     def remove_replica(body: dict[str, str]) -> dict[str, int]:
         return {"replicas": worker.remove_replica(body["variant_key"])}
 
+    @app.post("/max_batch")
+    def set_max_batch(body: dict[str, str | int]) -> dict[str, int]:
+        return {"max_batch": worker.set_max_batch(str(body["variant_key"]), int(body["max_batch"]))}
+
     @app.get("/status")
     def status() -> Response:
         return Response(orjson.dumps(asdict(worker.status())), media_type="application/json")

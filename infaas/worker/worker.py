@@ -98,6 +98,11 @@ class WorkerClient(ABC):
     def status(self) -> WorkerStatus:
         """Resources and loaded instances."""
 
+    @abstractmethod
+    def set_max_batch(self, variant_key: str, max_batch: int) -> int:
+        """Cap the rows one session run of a loaded variant takes (a planned pipeline stage's batch); returns the
+        cap in force (1 for an instance that never concatenates requests, 0 if not loaded)."""
+
 
 class LocalWorker(WorkerClient):
     """Runs variants in this process, opened as the profiler opened them (``runtime.open_session``).
@@ -258,6 +263,14 @@ class LocalWorker(WorkerClient):
         instance.remove_replica()
         self._report(variant_key)
         return instance.replicas
+
+    def set_max_batch(self, variant_key: str, max_batch: int) -> int:
+        instance = self._instances.get(variant_key)
+        if instance is None:
+            return 0
+        if instance.batchable:
+            instance.max_batch = max(1, int(max_batch))
+        return instance.max_batch
 
     def _report(self, key: str) -> None:
         instance = self._instances.get(key)

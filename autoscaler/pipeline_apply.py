@@ -1,0 +1,194 @@
+"""Stored pipeline plans carried out on the workers, and resized by the tuner (issue 17, points 4 and 5).
+
+Each model-level period the control loop (``autoscaler.loop``) asks ``PipelineScaler.decide`` for the planned
+pipelines' actions: a stage holding fewer replicas of its planned variant than the plan says is brought to the
+plan (``apply_plan``); beyond that only the tuner (``autoscaler.pipeline_tuner``) moves it (``tune_up`` /
+``tune_down``). ``execute`` carries one out with the primitives the model level uses (``load``,
+``add_replica``, ``remove_replica`` on the worker clients) and caps the instance's batch at the planned batch
+(``set_max_batch``), so the stage serves as it was simulated. The model level leaves these instances alone
+(``pinned``): two controllers sizing one instance would undo each other.
+
+A stage's replicas live on one worker: the one already holding the most of them, else the one with the most free
+memory that runs the variant's hardware; what does not fit there is an action that failed, recorded with why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from autoscaler import pipeline_tuner
+from autoscaler.pipeline_tuner import PlannedPipeline, PlannedStage
+from autoscaler.policy_types import Action, instance_target
+from infaas.catalog import VariantInfo
+from infaas.hardware_kinds import required_hardware, runs_on
+from infaas.pipelines.arrivals import arrivals_of
+from infaas.pipelines.simulator import arrival_times
+from infaas.pipelines.spec import parse_spec
+from infaas.pipelines.store import PipelineInfo, PipelineStore
+from infaas.selector import Candidate
+from infaas.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    worker: str
+    replicas: int
+    max_batch: int
+
+
+def planned_pipeline(info: PipelineInfo, curves: Mapping[str, Candidate]) -> PlannedPipeline | None:
+    """The tuner's view of a stored plan (``None`` without a feasible plan whose variants are all ready)."""
+    plan = info.plan
+    if not plan or not plan.get("feasible"):
+        return None
+    spec = parse_spec(info.spec)
+    trace = arrival_times(spec.arrivals)
+    span = float(trace[-1] - trace[0]) if len(trace) > 1 else 0.0
+    scale = plan.get("scale_factors") or (info.scale_factors or {}).get("stages", {})
+    stages = []
+    for name, stage in plan["stages"].items():
+        key = f"{stage['model']}/{stage['variant']}"
+        candidate = curves.get(key)
+        if candidate is None:
+            return None  # rebuilt or deleted since planning: the plan no longer describes anything loadable
+        batch = int(stage["batch"])
+        service_ms = candidate.curve.service_ms(batch)
+        stages.append(
+            PlannedStage(
+                name=name,
+                variant=key,
+                batch=batch,
+                replicas=int(stage["replicas"]),
+                scale=float(scale.get(name, 1.0)),
+                utilisation=float(stage["utilisation"]),
+                throughput_per_s=batch * 1000.0 / service_ms if service_ms > 0 else 0.0,
+            )
+        )
+    service_s = float(plan.get("service_ms", plan["p99_ms"])) / 1000.0
+    return PlannedPipeline(
+        name=info.name,
+        stages=tuple(stages),
+        rate_per_s=(len(trace) - 1) / span if span > 0 else 0.0,
+        envelope=pipeline_tuner.envelope(trace, pipeline_tuner.windows(service_s)),
+    )
+
+
+class PipelineScaler:
+    """Decides and carries out the planned pipelines' actions for the control loop."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._envelopes: dict[tuple[str, str], PlannedPipeline] = {}  # (name, planned_at): envelopes are O(trace)
+
+    def _planned(self, curves: Mapping[str, Candidate]) -> list[PlannedPipeline]:
+        out = []
+        for info in PipelineStore(self.services.db).list():
+            if not info.plan:
+                continue
+            cache_key = (info.name, str(info.plan.get("planned_at")))
+            planned = self._envelopes.get(cache_key)
+            if planned is None:
+                planned = planned_pipeline(info, curves)
+                if planned is None:
+                    continue
+                self._envelopes[cache_key] = planned
+            out.append(planned)
+        return out
+
+    def _loaded(self) -> dict[str, list[_Loaded]]:
+        """Per variant key, where it is loaded (status of every reachable worker)."""
+        out: dict[str, list[_Loaded]] = {}
+        workers = self.services.engine.workers
+        for state in self.services.live.snapshot().workers:
+            client = workers.get(state.id)
+            if client is None:
+                continue
+            try:
+                status = client.status()
+            except Exception:
+                log.warning("status of worker %s failed", state.id, exc_info=True)
+                continue
+            for i in status.instances:
+                out.setdefault(i.variant_key, []).append(_Loaded(state.id, i.replicas, i.max_batch))
+        return out
+
+    def pinned(self, curves: Mapping[str, Candidate]) -> frozenset[str]:
+        """Instance targets (``worker/model/variant``) of planned stages: the model level keeps its hands off."""
+        keys = {s.variant for p in self._planned(curves) for s in p.stages}
+        if not keys:
+            return frozenset()
+        loaded = self._loaded()
+        return frozenset(instance_target(w.worker, key) for key in keys for w in loaded.get(key, ()))
+
+    def decide(self, curves: Mapping[str, Candidate]) -> list[Action]:
+        """This period's actions over every planned pipeline, and the batch caps put back where they drifted (an
+        instance reloaded after an eviction starts at its best profiled batch)."""
+        pipelines = self._planned(curves)
+        if not pipelines:
+            return []
+        loaded = self._loaded()
+        now = time.monotonic()
+        log_of = arrivals_of(self.services.engine)
+        actions: list[Action] = []
+        for planned in pipelines:
+            current = {s.name: sum(w.replicas for w in loaded.get(s.variant, ())) for s in planned.stages}
+            actions.extend(pipeline_tuner.decide(planned, np.asarray(log_of.recent(planned.name, now)), now, current))
+            for stage in planned.stages:
+                for where in loaded.get(stage.variant, ()):
+                    if where.max_batch != stage.batch:
+                        self._set_batch(where.worker, stage.variant, stage.batch)
+        return actions
+
+    def _set_batch(self, worker_id: str, key: str, batch: int) -> int:
+        client = self.services.engine.workers.get(worker_id)
+        return client.set_max_batch(key, batch) if client is not None else 0
+
+    def execute(self, action: Action, variant: VariantInfo) -> str:
+        """Bring ``action.variant`` to ``action.count`` replicas with its batch capped; returns what happened."""
+        key, want = variant.key, action.count
+        batch = int(action.inputs.get("batch", 0)) or None
+        where = sorted(self._loaded().get(key, ()), key=lambda w: -w.replicas)
+        have = sum(w.replicas for w in where)
+        workers = self.services.engine.workers
+        if want > have:
+            home = where[0].worker if where else self._home(variant)
+            client = workers.get(home)
+            if client is None:
+                raise LookupError(f"worker {home} is not reachable from this front-end")
+            replicas = where[0].replicas if where else 0
+            if not where:
+                client.load(variant)
+                replicas = 1
+            for _ in range(want - have - (0 if where else 1)):
+                replicas = client.add_replica(variant)
+            placed = f"{replicas} replica(s) on {home}"
+        else:
+            removed = 0
+            for w in where:
+                client = workers.get(w.worker)
+                for _ in range(w.replicas - 1):
+                    if have - removed <= want or client is None:
+                        break
+                    client.remove_replica(key)
+                    removed += 1
+            placed = f"{have - removed} replica(s)"
+        caps = sorted({self._set_batch(w.worker, key, batch) for w in self._loaded().get(key, ())}) if batch else []
+        return f"{placed}; batch cap {caps or 'unchanged'}"
+
+    def _home(self, variant: VariantInfo) -> str:
+        """The worker with the most free memory that runs ``variant``."""
+        needed = required_hardware(variant)
+        states = [s for s in self.services.live.snapshot().workers if not s.draining and runs_on(needed, s.hardware)]
+        if not states:
+            raise LookupError(f"no worker runs {variant.key}")
+        return max(states, key=lambda s: (s.memory_budget_mb - s.memory_used_mb, s.id == "local")).id
+
+
+__all__ = ["PipelineScaler", "planned_pipeline"]
