@@ -17,6 +17,7 @@ from infaas.cli.jobs import job_app, jobs_worker
 from infaas.cli.keys import keys_app
 from infaas.cli.pipelines import pipeline_app, pipelines_command
 from infaas.cli.query import query_command
+from infaas.cli.topk import topk_command
 from infaas.cli.worker import worker_command
 from infaas.config import get_settings
 
@@ -31,6 +32,7 @@ app.add_typer(pipeline_app, name="pipeline")
 app.command("worker")(worker_command)
 app.command("decisions")(decisions_command)
 app.command("query")(query_command)
+app.command("topk")(topk_command)
 app.command("jobs")(jobs_worker)
 app.command("pipelines")(pipelines_command)
 out = Console()
