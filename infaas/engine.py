@@ -23,6 +23,7 @@ import numpy as np
 from infaas import offload, tracing
 from infaas.calibration import Calibration
 from infaas.candidates import CandidateCache
+from infaas.cascade_session import STAGE_OUTPUT, split_stages
 from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
 from infaas.fair_share import FairShare
@@ -70,6 +71,8 @@ class ServedBy:
     cost: float
     slo_at_risk: bool
     reason: str
+    # A cascade's (``infaas.cascade_session``): rows its expensive stage answered, their share, and each row's stage.
+    cascade: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,9 @@ class QueryEngine:
         model, name, worker, rows = variant.model_name, variant.name, decision.worker, decision.batch
         estimated_ms, queue_ms, cost = decision.estimated_ms, result.queue_ms, decision.estimated_cost
         slo_at_risk, reason, latency_ms = decision.slo_at_risk, decision.reason, requirements.latency_ms
+        outputs, cascade = result.outputs, None
+        if STAGE_OUTPUT in outputs:  # a cascade: the per-row stage goes to served_by, not to the answer
+            outputs, cascade = split_stages(outputs)
         # Positional, in field order: keywords cost ~1 µs more per record on this path (two records a query).
         served_by = ServedBy(
             model,
@@ -349,6 +355,7 @@ class QueryEngine:
             cost,
             slo_at_risk,
             reason,
+            cascade,
         )
         record = QueryRecord(
             time.time(),
@@ -379,7 +386,7 @@ class QueryEngine:
                 worker_ms=queue_ms + result.service_ms,
                 budget_ms=latency_ms,
             )
-        return Answer(result.outputs, served_by, record)
+        return Answer(outputs, served_by, record)
 
     # -- models and inputs ----------------------------------------------------------------------
     def _resolve(self, allowed: Callable[[ModelInfo], bool], model: str | None, task: str | None) -> list[ModelInfo]:

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from infaas import cuda
+from infaas.cascade_session import CASCADE, CascadeSession, read_bundle
 from infaas.errors import Unavailable
 from infaas.hardware_kinds import TENSORRT_ENGINE  # the "provider" of a native engine: no ONNX Runtime involved
 from infaas.tensorrt_engine import EngineSession
@@ -95,6 +96,8 @@ def open_session(
     recorded input shapes (``VariantInfo.input_shapes``), which the warm-up runs at.
     """
     session: Session
+    if CASCADE in providers:
+        return open_cascade(path, device, shapes)
     if TENSORRT_ENGINE in providers:
         require_cuda()
         session = EngineSession(path, import_tensorrt(), device or 0)
@@ -107,6 +110,18 @@ def open_session(
         session = ort_session
     warm_up(session, shapes)
     return session
+
+
+def open_cascade(path: Path, device: int | None = None, shapes: Shapes | None = None) -> CascadeSession:
+    """A cascade bundle (``infaas.cascade_session``) as one session: each member opened with its own providers
+    and threads, and warmed, as ``open_session`` opens any variant."""
+    spec, cheap, expensive = read_bundle(path)
+    stages = []
+    for member, model in ((spec.cheap, cheap), (spec.expensive, expensive)):
+        stage = create_session(model, member.providers, member.threads, device)
+        warm_up(stage, shapes)
+        stages.append(stage)
+    return CascadeSession(spec, stages[0], stages[1])
 
 
 def warm_up(session: Session, shapes: Shapes | None = None) -> bool:

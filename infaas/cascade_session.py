@@ -1,0 +1,220 @@
+"""A cascade served like any variant: a cheap stage answers the rows it is confident about, the rest escalate.
+
+A kept cascade (built by ``variant_generator.cascades``) is a *virtual variant*: a variant row of kind
+``cascade`` whose artifact is a bundle -- a zip holding ``cascade.json`` (members, threshold, confidence rule)
+and both members' ONNX files -- opened by the one artifact loader (``infaas.runtime.open_session``) when the
+variant's providers are ``(CASCADE,)``. So the profiler measures its latency and throughput by running it, with
+the real split of rows, and a worker serves it exactly as it serves any variant.
+
+The bundle carries the members' files rather than their store keys: a remote worker fetches one key from the
+store (S3 included), and a member rebuilt later cannot silently change the model a threshold was tuned on.
+The price is storage (the members' bytes twice); the zoo's largest pair, digits-cnn with digits-mlp-large, is
+about 20 MB.
+
+``run``: the cheap stage runs on the whole batch; rows whose confidence is below the threshold are gathered
+into one batch for the expensive stage; outputs are merged in row order, so the answer has the expensive
+model's outputs, names, dtypes and shapes -- plus ``STAGE_OUTPUT`` (int8 per row, 0 cheap, 1 expensive),
+which the engine removes from the answer and reports in ``served_by`` (an offline job's result keeps it).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+CASCADE = "Cascade"  # the "provider" of a cascade variant: ``open_session`` opens it as a ``CascadeSession``
+KIND = "cascade"  # its variant kind
+STAGE_OUTPUT = "cascade_stage"  # extra output: which stage answered each row (0 cheap, 1 expensive)
+SPEC_FILE = "cascade.json"
+FORMAT = 1
+
+Rule = Literal["max_prob", "margin"]
+RULES: tuple[Rule, ...] = ("max_prob", "margin")
+_SUM_TOLERANCE = 1e-3  # rows summing to 1 within this, all in [0, 1], are taken as probabilities already
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """Class probabilities of ``[rows, classes]`` scores: as they are when every row already is a distribution
+    (a scikit-learn ``probabilities`` output), else the softmax of the scores (logits)."""
+    values = np.asarray(scores, dtype=np.float64)
+    if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+        if np.all(np.abs(values.sum(axis=1) - 1.0) <= _SUM_TOLERANCE):
+            return values
+    shifted = values - values.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def confidence(scores: np.ndarray, rule: Rule) -> np.ndarray:
+    """Per-row confidence of multi-class scores: ``max_prob`` (the top probability) or ``margin`` (top-1 minus
+    top-2 probability). Both are in [0, 1] for any number of classes (not only binary); NaN scores give NaN,
+    which is below every threshold, so such a row escalates."""
+    probs = probabilities(scores)
+    if rule == "max_prob":
+        return probs.max(axis=1)
+    top2 = np.partition(probs, -2, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One stage: the variant it was (``model/variant``), how it runs, and its file inside the bundle."""
+
+    key: str
+    providers: tuple[str, ...]
+    threads: int
+    file: str
+
+
+@dataclass(frozen=True)
+class CascadeSpec:
+    """What a bundle's ``cascade.json`` says: rows whose cheap confidence (``rule``) is at least ``threshold`` are
+    answered by ``cheap``; ``score_index`` is the cheap output the confidence is read from."""
+
+    cheap: Member
+    expensive: Member
+    rule: Rule
+    threshold: float
+    score_index: int
+
+    def to_json(self) -> str:
+        """The spec as stored in the bundle."""
+        return json.dumps({"format": FORMAT, **asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> CascadeSpec:
+        """Read a bundle's spec; ``ValueError`` for another format or a bad rule."""
+        data = json.loads(text)
+        if data.get("format") != FORMAT:
+            raise ValueError(f"cascade spec format {data.get('format')!r} is not {FORMAT}")
+        if data["rule"] not in RULES:
+            raise ValueError(f"cascade rule {data['rule']!r} is not one of {', '.join(RULES)}")
+        members = {k: Member(**{**data[k], "providers": tuple(data[k]["providers"])}) for k in ("cheap", "expensive")}
+        return cls(
+            cheap=members["cheap"],
+            expensive=members["expensive"],
+            rule=data["rule"],
+            threshold=float(data["threshold"]),
+            score_index=int(data["score_index"]),
+        )
+
+
+def write_bundle(path: Path, spec: CascadeSpec, cheap: Path, expensive: Path) -> Path:
+    """Write the bundle at ``path``: the spec and both members' ONNX files (stored, not compressed: they are
+    read once per load and ONNX weights barely compress)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as bundle:
+        bundle.writestr(SPEC_FILE, spec.to_json())
+        bundle.write(cheap, spec.cheap.file)
+        bundle.write(expensive, spec.expensive.file)
+    return path
+
+
+def read_spec(path: Path) -> CascadeSpec:
+    """The spec of the bundle at ``path``."""
+    with zipfile.ZipFile(path) as bundle:
+        return CascadeSpec.from_json(bundle.read(SPEC_FILE).decode())
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    shape: Sequence[int | str | None]
+    type: str
+
+
+class _Runner(Protocol):
+    """What a stage needs of a session: ``infaas.runtime.Session``'s shape (not imported: runtime imports us)."""
+
+    def get_inputs(self) -> Sequence[Any]: ...
+
+    def get_outputs(self) -> Sequence[Any]: ...
+
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray], /) -> list[np.ndarray]: ...
+
+
+class CascadeSession:
+    """Both stages of a cascade behind the ``Session`` shape (``get_inputs``, ``get_outputs``, ``run``).
+
+    ``cheap`` and ``expensive`` are opened sessions; their inputs must be the same, and their outputs the same
+    in number, with a batch axis first (checked when the cascade is built). ``infaas.runtime.open_session``
+    opens them from a bundle, each with its own providers and threads. ``outputs`` are the expensive member's,
+    plus ``STAGE_OUTPUT``.
+    """
+
+    def __init__(self, spec: CascadeSpec, cheap: _Runner, expensive: _Runner) -> None:
+        self.spec = spec
+        self._cheap, self._expensive = cheap, expensive
+        self._inputs = list(expensive.get_inputs())
+        outputs = list(expensive.get_outputs())
+        self._names = [o.name for o in outputs]
+        self._outputs = [*outputs, _Tensor(STAGE_OUTPUT, [outputs[0].shape[0] if outputs else "batch"], "tensor(int8)")]
+
+    def get_inputs(self) -> Sequence[Any]:
+        """The expensive member's inputs (the same as the cheap one's)."""
+        return self._inputs
+
+    def get_outputs(self) -> Sequence[Any]:
+        """The expensive member's outputs, then ``STAGE_OUTPUT``."""
+        return self._outputs
+
+    def stages(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Every output of the cascade on ``feeds`` in the expensive member's order, and the per-row escalation
+        mask (True: answered by the expensive stage)."""
+        cheap = self._cheap.run(None, feeds)
+        conf = confidence(cheap[self.spec.score_index], self.spec.rule)
+        escalate = ~(conf >= self.spec.threshold)  # NaN confidence escalates
+        merged = [np.array(out, copy=True) for out in cheap]
+        if escalate.any():
+            rows = np.flatnonzero(escalate)
+            answered = self._expensive.run(None, {name: array[rows] for name, array in feeds.items()})
+            merged = [
+                _merge(out, expensive_out, rows, escalate.all())
+                for out, expensive_out in zip(merged, answered, strict=True)
+            ]
+        return merged, escalate
+
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray], /) -> list[np.ndarray]:
+        """The named outputs (every output for ``None``): merged in row order, the stage of each row last."""
+        merged, escalate = self.stages(feeds)
+        by_name = dict(zip(self._names, merged, strict=True))
+        by_name[STAGE_OUTPUT] = escalate.astype(np.int8)
+        return [by_name[name] for name in (output_names or [o.name for o in self._outputs])]
+
+
+def _merge(cheap: np.ndarray, expensive: np.ndarray, rows: np.ndarray, everything: bool) -> np.ndarray:
+    """``cheap`` with ``rows`` replaced by the expensive stage's answers, in the expensive stage's dtype."""
+    if everything:
+        return expensive
+    out = cheap.astype(expensive.dtype, copy=False)
+    if out.shape[1:] != expensive.shape[1:]:
+        raise ValueError(f"cascade stages disagree on an output's shape: {cheap.shape} vs {expensive.shape}")
+    out[rows] = expensive
+    return out
+
+
+def split_stages(outputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A cascade's answer without ``STAGE_OUTPUT``, and what ``served_by`` says of it: how many rows the expensive
+    stage answered, their share, and each row's stage (``cheap`` or ``expensive``)."""
+    answer = dict(outputs)
+    stages = np.asarray(answer.pop(STAGE_OUTPUT)).reshape(-1)
+    escalated = int(stages.sum())
+    rows = len(stages)
+    return answer, {
+        "rows": rows,
+        "escalated": escalated,
+        "escalation_share": escalated / rows if rows else 0.0,
+        "stages": ["expensive" if s else "cheap" for s in stages.tolist()],
+    }
+
+
+def read_bundle(path: Path) -> tuple[CascadeSpec, bytes, bytes]:
+    """A bundle's spec and its cheap and expensive members' ONNX bytes (``infaas.runtime`` opens them)."""
+    with zipfile.ZipFile(path) as bundle:
+        spec = CascadeSpec.from_json(bundle.read(SPEC_FILE).decode())
+        return spec, bundle.read(spec.cheap.file), bundle.read(spec.expensive.file)
