@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Body, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -15,12 +16,15 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import PrincipalDep, ServicesDep, can_use
 from api.request_body import read_body
 from api.schemas import DeletedOut, ErrorOut
-from infaas.auth import model_namespace
+from infaas.auth import Principal, model_namespace
+from infaas.catalog import ModelInfo
 from infaas.errors import BadRequest
+from infaas.oip import InferRequest, tensor_metadata
 from infaas.pipelines.registry import plan_pipeline, register_pipeline, store_of, visible_pipeline
-from infaas.pipelines.serving import serve_pipeline
-from infaas.pipelines.spec import parse_spec
-from infaas.pipelines.store import PipelineInfo
+from infaas.pipelines.serving import PipelineAnswer, serve_pipeline
+from infaas.pipelines.spec import PipelineSpec, parse_spec
+from infaas.pipelines.store import PipelineInfo, UnknownPipeline
+from infaas.services import Services
 
 router = APIRouter(
     prefix="/v1/pipelines",
@@ -126,3 +130,90 @@ async def infer(name: str, request: Request, services: ServicesDep, principal: P
         "latency_ms": answer.latency_ms,
     }
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+# -- a pipeline called by name as an OIP model (``/v2/models/{name}``, when no model has that name) ---------------
+
+
+def oip_pipeline(services: Services, principal: Principal, name: str) -> PipelineInfo | None:
+    """The pipeline an OIP model name means: one the caller may see, when no model the caller may use is so named
+    (a model wins: existing clients of a model keep getting the model)."""
+    model = services.engine.cache.model(name)
+    if model is not None and can_use(principal, model):
+        return None
+    try:
+        return visible_pipeline(services, name, principal.tenant, principal.is_admin)
+    except UnknownPipeline:
+        return None
+
+
+def _sink_models(services: Services, spec: PipelineSpec, plan: dict[str, Any] | None) -> dict[str, ModelInfo | None]:
+    planned = (plan or {}).get("stages", {})
+    out: dict[str, ModelInfo | None] = {}
+    cache = services.engine.cache
+    for sink in spec.sinks():
+        stage = spec.stage(sink)
+        name = stage.model or (planned.get(sink) or {}).get("model")
+        if name is not None:
+            out[sink] = cache.model(name)
+        else:
+            of_task = cache.models_for_task(stage.task or "")
+            out[sink] = of_task[0] if of_task else None
+    return out
+
+
+def oip_metadata(services: Services, info: PipelineInfo) -> dict[str, Any]:
+    """OIP model metadata of a pipeline: its inputs; per sink stage ``<stage>.<output>`` and ``<stage>.rows`` (the
+    input rows that reached the sink: a conditional edge may drop some, so the sink's rows are not the input's)."""
+    spec = parse_spec(info.spec)
+    outputs: list[dict[str, Any]] = []
+    for sink, model in _sink_models(services, spec, info.plan).items():
+        outputs.append({"name": f"{sink}.rows", "datatype": "INT64", "shape": [-1]})
+        for tensor in model.outputs if model is not None else ():
+            outputs.append(tensor_metadata(tensor) | {"name": f"{sink}.{tensor.name}"})
+    return {
+        "name": info.name,
+        "versions": ["1"],
+        "platform": "infaas_pipeline",
+        "inputs": [tensor_metadata(t) for t in spec.inputs],
+        "outputs": outputs,
+    }
+
+
+def oip_ready(services: Services, info: PipelineInfo) -> bool:
+    """Every stage has a ready variant (of its model, or of one of its task's models)."""
+    cache = services.engine.cache
+    spec = parse_spec(info.spec)
+    for stage in spec.stages:
+        names = [stage.model] if stage.model else [m.name for m in cache.models_for_task(stage.task or "")]
+        if not any(cache.for_model(n) for n in names):
+            return False
+    return True
+
+
+def oip_infer(
+    services: Services, principal: Principal, info: PipelineInfo, request: InferRequest
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run an OIP request through the pipeline (blocking): the flat outputs ``oip_metadata`` names, and response
+    parameters per stage (``<stage>.variant``, ``.worker``, ``.batch``, ``.ms``, ``.rows``) and ``latency_ms``."""
+    answer: PipelineAnswer = serve_pipeline(
+        services.engine,
+        parse_spec(info.spec),
+        info.plan,
+        request.inputs,
+        lambda m: can_use(principal, m),
+        principal.tenant,
+    )
+    outputs: dict[str, Any] = {}
+    for sink, tensors in answer.outputs.items():
+        for name, value in tensors.items():
+            outputs[f"{sink}.{name}"] = np.asarray(value, dtype=np.int64 if name == "rows" else None)
+    parameters: dict[str, Any] = {"latency_ms": round(answer.latency_ms, 3)}
+    for stage, report in answer.stages.items():
+        parameters[f"{stage}.rows"] = report["rows_reached"]
+        if "variant" in report:
+            parameters[f"{stage}.variant"] = f"{report['model']}/{report['variant']}"
+            parameters[f"{stage}.worker"] = report["worker"]
+            parameters[f"{stage}.batch"] = report["batch"]
+            parameters[f"{stage}.ms"] = round(report["stage_ms"], 3)
+    return outputs, parameters

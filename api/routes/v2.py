@@ -16,10 +16,12 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from api.deps import PrincipalDep, ServicesDep, can_use, get_principal
 from api.request_body import read_body
+from api.routes.pipelines import oip_infer, oip_metadata, oip_pipeline, oip_ready
 from infaas import __version__
 from infaas.auth import Principal
 from infaas.catalog import ModelInfo
@@ -90,7 +92,10 @@ _INFER_ERRORS: dict[int | str, dict] = {
 @router.get("/models/{name}", responses=_MODEL_ERRORS)
 @router.get("/models/{name}/versions/{version}", responses=_MODEL_ERRORS)
 def model_metadata(name: str, services: ServicesDep, principal: PrincipalDep, version: str | None = None) -> Response:
-    """A model's tensors as OIP metadata (``-1`` marks a dynamic dimension)."""
+    """A model's tensors as OIP metadata (``-1`` marks a dynamic dimension); a pipeline's when no model has the
+    name (``api.routes.pipelines.oip_metadata``)."""
+    if version in (None, "", VERSION) and (pipeline := oip_pipeline(services, principal, name)) is not None:
+        return _ok(oip_metadata(services, pipeline))
     model = _model(services, principal, name, version)
     return _ok(
         {
@@ -106,9 +111,12 @@ def model_metadata(name: str, services: ServicesDep, principal: PrincipalDep, ve
 @router.get("/models/{name}/ready", responses=_MODEL_ERRORS)
 @router.get("/models/{name}/versions/{version}/ready", responses=_MODEL_ERRORS)
 def model_ready(name: str, services: ServicesDep, principal: PrincipalDep, version: str | None = None) -> Response:
-    """200 when the model has a ready variant, 503 while it is still being built."""
-    _model(services, principal, name, version)
-    is_ready = bool(services.engine.cache.for_model(name))
+    """200 when the model has a ready variant (a pipeline: every stage), 503 while it is still being built."""
+    if version in (None, "", VERSION) and (pipeline := oip_pipeline(services, principal, name)) is not None:
+        is_ready = oip_ready(services, pipeline)
+    else:
+        _model(services, principal, name, version)
+        is_ready = bool(services.engine.cache.for_model(name))
     return Response(
         orjson.dumps({"name": name, "ready": is_ready}),
         status_code=200 if is_ready else 503,
@@ -175,11 +183,22 @@ async def model_infer(request: Request) -> Response:
         version = request.query_params.get("version") if request.scope["query_string"] else None
     principal = await get_principal(request)
     services: Services = request.app.state.services
-    _model(services, principal, name, version)
+    pipeline = None
+    try:
+        _model(services, principal, name, version)
+    except NotFound:
+        if version in (None, "", VERSION):
+            pipeline = oip_pipeline(services, principal, name)  # a pipeline called by name as a model
+        if pipeline is None:
+            raise
     encoding, binary_header = _body_headers(request.scope)
     if encoding != "identity":
         raise BadRequest("compressed request bodies are not supported")
     body = await read_body(request)
+    if pipeline is not None:
+        decoded = decode_request(body, binary_header)
+        outputs, parameters = await run_in_threadpool(oip_infer, services, principal, pipeline, decoded)
+        return _encoded(decoded, name, outputs, parameters)
 
     def parse() -> tuple[Query, InferRequest]:
         decoded = decode_request(body, binary_header)
@@ -206,7 +225,11 @@ async def model_infer(request: Request) -> Response:
         "slo_at_risk": served.slo_at_risk,
         "reason": served.reason,
     }
-    body, header_length = encode_response(decoded, name, answer.outputs, parameters, VERSION)
+    return _encoded(decoded, name, answer.outputs, parameters)
+
+
+def _encoded(decoded: InferRequest, name: str, outputs: Any, parameters: dict[str, Any]) -> Response:
+    body, header_length = encode_response(decoded, name, outputs, parameters, VERSION)
     headers = {HEADER: str(header_length)} if header_length is not None else None
     media_type = "application/octet-stream" if header_length is not None else "application/json"
     return Response(body, headers=headers, media_type=media_type)
