@@ -29,7 +29,8 @@ from autoscaler import handover, model_level, pipeline_tuner, vm_level
 from autoscaler.pipeline_apply import PipelineScaler
 from autoscaler.policy_types import Action, ClusterView, History, InstanceLoad, PolicyConfig, VariantOption, WorkerLoad
 from autoscaler.providers import Provider, ProviderError, make_provider
-from infaas.catalog import VariantInfo
+from infaas.catalog import ProfileInfo, VariantInfo
+from infaas.replica_scaling import speedups
 from infaas.selector import Candidate
 from infaas.services import Services
 
@@ -55,11 +56,18 @@ def variant_option(candidate: Candidate, worker_cores: int, prices: dict[str, fl
         fidelity=candidate.fidelity,
         hardware=candidate.hardware,
         curve=tuple((p.batch_size, p.latency_p50_ms, p.throughput_per_s) for p in profiles),
+        replica_speedups=_replica_speedups(profiles),
         p99_ms=profiles[0].latency_p99_ms,
         memory_mb=candidate.curve.memory_mb,
         cores=cores,
         cost_per_hour=per_hour,
     )
+
+
+def _replica_speedups(profiles: list[ProfileInfo]) -> tuple[tuple[float, ...], ...]:
+    """Per profile, the measured speedups of 1, 2, ... replicas; ``()`` unless every batch size has them."""
+    measured = tuple(speedups(p.replica_throughput_per_s) for p in profiles)
+    return measured if all(measured) else ()
 
 
 class Autoscaler:

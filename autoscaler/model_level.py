@@ -58,6 +58,7 @@ from autoscaler.policy_types import (
     replicas_needed,
 )
 from infaas.hardware_kinds import runs_on
+from infaas.replica_scaling import speedup
 
 LEVEL = "model"
 UP_ACTIONS = frozenset({"add_replica", "upgrade", "place"})  # actions that start the down-after-up guard
@@ -158,7 +159,10 @@ def decide(
                 and utilization >= config.low_utilization
             )
             waiting = _waiting_rows(inst)
+            # The replicas drain the queue at their measured joint rate (``capacity`` is per replica, shared).
+            shared = capacity / (inst.capacity(option) * derate) if inst.capacity(option) > 0 else 1.0
             queue_ms = waiting / inst.rows_per_query / max(inst.replicas, 1) * option.latency_ms(inst.rows_per_query)
+            queue_ms /= shared
             queued = inst.budget_ms is not None and queue_ms > inst.budget_ms / 2
             over = utilization > config.high_utilization or slow or queued
             under = (
@@ -206,14 +210,14 @@ def decide(
                 )
                 budget.take(worker.id, option, -inst.replicas)
             elif streak >= config.up_periods:
-                planned, missing = _scale_up(view, worker, inst, option, capacity, budget, config, inputs)
+                planned, missing = _scale_up(view, worker, inst, option, derate, budget, config, inputs)
                 actions.extend(planned)
                 if missing:
                     unmet.append(target)
             elif streak <= -config.down_periods:
                 last_up = history.last_up.get(target)
                 if last_up is None or view.now - last_up >= config.down_after_up_s:
-                    actions.extend(_scale_down(view, worker, inst, option, capacity, budget, config, inputs))
+                    actions.extend(_scale_down(view, worker, inst, option, derate, budget, config, inputs))
     new_history = history.with_streaks(streaks).with_derate({k: v for k, v in derates.items() if v < 1.0})
     for action in actions:
         up = action.action in UP_ACTIONS
@@ -251,10 +255,30 @@ def _next_derate(derate: float, utilization: float, overloaded: bool, calm: bool
     return derate
 
 
-def _alt_capacity(inst: InstanceLoad, option: VariantOption, capacity: float, alt: VariantOption) -> float:
-    """Per-replica capacity of ``alt`` for this instance's queries, derated as much as ``option`` (whose
-    derated capacity is ``capacity``) has shown on this worker: the contention applies to any variant."""
-    return inst.capacity(alt) * capacity / inst.capacity(option)
+def _alt_capacity(inst: InstanceLoad, derate: float, alt: VariantOption) -> float:
+    """Capacity of one replica of ``alt`` alone for this instance's queries, derated as much as the loaded variant
+    has shown on this worker (``derate``): the contention applies to any variant."""
+    return inst.capacity(alt) * derate
+
+
+def _total(inst: InstanceLoad, option: VariantOption, derate: float, replicas: int) -> float:
+    """Rows/s ``replicas`` replicas of ``option`` serve together for this instance's queries: one alone times the
+    measured speedup (``infaas.replica_scaling``; linear when not measured), derated."""
+    return _alt_capacity(inst, derate, option) * speedup(inst.speedups(option), replicas)
+
+
+def _useful_here(inst: InstanceLoad, option: VariantOption, fits: int) -> int:
+    """Of the ``fits`` replicas that fit on the instance's worker, how many to add there: the count whose measured
+    joint rows/s is highest (the fewest on a tie). A replica that shares the cores so badly that the replicas
+    together serve less (two one-thread replicas of a tiny model at batch 1 served 0.48× one: each run is mostly
+    Python holding the GIL) is not added here; the demand goes to another worker or a faster variant instead.
+    Nor are more replicas put on one worker than were measured together (the profiler measures up to its cores)."""
+    speedups = inst.speedups(option)
+    if not speedups:
+        return fits
+    most = max(0, min(fits, len(speedups) - inst.replicas))
+    gains = [speedup(speedups, inst.replicas + h) for h in range(most + 1)]
+    return max(range(most + 1), key=lambda h: (gains[h], -h))
 
 
 def _alternatives(
@@ -279,17 +303,25 @@ def _scale_up(
     worker: WorkerLoad,
     inst: InstanceLoad,
     option: VariantOption,
-    capacity: float,
+    derate: float,
     budget: _Budget,
     config: PolicyConfig,
     inputs: dict,
 ) -> tuple[list[Action], bool]:
-    """Replicate, upgrade or place elsewhere; the flag says demand is left that fits nowhere."""
+    """Replicate, upgrade or place elsewhere; the flag says demand is left that fits nowhere.
+
+    Sized with the measured replica speedups (``infaas.replica_scaling``): replicas are added until their measured
+    joint rows/s is enough, only as many on this worker as raise what it serves, and a faster variant wins a tie on
+    cost when it serves more than the replicas would (1×2 against 2×1 on two cores, as measured)."""
     target = instance_target(worker.id, inst.variant_key)
-    needed = max(replicas_needed(inst.rate_per_s, capacity, config.target_utilization), inst.replicas + 1)
+    alone = _alt_capacity(inst, derate, option)
+    capacity = _total(inst, option, derate, max(inst.replicas, 1)) / max(inst.replicas, 1)
+    speedups = inst.speedups(option)
+    needed = max(replicas_needed(inst.rate_per_s, alone, config.target_utilization, speedups), inst.replicas + 1)
     add = needed - inst.replicas
-    here = min(add, budget.fits(worker.id, option, inst))
+    here = _useful_here(inst, option, min(add, budget.fits(worker.id, option, inst)))
     replicate_cost = add * option.cost_per_hour
+    replicated = _total(inst, option, derate, needed)
     inputs = {
         **inputs,
         "worker_free_cores": round(budget.cores[worker.id], 3),
@@ -299,14 +331,15 @@ def _scale_up(
 
     best: tuple[float, float, VariantOption, int] | None = None
     for alt in _alternatives(view, worker, option, inst):
-        alt_capacity = _alt_capacity(inst, option, capacity, alt)
+        alt_capacity = _alt_capacity(inst, derate, alt)
         if alt_capacity < capacity * config.faster_factor:
             continue
         # Enough replicas to beat what is loaded now as a whole: one two-thread replica that is faster
         # than one one-thread replica is still slower than the two one-thread replicas it would replace.
+        alt_speedups = inst.speedups(alt)
         alt_replicas = max(
-            replicas_needed(inst.rate_per_s, alt_capacity, config.target_utilization),
-            math.ceil(inst.replicas * capacity * config.faster_factor / alt_capacity),
+            replicas_needed(inst.rate_per_s, alt_capacity, config.target_utilization, alt_speedups),
+            replicas_needed(inst.replicas * capacity * config.faster_factor, alt_capacity, 1.0, alt_speedups),
         )
         freed_memory = inst.replicas * option.memory_mb
         freed_cores = inst.replicas * option.cores
@@ -319,9 +352,18 @@ def _scale_up(
         rank = (extra_cost, -alt_capacity, alt, alt_replicas)
         if best is None or rank[:2] < best[:2]:
             best = rank
-    if best is not None and (here < add or best[0] < replicate_cost):
+    serves_more = best is not None and _total(inst, best[2], derate, best[3]) > replicated
+    if best is not None and (here < add or best[0] < replicate_cost or (best[0] == replicate_cost and serves_more)):
         extra_cost, minus_alt_capacity, alt, alt_replicas = best
-        why = "replication does not fit" if here < add else f"+${extra_cost:.4f}/h < +${replicate_cost:.4f}/h"
+        if here < add:
+            why = "replication does not fit" if budget.fits(worker.id, option, inst) < add else "replication adds less"
+        elif best[0] < replicate_cost:
+            why = f"+${extra_cost:.4f}/h < +${replicate_cost:.4f}/h"
+        else:
+            why = (
+                f"same +${extra_cost:.4f}/h, serves {_total(inst, alt, derate, alt_replicas):.0f}/s vs "
+                f"{replicated:.0f}/s replicated (measured)"
+            )
         budget.take(worker.id, option, -inst.replicas)
         budget.take(worker.id, alt, alt_replicas)
         return [
@@ -392,15 +434,16 @@ def _scale_down(
     worker: WorkerLoad,
     inst: InstanceLoad,
     option: VariantOption,
-    capacity: float,
+    derate: float,
     budget: _Budget,
     config: PolicyConfig,
     inputs: dict,
 ) -> list[Action]:
-    """Remove replicas down to what the load needs, or downgrade a lone busy replica."""
+    """Remove replicas down to what the load needs (by their measured joint rows/s), or downgrade a lone busy one."""
     target = instance_target(worker.id, inst.variant_key)
+    alone = _alt_capacity(inst, derate, option)
     if inst.replicas > 1:
-        keep = replicas_needed(inst.rate_per_s, capacity, config.target_utilization)
+        keep = replicas_needed(inst.rate_per_s, alone, config.target_utilization, inst.speedups(option))
         if keep >= inst.replicas:
             return []
         budget.take(worker.id, option, -(inst.replicas - keep))
@@ -426,7 +469,7 @@ def _scale_down(
             or (alt.cost_per_hour == option.cost_per_hour and alt.memory_mb < 0.8 * option.memory_mb)
         )
         and (inst.budget_ms is None or alt.p99_at(inst.rows_per_query) <= inst.budget_ms / 2)
-        and inst.rate_per_s <= _alt_capacity(inst, option, capacity, alt) * config.target_utilization
+        and inst.rate_per_s <= _alt_capacity(inst, derate, alt) * config.target_utilization
         and alt.memory_mb - option.memory_mb <= budget.memory[worker.id]
         and alt.cores - option.cores <= budget.cores[worker.id]
     ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from infaas.accuracy import Fidelity
+from infaas.replica_scaling import speedup
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ class PolicyConfig:
 class VariantOption:
     """A ready, profiled variant as the policies see it.
 
-    ``curve`` holds ``(batch, p50 ms, throughput/s)`` per profiled batch size, ascending by batch.
+    ``curve`` holds ``(batch, p50 ms, throughput/s)`` per profiled batch size, ascending by batch, and
+    ``replica_speedups`` (when measured) at each of them the rows/s of 1, 2, ... replicas on one worker relative to
+    one (``infaas.replica_scaling``): what a replica added next to another really serves.
     ``cores`` is what one replica holds (its thread count, or all the worker's cores when 0).
     ``accuracy`` is in ``accuracy_metric`` and, with ``fidelity``, comes from ``infaas.accuracy`` (the selector's
     ``Candidate``): what an upgrade or downgrade must still offer the queries that asked for floors.
@@ -67,6 +70,7 @@ class VariantOption:
     accuracy_metric: str | None = None  # None with accuracy None (or in hand-made views: all in one metric)
     fidelity: Fidelity = Fidelity(None, None)
     hardware: tuple[str, ...] = ("cpu",)  # every kind a worker must run (``infaas.hardware_kinds.required_hardware``)
+    replica_speedups: tuple[tuple[float, ...], ...] = ()  # one per curve point; empty: not measured (linear)
 
     @property
     def service_ms(self) -> float:
@@ -96,9 +100,20 @@ class VariantOption:
         the best profiled throughput counts. Batches smaller than a query's rows never happen, so only
         profiled batches of at least that size count (the largest one when queries are bigger still).
         """
-        big_enough = [c for c in self.curve if c[0] >= rows_per_query] or [self.curve[-1]]
-        usable = [thr for _b, p50, thr in big_enough if budget_ms is None or p50 <= budget_ms / 2]
-        return max(usable) if usable else big_enough[0][2]
+        return self.curve[self._point(budget_ms, rows_per_query)][2]
+
+    def speedups(self, budget_ms: float | None, rows_per_query: float = 1.0) -> tuple[float, ...]:
+        """Measured speedups of 1, 2, ... replicas at the batch ``capacity`` is taken at (empty: not measured)."""
+        if not self.replica_speedups:
+            return ()
+        return self.replica_speedups[self._point(budget_ms, rows_per_query)]
+
+    def _point(self, budget_ms: float | None, rows_per_query: float) -> int:
+        """The curve point ``capacity`` reads: the highest throughput among usable batches (the first big enough
+        batch when none is usable)."""
+        big_enough = [i for i, c in enumerate(self.curve) if c[0] >= rows_per_query] or [len(self.curve) - 1]
+        usable = [i for i in big_enough if budget_ms is None or self.curve[i][1] <= budget_ms / 2]
+        return max(usable, key=lambda i: self.curve[i][2]) if usable else big_enough[0]
 
 
 @dataclass(frozen=True)
@@ -120,8 +135,12 @@ class InstanceLoad:
     fidelity_floor: float = 0.0  # the highest min_fidelity among recent queries it served
 
     def capacity(self, option: VariantOption) -> float:
-        """Rows/s one replica of ``option`` sustains for the queries this instance receives, as profiled."""
+        """Rows/s one replica of ``option`` sustains alone for the queries this instance receives, as profiled."""
         return option.capacity(self.budget_ms, self.rows_per_query)
+
+    def speedups(self, option: VariantOption) -> tuple[float, ...]:
+        """``option``'s measured replica speedups at the batch its capacity for these queries is taken at."""
+        return option.speedups(self.budget_ms, self.rows_per_query)
 
 
 def instance_target(worker_id: str, variant_key: str) -> str:
@@ -132,12 +151,16 @@ def instance_target(worker_id: str, variant_key: str) -> str:
 def effective_capacity(inst: InstanceLoad, option: VariantOption, derate: Mapping[str, float]) -> float:
     """Rows/s one replica of ``option`` really sustains on ``inst``'s worker: the one capacity model of both levels.
 
-    The profiled capacity for the queries it receives, times the derating the model level learned for this
-    instance (``History.derate``, 1 when it never missed objectives below ``high_utilization``). The VM
-    level counting busy cores from the profile alone saw a derated instance as lighter than the model level
-    did, and could drain the worker whose replicas the model level had just added for misses.
+    The profiled capacity for the queries it receives, shared as measured among the instance's replicas (its
+    ``replicas`` serve ``speedup`` single replicas' worth, ``infaas.replica_scaling``: not ``replicas`` times one
+    unless measured so), times the derating the model level learned for this instance (``History.derate``, 1 when
+    it never missed objectives below ``high_utilization``). The VM level counting busy cores from the profile alone
+    saw a derated instance as lighter than the model level did, and could drain the worker whose replicas the model
+    level had just added for misses.
     """
-    return inst.capacity(option) * derate.get(instance_target(inst.worker_id, inst.variant_key), 1.0)
+    replicas = max(inst.replicas, 1)
+    shared = speedup(inst.speedups(option), replicas) / replicas
+    return inst.capacity(option) * shared * derate.get(instance_target(inst.worker_id, inst.variant_key), 1.0)
 
 
 @dataclass(frozen=True)
@@ -243,8 +266,22 @@ def next_streak(previous: int, over: bool, under: bool) -> int:
     return 0
 
 
-def replicas_needed(rate_per_s: float, capacity_per_s: float, target_utilization: float) -> int:
-    """Replicas that serve ``rate_per_s`` with each at ``target_utilization``; at least one."""
+MAX_REPLICAS = 1_000  # a search bound, far above any worker count
+
+
+def replicas_needed(
+    rate_per_s: float, capacity_per_s: float, target_utilization: float, speedups: tuple[float, ...] = ()
+) -> int:
+    """Replicas that serve ``rate_per_s`` at ``target_utilization``; at least one.
+
+    ``capacity_per_s`` is one replica's alone; ``speedups`` (measured, ``infaas.replica_scaling``) what several
+    serve together: with them, the fewest replicas whose measured total is enough (linear when not measured).
+    """
     if capacity_per_s <= 0:
         return 1
-    return max(1, math.ceil(rate_per_s / (capacity_per_s * target_utilization)))
+    needed = max(1, math.ceil(rate_per_s / (capacity_per_s * target_utilization)))  # a lower bound: speedup <= n
+    if not speedups:
+        return needed
+    while needed < MAX_REPLICAS and capacity_per_s * speedup(speedups, needed) * target_utilization < rate_per_s:
+        needed += 1
+    return needed

@@ -31,6 +31,10 @@ class ProfileInfo:
     measured_at: datetime | None = None
     fidelity: float | None = None  # vs the original model's outputs (``infaas.accuracy``)
     fidelity_metric: str | None = None  # ``agreement``, ``cosine`` or ``1-rel-error``, ``-synthetic`` on random inputs
+    # Rows/s of 1, 2, ... replicas (each ``threads`` threads, one session per replica as a worker runs them) serving
+    # this batch size together on the profiling host's cores; empty when not measured. What replicas really add:
+    # the selector's queueing and the autoscaler's sizing read it instead of assuming linear scaling.
+    replica_throughput_per_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ def _profile_info(row: Profile) -> ProfileInfo:
         measured_at=row.measured_at,
         fidelity=row.fidelity,
         fidelity_metric=row.fidelity_metric,
+        replica_throughput_per_s=tuple(row.replica_throughput or ()),
     )
 
 
@@ -437,6 +438,7 @@ class MetadataStore:
                         accuracy_metric=p.accuracy_metric,
                         fidelity=p.fidelity,
                         fidelity_metric=p.fidelity_metric,
+                        replica_throughput=list(p.replica_throughput_per_s) or None,
                         host=p.host,
                         measured_at=p.measured_at or datetime.now(UTC),
                     )

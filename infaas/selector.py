@@ -41,6 +41,7 @@ from infaas.catalog import ModelInfo, VariantInfo
 from infaas.errors import BadRequest, Unavailable, Unprocessable
 from infaas.hardware_kinds import required_hardware, runs_on
 from infaas.live_state.base import LiveSnapshot, WorkerState
+from infaas.replica_scaling import speedup, speedups
 
 _COST_TIE = 1e-9  # relative: costs this close are equal, so loaded instances win
 
@@ -176,6 +177,9 @@ class ProfileCurve:
     load_ms: float
     memory_mb: float
     best_batch: int  # profiled batch with the highest throughput
+    # At ``best_batch``, rows/s of 1, 2, ... replicas on one worker relative to one (``infaas.replica_scaling``);
+    # empty when not measured (read as linear).
+    speedups: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, variant: VariantInfo) -> ProfileCurve:
@@ -191,6 +195,7 @@ class ProfileCurve:
             load_ms=max(p.load_ms for p in profiles),
             memory_mb=max(p.memory_mb for p in profiles),
             best_batch=best.batch_size,
+            speedups=speedups(best.replica_throughput_per_s),
         )
 
     def service_ms(self, batch: int) -> float:
@@ -300,13 +305,18 @@ def _queue_ms(rows: int, replicas: int, curve: ProfileCurve) -> float:
     """Tail wait behind ``rows`` outstanding rows (waiting or running) on ``replicas`` replicas.
 
     Fewer rows than replicas leaves a replica free: no wait. Otherwise the replicas drain the rows in rounds of
-    at most ``best_batch`` rows (the instance's batching), spread evenly, each round taking its profiled p99.
-    Counting requests instead priced a queued 64-row query like a 1-row one.
+    at most ``best_batch`` rows (the instance's batching), spread evenly, each round taking its profiled p99
+    stretched by how much less than ``replicas`` times one replica's rows/s they were measured to serve together
+    (``ProfileCurve.speedups``; not measured: not stretched). Counting requests instead priced a queued 64-row
+    query like a 1-row one.
     """
     if rows < replicas:
         return 0.0
     full, rest = divmod(math.ceil(rows / replicas), curve.best_batch)
-    return full * curve.tail_ms(curve.best_batch) + (curve.tail_ms(rest) if rest else 0.0)
+    wait = full * curve.tail_ms(curve.best_batch) + (curve.tail_ms(rest) if rest else 0.0)
+    if replicas > 1 and curve.speedups:
+        wait *= replicas / speedup(curve.speedups, replicas)
+    return wait
 
 
 class _Room:

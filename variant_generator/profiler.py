@@ -4,6 +4,13 @@ These numbers are what the selector trades latency, accuracy and cost on, so the
 same loader a worker serves with (``infaas.runtime.open_session``: runtime, providers, threads, warm-up)
 and bounded by ``settings.profile_runs`` / ``settings.profile_max_seconds`` so that building a small
 model takes seconds.
+
+Throughput under concurrency is measured, not assumed: a CPU variant of ``t`` threads is also run as k = 2 ..
+``worker_cores // t`` replicas at once (one session and one thread each, as a worker's ``Instance`` runs
+replicas) at every profiled batch size, so 1×2 (the all-cores variant) and 2×1 (two one-thread replicas) on two
+cores are both numbers. Two one-thread replicas of a small MLP served 0.48× one replica's rows/s at batch 1 (each
+run is mostly Python holding the GIL) and 1.48× at batch 4 on the 2-core build host (load average 5), not 2×
+(``tests/variant_generator/test_profiler_concurrency.py`` prints them).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import ctypes
 import ctypes.util
 import gc
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +39,7 @@ from variant_generator.base import BuildContext, VariantGenerator
 WARMUP_RUNS = 2
 MIN_RUNS = 3  # even a slow model gets a p50 that is not a single sample
 ACCURACY_BATCH = 64
+ROTATION = 64  # distinct batches a timing takes in turn (``_batches``)
 
 
 def _release_freed_memory() -> None:
@@ -54,21 +63,70 @@ def batch_sizes(model: ModelInfo) -> list[int]:
     return [*sizes, top]
 
 
+def _batches(data: ValidationSet, size: int) -> list[dict[str, np.ndarray]]:
+    """Successive ``size``-row batches of ``data`` (up to ``ROTATION``), which the timed runs take in turn.
+
+    A variant whose work depends on its rows -- a cascade escalates only its unconfident rows
+    (``infaas.cascade_session``) -- is then timed on the real split: at batch 1 one fixed row would be either
+    always or never escalated. For any other variant every batch costs the same.
+    """
+    return [data.batch(size, start * size) for start in range(min(ROTATION, max(1, -(-data.rows // size))))]
+
+
 def _time_batch(
-    session: Session, feeds: dict[str, np.ndarray], runs: int, budget_s: float
+    session: Session, batches: Sequence[dict[str, np.ndarray]], runs: int, budget_s: float
 ) -> tuple[list[float], float]:
-    """Warm runs, then up to ``runs`` timed runs within ``budget_s``; latencies (ms) and elapsed seconds."""
+    """Warm runs, then up to ``runs`` timed runs within ``budget_s``, taking ``batches`` in turn; latencies (ms)
+    and elapsed seconds."""
     for _ in range(WARMUP_RUNS):
-        session.run(None, feeds)
+        session.run(None, batches[0])
     latencies: list[float] = []
     started = time.perf_counter()
     while len(latencies) < max(runs, MIN_RUNS):
+        feeds = batches[len(latencies) % len(batches)]
         t0 = time.perf_counter()
         session.run(None, feeds)
         latencies.append((time.perf_counter() - t0) * 1000.0)
         if len(latencies) >= MIN_RUNS and time.perf_counter() - started > budget_s:
             break
     return latencies, time.perf_counter() - started
+
+
+def _concurrent_throughput(
+    sessions: Sequence[Session], feeds: dict[str, np.ndarray], rows: int, budget_s: float
+) -> float:
+    """Rows/s of ``sessions`` run together, each on its own thread in a loop for about ``budget_s`` (at least
+    ``MIN_RUNS`` runs each): ``session.run`` releases the GIL, so this is how a worker's replicas share its cores."""
+    start = threading.Barrier(len(sessions) + 1)
+    stop = threading.Event()
+    runs = [0] * len(sessions)
+
+    def loop(i: int, session: Session) -> None:
+        for _ in range(WARMUP_RUNS):
+            session.run(None, feeds)
+        start.wait()
+        done = 0
+        while done < MIN_RUNS or not stop.is_set():
+            session.run(None, feeds)
+            done += 1
+        runs[i] = done
+
+    threads = [threading.Thread(target=loop, args=(i, s), daemon=True) for i, s in enumerate(sessions)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    stop.wait(budget_s)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return rows * sum(runs) / (time.perf_counter() - began)
+
+
+def replica_counts(threads: int, cores: int) -> int:
+    """How many replicas of ``threads`` threads (0: every core) one worker of ``cores`` cores runs side by side
+    before they outnumber its cores: the replica counts the profiler measures (1 .. this)."""
+    return max(1, cores // threads) if threads > 0 else 1
 
 
 def _predict(session: Session, model: ModelInfo, data: ValidationSet) -> np.ndarray:
@@ -115,7 +173,9 @@ def profile_variant(
     ``data`` is the validation set's scoring rows (or deterministic synthetic inputs when none was registered):
     accuracy is scored against its labels, fidelity against ``reference``, the original model's first output on
     ``data``. ``memory_mb`` is the growth of this process's resident set from before loading to after the
-    largest batch ran (clamped at 0): a worker's footprint, not device memory.
+    largest batch ran (clamped at 0): a worker's footprint, not device memory. ``replica_throughput_per_s`` holds
+    rows/s of 1 .. ``replica_counts`` replicas serving together on ``settings.worker_cores`` cores (CPU variants;
+    empty for others, and when one replica already takes every core).
     """
     process = psutil.Process()
     _release_freed_memory()
@@ -126,9 +186,22 @@ def profile_variant(
     scores = _scores(session, model, data, reference)
 
     sizes = batch_sizes(model)
-    budget_s = settings.profile_max_seconds / len(sizes)
-    timings = {size: _time_batch(session, data.batch(size), max(1, settings.profile_runs), budget_s) for size in sizes}
-    memory_mb = max(0.0, (process.memory_info().rss - rss_before) / 2**20)
+    counts = replica_counts(threads, settings.worker_cores) if set(providers) <= set(CPU_PROVIDERS) else 1
+    budget_s = settings.profile_max_seconds / (len(sizes) * counts)
+    timings = {
+        size: _time_batch(session, _batches(data, size), max(1, settings.profile_runs), budget_s) for size in sizes
+    }
+    memory_mb = max(0.0, (process.memory_info().rss - rss_before) / 2**20)  # one replica's, before the others load
+    together: dict[int, list[float]] = {size: [] for size in sizes}
+    if counts > 1:
+        replicas = [session] + [
+            open_session(artifact, providers, threads, shapes=model.input_shapes) for _ in range(counts - 1)
+        ]
+        for size in sizes:
+            together[size] = [
+                _concurrent_throughput(replicas[:k], data.batch(size), size, budget_s) for k in range(2, counts + 1)
+            ]
+        del replicas
     host, now = socket.gethostname(), datetime.now(UTC)
     del session
     return [
@@ -139,6 +212,7 @@ def profile_variant(
             latency_p50_ms=float(np.percentile(latencies, 50)),
             latency_p99_ms=float(np.percentile(latencies, 99)),
             throughput_per_s=size * len(latencies) / elapsed,
+            replica_throughput_per_s=(size * len(latencies) / elapsed, *together[size]) if together[size] else (),
             memory_mb=memory_mb,
             accuracy=scores.accuracy,
             accuracy_metric=scores.accuracy_metric,

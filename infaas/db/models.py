@@ -139,6 +139,8 @@ class Profile(Base):
     accuracy_metric: Mapped[str | None] = mapped_column(String(32), nullable=True)
     fidelity: Mapped[float | None] = mapped_column(Float, nullable=True)  # vs the original's outputs
     fidelity_metric: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # rows/s of 1, 2, ... replicas together (``ProfileInfo.replica_throughput_per_s``); null when not measured
+    replica_throughput: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
     host: Mapped[str] = mapped_column(String(255))
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
