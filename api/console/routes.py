@@ -36,10 +36,12 @@ from api.console.auth import (
 from api.console.throttle import SignInThrottle
 from api.deps import ServicesDep
 from api.uploads import save_upload
+from autoscaler.pipeline_tuner import LEVEL as PIPELINE_LEVEL
 from infaas.accuracy import accuracy_of, fidelity_of
 from infaas.catalog import ModelInfo
 from infaas.errors import InfaasError, NotFound
 from infaas.live_state import LiveState
+from infaas.pipelines.store import PipelineStore
 from infaas.registration import NAME_PATTERN, RegistrationRequest, delete_model, register_model
 from infaas.scratch import make_scratch
 from infaas.services import Services
@@ -354,6 +356,17 @@ def decisions_page(
     """The autoscaler's decision log, newest first, with the inputs it acted on and its reason."""
     decisions = services.metadata.list_decisions(limit=200, level=level or None)
     return _render(request, session, "decisions.html", {"nav": "decisions", "decisions": decisions, "level": level})
+
+
+@router.get("/pipelines", response_class=HTMLResponse)
+def pipelines_page(request: Request, session: ConsoleSessionDep, services: ServicesDep) -> Response:
+    """Every pipeline: its DAG, scale factors, stored plan per stage, and the tuner's recent decisions."""
+    decisions = services.metadata.list_decisions(limit=500, level=PIPELINE_LEVEL)
+    rows = [
+        {"pipeline": p, "decisions": [d for d in decisions if d.target.startswith(f"{p.name}/")][:20]}
+        for p in PipelineStore(services.db).list()
+    ]
+    return _render(request, session, "pipelines.html", {"nav": "pipelines", "rows": rows})
 
 
 @router.get("/queries", response_class=HTMLResponse)
