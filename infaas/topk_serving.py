@@ -253,7 +253,7 @@ def held_out_rows(rows: int) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class _Caches:
     validation: dict[tuple[str, int], dict[str, np.ndarray] | None] = field(default_factory=dict)
-    scores: dict[tuple[str, int, str, int, int], np.ndarray] = field(default_factory=dict)
+    outputs: dict[tuple[str, int, str, int], np.ndarray] = field(default_factory=dict)
     choices: dict[tuple[Any, ...], Choice] = field(default_factory=dict)
 
 
@@ -486,14 +486,13 @@ class TopKService:
         tenant: str,
     ) -> np.ndarray:
         """The candidate's scores in ``column`` on every row of ``owner``'s validation set, served through the
-        engine (kept)."""
-        key = (candidate.key, candidate.variant.id, owner.name, owner.id, column)
-        found = self._caches.scores.get(key)
+        engine once per variant (every column is kept: each class's ranking reuses the run)."""
+        key = (candidate.key, candidate.variant.id, owner.name, owner.id)
+        found = self._caches.outputs.get(key)
         if found is None:
-            output, _stage = self._run(candidate, validation, None, allowed, tenant)
-            found = _column(output, column, candidate.model.name)
-            self._caches.scores[key] = found
-        return found
+            found, _stage = self._run(candidate, validation, None, allowed, tenant)
+            self._caches.outputs[key] = found
+        return _column(found, column, candidate.model.name)
 
     # -- serving ----------------------------------------------------------------------------------
     def _run(
