@@ -55,6 +55,9 @@ from infaas.topk import (
 )
 
 ENDPOINT = "topk"
+# A cascade (``infaas.cascade_session``'s variant kind) takes no part: each row's score comes from whichever member
+# answered it, on two models' scales, so its rows do not rank against each other.
+CASCADE_KIND = "cascade"
 MAX_VALIDATION_ROWS = 4096  # held-out rows scored per choice: enough for a 1,000-row query's bootstrap
 MIN_HALF_ROWS = 20  # fewer held-out rows per half than this and r is not chosen (the query is served exactly)
 # variant_generator.accuracy.ValidationSet.split: INT8-static calibrates on min(128, rows // 4) rows of a seeded
@@ -347,7 +350,10 @@ class TopKService:
                 first_error = first_error or exc
                 continue
             same = [m for m in ready if m.inputs == model.inputs]
-            return arrays, rows, [c for m in same for c in cache.for_model(m.name)]
+            candidates = [c for m in same for c in cache.for_model(m.name) if c.variant.kind != CASCADE_KIND]
+            if not candidates:
+                raise ModelNotReady(f"model {model.name!r} has no ready variant but cascades")
+            return arrays, rows, candidates
         assert first_error is not None
         raise first_error
 

@@ -199,3 +199,24 @@ def test_another_tenants_private_model_is_unknown(tmp_path: Path) -> None:
             mine.status_code == 200
             and mine.json()["indices"] == top_k(reference_outputs(model, _query(10))[:, 0], 2).tolist()
         )
+
+
+def test_a_cascade_variant_takes_no_part(client: TestClient, services: Services, pair: dict[str, bytes]) -> None:
+    # A cascade's rows are scored by whichever member answered them: not a ranking, even when it is "most accurate".
+    services.metadata.upsert_variant(
+        "big",
+        "cascade-cpu-fp32",
+        kind="cascade",
+        precision="fp32",
+        hardware="cpu",
+        threads=1,
+        providers=["CPUExecutionProvider"],
+        status="ready",
+        artifact_key="models/big/model.onnx",
+    )
+    services.metadata.replace_profiles("big", "cascade-cpu-fp32", profiles(SMALL_MS, accuracy=0.99))
+    body = client.post(
+        "/v1/topk", json={"task": TASK, "inputs": {"x": _query().tolist()}, "k": K, "column": COLUMN}
+    ).json()
+    assert body["expensive"]["variant"] == "cpu-fp32" and body["cheap"]["model"] == "small", body
+    assert all("cascade" not in c["cheap"] for c in body["calibration"]["considered"])
