@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Where a query came in (``QueryEngine.serve``'s and ``infer``'s ``endpoint``; ``pipeline``: each stage of a
-# pipeline query). Offline jobs do not go through the engine: they are counted by state (``infaas_jobs``).
-ENDPOINTS = ("v1", "oip", "pipeline")
+# pipeline query; ``topk``: each stage query of a top-K query). Offline jobs do not go through the engine: they are
+# counted by state (``infaas_jobs``).
+ENDPOINTS = ("v1", "oip", "pipeline", "topk")
 OUTCOMES = ("ok", "client_error", "server_error", "rejected", "slo_at_risk")
 
 # 1-2.5-5 per decade from 0.1 ms to 10 s: 16 buckets, each series exported with 18 samples per scrape; a p50

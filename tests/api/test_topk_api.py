@@ -15,6 +15,7 @@ from onnx import numpy_helper
 
 from infaas.services import Services
 from infaas.topk import top_k
+from tests.api.test_metrics import scrape, total
 from tests.factories import TASK, linear_model, profiles, reference_outputs, seed_model
 from tests.fuzz import secure_world
 
@@ -220,3 +221,14 @@ def test_a_cascade_variant_takes_no_part(client: TestClient, services: Services,
     ).json()
     assert body["expensive"]["variant"] == "cpu-fp32" and body["cheap"]["model"] == "small", body
     assert all("cascade" not in c["cheap"] for c in body["calibration"]["considered"])
+
+
+def test_stage_queries_are_counted_under_endpoint_topk(client: TestClient, pair: dict[str, bytes]) -> None:
+    body = {"task": TASK, "inputs": {"x": _query().tolist()}, "k": K, "column": COLUMN}
+    before = total(scrape(client), "infaas_requests_total", endpoint="topk")
+    answer = client.post("/v1/topk", json=body).json()
+    samples = scrape(client)
+    stage_queries = answer["cheap"]["queries"] + answer["expensive"]["queries"]
+    # The first query also scored the validation rows (800 rows: 4 queries per model) to choose r.
+    assert total(samples, "infaas_requests_total", endpoint="topk") - before == stage_queries + 8
+    assert total(samples, "infaas_requests_total", endpoint="topk", model="small", outcome="ok") >= 2
