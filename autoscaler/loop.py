@@ -37,6 +37,9 @@ from infaas.services import Services
 log = logging.getLogger(__name__)
 
 MODES = ("off", "dry-run", "on")
+# The window of the rate a burst is read at: one model period, so a burst is seen at its rate in the first period
+# after it starts (the statistics window, 5 s, reads a burst 1 s old at a fifth of its rate).
+RECENT_WINDOW_S = 1.0
 
 
 def variant_option(candidate: Candidate, worker_cores: int, prices: dict[str, float]) -> VariantOption:
@@ -266,6 +269,7 @@ class Autoscaler:
         variants = {k: v[1] for k, v in self._variants().items()}
         snapshot = live.snapshot()
         stats = live.instance_stats(self.stats_window_s)
+        recent = live.instance_stats(RECENT_WINDOW_S)  # a burst's rate now, which the window above lags
         wall = time.time()
         floors: dict[str, float] = {}  # the strictest min_accuracy of recent queries, per variant
         fidelity_floors: dict[str, float] = {}  # and min_fidelity: upgrades and downgrades must meet both
@@ -303,6 +307,7 @@ class Autoscaler:
             instances = []
             for key, replicas, idle_s in loaded:
                 stat = stats.get((state.id, key))  # this instance's own: the selector spreads load unevenly
+                now_stat = recent.get((state.id, key))
                 sizes = rows.get(key)
                 rows_per_query = sum(sizes) / len(sizes) if sizes else 1.0
                 if idle_s is None:
@@ -315,6 +320,7 @@ class Autoscaler:
                         replicas=replicas,
                         queue_depth=snapshot.depth(state.id, key),
                         rate_per_s=(stat.rate_per_s if stat else 0.0) * rows_per_query,
+                        recent_rate_per_s=(now_stat.rate_per_s if now_stat else 0.0) * rows_per_query,
                         p99_ms=stat.p99_ms if stat else 0.0,
                         slo_miss_rate=stat.slo_miss_rate if stat else 0.0,
                         infeasible_rate=stat.infeasible_rate if stat else 0.0,

@@ -21,11 +21,17 @@ below ``high_utilization`` has shown it sustains less, so its capacity is derate
 showed (``_next_derate``) and recovers slowly while it is calm. That keeps a replica added for misses
 from being removed again as soon as the rate alone looks low.
 
+Scaling up reads the instance's demand (``InstanceLoad.demand_per_s``): its windowed rate, or the last second's
+when that is higher, since a 5 s window reads a burst 1 s old at a fifth of its rate.
+
 A scale-up waits for ``up_periods`` overloaded periods in a row and a scale-down for
-``down_periods`` underloaded ones (hysteresis), no instance is touched twice within ``cooldown_s``,
-and none is scaled down within ``down_after_up_s`` of being scaled up, so load near a threshold does
-not make it flap. Replicas are sized to ``target_utilization``, which lies between the two thresholds,
-so the state reached by an action is inside the band and does not trigger the opposite action.
+``down_periods`` underloaded ones (hysteresis), except a *surge*, scaled up in its first overloaded period:
+demand at or above ``surge_utilization`` of what the replicas serve with rows already waiting or queries missing
+their budgets, or a queue whose drain alone takes the latency budget. Waiting a second period there only lets the
+queue grow (``benchmarks/burst.py``: a 10 s burst at 1.6x one replica's rows/s on a cold instance). No instance
+is touched twice within ``cooldown_s``, and none is scaled down within ``down_after_up_s`` of being scaled up, so
+load near a threshold does not make it flap. Replicas are sized to ``target_utilization``, which lies between the
+two thresholds, so the state reached by an action is inside the band and does not trigger the opposite action.
 
 Scaling up replicates within the worker's memory and core budget (cores counted as the busy cores of
 what is loaded, see ``_Budget``), or *upgrades* to a faster variant of the same model (INT8, more
@@ -151,7 +157,7 @@ def decide(
             target = instance_target(worker.id, inst.variant_key)
             derate = history.derate.get(target, 1.0)
             capacity = effective_capacity(inst, option, history.derate)
-            utilization = inst.rate_per_s / (max(inst.replicas, 1) * capacity)
+            utilization = inst.demand_per_s / (max(inst.replicas, 1) * capacity)
             # Misses count as overload only under real load: at negligible utilization more replicas cannot help.
             slow = (
                 inst.slo_miss_rate > config.slo_miss_threshold
@@ -165,6 +171,11 @@ def decide(
             queue_ms /= shared
             queued = inst.budget_ms is not None and queue_ms > inst.budget_ms / 2
             over = utilization > config.high_utilization or slow or queued
+            # The replicas do not keep up now (a queue stands, or queries miss), or what waits already misses.
+            behind = waiting > 0 or inst.slo_miss_rate > config.slo_miss_threshold
+            surge = (utilization >= config.surge_utilization and behind) or (
+                inst.budget_ms is not None and queue_ms > inst.budget_ms
+            )
             under = (
                 utilization < config.low_utilization
                 and inst.slo_miss_rate <= config.slo_miss_threshold
@@ -178,6 +189,7 @@ def decide(
                 continue
             inputs = {
                 "rate_per_s": round(inst.rate_per_s, 3),
+                "recent_rate_per_s": round(inst.recent_rate_per_s, 3),
                 "replicas": inst.replicas,
                 "capacity_per_replica_per_s": round(capacity, 3),
                 "capacity_derate": round(derate, 3),
@@ -195,6 +207,7 @@ def decide(
                 "budget_ms": inst.budget_ms,
                 "rows_per_query": round(inst.rows_per_query, 1),
                 "streak": streak,
+                "surge": over and surge,
             }
             if inst.idle_s >= config.idle_unload_s and inst.queue_depth == 0:
                 actions.append(
@@ -209,7 +222,7 @@ def decide(
                     )
                 )
                 budget.take(worker.id, option, -inst.replicas)
-            elif streak >= config.up_periods:
+            elif streak >= config.up_periods or (over and surge):
                 planned, missing = _scale_up(view, worker, inst, option, derate, budget, config, inputs)
                 actions.extend(planned)
                 if missing:
@@ -317,7 +330,7 @@ def _scale_up(
     alone = _alt_capacity(inst, derate, option)
     capacity = _total(inst, option, derate, max(inst.replicas, 1)) / max(inst.replicas, 1)
     speedups = inst.speedups(option)
-    needed = max(replicas_needed(inst.rate_per_s, alone, config.target_utilization, speedups), inst.replicas + 1)
+    needed = max(replicas_needed(inst.demand_per_s, alone, config.target_utilization, speedups), inst.replicas + 1)
     add = needed - inst.replicas
     here = _useful_here(inst, option, min(add, budget.fits(worker.id, option, inst)))
     replicate_cost = add * option.cost_per_hour
@@ -338,7 +351,7 @@ def _scale_up(
         # than one one-thread replica is still slower than the two one-thread replicas it would replace.
         alt_speedups = inst.speedups(alt)
         alt_replicas = max(
-            replicas_needed(inst.rate_per_s, alt_capacity, config.target_utilization, alt_speedups),
+            replicas_needed(inst.demand_per_s, alt_capacity, config.target_utilization, alt_speedups),
             replicas_needed(inst.replicas * capacity * config.faster_factor, alt_capacity, 1.0, alt_speedups),
         )
         freed_memory = inst.replicas * option.memory_mb
@@ -389,7 +402,8 @@ def _scale_up(
                 LEVEL,
                 "add_replica",
                 target,
-                f"overloaded: {inst.rate_per_s:.1f}/s needs {needed} replica(s) at "
+                f"{'surge' if inputs['surge'] else 'overloaded'}: {inst.demand_per_s:.1f}/s needs {needed} replica(s) "
+                f"at "
                 f"{config.target_utilization:.0%} of {capacity:.0f}/s each; {inst.replicas} loaded",
                 {**inputs, "needed_replicas": needed},
                 worker=worker.id,
@@ -443,7 +457,7 @@ def _scale_down(
     target = instance_target(worker.id, inst.variant_key)
     alone = _alt_capacity(inst, derate, option)
     if inst.replicas > 1:
-        keep = replicas_needed(inst.rate_per_s, alone, config.target_utilization, inst.speedups(option))
+        keep = replicas_needed(inst.demand_per_s, alone, config.target_utilization, inst.speedups(option))
         if keep >= inst.replicas:
             return []
         budget.take(worker.id, option, -(inst.replicas - keep))

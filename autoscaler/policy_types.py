@@ -29,6 +29,11 @@ class PolicyConfig:
     derate_floor: float = 0.25  # an instance is never assumed to sustain less than this of its profile
     derate_recovery: float = 0.02  # per calm period, a derating moves this fraction of the way back to 1
     up_periods: int = 2  # consecutive overloaded periods before scaling up
+    # A surge scales up in its first overloaded period: demand at or above this share of what the replicas serve
+    # with rows already waiting or queries missing, or a queue whose drain alone takes the budget (``model_level``).
+    # Not above 1: live state counts served queries, so a saturated instance reads about 1 whatever is offered
+    # (0.94 in the end-to-end burst test, with 1.6x its capacity offered and a queue growing).
+    surge_utilization: float = 0.8
     down_periods: int = 5  # consecutive underloaded periods before scaling down
     cooldown_s: float = 3.0  # no second action on the same instance within this
     down_after_up_s: float = 10.0  # no scale-down of an instance within this of its last scale-up
@@ -133,6 +138,14 @@ class InstanceLoad:
     rows_per_query: float = 1.0  # mean rows of recent queries
     infeasible_rate: float = 0.0  # share of its windowed queries no placement could serve in time (not overload)
     fidelity_floor: float = 0.0  # the highest min_fidelity among recent queries it served
+    # Arrival rate over the last second (rows/s): a windowed rate lags a burst (``rate_per_s`` over a 5 s window
+    # reads a burst 1 s old at a fifth of its rate), so scaling up reads the larger of the two.
+    recent_rate_per_s: float = 0.0
+
+    @property
+    def demand_per_s(self) -> float:
+        """The rate scaling up sizes for: the windowed rate, or the last second's when a burst makes it higher."""
+        return max(self.rate_per_s, self.recent_rate_per_s)
 
     def capacity(self, option: VariantOption) -> float:
         """Rows/s one replica of ``option`` sustains alone for the queries this instance receives, as profiled."""
