@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 CPU_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 NO_CUDA_DEVICE = "no CUDA device"
-NO_TENSORRT = "tensorrt package not installed (pip install infaas[gpu])"
+NO_TENSORRT = "tensorrt package not installed (pip install 'infaas[gpu,tensorrt]')"
 
 
 class Skip(Unavailable):
