@@ -15,7 +15,7 @@ reach ``min_precision``; ``r`` is the smallest ratio that is enough in at least 
 consistently.
 
 Everything here is pure numpy on score vectors (``infaas.topk_serving`` runs the variants); the r search for a
-1,000-row query and 100 samples is one 1,000-row ``argsort`` per sample (~5 ms here).
+1,000-row query and 100 samples is one 1,000-row ``argsort`` per sample (13 ms of CPU here, measured).
 """
 
 from __future__ import annotations
