@@ -28,7 +28,9 @@ A scale-up waits for ``up_periods`` overloaded periods in a row and a scale-down
 ``down_periods`` underloaded ones (hysteresis), except a *surge*, scaled up in its first overloaded period:
 demand at or above ``surge_utilization`` of what the replicas serve with rows already waiting or queries missing
 their budgets, or a queue whose drain alone takes the latency budget. Waiting a second period there only lets the
-queue grow (``benchmarks/burst.py``: a 10 s burst at 1.6x one replica's rows/s on a cold instance). No instance
+queue grow. ``benchmarks/burst.py`` (a 10 s burst at 1.6x one replica's rows/s on a cold instance, production loop
+defaults): the second replica came 1.5 s after the burst started instead of 5.5-6.4 s without a latency budget,
+0.6-0.7 s instead of 1.4-1.5 s with a 40 ms one, where 22-31% of the burst's queries missed instead of 55%. No instance
 is touched twice within ``cooldown_s``, and none is scaled down within ``down_after_up_s`` of being scaled up, so
 load near a threshold does not make it flap. Replicas are sized to ``target_utilization``, which lies between the
 two thresholds, so the state reached by an action is inside the band and does not trigger the opposite action.
