@@ -98,7 +98,12 @@ def variant_to_json(variant: VariantInfo) -> bytes:
 def variant_from_json(raw: bytes | str) -> VariantInfo:
     """The inverse of ``variant_to_json`` (profile timestamps are not needed by workers and dropped)."""
     data = orjson.loads(raw)
-    profiles = tuple(ProfileInfo(**{**p, "measured_at": None}) for p in data.pop("profiles"))
+    profiles = tuple(
+        ProfileInfo(
+            **{**p, "measured_at": None, "replica_throughput_per_s": tuple(p.get("replica_throughput_per_s", ()))}
+        )
+        for p in data.pop("profiles")
+    )
     shapes = {name: tuple(shape) for name, shape in data.pop("input_shapes", {}).items()}
     return VariantInfo(**{**data, "providers": tuple(data["providers"]), "profiles": profiles, "input_shapes": shapes})
 

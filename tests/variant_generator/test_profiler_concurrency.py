@@ -11,6 +11,7 @@ import pytest
 
 from infaas.config import Settings
 from infaas.services import build_services
+from infaas.worker.remote import variant_from_json, variant_to_json
 from tests.factories import mlp_model, model_info, seed_model
 from variant_generator.accuracy import ValidationSet
 from variant_generator.profiler import _concurrent_throughput, profile_variant, replica_counts
@@ -91,5 +92,8 @@ def test_replica_throughput_is_stored_and_read_back(tmp_path: Path) -> None:
         assert [p.replica_throughput_per_s for p in read] == [(500.0, 750.0), (1000.0, 1500.0)]
         old = services.metadata.get_model("old").variants[0].profiles  # type: ignore[union-attr]
         assert old[0].replica_throughput_per_s == ()
+        variant = services.metadata.get_model("m").variants[0]  # type: ignore[union-attr]
+        sent = variant_from_json(variant_to_json(variant))  # as a remote worker receives it (timestamps dropped)
+        assert sent.profiles == tuple(replace(p, measured_at=None) for p in variant.profiles)
     finally:
         services.close()
