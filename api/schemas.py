@@ -32,6 +32,7 @@ class ProfileOut(BaseModel):
     measured_at: datetime | None
     fidelity: float | None
     fidelity_metric: str | None
+    replica_throughput_per_s: list[float] = []  # rows/s of 1, 2, ... replicas together; empty: not measured
 
     @classmethod
     def of(cls, p: ProfileInfo) -> ProfileOut:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from api.schemas import ProfileOut
 from infaas.config import Settings
 from infaas.services import build_services
 from infaas.worker.remote import variant_from_json, variant_to_json
@@ -93,6 +94,7 @@ def test_replica_throughput_is_stored_and_read_back(tmp_path: Path) -> None:
         old = services.metadata.get_model("old").variants[0].profiles  # type: ignore[union-attr]
         assert old[0].replica_throughput_per_s == ()
         variant = services.metadata.get_model("m").variants[0]  # type: ignore[union-attr]
+        assert ProfileOut.of(read[0]).replica_throughput_per_s == [500.0, 750.0]  # what GET /v1/models/{name} shows
         sent = variant_from_json(variant_to_json(variant))  # as a remote worker receives it (timestamps dropped)
         assert sent.profiles == tuple(replace(p, measured_at=None) for p in variant.profiles)
     finally:
