@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -136,10 +136,21 @@ class PipelineScaler:
         loaded = self._loaded()
         now = time.monotonic()
         log_of = arrivals_of(self.services.engine)
+        # A variant two pipelines plan is sized by the larger plan: one's tune_down must not undo the other's.
+        floor: dict[str, int] = {}
+        for planned in pipelines:
+            for stage in planned.stages:
+                floor[stage.variant] = max(floor.get(stage.variant, 0), stage.replicas)
         actions: list[Action] = []
         for planned in pipelines:
             current = {s.name: sum(w.replicas for w in loaded.get(s.variant, ())) for s in planned.stages}
-            actions.extend(pipeline_tuner.decide(planned, np.asarray(log_of.recent(planned.name, now)), now, current))
+            for action in pipeline_tuner.decide(planned, np.asarray(log_of.recent(planned.name, now)), now, current):
+                if action.action == "tune_down" and action.variant is not None:
+                    count = max(action.count, floor[action.variant])
+                    if count >= action.inputs["replicas"]:
+                        continue
+                    action = replace(action, count=count)
+                actions.append(action)
             for stage in planned.stages:
                 for where in loaded.get(stage.variant, ()):
                     if where.max_batch != stage.batch:
