@@ -81,6 +81,8 @@ def test_builds_profiles_and_stores_every_cpu_variant(services: Services) -> Non
         # No labels: no accuracy (nothing declared either), and agreement with the original is fidelity.
         assert v.accuracy is None and fidelity_of(v).value is not None and fidelity_of(v).value >= 0.9
         assert v.threads == (1 if name.endswith("-t1") else 2)
+        # 1x1 and 2x1 measured for the one-thread variants on 2 cores; 1x2 is the all-cores variant, alone.
+        assert all(len(p.replica_throughput_per_s) == (2 if v.threads == 1 else 0) for p in v.profiles), name
         assert v.artifact_key.startswith("models/mlp/variants/") and services.store.exists(v.artifact_key)
     assert fidelity_of(built["cpu-fp32"]).value == 1.0
 
