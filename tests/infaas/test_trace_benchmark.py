@@ -199,6 +199,22 @@ def test_a_class_is_infeasible_only_if_every_probe_was_refused() -> None:
     assert "no placement meets latency_ms 10" in infeasible["never"]
 
 
+def test_a_class_out_of_reach_only_while_cold_is_feasible() -> None:
+    # Nothing is loaded on the idle system: the class's variant loads in 50 ms, runs in 2 ms, budget 10 ms.
+    classes = [QueryClass("tight", 1.0, 10.0, 0.9, 1, "reject")]
+    loaded = []
+
+    def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+        estimate_ms = 2.0 if loaded else 52.0
+        if estimate_ms > (deadline - time.monotonic()) * 1000.0:
+            raise Infeasible("latency_ms 10", BEST)
+        loaded.append(True)
+        return "m/v", 0.95
+
+    assert trace.find_infeasible(serve, classes, np.zeros((4, 1), np.float32)) == {}
+    assert loaded  # the 10 s query loaded it; the probes then met 10 ms
+
+
 def test_the_plot_is_drawn_from_the_report(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     summary = {
