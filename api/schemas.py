@@ -33,6 +33,7 @@ class ProfileOut(BaseModel):
     fidelity: float | None
     fidelity_metric: str | None
     replica_throughput_per_s: list[float] = []  # rows/s of 1, 2, ... replicas together; empty: not measured
+    batch_invariant: bool = True  # False: a row's answer depends on its batch (dynamic INT8), so it is never batched
 
     @classmethod
     def of(cls, p: ProfileInfo) -> ProfileOut:

@@ -35,6 +35,9 @@ class ProfileInfo:
     # this batch size together on the profiling host's cores; empty when not measured. What replicas really add:
     # the selector's queueing and the autoscaler's sizing read it instead of assuming linear scaling.
     replica_throughput_per_s: tuple[float, ...] = ()
+    # Whether a row's answer is the same alone and batched with other rows (measured by the profiler). False for
+    # dynamic INT8 (activation scales from the whole batch): such a variant is never batched across queries.
+    batch_invariant: bool = True
 
 
 @dataclass(frozen=True)

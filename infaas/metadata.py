@@ -93,6 +93,7 @@ def _profile_info(row: Profile) -> ProfileInfo:
         fidelity=row.fidelity,
         fidelity_metric=row.fidelity_metric,
         replica_throughput_per_s=tuple(row.replica_throughput or ()),
+        batch_invariant=row.batch_invariant is not False,
     )
 
 
@@ -439,6 +440,7 @@ class MetadataStore:
                         fidelity=p.fidelity,
                         fidelity_metric=p.fidelity_metric,
                         replica_throughput=list(p.replica_throughput_per_s) or None,
+                        batch_invariant=p.batch_invariant,
                         host=p.host,
                         measured_at=p.measured_at or datetime.now(UTC),
                     )

@@ -180,6 +180,9 @@ class ProfileCurve:
     # At ``best_batch``, rows/s of 1, 2, ... replicas on one worker relative to one (``infaas.replica_scaling``);
     # empty when not measured (read as linear).
     speedups: tuple[float, ...] = ()
+    # False when the profiler saw a row's answer change with its batch (dynamic INT8): the worker never batches
+    # it, so ``best_batch`` is 1 and its queue drains one row per round (``_queue_ms``).
+    batch_invariant: bool = True
 
     @classmethod
     def of(cls, variant: VariantInfo) -> ProfileCurve:
@@ -187,7 +190,8 @@ class ProfileCurve:
         profiles = sorted(variant.profiles, key=lambda p: p.batch_size)
         if not profiles:
             raise ValueError(f"variant {variant.key} has no profiles")
-        best = max(profiles, key=lambda p: (p.throughput_per_s, -p.batch_size))
+        invariant = all(p.batch_invariant for p in profiles)
+        best = max(profiles if invariant else profiles[:1], key=lambda p: (p.throughput_per_s, -p.batch_size))
         return cls(
             batches=tuple(p.batch_size for p in profiles),
             latencies_ms=tuple(p.latency_p50_ms for p in profiles),
@@ -196,6 +200,7 @@ class ProfileCurve:
             memory_mb=max(p.memory_mb for p in profiles),
             best_batch=best.batch_size,
             speedups=speedups(best.replica_throughput_per_s),
+            batch_invariant=invariant,
         )
 
     def service_ms(self, batch: int) -> float:

@@ -1,49 +1,35 @@
-"""INT8 with static activation scales (QDQ), calibrated on the registration's validation inputs.
+"""INT8 with static activation scales (QDQ, per-channel weights), the configuration chosen by measurement.
 
-Calibration uses only the rows ``ValidationSet.split`` sets aside (``BuildContext.validation``); every variant is
-scored on the others, so this one is never graded on the rows its scales were fitted to.
-
-Static INT8 made a CNN 2.2-2.9x faster on this kind of host. Per-channel weights are tried first (more
-accurate for convolutions); ``quantize_static(per_channel=True)`` crashes in onnxruntime 1.32 on graphs
-where MatMul+Add were fused into Gemm, so any failure there is retried per-tensor.
+``int8_search`` tries the quantization configurations on the calibration rows (``BuildContext.validation``; every
+variant is scored on the others, so none is graded on the rows its scales or its configuration were chosen on)
+and keeps those on the speed-fidelity front. ``cpu-int8-static`` is the most faithful kept configuration,
+``cpu-int8-static-fast`` the fastest one, skipped when it is the same. Both stay batch-invariant: their scales are
+fixed at build time, so a row's answer does not depend on the rows batched with it (unlike ``cpu-int8-dynamic``).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import numpy as np
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
 from infaas.runtime import Skip
-from variant_generator.accuracy import CALIBRATION_SHARE, ValidationSet, fixed_batch
+from variant_generator import int8_search
+from variant_generator.accuracy import CALIBRATION_SHARE
 from variant_generator.base import BuildContext, VariantGenerator
-from variant_generator.int8_dynamic import int8_notes, quantizable_source, require_quantized
-
-log = logging.getLogger(__name__)
-
-CALIBRATION_BATCH = 16
-
-
-class ValidationReader(CalibrationDataReader):
-    """Feeds the calibration rows in batches the model accepts."""
-
-    def __init__(self, data: ValidationSet, batch: int, pinned: bool) -> None:
-        rows = data.rows
-        starts = range(0, rows, batch)
-        self._batches = iter([data.batch(batch if pinned else min(batch, rows - s), s) for s in starts])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+from variant_generator.int8_dynamic import int8_notes, quantizable_source
 
 
 class Int8Static(VariantGenerator):
-    """QDQ ``quantize_static`` with MinMax calibration; skipped when there is no validation set."""
+    """The most faithful configuration on the static INT8 front; skipped when there is no validation set."""
 
     name = "cpu-int8-static"
     kind = "cpu-int8-static"
     precision = "int8"
+
+    def _pick(self, result: int8_search.Search) -> int8_search.Outcome:
+        front = result.front
+        if not front:
+            raise Skip(f"no static INT8 configuration could be made: {result.summary()}")
+        return front[0]
 
     def build(self, ctx: BuildContext) -> Path:
         if ctx.validation is None:
@@ -51,30 +37,23 @@ class Int8Static(VariantGenerator):
                 "no validation inputs to calibrate on: upload validation.npz with at least "
                 f"{CALIBRATION_SHARE} rows (calibration rows are held out from scoring)"
             )
-        source, out = quantizable_source(ctx), self.output_path(ctx)
-        pinned = fixed_batch(ctx.model)
-        batch = pinned or min(CALIBRATION_BATCH, max(1, ctx.model.max_batch))
-        try:
-            self._quantize(source, out, ctx.validation, batch, pinned is not None, per_channel=True)
-        except Exception as exc:
-            log.info("per-channel static quantization failed for %s (%s); retrying per-tensor", ctx.model.name, exc)
-            self._quantize(source, out, ctx.validation, batch, pinned is not None, per_channel=False)
-        return require_quantized(
-            out,
-            ctx.model,
-            "static INT8",
-            "the rest are operators ONNX Runtime does not quantize statically, so the variant would run in float",
-        )
+        quantizable_source(ctx)  # raises Skip for graphs ONNX Runtime cannot quantize (ai.onnx.ml only)
+        return int8_search.take(ctx, self._pick(int8_search.search(ctx)), self.output_path(ctx))
 
     def notes(self, artifact: Path, ctx: BuildContext) -> str | None:
-        return int8_notes(artifact, ctx.model)
+        result = int8_search.search(ctx)  # the build's record (kept under ctx.workdir), not a new search
+        chosen = self._pick(result)
+        return f"{int8_notes(artifact, ctx.model)}; chose {chosen.describe()}; {result.summary()}"
 
-    @staticmethod
-    def _quantize(source: Path, out: Path, data: ValidationSet, batch: int, pinned: bool, *, per_channel: bool) -> None:
-        quantize_static(
-            source,
-            out,
-            ValidationReader(data, batch, pinned),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-        )
+
+class Int8StaticFast(Int8Static):
+    """The fastest configuration on the static INT8 front, when it is not also the most faithful one."""
+
+    name = "cpu-int8-static-fast"
+    kind = "cpu-int8-static"
+
+    def _pick(self, result: int8_search.Search) -> int8_search.Outcome:
+        front = super()._pick(result) and result.front
+        if len(front) < 2:
+            raise Skip(int8_search.sole_front_reason(result))
+        return min(front[1:], key=lambda o: (o.ms_batch or 0.0, o.ms_batch1 or 0.0))

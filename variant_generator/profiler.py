@@ -35,6 +35,7 @@ from infaas.config import Settings
 from infaas.runtime import CPU_PROVIDERS, Session, open_session
 from variant_generator.accuracy import ValidationSet, accuracy_score, fidelity_score, fixed_batch, predict
 from variant_generator.base import BuildContext, VariantGenerator
+from variant_generator.batch_invariance import is_batch_invariant
 
 WARMUP_RUNS = 2
 MIN_RUNS = 3  # even a slow model gets a p50 that is not a single sample
@@ -184,6 +185,7 @@ def profile_variant(
     session = open_session(artifact, providers, threads, shapes=model.input_shapes)
     load_ms = (time.perf_counter() - t0) * 1000.0
     scores = _scores(session, model, data, reference)
+    invariant = is_batch_invariant(session, model, data)
 
     sizes = batch_sizes(model)
     counts = replica_counts(threads, settings.worker_cores) if set(providers) <= set(CPU_PROVIDERS) else 1
@@ -218,6 +220,7 @@ def profile_variant(
             accuracy_metric=scores.accuracy_metric,
             fidelity=scores.fidelity,
             fidelity_metric=scores.fidelity_metric,
+            batch_invariant=invariant,
             host=host,
             measured_at=now,
         )

@@ -11,8 +11,9 @@ from variant_generator.cpu_fp32 import CpuFp32
 from variant_generator.cuda import CudaFp32
 from variant_generator.fp16 import CudaFp16
 from variant_generator.int8_dynamic import Int8Dynamic
-from variant_generator.int8_static import Int8Static
+from variant_generator.int8_static import Int8Static, Int8StaticFast
 from variant_generator.tensorrt import TensorrtEngine, TensorrtEp
+from variant_generator.transformer_fp32 import CpuFp32Transformer
 
 _GENERATORS: dict[str, VariantGenerator] = {}
 
@@ -32,7 +33,7 @@ def get(variant_name: str) -> VariantGenerator | None:
     return _GENERATORS.get(variant_name)
 
 
-for _cpu_kind in (CpuFp32, Int8Dynamic, Int8Static):
+for _cpu_kind in (CpuFp32, CpuFp32Transformer, Int8Dynamic, Int8Static, Int8StaticFast):
     register(_cpu_kind())
     register(_cpu_kind(threads=1))
 for _gpu in (CudaFp32(), CudaFp16(), TensorrtEp(), TensorrtEngine("fp16"), TensorrtEngine("int8")):

@@ -141,6 +141,8 @@ class Profile(Base):
     fidelity_metric: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # rows/s of 1, 2, ... replicas together (``ProfileInfo.replica_throughput_per_s``); null when not measured
     replica_throughput: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
+    # False when a row's answer changed with the rows batched beside it (``ProfileInfo.batch_invariant``).
+    batch_invariant: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     host: Mapped[str] = mapped_column(String(255))
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

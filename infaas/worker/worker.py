@@ -25,11 +25,6 @@ from infaas.runtime import Session, SessionOpener, open_session
 from infaas.selector import ProfileCurve
 from infaas.worker.instance import InferResult, Instance, InstanceClosed
 
-# Variant kinds whose output for one row depends on the rest of its batch: dynamic quantization picks
-# each activation's scale from the whole tensor at run time, so co-batched queries would change each
-# other's answers (by more than 1.0 on a small MLP). Their requests run one at a time.
-BATCH_DEPENDENT_KINDS = frozenset({"cpu-int8-dynamic"})
-
 
 class WorkerError(RuntimeError):
     """A worker cannot do what was asked (no memory, no artifact, unknown instance)."""
@@ -214,9 +209,9 @@ class LocalWorker(WorkerClient):
             # Rows outstanding: what the selector prices the queue with. A partial, not a closure: called twice
             # per query, and one Python frame fewer each time.
             on_depth = partial(self._live.set_queue_depth, self.id, key)
-            instance = Instance(
-                key, make_session, curve, on_depth=on_depth, batch_invariant=variant.kind not in BATCH_DEPENDENT_KINDS
-            )
+            # A variant whose answer to a row depends on its batch (dynamic INT8: activation scales from the whole
+            # tensor changed an MLP's outputs by more than 1.0) runs its requests one at a time: its profile says so.
+            instance = Instance(key, make_session, curve, on_depth=on_depth, batch_invariant=curve.batch_invariant)
             self._instances[key] = instance
             self._memory[key] = curve.memory_mb
         self._report(key)

@@ -75,10 +75,12 @@ def test_batch_dependent_variants_never_share_a_run(raw_session: ort.InferenceSe
     instance.close()
 
 
-def test_dynamic_int8_variants_are_served_batch_independently(store: LocalModelStore) -> None:
+def test_variants_profiled_batch_dependent_are_served_batch_independently(store: LocalModelStore) -> None:
+    """The profile, not the kind, says so (the profiler measures it: dynamic INT8 is batch-dependent)."""
     worker = LocalWorker("w1", store, MemoryLiveState(), memory_budget_mb=100, cores=2)
     worker.start()
-    dynamic = replace(variant("v", "models/tiny/v/model.onnx"), kind="cpu-int8-dynamic")
+    base = variant("v", "models/tiny/v/model.onnx")
+    dynamic = replace(base, profiles=tuple(replace(p, batch_invariant=False) for p in base.profiles))
     assert not worker._load(dynamic).batchable
     assert worker._load(variant("w", "models/tiny/v/model.onnx")).batchable
     worker.stop()
