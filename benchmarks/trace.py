@@ -43,7 +43,8 @@ share of queries in time.
 
 Run from the repository root: ``python -m benchmarks.trace`` (builds the zoo into ``--zoo`` first if it is
 not there, which takes ~2-15 min on two cores). ``--home DIR`` keeps the registered, profiled zoo for the
-next run. Writes ``benchmarks/results/trace.json`` and ``trace.png``.
+next run. Writes ``benchmarks/results/trace.json`` and ``trace.png``. ``--provider docker`` runs every worker as
+a container with a CPU limit instead (``benchmarks/trace_docker.py``; ``trace_docker.json`` and ``.png``).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ from infaas.live_state import MemoryLiveState
 from infaas.registration import RegistrationRequest, register_model
 from infaas.selector import AccuracyUnavailable, Infeasible, OnInfeasible, ProfileCurve, Requirements
 from infaas.services import Services, build_services
-from infaas.worker import LocalWorker
+from infaas.worker import LocalWorker, WorkerClient
 
 log = logging.getLogger("trace")
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,6 +271,7 @@ class Run:
     started_wall: float = 0.0  # time.time() when the trace clock started
     decisions: list[dict] = field(default_factory=list)  # the autoscaler's, with trace time t_s
     estimates: dict = field(default_factory=dict)  # the engine's estimate correction and its error, at the end
+    worker_cores: float = WORKER_CORES  # billed per worker sample (a container's CPU limit with --provider docker)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, outcome: Outcome) -> None:
@@ -278,7 +280,7 @@ class Run:
 
     def summary(self, duration: float, prices: dict[str, float], infeasible: set[str]) -> dict:
         per_core_s = prices["cpu-core"] / 3600.0
-        worker_core_s = sum(w * WORKER_CORES * SAMPLE_S for _t, w, _r in self.samples)
+        worker_core_s = sum(w * self.worker_cores * SAMPLE_S for _t, w, _r in self.samples)
         feasible = [o for o in self.outcomes if o.cls not in infeasible]
         by_class = {
             name: {"feasible": name not in infeasible, **tally([o for o in self.outcomes if o.cls == name], duration)}
@@ -405,7 +407,11 @@ def prepare(zoo_dir: Path, home: Path) -> Services:
         profile_max_seconds=2.0,
         heartbeat_s=0.25,
     )
-    services = build_services(settings)
+    return register_zoo(build_services(settings), zoo_dir)
+
+
+def register_zoo(services: Services, zoo_dir: Path) -> Services:
+    """The zoo registered in ``services`` (built and profiled by its jobs), once every model is ready or failed."""
     registered = {m.name for m in services.metadata.list_models()}
     for model in load_zoo(zoo_dir):
         if model.name in registered:
@@ -635,6 +641,19 @@ def run_infaas(
         prefix=f"inproc-x{level:g}",
     )
     scaler = Autoscaler(services, provider=provider, config=config, stats_window_s=3.0)
+    return run_infaas_with(services, scaler, trace, inputs, level, infeasible)
+
+
+def run_infaas_with(
+    services: Services,
+    scaler: Autoscaler,
+    trace: list[Arrival],
+    inputs: np.ndarray,
+    level: float,
+    infeasible: Collection[str] = (),
+) -> Run:
+    """Setup (a) with ``scaler`` (and its provider): warm up, replay, stop the scaler and its workers."""
+    engine = services.engine
     serve = engine_serve(services)
     run = Run("infaas", level)
 
@@ -692,6 +711,24 @@ def run_fixed(
         w.load(variant)
     for i in range(replicas - workers):
         pool[i % workers].add_replica(variant)
+    try:
+        return run_fixed_on(name, pool, variant, replicas, trace, inputs, level)
+    finally:
+        for w in pool:
+            w.stop()
+
+
+def run_fixed_on(
+    name: str,
+    pool: list[WorkerClient],
+    variant: VariantInfo,
+    replicas: int,
+    trace: list[Arrival],
+    inputs: np.ndarray,
+    level: float,
+) -> Run:
+    """Replay ``trace`` on ``pool`` (``variant`` loaded, ``replicas`` in all), least outstanding first."""
+    workers = len(pool)
     outstanding = [0] * workers
     lock = threading.Lock()
     run = Run(name, level)
@@ -708,11 +745,7 @@ def run_fixed(
         return variant.key, variant.accuracy
 
     _warm(serve, trace, inputs)
-    try:
-        replay(trace, inputs, serve, run, lambda: (workers, replicas))
-    finally:
-        for w in pool:
-            w.stop()
+    replay(trace, inputs, serve, run, lambda: (workers, replicas))
     return run
 
 
@@ -729,6 +762,58 @@ def _warm(serve: Serve, trace: list[Arrival], inputs: np.ndarray, skip: Collecti
                 serve(arrival, inputs[: arrival.cls.rows], time.monotonic() + 10.0)
             except Exception:
                 log.debug("warm-up query failed", exc_info=True)
+
+
+class Deployment:
+    """Where the workers run, for ``main``: in this process (``LocalWorker``s sharing its cores), or with
+    ``--provider docker`` in containers with CPU limits (``benchmarks/trace_docker.py``)."""
+
+    results = "trace"  # benchmarks/results/<results>.json and .png
+    worker_cores: float = WORKER_CORES  # what each worker is billed for
+    max_workers: int | None = None  # the most workers a fixed deployment gets (None: as many as the peak needs)
+    what_is_simulated: str | None = None  # None: this module's docstring says it
+
+    def prepare(self, zoo_dir: Path, home: Path) -> Services:
+        return prepare(zoo_dir, home)
+
+    def start(self, services: Services) -> None:
+        """The deployment the runs start from: the front-end's worker."""
+        services.start_serving()
+
+    def stop(self, services: Services) -> None:
+        services.engine.workers.stop()
+
+    def run_infaas(
+        self,
+        services: Services,
+        trace: list[Arrival],
+        inputs: np.ndarray,
+        config: PolicyConfig,
+        level: float,
+        fair_share: FairShare | None = None,
+        infeasible: Collection[str] = (),
+    ) -> Run:
+        return run_infaas(services, trace, inputs, config, level, fair_share, infeasible)
+
+    def run_fixed(
+        self,
+        name: str,
+        services: Services,
+        variant: VariantInfo,
+        workers: int,
+        replicas: int,
+        trace: list[Arrival],
+        inputs: np.ndarray,
+        level: float,
+    ) -> Run:
+        return run_fixed(name, services, variant, workers, replicas, trace, inputs, level)
+
+    def describe(self) -> dict:
+        return {"provider": "inprocess"}
+
+    def close(self, services: Services | None) -> None:
+        if services is not None:
+            services.close()
 
 
 # ------------------------------------------------------------------------------------------ reporting
@@ -841,7 +926,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--only", choices=SETUPS, action="append", help="run only these setups")
+    parser.add_argument(
+        "--provider",
+        choices=("inprocess", "docker"),
+        default="inprocess",
+        help="where workers run: this process, or containers with CPU limits (benchmarks/trace_docker.py; "
+        "writes trace_docker.json)",
+    )
+    from benchmarks import trace_docker  # its module imports this one
+
+    trace_docker.add_arguments(parser)
     args = parser.parse_args()
+    deployment = trace_docker.DockerDeployment(args) if args.provider == "docker" else Deployment()
     if args.calibrate_repeats < 5:
         parser.error("--calibrate-repeats must be at least 5: one staircase is not a measurement")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -856,8 +952,9 @@ def main() -> None:
     load_at_start = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="infaas-trace-") as scratch:
-        services = prepare(args.zoo, args.home or Path(scratch))
+        services = None
         try:
+            services = deployment.prepare(args.zoo, args.home or Path(scratch))
             variants = ready_variants(services)
             by_model: dict[str, list[VariantInfo]] = {}
             for v in variants:
@@ -924,13 +1021,13 @@ def main() -> None:
 
             # Which classes no placement can serve, then the capacity, both on the deployment every run starts
             # from (the front-end's worker, warmed, autoscaler off).
-            services.start_serving()
+            deployment.start(services)
             serve = engine_serve(services)
             _warm(serve, [Arrival(0.0, c, 0) for c in classes], inputs)
             infeasible = find_infeasible(serve, classes, inputs)
             log.info("infeasible on the idle system: %s", infeasible or "none")
-            services.engine.workers.stop()  # unload what warming the infeasible classes loaded
-            services.start_serving()
+            deployment.stop(services)  # unload what warming the infeasible classes loaded
+            deployment.start(services)
             _warm(serve, [Arrival(0.0, c, 0) for c in classes], inputs, infeasible)
             if args.capacity:
                 calibration = {"method": "given on the command line (--capacity)", "capacity_qps": args.capacity}
@@ -945,14 +1042,15 @@ def main() -> None:
                     seed=args.seed,
                     fresh=lambda: fresh_engine_state(services),
                 )
-            services.engine.workers.stop()
+            deployment.stop(services)
             capacity = calibration["capacity_qps"]
             log.info("capacity %.1f q/s (staircases %s)", capacity, calibration.get("staircases_qps"))
             if not capacity:
                 args.out.mkdir(parents=True, exist_ok=True)
-                (args.out / "trace-calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+                failed = args.out / f"{deployment.results}-calibration.json"
+                failed.write_text(json.dumps(calibration, indent=2) + "\n")
                 raise SystemExit(
-                    f"no offered rate kept 99% of queries in time (windows in {args.out / 'trace-calibration.json'}): "
+                    f"no offered rate kept 99% of queries in time (windows in {failed}): "
                     "the machine is too busy to calibrate; nothing else was run"
                 )
 
@@ -978,19 +1076,25 @@ def main() -> None:
                 log.info("level %g: %d queries over %.0f s (spike %.0f q/s)", level, len(trace), args.duration, spike)
                 peak_rows = spike * ROWS
                 peak_replicas = max(1, math.ceil(peak_rows / (profile.throughput_per_s * config.target_utilization)))
-                per_worker = max(1, WORKER_CORES // max(1, top_fast.threads or WORKER_CORES))
-                peak_workers = math.ceil(peak_replicas / per_worker)
+                per_worker = max(1, int(deployment.worker_cores) // max(1, top_fast.threads or WORKER_CORES))
+                peak_workers = min(math.ceil(peak_replicas / per_worker), deployment.max_workers or peak_replicas)
                 level_runs = []
                 for name in SETUPS:
                     if args.only and name not in args.only:
                         continue
                     if name == "infaas":
-                        level_runs.append(run_infaas(services, trace, inputs, config, level, None, infeasible))
+                        level_runs.append(
+                            deployment.run_infaas(services, trace, inputs, config, level, None, infeasible)
+                        )
                     elif name == "fixed-accurate":
-                        level_runs.append(run_fixed(name, services, most_accurate, 1, 1, trace, inputs, level))
+                        level_runs.append(
+                            deployment.run_fixed(name, services, most_accurate, 1, 1, trace, inputs, level)
+                        )
                     else:
                         level_runs.append(
-                            run_fixed(name, services, top_fast, peak_workers, peak_replicas, trace, inputs, level)
+                            deployment.run_fixed(
+                                name, services, top_fast, peak_workers, peak_replicas, trace, inputs, level
+                            )
                         )
                 levels[f"{level:g}"] = {
                     "rates_qps": {k: round(v, 1) for k, v in rates.items()},
@@ -1006,8 +1110,10 @@ def main() -> None:
                 # the fair share first (the control), then with it.
                 shape = shape_at(args.burst_level, args.burst_class)
                 trace = make_trace(classes, shape, len(inputs), args.seed)
-                control = run_infaas(services, trace, inputs, config, args.burst_level, AdmitAll(), infeasible)
-                run = run_infaas(services, trace, inputs, config, args.burst_level, None, infeasible)
+                control = deployment.run_infaas(
+                    services, trace, inputs, config, args.burst_level, AdmitAll(), infeasible
+                )
+                run = deployment.run_infaas(services, trace, inputs, config, args.burst_level, None, infeasible)
                 burst = {
                     "level": args.burst_level,
                     "burst_class": args.burst_class,
@@ -1021,12 +1127,14 @@ def main() -> None:
                     "infaas_without_fair_share": control.summary(args.duration, prices_of(), set(infeasible)),
                 }
         finally:
-            services.close()
+            deployment.close(services)
 
     report = {
         "what_is_real": __doc__.split("What is simulated")[0].split("What is real: ")[1].strip(),
-        "what_is_simulated": "What is simulated" + __doc__.split("What is simulated")[1].split("Setups")[0].rstrip(),
+        "what_is_simulated": deployment.what_is_simulated
+        or "What is simulated" + __doc__.split("What is simulated")[1].split("Setups")[0].rstrip(),
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start]},
+        "deployment": deployment.describe(),
         "calibration": calibration,
         "trace": {
             "duration_s": args.duration,
@@ -1062,11 +1170,11 @@ def main() -> None:
             for k in ("high_utilization", "target_utilization", "low_utilization", "up_periods", "down_periods")
         },
         "prices": prices_of(),
-        "worker_cores": WORKER_CORES,
+        "worker_cores": deployment.worker_cores,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "trace.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, args.out / "trace.png")
+    (args.out / f"{deployment.results}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, args.out / f"{deployment.results}.png")
     print(f"capacity {capacity} q/s (staircases {calibration.get('staircases_qps')}); infeasible {list(infeasible)}")
     for level, row in levels.items():
         for name, s in row["setups"].items():
