@@ -167,10 +167,9 @@ def decide(
                 and utilization >= config.low_utilization
             )
             waiting = _waiting_rows(inst)
-            # The replicas drain the queue at their measured joint rate (``capacity`` is per replica, shared).
-            shared = capacity / (inst.capacity(option) * derate) if inst.capacity(option) > 0 else 1.0
-            queue_ms = waiting / inst.rows_per_query / max(inst.replicas, 1) * option.latency_ms(inst.rows_per_query)
-            queue_ms /= shared
+            # The replicas drain the queue together at their measured speedup over one (``replicas`` if not measured).
+            drains = speedup(inst.speedups(option), max(inst.replicas, 1))
+            queue_ms = waiting / inst.rows_per_query / drains * option.latency_ms(inst.rows_per_query)
             queued = inst.budget_ms is not None and queue_ms > inst.budget_ms / 2
             over = utilization > config.high_utilization or slow or queued
             # The replicas do not keep up now (a queue stands, or queries miss), or what waits already misses.
@@ -404,9 +403,8 @@ def _scale_up(
                 LEVEL,
                 "add_replica",
                 target,
-                f"{'surge' if inputs['surge'] else 'overloaded'}: {inst.demand_per_s:.1f}/s needs {needed} replica(s) "
-                f"at "
-                f"{config.target_utilization:.0%} of {capacity:.0f}/s each; {inst.replicas} loaded",
+                f"{'surge' if inputs['surge'] else 'overloaded'}: {inst.demand_per_s:.1f}/s needs {needed} "
+                f"replica(s) at {config.target_utilization:.0%} of {capacity:.0f}/s each; {inst.replicas} loaded",
                 {**inputs, "needed_replicas": needed},
                 worker=worker.id,
                 variant=inst.variant_key,
@@ -485,7 +483,7 @@ def _scale_down(
             or (alt.cost_per_hour == option.cost_per_hour and alt.memory_mb < 0.8 * option.memory_mb)
         )
         and (inst.budget_ms is None or alt.p99_at(inst.rows_per_query) <= inst.budget_ms / 2)
-        and inst.rate_per_s <= _alt_capacity(inst, derate, alt) * config.target_utilization
+        and inst.demand_per_s <= _alt_capacity(inst, derate, alt) * config.target_utilization
         and alt.memory_mb - option.memory_mb <= budget.memory[worker.id]
         and alt.cores - option.cores <= budget.cores[worker.id]
     ]

@@ -91,3 +91,12 @@ def test_the_loop_reads_the_measured_throughput_from_the_profiles() -> None:
     plain = Candidate.of(model_info("m"), variant_info("m", "t1", profiles({1: 2.0})))
     assert variant_option(plain, 2, {}).replica_speedups == ()
     assert isinstance(inst(), InstanceLoad)
+
+
+def test_the_queue_drains_at_the_replicas_measured_joint_rate() -> None:
+    """6 rows waiting behind 2 replicas of 10 ms: 30 ms if they drained at 2x one, 50 ms at the measured 1.2x, which
+    is over half the 80 ms budget."""
+    load = inst(replicas=2, queue_depth=8, rate_per_s=10.0, budget_ms=80.0)
+    assert model_level.decide(view([load], [option(p50=10.0)]), History(), CFG).actions == ()
+    (action,) = model_level.decide(view([load], [measured(option(p50=10.0), 1.2, 2.0)]), History(), CFG).actions
+    assert action.action == "add_replica" and action.inputs["queue_ms"] == 50.0
