@@ -15,7 +15,7 @@ from api.console.throttle import SignInThrottle
 from api.early_answers import DrainBeforeClose
 from api.fast_routes import FastInferenceRoutes
 from api.limits import BodySizeLimit
-from api.routes import admin, decisions, infer, jobs, metrics, models, pipelines, topk, v2
+from api.routes import admin, cascades, decisions, infer, jobs, metrics, models, pipelines, topk, v2
 from api.schemas import ErrorOut
 from autoscaler import Autoscaler
 from infaas import __version__, logs, tracing
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(decisions.router)
     app.include_router(pipelines.router)
     app.include_router(topk.router)
+    app.include_router(cascades.router)
     if settings.metrics:
         app.include_router(metrics.router)
     return app

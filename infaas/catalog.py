@@ -163,3 +163,20 @@ class ApiKeyInfo:
     is_admin: bool
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CascadeDecisionInfo:
+    """A decision about a cascade of a task: kept or not, why, with its numbers (``variant_generator.cascades``)."""
+
+    task: str
+    owner: str
+    cheap: str  # model/variant
+    expensive: str  # model/variant
+    kept: bool
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None  # the kept cascade's variant key (model/variant)
+    kind: str = "build"  # build | stale | recalibrated
+    at: datetime | None = None
+    id: int | None = None

@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     build_timeout_s: float = 600.0
     build_memory_mb: float = 4096.0
 
+    # Cascades (variant_generator.cascades, docs/cascades.md): a threshold is accepted when at least 95 of 100
+    # bootstrap resamples keep the cascade's top-1 within this of its expensive member's (0.005 = 0.5 points).
+    cascade_tolerance: float = 0.005
+    # Drift: a cascade whose live escalation share stays outside its bootstrap interval for this long (and over
+    # at least cascade_drift_min_rows rows) is marked stale and recalibrated on the stored validation set.
+    cascade_drift_window_s: float = 30.0
+    cascade_drift_min_rows: int = 200
+
     # Crash safety (infaas.jobs.durable, infaas.orphans). A running item's process renews its lease every third
     # of work_lease_s; one that died is resumed after at most work_lease_s + recovery_period_s.
     work_lease_s: float = 15.0

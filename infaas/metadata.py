@@ -17,9 +17,19 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from infaas.catalog import ApiKeyInfo, DecisionInfo, JobInfo, ModelInfo, ProfileInfo, VariantInfo, WorkItemInfo
+from infaas.catalog import (
+    ApiKeyInfo,
+    CascadeDecisionInfo,
+    DecisionInfo,
+    JobInfo,
+    ModelInfo,
+    ProfileInfo,
+    VariantInfo,
+    WorkItemInfo,
+)
 from infaas.db.models import (
     ApiKey,
+    CascadeDecision,
     Decision,
     Job,
     Model,
@@ -155,6 +165,21 @@ def _decision_info(row: Decision) -> DecisionInfo:
         reason=row.reason,
         dry_run=row.dry_run,
         outcome=row.outcome,
+    )
+
+
+def _cascade_row(info: CascadeDecisionInfo) -> CascadeDecision:
+    return CascadeDecision(
+        task=info.task,
+        owner=info.owner,
+        kind=info.kind,
+        cheap=info.cheap,
+        expensive=info.expensive,
+        kept=info.kept,
+        variant=info.variant,
+        reason=info.reason,
+        numbers=info.numbers,
+        at=info.at or datetime.now(UTC),
     )
 
 
@@ -494,6 +519,47 @@ class MetadataStore:
             return [_decision_info(r) for r in session.scalars(query)]
 
     # -- jobs ----------------------------------------------------------------------------------
+    # -- cascade decisions (variant_generator.cascades) ----------------------------------------
+    def replace_cascade_decisions(self, task: str, owner: str, decisions: Iterable[CascadeDecisionInfo]) -> None:
+        """Replace the construction's decisions for ``task`` of ``owner`` (drift rows stay)."""
+        with self.db.session() as session:
+            session.execute(
+                delete(CascadeDecision).where(
+                    CascadeDecision.task == task, CascadeDecision.owner == owner, CascadeDecision.kind == "build"
+                )
+            )
+            session.add_all(_cascade_row(d) for d in decisions)
+
+    def add_cascade_decision(self, decision: CascadeDecisionInfo) -> None:
+        """Append one decision (a cascade marked stale, or recalibrated)."""
+        with self.db.session() as session:
+            session.add(_cascade_row(decision))
+
+    def list_cascade_decisions(self, task: str) -> list[CascadeDecisionInfo]:
+        """Every recorded decision about ``task``'s cascades: kept first, then by expensive member, newest first."""
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(CascadeDecision)
+                .where(CascadeDecision.task == task)
+                .order_by(CascadeDecision.kept.desc(), CascadeDecision.expensive, CascadeDecision.id.desc())
+            ).all()
+            return [
+                CascadeDecisionInfo(
+                    task=r.task,
+                    owner=r.owner,
+                    cheap=r.cheap,
+                    expensive=r.expensive,
+                    kept=r.kept,
+                    reason=r.reason,
+                    numbers=dict(r.numbers or {}),
+                    variant=r.variant,
+                    kind=r.kind,
+                    at=r.at,
+                    id=r.id,
+                )
+                for r in rows
+            ]
+
     def add_job(self, job: Job) -> JobInfo:
         """Insert a new offline job row."""
         with self.db.session() as session:

@@ -236,6 +236,8 @@ def build_model_variants(services: Services, model_name: str) -> None:
         )
         if VariantStatus.READY in statuses.values():
             metadata.set_model_status(model_name, ModelStatus.READY)
+            if services.jobs is not None:  # the task's cascades, decided again with this model (docs/cascades.md)
+                services.jobs.submit("build_cascades", task=model.task, owner=model.owner)
             return
         failures = [
             f"{v.name}: {v.reason}" for v in (metadata.get_model(model_name) or model).variants if v.name in statuses

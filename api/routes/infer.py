@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from api.deps import PrincipalDep, ServicesDep, can_use, get_principal
 from api.request_body import read_body
+from api.routes.cascades import requested_cascade
 from infaas.engine import Query as EngineQuery
 from infaas.errors import BadRequest
 from infaas.selector import ON_INFEASIBLE, Requirements, parse_on_infeasible
@@ -56,6 +57,11 @@ _INFER_BODY = {
             "minimum": 0,
             "description": "dollars per query, a hard limit: when no placement is this cheap the answer is a 503",
         },
+        "cascade": {
+            "description": "serve with a cascade of the model (or task): true for any, or a cascade variant's name "
+            "(e.g. 'cascade-cpu-fp32'); 404 'cascade_not_found' when it has none ready. Without it the selector "
+            "chooses a cascade like any variant when it is the cheapest meeting the needs",
+        },
         "on_infeasible": {
             "type": "string",
             "enum": list(ON_INFEASIBLE),
@@ -93,8 +99,9 @@ def _number(document: dict[str, Any], key: str, low: float, high: float | None =
     return float(value)
 
 
-def parse_infer_body(body: bytes) -> tuple[Requirements, dict[str, Any]]:
-    """Requirements and raw inputs of a ``/v1/infer`` body; ``BadRequest`` on anything malformed."""
+def parse_infer_body(body: bytes) -> tuple[Requirements, dict[str, Any], object]:
+    """Requirements, raw inputs and the ``cascade`` asked for (``None``: any variant) of a ``/v1/infer`` body;
+    ``BadRequest`` on anything malformed."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -116,7 +123,7 @@ def parse_infer_body(body: bytes) -> tuple[Requirements, dict[str, Any]]:
         max_cost=_number(document, "max_cost", 0.0),
         on_infeasible=parse_on_infeasible(document.get("on_infeasible"), "on_infeasible"),
     )
-    return requirements, inputs
+    return requirements, inputs, document.get("cascade")
 
 
 @router.post(
@@ -148,8 +155,12 @@ async def infer(request: Request) -> Response:
     body = await read_body(request)
 
     def parse() -> tuple[EngineQuery, None]:
-        requirements, inputs = parse_infer_body(body)
-        return EngineQuery(requirements, inputs, lambda m: can_use(principal, m), principal.tenant), None
+        requirements, inputs, cascade = parse_infer_body(body)
+        allowed = lambda m: can_use(principal, m)  # noqa: E731 - one closure for the query and the cascade check
+        pinned = None
+        if cascade is not None:  # a cascade by name (docs/cascades.md)
+            pinned = requested_cascade(services, allowed, requirements.model, requirements.task, cascade)
+        return EngineQuery(requirements, inputs, allowed, principal.tenant, pinned), None
 
     answer, _ = await services.engine.serve(parse, len(body))
     return _json({"outputs": answer.outputs, "served_by": dict(vars(answer.served_by))})  # flat: no recursive asdict

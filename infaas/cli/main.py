@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from infaas.cli.cascades import cascades_command
 from infaas.cli.client import call, err
 from infaas.cli.decisions import decisions_command
 from infaas.cli.jobs import job_app, jobs_worker
@@ -31,6 +32,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(pipeline_app, name="pipeline")
 app.command("worker")(worker_command)
 app.command("decisions")(decisions_command)
+app.command("cascades")(cascades_command)
 app.command("query")(query_command)
 app.command("topk")(topk_command)
 app.command("jobs")(jobs_worker)

@@ -57,6 +57,7 @@ class VariantStatus:
     READY = "ready"
     FAILED = "failed"
     SKIPPED = "skipped"
+    STALE = "stale"  # a cascade whose live escalation share drifted: not selected until recalibrated
 
 
 class Model(Base):
@@ -249,3 +250,25 @@ class Pipeline(Base):
     scale_factors: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     plan: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CascadeDecision(Base):
+    """One decision about a cascade of a task (``variant_generator.cascades``): kept or not, why, with the numbers.
+
+    The construction replaces a task's rows each time it runs (``kind`` ``build``); drift appends ``stale`` and
+    ``recalibrated`` rows. ``variant`` names the kept cascade's variant on the expensive member's model.
+    """
+
+    __tablename__ = "cascade_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task: Mapped[str] = mapped_column(String(128), index=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), default="build")
+    cheap: Mapped[str] = mapped_column(String(255))
+    expensive: Mapped[str] = mapped_column(String(255))
+    kept: Mapped[bool] = mapped_column(Boolean, default=False)
+    variant: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    numbers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -19,6 +19,7 @@ from infaas.cascade_session import (
     confidence,
     probabilities,
     read_spec,
+    score_kind,
     split_stages,
     write_bundle,
 )
@@ -66,7 +67,7 @@ def rows() -> np.ndarray:
 def test_rows_merge_in_order_and_only_unconfident_rows_escalate(sessions, rows) -> None:
     cheap, big = sessions
     cheap_out, big_out = cheap.run(None, {"x": rows})[0], big.run(None, {"x": rows})[0]
-    conf = confidence(cheap_out, "max_prob")
+    conf = confidence(cheap_out, "max_prob", "logits")
     threshold = float(np.median(conf))
     counted = Counting(big)
     cascade = CascadeSession(spec(threshold), cheap, counted)
@@ -107,14 +108,19 @@ def test_confident_batch_never_runs_the_expensive_stage_and_unconfident_one_is_t
 
 def test_confidence_rules_are_multi_class() -> None:
     logits = np.array([[4.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    probs = probabilities(logits)
+    assert score_kind(logits) == "logits"
+    probs = probabilities(logits, "logits")
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
-    assert confidence(logits, "max_prob")[0] > 0.9 and confidence(logits, "max_prob")[2] == pytest.approx(0.25)
-    np.testing.assert_allclose(confidence(logits, "margin")[1:], [0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(confidence(logits, "max_prob", "logits"), probs.max(axis=1))
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    np.testing.assert_allclose(confidence(logits, "margin", "logits"), top2[:, 1] - top2[:, 0], atol=1e-12)
+    assert confidence(logits, "max_prob", "logits")[2] == pytest.approx(0.25)
     given = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])  # already probabilities: taken as they are
-    np.testing.assert_allclose(confidence(given, "max_prob"), [0.7, 0.4])
-    np.testing.assert_allclose(confidence(given, "margin"), [0.5, 0.05])
-    assert np.isnan(confidence(np.array([[np.nan, 1.0]]), "max_prob")).all()  # NaN escalates (below any threshold)
+    assert score_kind(given) == "probabilities"
+    np.testing.assert_allclose(confidence(given, "max_prob", "probabilities"), [0.7, 0.4])
+    np.testing.assert_allclose(confidence(given, "margin", "probabilities"), [0.5, 0.05])
+    nan = np.array([[np.nan, 1.0]])
+    assert not (confidence(nan, "max_prob", "logits") >= 0.0).any()  # NaN escalates (below any threshold)
 
 
 def test_bundle_opens_through_the_one_loader(tmp_path: Path, rows) -> None:
