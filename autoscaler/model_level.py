@@ -284,8 +284,8 @@ def _total(inst: InstanceLoad, option: VariantOption, derate: float, replicas: i
 def _useful_here(inst: InstanceLoad, option: VariantOption, fits: int) -> int:
     """Of the ``fits`` replicas that fit on the instance's worker, how many to add there: the count whose measured
     joint rows/s is highest (the fewest on a tie). A replica that shares the cores so badly that the replicas
-    together serve less (two one-thread replicas of a tiny model at batch 1 served 0.48× one: each run is mostly
-    Python holding the GIL) is not added here; the demand goes to another worker or a faster variant instead.
+    together serve less (two one-thread replicas of a tiny model served 0.91-0.96× one: each run is mostly Python
+    holding the GIL) is not added here; the demand goes to another worker or a faster variant instead.
     Nor are more replicas put on one worker than were measured together (the profiler measures up to its cores)."""
     speedups = inst.speedups(option)
     if not speedups:

@@ -1,10 +1,10 @@
 """What n replicas of a variant serve together, from the profiler's measurement of 1, 2, ... replicas on one worker.
 
 The selector (queueing behind replicas) and the autoscaler (capacity, replicas needed) both assumed n replicas
-serve n times one replica's rows/s. Measured on the 2-core build host (``variant_generator.profiler``,
-``tests/variant_generator/test_profiler_concurrency.py``), two one-thread replicas of a small MLP served 0.5×
-(batch 1: each run is mostly Python holding the GIL) to 1.5× (batch 4) what one did, so the measured figure is
-used, and an unmeasured variant keeps the linear assumption.
+serve n times one replica's rows/s. Measured on the shared 2-core build host at load average ~20
+(``variant_generator.profiler``, ``tests/variant_generator/test_profiler_concurrency.py``), two one-thread
+replicas of a small MLP served 0.6-1.3× what one did, and of a tiny one 0.91-0.96× (each run mostly Python holding
+the GIL), so the measured figure is used, and an unmeasured variant keeps the linear assumption.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def test_a_load_linear_scaling_calls_in_band_is_overloaded_as_measured() -> None
 
 
 def test_a_replica_that_would_serve_less_together_is_placed_on_another_worker() -> None:
-    """Two one-thread replicas of a tiny model served 0.48× one at batch 1 (the GIL): not replicated here."""
+    """Two one-thread replicas of a tiny model served less than one (0.91-0.96× measured: the GIL): not here."""
     other = view([], [option()], cores=4).workers[0]
     other = replace(other, id="w2", memory_used_mb=0.0)
     opt = measured(option(p50=10.0), 0.48)
