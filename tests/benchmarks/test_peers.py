@@ -87,6 +87,9 @@ def test_verdict_applies_issue_15_targets() -> None:
     assert peers.verdict("minilm", fast, peer, 0.995)["met"]
     missed = peers.verdict("minilm", {"rps": 290.0, "p99_ms": 20.0, "errors": 0}, peer, 0.995)
     assert not missed["met"] and missed["rps_ratio"] == 2.9 and not missed["checks"]["rps_at_least_3x"]
+    assert "cpu_efficiency_ratio" not in missed
+    cpu = peers.verdict("minilm", fast | {"server_cpu_us": 500.0}, peer | {"server_cpu_us": 2000.0}, 0.995)
+    assert cpu["cpu_efficiency_ratio"] == 4.0 and cpu["met"]
     assert not peers.verdict("resnet18", fast, peer, 0.98)["met"]  # a variant below the fidelity floor
     assert not peers.verdict("resnet18", fast, peer, None)["met"]
     assert not peers.verdict("resnet18", fast | {"p99_ms": 41.0}, peer, 1.0)["met"]  # slower tail
