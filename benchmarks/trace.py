@@ -1026,6 +1026,22 @@ def main() -> None:
             _warm(serve, [Arrival(0.0, c, 0) for c in classes], inputs)
             infeasible = find_infeasible(serve, classes, inputs)
             log.info("infeasible on the idle system: %s", infeasible or "none")
+            if len(infeasible) == len(classes):  # nothing to offer: the machine is too busy for these budgets
+                failed = args.out / f"{deployment.results}-infeasible.json"
+                failed.write_text(
+                    json.dumps(
+                        {
+                            "infeasible_classes": infeasible,
+                            "classes": [asdict(c) for c in classes],
+                            "load_average_at_start": [round(x, 2) for x in load_at_start],
+                            "load_average_now": [round(x, 2) for x in os.getloadavg()],
+                            "deployment": deployment.describe(),
+                        },
+                        indent=2,
+                    )
+                    + "\n"
+                )
+                raise SystemExit(f"every class is infeasible on the idle system, nothing was run (see {failed})")
             deployment.stop(services)  # unload what warming the infeasible classes loaded
             deployment.start(services)
             _warm(serve, [Arrival(0.0, c, 0) for c in classes], inputs, infeasible)

@@ -111,6 +111,13 @@ class DockerDeployment(trace.Deployment):
             profile_max_seconds=2.0,
             heartbeat_s=0.25,
         )
+        # A database kept from an earlier run (--home) has the zoo ready: then no jobs run here, so no background
+        # work (such as the cascades a build queues for its task) takes CPU from the measurements.
+        services = build_services(settings, with_jobs=False)
+        ready = {m.name for m in services.metadata.list_models() if m.status == "ready"}
+        if {model.name for model in trace.load_zoo(zoo_dir)} <= ready:
+            return services
+        services.close()
         return trace.register_zoo(build_services(settings), zoo_dir)
 
     def _provider(self, services: Services, cluster: str) -> DockerProvider:
