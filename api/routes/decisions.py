@@ -38,7 +38,9 @@ def list_decisions(
     _admin: AdminDep,
     limit: int = Query(100, ge=1, le=1000, description="newest first, at most this many"),
     level: str | None = Query(
-        None, pattern="^(model|vm|leader)$", description="only this level (leader: leadership changes)"
+        None,
+        pattern="^(model|vm|leader|pipeline)$",
+        description="only this level (leader: leadership changes; pipeline: plans applied and the tuner's)",
     ),
 ) -> list[DecisionOut]:
     """The newest autoscaler decisions (recorded in dry-run mode too, flagged ``dry_run``)."""

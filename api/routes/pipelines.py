@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import PrincipalDep, ServicesDep, can_use
 from api.request_body import read_body
 from api.schemas import DeletedOut, ErrorOut
+from autoscaler.pipeline_tuner import LEVEL as PIPELINE_LEVEL
 from infaas.auth import Principal, model_namespace
 from infaas.catalog import ModelInfo
 from infaas.errors import BadRequest
@@ -25,6 +26,8 @@ from infaas.pipelines.serving import PipelineAnswer, serve_pipeline
 from infaas.pipelines.spec import PipelineSpec, parse_spec
 from infaas.pipelines.store import PipelineInfo, UnknownPipeline
 from infaas.services import Services
+
+DECISIONS_SHOWN = 20
 
 router = APIRouter(
     prefix="/v1/pipelines",
@@ -79,8 +82,25 @@ def list_pipelines(services: ServicesDep, principal: PrincipalDep) -> list[dict[
 
 @router.get("/{name}")
 def describe(name: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
-    """One pipeline: definition, scale factors, plan."""
-    return _out(visible_pipeline(services, name, principal.tenant, principal.is_admin))
+    """One pipeline: definition, scale factors, plan, and the newest autoscaler decisions on its stages (the plan
+    applied, the tuner's resizing) with their inputs."""
+    info = visible_pipeline(services, name, principal.tenant, principal.is_admin)
+    decisions = services.metadata.list_decisions(limit=500, level=PIPELINE_LEVEL)
+    recent = [d for d in decisions if d.target.startswith(f"{info.name}/")][:DECISIONS_SHOWN]
+    return _out(info) | {
+        "decisions": [
+            {
+                "at": d.at.isoformat(),
+                "action": d.action,
+                "target": d.target,
+                "reason": d.reason,
+                "inputs": d.inputs,
+                "outcome": d.outcome,
+                "dry_run": d.dry_run,
+            }
+            for d in recent
+        ]
+    }
 
 
 @router.delete("/{name}", response_model=DeletedOut)

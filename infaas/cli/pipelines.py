@@ -71,6 +71,17 @@ def show(name: str, spec: bool = typer.Option(False, "--spec", help="also print 
     if spec:
         out.print_json(json.dumps(pipeline["spec"]))
     print_plan(pipeline)
+    print_decisions(pipeline.get("decisions") or [])
+
+
+def print_decisions(decisions: list[dict[str, Any]]) -> None:
+    """The newest autoscaler decisions on the pipeline's stages (plan applied, tuner), if any."""
+    if not decisions:
+        return
+    table = Table("at", "action", "stage", "reason", "outcome", title="recent decisions")
+    for d in decisions:
+        table.add_row(d["at"][:19], d["action"], d["target"], d["reason"], d["outcome"] or "")
+    out.print(table)
 
 
 @pipeline_app.command("plan")
