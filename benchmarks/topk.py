@@ -122,12 +122,20 @@ def prepare(zoo_dir: Path, home: Path) -> Services:
                 ),
             )
     deadline = time.monotonic() + 3600
-    while time.monotonic() < deadline:
-        if all(m.status in {"ready", "failed"} for m in services.metadata.list_models()):
-            break
+    while time.monotonic() < deadline and not _settled(services):
         time.sleep(1.0)
     services.start_serving()
     return services
+
+
+def _settled(services: Services) -> bool:
+    """Every model built, and no variant (a cascade built after its task's models) still being built: timings
+    taken beside a build would measure the build too."""
+    models = services.metadata.list_models()
+    if not all(m.status in {"ready", "failed"} for m in models):
+        return False
+    variants = [v for m in models for v in services.metadata.get_model(m.name).variants]  # type: ignore[union-attr]
+    return not any(v.status in {"pending", "building"} for v in variants)
 
 
 def _timed(service: TopKService, request: TopKRequest, exact: bool) -> tuple[Any, float, float]:
@@ -199,8 +207,11 @@ def bench_task(service: TopKService, task: str, x: np.ndarray, input_name: str, 
     return out
 
 
-def run_topk(zoo_dir: Path | None = None, home: Path | None = None, repeats: int = 3) -> dict[str, Any]:
-    """The whole benchmark: register (or reuse) both families, then time both tasks. Returns the results."""
+def run_topk(
+    zoo_dir: Path | None = None, home: Path | None = None, repeats: int = 3, out: Path | None = None
+) -> dict[str, Any]:
+    """The whole benchmark: register (or reuse) both families, then time both tasks. Returns the results, also
+    written to ``out`` when given (before the services close: closing waits for background work)."""
     zoo_dir = zoo_dir or Path(tempfile.gettempdir()) / "infaas-zoo"
     home = home or Path(tempfile.gettempdir()) / "infaas-topk-home"
     services = prepare(zoo_dir, home)
@@ -229,6 +240,9 @@ def run_topk(zoo_dir: Path | None = None, home: Path | None = None, repeats: int
         for label, task in (("zoo", ZOO_TASK), ("sklearn_digits", SKLEARN_TASK)):
             results[label] = bench_task(service, task, x, model_inputs[task], repeats)
         results["host"]["load_average_after"] = os.getloadavg()
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2, default=str) + "\n")
         return results
     finally:
         services.close()
@@ -242,9 +256,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    results = run_topk(args.zoo, args.home, args.repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results = run_topk(args.zoo, args.home, args.repeats, args.out)
     for label in ("zoo", "sklearn_digits"):
         for k, r in results[label].items():
             print(
