@@ -457,6 +457,20 @@ class Infaas:
             self.proc = None
 
 
+def variant_row(variant: Mapping[str, Any]) -> dict[str, Any]:
+    """What the results keep of one infaas variant: status, fidelity, and its profile (p50 and rows/s by batch)."""
+    row = {k: variant.get(k) for k in ("name", "status", "reason", "threads", "fidelity", "fidelity_metric")}
+    profiles = variant.get("profiles") or []
+    if profiles:
+        row["batch_invariant"] = all(p.get("batch_invariant", True) for p in profiles)
+        row["p50_ms_by_batch"] = {p["batch_size"]: p["latency_p50_ms"] for p in profiles}
+        row["rows_per_s_by_batch"] = {p["batch_size"]: p["throughput_per_s"] for p in profiles}
+        row["replica_rows_per_s"] = {
+            p["batch_size"]: p["replica_throughput_per_s"] for p in profiles if p.get("replica_throughput_per_s")
+        }
+    return row
+
+
 def infer(port: int, name: str, body: bytes) -> dict[str, Any]:
     status, data = request(port, "POST", f"/v2/models/{name}/infer", body, **{"content-type": "application/json"})
     if status != 200:
@@ -688,10 +702,7 @@ def main(argv: list[str] | None = None) -> None:
                 "outputs_check": checks[model.name],
                 "infaas": ours,
                 "mlserver": theirs,
-                "infaas_variants": [
-                    {k: v.get(k) for k in ("name", "status", "reason", "threads", "fidelity", "fidelity_metric")}
-                    for v in rows
-                ],
+                "infaas_variants": [variant_row(v) for v in rows],
                 "verdict": verdict(model.name, ours, theirs, chosen.get("fidelity")),
             }
             if calibration:

@@ -149,3 +149,21 @@ def test_recipe_keys_differ_per_model_and_peer_model_round_trips() -> None:
     assert len(keys) == len(peers_models.MODELS)
     model = _model()
     assert PeerModel.from_json(json.loads(json.dumps(model.to_json()))) == model
+
+
+def test_variant_row_keeps_the_profile_by_batch() -> None:
+    profile = {
+        "batch_size": 1,
+        "latency_p50_ms": 2.0,
+        "throughput_per_s": 500.0,
+        "replica_throughput_per_s": [500.0, 900.0],
+    }
+    variant = {"name": "cpu-int8-dynamic", "status": "ready", "reason": None, "threads": 1, "fidelity": 0.995}
+    variant |= {
+        "fidelity_metric": "cosine",
+        "profiles": [profile | {"batch_invariant": False}, profile | {"batch_size": 8}],
+    }
+    row = peers.variant_row(variant)
+    assert row["batch_invariant"] is False and row["p50_ms_by_batch"] == {1: 2.0, 8: 2.0}
+    assert row["replica_rows_per_s"] == {1: [500.0, 900.0], 8: [500.0, 900.0]} and row["fidelity"] == 0.995
+    assert "p50_ms_by_batch" not in peers.variant_row({"name": "cuda-fp16", "status": "skipped", "profiles": []})
