@@ -153,12 +153,20 @@ def _timed(service: TopKService, request: TopKRequest, exact: bool) -> tuple[Any
     return answer, (time.perf_counter() - wall) * 1000.0, (time.process_time() - cpu) * 1000.0
 
 
-def bench_task(service: TopKService, task: str, x: np.ndarray, input_name: str, repeats: int) -> dict[str, Any]:
+def bench_task(
+    service: TopKService,
+    task: str,
+    x: np.ndarray,
+    input_name: str,
+    repeats: int,
+    ks: tuple[int, ...] = KS,
+    columns: int = CLASSES,
+) -> dict[str, Any]:
     """Each k: per class column, approximate and exact answers alternately, ``repeats`` times each."""
     out: dict[str, Any] = {}
-    for k in KS:
+    for k in ks:
         rows: list[dict[str, Any]] = []
-        for column in range(CLASSES):
+        for column in range(columns):
             request = TopKRequest(inputs={input_name: x}, k=k, column=column, task=task, min_precision=MIN_PRECISION)
             started = time.perf_counter()
             first, _, _ = _timed(service, request, exact=False)  # makes (or reuses) the choice; loads variants
