@@ -23,6 +23,7 @@ import numpy as np
 from infaas import offload, tracing
 from infaas.calibration import Calibration
 from infaas.candidates import CandidateCache
+from infaas.cascade_drift import CascadeMonitor
 from infaas.cascade_session import STAGE_OUTPUT, split_stages
 from infaas.catalog import ModelInfo
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
@@ -120,6 +121,7 @@ class QueryEngine:
         self.calibration = Calibration()
         self.fair_share = FairShare()  # under overload, refuses the at-risk queries of tenants over an equal share
         self.metrics: QueryMetrics | None = None  # set by the app when INFAAS_METRICS is on; None costs nothing
+        self.cascades: CascadeMonitor | None = None  # live escalation shares (``infaas.cascade_drift``)
 
     # -- the entry point ------------------------------------------------------------------------
     async def serve(
@@ -340,6 +342,8 @@ class QueryEngine:
         outputs, cascade = result.outputs, None
         if STAGE_OUTPUT in outputs:  # a cascade: the per-row stage goes to served_by, not to the answer
             outputs, cascade = split_stages(outputs)
+            if self.cascades is not None:
+                self.cascades.observe(decision.candidate.key, cascade["rows"], cascade["escalated"])
         # Positional, in field order: keywords cost ~1 µs more per record on this path (two records a query).
         served_by = ServedBy(
             model,

@@ -18,6 +18,7 @@ from typing import Any
 from infaas import __version__, orphans, scratch
 from infaas.auth import KeyRing
 from infaas.candidates import CandidateCache
+from infaas.cascade_drift import catalog_monitor
 from infaas.config import Settings
 from infaas.db.migrate import upgrade
 from infaas.db.session import Database
@@ -129,6 +130,12 @@ def build_services(settings: Settings, *, migrate: bool = True, with_jobs: bool 
         services.jobs = _durable_runner(settings, services)
         services.maintenance = _maintenance(settings, services, services.jobs)
         services.maintenance.start()  # its first round is the start-up recovery
+    engine.cascades = catalog_monitor(
+        metadata,
+        services.jobs.submit if services.jobs is not None else None,
+        window_s=settings.cascade_drift_window_s,
+        min_rows=settings.cascade_drift_min_rows,
+    )
     return services
 
 

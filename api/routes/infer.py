@@ -193,6 +193,12 @@ def stats(services: ServicesDep, principal: PrincipalDep, window_s: float = Quer
         estimates.pop("factors")  # names every variant served, whoever's
         estimates.pop("worker_priors")  # names the workers, which only admins see
     content: dict[str, Any] = {"window_s": window_s, "variants": out, "rejected": rejected, "estimates": estimates}
+    if engine.cascades is not None:  # live escalation share per cascade and whether drift made it stale
+        content["cascades"] = {
+            key: status
+            for key, status in engine.cascades.snapshot().items()
+            if (m := engine.cache.model(key.split("/", 1)[0])) is not None and can_use(principal, m)
+        }
     if principal.is_admin:
         snapshot = engine.live.snapshot()
         content["workers"] = [

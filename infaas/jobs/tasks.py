@@ -17,6 +17,7 @@ _TASKS: dict[str, str] = {
     "build_variants": "variant_generator.build:build_model_variants",
     "profile_variants": "variant_generator.build:reprofile_model",
     "build_cascades": "variant_generator.cascades.construct:build_task_cascades",
+    "recalibrate_cascade": "variant_generator.cascades.construct:recalibrate_cascade",
     "offline_job": "infaas.offline:run_offline_job",
     # What the job transport carries: run the recorded work item with this id (infaas.jobs.durable).
     "work_item": "infaas.jobs.durable:run_work_item",

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from infaas.accuracy import TOP1
-from infaas.cascade_session import CASCADE, KIND, CascadeSpec, Member, confidence, write_bundle
+from infaas.cascade_session import CASCADE, KIND, CascadeSpec, Member, confidence, read_spec, write_bundle
 from infaas.catalog import CascadeDecisionInfo, ModelInfo, VariantInfo
 from infaas.db.models import ModelStatus, VariantStatus
 from infaas.runtime import open_session
@@ -241,7 +241,11 @@ class _Construction:
         correct = np.where(answered, small.correct[report], big.correct[report])
         diff = correct.astype(np.float64) - big.correct[report].astype(np.float64)
         low, high = sweep.interval(diff)
+        tune_conf = confidence(small.outputs[best.score][tune], best.choice.rule, best.choice.scores)
+        escalated = (~(tune_conf >= best.choice.threshold)).astype(np.float64)
         numbers = _choice_numbers(best.choice) | {
+            "escalation_share": round(float(escalated.mean()), 4),
+            "escalation_interval": [round(v, 4) for v in sweep.interval(escalated)],  # what drift is checked against
             "report_rows": int(len(report)),
             "tune_rows": int(len(tune)),
             "accuracy": round(float(correct.mean()), 4),
@@ -388,4 +392,49 @@ def build_task_cascades(services: Services, task: str, owner: str) -> None:
         len(kept),
         len(decisions),
         extra={"event": "cascades", "task": task, "kept": sorted(kept)},
+    )
+
+
+def recalibrate_cascade(services: Services, model_name: str, variant_name: str) -> None:
+    """Background task for a ``stale`` cascade (``infaas.cascade_drift``): decide the task's cascades again on the
+    stored validation set. A cascade that comes back with another threshold (or members) replaces the stale one;
+    one that comes back the same stays ``stale``, since the same rows can only give the same answer: its reason
+    says to register validation rows like the live traffic. Either way a ``recalibrated`` decision is recorded."""
+    model = services.metadata.get_model(model_name)
+    variant = next((v for v in model.variants if v.name == variant_name), None) if model else None
+    if model is None or variant is None or variant.status != VariantStatus.STALE or not variant.artifact_key:
+        return
+    before = read_spec(services.store.local_path(variant.artifact_key))
+    build_task_cascades(services, model.task, model.owner)
+    model = services.metadata.get_model(model_name)
+    after = next((v for v in model.variants if v.name == variant_name), None) if model else None
+    if model is None or after is None:
+        return
+    key = f"{model_name}/{variant_name}"
+    numbers = {"threshold_before": before.threshold}
+    if after.status == VariantStatus.READY and after.artifact_key:
+        spec = read_spec(services.store.local_path(after.artifact_key))
+        numbers["threshold_after"] = spec.threshold
+        if spec == before:
+            reason = (
+                f"recalibrated on the stored validation set: the same threshold ({spec.threshold:.4g}), so it stays "
+                "stale; register validation rows like the live traffic to change it"
+            )
+            services.metadata.set_variant_status(model_name, variant_name, VariantStatus.STALE, reason=reason)
+        else:
+            reason = f"recalibrated: threshold {before.threshold:.4g} -> {spec.threshold:.4g} ({spec.cheap.key} first)"
+    else:
+        reason = f"recalibrated: no longer kept ({after.reason})"
+    services.metadata.add_cascade_decision(
+        CascadeDecisionInfo(
+            model.task,
+            model.owner,
+            before.cheap.key,
+            before.expensive.key,
+            False,
+            reason,
+            numbers,
+            variant=key,
+            kind="recalibrated",
+        )
     )
