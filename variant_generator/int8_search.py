@@ -55,6 +55,8 @@ SEARCH_BUDGET_S = 240.0
 # Below this fidelity a configuration is not kept, fast or not: MinMax of every operator gave MiniLM cosine 0.41,
 # which served as "INT8 MiniLM" to a query without a fidelity floor would be another model's answers.
 MIN_FIDELITY = 0.9
+# Speeds within this factor count as equal when deciding what is on the front (timing noise on a shared host).
+SPEED_NOISE = 1.1
 _REASON_CHARS = 120  # of a failed configuration's reason, in the notes
 
 
@@ -346,38 +348,40 @@ def _try(config: Config, graph: Path | str, fit: ValidationSet, bench: _Bench, f
     return Outcome(config.name, "measured", fidelity, metric, ms1, ms_batch, bench.batch, per_channel, str(out))
 
 
-def _dominates(a: Outcome, b: Outcome) -> bool:
-    assert a.fidelity is not None and b.fidelity is not None and a.ms_batch1 is not None and a.ms_batch is not None
-    assert b.ms_batch1 is not None and b.ms_batch is not None
-    at_least = a.fidelity >= b.fidelity and a.ms_batch1 <= b.ms_batch1 and a.ms_batch <= b.ms_batch
-    better = a.fidelity > b.fidelity or a.ms_batch1 < b.ms_batch1 or a.ms_batch < b.ms_batch
-    return at_least and better
+def _covers(kept: Outcome, other: Outcome) -> bool:
+    """Whether ``kept`` (at least as faithful) is also about as fast as ``other`` at both batch sizes, within
+    ``SPEED_NOISE``: then ``other`` buys nothing worth a variant."""
+    assert kept.ms_batch1 is not None and kept.ms_batch is not None
+    assert other.ms_batch1 is not None and other.ms_batch is not None
+    return kept.ms_batch1 <= SPEED_NOISE * other.ms_batch1 and kept.ms_batch <= SPEED_NOISE * other.ms_batch
 
 
 def pareto(outcomes: list[Outcome]) -> list[Outcome]:
     """Measured outcomes marked ``front``, ``dominated`` or ``unfaithful`` (below ``MIN_FIDELITY``); the front first,
-    most faithful (then fastest) first."""
+    most faithful (then fastest) first.
+
+    Taken most faithful first, a configuration joins the front unless one already on it is about as fast (within
+    ``SPEED_NOISE``) at batch 1 and at the batcher's batch: a speed difference inside timing noise does not make a
+    second variant (without the margin, rebuilding the same MLP twice kept a different number of them).
+    """
     outcomes = [
         replace(o, status="unfaithful") if o.status == "measured" and (o.fidelity or 0.0) < MIN_FIDELITY else o
         for o in outcomes
     ]
-    measured = [o for o in outcomes if o.status == "measured"]
-    marked = [
-        replace(o, status="dominated" if any(_dominates(other, o) for other in measured) else "front") for o in measured
-    ]
-    front = sorted((o for o in marked if o.status == "front"), key=lambda o: (-(o.fidelity or 0), o.ms_batch or 0))
-    rest = sorted((o for o in marked if o.status != "front"), key=lambda o: -(o.fidelity or 0))
-    return front + rest + [o for o in outcomes if o.status != "measured"]
+    measured = sorted((o for o in outcomes if o.status == "measured"), key=lambda o: (-(o.fidelity or 0), o.ms_batch))
+    front: list[Outcome] = []
+    dominated: list[Outcome] = []
+    for outcome in measured:
+        if any(_covers(kept, outcome) for kept in front):
+            dominated.append(replace(outcome, status="dominated"))
+        else:
+            front.append(replace(outcome, status="front"))
+    return front + dominated + [o for o in outcomes if o.status != "measured"]
 
 
-def search(ctx: BuildContext) -> Search:
-    """Try every configuration once per build (the result is kept under ``ctx.workdir`` for the other static
-    generators); dominated configurations' files are removed."""
-    folder = ctx.workdir / SEARCH_DIR
-    record = folder / "search.json"
-    if record.exists():
-        data = json.loads(record.read_text())
-        return Search(**{**data, "outcomes": tuple(Outcome(**o) for o in data["outcomes"])})
+def explore(ctx: BuildContext, folder: Path) -> Search:
+    """Try every configuration within ``SEARCH_BUDGET_S``, artifacts written under ``folder`` and all kept (the
+    benchmark measures each one on the scoring rows)."""
     if ctx.validation is None:
         raise Skip("no validation inputs to calibrate on")
     folder.mkdir(parents=True, exist_ok=True)
@@ -391,11 +395,22 @@ def search(ctx: BuildContext) -> Search:
             tried.append(Outcome(config.name, "not-tried", reason=spent))
             continue
         tried.append(_try(config, graph, fit, bench, folder))
-    outcomes = pareto(tried)
+    return Search(tuple(pareto(tried)), bench.fp32[0], bench.fp32[1], bench.batch, select.rows)
+
+
+def search(ctx: BuildContext) -> Search:
+    """Try every configuration once per build (the result is kept under ``ctx.workdir`` for the other static
+    generators); the files of configurations not kept are removed."""
+    folder = ctx.workdir / SEARCH_DIR
+    record = folder / "search.json"
+    if record.exists():
+        data = json.loads(record.read_text())
+        return Search(**{**data, "outcomes": tuple(Outcome(**o) for o in data["outcomes"])})
+    result = explore(ctx, folder)
+    outcomes = result.outcomes
     for outcome in outcomes:
         if outcome.status != "front" and outcome.artifact:
             Path(outcome.artifact).unlink(missing_ok=True)
-    result = Search(tuple(outcomes), bench.fp32[0], bench.fp32[1], bench.batch, select.rows)
     log.info("static INT8 search for %s: %s", ctx.model.name, result.summary())
     record.write_text(json.dumps({**asdict(result), "outcomes": [asdict(o) for o in outcomes]}))
     return result
