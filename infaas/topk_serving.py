@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from infaas.accuracy import is_classification
+from infaas.cascade_session import KIND as CASCADE_KIND
 from infaas.catalog import ModelInfo
 from infaas.engine import Query, QueryEngine, ServedBy
 from infaas.errors import BadRequest, ModelNotReady, UnknownModel, Unprocessable
@@ -55,9 +56,6 @@ from infaas.topk import (
 )
 
 ENDPOINT = "topk"
-# A cascade (``infaas.cascade_session``'s variant kind) takes no part: each row's score comes from whichever member
-# answered it, on two models' scales, so its rows do not rank against each other.
-CASCADE_KIND = "cascade"
 MAX_VALIDATION_ROWS = 4096  # held-out rows scored per choice: enough for a 1,000-row query's bootstrap
 MIN_HALF_ROWS = 20  # fewer held-out rows per half than this and r is not chosen (the query is served exactly)
 # variant_generator.accuracy.ValidationSet.split: INT8-static calibrates on min(128, rows // 4) rows of a seeded
@@ -350,6 +348,8 @@ class TopKService:
                 first_error = first_error or exc
                 continue
             same = [m for m in ready if m.inputs == model.inputs]
+            # A cascade takes no part: each row's score comes from whichever member answered it, on two models'
+            # scales, so its rows do not rank against each other.
             candidates = [c for m in same for c in cache.for_model(m.name) if c.variant.kind != CASCADE_KIND]
             if not candidates:
                 raise ModelNotReady(f"model {model.name!r} has no ready variant but cascades")
