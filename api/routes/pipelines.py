@@ -6,6 +6,7 @@ against the models the caller may use before anything is stored. A pipeline is i
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,7 @@ async def make_plan(name: str, services: ServicesDep, principal: PrincipalDep) -
 async def infer(name: str, request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
     """Run one query through the DAG: ``{"inputs": {name: nested list}}`` -> the sink stages' outputs (with the
     rows that reached each) and, per stage, who served it and how long it took."""
+    arrived_at = time.monotonic()  # the tuner's arrival, before any wait for the body or a thread
     info = visible_pipeline(services, name, principal.tenant, principal.is_admin)
     body = await read_body(request)
     try:
@@ -141,6 +143,7 @@ async def infer(name: str, request: Request, services: ServicesDep, principal: P
         document["inputs"],
         lambda m: can_use(principal, m),
         principal.tenant,
+        arrived_at,
     )
     content = {
         "pipeline": name,
