@@ -9,8 +9,9 @@ Keeping I/O out of the policies is what lets the tests cover every rule with han
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from infaas.accuracy import Fidelity
@@ -207,8 +208,25 @@ class ClusterView:
     pending_workers: int = 0  # asked of the provider, not yet registered
 
     def worker(self, worker_id: str) -> WorkerLoad | None:
-        """A worker by id."""
-        return next((w for w in self.workers if w.id == worker_id), None)
+        """A worker by id (indexed: the VM level looks up every worker it remembers, each period)."""
+        return self._by_id.get(worker_id)
+
+    @cached_property
+    def _by_id(self) -> dict[str, WorkerLoad]:
+        # A scan per lookup made vm_level.decide quadratic: 2,000 remembered workers × 2,000 workers a period.
+        return {w.id: w for w in self.workers}
+
+    def holders(self, variant_key: str) -> frozenset[str]:
+        """Ids of the workers the variant is loaded on (indexed, as ``worker``)."""
+        return self._holders.get(variant_key, frozenset())
+
+    @cached_property
+    def _holders(self) -> dict[str, frozenset[str]]:
+        out: dict[str, set[str]] = {}
+        for w in self.workers:
+            for i in w.instances:
+                out.setdefault(i.variant_key, set()).add(w.id)
+        return {k: frozenset(v) for k, v in out.items()}
 
 
 @dataclass(frozen=True)
@@ -263,10 +281,17 @@ class History:
 
     def acted(self, target: str, now: float, up: bool) -> History:
         """A copy noting an action on ``target`` at ``now``; its streak restarts."""
-        streaks = dict(self.streaks)
-        streaks[target] = 0
-        last_action = {**self.last_action, target: now}
-        last_up = {**self.last_up, target: now} if up else dict(self.last_up)
+        return self.acted_all([(target, up)], now)
+
+    def acted_all(self, targets: Iterable[tuple[str, bool]], now: float) -> History:
+        """A copy noting actions on each ``(target, up)`` at ``now`` (one copy of the maps, not one per action:
+        1,700 actions on 6,000 instances copied 10 million entries a period)."""
+        streaks, last_action, last_up = dict(self.streaks), dict(self.last_action), dict(self.last_up)
+        for target, up in targets:
+            streaks[target] = 0
+            last_action[target] = now
+            if up:
+                last_up[target] = now
         return replace(self, streaks=streaks, last_action=last_action, last_up=last_up)
 
 

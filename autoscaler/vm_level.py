@@ -228,14 +228,12 @@ def _resize(
         young = [w for w in removable if age[w.id] < config.vm_min_lifetime_s and idle[w.id] < config.vm_idle_periods]
         eligible = [w for w in removable if w not in young]
         total_busy = sum(busy[w.id] for w in active)
-        rest_cores = {w.id: sum(x.cores for x in active) - w.cores for w in removable}
+        total_cores = sum(x.cores for x in active)
+        kinds = _Kinds(active)
 
         def fits_on_rest(w: WorkerLoad) -> bool:
-            return (
-                rest_cores[w.id] > 0
-                and total_busy / rest_cores[w.id] < config.target_utilization
-                and _runs_elsewhere(view, w, active)
-            )
+            rest = total_cores - w.cores
+            return rest > 0 and total_busy / rest < config.target_utilization and kinds.runs_elsewhere(view, w)
 
         if not eligible:
             # Say once per worker why underload drains nothing: the workers it would drain are too young.
@@ -258,7 +256,7 @@ def _resize(
         idlest = order[0]
         if not fits_on_rest(idlest):
             return []
-        drained = [idlest, *_more_to_drain(view, order[1:], active, idlest, total_busy, config)]
+        drained = [idlest, *_more_to_drain(view, order[1:], active, idlest, total_busy, config, kinds)]
         if math.isinf(age[idlest.id]):
             why_now = "there before this level's first period"
         elif age[idlest.id] >= config.vm_min_lifetime_s:
@@ -291,37 +289,56 @@ def _more_to_drain(
     first: WorkerLoad,
     total_busy: float,
     config: PolicyConfig,
+    kinds: _Kinds,
 ) -> list[WorkerLoad]:
     """Further eligible workers (idlest first) drained with ``first`` in the same period: each while the rest stay
     below ``target_utilization`` and run every variant with load, at most half the active workers in all, never
     below ``min_workers``. One drain per ``vm_cooldown_s`` took 5 hours to shrink a 1,000-worker fleet after
-    its peak (``benchmarks/fleet_sim.py``)."""
-    staying = [w for w in active if w.id != first.id]
-    cores = sum(w.cores for w in staying)
+    its peak (``benchmarks/fleet_sim.py``). ``kinds`` (the active workers' hardware) is debited as workers are
+    chosen: copying the staying list per candidate made this quadratic in the fleet."""
+    kinds.remove(first)
+    cores = sum(w.cores for w in active) - first.cores
     limit = min(len(active) // 2, len(active) - max(view.min_workers, 1))
     out: list[WorkerLoad] = []
     for w in candidates:
         if 1 + len(out) >= limit:
             break
-        rest = [x for x in staying if x.id != w.id]
         if cores - w.cores <= 0 or total_busy / (cores - w.cores) >= config.target_utilization:
             break
-        if not _runs_elsewhere(view, w, [w, *rest]):
+        if not kinds.runs_elsewhere(view, w):
             continue
         out.append(w)
-        staying, cores = rest, cores - w.cores
+        kinds.remove(w)
+        cores -= w.cores
     return out
 
 
-def _runs_elsewhere(view: ClusterView, worker: WorkerLoad, active: list[WorkerLoad]) -> bool:
-    """Whether every variant with load on ``worker`` runs on another active worker (``infaas.hardware_kinds.runs_on``,
-    the selector's rule): by cores alone, the only GPU worker looked drainable while its GPU variants served."""
-    others = [x for x in active if x.id != worker.id]
-    for inst in worker.instances:
-        option = view.variants.get(inst.variant_key)
-        if option is not None and inst.rate_per_s > 0 and not any(runs_on(option.hardware, x.hardware) for x in others):
-            return False
-    return True
+class _Kinds:
+    """How many active workers advertise each hardware set: whether a variant runs elsewhere is a question about
+    a handful of kinds, not a scan of the fleet."""
+
+    def __init__(self, workers: list[WorkerLoad]) -> None:
+        self.count: dict[tuple[str, ...], int] = {}
+        for w in workers:
+            self.count[w.hardware] = self.count.get(w.hardware, 0) + 1
+
+    def remove(self, worker: WorkerLoad) -> None:
+        self.count[worker.hardware] -= 1
+
+    def runs_elsewhere(self, view: ClusterView, worker: WorkerLoad) -> bool:
+        """Whether every variant with load on ``worker`` runs on another of the counted workers
+        (``infaas.hardware_kinds.runs_on``, the selector's rule): by cores alone, the only GPU worker looked
+        drainable while its GPU variants served."""
+        for inst in worker.instances:
+            option = view.variants.get(inst.variant_key)
+            if option is None or inst.rate_per_s <= 0:
+                continue
+            if not any(
+                n - (hardware == worker.hardware) > 0 and runs_on(option.hardware, hardware)
+                for hardware, n in self.count.items()
+            ):
+                return False
+        return True
 
 
 def workers_short(active: list[WorkerLoad], busy: dict[str, float], pending: int, config: PolicyConfig) -> int:

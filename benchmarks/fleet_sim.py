@@ -52,6 +52,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import takewhile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -617,17 +618,19 @@ class FleetSim:
     def instance_stats(self, window_s: float) -> dict[tuple[str, str], VariantStats]:
         now = self.env.now
         out = {}
+        since = now - window_s
         for w in self.visible():
             for inst in w.instances.values():
-                while inst.window and inst.window[0][0] < now - window_s:
-                    inst.window.popleft()
-                if not inst.window:
+                # Read, not trimmed: the 1 s window read after the 5 s one had popped what the 5 s window and a
+                # failure's accounting still needed (rates read at a fifth; ``serve`` trims to WINDOW_KEPT_S).
+                entries = list(takewhile(lambda e: e[0] >= since, reversed(inst.window)))
+                if not entries:
                     continue
-                lats = np.concatenate([e[1] for e in inst.window])
-                queries = sum(e[4] for e in inst.window)
-                infeasible = sum(e[4] for e in inst.window if e[5])
+                lats = np.concatenate([e[1] for e in entries])
+                queries = sum(e[4] for e in entries)
+                infeasible = sum(e[4] for e in entries if e[5])
                 feasible = queries - infeasible
-                misses = sum(e[2] for e in inst.window)
+                misses = sum(e[2] for e in entries)
                 out[(w.id, inst.key)] = VariantStats(
                     inst.key,
                     queries,
@@ -886,12 +889,17 @@ def _count(items) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------ experiments
 
 
-def fleet_classes() -> list[QueryClass]:
-    """Three kinds of client of the digits task; the accurate one (the CNN's) grows from 20% to 60% of traffic."""
+def fleet_classes(candidates: Sequence[Candidate] = ()) -> list[QueryClass]:
+    """Three kinds of client of the digits task; the accurate one (the CNN's) grows from 20% to 60% of traffic.
+
+    A floor no variant of the home reaches is lowered to the best accuracy there (a quickly trained zoo's CNN
+    scores 0.87 and its large MLP 0.98, not the full zoo's 0.99): the class still asks for the most accurate
+    model, and the report lists the floors used."""
+    best = max((c.accuracy or 0.0 for c in candidates), default=1.0)
     return [
-        QueryClass("tight", budget_ms=20.0, floor=0.95, rows=8, share_start=0.4, share_end=0.2),
+        QueryClass("tight", budget_ms=20.0, floor=min(0.95, best), rows=8, share_start=0.4, share_end=0.2),
         QueryClass("cheap", budget_ms=50.0, floor=0.0, rows=8, share_start=0.4, share_end=0.2),
-        QueryClass("accurate", budget_ms=400.0, floor=0.99, rows=16, share_start=0.2, share_end=0.6),
+        QueryClass("accurate", budget_ms=400.0, floor=min(0.99, best), rows=16, share_start=0.2, share_end=0.6),
     ]
 
 
@@ -911,7 +919,7 @@ def peak_workers_for(sim_probe: FleetSim, day: Day, config: PolicyConfig, cores:
 
 
 def run_fleet(args: argparse.Namespace, candidates: list[Candidate]) -> dict:
-    classes = fleet_classes()
+    classes = fleet_classes(candidates)
     config = PolicyConfig()
     probe = FleetSim(
         candidates,
