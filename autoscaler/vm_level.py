@@ -65,13 +65,17 @@ class VmPlan:
 
 
 def busy_cores(view: ClusterView, worker: WorkerLoad, derate: Mapping[str, float]) -> float:
-    """Cores the worker's instances keep busy at their current arrival rates (at their effective capacity)."""
+    """Cores the worker's instances keep busy at their demand (at their effective capacity).
+
+    Demand as the model level scales up on (``InstanceLoad.demand_per_s``: the windowed rate, or the last second's
+    when higher): on the windowed rate alone the VM level read a ramp at what it was seconds ago and sized each
+    step below what the model level was already asking replicas for (``benchmarks/fleet_sim.py``)."""
     busy = 0.0
     for inst in worker.instances:
         option = view.variants.get(inst.variant_key)
         if option is None:
             continue
-        busy += inst.rate_per_s / effective_capacity(inst, option, derate) * option.cores
+        busy += inst.demand_per_s / effective_capacity(inst, option, derate) * option.cores
     return busy
 
 

@@ -1,5 +1,7 @@
 """The VM level adds as many workers as the load is short, not one per cool-down (found by benchmarks/fleet_sim.py)."""
 
+from dataclasses import replace
+
 from autoscaler import vm_level
 from autoscaler.policy_types import ClusterView, History, InstanceLoad, PolicyConfig, VariantOption, WorkerLoad
 
@@ -79,3 +81,25 @@ def test_an_idle_fleet_drains_several_workers_a_period_while_the_rest_stay_below
         plan = vm_level.decide(fleet(100.0, 100.0 + 10.0 * n, workers=20), history, CFG)
         history = plan.history
         assert not [a for a in plan.actions if a.action == "drain_worker"]
+
+
+def test_a_burst_the_window_still_lags_is_sized_at_the_last_seconds_rate() -> None:
+    # 4 workers whose 5 s window reads 100 rows/s (50% busy) while the last second ran at 1,000 rows/s: the
+    # model level scales up on the latter, so the VM level sizes on it too (not "in band, nothing to do").
+    def burst(now: float) -> ClusterView:
+        base = fleet(100.0, now)
+        workers = tuple(
+            WorkerLoad(
+                w.id,
+                w.cores,
+                w.memory_budget_mb,
+                w.memory_used_mb,
+                (replace(w.instances[0], recent_rate_per_s=1000.0),),
+            )
+            for w in base.workers
+        )
+        return replace(base, workers=workers)
+
+    [action] = additions(burst)
+    assert action.count == 4  # short by 30 (as the first test), at most doubling
+    assert not additions(lambda now: fleet(100.0, now))  # the window's rate alone: in band
