@@ -35,6 +35,7 @@ from api.console.auth import (
 )
 from api.console.throttle import SignInThrottle
 from api.deps import ServicesDep
+from api.routes.cascades import cascades_of
 from api.uploads import save_upload
 from autoscaler.pipeline_tuner import LEVEL as PIPELINE_LEVEL
 from infaas.accuracy import accuracy_of, fidelity_of
@@ -243,6 +244,7 @@ def model_page(
         "points": _points(services, model),
         "accuracy": {v.name: accuracy_of(model, v) for v in model.variants},
         "fidelity": {v.name: fidelity_of(v) for v in model.variants},
+        "cascades": cascades_of(services, {model.name: model}),  # beside the variants (docs/cascades.md)
     }
     return _render(request, session, "model.html", context)
 

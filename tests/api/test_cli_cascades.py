@@ -1,4 +1,5 @@
-"""``infaas cascades TASK``: the kept cascade with its numbers, and with --all every pair's decision."""
+"""``infaas cascades TASK``: the kept cascade with its numbers, and with --all every pair's decision; the console's
+model page shows it beside the variants."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def test_cascades_command_shows_the_kept_cascade_and_every_decision(
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.replace("│", " ").split())  # cells, without the table's borders
     assert "big/cascade-cpu-fp32 ready cheap/cpu-fp32 -> big/cpu-fp32 max_prob >=" in text
-    assert " pt]" in text and "yes cheap/cpu-fp32 big/cpu-fp32 cascade cheap/cpu-fp32 -> big/cpu-fp32" in text
+    assert "] pt" in text and "yes cheap/cpu-fp32 big/cpu-fp32 cascade cheap/cpu-fp32 -> big/cpu-fp32" in text
+    page = client.get("/console/models/big").text  # the console's model page, beside the variants
+    assert 'data-cascade="big/cascade-cpu-fp32" data-status="ready"' in page
+    assert "cheap/cpu-fp32 &rarr; big/cpu-fp32" in page
     missing = CliRunner().invoke(cli, ["cascades", "no-such-task"])
     assert missing.exit_code != 0 and "no model registered for task" in missing.output
