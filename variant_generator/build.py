@@ -186,6 +186,8 @@ def _build_one(
             raise Skip(f"this worker has {ctx.cores} core(s), so it is the same as {generator.name}")
         if generator.hardware == "gpu":
             require_cuda()  # decided here: no child is started for a variant this host cannot run
+        if generator.name not in built:
+            generator.precheck(ctx)  # e.g. not a transformer: skipped without starting a child
         # A model that cannot run on its own data within the limits fails here, before a generator spends them.
         _ = measurement.reference
         artifact, profiles = measurement.build_and_profile(generator, ctx, built.get(generator.name), threads)

@@ -398,14 +398,23 @@ def explore(ctx: BuildContext, folder: Path) -> Search:
     return Search(tuple(pareto(tried)), bench.fp32[0], bench.fp32[1], bench.batch, select.rows)
 
 
+def recorded(ctx: BuildContext) -> Search | None:
+    """This build's search, if it already ran (kept under ``ctx.workdir``)."""
+    record = ctx.workdir / SEARCH_DIR / "search.json"
+    if not record.exists():
+        return None
+    data = json.loads(record.read_text())
+    return Search(**{**data, "outcomes": tuple(Outcome(**o) for o in data["outcomes"])})
+
+
 def search(ctx: BuildContext) -> Search:
     """Try every configuration once per build (the result is kept under ``ctx.workdir`` for the other static
     generators); the files of configurations not kept are removed."""
     folder = ctx.workdir / SEARCH_DIR
     record = folder / "search.json"
-    if record.exists():
-        data = json.loads(record.read_text())
-        return Search(**{**data, "outcomes": tuple(Outcome(**o) for o in data["outcomes"])})
+    done = recorded(ctx)
+    if done is not None:
+        return done
     result = explore(ctx, folder)
     outcomes = result.outcomes
     for outcome in outcomes:

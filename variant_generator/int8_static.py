@@ -52,6 +52,11 @@ class Int8StaticFast(Int8Static):
     name = "cpu-int8-static-fast"
     kind = "cpu-int8-static"
 
+    def precheck(self, ctx: BuildContext) -> None:
+        recorded = int8_search.recorded(ctx)  # cpu-int8-static's search, when it ran in this build
+        if recorded is not None:
+            self._pick(recorded)
+
     def _pick(self, result: int8_search.Search) -> int8_search.Outcome:
         front = super()._pick(result) and result.front
         if len(front) < 2:

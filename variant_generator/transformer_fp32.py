@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 FUSIONS_SUFFIX = ".fusions.json"
 
 
+def require_transformer(shape: transformer_graph.TransformerShape) -> transformer_graph.TransformerShape:
+    """``shape`` if it is a transformer encoder's, else ``Skip`` saying what was looked for."""
+    if not shape.is_transformer:
+        raise Skip(
+            "not a transformer encoder: the transformer optimizer needs self-attention (MatMul -> Softmax -> MatMul) "
+            f"and layer normalisation; found {shape.attention_blocks} attention block(s), "
+            f"{shape.layer_norms} layer norm(s)"
+        )
+    return shape
+
+
 def optimized_transformer(ctx: BuildContext) -> tuple[Path, dict[str, object]]:
     """The transformer-optimized graph of ``ctx.source`` under ``ctx.workdir`` and what was fused, made once per
     build (the static INT8 search quantizes it too); ``Skip`` for graphs that are not transformer encoders or
@@ -33,13 +44,7 @@ def optimized_transformer(ctx: BuildContext) -> tuple[Path, dict[str, object]]:
     record = out.with_suffix(FUSIONS_SUFFIX)
     if out.exists() and record.exists():
         return out, json.loads(record.read_text())
-    shape = transformer_graph.inspect_file(ctx.source)
-    if not shape.is_transformer:
-        raise Skip(
-            "not a transformer encoder: the transformer optimizer needs self-attention (MatMul -> Softmax -> MatMul) "
-            f"and layer normalisation; found {shape.attention_blocks} attention block(s), "
-            f"{shape.layer_norms} layer norm(s)"
-        )
+    shape = require_transformer(transformer_graph.inspect_file(ctx.source))
     fusions = transformer_graph.optimize(ctx.source, out, shape)
     log.info("transformer fusions for %s (%s): %s", ctx.model.name, shape.describe(), fusions)
     if not fusions:
@@ -56,6 +61,9 @@ class CpuFp32Transformer(VariantGenerator):
     name = "cpu-fp32-transformer"
     kind = "cpu-fp32-transformer"
     precision = "fp32"
+
+    def precheck(self, ctx: BuildContext) -> None:
+        require_transformer(transformer_graph.inspect_file(ctx.source))
 
     def build(self, ctx: BuildContext) -> Path:
         optimized, _ = optimized_transformer(ctx)
