@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
         help="MLServer max_batch_time values (s) to calibrate over; one value skips the calibration",
     )
     parser.add_argument("--calibration-seconds", type=float, default=4.0)
-    parser.add_argument("--build-timeout", type=float, default=1800.0, help="seconds to wait for infaas's variants")
+    parser.add_argument("--build-timeout", type=float, default=3600.0, help="seconds to wait for infaas's variants")
     parser.add_argument("--profile", choices=("missed", "always", "never"), default="missed")
     parser.add_argument("--profile-seconds", type=float, default=8.0)
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="MLServer venv and model cache")
