@@ -71,6 +71,15 @@ def cascades_of(services: Services, models: dict[str, ModelInfo]) -> list[dict[s
             numbers = decision.numbers if decision else {}
             accuracy = accuracy_of(model, variant)
             throughput = {p.batch_size: round(p.throughput_per_s, 1) for p in variant.profiles}
+            member = decision.expensive.split("/", 1)[1] if decision else None
+            expensive = next((v for v in model.variants if v.name == member), None)
+            mine = {p.batch_size: p.latency_p50_ms for p in variant.profiles}
+            saving = numbers.get("saving")
+            measured = {  # the expensive member's profiled p50 over the cascade's, batch by batch (same host)
+                p.batch_size: round(p.latency_p50_ms / mine[p.batch_size], 3)
+                for p in (expensive.profiles if expensive else ())
+                if mine.get(p.batch_size)
+            }
             out.append(
                 {
                     "variant": variant.key,
@@ -82,7 +91,8 @@ def cascades_of(services: Services, models: dict[str, ModelInfo]) -> list[dict[s
                     "threshold": numbers.get("threshold"),
                     "answered": numbers.get("answered"),
                     "saving": numbers.get("saving"),
-                    "speedup": round(1.0 / (1.0 - numbers["saving"]), 3) if numbers.get("saving", 1) < 1 else None,
+                    "expected_speedup": round(1.0 / (1.0 - saving), 3) if saving is not None and saving < 1 else None,
+                    "measured_speedup": measured,
                     "accuracy": accuracy.value,
                     "expensive_accuracy": numbers.get("expensive_accuracy"),
                     "accuracy_difference_interval": numbers.get("accuracy_difference_interval"),
