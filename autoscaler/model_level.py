@@ -214,6 +214,12 @@ def decide(
             derates[target] = _next_derate(derate, utilization, over and streak >= config.up_periods, calm, config)
             if worker.draining or history.cooling(target, view.now, config.cooldown_s):
                 continue
+            unload = inst.idle_s >= config.idle_unload_s and inst.queue_depth == 0
+            up = streak >= config.up_periods or (over and surge)
+            last_up = history.last_up.get(target)
+            down = streak <= -config.down_periods and (last_up is None or view.now - last_up >= config.down_after_up_s)
+            if not (unload or up or down):
+                continue  # the inputs of a decision are built only for one (a third of the period at 2,000 workers)
             inputs = {
                 "rate_per_s": round(inst.rate_per_s, 3),
                 "recent_rate_per_s": round(inst.recent_rate_per_s, 3),
@@ -236,7 +242,7 @@ def decide(
                 "streak": streak,
                 "surge": over and surge,
             }
-            if inst.idle_s >= config.idle_unload_s and inst.queue_depth == 0:
+            if unload:
                 actions.append(
                     Action(
                         LEVEL,
@@ -249,15 +255,13 @@ def decide(
                     )
                 )
                 budget.take(worker.id, option, -inst.replicas)
-            elif streak >= config.up_periods or (over and surge):
+            elif up:
                 planned, missing = _scale_up(view, worker, inst, option, derate, budget, config, inputs)
                 actions.extend(planned)
                 if missing:
                     unmet.append(target)
-            elif streak <= -config.down_periods:
-                last_up = history.last_up.get(target)
-                if last_up is None or view.now - last_up >= config.down_after_up_s:
-                    actions.extend(_scale_down(view, worker, inst, option, derate, budget, config, inputs))
+            else:
+                actions.extend(_scale_down(view, worker, inst, option, derate, budget, config, inputs))
     new_history = history.with_streaks(streaks).with_derate({k: v for k, v in derates.items() if v < 1.0})
     acted: list[tuple[str, bool]] = []
     for action in actions:
