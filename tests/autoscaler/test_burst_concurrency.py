@@ -80,7 +80,7 @@ def test_a_high_last_second_keeps_replicas_that_the_window_calls_idle() -> None:
 MODEL = "burst"
 SERVICE_S = 0.010  # what every run of the model takes, whatever else the host runs: one replica serves 100/s
 RATE = 160.0  # the burst: 1.6x one replica, within two
-SECOND_REPLICA_WITHIN_S = 3.0  # measured 1.5-1.7 s on the 2-core host at load average 14-18; the old rule 5.5-6.4 s
+SECOND_REPLICA_WITHIN_S = 4.0  # measured 1.5-1.7 s at load average 14-18 (4.8 s once at ~30); the old rule 5.5-6.4 s
 
 
 class _PacedSession:
