@@ -96,6 +96,7 @@ def test_cost_model_counts_the_smaller_escalated_batch() -> None:
     assert cost.savings(0.5)[8] < 1.0 - 0.5 - cost.cheap(8) / cost.expensive(8)
 
 
+@pytest.mark.timeout(900)
 def test_kept_cascade_is_a_profiled_virtual_variant_measured_on_report_rows(services: Services) -> None:
     seed_pair(services, cheap_ms=0.01)
     build_task_cascades(services, TASK, "local")
@@ -125,6 +126,7 @@ def test_kept_cascade_is_a_profiled_virtual_variant_measured_on_report_rows(serv
     assert {(d.cheap, d.expensive) for d in decisions} == {("cheap/cpu-fp32", "big/cpu-fp32")}
 
 
+@pytest.mark.timeout(900)  # two constructions (sandboxed runs, profiling): over 300 s on the loaded 2-core host
 def test_a_cascade_saving_under_10_percent_is_not_kept_and_an_old_one_is_retired(services: Services) -> None:
     seed_pair(services, cheap_ms=0.01)
     build_task_cascades(services, TASK, "local")
