@@ -103,3 +103,10 @@ def test_a_burst_the_window_still_lags_is_sized_at_the_last_seconds_rate() -> No
     [action] = additions(burst)
     assert action.count == 4  # short by 30 (as the first test), at most doubling
     assert not additions(lambda now: fleet(100.0, now))  # the window's rate alone: in band
+
+
+def test_doubling_counts_the_workers_still_starting() -> None:
+    # 20 registered, 20 more starting, the load short by far more: the step doubles the 40 asked for, not the 20
+    # registered (which grew a fleet of slow-starting workers by 1.4x per cool-down whatever the load).
+    [action] = additions(lambda now: fleet(1000.0, now, workers=20, pending=20))
+    assert action.count == 40
