@@ -86,6 +86,20 @@ def test_bootstrap_rule_accepts_only_within_the_tolerance_in_95_of_100() -> None
     assert choice is not None and choice.answered == pytest.approx(0.5) and choice.within >= sweep.REQUIRED
 
 
+def test_a_threshold_the_tune_rows_flattered_fails_confirmation_on_the_report_rows() -> None:
+    scores = np.array([[9.0, 0.0]] * 100 + [[0.1, 0.0]] * 100)
+    right, half = np.ones(200, bool), np.r_[np.ones(100, bool), np.zeros(100, bool)]
+    choice, _ = sweep.sweep(scores, half, right, lambda f: 1.0 - 0.5 * f, 0.005)
+    assert choice is not None and choice.answered == pytest.approx(0.5)
+    conf = sweep.confidence(scores, choice.rule, choice.scores)
+    assert sweep.confirmed(conf, choice, half, right, 0.005) >= sweep.REQUIRED  # rows like the tune rows: kept
+    flattered = half.copy()
+    flattered[:10] = False  # on held-out rows the cheap stage misses 10 of its 100 confident rows: -5 points
+    assert sweep.confirmed(conf, choice, flattered, right, 0.005) < sweep.REQUIRED
+    diff = sweep.difference(conf >= choice.threshold, flattered, right)
+    assert diff.mean() == pytest.approx(-0.05) and sweep.interval(diff)[1] < 0
+
+
 def test_cost_model_counts_the_smaller_escalated_batch() -> None:
     cheap = variant_info("cheap", "cpu-fp32", profiles(0.01))
     big = variant_info("big", "cpu-fp32", profiles(1.0))

@@ -11,7 +11,8 @@ side's registration is the data: its labels are the ones its accuracy is measure
 3. for every (cheap, expensive) pair whose cheap member costs less, the threshold is swept on the tune rows
    (``sweep.sweep``: bootstrap test, cheapest accepted); a pair whose best threshold saves less than
    ``cost.MIN_SAVING`` is not kept; per expensive variant the cheapest passing pair is kept (one cascade each);
-4. a kept cascade's accuracy is measured on the report rows (with the bootstrap interval of its difference from
+4. the chosen threshold is confirmed by the same bootstrap test on the report rows (``_confirmed``);
+5. a kept cascade's accuracy is measured on the report rows (with the bootstrap interval of its difference from
    the expensive member's), its bundle written (``infaas.cascade_session``) and profiled by the profiler like
    any variant, on the report rows, and recorded as variant ``cascade-<expensive variant>`` of the expensive
    member's model.
@@ -133,7 +134,7 @@ class _Construction:
         kept: list[str] = []
         for big in expensive:
             best = self._best_for(big, members, tune)
-            if best is None:
+            if best is None or not self._confirmed(best, report):
                 continue
             try:
                 kept.append(self._keep(best, data, tune, report))
@@ -231,6 +232,31 @@ class _Construction:
                 )
                 self.decisions[decision_index] = _replace_reason(decision, reason)
         return best
+
+    def _confirmed(self, best: _Candidate, report: np.ndarray) -> bool:
+        """Whether the chosen threshold passes the bootstrap test on the report rows too (``sweep.confirmed``).
+
+        A failure is recorded and that expensive variant gets no cascade: trying the next candidate would be
+        tuning on the report rows, which then report its accuracy.
+        """
+        small, big, tolerance = best.cheap, best.expensive, self.settings.cascade_tolerance
+        conf = confidence(small.outputs[best.score][report], best.choice.rule, best.choice.scores)
+        within = sweep.confirmed(conf, best.choice, small.correct[report], big.correct[report], tolerance)
+        if within >= sweep.REQUIRED:
+            return True
+        low, high = sweep.interval(
+            sweep.difference(conf >= best.choice.threshold, small.correct[report], big.correct[report])
+        )
+        why = (
+            f"not kept: its threshold fails on the held-out report rows ({within} of {sweep.RESAMPLES} resamples "
+            f"within {tolerance * 100:.2g} points; difference 95% interval [{low * 100:+.2f}, {high * 100:+.2f}] "
+            "points): the tune rows flattered it"
+        )
+        self.decisions = [
+            _replace_reason(d, why) if d.expensive == big.variant.key and d.reason == "kept" else d
+            for d in self.decisions
+        ]
+        return False
 
     def _keep(self, best: _Candidate, data: ValidationSet, tune: np.ndarray, report: np.ndarray) -> str:
         """Measure ``best`` on the report rows, store and profile its bundle, record it; its variant name."""

@@ -53,6 +53,25 @@ def interval(diff: np.ndarray, seed: int = SEED, level: float = 0.95) -> tuple[f
     return float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
 
 
+def difference(answered: np.ndarray, cheap_correct: np.ndarray, expensive_correct: np.ndarray) -> np.ndarray:
+    """Per-row (cascade correct) - (expensive correct): the cheap stage answers the ``answered`` rows."""
+    correct = np.where(answered, cheap_correct, expensive_correct)
+    return correct.astype(np.float64) - expensive_correct.astype(np.float64)
+
+
+def confirmed(
+    conf: np.ndarray, choice: Choice, cheap_correct: np.ndarray, expensive_correct: np.ndarray, tolerance: float
+) -> int:
+    """How many resamples of held-out rows keep ``choice``'s threshold within ``tolerance`` (pass: >= REQUIRED).
+
+    The sweep takes the cheapest of up to hundreds of thresholds that pass on the tune rows, so its pick is the one
+    the tune rows flattered most: in a digits run, three of seven kept cascades were significantly less accurate
+    than their expensive member on the report rows (difference intervals [-4.5, -0.6] points). One confirmatory
+    test of the single chosen threshold on rows it was not tuned on rejects those.
+    """
+    return bootstrap_within(difference(conf >= choice.threshold, cheap_correct, expensive_correct), tolerance)
+
+
 @dataclass(frozen=True)
 class Choice:
     """The threshold a sweep chose, what it costs relative to the expensive variant alone, and the test's count."""
@@ -97,8 +116,7 @@ def sweep(
         for threshold in _thresholds(conf):
             tried += 1
             answered = conf >= threshold
-            correct = np.where(answered, cheap_correct, expensive_correct)
-            diff = correct.astype(np.float64) - expensive_correct.astype(np.float64)
+            diff = difference(answered, cheap_correct, expensive_correct)
             within = bootstrap_within(diff, tolerance)
             if within < REQUIRED:
                 continue
@@ -106,6 +124,13 @@ def sweep(
             cost = relative_cost(share)
             if best is None or cost < best.relative_cost:
                 best = Choice(
-                    rule, float(threshold), kind, share, cost, within, float(correct.mean()), expensive_accuracy
+                    rule,
+                    float(threshold),
+                    kind,
+                    share,
+                    cost,
+                    within,
+                    expensive_accuracy + float(diff.mean()),
+                    expensive_accuracy,
                 )
     return best, tried
