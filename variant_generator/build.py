@@ -28,7 +28,7 @@ import numpy as np
 
 from infaas.catalog import ModelInfo, ProfileInfo, VariantInfo
 from infaas.config import Settings
-from infaas.db.models import ModelStatus, VariantStatus
+from infaas.db.models import ModelStatus, VariantStatus, WorkState
 from infaas.errors import NotFound
 from infaas.model_store import ObjectNotFound
 from infaas.runtime import Skip, require_cuda
@@ -239,7 +239,7 @@ def build_model_variants(services: Services, model_name: str) -> None:
         if VariantStatus.READY in statuses.values():
             metadata.set_model_status(model_name, ModelStatus.READY)
             if services.jobs is not None:  # the task's cascades, decided again with this model (docs/cascades.md)
-                services.jobs.submit("build_cascades", task=model.task, owner=model.owner)
+                _submit_cascades_once(services, model)
             return
         failures = [
             f"{v.name}: {v.reason}" for v in (metadata.get_model(model_name) or model).variants if v.name in statuses
@@ -326,3 +326,18 @@ def reprofile_given_up(services: Services, reason: str, model_name: str) -> None
     if model is None or model.status == ModelStatus.DELETING:
         return
     services.metadata.set_model_status(model_name, model.status, f"re-profiling stopped: {reason}")
+
+
+def _submit_cascades_once(services: Services, model: ModelInfo) -> None:
+    """Queue the task's ``build_cascades`` unless one for the same task and owner is still waiting to start.
+
+    A waiting one reads the catalog when it runs, so it already covers this model. Without coalescing, a task
+    that gains many models queues one full cascade decision per model: a crash test registering ~30 models of
+    one task left six such jobs queued 45 s after its last kill, and a new model waiting behind them.
+    """
+    wanted = {"task": model.task, "owner": model.owner}
+    waiting = services.metadata.list_work_items(WorkState.PENDING, task="build_cascades")
+    if any(item.kwargs == wanted for item in waiting):
+        return
+    assert services.jobs is not None
+    services.jobs.submit("build_cascades", **wanted)

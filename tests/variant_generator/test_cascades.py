@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,12 @@ from infaas.cascade_session import CASCADE, KIND, read_spec
 from infaas.catalog import ProfileInfo
 from infaas.config import Settings
 from infaas.db.models import ModelStatus, VariantStatus
+from infaas.metadata import NewWorkItem
 from infaas.services import Services, build_services
 from tests.cascade_models import cheap_model, expensive_model, validation
 from tests.factories import seed_model, variant_info
 from variant_generator.accuracy import ValidationSet
+from variant_generator.build import _submit_cascades_once
 from variant_generator.cascades import sweep
 from variant_generator.cascades.construct import build_task_cascades
 from variant_generator.cascades.cost import CostModel
@@ -165,3 +169,30 @@ def test_no_labels_no_cascade(services: Services) -> None:
     decisions = services.metadata.list_cascade_decisions(TASK)
     assert decisions and not any(d.kept for d in decisions)
     assert all("no labelled validation set" in d.reason for d in decisions)
+
+
+def test_a_task_gaining_many_models_queues_one_waiting_cascade_decision(services: Services) -> None:
+    """A waiting build_cascades reads the catalog when it runs: a second one for the same task would redo it."""
+    submitted: list[dict[str, str]] = []
+
+    class Recording:
+        def submit(self, task_name: str, **kwargs: str) -> None:
+            submitted.append(kwargs)
+            services.metadata.add_work_item(
+                NewWorkItem(str(uuid.uuid4()), task_name, kwargs, None, datetime.now(UTC) + timedelta(seconds=60))
+            )
+
+        def shutdown(self) -> None:
+            """Nothing runs: the test only counts submissions."""
+
+    services.jobs = Recording()  # type: ignore[assignment]
+    seed_pair(services, cheap_ms=0.05)
+    cheap, big = services.metadata.get_model("cheap"), services.metadata.get_model("big")
+    assert cheap is not None and big is not None
+    for model in (cheap, big, cheap):
+        _submit_cascades_once(services, model)
+    assert submitted == [{"task": TASK, "owner": cheap.owner}]
+    (item,) = services.metadata.list_work_items(task="build_cascades")
+    services.metadata.claim_work_item(item.id, "me", datetime.now(UTC) + timedelta(seconds=60), datetime.now(UTC), 3)
+    _submit_cascades_once(services, big)  # the first one is running: it may have read the catalog already
+    assert len(submitted) == 2
