@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # Cascades (variant_generator.cascades, docs/cascades.md): a threshold is accepted when at least 95 of 100
     # bootstrap resamples keep the cascade's top-1 within this of its expensive member's (0.005 = 0.5 points).
     cascade_tolerance: float = 0.005
+    # Whether builds queue a task's cascade decision. It runs every eligible variant of every compatible model of
+    # the task on the validation rows, so its cost grows with the task's models squared (a 30-model crash-test
+    # task kept one running for over 45 s): an operator with many models per task may turn it off.
+    cascades: bool = True
     # Drift: a cascade whose live escalation share stays outside its bootstrap interval for this long (and over
     # at least cascade_drift_min_rows rows) is marked stale and recalibrated on the stored validation set.
     cascade_drift_window_s: float = 30.0

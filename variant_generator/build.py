@@ -329,12 +329,15 @@ def reprofile_given_up(services: Services, reason: str, model_name: str) -> None
 
 
 def _submit_cascades_once(services: Services, model: ModelInfo) -> None:
-    """Queue the task's ``build_cascades`` unless one for the same task and owner is still waiting to start.
+    """Queue the task's ``build_cascades`` unless one for the same task and owner is still waiting to start
+    (or cascades are turned off: ``INFAAS_CASCADES=0``).
 
     A waiting one reads the catalog when it runs, so it already covers this model. Without coalescing, a task
     that gains many models queues one full cascade decision per model: a crash test registering ~30 models of
     one task left six such jobs queued 45 s after its last kill, and a new model waiting behind them.
     """
+    if not services.settings.cascades:
+        return
     wanted = {"task": model.task, "owner": model.owner}
     waiting = services.metadata.list_work_items(WorkState.PENDING, task="build_cascades")
     if any(item.kwargs == wanted for item in waiting):

@@ -14,7 +14,7 @@ import pytest
 from infaas.cascade_session import CASCADE, KIND, read_spec
 from infaas.catalog import ProfileInfo
 from infaas.config import Settings
-from infaas.db.models import ModelStatus, VariantStatus
+from infaas.db.models import ModelStatus, VariantStatus, WorkState
 from infaas.metadata import NewWorkItem
 from infaas.services import Services, build_services
 from tests.cascade_models import cheap_model, expensive_model, validation
@@ -195,4 +195,10 @@ def test_a_task_gaining_many_models_queues_one_waiting_cascade_decision(services
     (item,) = services.metadata.list_work_items(task="build_cascades")
     services.metadata.claim_work_item(item.id, "me", datetime.now(UTC) + timedelta(seconds=60), datetime.now(UTC), 3)
     _submit_cascades_once(services, big)  # the first one is running: it may have read the catalog already
+    assert len(submitted) == 2
+    services.settings = services.settings.model_copy(update={"cascades": False})
+    services.metadata.claim_work_item(
+        services.metadata.list_work_items(WorkState.PENDING)[0].id, "me", datetime.now(UTC), datetime.now(UTC), 3
+    )
+    _submit_cascades_once(services, big)  # turned off: nothing queued
     assert len(submitted) == 2
