@@ -52,6 +52,7 @@ class Deployment:
             "INFAAS_BROKER_URL": f"redis://{REDIS_HOST}:6379/{redis_db}",
             "INFAAS_BUILD_VARIANTS": "false",
             "INFAAS_AUTOSCALER": "off",
+            "INFAAS_CASCADES": "0",  # the tests follow each job's own work item, not the cascade decision after builds
             "INFAAS_JOBS_QUEUE": self.queue,
             "INFAAS_BROKER_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
             # Work of a killed worker is claimable again after this lease (infaas.jobs.durable).

@@ -31,7 +31,8 @@ from tests.factories import wait_for, write_mlp, write_validation
 from tests.s3server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK = {"profile_runs": 3, "profile_max_seconds": 0.05, "worker_cores": 1, "autoscaler": "off"}
+# Cascades off: these tests count the work a registration leaves (one build), not the task's cascade decision.
+QUICK = {"profile_runs": 3, "profile_max_seconds": 0.05, "worker_cores": 1, "autoscaler": "off", "cascades": False}
 # Short leases and grace so recovery happens within a test; the child uses the same ones.
 RECOVERY = {"work_lease_s": 0.6, "recovery_period_s": 0.2, "orphan_grace_s": 0.5}
 
