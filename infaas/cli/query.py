@@ -10,19 +10,11 @@ import typer
 from rich.console import Console
 
 from infaas.cli.client import call
+from infaas.cli.inputs import read_inputs
 from infaas.selector import ON_INFEASIBLE
 
 out = Console()
 OnInfeasibleChoice = enum.Enum("OnInfeasibleChoice", {v: v for v in ON_INFEASIBLE}, type=str)  # type: ignore[misc]
-
-
-def _read_inputs(path: Path, input_name: str | None) -> dict[str, list]:
-    """A ``.npy`` (one input, named by ``--input-name`` or the model's only input) or an ``.npz``."""
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name].tolist() for name in archive.files}
-    array = np.load(path, allow_pickle=False)
-    return {input_name or "__single__": array.tolist()}
 
 
 def query_command(
@@ -47,7 +39,7 @@ def query_command(
     if (model is None) == (task is None):
         out.print("[red]give a model name or --task, not both[/red]")
         raise typer.Exit(2)
-    inputs = _read_inputs(input_file, input_name)
+    inputs = read_inputs(input_file, input_name)
     if "__single__" in inputs:
         target = call("GET", f"/v1/models/{model}") if model else None
         if target is None or len(target["inputs"]) != 1:

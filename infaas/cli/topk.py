@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from infaas.cli.client import call
-from infaas.cli.query import _read_inputs
+from infaas.cli.inputs import read_inputs
 from infaas.topk import DEFAULT_MIN_PRECISION
 
 out = Console()
@@ -30,7 +30,7 @@ def topk_command(
     if (model is None) == (task is None):
         out.print("[red]give a model name or --task, not both[/red]")
         raise typer.Exit(2)
-    inputs = _read_inputs(input_file, input_name)
+    inputs = read_inputs(input_file, input_name)
     if "__single__" in inputs:
         target = call("GET", f"/v1/models/{model}") if model else None
         if target is None or len(target["inputs"]) != 1:
