@@ -81,3 +81,26 @@ def _wrap(real, name: str, calls: dict[str, int]):
         return real(*args, **kwargs)
 
     return counted
+
+
+def test_the_validation_rebuilds_each_level_of_the_recorded_trace_exactly() -> None:
+    # trace.json records per level (levels.<level>.rates_qps, rounded) and the shape as fractions of the spike;
+    # validate() read a top-level trace.rates_qps of an older layout and failed with KeyError. The rebuilt
+    # arrivals must be the recorded run's: the same count per class at every level.
+    import json
+    from collections import Counter
+
+    from infaas.examples.zoo import load_digits_split
+
+    measured = json.loads((fleet_sim.RESULTS / "trace.json").read_text())
+    samples = len(load_digits_split()[2])
+    assert measured["levels"]
+    for level, row in measured["levels"].items():
+        classes, arrivals, duration = fleet_sim.trace_replay(measured, level, samples)
+        assert duration == measured["trace"]["duration_s"]
+        assert {c.name for c in classes} == set(row["queries_by_class"])
+        assert Counter(name for _t, name in arrivals) == row["queries_by_class"]
+        times = [t for t, _name in arrivals]
+        assert times == sorted(times) and 0 <= times[0] and times[-1] < duration
+    config = fleet_sim.trace_config(measured)
+    assert config.high_utilization == measured["policy"]["high_utilization"]
