@@ -32,6 +32,19 @@ The prior is the larger of two tails, each learnt from every query the worker se
 So a cold placement on a busy worker is believed as slow as the worker has lately been, and a worker nobody
 has observed yet is believed (a new worker is idle). Once observed, the placement's own factor takes over.
 
+What has not been observed for ``STALE_S`` no longer speaks for now: a placement's factor, a worker's slowdown
+and a worker's excess each *expire* when no query has updated them for that long; an expired tracker is read
+as absent (a placement falls back to its worker's prior, a prior without a fresh slowdown to its excess, a
+worker with nothing fresh to the raw estimate), and its next observation starts it afresh. Without this, a
+placement whose learnt factor made it infeasible was never chosen, so never observed, so its factor never came
+down (*frozen pessimism*, the mirror image of the prior's runaway): in ``benchmarks/trace.py`` at 0.7× the
+large MLP's instance, the only one meeting the accurate class's floor in time, learnt ~50× during a spike, was
+served nothing from 23 s on and was unloaded at 38 s as idle, while the fair share refused 79% of the
+accurate class as at risk. The slowdown needs its own expiry: it is learnt only from ≥ 1 ms models, which on
+that zoo is that same instance, so it froze with it. A stale estimate proven wrong costs its first query (a
+restarted tracker starts at that query's ratio, so one slow observation makes it pessimistic again): at most
+about one query per ``STALE_S`` per placement that really is slower than its worker's prior.
+
 One tail per placement, not a tail of the path plus a tail of the worker's time: the two are correlated (both
 stretch when the machine is busy), and summing two p99s promised almost nothing on a loaded two-core host (a
 6 ms "overhead" for a path whose median was 0.3 ms; ``benchmarks/estimate_honesty.py``).
@@ -57,8 +70,10 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -70,11 +85,17 @@ _FLOOR_MS = 1e-3  # 1 µs: below timer resolution; keeps logarithms finite
 # Raw estimates from which a worker's slowdown is learnt as a factor: below ~1 ms the wait for a core (a
 # scheduler quantum, the interpreter) dominates the ratio (50× on 0.01-0.1 ms models in the 0.7× trace run).
 PRIOR_MIN_RAW_MS = 1.0
+# A tracker no query has updated for this long is read as absent (module docstring). Long against a placement
+# in use (served at least every few seconds, even a 5%-share class at the trace's base rate), short against the
+# autoscaler's idle unload (15 s in the trace, 120 s by default), so that a frozen placement is tried again
+# before it is unloaded for idling.
+STALE_S = 5.0
 REPORT_SAMPLES = 4096  # recent queries the report's error percentiles are taken over
 _log, _exp = math.log, math.exp
 
 # What the selector calls: (variant key, worker id, raw estimate ms) -> corrected estimate ms.
 Correction = Callable[[str, str, float], float]
+Clock = Callable[[], float]  # seconds, monotonic
 
 
 class _Quantile:
@@ -86,19 +107,22 @@ class _Quantile:
     query under a stale estimate is a broken promise.
 
     ``value`` is kept as a plain attribute: it is read once per placement on every query, updated once per query.
+    ``seen_s`` is when it was last updated (``STALE_S``).
     """
 
-    __slots__ = ("up", "down", "log_value", "value", "count", "streak")
+    __slots__ = ("up", "down", "log_value", "value", "count", "streak", "seen_s")
 
-    def __init__(self, quantile: float, first: float) -> None:
+    def __init__(self, quantile: float, first: float, now: float) -> None:
         self.up, self.down = STEP * quantile, STEP * (1.0 - quantile)
         self.log_value = math.log(max(first, _FLOOR_MS))
         self.value = math.exp(self.log_value)
         self.count = 1
         self.streak = 0  # observations above the estimate in a row, before this one
+        self.seen_s = now
 
-    def update(self, observed: float) -> None:
+    def update(self, observed: float, now: float) -> None:
         # Plain float comparisons instead of max/min calls: twice per query (overhead and factor).
+        self.seen_s = now
         log_observed = _log(observed if observed > _FLOOR_MS else _FLOOR_MS)
         log_value = self.log_value
         if log_observed > log_value:
@@ -121,37 +145,45 @@ class _Quantile:
 class _WorkerPrior:
     """What a worker's served queries say about a placement on it that has not been observed (module docstring).
 
-    ``excess_ms`` and ``slowdown`` are the trackers' values, kept as plain attributes for ``correct``.
+    ``excess_ms`` and ``slowdown_value`` are the trackers' values, kept as plain attributes for ``correct``, and
+    ``excess_s`` / ``slowdown_s`` when each was last updated (-inf: never).
     """
 
-    __slots__ = ("excess", "slowdown", "excess_ms", "slowdown_value")
+    __slots__ = ("excess", "slowdown", "excess_ms", "slowdown_value", "excess_s", "slowdown_s")
 
     def __init__(self) -> None:
         self.excess: _Quantile | None = None
         self.slowdown: _Quantile | None = None
         self.excess_ms = 0.0
         self.slowdown_value = 1.0
+        self.excess_s = self.slowdown_s = -math.inf
 
-    def update(self, raw_ms: float, worker_part_ms: float) -> None:
-        """Account one query whose raw estimate was ``raw_ms`` and that took ``worker_part_ms`` beyond the overhead."""
+    def update(self, raw_ms: float, worker_part_ms: float, now: float) -> None:
+        """Account one query whose raw estimate was ``raw_ms`` and that took ``worker_part_ms`` beyond the overhead;
+        a tracker expired at ``now`` starts again from it."""
         excess = worker_part_ms - raw_ms
-        if self.excess is None:
-            self.excess = _Quantile(TAIL_QUANTILE, excess)
+        if self.excess is None or self.excess_s < now - STALE_S:
+            self.excess = _Quantile(TAIL_QUANTILE, excess, now)
         else:
-            self.excess.update(excess)
-        self.excess_ms = self.excess.value
+            self.excess.update(excess, now)
+        self.excess_ms, self.excess_s = self.excess.value, now
         if raw_ms >= PRIOR_MIN_RAW_MS:
             ratio = worker_part_ms / raw_ms
-            if self.slowdown is None:
-                self.slowdown = _Quantile(TAIL_QUANTILE, ratio)
+            if self.slowdown is None or self.slowdown_s < now - STALE_S:
+                self.slowdown = _Quantile(TAIL_QUANTILE, ratio, now)
             else:
-                self.slowdown.update(ratio)
-            self.slowdown_value = self.slowdown.value
+                self.slowdown.update(ratio, now)
+            self.slowdown_value, self.slowdown_s = self.slowdown.value, now
 
-    def estimate(self, raw_ms: float) -> float:
-        """The worker part of an unobserved placement's estimate (the caller adds the overhead)."""
-        stretched = self.slowdown_value * raw_ms
+    def estimate(self, raw_ms: float, horizon: float) -> float:
+        """The worker part of an unobserved placement's estimate (the caller adds the overhead), from what was
+        updated after ``horizon`` (``now - STALE_S``): nothing fresh, the raw estimate."""
+        if self.excess_s < horizon:  # every query the worker serves updates the excess: the worker went quiet
+            return raw_ms
         waited = raw_ms + self.excess_ms
+        if self.slowdown_s < horizon:
+            return waited
+        stretched = self.slowdown_value * raw_ms
         return stretched if stretched > waited else waited
 
 
@@ -163,9 +195,13 @@ class _Sample(NamedTuple):  # a tuple: one is made per query
 
 
 class Calibration:
-    """Per-front-end estimate correction; thread-safe, O(1) per observation and per correction."""
+    """Per-front-end estimate correction; thread-safe, O(1) per observation and per correction.
 
-    def __init__(self) -> None:
+    ``clock`` (seconds, monotonic) dates observations and decides which trackers expired (``STALE_S``).
+    """
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._overhead: _Quantile | None = None
         self._overhead_ms = 0.0  # the tracker's value, read on every correction
@@ -186,15 +222,25 @@ class Calibration:
         return tracker.value if tracker is not None else 1.0
 
     def correct(self, key: str, worker: str, raw_ms: float) -> float:
-        """The corrected estimate for a raw one (a ``Correction``; called per placement on every query).
+        """The corrected estimate for a raw one, now (a ``Correction``).
 
-        An unobserved placement gets its worker's prior; on a worker never observed, the raw estimate.
+        An unobserved or expired placement gets its worker's prior; on a worker with nothing fresh, the raw estimate.
         """
+        return self._corrected(self._clock(), key, worker, raw_ms)
+
+    def correction(self) -> Correction:
+        """``correct`` with the clock read once: what one selection uses, so that every placement it compares is
+        judged at the same instant, by the reference selector and the fast one alike."""
+        return partial(self._corrected, self._clock())
+
+    def _corrected(self, now: float, key: str, worker: str, raw_ms: float) -> float:
+        # Called per placement on every query: one dictionary look-up when the placement is fresh.
+        horizon = now - STALE_S
         tracker = self._factors.get((key, worker))
-        if tracker is not None:
+        if tracker is not None and tracker.seen_s >= horizon:
             return self._overhead_ms + tracker.value * raw_ms
         prior = self._priors.get(worker)
-        return self._overhead_ms + (raw_ms if prior is None else prior.estimate(raw_ms))
+        return self._overhead_ms + (raw_ms if prior is None else prior.estimate(raw_ms, horizon))
 
     def observe(
         self, key: str, worker: str, raw_ms: float, actual_ms: float, *, worker_ms: float, budget_ms: float | None
@@ -205,46 +251,57 @@ class Calibration:
         Queries that loaded a variant are not observed: their time is a one-off load the profile measured.
         """
         placement = (key, worker)
+        now = self._clock()
         with self._lock:
-            # ``correct`` inlined (the placement is looked up once): this runs on every query.
+            # ``_corrected`` inlined (the placement is looked up once): this runs on every query.
+            horizon = now - STALE_S
             tracker = self._factors.get(placement)
+            if tracker is not None and tracker.seen_s < horizon:
+                tracker = None  # expired: the estimate in force was the prior's, and this query starts it again
             prior = self._priors.get(worker)
             if tracker is not None:
                 corrected_ms = self._overhead_ms + tracker.value * raw_ms
             else:
-                corrected_ms = self._overhead_ms + (raw_ms if prior is None else prior.estimate(raw_ms))
+                corrected_ms = self._overhead_ms + (raw_ms if prior is None else prior.estimate(raw_ms, horizon))
             self._samples.append(_Sample(raw_ms, corrected_ms, actual_ms, budget_ms))
             self._observed += 1
             path_ms = actual_ms - worker_ms
             overhead = self._overhead
             if overhead is None:
-                overhead = self._overhead = _Quantile(0.5, path_ms)
+                overhead = self._overhead = _Quantile(0.5, path_ms, now)
             else:
-                overhead.update(path_ms)
+                overhead.update(path_ms, now)
             self._overhead_ms = overhead_ms = overhead.value
             worker_part_ms = actual_ms - overhead_ms
             ratio = worker_part_ms / (raw_ms if raw_ms > _FLOOR_MS else _FLOOR_MS)
             if tracker is None:
-                self._factors[placement] = _Quantile(TAIL_QUANTILE, ratio)
+                self._factors[placement] = _Quantile(TAIL_QUANTILE, ratio, now)
             else:
-                tracker.update(ratio)
+                tracker.update(ratio, now)
             if prior is None:
                 prior = self._priors[worker] = _WorkerPrior()
-            prior.update(raw_ms, worker_part_ms)
+            prior.update(raw_ms, worker_part_ms, now)
 
     def report(self) -> dict[str, object]:
         """Estimate error before and after correction over the recent queries, and the correction in force."""
+        now = self._clock()
         with self._lock:
             samples = list(self._samples)
-            factors = {f"{key} on {worker}": (t.value, t.count) for (key, worker), t in self._factors.items()}
+            factors = {
+                f"{key} on {worker}": (t.value, t.count, now - t.seen_s) for (key, worker), t in self._factors.items()
+            }
             priors = {w: (p.excess_ms, p.slowdown_value) for w, p in self._priors.items()}
             observed, overhead = self._observed, self.overhead_ms
         out: dict[str, object] = {
             "observed": observed,
             "window": len(samples),
             "tail_quantile": TAIL_QUANTILE,
+            "stale_after_s": STALE_S,
             "overhead_ms": round(overhead, 4),
-            "factors": {k: {"factor": round(v, 4), "observed": n} for k, (v, n) in sorted(factors.items())},
+            "factors": {
+                k: {"factor": round(v, 4), "observed": n, "age_s": round(age, 1)}  # expired past stale_after_s
+                for k, (v, n, age) in sorted(factors.items())
+            },
             "worker_priors": {
                 w: {"excess_ms": round(e, 4), "slowdown": round(f, 4)} for w, (e, f) in sorted(priors.items())
             },

@@ -261,7 +261,9 @@ class QueryEngine:
             requirements = replace(requirements, batch=batch)
         snapshot = self.workers.snapshot()
         try:
-            decision = fast_select(requirements, candidates, snapshot, self._prices, correct=self.calibration.correct)
+            decision = fast_select(
+                requirements, candidates, snapshot, self._prices, correct=self.calibration.correction()
+            )
         except Infeasible as refused:
             self._record_rejection(query, refused)
             raise
@@ -322,7 +324,7 @@ class QueryEngine:
         snapshot = self.workers.snapshot()
         try:
             decision = fast_select(
-                plan.requirements, plan.candidates, snapshot, self._prices, exclude, self.calibration.correct
+                plan.requirements, plan.candidates, snapshot, self._prices, exclude, self.calibration.correction()
             )
         except NoWorkerAvailable as exc:
             raise NoWorkerAvailable(f"{cause}; {exc}") from cause

@@ -131,5 +131,9 @@ def test_the_report_shows_the_error_and_promises_kept_before_and_after() -> None
     assert raw_kept["met_share"] < 0.9 < corrected_kept["met_share"]
     assert corrected_kept["promised"] < raw_kept["promised"]  # it promises less, and keeps what it promises
     assert report["factors"] == {
-        f"{KEY} on w1": {"factor": pytest.approx(calibration.factor(KEY, "w1"), abs=1e-4), "observed": 1000}
+        f"{KEY} on w1": {
+            "factor": pytest.approx(calibration.factor(KEY, "w1"), abs=1e-4),
+            "observed": 1000,
+            "age_s": pytest.approx(0.0, abs=0.5),  # just observed: not expired (``STALE_S``)
+        }
     }
