@@ -253,6 +253,22 @@ def _top_reasons(group: list[Outcome], top: int = 3) -> dict[str, dict]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]["count"])[:top])
 
 
+TIMELINE_S = 5.0  # seconds per bucket of ``timeline``
+
+
+def timeline(group: list[Outcome]) -> list[dict]:
+    """Per ``TIMELINE_S`` of the trace (by scheduled arrival): queries, and each class's outcomes other than in
+    time, so that where the misses fall (the step, the spike, after it) and of which kind is on record."""
+    buckets: dict[int, dict] = {}
+    for o in group:
+        b = buckets.setdefault(int(o.at_s // TIMELINE_S), {"queries": 0, "not_ok": {}})
+        b["queries"] += 1
+        if o.status != "ok":
+            by_status = b["not_ok"].setdefault(o.cls, {})
+            by_status[o.status] = by_status.get(o.status, 0) + 1
+    return [{"t_s": i * TIMELINE_S, **buckets[i]} for i in sorted(buckets)]
+
+
 def jain_index(values: list[float]) -> float | None:
     """Jain's fairness index of ``values``: 1 when all are equal, 1/n when one class gets everything."""
     if not values or not any(values):
@@ -314,6 +330,7 @@ class Run:
             "by_class": by_class,
             "by_tenant": by_tenant,
             "served_by": dict(sorted(served.items(), key=lambda kv: -kv[1])),
+            "timeline": timeline(feasible),
         }
         if self.estimates:
             out["estimates"] = self.estimates

@@ -58,6 +58,18 @@ def test_infeasible_classes_are_kept_out_of_the_feasible_miss_rate() -> None:
     assert summary["fairness"]["in_time_share_by_class"] == {"a": 0.5, "b": 1.0}
 
 
+def test_the_timeline_puts_each_outcome_in_its_bucket_by_class_and_kind() -> None:
+    def at(t: float, status: str, cls: str) -> Outcome:
+        return Outcome(t, cls, cls, 1.0, status, None, "m/v")
+
+    group = [at(0.5, "ok", "a"), at(4.9, "late", "a"), at(5.0, "timed-out", "b"), at(12.0, "rejected", "a")]
+    assert trace.timeline(group) == [
+        {"t_s": 0.0, "queries": 2, "not_ok": {"a": {"late": 1}}},
+        {"t_s": 5.0, "queries": 1, "not_ok": {"b": {"timed-out": 1}}},
+        {"t_s": 10.0, "queries": 1, "not_ok": {"a": {"rejected": 1}}},
+    ]
+
+
 def test_jain_index_is_one_when_equal_and_one_over_n_when_one_gets_all() -> None:
     assert trace.jain_index([0.7, 0.7, 0.7]) == pytest.approx(1.0)
     assert trace.jain_index([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
