@@ -29,18 +29,31 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from infaas.runtime import CPU_PROVIDERS, Session, Skip, open_session
 from variant_generator.accuracy import ValidationSet, fidelity_score, fixed_batch, predict
 from variant_generator.base import BuildContext
 from variant_generator.int8_dynamic import quantizable_source, require_quantized
+from variant_generator.integer_kernels import integer_kernels
 from variant_generator.transformer_fp32 import optimized_transformer
 
 log = logging.getLogger(__name__)
 
 METHODS = ("MinMax", "Entropy", "Percentile")
 COMPUTE_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+# In the ``weights`` configurations these keep a float output: ONNX Runtime's CPU provider fuses
+# DequantizeLinear(activation) + DequantizeLinear(weight) -> MatMul into ``MatMulIntegerToFloat`` (Gemm into
+# ``QGemm``), an integer (u8s8, VNNI where the CPU has it) kernel, only when no QuantizeLinear follows. With the
+# output quantized *and* its float copy fed to the residual stream (``_float_for_the_rest``) the MatMul had two
+# consumers, nothing fused, and MiniLM ran 18 float MatMuls amid 36 DequantizeLinear and 24 QuantizeLinear: 0.5x
+# FP32's speed. Unquantized outputs fused all 12 (or 18) MatMuls at the same cosine (0.99747 both).
+FLOAT_OUTPUT_OPS = ["MatMul", "Gemm"]
+# Unsigned activations (u8 x s8 weights, MLAS's native pair on x86): with the quantizer's default signed ones, ONNX
+# Runtime 1.32 fused 9 of ResNet-18's 20 Convs into ``QLinearConv`` and ran the other 11 in float between 18
+# layout Transposes, residual Adds float; with unsigned ones all 20 Convs became ``QLinearConv`` and all 8 Adds
+# ``QLinearAdd`` (argmax agreement 1.0 both). MiniLM's ``weights`` graphs fused the same either way.
+ACTIVATION_TYPE = QuantType.QUInt8
 # Ops whose output has the outliers that per-tensor activation scales lose the most on: a GELU's output feeds
 # the feed-forward down-projection (on MiniLM, quantizing it cost more fidelity than any other MatMul input).
 _GELU_OPS = frozenset({"Gelu", "BiasGelu", "FastGelu", "Erf"})
@@ -101,15 +114,17 @@ class Outcome:
     per_channel: bool = True
     artifact: str | None = None
     reason: str | None = None
+    integer_ops: int | None = None  # integer kernels in the graph ONNX Runtime optimizes it into
 
     def describe(self) -> str:
         """E.g. ``transformer/weights/MinMax: cosine 0.9996, 9.2 / 59.6 ms at batch 1 / 8``."""
         if self.fidelity is None or self.ms_batch1 is None or self.ms_batch is None:
             return f"{self.config}: {self.status} ({(self.reason or '')[:_REASON_CHARS]})"
         channel = "" if self.per_channel else ", per-tensor"
+        kernels = "" if self.integer_ops is None else f", {self.integer_ops} integer kernels"
         return (
             f"{self.config}{channel}: {self.metric} {self.fidelity:.4f}, {self.ms_batch1:.2f} / {self.ms_batch:.2f} ms "
-            f"at batch 1 / {self.batch} ({'kept' if self.status == 'front' else self.status})"
+            f"at batch 1 / {self.batch}{kernels} ({'kept' if self.status == 'front' else self.status})"
         )
 
 
@@ -316,10 +331,13 @@ def _quantize(graph: Path, out: Path, config: Config, fit: ValidationSet, ctx: B
                 out,
                 ValidationReader(fit, batch),
                 quant_format=QuantFormat.QDQ,
+                activation_type=ACTIVATION_TYPE,
+                weight_type=QuantType.QInt8,
                 per_channel=per_channel,
                 calibrate_method=getattr(CalibrationMethod, config.method),
                 op_types_to_quantize=op_types,
                 nodes_to_exclude=excluded,
+                extra_options={} if config.ops == "all" else {"OpTypesToExcludeOutputQuantization": FLOAT_OUTPUT_OPS},
             )
             if config.ops != "all":
                 _float_for_the_rest(out)
@@ -338,6 +356,7 @@ def _try(config: Config, graph: Path | str, fit: ValidationSet, bench: _Bench, f
     try:
         per_channel = _quantize(graph, out, config, fit, bench.ctx)
         require_quantized(out, bench.ctx.model, "static INT8", "another configuration may")
+        kernels = integer_kernels(out)
         fidelity, metric, ms1, ms_batch = bench.measure(out)
     except Skip as exc:
         out.unlink(missing_ok=True)
@@ -345,7 +364,8 @@ def _try(config: Config, graph: Path | str, fit: ValidationSet, bench: _Bench, f
     except Exception as exc:
         out.unlink(missing_ok=True)
         return Outcome(config.name, "failed", reason=f"{type(exc).__name__}: {str(exc)[:300]}")
-    return Outcome(config.name, "measured", fidelity, metric, ms1, ms_batch, bench.batch, per_channel, str(out))
+    numbers = (fidelity, metric, ms1, ms_batch, bench.batch, per_channel, str(out))
+    return Outcome(config.name, "measured", *numbers, integer_ops=kernels)
 
 
 def _covers(kept: Outcome, other: Outcome) -> bool:

@@ -52,6 +52,9 @@ def test_every_configuration_is_tried_and_recorded_with_its_numbers(built: tuple
     measured = [o for o in result.outcomes if o.status in ("front", "dominated")]
     assert len(measured) >= 2 * len(int8_search.METHODS), [o.describe() for o in result.outcomes]
     assert all(o.metric == COSINE and o.fidelity is not None and o.ms_batch1 and o.ms_batch for o in measured)
+    # Every weight configuration runs its quantized MatMuls as integer kernels (``test_int8_integer_kernels``).
+    assert all(o.integer_ops for o in measured if "/weights" in o.config), [o.describe() for o in measured]
+    assert "integer kernels" in result.summary()
     assert result.front and all(o.artifact and Path(o.artifact).exists() for o in result.front)
     dominated = [o for o in measured if o.status == "dominated"]
     assert all(o.artifact is None or not Path(o.artifact).exists() for o in dominated)  # their files are removed
