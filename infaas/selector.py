@@ -37,7 +37,8 @@ from typing import Literal, get_args
 
 from infaas.accuracy import UNKNOWN, Accuracy, Fidelity, accuracy_of, fidelity_of, floor_metric
 from infaas.calibration import Correction
-from infaas.catalog import ModelInfo, VariantInfo
+from infaas.cascade_session import KIND as CASCADE_KIND
+from infaas.catalog import ModelInfo, ProfileInfo, VariantInfo
 from infaas.errors import BadRequest, Unavailable, Unprocessable
 from infaas.hardware_kinds import required_hardware, runs_on
 from infaas.live_state.base import LiveSnapshot, WorkerState
@@ -167,12 +168,24 @@ class Requirements:
     on_infeasible: OnInfeasible = "best_effort"  # when the latency budget cannot be met: serve flagged, or reject
 
 
+def mean_ms(profile: ProfileInfo) -> float:
+    """Mean time per batch of a profile: its batch over its measured throughput (the profiler's throughput is
+    rows over the elapsed time of every timed run). The p50 when no throughput was measured."""
+    if profile.throughput_per_s <= 0:
+        return profile.latency_p50_ms
+    return profile.batch_size / profile.throughput_per_s * 1000.0
+
+
+def _p50_ms(profile: ProfileInfo) -> float:
+    return profile.latency_p50_ms
+
+
 @dataclass(frozen=True)
 class ProfileCurve:
     """A variant's profiles reduced to what estimates need; shared by the selector and the worker."""
 
     batches: tuple[int, ...]  # profiled batch sizes, ascending
-    latencies_ms: tuple[float, ...]  # p50 at each profiled batch
+    latencies_ms: tuple[float, ...]  # p50 at each profiled batch (a cascade's mean: ``of``)
     tails_ms: tuple[float, ...]  # p99 at each profiled batch
     load_ms: float
     memory_mb: float
@@ -186,16 +199,23 @@ class ProfileCurve:
 
     @classmethod
     def of(cls, variant: VariantInfo) -> ProfileCurve:
-        """Reduce a profiled variant's measurements."""
+        """Reduce a profiled variant's measurements.
+
+        A cascade's (``infaas.cascade_session``) typical time is its measured *mean*, not its p50: its work
+        depends on the rows (a batch either escalates some or not), so when most rows are answered by the cheap
+        stage the p50 is the cheap stage alone and hides the escalated batches' time, and a cost priced by it
+        is understated by the escalation share times the expensive stage's time (``mean_ms``).
+        """
         profiles = sorted(variant.profiles, key=lambda p: p.batch_size)
         if not profiles:
             raise ValueError(f"variant {variant.key} has no profiles")
         invariant = all(p.batch_invariant for p in profiles)
         best = max(profiles if invariant else profiles[:1], key=lambda p: (p.throughput_per_s, -p.batch_size))
+        typical = mean_ms if variant.kind == CASCADE_KIND else _p50_ms
         return cls(
             batches=tuple(p.batch_size for p in profiles),
-            latencies_ms=tuple(p.latency_p50_ms for p in profiles),
-            tails_ms=tuple(max(p.latency_p99_ms, p.latency_p50_ms) for p in profiles),
+            latencies_ms=tuple(typical(p) for p in profiles),
+            tails_ms=tuple(max(p.latency_p99_ms, typical(p)) for p in profiles),
             load_ms=max(p.load_ms for p in profiles),
             memory_mb=max(p.memory_mb for p in profiles),
             best_batch=best.batch_size,
@@ -204,8 +224,8 @@ class ProfileCurve:
         )
 
     def service_ms(self, batch: int) -> float:
-        """Profiled p50 at the smallest profiled batch ≥ ``batch``; linear beyond the largest (the typical
-        time: what a query's hardware is held for, and what batching and inlining plan with)."""
+        """Profiled p50 (a cascade's mean) at the smallest profiled batch ≥ ``batch``; linear beyond the largest
+        (the typical time: what a query's hardware is held for, and what batching and inlining plan with)."""
         return self._at(self.latencies_ms, batch)
 
     def tail_ms(self, batch: int) -> float:

@@ -19,6 +19,7 @@ from infaas.auth import Principal
 from infaas.cascade_session import KIND
 from infaas.catalog import CascadeDecisionInfo, ModelInfo
 from infaas.errors import BadRequest, NotFound
+from infaas.selector import mean_ms
 from infaas.services import Services
 
 router = APIRouter(
@@ -73,10 +74,12 @@ def cascades_of(services: Services, models: dict[str, ModelInfo]) -> list[dict[s
             throughput = {p.batch_size: round(p.throughput_per_s, 1) for p in variant.profiles}
             member = decision.expensive.split("/", 1)[1] if decision else None
             expensive = next((v for v in model.variants if v.name == member), None)
-            mine = {p.batch_size: p.latency_p50_ms for p in variant.profiles}
+            mine = {p.batch_size: mean_ms(p) for p in variant.profiles}
             saving = numbers.get("saving")
-            measured = {  # the expensive member's profiled p50 over the cascade's, batch by batch (same host)
-                p.batch_size: round(p.latency_p50_ms / mine[p.batch_size], 3)
+            # The expensive member's profiled mean time over the cascade's, batch by batch (same host): the mean,
+            # since a cascade's p50 is its cheap stage alone when most rows are confident (``ProfileCurve.of``).
+            measured = {
+                p.batch_size: round(mean_ms(p) / mine[p.batch_size], 3)
                 for p in (expensive.profiles if expensive else ())
                 if mine.get(p.batch_size)
             }

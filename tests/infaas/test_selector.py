@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from infaas.cascade_session import KIND
 from infaas.errors import BadRequest
 from infaas.hardware_kinds import TENSORRT_ENGINE
 from infaas.live_state import InstanceState, LiveSnapshot, WorkerState
@@ -227,6 +228,34 @@ def test_profile_at_the_batch_it_runs_with_extrapolation() -> None:
     assert single.service_ms(8) == pytest.approx(16.0)
     decision = select(Requirements(model="m", batch=3), [candidate("m", "v", {1: 2.0, 4: 5.0})], live(), PRICES)
     assert decision.estimated_ms == 100.0 + 5.0 * P99 and decision.batch == 3
+
+
+def _cascade(p50_ms: float, mean_ms: float, accuracy: float) -> Candidate:
+    """A cascade whose batch-1 p50 is its cheap stage alone (most rows confident) and whose measured throughput
+    says what a row really costs on average (the escalated rows' expensive stage included)."""
+    (profile,) = profiles({1: p50_ms}, accuracy=accuracy, p99_factor=20.0)
+    measured = (replace(profile, throughput_per_s=1000.0 / mean_ms),)
+    return Candidate.of(model_info("m"), variant_info("m", "cascade-cpu-fp32", measured, kind=KIND))
+
+
+def test_a_cascade_is_priced_by_its_measured_mean_not_its_p50() -> None:
+    cascade = _cascade(p50_ms=0.1, mean_ms=2.0, accuracy=0.95)
+    assert cascade.curve.service_ms(1) == pytest.approx(2.0)
+    assert cascade.curve.tail_ms(1) == pytest.approx(2.0)  # p99 (0.1 x 20) is not below the mean
+    single = candidate("m", "cpu-fp32", {1: 1.0}, accuracy=0.95)
+    both_loaded = live(loaded={"m/cascade-cpu-fp32": [("w1", 1)], "m/cpu-fp32": [("w1", 1)]})
+    chosen = select(Requirements(model="m", min_accuracy=0.95), [cascade, single], both_loaded, PRICES)
+    assert chosen.variant.name == "cpu-fp32"  # priced by its p50 (0.1 ms) the cascade would look 10x cheaper
+    assert chosen.estimated_cost == pytest.approx(0.048 * 1.0 / 3_600_000)
+    cheaper = _cascade(p50_ms=0.1, mean_ms=0.5, accuracy=0.95)
+    chosen = select(Requirements(model="m", min_accuracy=0.95), [cheaper, single], both_loaded, PRICES)
+    assert chosen.variant.kind == KIND and chosen.estimated_cost == pytest.approx(0.048 * 0.5 / 3_600_000)
+
+
+def test_a_plain_variant_keeps_its_p50_whatever_its_throughput() -> None:
+    (profile,) = profiles({1: 1.0})
+    slow_mean = variant_info("m", "cpu-fp32", (replace(profile, throughput_per_s=100.0),))
+    assert ProfileCurve.of(slow_mean).service_ms(1) == 1.0  # its work does not depend on the rows: p50 is typical
 
 
 # -- on_infeasible and max_cost as a hard limit ----------------------------------------------------------
