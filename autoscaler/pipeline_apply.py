@@ -8,8 +8,11 @@ plan (``apply_plan``); beyond that only the tuner (``autoscaler.pipeline_tuner``
 (``set_max_batch``), so the stage serves as it was simulated. The model level leaves these instances alone
 (``pinned``): two controllers sizing one instance would undo each other.
 
-A stage's replicas live on one worker: the one already holding the most of them, else the one with the most free
-memory that runs the variant's hardware; what does not fit there is an action that failed, recorded with why.
+A stage's replicas are spread over the workers that run the variant's hardware (``spread_to``): each one added
+goes to the worker with room holding the fewest of them, so that one worker's stall or loss is not the whole
+stage's (before, all of a stage's replicas landed on one worker); each one removed comes off the worker holding the
+most. The tuner reads the pipeline's arrivals from live state, which every front end writes
+(``LiveState.record_pipeline_arrival``), so the leader sizes the stages by all the traffic, not by its own share.
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ from autoscaler.pipeline_tuner import PlannedPipeline, PlannedStage
 from autoscaler.policy_types import Action, instance_target
 from infaas.catalog import VariantInfo
 from infaas.hardware_kinds import required_hardware, runs_on
-from infaas.pipelines.arrivals import arrivals_of
 from infaas.pipelines.simulator import arrival_times
 from infaas.pipelines.spec import parse_spec
 from infaas.pipelines.store import PipelineInfo, PipelineStore
-from infaas.selector import Candidate
+from infaas.selector import Candidate, ProfileCurve
 from infaas.services import Services
 
 log = logging.getLogger(__name__)
@@ -134,8 +136,8 @@ class PipelineScaler:
         if not pipelines:
             return []
         loaded = self._loaded()
-        now = time.monotonic()
-        log_of = arrivals_of(self.services.engine)
+        now = time.time()
+        live = self.services.live
         # A variant two pipelines plan is sized by the larger plan: one's tune_down must not undo the other's.
         floor: dict[str, int] = {}
         for planned in pipelines:
@@ -144,7 +146,8 @@ class PipelineScaler:
         actions: list[Action] = []
         for planned in pipelines:
             current = {s.name: sum(w.replicas for w in loaded.get(s.variant, ())) for s in planned.stages}
-            for action in pipeline_tuner.decide(planned, np.asarray(log_of.recent(planned.name, now)), now, current):
+            arrivals = np.asarray(live.pipeline_arrivals(planned.name, now - pipeline_tuner.MAX_WINDOW_S))
+            for action in pipeline_tuner.decide(planned, arrivals, now, current):
                 if action.action == "tune_down" and action.variant is not None:
                     count = max(action.count, floor[action.variant])
                     if count >= action.inputs["replicas"]:
@@ -165,41 +168,72 @@ class PipelineScaler:
         """Bring ``action.variant`` to ``action.count`` replicas with its batch capped; returns what happened."""
         key, want = variant.key, action.count
         batch = int(action.inputs.get("batch", 0)) or None
-        where = sorted(self._loaded().get(key, ()), key=lambda w: -w.replicas)
-        have = sum(w.replicas for w in where)
-        workers = self.services.engine.workers
+        loaded = self._loaded().get(key, [])
+        have = sum(w.replicas for w in loaded)
         if want > have:
-            home = where[0].worker if where else self._home(variant)
-            client = workers.get(home)
-            if client is None:
-                raise LookupError(f"worker {home} is not reachable from this front-end")
-            replicas = where[0].replicas if where else 0
-            if not where:
-                client.load(variant)
-                replicas = 1
-            for _ in range(want - have - (0 if where else 1)):
-                replicas = client.add_replica(variant)
-            placed = f"{replicas} replica(s) on {home}"
+            placed = self._grow(variant, {w.worker: w.replicas for w in loaded}, want - have)
+        elif want < have:
+            placed = self._shrink(key, {w.worker: w.replicas for w in loaded}, have - want)
         else:
-            removed = 0
-            for w in where:
-                client = workers.get(w.worker)
-                for _ in range(w.replicas - 1):
-                    if have - removed <= want or client is None:
-                        break
-                    client.remove_replica(key)
-                    removed += 1
-            placed = f"{have - removed} replica(s)"
+            placed = f"{have} replica(s)"
         caps = sorted({self._set_batch(w.worker, key, batch) for w in self._loaded().get(key, ())}) if batch else []
         return f"{placed}; batch cap {caps or 'unchanged'}"
 
-    def _home(self, variant: VariantInfo) -> str:
-        """The worker with the most free memory that runs ``variant``."""
+    def _grow(self, variant: VariantInfo, held: dict[str, int], more: int) -> str:
+        """``more`` replicas of ``variant``, each on the worker ``spread_to`` names (loading it there first)."""
+        workers = self.services.engine.workers
         needed = required_hardware(variant)
-        states = [s for s in self.services.live.snapshot().workers if not s.draining and runs_on(needed, s.hardware)]
-        if not states:
-            raise LookupError(f"no worker runs {variant.key}")
-        return max(states, key=lambda s: (s.memory_budget_mb - s.memory_used_mb, s.id == "local")).id
+        free = {
+            s.id: s.memory_free_mb
+            for s in self.services.live.snapshot().workers
+            if not s.draining and runs_on(needed, s.hardware) and workers.get(s.id) is not None
+        }
+        if not free:
+            raise LookupError(f"no reachable worker runs {variant.key}")
+        replica_mb = ProfileCurve.of(variant).memory_mb
+        for _ in range(more):
+            home = spread_to(held, free, replica_mb)
+            client = workers.get(home)
+            assert client is not None  # reachable when ``free`` was read
+            if held.get(home, 0):
+                client.add_replica(variant)
+            else:
+                client.load(variant)
+            held[home] = held.get(home, 0) + 1
+            free[home] -= replica_mb
+        return f"{sum(held.values())} replica(s): " + ", ".join(f"{n} on {w}" for w, n in sorted(held.items()) if n)
+
+    def _shrink(self, key: str, held: dict[str, int], fewer: int) -> str:
+        """``fewer`` replicas of ``key`` off the workers holding the most; an instance down to one replica is
+        unloaded while another instance of it stays."""
+        workers = self.services.engine.workers
+        held = {w: n for w, n in held.items() if workers.get(w) is not None}
+        for _ in range(fewer):
+            if not held:
+                break
+            worker = max(sorted(held), key=lambda w: held[w])
+            client = workers.get(worker)
+            assert client is not None
+            if held[worker] > 1:
+                client.remove_replica(key)
+                held[worker] -= 1
+            elif len(held) > 1:
+                client.unload(key)
+                del held[worker]
+            else:
+                break
+        return f"{sum(held.values())} replica(s): " + ", ".join(f"{n} on {w}" for w, n in sorted(held.items()))
 
 
-__all__ = ["PipelineScaler", "planned_pipeline"]
+def spread_to(held: Mapping[str, int], free_mb: Mapping[str, float], replica_mb: float) -> str:
+    """The worker the next replica of a stage goes to: among the workers (``free_mb``: those that may run it,
+    with their free memory) with room for one more, the one holding the fewest of the stage's replicas (``held``),
+    then the one with the most free memory. When none has room, the one with the most free memory: a worker
+    makes room by unloading idle instances, or refuses with why (the action then fails, recorded)."""
+    roomy = [w for w, mb in free_mb.items() if mb >= replica_mb]
+    if not roomy:
+        return max(sorted(free_mb), key=lambda w: free_mb[w])
+    return min(sorted(roomy), key=lambda w: (held.get(w, 0), -free_mb[w]))
+
+
+__all__ = ["PipelineScaler", "planned_pipeline", "spread_to"]

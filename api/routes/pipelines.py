@@ -125,7 +125,7 @@ async def make_plan(name: str, services: ServicesDep, principal: PrincipalDep) -
 async def infer(name: str, request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
     """Run one query through the DAG: ``{"inputs": {name: nested list}}`` -> the sink stages' outputs (with the
     rows that reached each) and, per stage, who served it and how long it took."""
-    arrived_at = time.monotonic()  # the tuner's arrival, before any wait for the body or a thread
+    arrived_at = time.time()  # the tuner's arrival, before any wait for the body or a thread
     info = visible_pipeline(services, name, principal.tenant, principal.is_admin)
     body = await read_body(request)
     try:

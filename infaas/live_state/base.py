@@ -154,6 +154,11 @@ WINDOW_SAMPLES = 4096
 Sample = tuple[float, float, float, float, float]
 RejectionSample = tuple[float, float]  # (unix time, 1.0 if max_cost was unmet else 0.0: latency_ms was)
 
+# Pipeline arrivals kept per pipeline: the pipeline tuner's longest window (``autoscaler.pipeline_tuner``), and at
+# most this many (3,300 q/s for 60 s); beyond, the oldest go first.
+PIPELINE_ARRIVALS_KEEP_S = 60.0
+PIPELINE_ARRIVALS_MAX = 200_000
+
 
 def sample_of(record: QueryRecord) -> Sample:
     """What the statistics keep of a served query; a miss of an infeasible query is not a miss capacity fixes."""
@@ -266,6 +271,17 @@ class LiveState(ABC):
     @abstractmethod
     def record_rejection(self, rejection: Rejection) -> None:
         """Account one query refused with ``Infeasible`` (nothing ran; not in ``recent_queries``). O(1)."""
+
+    @abstractmethod
+    def record_pipeline_arrival(self, pipeline: str, at: float) -> None:
+        """One query of ``pipeline`` reached a front end at ``at`` (``time.time()``). Every front end writes here
+        and the pipeline tuner (run by the leader) reads all of them: with several front ends, the leader's own
+        arrivals alone understated a burst by the share the others served. O(1)."""
+
+    @abstractmethod
+    def pipeline_arrivals(self, pipeline: str, since: float) -> list[float]:
+        """The arrival times of ``pipeline`` at or after ``since`` (``time.time()``; at most the last
+        ``PIPELINE_ARRIVALS_KEEP_S`` seconds are kept), across every front end, oldest first."""
 
     @abstractmethod
     def snapshot(self) -> LiveSnapshot:

@@ -15,6 +15,8 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from infaas.live_state.base import (
+    PIPELINE_ARRIVALS_KEEP_S,
+    PIPELINE_ARRIVALS_MAX,
     WINDOW_SAMPLES,
     InstanceState,
     LiveSnapshot,
@@ -53,6 +55,7 @@ class MemoryLiveState(LiveState):
         self._instance_windows: dict[tuple[str, str], _Window] = {}
         self._rejections: dict[str, _Window] = {}
         self._recent: deque[QueryRecord] = deque(maxlen=recent)
+        self._arrivals: dict[str, deque[float]] = {}
         self._snapshot = LiveSnapshot(workers=(), instances=MappingProxyType({}), queue_depth=self._queue_depth)
 
     def _publish(self) -> None:
@@ -146,6 +149,19 @@ class MemoryLiveState(LiveState):
             window = self._rejections.setdefault(rejection.target, _Window())
             window.samples.append(rejection_sample_of(rejection))
             window.total += 1
+
+    def record_pipeline_arrival(self, pipeline: str, at: float) -> None:
+        with self._lock:
+            times = self._arrivals.get(pipeline)
+            if times is None:
+                times = self._arrivals[pipeline] = deque(maxlen=PIPELINE_ARRIVALS_MAX)
+            times.append(at)
+            while times[0] < at - PIPELINE_ARRIVALS_KEEP_S:
+                times.popleft()
+
+    def pipeline_arrivals(self, pipeline: str, since: float) -> list[float]:
+        with self._lock:
+            return sorted(t for t in self._arrivals.get(pipeline, ()) if t >= since)
 
     def snapshot(self) -> LiveSnapshot:
         return self._snapshot

@@ -15,6 +15,9 @@ Layout (every key under ``<prefix>:``):
 * ``rejects:<target>`` (list) — recent (time, max_cost unmet) samples of queries refused as infeasible, per
   model named (or ``task:<name>``); ``rtotals`` (hash) counts them since start; ``rtargets`` (set) names them.
 * ``recent`` (list, LPUSH + LTRIM) — the recent-queries ring, newest first.
+* ``parr:<pipeline>`` (sorted set scored by ``time.time()``) — when each pipeline query reached a front end, for
+  the pipeline tuner; trimmed to the last ``PIPELINE_ARRIVALS_KEEP_S`` seconds (and ``PIPELINE_ARRIVALS_MAX``
+  members) on every write, expiring when no front end writes for that long.
 * ``catalog`` (counter) and the ``catalog`` channel — catalog changes, for candidate caches.
 * ``seq`` (counter), ``changed`` (sorted set: worker id scored by the ``seq`` of its last change) and ``alive``
   (sorted set: worker id scored by when its keys expire, server milliseconds) — what a front-end's snapshot
@@ -37,6 +40,7 @@ milliseconds in Lua, transfer and parsing; a refresh after a few heartbeats a ha
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -50,6 +54,8 @@ import redis
 
 from infaas.config import Settings
 from infaas.live_state.base import (
+    PIPELINE_ARRIVALS_KEEP_S,
+    PIPELINE_ARRIVALS_MAX,
     WINDOW_SAMPLES,
     InstanceState,
     LiveSnapshot,
@@ -187,7 +193,7 @@ for _, ws in ipairs(u.i) do
   table.insert(names, id)
 end
 add(p .. 'iworkers', names)
-if #ARGV > 5 then push(p .. 'recent', ARGV, 6, recent_max) end
+if #ARGV > 7 then push(p .. 'recent', ARGV, 8, recent_max) end
 names = {}
 for _, ts in ipairs(u.j) do
   push(p .. 'rejects:' .. ts[1], ts[2], 1, window)
@@ -195,6 +201,14 @@ for _, ts in ipairs(u.j) do
   table.insert(names, ts[1])
 end
 add(p .. 'rtargets', names)
+local keep, most = tonumber(ARGV[6]), tonumber(ARGV[7])
+for _, pa in ipairs(u.a) do
+  local key, flat = p .. 'parr:' .. pa[1], pa[2]
+  for i = 1, #flat, 1000 do redis.call('ZADD', key, unpack(flat, i, math.min(i + 999, #flat))) end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (tonumber(pa[3]) - keep))
+  redis.call('ZREMRANGEBYRANK', key, 0, -most - 1)
+  redis.call('PEXPIRE', key, math.ceil(keep * 1000))
+end
 return 1
 """
 
@@ -340,6 +354,8 @@ class RedisLiveState(LiveState):
         self._dirty_depth: dict[tuple[str, str], int] = {}
         self._records: list[QueryRecord] = []
         self._rejections: list[Rejection] = []
+        self._arrivals: list[tuple[str, float]] = []
+        self._arrival_ids = itertools.count()  # with ``_token``: a unique member per arrival
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -489,6 +505,16 @@ class RedisLiveState(LiveState):
             self._rejections.append(rejection)
         self._wake.set()
 
+    def record_pipeline_arrival(self, pipeline: str, at: float) -> None:
+        with self._buffer_lock:
+            self._arrivals.append((pipeline, at))
+        self._wake.set()
+
+    def pipeline_arrivals(self, pipeline: str, since: float) -> list[float]:
+        self._flush()
+        found = self._redis.zrangebyscore(self._k("parr", pipeline), since, "+inf", withscores=True)
+        return [score for _member, score in found]
+
     def snapshot(self) -> LiveSnapshot:
         if time.monotonic() - self._snap_at < self._snapshot_ttl_s:
             return self._snap
@@ -621,7 +647,8 @@ class RedisLiveState(LiveState):
             depths, self._dirty_depth = self._dirty_depth, {}
             records, self._records = self._records, []
             rejections, self._rejections = self._rejections, []
-        if not depths and not records and not rejections:
+            arrivals, self._arrivals = self._arrivals, []
+        if not depths and not records and not rejections and not arrivals:
             return
         per_worker: dict[str, list[str]] = {}
         for (worker_id, key), depth in depths.items():
@@ -636,11 +663,17 @@ class RedisLiveState(LiveState):
         for rejection in rejections:
             at, max_cost = rejection_sample_of(rejection)
             by_target.setdefault(rejection.target, []).append(f"{at!r}|{max_cost:.0f}")
+        by_pipeline: dict[str, list[str]] = {}
+        newest: dict[str, float] = {}
+        for pipeline, at in arrivals:
+            by_pipeline.setdefault(pipeline, []).extend((repr(at), f"{at!r}:{self._token}:{next(self._arrival_ids)}"))
+            newest[pipeline] = max(newest.get(pipeline, at), at)
         update = {
             "d": list(per_worker.items()),
             "v": list(by_variant.items()),
             "i": [(worker_id, key, samples) for (worker_id, key), samples in by_instance.items()],
             "j": list(by_target.items()),
+            "a": [(pipeline, flat, repr(newest[pipeline])) for pipeline, flat in by_pipeline.items()],
         }
         self._flush_script(
             args=[
@@ -649,6 +682,8 @@ class RedisLiveState(LiveState):
                 WINDOW_SAMPLES,
                 self._recent_max,
                 orjson.dumps(update),
+                PIPELINE_ARRIVALS_KEEP_S,
+                PIPELINE_ARRIVALS_MAX,
                 *(orjson.dumps(r.__dict__) for r in records),
             ]
         )

@@ -5,7 +5,8 @@ with other queries, live state and the accounting record it), asking for the pla
 stage's model, or for a task stage the model the plan chose, else the task) and the stage's accuracy floor, and
 pinned to the plan's variant (``Query.variants``) while that variant is ready: the autoscaler loads it with the
 plan's replicas and batch cap (``autoscaler.loop``), so the stage runs as it was planned. Every query's arrival
-is logged for the tuner (``infaas.pipelines.arrivals``).
+is written to live state for the tuner (``LiveState.record_pipeline_arrival``: the leader's tuner reads every front
+end's).
 Tensors go from stage to stage as numpy arrays without leaving the process; the rows a conditional edge drops
 never reach the stage after it (``infaas.pipelines.dag``).
 """
@@ -21,7 +22,6 @@ import numpy as np
 
 from infaas.catalog import ModelInfo
 from infaas.engine import Query, QueryEngine, ServedBy
-from infaas.pipelines.arrivals import arrivals_of
 from infaas.pipelines.dag import run_dag
 from infaas.pipelines.spec import PipelineSpec
 from infaas.selector import Requirements
@@ -68,13 +68,13 @@ def serve_pipeline(
 ) -> PipelineAnswer:
     """Run one pipeline query (blocking: call it off the event loop); ``InvalidInput`` on wrong inputs.
 
-    ``arrived_at`` (``time.monotonic()``): when the query reached the front end, logged for the tuner; now when
+    ``arrived_at`` (``time.time()``): when the query reached the front end, written for the tuner; now when
     not given. A query that waited for a thread is logged late, and a host stall then bunches the logged times:
     the benchmark's tuner read 2,950/s over 20 ms at a true 75/s and scaled a stage to 6 replicas.
     """
     started = time.perf_counter()
     arrays, rows = conform_inputs(spec.inputs, inputs)
-    arrivals_of(engine).record(spec.name, arrived_at)
+    engine.live.record_pipeline_arrival(spec.name, time.time() if arrived_at is None else arrived_at)
     requirements = stage_requirements(spec, plan)
     pinned = stage_variants(spec, plan)
 

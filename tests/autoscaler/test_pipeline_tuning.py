@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from autoscaler import Autoscaler, PolicyConfig
+from autoscaler.pipeline_apply import spread_to
+from autoscaler.providers.inprocess import InProcessProvider
 from infaas.config import Settings
 from infaas.engine import Query
-from infaas.pipelines.arrivals import arrivals_of
 from infaas.pipelines.registry import plan_pipeline, register_pipeline
 from infaas.pipelines.serving import serve_pipeline
 from infaas.pipelines.spec import parse_spec
@@ -104,23 +105,22 @@ def test_the_plan_is_applied_kept_from_the_model_level_and_tuned_to_a_burst(
     assert {d.target for d in recorded if d.action == "apply_plan"} == {"cascade/f", "cascade/w"}
     assert all(d.outcome and "replica(s)" in d.outcome for d in recorded)
 
-    # A query is served by the planned variants, and its arrival is logged for the tuner.
+    # A query is served by the planned variants, and its arrival is written to live state for the tuner.
     spec = parse_spec(info.spec)
     x = np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32)
     answer = serve_pipeline(services.engine, spec, plan, {"image": x}, lambda _m: True, "local")
     assert {s["variant"] for s in answer.stages.values() if "variant" in s} == {"cpu-fp32"}
-    assert len(arrivals_of(services.engine).recent("cascade")) == 1
+    assert len(services.live.pipeline_arrivals("cascade", time.time() - 60.0)) == 1
 
     # Idle instances, idle_unload_s 0: the model level would unload them; planned ones are not its to touch.
     for _ in range(2):
         assert not [a for a in scaler.step_model() if a.target.endswith("cpu-fp32")]
     assert {k: v for k, v in _loaded(services).items() if k in planned} == planned
 
-    # A burst: 1,000 arrivals over the last second, 10x the planned rate.
-    log = arrivals_of(services.engine)
-    now = time.monotonic()
+    # A burst: 1,000 arrivals over the last second, 10x the planned rate, written as any front end writes them.
+    now = time.time()
     for i in range(1000):
-        log.record("cascade", now - 1.0 + i / 1000.0)
+        services.live.record_pipeline_arrival("cascade", now - 1.0 + i / 1000.0)
     actions = scaler.step_model()
     ups = {a.target: a for a in actions if a.action == "tune_up"}
     assert set(ups) == {"cascade/f", "cascade/w"}
@@ -143,3 +143,37 @@ def test_a_pinned_query_is_served_by_its_variant_while_it_is_ready(cluster: tupl
     assert engine.infer(pinned).served_by.variant == "cpu-slow"
     gone = Query(Requirements(model="filter"), {"x": x}, variants=frozenset({"filter/deleted"}))
     assert engine.infer(gone).served_by.variant == "cpu-fp32"  # not ready: the selector chooses as usual
+
+
+def test_a_stage_s_replicas_are_spread_over_the_workers_with_room(cluster: tuple[Services, Autoscaler]) -> None:
+    services, scaler = cluster
+    provider = InProcessProvider(services.store, services.live, memory_budget_mb=4000.0, cores=64)
+    services.engine.workers.add(provider.connect(provider.start_worker()))
+    try:
+        info, _spec = register_pipeline(services, _definition(), "local", lambda _m: True)
+        plan = plan_pipeline(services, info, lambda _m: True).plan
+        assert plan is not None and plan["feasible"]
+        assert scaler.lead()
+        scaler.step_model()
+        now = time.time()
+        for i in range(1000):  # 10x the planned rate: every stage is tuned up to several replicas
+            services.live.record_pipeline_arrival("cascade", now - 1.0 + i / 1000.0)
+        ups = {a.variant: a.count for a in scaler.step_model() if a.action == "tune_up"}
+        assert ups and all(count >= 2 for count in ups.values()), ups
+        for key, count in ups.items():
+            per_worker = {i.worker_id: i.replicas for i in services.live.snapshot().instances.get(key, ())}
+            assert set(per_worker) == {"local", "inproc-1"} and sum(per_worker.values()) == count, per_worker
+            assert max(per_worker.values()) - min(per_worker.values()) <= 1, per_worker
+        tuned = [d for d in services.metadata.list_decisions(level="pipeline") if d.action == "tune_up"]
+        assert all("on local" in (d.outcome or "") and "on inproc-1" in (d.outcome or "") for d in tuned)
+    finally:
+        provider.stop_worker("inproc-1")
+        services.engine.workers.remove("inproc-1")
+
+
+def test_spread_to_fills_the_worker_holding_the_fewest_with_room() -> None:
+    free = {"a": 500.0, "b": 300.0, "c": 50.0}
+    assert spread_to({}, free, 100.0) == "a"  # none held: the most free memory
+    assert spread_to({"a": 1}, free, 100.0) == "b"
+    assert spread_to({"a": 1, "b": 1}, free, 100.0) == "a"  # c has no room for one more
+    assert spread_to({"a": 1, "b": 1}, {"a": 50.0, "b": 60.0}, 100.0) == "b"  # none has room: the most free

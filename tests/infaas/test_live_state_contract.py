@@ -216,3 +216,17 @@ def test_rejections_are_counted_per_target_and_not_as_served_queries(make_live: 
     assert stats["m"].rate_per_s == pytest.approx(0.3)
     assert stats["task:classify"].rejected == 1
     assert live.recent_queries() == [] and live.variant_stats() == {}  # nothing ran
+
+
+def test_pipeline_arrivals_are_shared_by_every_front_end(make_live: MakeLiveState) -> None:
+    """The pipeline tuner runs in the leader and sizes stages by every front end's arrivals, not its own."""
+    first = make_live()
+    now = time.time()
+    first.record_pipeline_arrival("p", now - 100.0)  # older than the tuner's longest window: dropped on write
+    for i in range(5):
+        first.record_pipeline_arrival("p", now - 5.0 + i)
+    first.record_pipeline_arrival("other", now)
+    assert first.pipeline_arrivals("p", now - 10.0) == [now - 5.0 + i for i in range(5)]
+    assert first.pipeline_arrivals("p", now - 2.5) == [now - 2.0, now - 1.0]
+    assert first.pipeline_arrivals("missing", now - 10.0) == []
+    assert first.pipeline_arrivals("p", now - 200.0) == [now - 5.0 + i for i in range(5)]

@@ -107,3 +107,17 @@ def test_a_query_recorded_before_min_fidelity_existed_reads_as_no_fidelity_floor
     client.close()
     (record,) = live.recent_queries(1)
     assert (record.min_accuracy, record.min_fidelity) == (0.5, 0.0)
+
+
+def test_pipeline_arrivals_of_two_front_ends_meet(live: RedisLiveState, prefix: str) -> None:
+    """The leader's tuner reads the arrivals another front end served (the same instant twice counts twice)."""
+    other = RedisLiveState(REDIS_URL, prefix, snapshot_ttl_s=0.0)
+    try:
+        now = time.time()
+        live.record_pipeline_arrival("p", now - 1.0)
+        other.record_pipeline_arrival("p", now - 1.0)
+        other.record_pipeline_arrival("p", now - 0.5)
+        other.flush()
+        assert live.pipeline_arrivals("p", now - 60.0) == [now - 1.0, now - 1.0, now - 0.5]
+    finally:
+        other.close()
