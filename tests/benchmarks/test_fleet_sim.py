@@ -104,3 +104,38 @@ def test_the_validation_rebuilds_each_level_of_the_recorded_trace_exactly() -> N
         assert times == sorted(times) and 0 <= times[0] and times[-1] < duration
     config = fleet_sim.trace_config(measured)
     assert config.high_utilization == measured["policy"]["high_utilization"]
+
+
+def test_queries_routed_in_a_tick_are_not_read_as_queued_before_they_arrive() -> None:
+    # A tick's queries arrive over the tick. A few at an idle instance leave at most a batch waiting; reading the
+    # time until the last of them is done as full-rate queued work made idle instances look queued (overloaded).
+    sim = fleet_sim.FleetSim(
+        _candidates(),
+        [fleet_sim.QueryClass("cheap", 50.0, 0.0, 1, 1.0, 1.0)],
+        fleet_sim.Setup("probe", False, False, 1, False),
+        arrivals=None,
+        length_s=10.0,
+        cores=2,
+        memory_mb=1024.0,
+        config=PolicyConfig(),
+        tick_s=1.0,
+        group=1,
+    )
+    [worker] = sim.workers.values()
+    fast = _candidates()[0]
+    inst = fleet_sim.Instance(worker.id, fast, 1, 0.0)
+    worker.instances[fast.key] = inst
+    cls = sim.classes[0]
+    choice = fast_selector.fast_select(sim.requirements(cls), [fast], sim.snapshot([worker]), fleet_sim.PRICES)
+    sim.serve(inst, worker, cls, choice, 10, 0.0)  # 10 queries over [0, 1 s) at 8,000 queries/s capacity
+    inst.assigned_rows = 0  # the tick is over
+    k, _service = sim.batch_plan(inst, 1)
+    assert sim.depth_rows(inst, 0.0) == 0  # nothing had arrived
+    assert max(sim.depth_rows(inst, t) for t in (0.25, 0.5, 0.99, 1.0, 1.5)) <= k
+    # A backlog is read as one: 30,000 queries in a tick at 8,000/s leave 22,000 waiting at its end.
+    sim.serve(inst, worker, cls, choice, 30_000, 2.0)
+    inst.assigned_rows = 0
+    rate = sim.round_rate(inst, 1)
+    assert sim.depth_rows(inst, 2.0) == 0
+    assert sim.depth_rows(inst, 3.0) == pytest.approx(30_000 - rate, rel=0.01)
+    assert 0 < sim.depth_rows(inst, 3.5) < sim.depth_rows(inst, 3.0)
