@@ -16,10 +16,11 @@ Per loaded instance, every period (``autoscaler_period_s``):
   burst;
 * *underloaded* when utilization < ``low_utilization`` with no misses and nothing queued.
 
-Profiles are measured alone on a quiet machine; an instance that is overloaded (misses, queue time)
-below ``high_utilization`` has shown it sustains less, so its capacity is derated to match what it
-showed (``_next_derate``) and recovers slowly while it is calm. That keeps a replica added for misses
-from being removed again as soon as the rate alone looks low.
+Profiles are measured alone on a quiet machine; an instance that is overloaded (misses, queue time) below
+``high_utilization`` has shown it sustains less, so its capacity is derated to match what it showed
+(``_next_derate``) and recovers slowly while it is calm. That keeps a replica added for misses from being removed
+again as soon as the rate alone looks low. No instance is derated on a *crowded* worker, whose demand at the
+profiles already exceeds ``high_utilization`` of its cores (``_crowded``: its queue is its neighbours' load).
 
 Scaling up reads the instance's demand (``InstanceLoad.demand_per_s``): its windowed rate, or the last second's
 when that is higher, since a 5 s window reads a burst 1 s old at a fifth of its rate.
@@ -173,6 +174,7 @@ def decide(
     """Plan this period's model-level actions (pure: no I/O, time comes from ``view.now``). ``pinned``: instance
     targets a pipeline plan sizes (``autoscaler.pipeline_apply``): left alone here, counted in the budgets."""
     budget = _Budget(view, history.derate)
+    crowded = {w.id for w in view.workers if _crowded(view, w, config)}
     streaks: dict[str, int] = {}
     derates: dict[str, float] = {}
     actions: list[Action] = []
@@ -211,7 +213,9 @@ def decide(
             streak = next_streak(history.streak(target), over, under)
             streaks[target] = streak
             calm = not over and inst.slo_miss_rate <= config.slo_miss_threshold and waiting == 0
-            derates[target] = _next_derate(derate, utilization, over and streak >= config.up_periods, calm, config)
+            # On a crowded worker the queue is its neighbours' load, not this profile's error: not derated.
+            learn = over and streak >= config.up_periods and worker.id not in crowded
+            derates[target] = _next_derate(derate, utilization, learn, calm, config)
             if worker.draining or history.cooling(target, view.now, config.cooldown_s):
                 continue
             unload = inst.idle_s >= config.idle_unload_s and inst.queue_depth == 0
@@ -283,6 +287,25 @@ def _waiting_rows(inst: InstanceLoad) -> float:
     return max(0.0, inst.queue_depth - inst.replicas * inst.rows_per_query)
 
 
+def _crowded(view: ClusterView, worker: WorkerLoad, config: PolicyConfig) -> bool:
+    """Whether the demand on the worker's instances, at their profiles, keeps more than ``high_utilization`` of its
+    cores busy: its instances queue behind each other, whatever their profiles are worth.
+
+    Derating an instance for queueing there is a wrong lesson. In ``benchmarks/fleet_sim.py`` (240 s day, 60-worker
+    peak) a shortage crowded every worker, derated 150 instances to the floor (a quarter of their profile), and the
+    derating, recovering 2% a calm period, still read those instances as overloaded 40 s after the shortage had
+    passed (no worker slowed by its load, 100 workers for a third of that): the model level reported 40-50 of
+    them as demand with no room anywhere and the VM level added workers at 17-140% utilization.
+    """
+    busy = 0.0
+    for inst in worker.instances:
+        option = view.variants.get(inst.variant_key)
+        if option is not None:
+            capacity = effective_capacity(inst, option, {})
+            busy += inst.demand_per_s / capacity * option.cores if capacity > 0 else option.cores * inst.replicas
+    return busy > worker.cores * config.high_utilization
+
+
 def _next_derate(derate: float, utilization: float, overloaded: bool, calm: bool, config: PolicyConfig) -> float:
     """Learn how much of its profile an instance really sustains.
 
@@ -326,7 +349,7 @@ def _useful_here(inst: InstanceLoad, option: VariantOption, fits: int) -> int:
     return max(range(most + 1), key=lambda h: (gains[h], -h))
 
 
-def _alternatives(
+def alternatives(
     view: ClusterView, worker: WorkerLoad, option: VariantOption, inst: InstanceLoad
 ) -> list[VariantOption]:
     """Other variants of the same model that run on ``worker`` and meet the floors and the budget its queries
@@ -375,7 +398,7 @@ def _scale_up(
     }
 
     best: tuple[float, float, VariantOption, int] | None = None
-    for alt in _alternatives(view, worker, option, inst):
+    for alt in alternatives(view, worker, option, inst):
         alt_capacity = _alt_capacity(inst, derate, alt)
         if alt_capacity < capacity * config.faster_factor:
             continue
@@ -506,7 +529,7 @@ def _scale_down(
         return []  # nothing served: unloading when idle long enough is cheaper than any variant
     cheaper = [
         alt
-        for alt in _alternatives(view, worker, option, inst)
+        for alt in alternatives(view, worker, option, inst)
         if (
             alt.cost_per_hour < option.cost_per_hour
             or (alt.cost_per_hour == option.cost_per_hour and alt.memory_mb < 0.8 * option.memory_mb)

@@ -110,3 +110,19 @@ def test_doubling_counts_the_workers_still_starting() -> None:
     # registered (which grew a fleet of slow-starting workers by 1.4x per cool-down whatever the load).
     [action] = additions(lambda now: fleet(1000.0, now, workers=20, pending=20))
     assert action.count == 40
+
+
+def test_a_step_is_sized_at_the_profile_not_at_the_derating_a_shortage_causes() -> None:
+    # 20 workers, each instance 180 rows/s on two 100 rows/s replicas (1.8 busy cores of 2 as profiled), and every
+    # instance derated to the floor (0.25) by the queues the shortage builds: derated, 7.2 busy cores a worker.
+    # The derating still says overloaded; the step is sized at the profile, since the workers added start empty:
+    # 36 busy cores / (0.6 x 2) = 30 workers, 10 more (derated: 120, 100 more, capped by doubling at 20).
+    derate = {f"w{i}/m/v": 0.25 for i in range(20)}
+    history, added = History(), []
+    for n in range(2):
+        plan = vm_level.decide(fleet(180.0, 100.0 + 10.0 * n, workers=20), history, CFG, derate=derate)
+        history = plan.history
+        added.extend(a for a in plan.actions if a.action == "add_worker")
+    [action] = added
+    assert action.inputs["utilization"] == 3.6  # judged derated, as the model level does
+    assert action.count == 10
