@@ -5,7 +5,10 @@ all-MiniLM-L6-v2 it gave cosine 0.39-0.52 to the original (quantized residual ``
 inputs) and ran slower than FP32. So each build tries the configurations ``configurations`` lists -- the graph
 quantized (the original, or the transformer-optimized one for transformer encoders), which operators are
 quantized, and the calibration method (MinMax, Entropy, Percentile) -- with per-channel weights (per-tensor only
-where per-channel crashes), and measures each one's fidelity and speed.
+where per-channel crashes), and measures each one's fidelity and speed. Every configuration is written so that ONNX
+Runtime fuses it into integer kernels (``ACTIVATION_TYPE``, ``FLOAT_OUTPUT_OPS``; ``integer_kernels`` counts them in
+the optimized graph and each outcome records the count): a QDQ graph that does not fuse runs float ops between
+quantize-dequantize pairs, slower than FP32.
 
 Rows: ``BuildContext.validation`` holds only the calibration rows (``ValidationSet.split``); they are split again
 here into *fit* rows (the calibration scales come from them) and *select* rows (each configuration's fidelity is
