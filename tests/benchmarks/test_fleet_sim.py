@@ -1,5 +1,7 @@
 """The fleet simulator on a tiny fleet: every query counted exactly once, and the real policies doing the work."""
 
+from dataclasses import replace
+
 import pytest
 
 from autoscaler import model_level, vm_level
@@ -139,3 +141,14 @@ def test_queries_routed_in_a_tick_are_not_read_as_queued_before_they_arrive() ->
     assert sim.depth_rows(inst, 2.0) == 0
     assert sim.depth_rows(inst, 3.0) == pytest.approx(30_000 - rate, rel=0.01)
     assert 0 < sim.depth_rows(inst, 3.5) < sim.depth_rows(inst, 3.0)
+
+
+def test_a_batch_holds_a_replica_as_long_as_its_profiled_throughput_says() -> None:
+    # The policies read capacity from the profiled throughput; a profile whose throughput is half of batch / p50
+    # (timed with its tails and gaps) serves half as fast here, not at the p50.
+    fast = _candidates()[0]  # 8 rows in 1.0 ms p50: 8,000 rows/s
+    assert fleet_sim.occupancy_ms(fast, 8) == pytest.approx(1.0)
+    slow_profiles = tuple(replace(p, throughput_per_s=p.throughput_per_s / 2) for p in fast.variant.profiles)
+    halved = Candidate.of(fast.model, replace(fast.variant, profiles=slow_profiles))
+    assert fleet_sim.occupancy_ms(halved, 8) == pytest.approx(2.0)
+    assert fleet_sim.occupancy_ms(halved, 16) == pytest.approx(4.0)  # past the largest batch: linear
