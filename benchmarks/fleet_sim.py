@@ -347,7 +347,9 @@ class FleetSim:
         self.np_rng = np.random.default_rng(seed)
         self.max_chunks = max_chunks
         self.plans: dict[tuple[str, int], tuple[int, float]] = {}
-        self.calibration = Calibration()  # the engine's online correction of the selector's estimates
+        # The engine's online correction of the selector's estimates, on the simulated clock: what it has not
+        # observed for STALE_S of simulated time expires, as it would in the engine.
+        self.calibration = Calibration(lambda: self.env.now)
         self.workers: dict[str, Worker] = {}
         self.next_id = 0
         self.tally = {c.name: Tally() for c in self.classes}
@@ -544,7 +546,7 @@ class FleetSim:
         while n > 0:
             started = time.perf_counter()
             try:
-                choice = fast_select(req, self.candidates, snap, PRICES, correct=self.calibration.correct)
+                choice = fast_select(req, self.candidates, snap, PRICES, correct=self.calibration.correction())
             except NoWorkerAvailable:
                 tally.rejected += n
                 return
