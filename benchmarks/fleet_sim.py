@@ -53,7 +53,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import takewhile
+from itertools import dropwhile, takewhile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -149,7 +149,6 @@ def occupancy_ms(candidate: Candidate, rows: int) -> float:
     at = next((p for p in profiles if p.batch_size >= rows), profiles[-1])
     mean_ms = 1000.0 * rows / at.throughput_per_s if at.throughput_per_s > 0 else 0.0
     return max(candidate.curve.service_ms(rows), mean_ms, 1e-3)
-
 
 
 @dataclass
@@ -666,7 +665,12 @@ class FleetSim:
             for inst in w.instances.values():
                 # Read, not trimmed: the 1 s window read after the 5 s one had popped what the 5 s window and a
                 # failure's accounting still needed (rates read at a fifth; ``serve`` trims to WINDOW_KEPT_S).
-                entries = list(takewhile(lambda e: e[0] >= since, reversed(inst.window)))
+                # Only chunks whose queries have all arrived (a chunk arrives over the tick it was routed in): the
+                # chunk routed at ``now`` as well read one tick more than the window, the 1 s rate at twice the
+                # arrivals (an instance at 26,000 rows/s read 52,000: overloaded, no room, unmet, workers added
+                # at 20-50% utilization on the 1,440 s day).
+                arrived = dropwhile(lambda e: e[0] + self.tick_s > now + 1e-9, reversed(inst.window))
+                entries = list(takewhile(lambda e: e[0] >= since, arrived))
                 if not entries:
                     continue
                 lats = np.concatenate([e[1] for e in entries])

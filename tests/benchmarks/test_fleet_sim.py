@@ -152,3 +152,32 @@ def test_a_batch_holds_a_replica_as_long_as_its_profiled_throughput_says() -> No
     halved = Candidate.of(fast.model, replace(fast.variant, profiles=slow_profiles))
     assert fleet_sim.occupancy_ms(halved, 8) == pytest.approx(2.0)
     assert fleet_sim.occupancy_ms(halved, 16) == pytest.approx(4.0)  # past the largest batch: linear
+
+
+def test_a_windows_rate_counts_the_queries_that_arrived_in_it() -> None:
+    # 1,000 queries routed at each of ticks 0-4, read at 5 s: each window holds its own seconds' arrivals. The chunk
+    # routed at the read's own tick (arriving over the next second) is not in it: it doubled the 1 s rate.
+    sim = fleet_sim.FleetSim(
+        _candidates(),
+        [fleet_sim.QueryClass("cheap", 50.0, 0.0, 1, 1.0, 1.0)],
+        fleet_sim.Setup("probe", False, False, 1, False),
+        arrivals=None,
+        length_s=10.0,
+        cores=2,
+        memory_mb=1024.0,
+        config=PolicyConfig(),
+        tick_s=1.0,
+        group=1,
+    )
+    [worker] = sim.workers.values()
+    worker.ready = True
+    fast = _candidates()[0]
+    inst = fleet_sim.Instance(worker.id, fast, 1, 0.0)
+    worker.instances[fast.key] = inst
+    cls = sim.classes[0]
+    choice = fast_selector.fast_select(sim.requirements(cls), [fast], sim.snapshot([worker]), fleet_sim.PRICES)
+    for t in range(6):
+        sim.serve(inst, worker, cls, choice, 1000, float(t))
+    sim.env.run(until=5.0)
+    assert sim.instance_stats(1.0)[(worker.id, fast.key)].rate_per_s == 1000.0
+    assert sim.instance_stats(5.0)[(worker.id, fast.key)].rate_per_s == 1000.0
