@@ -61,12 +61,14 @@ def test_placement_goes_to_the_roomiest_worker_with_room_even_one_freed_this_per
 
 
 def test_placement_skips_workers_that_already_hold_the_variant_and_reports_unmet() -> None:
-    # Every other worker has room but already holds the hot variant: nothing to place on, demand unmet.
-    workers = [_worker(f"w{i}", (_hot(f"w{i}", 300.0 if i == 0 else 0.0),), used_mb=100.0) for i in range(50)]
-    view = ClusterView(100.0, tuple(workers), {"m/hot": HOT}, max_workers=100)
-    plan = model_level.decide(view, History(streaks={"w0/m/hot": CFG.up_periods}), CFG)
-    assert not [a for a in plan.actions if a.action == "place"]
-    assert plan.unmet == ("w0/m/hot",)
+    # Every other worker has room but already holds the hot variant: nothing to place on. Idle, their instances
+    # take the overflow (the selector sends it there): not unmet. Busy at target utilization, they cannot: unmet.
+    for others, unmet in ((0.0, ()), (60.0, ("w0/m/hot",))):
+        workers = [_worker(f"w{i}", (_hot(f"w{i}", 300.0 if i == 0 else others),), used_mb=100.0) for i in range(50)]
+        view = ClusterView(100.0, tuple(workers), {"m/hot": HOT}, max_workers=100)
+        plan = model_level.decide(view, History(streaks={"w0/m/hot": CFG.up_periods}), CFG)
+        assert not [a for a in plan.actions if a.action == "place"]
+        assert plan.unmet == unmet
 
 
 def test_the_view_indexes_workers_and_holders() -> None:

@@ -4,7 +4,7 @@ During a shortage every worker is crowded, instances queue behind their neighbou
 queries at risk onto whatever is loaded, slow variants included. Neither is what the workers to add will run.
 """
 
-from autoscaler import vm_level
+from autoscaler import model_level, vm_level
 from autoscaler.policy_types import ClusterView, History, WorkerLoad
 from tests.autoscaler.test_autoscaler_policies import CFG, inst, option, run_periods, view
 
@@ -45,3 +45,18 @@ def test_workers_are_added_for_the_demand_at_the_fastest_variant_its_queries_may
     low = option("m/int8", p50=1.0, accuracy=0.5)
     floored = (WorkerLoad("w0", 2, 1000.0, 100.0, (inst("m/fp32", "w0", rate_per_s=1000.0, accuracy_floor=0.9),)),)
     assert vm_level.needed_cores(ClusterView(0.0, floored, {"m/fp32": slow, "m/int8": low}), floored[0]) == 5.0
+
+
+def test_demand_the_variants_other_instances_can_take_is_not_unmet() -> None:
+    # w1's instance, 300/s on one 200/s replica, needs 2 more (3 at 60%), 240 rows/s of room, and its 1-core worker
+    # has none. The only other worker already holds the variant (placing skips it): at 60/s on one replica it can
+    # take 0.6 x 200 - 60 = 60 rows/s more, idle 120: unmet. With two idle replicas, 240: nothing unmet.
+    def cluster(other_rate: float, other_replicas: int) -> ClusterView:
+        hot = inst(rate_per_s=300.0)
+        other = WorkerLoad("w2", 1, 1000.0, 100.0, (inst(worker="w2", rate_per_s=other_rate, replicas=other_replicas),))
+        return view([hot], [option()], cores=1, extra_workers=(other,))
+
+    streak = History(streaks={"w1/m/fp32": CFG.up_periods})
+    assert model_level.decide(cluster(60.0, 1), streak, CFG).unmet == ("w1/m/fp32",)
+    assert model_level.decide(cluster(0.0, 1), streak, CFG).unmet == ("w1/m/fp32",)
+    assert model_level.decide(cluster(0.0, 2), streak, CFG).unmet == ()
