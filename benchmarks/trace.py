@@ -103,7 +103,10 @@ COARSE_STEP = 1.5
 STAIR_STEP = 1.12
 STAIR_START = 0.8
 STAIR_PAUSE_S = 1.0
-MAX_STAIRS = 12
+# Windows per staircase, at most. A staircase still passing at the last one has found a lower bound, not the
+# capacity, and is not counted: with 12, a coarse bracket one noisy window set at 30 q/s (2 of 153 late at
+# 45 q/s) capped the next staircases at 59 and 165 q/s while still passing, and their median was reported.
+MAX_STAIRS = 30
 MIN_WINDOW_QUERIES = 100  # fewer cannot tell 99% in time from 98%: such a window never passes
 BASELINE_MARGIN = 0.01  # the bar is at most this far under the share in time at low load...
 LOWEST_BAR = 0.9  # ...and never under this
@@ -575,7 +578,8 @@ def capacity(measure: Callable[[float], dict], *, repeats: int, start_qps: float
     window kept.
     """
 
-    def staircase(rate: float, step: float) -> tuple[float | None, list[dict]]:
+    def staircase(rate: float, step: float) -> tuple[float | None, float | None, list[dict]]:
+        """(capacity found or None, highest rate that passed, windows)."""
         windows: list[dict] = []
         passed: float | None = None
         lowest = rate / 10.0  # a staircase failing that far below where it started has found nothing
@@ -587,23 +591,24 @@ def capacity(measure: Callable[[float], dict], *, repeats: int, start_qps: float
                 passed = rate
                 rate *= step
             elif passed is not None or rate / (step * step) < lowest:
-                break
+                return passed, passed, windows
             else:
                 rate /= step * step  # the first window already failed: start lower
-        return passed, windows
+        return None, passed, windows  # never failed after a pass: a lower bound, not counted (MAX_STAIRS)
 
     baseline = measure(start_qps)
     bar = target
     if baseline.get("queries", MIN_WINDOW_QUERIES) >= MIN_WINDOW_QUERIES:
         bar = max(LOWEST_BAR, min(target, baseline["in_time"] - BASELINE_MARGIN))
-    bracket, coarse = staircase(start_qps, COARSE_STEP)
-    estimate = bracket or start_qps
+    bracket, bound, coarse = staircase(start_qps, COARSE_STEP)
+    estimate = bracket or bound or start_qps
     stairs: list[dict] = []
     for _ in range(repeats):
-        passed, windows = staircase(STAIR_START * estimate, STAIR_STEP)
+        passed, bound, windows = staircase(STAIR_START * estimate, STAIR_STEP)
         stairs.append({"capacity_qps": None if passed is None else round(passed, 1), "windows": windows})
         found = [s["capacity_qps"] for s in stairs if s["capacity_qps"] is not None]
-        estimate = float(np.median(found)) if found else estimate
+        # Nothing found yet: the next staircase starts from the highest rate that passed, not below it again.
+        estimate = float(np.median(found)) if found else max(estimate, bound or 0.0)
     found = sorted(s["capacity_qps"] for s in stairs if s["capacity_qps"] is not None)
     median = float(np.median(found)) if found else 0.0
     return {

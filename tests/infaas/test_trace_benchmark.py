@@ -155,6 +155,22 @@ def test_capacity_is_the_median_of_repeated_staircases() -> None:
     assert all(len(s["windows"]) >= 2 for s in result["staircases"])  # every window is kept
 
 
+def test_a_staircase_still_passing_at_its_last_window_is_a_lower_bound_not_a_capacity() -> None:
+    # One noisy window brackets the capacity far too low (coarse: 30 q/s); the deployment holds up to 400 q/s.
+    noisy = iter([0.98])
+
+    def measure(rate: float) -> dict:
+        if 40.0 < rate < 50.0:
+            return {"qps": rate, "in_time": next(noisy, 1.0)}
+        return {"qps": rate, "in_time": 1.0 if rate <= 400.0 else 0.5}
+
+    result = trace.capacity(measure, repeats=5, start_qps=20.0, target=0.99)
+    assert result["coarse"]["capacity_qps"] == 30.0
+    # The fine staircases climb until they fail, however far below they start; none reports where it stopped.
+    assert 400.0 / trace.STAIR_STEP < result["capacity_qps"] <= 400.0
+    assert all(s is None or s > 400.0 / trace.STAIR_STEP for s in result["staircases_qps"])
+
+
 def test_a_staircase_whose_first_window_fails_starts_lower() -> None:
     def measure(rate: float) -> dict:
         return {"qps": rate, "in_time": 1.0 if rate <= 15.0 else 0.5}
