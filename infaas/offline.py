@@ -32,6 +32,7 @@ from infaas.db.models import VariantStatus
 from infaas.errors import BadRequest, InvalidInput, Unprocessable
 from infaas.runtime import available_providers, open_session
 from infaas.scratch import scratch_dir
+from infaas.selector import typical_ms
 from infaas.services import Services
 from infaas.tensors import TensorSpec
 
@@ -174,17 +175,16 @@ def plan_variant(
     """Cost and duration of ``samples`` on ``variant`` at its highest-throughput profiled batch size."""
     best = max(variant.profiles, key=lambda p: (p.throughput_per_s, -p.batch_size))
     batches = math.ceil(max(samples, 1) / best.batch_size)
+    service_ms = typical_ms(variant, best)  # a cascade's mean, not the p50 of its cheap stage alone
     return JobPlan(
         model=model,
         variant=variant,
         batch=best.batch_size,
-        service_ms=best.latency_p50_ms,
+        service_ms=service_ms,
         load_ms=best.load_ms,
         accuracy=accuracy_of(model, variant),
-        cost_per_sample=cost_per_sample(
-            variant.hardware, variant.threads, cores, best.latency_p50_ms, best.batch_size, prices
-        ),
-        estimated_s=(best.load_ms + batches * best.latency_p50_ms) / 1000.0,
+        cost_per_sample=cost_per_sample(variant.hardware, variant.threads, cores, service_ms, best.batch_size, prices),
+        estimated_s=(best.load_ms + batches * service_ms) / 1000.0,
     )
 
 

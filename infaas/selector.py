@@ -176,8 +176,10 @@ def mean_ms(profile: ProfileInfo) -> float:
     return profile.batch_size / profile.throughput_per_s * 1000.0
 
 
-def _p50_ms(profile: ProfileInfo) -> float:
-    return profile.latency_p50_ms
+def typical_ms(variant: VariantInfo, profile: ProfileInfo) -> float:
+    """What one batch of ``profile`` holds the hardware for, typically: the p50, or a cascade's mean (``mean_ms``;
+    why: ``ProfileCurve.of``). Costs are priced by it (the selector, offline job plans)."""
+    return mean_ms(profile) if variant.kind == CASCADE_KIND else profile.latency_p50_ms
 
 
 @dataclass(frozen=True)
@@ -211,11 +213,10 @@ class ProfileCurve:
             raise ValueError(f"variant {variant.key} has no profiles")
         invariant = all(p.batch_invariant for p in profiles)
         best = max(profiles if invariant else profiles[:1], key=lambda p: (p.throughput_per_s, -p.batch_size))
-        typical = mean_ms if variant.kind == CASCADE_KIND else _p50_ms
         return cls(
             batches=tuple(p.batch_size for p in profiles),
-            latencies_ms=tuple(typical(p) for p in profiles),
-            tails_ms=tuple(max(p.latency_p99_ms, typical(p)) for p in profiles),
+            latencies_ms=tuple(typical_ms(variant, p) for p in profiles),
+            tails_ms=tuple(max(p.latency_p99_ms, typical_ms(variant, p)) for p in profiles),
             load_ms=max(p.load_ms for p in profiles),
             memory_mb=max(p.memory_mb for p in profiles),
             best_batch=best.batch_size,

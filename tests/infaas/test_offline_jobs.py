@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -11,12 +12,23 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from infaas.cascade_session import KIND
 from infaas.catalog import ProfileInfo
 from infaas.config import Settings
 from infaas.db.models import VariantStatus
 from infaas.offline import JobPlan, NoVariant, choose_plan, cost_per_sample, plan_variant, run_offline_job
 from infaas.services import Services, build_services
-from tests.factories import TASK, npy_bytes, profiles, reference_outputs, seed_model, wait_for_job, write_mlp
+from tests.factories import (
+    TASK,
+    model_info,
+    npy_bytes,
+    profiles,
+    reference_outputs,
+    seed_model,
+    variant_info,
+    wait_for_job,
+    write_mlp,
+)
 
 
 def best_at_batch_8(threads: int = 1, accuracy: float = 0.9, p50_ms_at_8: float = 1.0) -> tuple[ProfileInfo, ...]:
@@ -42,6 +54,21 @@ def test_cost_per_sample_counts_cores_time_and_batch() -> None:
     # A GPU variant holds one GPU whatever its thread count; bigger batches are cheaper per sample.
     assert cost_per_sample("gpu", 0, 4, 36.0, 4, prices) == pytest.approx(3.6 * 36 / 3.6e6 / 4)
     assert cost_per_sample("tpu", 1, 1, 10.0, 1, prices) == 0.0
+
+
+def test_a_cascade_plan_is_priced_by_its_mean_not_the_p50_of_its_cheap_stage() -> None:
+    """A cascade's p50 at batch 8 is 1 ms (most batches answered by the cheap stage), its measured throughput says
+    4 ms per batch on average (escalated batches included): the plan's time and cost are the 4 ms."""
+    measured = tuple(
+        replace(p, throughput_per_s=p.batch_size / (4.0 * p.latency_p50_ms) * 1000.0) for p in best_at_batch_8()
+    )
+    cascade = variant_info("m", "cascade-cpu-fp32", measured, kind=KIND)
+    plan = plan_variant(model_info("m"), cascade, 80, 8, {"cpu-core": 1.0})
+    assert plan.batch == 8 and plan.service_ms == pytest.approx(4.0)
+    assert plan.cost_per_sample == pytest.approx(cost_per_sample("cpu", 1, 8, 4.0, 8, {"cpu-core": 1.0}))
+    assert plan.estimated_s == pytest.approx((5.0 + 10 * 4.0) / 1000.0)  # load + 10 batches of 8
+    plain = plan_variant(model_info("m"), variant_info("m", "cpu-fp32", measured), 80, 8, {"cpu-core": 1.0})
+    assert plain.service_ms == pytest.approx(1.0)  # a plain variant's work does not depend on its rows: p50
 
 
 def _plans(services: Services, mlp_path: Path, samples: int) -> list[JobPlan]:
