@@ -19,7 +19,10 @@ What is modelled, each as the serving path does it:
   for a query's way to its first stage. Both 0 when plans are compared (they shift every plan alike).
 
 It returns the P99 (and P50) of end-to-end latency and each stage's utilisation (busy replica time over
-replica time). ``benchmarks/fleet_sim.py`` simulates a fleet in ticks with chunks of queries; a pipeline needs
+replica time). Asked only whether a configuration meets an objective (``over_ms``), it stops as soon as enough
+queries have finished later than it that the P99 cannot come back under it (``late_limit``): the same answer as
+the whole trace gives, without simulating the rest (the planner's probes, most of which fail).
+``benchmarks/fleet_sim.py`` simulates a fleet in ticks with chunks of queries; a pipeline needs
 per-query paths and per-query batching, which is why this is its own event model; the two share the batching
 rule (both import ``flush_at``/``batch_size``) and read the same profiles.
 """
@@ -53,16 +56,25 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class SimResult:
-    """End-to-end latency percentiles (ms) over the trace's queries, and each stage's utilisation."""
+    """End-to-end latency percentiles (ms) over the trace's queries, and each stage's utilisation. ``stopped``:
+    the run ended once the P99 was known to exceed ``over_ms`` (``p99_ms`` is then ``inf``, the rest covers the
+    queries finished by then)."""
 
     p99_ms: float
     p50_ms: float
     queries: int
     utilisation: dict[str, float]
     latencies_ms: np.ndarray = field(repr=False, compare=False)
+    stopped: bool = False
 
     def miss_rate(self, objective_ms: float) -> float:
         return float(np.mean(self.latencies_ms > objective_ms)) if self.queries else 0.0
+
+
+def late_limit(queries: int) -> int:
+    """How many queries over an objective make the P99 (``np.percentile``'s linear interpolation) exceed it for
+    certain: once the value at ``floor(0.99 (n - 1))`` in sorted order is over, so is the interpolated P99."""
+    return queries - math.floor(0.99 * (queries - 1))
 
 
 def arrival_times(arrivals: Arrivals, seed: int = 0) -> np.ndarray:
@@ -155,11 +167,15 @@ def simulate(
     *,
     seed: int = 0,
     entry_ms: tuple[float, ...] = (),
+    over_ms: float | None = None,
 ) -> SimResult:
     """Simulate every query of ``arrivals`` (seconds) through the pipeline; latencies from arrival to the last
     stage it reached finishing. ``entry_ms``: measured delays between a query's arrival and its first stage
-    (the front end's own: parsing, a thread picking it up), one drawn per query; none by default."""
+    (the front end's own: parsing, a thread picking it up), one drawn per query; none by default. ``over_ms``:
+    stop once the P99 is known to exceed it (``late_limit`` queries finished later)."""
     env = simpy.Environment()
+    finished = env.event()  # every query done, or enough late ones to decide
+    late = [0, late_limit(len(arrivals)), 0]  # late so far, the limit, finished so far
     rng = np.random.default_rng(seed)
     runners = {name: _Stage(env, stages[name], np.random.default_rng([seed, i])) for i, name in enumerate(spec.order)}
     parents = {name: spec.parents(name) for name in spec.order}
@@ -196,6 +212,11 @@ def simulate(
             env.process(stage_run(name, [done[p] for p in parents[name] if p != PIPELINE_INPUT], done[name]))
         yield env.all_of(list(done.values()))
         latencies[index] = (env.now - at) * 1000.0
+        late[2] += 1
+        if over_ms is not None and latencies[index] > over_ms:
+            late[0] += 1
+        if (late[2] == len(arrivals) or late[0] >= late[1]) and not finished.triggered:
+            finished.succeed()
 
     def source():  # type: ignore[no-untyped-def]
         for index, at in enumerate(arrivals):
@@ -204,16 +225,18 @@ def simulate(
             env.process(query(index, float(at)))
 
     env.process(source())
-    env.run()
+    env.run(until=finished if len(arrivals) else None)
+    stopped = late[2] < len(arrivals)
     horizon = max(env.now, 1e-9)
     utilisation = {name: r.busy_s / (horizon * stages[name].replicas) for name, r in runners.items()}
     return SimResult(
-        p99_ms=float(np.percentile(latencies, 99)),
+        p99_ms=math.inf if stopped else float(np.percentile(latencies, 99)),
         p50_ms=float(np.percentile(latencies, 50)),
         queries=len(latencies),
         utilisation=utilisation,
         latencies_ms=latencies,
+        stopped=stopped,
     )
 
 
-__all__ = ["SimResult", "StageConfig", "arrival_times", "simulate"]
+__all__ = ["SimResult", "StageConfig", "arrival_times", "late_limit", "simulate"]

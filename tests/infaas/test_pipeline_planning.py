@@ -10,7 +10,7 @@ import pytest
 
 from infaas.pipelines.options import StageOption
 from infaas.pipelines.planner import Judge, StageChoice, plan
-from infaas.pipelines.simulator import StageConfig, arrival_times, simulate
+from infaas.pipelines.simulator import StageConfig, arrival_times, late_limit, simulate
 from infaas.pipelines.spec import Arrivals, parse_spec
 from infaas.selector import ProfileCurve
 from tests.factories import profiles, variant_info
@@ -108,3 +108,28 @@ def test_an_objective_below_the_service_time_is_infeasible_with_the_best_achieva
     planned = plan(_spec(p99_ms=5.0), _options(), {}, arrival_times(Arrivals(rate_per_s=10, duration_s=5)))
     assert not planned.feasible
     assert 4.0 + 3.0 < planned.p99_ms < 4.0 * 1.3 + 3.0 * 1.3  # the fastest variants in a row, no queueing
+
+
+def test_a_probe_stops_once_the_objective_is_missed_and_agrees_with_the_whole_trace() -> None:
+    spec = _spec()
+    arrivals = arrival_times(Arrivals(rate_per_s=150, duration_s=20), seed=2)
+    curve, fast = _curve({1: 10.0, 8: 12.0}), StageConfig(_curve({1: 0.1}), 1, 1)
+    overloaded = {"a": StageConfig(curve, 1, 1), "b": fast}
+    whole = simulate(spec, overloaded, {}, arrivals)
+    probe = simulate(spec, overloaded, {}, arrivals, over_ms=100.0)
+    assert whole.p99_ms > 100.0 and not whole.stopped
+    assert probe.stopped and probe.p99_ms == float("inf")
+    assert np.count_nonzero(probe.latencies_ms) < len(arrivals) / 4  # decided early in the trace
+    assert np.count_nonzero(probe.latencies_ms > 100.0) == late_limit(len(arrivals))
+    batched = {"a": StageConfig(curve, 8, 1), "b": fast}
+    kept = simulate(spec, batched, {}, arrivals, over_ms=100.0)
+    assert not kept.stopped and kept.p99_ms == simulate(spec, batched, {}, arrivals).p99_ms <= 100.0
+
+
+def test_late_limit_is_where_the_interpolated_p99_must_exceed() -> None:
+    for n in (1, 7, 100, 600, 1501):
+        k = late_limit(n)
+        at_limit = np.r_[np.zeros(n - k), np.full(k, 2.0)]
+        below = np.r_[np.zeros(n - k + 1), np.full(k - 1, 2.0)]
+        assert np.percentile(at_limit, 99) > 1.0
+        assert np.percentile(below, 99) < 2.0  # one fewer: the P99 may still interpolate under the late ones
