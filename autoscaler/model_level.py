@@ -373,7 +373,7 @@ def _useful_here(inst: InstanceLoad, option: VariantOption, fits: int) -> int:
     return max(range(most + 1), key=lambda h: (gains[h], -h))
 
 
-def alternatives(
+def _alternatives(
     view: ClusterView, worker: WorkerLoad, option: VariantOption, inst: InstanceLoad
 ) -> list[VariantOption]:
     """Other variants of the same model that run on ``worker`` and meet the floors and the budget its queries
@@ -424,7 +424,7 @@ def _scale_up(
     }
 
     best: tuple[float, float, VariantOption, int] | None = None
-    for alt in alternatives(view, worker, option, inst):
+    for alt in _alternatives(view, worker, option, inst):
         alt_capacity = _alt_capacity(inst, derate, alt)
         if alt_capacity < capacity * config.faster_factor:
             continue
@@ -560,7 +560,7 @@ def _scale_down(
         return []  # nothing served: unloading when idle long enough is cheaper than any variant
     cheaper = [
         alt
-        for alt in alternatives(view, worker, option, inst)
+        for alt in _alternatives(view, worker, option, inst)
         if (
             alt.cost_per_hour < option.cost_per_hour
             or (alt.cost_per_hour == option.cost_per_hour and alt.memory_mb < 0.8 * option.memory_mb)

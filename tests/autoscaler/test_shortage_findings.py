@@ -1,10 +1,11 @@
 """What a fleet-wide shortage taught the policies (found by benchmarks/fleet_sim.py, issue 20 point 4).
 
-During a shortage every worker is crowded, instances queue behind their neighbours, and the selector spreads
-queries at risk onto whatever is loaded, slow variants included. Neither is what the workers to add will run.
+During a shortage every worker is crowded and instances queue behind their neighbours: that is not what their
+profiles are worth. Afterwards, the variant is loaded nearly everywhere, and an overloaded instance's overflow
+goes to its other instances through the selector.
 """
 
-from autoscaler import model_level, vm_level
+from autoscaler import model_level
 from autoscaler.policy_types import ClusterView, History, WorkerLoad
 from tests.autoscaler.test_autoscaler_policies import CFG, inst, option, run_periods, view
 
@@ -20,31 +21,6 @@ def test_an_instance_queueing_behind_its_neighbours_is_not_derated() -> None:
     crowded = lambda now: view([missing, neighbour], [option(), option("n/fp32")], now=now, cores=2)  # noqa: E731
     _, history = run_periods(crowded, 2)
     assert "w1/m/fp32" not in history.derate
-
-
-def test_workers_are_added_for_the_demand_at_the_fastest_variant_its_queries_may_use() -> None:
-    # Four workers each serving 1,000 rows/s on an FP32 variant of 200 rows/s (5 busy cores each, 20 in all: 17
-    # workers at 60% of 2 cores) while an INT8 variant of the same model and accuracy serves 2,000 rows/s a core:
-    # the demand needs 2 cores in all, 2 workers, so one more (the minimum step), not the 4 doubling allows.
-    slow, fast = option("m/fp32", p50=10.0), option("m/int8", p50=1.0)
-    workers = tuple(
-        WorkerLoad(f"w{i}", 2, 1000.0, 100.0, (inst("m/fp32", f"w{i}", rate_per_s=1000.0, replicas=2),))
-        for i in range(4)
-    )
-    assert vm_level.needed_cores(ClusterView(0.0, workers, {"m/fp32": slow, "m/int8": fast}), workers[0]) == 0.5
-    history, added = History(), []
-    for n in range(CFG.vm_up_periods):
-        cluster = ClusterView(100.0 + 10 * n, workers, {"m/fp32": slow, "m/int8": fast}, max_workers=100)
-        plan = vm_level.decide(cluster, history, CFG)
-        history = plan.history
-        added.extend(a for a in plan.actions if a.action == "add_worker")
-    [action] = added
-    assert action.inputs["utilization"] == 2.5  # overloaded as loaded now
-    assert action.count == 1
-    # An alternative below the floor the queries asked for is not one they may use: sized at FP32.
-    low = option("m/int8", p50=1.0, accuracy=0.5)
-    floored = (WorkerLoad("w0", 2, 1000.0, 100.0, (inst("m/fp32", "w0", rate_per_s=1000.0, accuracy_floor=0.9),)),)
-    assert vm_level.needed_cores(ClusterView(0.0, floored, {"m/fp32": slow, "m/int8": low}), floored[0]) == 5.0
 
 
 def test_demand_the_variants_other_instances_can_take_is_not_unmet() -> None:
