@@ -37,13 +37,12 @@ and a worker's excess each *expire* when no query has updated them for that long
 as absent (a placement falls back to its worker's prior, a prior without a fresh slowdown to its excess, a
 worker with nothing fresh to the raw estimate), and its next observation starts it afresh. Without this, a
 placement whose learnt factor made it infeasible was never chosen, so never observed, so its factor never came
-down (*frozen pessimism*, the mirror image of the prior's runaway): in ``benchmarks/trace.py`` at 0.7× the
-large MLP's instance, the only one meeting the accurate class's floor in time, learnt ~50× during a spike, was
-served nothing from 23 s on and was unloaded at 38 s as idle, while the fair share refused 79% of the
-accurate class as at risk. The slowdown needs its own expiry: it is learnt only from ≥ 1 ms models, which on
-that zoo is that same instance, so it froze with it. A stale estimate proven wrong costs its first query (a
-restarted tracker starts at that query's ratio, so one slow observation makes it pessimistic again): at most
-about one query per ``STALE_S`` per placement that really is slower than its worker's prior.
+down (*frozen pessimism*, the mirror image of the prior's runaway): in a ``benchmarks/trace.py`` run at 0.7×
+the large MLP's instance was served nothing from 23 s on and was unloaded at 38 s as idle, while 79% of the
+accurate class was refused as at risk. The slowdown needs its own expiry: it is learnt only from ≥ 1 ms
+models, on the example zoo often that one instance alone, so it froze with it. A stale estimate proven wrong
+costs its first query (a restarted tracker starts at that query's ratio, so one slow observation makes it
+pessimistic again): at most about one query per ``STALE_S`` per placement really slower than its worker's prior.
 
 One tail per placement, not a tail of the path plus a tail of the worker's time: the two are correlated (both
 stretch when the machine is busy), and summing two p99s promised almost nothing on a loaded two-core host (a
