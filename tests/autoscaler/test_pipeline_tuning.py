@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from autoscaler import Autoscaler, PolicyConfig
-from autoscaler.pipeline_apply import spread_to
+from autoscaler.pipeline_apply import PipelineScaler, spread_to
+from autoscaler.policy_types import Action
 from autoscaler.providers.inprocess import InProcessProvider
 from infaas.config import Settings
 from infaas.engine import Query
@@ -166,6 +167,15 @@ def test_a_stage_s_replicas_are_spread_over_the_workers_with_room(cluster: tuple
             assert max(per_worker.values()) - min(per_worker.values()) <= 1, per_worker
         tuned = [d for d in services.metadata.list_decisions(level="pipeline") if d.action == "tune_up"]
         assert all("on local" in (d.outcome or "") and "on inproc-1" in (d.outcome or "") for d in tuned)
+
+        # Down to one replica: taken off the worker holding the most, then one instance unloaded, one kept.
+        key = next(iter(ups))
+        model = services.metadata.get_model(key.split("/")[0])
+        assert model is not None
+        variant = next(v for v in model.variants if v.key == key)
+        outcome = PipelineScaler(services).execute(Action("pipeline", "tune_down", "cascade/x", "test", {}), variant)
+        (left,) = services.live.snapshot().instances.get(key, ())
+        assert left.replicas == 1 and outcome.startswith(f"1 replica(s): 1 on {left.worker_id}"), outcome
     finally:
         provider.stop_worker("inproc-1")
         services.engine.workers.remove("inproc-1")
