@@ -51,6 +51,7 @@ from infaas.selector import (
     _selection,
     query_cost,
     select,
+    under_load,
 )
 
 _ORDER_CACHE_MAX = 1024  # distinct candidate lists (task × tenant × floors × batch) kept sorted
@@ -216,7 +217,9 @@ class FastSelector:
         order = self._order(qualified, requirements.batch, prices, index.min_cores)
         if order is None:  # a negative price or load time: bounds would not bound; the reference decides
             return select(requirements, candidates, live, prices, exclude, correct)
-        return self._scan(requirements, order, live, index, self._placements_of(live), prices, exclude, correct)
+        return self._scan(
+            requirements, candidates, order, live, index, self._placements_of(live), prices, exclude, correct
+        )
 
     # -- indexes --------------------------------------------------------------------------------
     def _workers(self, workers: tuple[WorkerState, ...]) -> _WorkerIndex:
@@ -269,6 +272,7 @@ class FastSelector:
     def _scan(
         self,
         requirements: Requirements,
+        candidates: Sequence[Candidate],
         order: tuple[_Ranked, ...],
         live: LiveSnapshot,
         index: _WorkerIndex,
@@ -342,6 +346,11 @@ class FastSelector:
         threshold = cheapest * (1 + _COST_TIE)
         best = min((f for f in feasible if f[0] <= threshold), key=lambda f: f[1:6])
         cost, cold, est, _key, _i, _s, candidate, worker, raw = best
+        if under_load(candidate, live):
+            # A batch-invariant placement may win within INVARIANT_BAND, priced batched (not what the bounds
+            # bound): the reference decides. Only when a batch-dependent variant (dynamic INT8) is the cheapest and
+            # has rows outstanding.
+            return select(requirements, candidates, live, prices, exclude, correct)
         option = _Option(candidate, worker, not cold, est, raw, 0.0, cost)
         why = "cheapest placement meeting" + (f" {budget:g} ms" if budget is not None else " no latency budget")
         return _selection(option, requirements.batch, False, why)

@@ -45,6 +45,12 @@ from infaas.live_state.base import LiveSnapshot, WorkerState
 from infaas.replica_scaling import speedup, speedups
 
 _COST_TIE = 1e-9  # relative: costs this close are equal, so loaded instances win
+# Under load, a batch-invariant placement whose batched cost is within this share of the cheapest batch-dependent
+# one wins (``_prefer_invariant``). It is the profiler's repeatability: the same variant measured twice in one build
+# (its profile and the one-replica run of its replica measurement, all-MiniLM-L6-v2 in the peers benchmark, load
+# average ~5 on 2 cores) differed by 0.5-11% in rows/s at batches 4-16 (static INT8 "fast", one thread: 636 vs
+# 685 rows/s at 4, 678 vs 755 at 16), so a smaller gap is not a difference the profiles can show.
+INVARIANT_BAND = 0.10
 
 OnInfeasible = Literal["best_effort", "reject"]
 ON_INFEASIBLE: tuple[str, ...] = get_args(OnInfeasible)  # what a query may say; the first is the default
@@ -228,6 +234,15 @@ class ProfileCurve:
         """Profiled p50 (a cascade's mean) at the smallest profiled batch ≥ ``batch``; linear beyond the largest
         (the typical time: what a query's hardware is held for, and what batching and inlining plan with)."""
         return self._at(self.latencies_ms, batch)
+
+    def batched_ms(self, batch: int) -> float:
+        """What ``batch`` rows hold the hardware for when they run in the instance's batches under load: their share of
+        a ``best_batch`` run for a batch-invariant variant (a queue lets the batcher fill it), ``service_ms`` for one
+        that is never batched or a query as big as a batch."""
+        service = self.service_ms(batch)
+        if not self.batch_invariant or batch >= self.best_batch:
+            return service
+        return min(service, self.service_ms(self.best_batch) * batch / self.best_batch)
 
     def tail_ms(self, batch: int) -> float:
         """Profiled p99 at ``batch``, interpolated like ``service_ms`` (what a latency promise is made with)."""
@@ -457,6 +472,12 @@ def select(
         best = min(ties, key=lambda o: (not o.loaded, o.estimated_ms, o.candidate.key))
         why = f"cheapest of {len(feasible)} placement(s) meeting"
         why += f" {budget:g} ms" if budget is not None else " no latency budget"
+        if under_load(best.candidate, live):
+            invariant = _prefer_invariant(best.cost, feasible, batch, prices)
+            if invariant is not None:
+                why = f"batch-invariant, within {INVARIANT_BAND:.0%} of the cheapest under load, of {len(feasible)}"
+                why += f" meeting {budget:g} ms" if budget is not None else " meeting no latency budget"
+                return _selection(invariant, batch, False, why)
         return _selection(best, batch, False, why)
     if not affordable:  # a hard limit: never served over it
         raise Infeasible(f"max_cost ${max_cost:.3g}/query (a hard limit)", _achievable(options))
@@ -472,6 +493,42 @@ def select(
     if infeasible:
         why += "; infeasible even with empty queues"
     return replace(_selection(best, batch, True, why), infeasible=infeasible)
+
+
+def under_load(candidate: Candidate, live: LiveSnapshot) -> bool:
+    """Whether ``candidate`` is a batch-dependent variant with rows outstanding on one of its instances: the case where
+    a batch-invariant variant of about the same cost serves more (its queue is batched; this one runs row by row)."""
+    if candidate.curve.batch_invariant:
+        return False
+    key = candidate.key
+    return any(live.depth(inst.worker_id, key) > 0 for inst in live.instances.get(key, ()))
+
+
+def _prefer_invariant(
+    cheapest: float, feasible: Sequence[_Option], batch: int, prices: Mapping[str, float]
+) -> _Option | None:
+    """Under load (``under_load``), the feasible batch-invariant placement to serve instead of the cheapest
+    batch-dependent one, or ``None``: priced at what its rows cost batched (``ProfileCurve.batched_ms``; a cold one
+    with its load too), it must be within ``INVARIANT_BAND`` of ``cheapest``; the cheapest such wins, loaded first.
+
+    Why: dynamic INT8 is never batched, so under load its queue drains row by row while a batch-invariant variant's
+    drains a batch at a time. all-MiniLM-L6-v2: dynamic INT8 on one thread 1.47 ms a row unbatched, static INT8
+    ("fast") 2.80 ms at batch 1 but 1.43 ms a row at batch 8 (peers benchmark profiles): priced at batch 1 the
+    dynamic one always won.
+    """
+    limit = cheapest * (1 + INVARIANT_BAND)
+    best: tuple[float, bool, float, str] | None = None
+    chosen = None
+    for o in feasible:
+        curve = o.candidate.curve
+        if not curve.batch_invariant:
+            continue
+        held = curve.batched_ms(batch) + (0.0 if o.loaded else curve.load_ms)
+        cost = query_cost(o.candidate, o.worker, held, prices)
+        rank = (cost, not o.loaded, o.estimated_ms, o.candidate.key)
+        if cost <= limit and (best is None or rank < best):
+            best, chosen = rank, o
+    return chosen
 
 
 def _unqueued_ms(option: _Option) -> float:

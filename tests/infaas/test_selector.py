@@ -405,3 +405,47 @@ def test_at_risk_only_for_queueing_or_a_load_is_not_infeasible_but_below_the_ser
         assert hopeless.slo_at_risk and hopeless.infeasible and "infeasible even with empty queues" in hopeless.reason
     met = select(Requirements(model="m", latency_ms=100), [SLOW_CHEAP], live(loaded={"m/slow": [("w1", 1)]}), PRICES)
     assert not met.slo_at_risk and not met.infeasible
+
+
+def _dynamic(name: str, latencies: dict[int, float]) -> Candidate:
+    """A batch-dependent variant (dynamic INT8): its profiles say a row's answer depends on its batch."""
+    c = candidate("m", name, latencies)
+    measured = tuple(replace(p, batch_invariant=False) for p in c.variant.profiles)
+    return Candidate.of(c.model, replace(c.variant, profiles=measured))
+
+
+def test_batch_invariant_near_tie_wins_under_load_only() -> None:
+    """all-MiniLM-L6-v2's case: dynamic INT8 1.47 ms a row unbatched, static INT8 2.80 ms at batch 1 but 11.40 ms at
+    batch 8 (1.43 a row). Idle, the dynamic one is cheaper; with rows outstanding on it, the static one serves."""
+    dynamic = _dynamic("dynamic", {1: 1.47, 8: 11.8})
+    static = candidate("m", "static", {1: 2.80, 8: 11.40})
+    both = {dynamic.key: [("w1", 1)], static.key: [("w1", 1)]}
+    idle = select(Requirements(task="classify"), [dynamic, static], live(loaded=both), PRICES)
+    assert idle.variant.name == "dynamic"
+    busy = live(loaded=both, depth={("w1", dynamic.key): 3})
+    chosen = select(Requirements(task="classify"), [dynamic, static], busy, PRICES)
+    assert chosen.variant.name == "static"
+    assert "batch-invariant" in chosen.reason
+    # Rows outstanding on the static variant alone are not load on the dynamic one: nothing to drain row by row.
+    other = live(loaded=both, depth={("w1", static.key): 3})
+    assert select(Requirements(task="classify"), [dynamic, static], other, PRICES).variant.name == "dynamic"
+
+
+def test_batch_invariant_outside_the_band_or_cold_loses_under_load() -> None:
+    """Batched 12% dearer than the dynamic variant (outside INVARIANT_BAND), or not loaded (its load is priced in):
+    the dynamic variant keeps the query."""
+    dynamic = _dynamic("dynamic", {1: 1.47, 8: 11.8})
+    dear = candidate("m", "static", {1: 2.80, 8: 1.47 * 8 * 1.12})
+    busy = {("w1", dynamic.key): 3}
+    loaded = live(loaded={dynamic.key: [("w1", 1)], dear.key: [("w1", 1)]}, depth=busy)
+    assert select(Requirements(task="classify"), [dynamic, dear], loaded, PRICES).variant.name == "dynamic"
+    cheap = candidate("m", "static", {1: 2.80, 8: 11.40})
+    cold = live(loaded={dynamic.key: [("w1", 1)]}, depth=busy)
+    assert select(Requirements(task="classify"), [dynamic, cheap], cold, PRICES).variant.name == "dynamic"
+
+
+def test_batched_ms_is_the_rows_share_of_a_best_batch_run() -> None:
+    curve = candidate("m", "static", {1: 2.80, 8: 11.40}).curve
+    assert curve.batched_ms(1) == pytest.approx(11.40 / 8)
+    assert curve.batched_ms(8) == pytest.approx(11.40)
+    assert _dynamic("dynamic", {1: 1.47, 8: 11.8}).curve.batched_ms(1) == pytest.approx(1.47)
