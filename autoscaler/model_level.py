@@ -289,8 +289,9 @@ def _waiting_rows(inst: InstanceLoad) -> float:
 
 
 def _spare(view: ClusterView, derate: Mapping[str, float], config: PolicyConfig) -> dict[str, float]:
-    """Per variant, the rows/s its loaded instances can still take below ``target_utilization`` (at their effective
-    capacity): demand an overloaded instance cannot place goes there through the selector.
+    """Per variant, the rows/s its loaded instances with nothing waiting and no misses can still take below
+    ``target_utilization`` (at their effective capacity): demand an overloaded instance cannot place goes there
+    through the selector. An instance overloaded by its queue or misses offers nothing, not even to itself.
 
     Placing elsewhere skips workers that hold the variant (their instance scales itself), so once the selector had
     loaded a variant on every worker with room, an overloaded instance found room nowhere and was reported unmet,
@@ -305,6 +306,8 @@ def _spare(view: ClusterView, derate: Mapping[str, float], config: PolicyConfig)
             option = view.variants.get(inst.variant_key)
             if option is None:
                 continue
+            if _waiting_rows(inst) > 0 or inst.slo_miss_rate > config.slo_miss_threshold:
+                continue  # behind already (a queue, misses): it takes nothing more, whatever its rate says
             room = effective_capacity(inst, option, derate) * max(inst.replicas, 1) * config.target_utilization
             if room > inst.demand_per_s:
                 spare[inst.variant_key] = spare.get(inst.variant_key, 0.0) + room - inst.demand_per_s

@@ -36,3 +36,14 @@ def test_demand_the_variants_other_instances_can_take_is_not_unmet() -> None:
     assert model_level.decide(cluster(60.0, 1), streak, CFG).unmet == ("w1/m/fp32",)
     assert model_level.decide(cluster(0.0, 1), streak, CFG).unmet == ("w1/m/fp32",)
     assert model_level.decide(cluster(0.0, 2), streak, CFG).unmet == ()
+
+
+def test_an_instance_behind_on_its_queue_offers_no_room_even_to_itself() -> None:
+    # 50/s on two 200/s replicas (budget 100 ms) reads as 190 rows/s of room by its rate, but 12 queries wait
+    # (60 ms of queue, over half the budget): overloaded, no room for a third replica on its 2-core worker, no other
+    # worker: unmet. Counting its rate's room as spare absorbed its own overflow, and no worker was added (the
+    # integration burst test: nothing was placed on a new worker).
+    queued = inst(rate_per_s=50.0, replicas=2, queue_depth=14, budget_ms=100.0)
+    plan = model_level.decide(view([queued], [option()], cores=2), History(streaks={"w1/m/fp32": CFG.up_periods}), CFG)
+    assert [a.action for a in plan.actions] == []
+    assert plan.unmet == ("w1/m/fp32",)
