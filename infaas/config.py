@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     inference_fast_path: bool = True
     # GET /metrics and the engine's per-query counters (infaas.metrics); off only to measure what they cost.
     metrics: bool = True
+    # How long a thread may hold the GIL while another waits (infaas.switch_interval: why 0.5, not Python's 5 ms).
+    switch_interval_ms: float = Field(default=0.5, gt=0)
 
     # Workers.
     worker_id: str | None = None

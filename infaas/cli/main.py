@@ -67,10 +67,11 @@ def serve(
     """
     import uvicorn
 
-    from infaas import logs, tracing
+    from infaas import logs, switch_interval, tracing
 
     settings = get_settings()
     logs.setup(settings)
+    switch_interval.apply(settings.switch_interval_ms)
     tracing.configure("infaas")
     if settings.in_process_worker and settings.worker_gpu is not None:
         _require_usable_gpu(settings.worker_gpu)

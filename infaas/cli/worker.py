@@ -30,13 +30,14 @@ def worker_command(
     """
     import uvicorn
 
-    from infaas import logs, tracing
+    from infaas import logs, switch_interval, tracing
     from infaas.hardware import GpuNotUsable  # imports ONNX Runtime: not at CLI start (test_packaging)
     from infaas.services import build_worker_service
     from infaas.worker.server import create_worker_app
 
     settings = get_settings()
     logs.setup(settings)
+    switch_interval.apply(settings.switch_interval_ms)
     tracing.configure("infaas-worker")
     if gpu is not None:
         settings = settings.model_copy(update={"worker_gpu": gpu})
