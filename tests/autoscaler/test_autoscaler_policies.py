@@ -164,6 +164,19 @@ def test_a_queue_that_would_eat_half_the_budget_is_overload_before_the_rate_show
     assert run_periods(burst(5), 5)[0] == []  # 40 ms of queue is within half the budget
 
 
+def test_without_a_budget_rows_waiting_two_periods_in_a_row_are_overload() -> None:
+    # 16 connections, no latency budget, the profile says 25% utilization (50/s of 200/s): the serving path, not
+    # the model, limits, and 15 rows wait at every read (the peers benchmark's MiniLM). A replica comes after
+    # up_periods; a queue that is not standing (one row per replica, nothing waiting) adds nothing.
+    def load(depth: int):  # type: ignore[no-untyped-def]
+        return lambda now: view([inst(rate_per_s=50.0, queue_depth=depth)], [option()], now=now)
+
+    assert run_periods(load(16), 1)[0] == []
+    actions, _ = run_periods(load(16), 2)
+    assert [a.action for a in actions] == ["add_replica"] and actions[0].inputs["waiting_rows"] == 15.0
+    assert run_periods(load(1), 5)[0] == []
+
+
 def test_queue_depth_is_rows_so_multi_row_queries_are_not_counted_row_by_row() -> None:
     # 8-row queries take 40 ms by profile (20 ms per 4 rows); depth counts rows outstanding. 16 rows on one replica
     # is one query running and one waiting: 40 ms of queue, within half the 100 ms budget. Counting each row as a

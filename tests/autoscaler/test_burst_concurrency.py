@@ -169,6 +169,7 @@ def test_a_burst_on_a_cold_instance_gets_its_second_replica_within_seconds(serve
         assert second[0] <= SECOND_REPLICA_WITHIN_S, f"second replica after {second[0]:.2f} s"
         print(f"second replica {second[0]:.2f} s after the burst started")
         decided = [d for d in served.metadata.list_decisions() if d.action == "add_replica"]
-        assert decided and decided[-1].inputs["surge"], decided
+        # A surge, or (no latency budget here) the rows that waited behind the replica in two periods in a row.
+        assert decided and (decided[-1].inputs["surge"] or decided[-1].inputs["waiting_rows"] > 0), decided
     finally:
         scaler.stop()
