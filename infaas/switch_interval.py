@@ -4,12 +4,15 @@ A model replica's thread releases the GIL inside ``session.run`` and needs it ba
 meanwhile the request threads decode JSON bodies and the event loop runs HTTP, all holding the GIL. CPython makes
 a thread that wants the GIL wait up to the switch interval (5 ms by default) before the holder is asked to drop
 it, so under load the replica sat idle for up to 5 ms after every run while its queue was full: the next run
-could not start until the decoding thread let go. Measured with ``infaas serve`` at 16 connections (``wrk``, the
-peers benchmark's bodies, 2 cores at load average 3.7-4.5, two A/B rounds of 8 s): all-MiniLM-L6-v2 (dynamic
-INT8, one thread) 416 and 437 req/s at 5 ms, 647 and 587 req/s at 0.5 ms, p99 147-167 ms against 40-49 ms, the
-server using 1.0-1.1 cores against 1.5; ResNet-18 (296 KB JSON bodies) 183 and 196 against 206 and 197 req/s,
-p99 124-212 against 111-127 ms. A shorter interval costs more GIL hand-overs, which at this request rate is well
-under the time it returns.
+could not start until the decoding thread let go.
+
+Measured in one process, paired rounds of 1.5 s alternating the two settings (2 cores at load average 5-6): one
+thread running all-MiniLM-L6-v2's dynamic INT8 on one ONNX Runtime thread while three threads decode the peers
+benchmark's 296 KB ResNet-18 OIP body: at 5 ms the replica ran 58-81 times a second (median 73), at 0.5 ms
+86-195 (median 106), higher in all 6 pairs, with the decoders as fast (median 339 vs 314 decodes/s); 0.1 ms
+was slower than 0.5 ms (median 93 vs 128 runs/s, more hand-overs). Through ``infaas serve`` at 16 connections
+(``wrk``, MiniLM, 8 s runs) the same A/B was too noisy on the shared host to show it: 5 ms 192-437 req/s
+(median 374), 0.5 ms 156-647 (median 376).
 """
 
 from __future__ import annotations
