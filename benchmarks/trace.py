@@ -69,6 +69,7 @@ import numpy as np
 
 from autoscaler import Autoscaler, PolicyConfig
 from autoscaler.providers.inprocess import InProcessProvider
+from infaas import switch_interval
 from infaas.calibration import Calibration
 from infaas.catalog import VariantInfo
 from infaas.config import Settings
@@ -428,6 +429,8 @@ def prepare(zoo_dir: Path, home: Path) -> Services:
         profile_max_seconds=2.0,
         heartbeat_s=0.25,
     )
+    # This process serves as ``infaas serve`` does, with its GIL switch interval (clients share it too).
+    switch_interval.apply(settings.switch_interval_ms)
     return register_zoo(build_services(settings), zoo_dir)
 
 
