@@ -100,3 +100,13 @@ def test_the_queue_drains_at_the_replicas_measured_joint_rate() -> None:
     assert model_level.decide(view([load], [option(p50=10.0)]), History(), CFG).actions == ()
     (action,) = model_level.decide(view([load], [measured(option(p50=10.0), 1.2, 2.0)]), History(), CFG).actions
     assert action.action == "add_replica" and action.inputs["queue_ms"] == 50.0
+
+
+def test_a_batch_dependent_variant_is_judged_row_by_row() -> None:
+    """Dynamic INT8 is never batched: the policies see its batch-1 point only, not the throughput of batches."""
+    rows = tuple(replace(p, batch_invariant=False) for p in profiles({1: 2.0, 8: 8.0}))
+    option_ = variant_option(Candidate.of(model_info("m"), variant_info("m", "dynamic", rows)), 2, {})
+    assert option_.curve == ((1, 2.0, 500.0),)
+    static = Candidate.of(model_info("m"), variant_info("m", "static", profiles({1: 2.0, 8: 8.0})))
+    batched = variant_option(static, 2, {})
+    assert [point[0] for point in batched.curve] == [1, 8]
