@@ -43,16 +43,9 @@ RECENT_WINDOW_S = 1.0
 
 
 def variant_option(candidate: Candidate, worker_cores: int, prices: dict[str, float]) -> VariantOption:
-    """The policies' view of a ready variant: its profile curve, footprint and $/hour per replica.
-
-    A batch-dependent variant (dynamic INT8) is never batched by the worker, so its curve is its batch-1 point only:
-    read at batch 8-16, all-MiniLM-L6-v2's dynamic INT8 on two threads "served 863/s" against 637/s for one thread,
-    both of which run at ~650 rows/s row by row, and the model level swapped one for the other under load.
-    """
+    """The policies' view of a ready variant: its profile curve, footprint and $/hour per replica."""
     variant = candidate.variant
     profiles = sorted(variant.profiles, key=lambda p: p.batch_size)
-    if not candidate.curve.batch_invariant:
-        profiles = profiles[:1]
     cores = variant.threads or worker_cores
     if variant.hardware == "cpu":
         per_hour = prices.get("cpu-core", 0.0) * cores
@@ -71,6 +64,7 @@ def variant_option(candidate: Candidate, worker_cores: int, prices: dict[str, fl
         memory_mb=candidate.curve.memory_mb,
         cores=cores,
         cost_per_hour=per_hour,
+        batch_invariant=candidate.curve.batch_invariant,
     )
 
 

@@ -102,11 +102,14 @@ def test_the_queue_drains_at_the_replicas_measured_joint_rate() -> None:
     assert action.action == "add_replica" and action.inputs["queue_ms"] == 50.0
 
 
-def test_a_batch_dependent_variant_is_judged_row_by_row() -> None:
-    """Dynamic INT8 is never batched: the policies see its batch-1 point only, not the throughput of batches."""
+def test_a_batch_dependent_variant_is_judged_at_its_queries_own_rows() -> None:
+    """Dynamic INT8 is never batched across queries: its capacity is that of a batch of one query's rows, not the
+    best batch's (an 8-row query still runs at batch 8)."""
     rows = tuple(replace(p, batch_invariant=False) for p in profiles({1: 2.0, 8: 8.0}))
-    option_ = variant_option(Candidate.of(model_info("m"), variant_info("m", "dynamic", rows)), 2, {})
-    assert option_.curve == ((1, 2.0, 500.0),)
-    static = Candidate.of(model_info("m"), variant_info("m", "static", profiles({1: 2.0, 8: 8.0})))
-    batched = variant_option(static, 2, {})
-    assert [point[0] for point in batched.curve] == [1, 8]
+    dynamic = variant_option(Candidate.of(model_info("m"), variant_info("m", "dynamic", rows)), 2, {})
+    assert not dynamic.batch_invariant
+    assert dynamic.capacity(None) == 500.0 and dynamic.capacity(None, 8.0) == 1000.0
+    static = variant_option(
+        Candidate.of(model_info("m"), variant_info("m", "static", profiles({1: 2.0, 8: 8.0}))), 2, {}
+    )
+    assert static.capacity(None) == 1000.0
