@@ -66,7 +66,7 @@ from autoscaler.policy_types import Action, History, PolicyConfig
 from infaas.calibration import Calibration
 from infaas.fast_selector import fast_select
 from infaas.live_state.base import InstanceState, LiveSnapshot, VariantStats, WorkerState
-from infaas.selector import Candidate, NoWorkerAvailable, Requirements, Selection
+from infaas.selector import AccuracyUnavailable, Candidate, NoWorkerAvailable, Requirements, Selection
 from infaas.worker.instance import batch_size, flush_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -546,7 +546,7 @@ class FleetSim:
             started = time.perf_counter()
             try:
                 choice = fast_select(req, self.candidates, snap, PRICES, correct=self.calibration.correction())
-            except NoWorkerAvailable:
+            except (NoWorkerAvailable, AccuracyUnavailable):  # the engine refuses: no worker, no variant to its floor
                 tally.rejected += n
                 return
             finally:
@@ -1116,6 +1116,10 @@ def validate(args: argparse.Namespace, candidates: list[Candidate]) -> dict:
         classes, arrivals, duration = trace_replay(measured, level, samples)
         if len(arrivals) != row["queries"]:
             raise ValueError(f"level {level}: rebuilt {len(arrivals)} queries, trace.json has {row['queries']}")
+        # What is compared is trace.py's feasible group: the classes infeasible on its idle system are left out.
+        infeasible = set(measured.get("infeasible_classes", {}))
+        classes = [c for c in classes if c.name not in infeasible]
+        arrivals = deque(a for a in arrivals if a[1] not in infeasible)
         sim = FleetSim(
             candidates,
             classes,

@@ -102,6 +102,10 @@ def test_the_validation_rebuilds_each_level_of_the_recorded_trace_exactly() -> N
         assert duration == measured["trace"]["duration_s"]
         assert {c.name for c in classes} == set(row["queries_by_class"])
         assert Counter(name for _t, name in arrivals) == row["queries_by_class"]
+        # validate() compares trace.py's feasible group: the classes infeasible on its idle system left out.
+        infeasible = set(measured.get("infeasible_classes", {}))
+        feasible = sum(1 for _t, name in arrivals if name not in infeasible)
+        assert feasible == row["setups"]["infaas"]["feasible"]["queries"]
         times = [t for t, _name in arrivals]
         assert times == sorted(times) and 0 <= times[0] and times[-1] < duration
     config = fleet_sim.trace_config(measured)
