@@ -421,12 +421,18 @@ def _top1(first_output: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def selector_choices(services: Services, task: str, x: np.ndarray, input_name: str) -> list[dict[str, Any]]:
     """The engine's choice for three needs: a low accuracy floor, a floor a cascade meets, one above every
-    cascade's accuracy (each with no latency budget, then batch 32)."""
+    cascade's accuracy (each with no latency budget, then batch 32).
+
+    Every ready variant of the task is loaded first (one query pinned to each): a cold placement's cost includes
+    its load, so otherwise whichever variant the first query loaded kept winning (run 3 chose the loaded
+    digits-mlp-large INT8 under every need, although three cascades of it measured 2.6-3.2x its throughput)."""
     models = [m for m in services.metadata.list_models() if m.task == task]
     cascades = [c for m in models for c in services.engine.cache.for_model(m.name) if c.variant.kind == KIND]
     singles = [c for m in models for c in services.engine.cache.for_model(m.name) if c.variant.kind != KIND]
     if not cascades:
         return [{"note": "no cascade kept for this task"}]
+    for candidate in [*singles, *cascades]:
+        services.engine.infer(Query(Requirements(task=task), {input_name: x[:1]}, variants=frozenset({candidate.key})))
     best_cascade = max(c.accuracy or 0.0 for c in cascades)
     top_single = max(c.accuracy or 0.0 for c in singles)
     needs = {  # run 1 used the least accurate cascade's floor, which the cheapest model met too
