@@ -112,10 +112,9 @@ def test_the_validation_rebuilds_each_level_of_the_recorded_trace_exactly() -> N
     assert config.high_utilization == measured["policy"]["high_utilization"]
 
 
-def test_queries_routed_in_a_tick_are_not_read_as_queued_before_they_arrive() -> None:
-    # A tick's queries arrive over the tick. A few at an idle instance leave at most a batch waiting; reading the
-    # time until the last of them is done as full-rate queued work made idle instances look queued (overloaded).
-    sim = fleet_sim.FleetSim(
+def _probe_sim() -> fleet_sim.FleetSim:
+    """One worker, one cheap class at 50 ms, 1 s ticks: the smallest simulation a queue or window reading needs."""
+    return fleet_sim.FleetSim(
         _candidates(),
         [fleet_sim.QueryClass("cheap", 50.0, 0.0, 1, 1.0, 1.0)],
         fleet_sim.Setup("probe", False, False, 1, False),
@@ -127,6 +126,12 @@ def test_queries_routed_in_a_tick_are_not_read_as_queued_before_they_arrive() ->
         tick_s=1.0,
         group=1,
     )
+
+
+def test_queries_routed_in_a_tick_are_not_read_as_queued_before_they_arrive() -> None:
+    # A tick's queries arrive over the tick. A few at an idle instance leave at most a batch waiting; reading the
+    # time until the last of them is done as full-rate queued work made idle instances look queued (overloaded).
+    sim = _probe_sim()
     [worker] = sim.workers.values()
     fast = _candidates()[0]
     inst = fleet_sim.Instance(worker.id, fast, 1, 0.0)
@@ -161,18 +166,7 @@ def test_a_batch_holds_a_replica_as_long_as_its_profiled_throughput_says() -> No
 def test_a_windows_rate_counts_the_queries_that_arrived_in_it() -> None:
     # 1,000 queries routed at each of ticks 0-4, read at 5 s: each window holds its own seconds' arrivals. The chunk
     # routed at the read's own tick (arriving over the next second) is not in it: it doubled the 1 s rate.
-    sim = fleet_sim.FleetSim(
-        _candidates(),
-        [fleet_sim.QueryClass("cheap", 50.0, 0.0, 1, 1.0, 1.0)],
-        fleet_sim.Setup("probe", False, False, 1, False),
-        arrivals=None,
-        length_s=10.0,
-        cores=2,
-        memory_mb=1024.0,
-        config=PolicyConfig(),
-        tick_s=1.0,
-        group=1,
-    )
+    sim = _probe_sim()
     [worker] = sim.workers.values()
     worker.ready = True
     fast = _candidates()[0]
