@@ -284,7 +284,7 @@ def _outputs(session: Session, rows: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-UNCONFIRMED = "not kept: its threshold fails on the held-out report rows"
+UNCONFIRMED = "not kept: its threshold is significantly less accurate"
 
 
 def _unconfirmed(services: Services, models: list[Any], decision: Any) -> Session:

@@ -11,7 +11,8 @@ side's registration is the data: its labels are the ones its accuracy is measure
 3. for every (cheap, expensive) pair whose cheap member costs less, the threshold is swept on the tune rows
    (``sweep.sweep``: bootstrap test, cheapest accepted); a pair whose best threshold saves less than
    ``cost.MIN_SAVING`` is not kept; per expensive variant the cheapest passing pair is kept (one cascade each);
-4. the chosen threshold is confirmed by the same bootstrap test on the report rows (``_confirmed``);
+4. the chosen threshold must not be significantly less accurate than the expensive variant on the report rows
+   (``_confirmed``);
 5. a kept cascade's accuracy is measured on the report rows (with the bootstrap interval of its difference from
    the expensive member's), its bundle written (``infaas.cascade_session``) and profiled by the profiler like
    any variant, on the report rows, and recorded as variant ``cascade-<expensive variant>`` of the expensive
@@ -234,23 +235,22 @@ class _Construction:
         return best
 
     def _confirmed(self, best: _Candidate, report: np.ndarray) -> bool:
-        """Whether the chosen threshold passes the bootstrap test on the report rows too (``sweep.confirmed``).
+        """Whether the chosen threshold is not significantly less accurate on the report rows (``sweep.confirmed``).
 
         A failure is recorded and that expensive variant gets no cascade: trying the next candidate would be
         tuning on the report rows, which then report its accuracy.
         """
-        small, big, tolerance = best.cheap, best.expensive, self.settings.cascade_tolerance
+        small, big = best.cheap, best.expensive
         conf = confidence(small.outputs[best.score][report], best.choice.rule, best.choice.scores)
-        within = sweep.confirmed(conf, best.choice, small.correct[report], big.correct[report], tolerance)
-        if within >= sweep.REQUIRED:
+        if sweep.confirmed(conf, best.choice, small.correct[report], big.correct[report]):
             return True
         low, high = sweep.interval(
             sweep.difference(conf >= best.choice.threshold, small.correct[report], big.correct[report])
         )
         why = (
-            f"not kept: its threshold fails on the held-out report rows ({within} of {sweep.RESAMPLES} resamples "
-            f"within {tolerance * 100:.2g} points; difference 95% interval [{low * 100:+.2f}, {high * 100:+.2f}] "
-            "points): the tune rows flattered it"
+            "not kept: its threshold is significantly less accurate than the expensive variant on the held-out "
+            f"report rows (difference 95% interval [{low * 100:+.2f}, {high * 100:+.2f}] points): the tune rows "
+            "flattered it"
         )
         self.decisions = [
             _replace_reason(d, why) if d.expensive == big.variant.key and d.reason == "kept" else d
