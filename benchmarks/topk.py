@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.sklearn_export import export_family
 from infaas.config import Settings
 from infaas.examples.zoo import TASK as ZOO_TASK
 from infaas.examples.zoo import build_zoo, load_digits_split, load_zoo
@@ -62,37 +63,18 @@ def train_sklearn_family(out: Path, seed: int = 0) -> list[dict[str, Any]]:
     tensor), write validation sets (the zoo's held-out digits, with labels). Returns each model's name, files and
     accuracy on those rows. Measured here: logistic regression 0.969 in 0.05 ms per 256 rows, the RBF SVC
     (Platt-scaled probabilities) 0.991 in 39 ms per 256 rows (ONNX Runtime, one process, loaded host)."""
-    import warnings
-
-    from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import SVC
 
     x_train, y_train, x_val, y_val = load_digits_split(seed)
-    out.mkdir(parents=True, exist_ok=True)
     family = {
         "digits-sk-logreg": LogisticRegression(max_iter=2000),
         "digits-sk-svc": SVC(C=10, gamma="scale", probability=True, random_state=seed),
     }
-    built = []
-    for name, estimator in family.items():
-        with warnings.catch_warnings():  # SVC(probability=True) is deprecated from scikit-learn 1.9 (still works)
-            warnings.simplefilter("ignore", FutureWarning)
-            estimator.fit(x_train, y_train)
-        onnx_model = to_onnx(estimator, x_train[:1], options={id(estimator): {"zipmap": False}}, target_opset=17)
-        path, validation = out / f"{name}.onnx", out / f"{name}.npz"
-        path.write_bytes(onnx_model.SerializeToString())
-        input_name = onnx_model.graph.input[0].name
-        np.savez(validation, **{input_name: x_val, "labels": y_val})
-        built.append(
-            {
-                "name": name,
-                "onnx_path": path,
-                "validation_path": validation,
-                "accuracy": float(estimator.score(x_val, y_val)),
-            }
-        )
-    return built
+    return [
+        {"name": name, "onnx_path": path, "validation_path": validation, "accuracy": accuracy}
+        for name, path, validation, accuracy in export_family(family, x_train, y_train, x_val, y_val, out)
+    ]
 
 
 def prepare(zoo_dir: Path, home: Path) -> Services:
