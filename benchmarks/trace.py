@@ -50,17 +50,18 @@ a container with a CPU limit instead (``benchmarks/trace_docker.py``; ``trace_do
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import math
 import os
 import random
 import re
+import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,7 +70,7 @@ import numpy as np
 
 from autoscaler import Autoscaler, PolicyConfig
 from autoscaler.providers.inprocess import InProcessProvider
-from infaas import switch_interval
+from infaas import offload, switch_interval
 from infaas.calibration import Calibration
 from infaas.catalog import VariantInfo
 from infaas.config import Settings
@@ -87,6 +88,11 @@ log = logging.getLogger("trace")
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_CORES = 2
 WORKER_MEMORY_MB = 2048.0
+# The VM level's ceiling here: in-process workers share this host's cores, so it holds as many workers as it has
+# cores for. At 4, the 1.5× spike of c92eeec's run had the VM level add two workers that brought no CPU (and drain
+# them 12 s later); their replicas only took cores from the one already serving. ``--provider docker`` gives each
+# worker its own CPU quota and keeps its own ceiling.
+INPROCESS_MAX_WORKERS = max(1, (os.cpu_count() or 1) // WORKER_CORES)
 SAMPLE_S = 0.25
 ROWS = 256  # rows per query (clients send mini-batches); INFAAS_MAX_BATCH_PER_QUERY allows 256
 PROFILED_BATCH = 64  # the largest batch the variant builds profile
@@ -95,10 +101,6 @@ ACCURATE_BUDGET_MS = 100.0  # the latency budget of the class that asks for the 
 
 LEVELS = (0.7, 1.0, 1.5)
 SETUPS = ("infaas", "fixed-accurate", "fixed-peak")
-# Clients are independent: one class's backlog must not hold another's queries back before they are sent. With
-# 48 shared client threads, 48 best-effort queries queued for seconds held them all, and every class's next
-# queries waited for a thread and counted as misses of infaas. At 1.5× such queries can wait seconds each.
-CLIENT_THREADS = 1024
 # Capacity staircases (``calibrate``): window rates rise by these factors; the fine ones start below the estimate.
 COARSE_STEP = 1.5
 STAIR_STEP = 1.12
@@ -199,7 +201,8 @@ def make_trace(classes: list[QueryClass], shape: Shape, samples: int, seed: int)
 
 # -------------------------------------------------------------------------------------- measurements
 
-Serve = Callable[[Arrival, np.ndarray, float], tuple[str, float | None]]
+# A query class's client call: (arrival, its rows, its deadline on ``time.monotonic``) -> (variant key, accuracy).
+Serve = Callable[[Arrival, np.ndarray, float], Awaitable[tuple[str, float | None]]]
 
 
 @dataclass
@@ -354,33 +357,49 @@ def replay(
     serve: Serve,
     run: Run,
     sample: Callable[[], tuple[int, int]],
-    threads: int = CLIENT_THREADS,
 ) -> None:
-    """Open loop: submit each query at its scheduled time whatever the backlog; latency from the schedule."""
+    """Open loop: submit each query at its scheduled time whatever the backlog; latency from the schedule.
+
+    The client is one asyncio loop that starts a task per arrival, and ``serve`` is a coroutine: for infaas the
+    coroutine the HTTP server awaits (``QueryEngine.serve``), so the loop plans on its own thread and hands runs
+    that may block to the thread pool exactly as ``infaas serve`` does. It replaced 1,024 client threads calling
+    the blocking ``QueryEngine.infer``, which in the same interpreter competed with the server for the GIL: at
+    1.5× (2,448 q/s) 5,134 queries of one run could not even be sent within their budget (``timed-out``).
+    """
+    asyncio.run(_replay(trace, inputs, serve, run, sample))
+
+
+async def _replay(
+    trace: list[Arrival],
+    inputs: np.ndarray,
+    serve: Serve,
+    run: Run,
+    sample: Callable[[], tuple[int, int]],
+) -> None:
     stop = threading.Event()
     run.started_wall = time.time()
-    start = time.perf_counter()
+    start = time.monotonic()  # the event loop's clock too: arrivals are scheduled and measured on it
 
     def sampler() -> None:
         while not stop.is_set():
             workers, replicas = sample()
-            run.samples.append((time.perf_counter() - start, workers, replicas))
+            run.samples.append((time.monotonic() - start, workers, replicas))
             stop.wait(SAMPLE_S)
 
-    def one(arrival: Arrival) -> None:
+    async def one(arrival: Arrival) -> None:
         cls = arrival.cls
         scheduled = start + arrival.at_s
-        waited = time.perf_counter() - scheduled
+        waited = time.monotonic() - scheduled
         if waited * 1000.0 > cls.budget_ms:
             # The query could not even be sent within its budget (this process was too busy to dispatch it):
             # the client gives up without sending it (a miss), as a real one with a timeout would.
             run.add(Outcome(arrival.at_s, cls.name, arrival.who, waited * 1000.0, "timed-out", None, "timed-out"))
             return
-        deadline = time.monotonic() + (scheduled + cls.budget_ms / 1000.0 - time.perf_counter())
+        deadline = scheduled + cls.budget_ms / 1000.0
         retry_after, reason, status = False, "", ""
         try:
             rows = inputs[arrival.sample : arrival.sample + cls.rows]
-            variant, accuracy = serve(arrival, rows, deadline)
+            variant, accuracy = await serve(arrival, rows, deadline)
         except Infeasible as exc:  # the 503: nothing ran
             variant, accuracy, status = "rejected", None, "rejected"
             retry_after, reason = "Retry-After" in exc.headers, str(exc)
@@ -390,7 +409,7 @@ def replay(
         except Exception as exc:  # a failed query is a missed one
             log.debug("query failed: %s", exc)
             variant, accuracy, status, reason = "error", None, "failed", f"{type(exc).__name__}: {exc}"
-        latency = (time.perf_counter() - scheduled) * 1000.0
+        latency = (time.monotonic() - scheduled) * 1000.0
         if not status:  # answered; an unknown accuracy meets only a floor of 0
             late = latency > cls.budget_ms
             status = "late" if late else "below-floor" if (accuracy or 0.0) < cls.floor else "ok"
@@ -398,16 +417,27 @@ def replay(
 
     watcher = threading.Thread(target=sampler, daemon=True)
     watcher.start()
-    with ThreadPoolExecutor(threads) as pool:
+    pending: set[asyncio.Task[None]] = set()
+    try:
         for arrival in trace:
-            delay = start + arrival.at_s - time.perf_counter()
+            delay = start + arrival.at_s - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
-            pool.submit(one, arrival)
-    stop.set()
-    watcher.join()
-    if len(run.outcomes) != len(trace):  # a client thread failed outside the query: say so, never hide it
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(arrival))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending)
+    finally:
+        stop.set()
+        watcher.join()
+    if len(run.outcomes) != len(trace):  # a query's task failed outside the query: say so, never hide it
         log.error("%s: %d of %d queries have no outcome", run.name, len(trace) - len(run.outcomes), len(trace))
+
+
+def call(serve: Serve, arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+    """One query outside a replay (probes and warm-up), on an event loop of its own."""
+    return asyncio.run(serve(arrival, x, deadline))
 
 
 # ------------------------------------------------------------------------------------------- setups
@@ -423,7 +453,7 @@ def prepare(zoo_dir: Path, home: Path) -> Services:
         vm_autoscaler_period_s=1.5,
         idle_unload_s=15.0,
         min_workers=1,
-        max_workers=4,
+        max_workers=INPROCESS_MAX_WORKERS,
         worker_cores=WORKER_CORES,
         worker_memory_mb=WORKER_MEMORY_MB,
         profile_max_seconds=2.0,
@@ -474,13 +504,17 @@ def engine_serve(services: Services) -> Serve:
     engine = services.engine
     accuracy = {v.key: v.accuracy for v in ready_variants(services)}
 
-    def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+    async def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
         cls = arrival.cls
         remaining_ms = max(0.1, (deadline - time.monotonic()) * 1000.0)
         requirements = Requirements(
             task=TASK, latency_ms=remaining_ms, min_accuracy=cls.floor, on_infeasible=cls.on_infeasible
         )
-        how = engine.infer(Query(requirements, {"input": x}, tenant=arrival.who)).served_by
+        query = Query(requirements, {"input": x}, tenant=arrival.who)
+        # The body's size decides where the server parses; nothing is parsed here (the arrays are ready), so it
+        # is the arrays' own size: 256 rows of 64 float32 are 64 KiB, planned on the loop as a small body is.
+        answer, _ = await engine.serve(lambda: (query, None), x.nbytes)
+        how = answer.served_by
         key = f"{how.model}/{how.variant}"
         return key, accuracy.get(key)
 
@@ -503,13 +537,13 @@ def find_infeasible(serve: Serve, classes: list[QueryClass], inputs: np.ndarray,
         for attempt in range(2):
             if attempt:
                 try:
-                    serve(probe, inputs[: cls.rows], time.monotonic() + 10.0)
+                    call(serve, probe, inputs[: cls.rows], time.monotonic() + 10.0)
                 except Exception:
                     log.debug("loading probe failed", exc_info=True)
             refusals = []
             for _ in range(tries):
                 try:
-                    serve(probe, inputs[: cls.rows], time.monotonic() + cls.budget_ms / 1000.0)
+                    call(serve, probe, inputs[: cls.rows], time.monotonic() + cls.budget_ms / 1000.0)
                 except (Infeasible, AccuracyUnavailable) as exc:
                     refusals.append(str(exc))
                 time.sleep(0.05)
@@ -758,21 +792,29 @@ def run_fixed_on(
     inputs: np.ndarray,
     level: float,
 ) -> Run:
-    """Replay ``trace`` on ``pool`` (``variant`` loaded, ``replicas`` in all), least outstanding first."""
+    """Replay ``trace`` on ``pool`` (``variant`` loaded, ``replicas`` in all), least outstanding first.
+
+    Each query runs where infaas's would (``infaas.offload``): on the client's loop when the replica is free and the
+    run is short, else in the thread pool, so the fixed setups' client costs what infaas's does.
+    """
     workers = len(pool)
     outstanding = [0] * workers
-    lock = threading.Lock()
     run = Run(name, level)
+    curve = ProfileCurve.of(variant)
 
-    def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
-        with lock:  # least-outstanding balancing, as a load balancer in front of fixed replicas would do
-            i = min(range(workers), key=lambda k: outstanding[k])
-            outstanding[i] += 1
+    async def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+        # Least-outstanding balancing, as a load balancer in front of fixed replicas would do (one loop: no lock).
+        i = min(range(workers), key=lambda k: outstanding[k])
+        outstanding[i] += 1
+        feeds = {"input": x}
         try:
-            pool[i].infer(variant, {"input": x}, deadline)
+            await offload.short_inline_else_pool(
+                curve.service_ms(len(x)),
+                lambda: pool[i].try_infer_now(variant, feeds),
+                lambda: pool[i].infer(variant, feeds, deadline),
+            )
         finally:
-            with lock:
-                outstanding[i] -= 1
+            outstanding[i] -= 1
         return variant.key, variant.accuracy
 
     _warm(serve, trace, inputs)
@@ -790,7 +832,7 @@ def _warm(serve: Serve, trace: list[Arrival], inputs: np.ndarray, skip: Collecti
     for arrival in seen.values():
         for _ in range(3):
             try:
-                serve(arrival, inputs[: arrival.cls.rows], time.monotonic() + 10.0)
+                call(serve, arrival, inputs[: arrival.cls.rows], time.monotonic() + 10.0)
             except Exception:
                 log.debug("warm-up query failed", exc_info=True)
 
@@ -840,7 +882,7 @@ class Deployment:
         return run_fixed(name, services, variant, workers, replicas, trace, inputs, level)
 
     def describe(self) -> dict:
-        return {"provider": "inprocess"}
+        return {"provider": "inprocess", "max_workers": INPROCESS_MAX_WORKERS}
 
     def close(self, services: Services | None) -> None:
         if services is not None:
@@ -1180,7 +1222,12 @@ def main() -> None:
         "what_is_real": __doc__.split("What is simulated")[0].split("What is real: ")[1].strip(),
         "what_is_simulated": deployment.what_is_simulated
         or "What is simulated" + __doc__.split("What is simulated")[1].split("Setups")[0].rstrip(),
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in load_at_start],
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "code": code_version(),
         "deployment": deployment.describe(),
         "calibration": calibration,
         "trace": {
@@ -1238,6 +1285,15 @@ def main() -> None:
                 f"burst of {args.burst_class} at {args.burst_level}×, {name}: "
                 f"in time by tenant {burst[name]['fairness']['in_time_share_by_tenant']}"
             )
+
+
+def code_version() -> dict:
+    """The commit the run's code is at and whether the working tree differed from it (other sessions' edits too)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty_files": git("status", "--porcelain", "--untracked-files=no").splitlines()}
 
 
 def prices_of() -> dict[str, float]:

@@ -4,6 +4,7 @@ benchmark's numbers come from running it (``python -m benchmarks.trace``), never
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -87,10 +88,10 @@ def test_replay_sorts_each_answer_into_its_outcome() -> None:
         "heavy": QueryClass("heavy", 1.0, 10_000.0, 0.5, 2),
     }
 
-    def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+    async def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
         name = arrival.cls.name
         if name == "late":
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
         if name == "busy":
             raise Infeasible("latency_ms 1", BEST, retry_after_s=1.0)
         if name == "never":
@@ -103,7 +104,7 @@ def test_replay_sorts_each_answer_into_its_outcome() -> None:
 
     run = Run("fake", 1.0)
     arrivals = [Arrival(0.01 * i, cls, 0) for i, cls in enumerate(classes.values())]
-    trace.replay(arrivals, np.zeros((4, 1), np.float32), serve, run, lambda: (1, 1), threads=8)
+    trace.replay(arrivals, np.zeros((4, 1), np.float32), serve, run, lambda: (1, 1))
     by_class = {o.cls: o for o in run.outcomes}
     assert by_class["ok"].status == "ok"
     assert by_class["late"].status in {"late", "timed-out"}  # timed out if the replay itself lagged 20 ms
@@ -192,7 +193,7 @@ def test_a_window_with_too_few_queries_never_passes_and_the_staircase_climbs() -
 def test_calibration_windows_are_open_loop_and_count_refusals_as_late(monkeypatch: pytest.MonkeyPatch) -> None:
     classes = [QueryClass("a", 0.5, 1000.0, 0.0, 1, "reject"), QueryClass("b", 0.5, 1000.0, 0.0, 1)]
 
-    def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+    async def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
         if arrival.cls.name == "a":
             raise Infeasible("latency_ms 1000", BEST, retry_after_s=1.0)
         return "m/b", 1.0
@@ -213,7 +214,7 @@ def test_a_class_is_infeasible_only_if_every_probe_was_refused() -> None:
     classes = [QueryClass("never", 1.0, 10.0, 0.99, 1), QueryClass("once", 1.0, 10.0, 0.9, 1)]
     calls = {"once": 0}
 
-    def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+    async def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
         assert arrival.cls.on_infeasible == "reject"
         if arrival.cls.name == "never":
             raise Infeasible("latency_ms 10", BEST)
@@ -232,7 +233,7 @@ def test_a_class_out_of_reach_only_while_cold_is_feasible() -> None:
     classes = [QueryClass("tight", 1.0, 10.0, 0.9, 1, "reject")]
     loaded = []
 
-    def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+    async def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
         estimate_ms = 2.0 if loaded else 52.0
         if estimate_ms > (deadline - time.monotonic()) * 1000.0:
             raise Infeasible("latency_ms 10", BEST)
@@ -280,3 +281,23 @@ def test_the_bar_follows_a_noisy_baseline_but_never_below_ninety_percent() -> No
 
     result = trace.capacity(refusing, repeats=5, start_qps=20.0, target=0.99)
     assert result["in_time_bar"] == trace.LOWEST_BAR and result["capacity_qps"] == 0.0
+
+
+def test_the_replay_sends_each_query_at_its_time_while_earlier_ones_are_still_being_served() -> None:
+    # 40 queries 5 ms apart, each taking 200 ms: a client that waited for an answer before sending the next would
+    # start the last one ~8 s late (timed out against its 1 s budget); an open-loop client starts each on time.
+    cls = QueryClass("slow", 1.0, 1000.0, 0.0, 1)
+    started: list[float] = []
+
+    async def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+        started.append(time.monotonic())
+        await asyncio.sleep(0.2)
+        return "m/v", 1.0
+
+    run = Run("fake", 1.0)
+    trace.replay(
+        [Arrival(0.005 * i, cls, 0) for i in range(40)], np.zeros((4, 1), np.float32), serve, run, lambda: (1, 1)
+    )
+    assert [o.status for o in run.outcomes] == ["ok"] * 40
+    assert max(o.latency_ms for o in run.outcomes) < 600.0
+    assert max(started) - min(started) < 0.195 + 0.3  # all sent within the trace's 195 ms (plus scheduling slack)
