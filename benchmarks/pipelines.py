@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -212,12 +213,21 @@ def replay(
     services: Services, spec: Any, images: np.ndarray, arrivals: np.ndarray, plan: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Send each query at its arrival time (open loop); latency from the arrival time to the answer (NaN for a
-    query that failed: counted as a miss by the bursty comparison)."""
+    query that failed: counted as a miss by the bursty comparison).
+
+    Each answered query's time is split into what the estimator models apart: per stage, the wait at the
+    instance (``queue_ms``), the model run (``service_ms``) and the serving path's own time around it
+    (``overhead_ms``: the stage's time less both -- selection, the hand-over, accounting); and ``outside_ms``,
+    everything not in a stage (the query waiting for a thread, the inputs checked, the arrival written, the
+    DAG's row bookkeeping between stages). ``parts`` keeps each query's split, to see what its tail is made of.
+    """
     latencies = np.full(len(arrivals), np.nan)
     served: dict[str, Counter[str]] = {n: Counter() for n in spec.order}
     overhead: dict[str, list[float]] = {n: [] for n in spec.order}
+    queue: dict[str, list[float]] = {n: [] for n in spec.order}
     service: dict[str, list[float]] = {n: [] for n in spec.order}
-    entry: list[float] = []
+    outside: list[float] = []
+    parts: list[tuple[float, dict[str, float]] | None] = [None] * len(arrivals)
     failed: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -229,13 +239,20 @@ def replay(
                 failed[type(exc).__name__] += 1
             return
         latencies[i] = (time.perf_counter() - due) * 1000.0
+        split = {"outside": float(latencies[i])}
         with lock:
-            entry.append(latencies[i] - answer.latency_ms)
             for name, stage in answer.stages.items():
                 if "variant" in stage:
                     served[name][f"{stage['model']}/{stage['variant']}"] += 1
-                    overhead[name].append(stage["stage_ms"] - stage["service_ms"])
+                    own = stage["stage_ms"] - stage["service_ms"] - stage["queue_ms"]
+                    overhead[name].append(own)
+                    queue[name].append(stage["queue_ms"])
                     service[name].append(stage["service_ms"])
+                    split |= {f"{name}.overhead": own, f"{name}.queue": stage["queue_ms"]}
+                    split[f"{name}.service"] = stage["service_ms"]
+                    split["outside"] -= stage["stage_ms"]
+            outside.append(split["outside"])
+            parts[i] = (float(latencies[i]), split)
 
     start = time.perf_counter() + 0.1
     with ThreadPoolExecutor(max_workers=64) as pool:
@@ -255,13 +272,34 @@ def replay(
         "latencies_ms": latencies,
         "served": {n: dict(c) for n, c in served.items()},
         "overhead_ms": overhead,
+        "queue_ms": queue,
         "service_ms": service,
-        "entry_ms": entry,
+        "outside_ms": outside,
+        "parts": [p for p in parts if p is not None],
     }
+
+
+def tail_breakdown(parts: list[tuple[float, dict[str, float]]]) -> dict[str, Any]:
+    """What the slowest 1% of queries spent their time on (mean ms of each part over them), beside the same
+    for the median query's neighbourhood (40th-60th percentile): which part makes the tail."""
+    ordered = sorted(parts, key=lambda p: p[0])
+    n = len(ordered)
+
+    def mean_of(chosen: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+        keys = sorted({k for _l, split in chosen for k in split})
+        return {k: statistics.fmean(split.get(k, 0.0) for _l, split in chosen) for k in keys} | {
+            "latency": statistics.fmean(latency for latency, _s in chosen)
+        }
+
+    top = ordered[min(n - 1, int(0.99 * n)) :]
+    return {"slowest_1pct": mean_of(top), "p40_p60": mean_of(ordered[int(0.4 * n) : max(int(0.6 * n), 1)])}
 
 
 def _p50_p99(values: tuple[float, ...]) -> list[float] | None:
     return [float(np.percentile(values, 50)), float(np.percentile(values, 99))] if values else None
+
+
+SIM_SEEDS = 20  # simulations per rate (service draws, paths): the estimate is their mean P99
 
 
 def estimator_accuracy(
@@ -275,17 +313,19 @@ def estimator_accuracy(
     _unload_all(services)
     for i in range(warm_queries):  # loads every stage's instance
         _serve(services, spec, images[i % len(images)][None], pinned)
-    # The serving path's own time around the model runs, and a query's way to its first stage, sampled on a
+    # The serving path's own time around the model runs, and a query's time outside its stages, sampled on a
     # light open-loop load (no queueing at the instances): what the estimator adds to the profiled service times.
     calibration = arrival_times(Arrivals(rate_per_s=calibration_rate, duration_s=seconds))
+    load_before = os.getloadavg()[0]
     light = replay(services, spec, images, calibration, pinned)
     overhead = {n: tuple(v) for n, v in light["overhead_ms"].items()}
-    entry = tuple(light["entry_ms"])
+    outside = tuple(light["outside_ms"])
     edge_pass = ScaleFactors.from_json(info.scale_factors).edges
     variants = {f"{m.name}/{v.name}": v for m in services.metadata.list_models() for v in m.variants if v.profiles}
     rows = []
     for rate in rates:
         arrivals = arrival_times(Arrivals(rate_per_s=rate, duration_s=seconds), seed=int(rate))
+        load_start = os.getloadavg()[0]
         real = replay(services, spec, images, arrivals, pinned)
         configs = {}
         for name in spec.order:
@@ -293,39 +333,47 @@ def estimator_accuracy(
             key = max(counts, key=counts.get)
             curve = ProfileCurve.of(variants[key])
             configs[name] = StageConfig(curve, max(1, curve.best_batch), 1, overhead[name] or 0.0)
-        simulated = simulate(spec, configs, edge_pass, arrivals, seed=1, entry_ms=entry)
+        runs = [simulate(spec, configs, edge_pass, arrivals, seed=k, entry_ms=outside) for k in range(SIM_SEEDS)]
+        simulated_p99 = statistics.fmean(r.p99_ms for r in runs)
         rows.append(
             {
                 "rate_per_s": rate,
                 "queries": len(arrivals),
                 "measured_p99_ms": real["p99_ms"],
-                "simulated_p99_ms": simulated.p99_ms,
-                "error": simulated.p99_ms / real["p99_ms"] - 1.0,
+                "simulated_p99_ms": simulated_p99,
+                "simulated_p99_ms_range": [min(r.p99_ms for r in runs), max(r.p99_ms for r in runs)],
+                "error": simulated_p99 / real["p99_ms"] - 1.0,
                 "measured_p50_ms": real["p50_ms"],
-                "simulated_p50_ms": simulated.p50_ms,
-                "utilisation": simulated.utilisation,
+                "simulated_p50_ms": statistics.fmean(r.p50_ms for r in runs),
+                "utilisation": {n: statistics.fmean(r.utilisation[n] for r in runs) for n in spec.order},
                 "served": real["served"],
                 "answered": real["answered"],
-                "load_average_1m": real["load_average_1m"],
-                "mean_overhead_ms": {n: statistics.fmean(v) if v else None for n, v in real["overhead_ms"].items()},
+                "failed": real["failed"],
+                "load_average_1m": {"start": load_start, "end": real["load_average_1m"]},
                 # What the model runs took here, against the profile the estimator draws from (same variant).
                 "service_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in real["service_ms"].items()},
                 "profile_ms_p50_p99": {
                     n: [configs[n].curve.service_ms(1), configs[n].curve.tail_ms(1)] for n in spec.order
                 },
+                "queue_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in real["queue_ms"].items()},
+                "overhead_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in real["overhead_ms"].items()},
+                "outside_ms_p50_p99": _p50_p99(tuple(real["outside_ms"])),
+                "tail_breakdown_ms": tail_breakdown(real["parts"]),
             }
         )
         print(json.dumps(rows[-1], default=float), flush=True)
     return {
         "pipeline": parse_spec(info.spec).to_json(),
         "scale_factors": info.scale_factors,
+        "simulations_per_rate": SIM_SEEDS,
         "calibration": {
             "rate_per_s": calibration_rate,
             "queries": light["answered"],
             "p99_ms": light["p99_ms"],
-            "load_average_1m": light["load_average_1m"],
+            "load_average_1m": {"start": load_before, "end": light["load_average_1m"]},
             "overhead_ms_p50_p99": {n: _p50_p99(v) for n, v in overhead.items()},
-            "entry_ms_p50_p99": _p50_p99(entry),
+            "outside_ms_p50_p99": _p50_p99(outside),
+            "service_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in light["service_ms"].items()},
         },
         "rows": rows,
     }
@@ -505,6 +553,20 @@ def bursty_comparison(
     return out
 
 
+def tree_state() -> dict[str, Any]:
+    """The commit measured and what of the working tree differed from it: this benchmark's own code
+    (``benchmarks/pipelines.py``, ``infaas/pipelines``) and, apart, anything else (others' work in progress)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    own = [f for f in changed if f.startswith(("benchmarks/pipelines.py", "infaas/pipelines/", "autoscaler/pipeline_"))]
+    commit = git("rev-parse", "HEAD").strip()
+    return {"commit": commit, "own_code_dirty": own, "other_files_dirty": len(changed) - len(own)}
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -568,9 +630,10 @@ def main() -> None:
     parser.add_argument("--skip-bursty", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "pipelines.json")
     args = parser.parse_args()
+    started = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average": os.getloadavg()}
     services = prepare(args.zoo, args.home)
     try:
-        results: dict[str, Any] = {"host_cpus": os.cpu_count()}
+        results: dict[str, Any] = {"host_cpus": os.cpu_count(), "tree": tree_state(), "started": started}
         if not args.skip_brute_force:
             results["planner_vs_brute_force"] = planner_vs_brute_force(
                 services, args.brute_rate, args.brute_p99, args.brute_queries, args.brute_rounds
@@ -587,6 +650,7 @@ def main() -> None:
             )
     finally:
         services.close()
+    results["ended"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
     plot(results, args.out.with_suffix(".png"))

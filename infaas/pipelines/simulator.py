@@ -2,9 +2,11 @@
 
 What is modelled, each as the serving path does it:
 
-* Each query walks the DAG: a stage is reached when every stage it reads from was (and finished), and each
-  conditional edge into it lets the query through with the pass rate measured on validation rows
-  (``infaas.pipelines.scale``), drawn per query.
+* Each query walks the DAG: a stage is reached when every stage it reads from was, and each conditional edge
+  into it lets the query through with the pass rate measured on validation rows (``infaas.pipelines.scale``),
+  drawn per query. The stages it reaches run one after another in the pipeline's order, as the serving path
+  runs them (``infaas.pipelines.dag.run_dag``, in the query's thread): two stages that read only the input do
+  not overlap, so a query's latency is the sum of its stages', not the longest branch's.
 * Each stage is one instance with ``replicas`` sessions and one FIFO, run by the worker's real rules
   (``infaas.worker.instance``): a query that finds a free replica and nobody waiting runs at once, alone;
   otherwise it queues, and one free replica at a time gathers a batch by the instance's pure batching rule
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from infaas.pipelines.spec import PIPELINE_INPUT, Arrivals, PipelineSpec
+from infaas.pipelines.spec import Arrivals, PipelineSpec
 from infaas.selector import ProfileCurve
 from infaas.worker.instance import batch_size, flush_at
 
@@ -194,23 +196,17 @@ def simulate(
                 reached.add(name)
         return [n for n in spec.order if n in reached]
 
-    def stage_run(name: str, after: list[simpy.Event], done: simpy.Event):  # type: ignore[no-untyped-def]
-        if after:
-            yield env.all_of(after)
-        overhead = stages[name].overhead_ms
-        overhead_s = (overhead if isinstance(overhead, float | int) else overhead[rng.integers(len(overhead))]) / 1000.0
-        if overhead_s > 0:
-            yield env.timeout(overhead_s)  # selection and the hand-over run in the caller, holding no replica
-        runners[name].submit(_Request(env.now, done))
-
     def query(index: int, at: float):  # type: ignore[no-untyped-def]
         if entry_ms:
             yield env.timeout(entry_ms[rng.integers(len(entry_ms))] / 1000.0)
-        reached = path()
-        done = {name: env.event() for name in reached}
-        for name in reached:
-            env.process(stage_run(name, [done[p] for p in parents[name] if p != PIPELINE_INPUT], done[name]))
-        yield env.all_of(list(done.values()))
+        for name in path():  # in ``spec.order``, one at a time, as ``run_dag`` runs them
+            overhead = stages[name].overhead_ms
+            overhead_ms = overhead if isinstance(overhead, float | int) else overhead[rng.integers(len(overhead))]
+            if overhead_ms > 0:
+                yield env.timeout(overhead_ms / 1000.0)  # selection and the hand-over, holding no replica
+            done = env.event()
+            runners[name].submit(_Request(env.now, done))
+            yield done
         latencies[index] = (env.now - at) * 1000.0
         late[2] += 1
         if over_ms is not None and latencies[index] > over_ms:
