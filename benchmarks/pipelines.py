@@ -60,7 +60,7 @@ from infaas.pipelines.planner import Judge, StageChoice, plan
 from infaas.pipelines.registry import plan_pipeline, register_pipeline, store_of
 from infaas.pipelines.scale import ScaleFactors
 from infaas.pipelines.serving import serve_pipeline
-from infaas.pipelines.simulator import StageConfig, arrival_times, simulate
+from infaas.pipelines.simulator import StageConfig, arrival_times, late_limit, simulate
 from infaas.pipelines.spec import Arrivals, parse_spec
 from infaas.selector import ProfileCurve
 from infaas.services import Services
@@ -299,7 +299,10 @@ def _p50_p99(values: tuple[float, ...]) -> list[float] | None:
     return [float(np.percentile(values, 50)), float(np.percentile(values, 99))] if values else None
 
 
-SIM_SEEDS = 20  # simulations per rate (service draws, paths): the estimate is their mean P99
+# Simulations per rate (service draws, paths); the estimate is their median P99. Not the mean: where a few more
+# queries queueing moves the P99 from the service tail to the batching wait (~10 ms -> ~45 ms on the zoo CNN),
+# the seeds' P99s are bimodal and their mean lies between the two, where no run lands.
+SIM_SEEDS = 21
 
 
 def estimator_accuracy(
@@ -334,18 +337,28 @@ def estimator_accuracy(
             curve = ProfileCurve.of(variants[key])
             configs[name] = StageConfig(curve, max(1, curve.best_batch), 1, overhead[name] or 0.0)
         runs = [simulate(spec, configs, edge_pass, arrivals, seed=k, entry_ms=outside) for k in range(SIM_SEEDS)]
-        simulated_p99 = statistics.fmean(r.p99_ms for r in runs)
+        simulated_p99 = statistics.median(r.p99_ms for r in runs)
         rows.append(
             {
                 "rate_per_s": rate,
                 "queries": len(arrivals),
                 "measured_p99_ms": real["p99_ms"],
                 "simulated_p99_ms": simulated_p99,
-                "simulated_p99_ms_range": [min(r.p99_ms for r in runs), max(r.p99_ms for r in runs)],
+                "simulated_p99_ms_runs": sorted(r.p99_ms for r in runs),
                 "error": simulated_p99 / real["p99_ms"] - 1.0,
                 "measured_p50_ms": real["p50_ms"],
                 "simulated_p50_ms": statistics.fmean(r.p50_ms for r in runs),
                 "utilisation": {n: statistics.fmean(r.utilisation[n] for r in runs) for n in spec.order},
+                # Share of each stage's visits that found its replica busy and waited (for a batch): measured
+                # (a queue time above 0) and simulated (mean over the runs); past 1% of queries, the P99 waits.
+                "queued_share": {
+                    n: {
+                        "measured": float(np.mean(np.array(real["queue_ms"][n]) > 0)) if real["queue_ms"][n] else 0.0,
+                        "simulated": statistics.fmean(r.queued[n] for r in runs),
+                    }
+                    for n in spec.order
+                },
+                "late_limit": late_limit(len(arrivals)),
                 "served": real["served"],
                 "answered": real["answered"],
                 "failed": real["failed"],
@@ -613,8 +626,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo", type=Path, default=Path(tempfile.gettempdir()) / "infaas-zoo")
     parser.add_argument("--home", type=Path, required=True, help="a registered, profiled zoo home (made if empty)")
-    parser.add_argument("--rates", default="10,25,40", help="arrival rates (queries/s) of the accuracy runs")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of each accuracy run")
+    parser.add_argument("--rates", default="10,25,40,80", help="arrival rates (queries/s) of the accuracy runs")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each accuracy run")
     parser.add_argument("--calibration-rate", type=float, default=4.0, help="the light load overheads are sampled at")
     # 1,500 q/s: the CNN stage needs a second replica (at 600 q/s one of everything met the objective)
     parser.add_argument("--brute-rate", type=float, default=1500.0)

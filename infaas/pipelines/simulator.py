@@ -18,12 +18,17 @@ What is modelled, each as the serving path does it:
 * ``overhead_ms`` per stage is the serving path's own cost around a model run (selection, the Python between
   stages, a thread being scheduled), measured on a lightly loaded system (a constant or samples), added as a
   delay before the stage's queue (it runs in the caller's thread, holding no replica); ``entry_ms`` likewise
-  for a query's way to its first stage. Both 0 when plans are compared (they shift every plan alike).
+  for a query's time outside its stages (waiting for a thread, the inputs checked, the DAG's bookkeeping). Both
+  0 when plans are compared (they shift every plan alike).
 
-It returns the P99 (and P50) of end-to-end latency and each stage's utilisation (busy replica time over
-replica time). Asked only whether a configuration meets an objective (``over_ms``), it stops as soon as enough
-queries have finished later than it that the P99 cannot come back under it (``late_limit``): the same answer as
-the whole trace gives, without simulating the rest (the planner's probes, most of which fail).
+It returns the P99 (and P50) of end-to-end latency, each stage's utilisation (busy replica time over
+replica time) and the share of its visits that found no free replica and queued (``queued``): with a batch cap
+above 1 a queued visit waits for a batch up to one full-batch service time (38 ms for the zoo CNN's INT8
+variant, against a 2.5 ms run), so whether more than 1% of queries queue decides where the P99 lies.
+
+Asked only whether a configuration meets an objective (``over_ms``), it stops as soon as enough queries have
+finished later than it that the P99 cannot come back under it (``late_limit``): the same answer as the whole
+trace gives, without simulating the rest (the planner's probes, most of which fail).
 ``benchmarks/fleet_sim.py`` simulates a fleet in ticks with chunks of queries; a pipeline needs
 per-query paths and per-query batching, which is why this is its own event model; the two share the batching
 rule (both import ``flush_at``/``batch_size``) and read the same profiles.
@@ -67,6 +72,7 @@ class SimResult:
     queries: int
     utilisation: dict[str, float]
     latencies_ms: np.ndarray = field(repr=False, compare=False)
+    queued: dict[str, float] = field(default_factory=dict)  # per stage: share of its visits that queued
     stopped: bool = False
 
     def miss_rate(self, objective_ms: float) -> float:
@@ -113,12 +119,16 @@ class _Stage:
         self.gathering = False
         self.wake: simpy.Event | None = None
         self.busy_s = 0.0
+        self.visits = 0
+        self.queued = 0
 
     def submit(self, request: _Request) -> None:
+        self.visits += 1
         if self.free and not self.pending:
             self.free -= 1
             self.env.process(self._run([request]))
             return
+        self.queued += 1
         self.pending.append(request)
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
@@ -172,8 +182,9 @@ def simulate(
     over_ms: float | None = None,
 ) -> SimResult:
     """Simulate every query of ``arrivals`` (seconds) through the pipeline; latencies from arrival to the last
-    stage it reached finishing. ``entry_ms``: measured delays between a query's arrival and its first stage
-    (the front end's own: parsing, a thread picking it up), one drawn per query; none by default. ``over_ms``:
+    stage it reached finishing. ``entry_ms``: a query's measured time outside its stages (the front end's own:
+    a thread picking it up, parsing, the DAG's bookkeeping), one drawn per query and spent before its first
+    stage; none by default. ``over_ms``:
     stop once the P99 is known to exceed it (``late_limit`` queries finished later)."""
     env = simpy.Environment()
     finished = env.event()  # every query done, or enough late ones to decide
@@ -231,6 +242,7 @@ def simulate(
         queries=len(latencies),
         utilisation=utilisation,
         latencies_ms=latencies,
+        queued={name: r.queued / r.visits if r.visits else 0.0 for name, r in runners.items()},
         stopped=stopped,
     )
 

@@ -49,3 +49,20 @@ def test_each_stage_overhead_is_paid_before_its_own_run() -> None:
     configs = {"a": StageConfig(_fixed(5.0).curve, 1, 1, 0.5), "b": StageConfig(_fixed(3.0).curve, 1, 1, (1.0,))}
     result = simulate(spec, configs, {}, arrivals, entry_ms=(2.0,))
     assert result.p50_ms == pytest.approx(2.0 + 0.5 + 5.0 + 1.0 + 3.0)
+
+
+def test_queued_share_counts_the_visits_that_found_the_replica_busy() -> None:
+    spec = parse_spec(
+        {
+            "name": "p",
+            "p99_ms": 100.0,
+            "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
+            "stages": [{"name": "a", "model": "ma"}],
+            "edges": [{"from": "input.x", "to": "a.x"}],
+            "arrivals": {"rate_per_s": 1, "duration_s": 10},
+        }
+    )
+    # Pairs 1 ms apart on a 5 ms stage, pairs 1 s apart: every second query finds the replica busy.
+    arrivals = np.sort(np.concatenate([np.arange(10) * 1.0, np.arange(10) * 1.0 + 0.001]))
+    result = simulate(spec, {"a": _fixed(5.0)}, {}, arrivals)
+    assert result.queued == {"a": pytest.approx(0.5)}
