@@ -40,6 +40,9 @@ class PolicyConfig:
     down_after_up_s: float = 10.0  # no scale-down of an instance within this of its last scale-up
     idle_unload_s: float = 120.0
     faster_factor: float = 1.25  # an upgrade must raise per-replica capacity at least this much
+    # The VM level's own underload threshold (the cluster's utilization below it drains workers down to
+    # target_utilization), None: low_utilization. Billed by the second, a fleet idling below target is pure cost.
+    vm_low_utilization: float | None = None
     vm_up_periods: int = 2
     vm_down_periods: int = 3
     vm_cooldown_s: float = 20.0
@@ -49,6 +52,10 @@ class PolicyConfig:
     # vm_idle_utilization of its cores, nothing outstanding) for vm_idle_periods periods in a row.
     vm_min_lifetime_s: float = 600.0
     vm_idle_periods: int = 6
+    # How long a worker asked for takes to take queries (the provider's start-up, billed): a VM step is sized for the
+    # demand this far ahead, from the trend over the last this long (``vm_level_forecast``). 0: the demand now, read
+    # from the current period alone (in-process workers start at once).
+    vm_startup_s: float = 0.0
     vm_idle_utilization: float = 0.05
     drain_timeout_s: float = 60.0  # a draining worker is stopped after this even if work remains
 
@@ -259,7 +266,8 @@ class History:
     ``derate`` is the fraction of its profiled capacity an instance has shown it really sustains
     (see ``model_level``), 1 when it has not missed objectives below the utilization threshold;
     ``started`` holds when each worker the VM level added was started (its minimum lifetime; ``-inf`` for
-    workers already there when the level began).
+    workers already there when the level began); ``demand`` the VM level's recent samples of the cores the load
+    needs at the profiles, the trend its steps are sized on (``vm_level_forecast``).
     """
 
     streaks: Mapping[str, int] = field(default_factory=dict)
@@ -267,6 +275,7 @@ class History:
     last_up: Mapping[str, float] = field(default_factory=dict)
     derate: Mapping[str, float] = field(default_factory=dict)
     started: Mapping[str, float] = field(default_factory=dict)
+    demand: tuple[tuple[float, float], ...] = ()  # the VM level's (time, busy cores at the profiles) samples
 
     def streak(self, target: str) -> int:
         """The signed streak of a target (0 when in band or unknown)."""

@@ -8,16 +8,20 @@ derated by what each instance has shown), so both levels judge one load the same
 (rate-weighted miss rate of feasible queries above the threshold while utilization is at least
 ``low_utilization``; more machines do not fix misses at near-zero load, nor misses of queries no
 placement could serve in time), or when the model level reported demand that fits on no worker;
-*underloaded* when utilization is below ``low_utilization`` with no misses.
+*underloaded* when utilization is below ``vm_low_utilization`` (``low_utilization`` unless set) with no misses.
 
-After ``vm_up_periods`` overloaded periods a draining worker is taken back first (it is already paid for), else
-as many workers are added as the demand needs at ``target_utilization``, read at the loaded variants' profiles
+After ``vm_up_periods`` overloaded periods, or as soon as the need expected one worker start-up ahead
+(``vm_startup_s``, ``vm_level_forecast``: the need now or its rising trend) no longer fits the workers there and
+starting at ``target_utilization``, a draining worker is taken back first (it is already paid for), else as many
+workers are added as that expected need requires at ``target_utilization``, read at the loaded variants' profiles
 without the derating (``workers_short``: the workers added start empty), at least one, counting those still
 starting, never beyond ``max_workers``. After ``vm_down_periods`` underloaded periods the idlest removable worker
 is drained, never below ``min_workers``, never within ``vm_down_after_up_s`` of the last addition (a worker is
 paid for by then, and the burst that called for it often comes back in waves), and only when the rest would stay
-below ``target_utilization`` (so removing it does not immediately call for a new one) and can run every variant
-with load on it (the selector's hardware rule: the only GPU worker is not drained while its GPU variants serve).
+below ``target_utilization`` at the need now and expected (so removing it does not immediately call for a new one)
+and can run every variant with load on it (the selector's hardware rule: the only GPU worker is not drained while
+its GPU variants serve). Workers still starting do not hold a drain back: waiting for the last of them kept a
+fleet whose load had fallen paid for (``benchmarks/fleet_sim.py``, after a zone's replacements were asked for).
 
 No worker added is drained before it has run ``vm_min_lifetime_s`` (counted from its ``worker_started``
 decision, or the first period it was registered) unless it was *clearly idle* (below
@@ -47,6 +51,7 @@ from autoscaler.policy_types import (
     effective_capacity,
     next_streak,
 )
+from autoscaler.vm_level_forecast import expected_need
 from infaas.hardware_kinds import runs_on
 
 LEVEL = "vm"
@@ -116,8 +121,13 @@ def decide(
     miss_rate = missed / rate if rate > 0 else 0.0
     persistent_misses = miss_rate > config.slo_miss_threshold and utilization >= config.low_utilization
     over = utilization > config.high_utilization or persistent_misses or bool(unmet)
-    under = utilization < config.low_utilization and miss_rate <= config.slo_miss_threshold / 2 and not unmet
+    low = config.low_utilization if config.vm_low_utilization is None else config.vm_low_utilization
+    under = utilization < low and miss_rate <= config.slo_miss_threshold / 2 and not unmet
     streak = next_streak(history.streak(CLUSTER), over, under)
+    # The cores the load needs at the profiles (``workers_short``), now and one start-up ahead (``vm_level_forecast``).
+    need = sum(busy_cores(view, w, {}) for w in active)
+    samples = (*(s for s in history.demand if s[0] >= view.now - config.vm_startup_s), (view.now, need))
+    expected = expected_need(samples, config.vm_startup_s)
     inputs = {
         "utilization": round(utilization, 3),
         "busy_cores": round(sum(busy[w.id] for w in active), 3),
@@ -128,6 +138,8 @@ def decide(
         "draining_workers": len(draining),
         "pending_workers": view.pending_workers,
         "streak": streak,
+        "need_cores": round(need, 3),
+        "expected_need_cores": round(expected, 3),
     }
     streaks = {CLUSTER: streak}
     for w in active:  # consecutive clearly idle periods of each worker taking queries
@@ -146,7 +158,9 @@ def decide(
     started = {k: v for k, v in history.started.items() if view.worker(k) is not None}
     for w in view.workers:
         started.setdefault(w.id, -math.inf if first_period else view.now)
-    new_history = History(streaks=streaks, last_action=last_action, last_up=dict(history.last_up), started=started)
+    new_history = History(
+        streaks=streaks, last_action=last_action, last_up=dict(history.last_up), started=started, demand=samples
+    )
     actions: list[Action] = []
 
     for w in draining:
@@ -165,7 +179,9 @@ def decide(
         )
     elif not new_history.cooling(CLUSTER, view.now, config.vm_cooldown_s):
         last_up = new_history.last_up.get(CLUSTER)
-        actions.extend(_resize(view, streak, active, draining, busy, utilization, config, inputs, new_history, last_up))
+        actions.extend(
+            _resize(view, streak, active, draining, busy, expected, utilization, config, inputs, new_history, last_up)
+        )
 
     for action in actions:
         if action.action == "remove_worker":
@@ -187,19 +203,31 @@ def _resize(
     active: list[WorkerLoad],
     draining: list[WorkerLoad],
     busy: dict[str, float],
+    expected: float,
     utilization: float,
     config: PolicyConfig,
     inputs: dict,
     history: History,
     last_up: float | None,
 ) -> list[Action]:
-    """Grow the cluster by the workers it is short (``workers_short``), or shrink it by one, when the streak is
-    long enough."""
-    if streak >= config.vm_up_periods:
-        why = (
-            f"overloaded for {streak} periods: utilization {utilization:.2f}, "
-            f"SLO misses {inputs['slo_miss_rate']:.2%}, unmet {len(inputs['unmet'])}"
-        )
+    """Grow the cluster by the workers it is short (``workers_short``) when the streak is long enough or the demand
+    one start-up ahead (``expected``, cores at the profiles) needs more than the workers there and starting run at
+    ``target_utilization``; shrink it when the streak is long enough the other way."""
+    ahead = (
+        config.vm_startup_s > 0 and bool(active) and workers_short(active, expected, view.pending_workers, config) > 0
+    )
+    if streak >= config.vm_up_periods or ahead:
+        if streak >= config.vm_up_periods:
+            why = (
+                f"overloaded for {streak} periods: utilization {utilization:.2f}, "
+                f"SLO misses {inputs['slo_miss_rate']:.2%}, unmet {len(inputs['unmet'])}"
+            )
+        else:
+            why = (
+                f"{expected:.1f} busy cores expected one start-up ({config.vm_startup_s:g} s) ahead, over "
+                f"target_utilization {config.target_utilization:g} of the {len(active)} workers taking queries and "
+                f"{view.pending_workers} starting"
+            )
         taken_back = [w for w in draining if w.removable]
         if taken_back:
             w = min(taken_back, key=lambda w: (w.outstanding, w.id))
@@ -212,8 +240,7 @@ def _resize(
             # cap only slowed the climb (fleet_sim 720 s day, 1,000-worker peak: 10.3% misses at 0.98x static-peak's
             # cost with it, 2.1% at 1.07x without, peak 1,837 and 1,920 workers; 1,440 s day, 60-worker peak: 1.18%
             # at 0.87x with, 1.29% at 0.79x without; 240 s day: 61.7% at 0.94x with, 38.3% at 1.34x without).
-            need = {w.id: busy_cores(view, w, {}) for w in active}  # at the profiles: see ``workers_short``
-            count = min(room, workers_short(active, need, view.pending_workers, config))
+            count = min(room, max(1, workers_short(active, expected, view.pending_workers, config)))
             return [
                 Action(
                     LEVEL,
@@ -226,7 +253,7 @@ def _resize(
             ]
         return []
     settled = last_up is None or view.now - last_up >= config.vm_down_after_up_s
-    if streak <= -config.vm_down_periods and settled and view.pending_workers == 0 and len(active) > view.min_workers:
+    if streak <= -config.vm_down_periods and settled and len(active) > view.min_workers:
         removable = [w for w in active if w.removable]
         if not removable:
             return []
@@ -240,7 +267,8 @@ def _resize(
 
         def fits_on_rest(w: WorkerLoad) -> bool:
             rest = total_cores - w.cores
-            return rest > 0 and total_busy / rest < config.target_utilization and kinds.runs_elsewhere(view, w)
+            below = rest > 0 and max(total_busy, expected) / rest < config.target_utilization
+            return below and kinds.runs_elsewhere(view, w)
 
         if not eligible:
             # Say once per worker why underload drains nothing: the workers it would drain are too young.
@@ -263,7 +291,7 @@ def _resize(
         idlest = order[0]
         if not fits_on_rest(idlest):
             return []
-        drained = [idlest, *_more_to_drain(view, order[1:], active, idlest, total_busy, config, kinds)]
+        drained = [idlest, *_more_to_drain(view, order[1:], active, idlest, max(total_busy, expected), config, kinds)]
         if math.isinf(age[idlest.id]):
             why_now = "there before this level's first period"
         elif age[idlest.id] >= config.vm_min_lifetime_s:
@@ -348,13 +376,14 @@ class _Kinds:
         return True
 
 
-def workers_short(active: list[WorkerLoad], busy: dict[str, float], pending: int, config: PolicyConfig) -> int:
-    """Workers to add (at least one) so that the busy cores run at ``target_utilization``, counting those pending.
+def workers_short(active: list[WorkerLoad], need: float, pending: int, config: PolicyConfig) -> int:
+    """Workers to add so that ``need`` busy cores run at ``target_utilization``, counting those pending (0 or less:
+    none short; an overloaded cluster still adds one, ``_resize``).
 
     One worker per ``vm_cooldown_s`` grew a simulated fleet from 4 to 32 workers over a compressed day whose peak
     needed 1,000 (``benchmarks/fleet_sim.py``: 40% of queries missed); sized steps follow the load instead.
 
-    ``busy`` is read at the profiles, without the model level's derating (``decide``): a derating is what an
+    ``need`` is read at the profiles, without the model level's derating (``decide``): a derating is what an
     instance sustains on its own crowded worker, and the workers added start empty. Derated, the need read during
     a shortage was up to four times the profile's (every instance queueing, derated towards ``derate_floor``). The
     derated reading still decides *whether* the cluster is overloaded (both levels judge one load alike); a step too
@@ -365,8 +394,7 @@ def workers_short(active: list[WorkerLoad], busy: dict[str, float], pending: int
     if not active:
         return 1
     per_worker = sum(w.cores for w in active) / len(active)
-    needed = math.ceil(sum(busy[w.id] for w in active) / (config.target_utilization * per_worker))
-    return max(1, needed - len(active) - pending)
+    return math.ceil(need / (config.target_utilization * per_worker)) - len(active) - pending
 
 
 def _worker_inputs(

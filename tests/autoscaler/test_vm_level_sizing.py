@@ -46,7 +46,7 @@ def additions(view_at, periods: int = 2) -> list:
 
 def test_a_fleet_far_short_grows_by_what_it_is_short_in_one_step() -> None:
     # 4 workers × 1,000 rows/s: 10 busy cores each wanted, 40 in all; 2-core workers at 60% need 34 workers.
-    assert vm_level.workers_short(list(fleet(1000.0).workers), {f"w{i}": 10.0 for i in range(4)}, 0, CFG) == 30
+    assert vm_level.workers_short(list(fleet(1000.0).workers), 40.0, 0, CFG) == 30
     [action] = additions(lambda now: fleet(1000.0, now))
     assert action.count == 30 == action.inputs["workers_added"]  # no doubling cap: it only slowed the climb
     [action] = additions(lambda now: fleet(1000.0, now, workers=20))  # 20 × 10 cores: 167 wanted
@@ -54,10 +54,11 @@ def test_a_fleet_far_short_grows_by_what_it_is_short_in_one_step() -> None:
 
 
 def test_workers_still_starting_count_and_max_workers_caps() -> None:
-    busy = {f"w{i}": 10.0 for i in range(4)}
     active = list(fleet(1000.0).workers)
-    assert vm_level.workers_short(active, busy, pending=10, config=CFG) == 20
-    assert vm_level.workers_short(active, busy, pending=40, config=CFG) == 1  # overloaded all the same: one
+    assert vm_level.workers_short(active, 40.0, pending=10, config=CFG) == 20
+    assert vm_level.workers_short(active, 40.0, pending=40, config=CFG) == -10  # none short
+    [action] = additions(lambda now: fleet(1000.0, now, pending=40))
+    assert action.count == 1  # overloaded all the same: one
     [action] = additions(lambda now: fleet(1000.0, now, workers=20, max_workers=25))
     assert action.count == 5  # 25 - 20 active
 
@@ -126,3 +127,20 @@ def test_a_step_is_sized_at_the_profile_not_at_the_derating_a_shortage_causes() 
     [action] = added
     assert action.inputs["utilization"] == 3.6  # judged derated, as the model level does
     assert action.count == 10
+
+
+def test_the_vm_level_may_drain_at_its_own_threshold() -> None:
+    # 20 workers at 0.4 utilization: in band at the model level's low_utilization (0.3), nothing drained; with the
+    # VM level's own threshold at 0.45 the fleet is underloaded and drained down towards target (16 cores busy:
+    # 14 workers would run them at 0.57; the first period drains half the fleet at most).
+    def drains(config: PolicyConfig) -> list[str]:
+        history, out = History(), []
+        for n in range(4):
+            plan = vm_level.decide(fleet(80.0, 100.0 + 10.0 * n, workers=20), history, config)
+            history = plan.history
+            out.extend(a.target for a in plan.actions if a.action == "drain_worker")
+        return out
+
+    assert drains(CFG) == []
+    assert len(drains(replace(CFG, vm_low_utilization=0.45))) == 6
+    assert replace(CFG, vm_low_utilization=0.45).low_utilization == 0.3  # the model level's band is its own

@@ -179,3 +179,14 @@ def test_a_windows_rate_counts_the_queries_that_arrived_in_it() -> None:
     sim.env.run(until=5.0)
     assert sim.instance_stats(1.0)[(worker.id, fast.key)].rate_per_s == 1000.0
     assert sim.instance_stats(5.0)[(worker.id, fast.key)].rate_per_s == 1000.0
+
+
+def test_the_policies_are_told_replicas_serve_as_the_simulated_workers_run_them() -> None:
+    # A simulated worker runs a replica on a free core at its full profile; measured speedups of 1.0 for two
+    # replicas (a busy profiling host) told the VM level each instance needed twice the cores the simulation used.
+    fast = _candidates()[0]
+    profiles = tuple(replace(p, replica_throughput_per_s=(100.0, 104.0)) for p in fast.variant.profiles)
+    measured = replace(fast.variant, profiles=profiles)
+    linear = fleet_sim._linear_replicas(measured)
+    assert all(p.replica_throughput_per_s == () for p in linear.profiles)
+    assert [p.throughput_per_s for p in linear.profiles] == [p.throughput_per_s for p in measured.profiles]
