@@ -1227,7 +1227,10 @@ def _provenance(args: argparse.Namespace) -> dict:
 
     return {
         "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--", "benchmarks/fleet_sim.py", "autoscaler", "infaas")),
+        # Uncommitted changes in what the simulation imports (others' work in progress shares the checkout).
+        "dirty_paths": git(
+            "status", "--porcelain", "--", "benchmarks/fleet_sim.py", "autoscaler", "infaas"
+        ).splitlines(),
         "home": str(args.home),
         "argv": sys.argv[1:],
         "load_average_start": list(os.getloadavg()),
