@@ -986,19 +986,35 @@ def fleet_classes(candidates: Sequence[Candidate] = ()) -> list[QueryClass]:
     ]
 
 
+def core_s_per_query(sim_probe: FleetSim, fraction: float, cores: int) -> float:
+    """Busy core-seconds per query of the mix at ``fraction`` of the day (the idle-system picks at their best batch)."""
+    shares = [c.share(fraction) for c in sim_probe.classes]
+    total = sum(shares)
+    core_s = 0.0
+    for cls, s in zip(sim_probe.classes, shares, strict=True):
+        pick = sim_probe.pick_idle(cls)
+        k, service_s = sim_probe.batch_plan(Instance("probe", pick, 1, 0.0), cls.rows)
+        core_s += s / total * service_s / k * (pick.variant.threads or cores)
+    return core_s
+
+
 def peak_workers_for(sim_probe: FleetSim, day: Day, config: PolicyConfig, cores: int) -> tuple[float, float]:
     """Busy cores per query/s at the start and end mixes (the idle-system picks at their best batch)."""
-    per_qps = []
-    for fraction in (0.0, 0.5, 1.0):
-        shares = [c.share(fraction) for c in sim_probe.classes]
-        total = sum(shares)
-        core_s = 0.0
-        for cls, s in zip(sim_probe.classes, shares, strict=True):
-            pick = sim_probe.pick_idle(cls)
-            k, service_s = sim_probe.batch_plan(Instance("probe", pick, 1, 0.0), cls.rows)
-            core_s += s / total * service_s / k * (pick.variant.threads or cores)
-        per_qps.append(core_s)
+    per_qps = [core_s_per_query(sim_probe, fraction, cores) for fraction in (0.0, 0.5, 1.0)]
     return max(per_qps), sum(per_qps) / len(per_qps)
+
+
+def tracking_bound(sim_probe: FleetSim, day: Day, cores: int, utilization: float, startup_s: float) -> float:
+    """Worker-seconds of a clairvoyant fleet that holds, every second, exactly the workers the offered load needs at
+    ``utilization`` (bursts included, at the idle-system picks' best batches), each worker it adds billed for
+    ``startup_s`` more: what any policy sizing for that utilization pays at least on this day, to compare with the
+    target of half static provisioning's cost."""
+    fractions = np.linspace(0.0, 1.0, 21)
+    per_query = [core_s_per_query(sim_probe, x, cores) for x in fractions]
+    times = np.arange(0.0, day.length_s, 1.0)
+    need = np.array([day.rate(t) * np.interp(t / day.length_s, fractions, per_query) for t in times])
+    workers = need / (cores * utilization)
+    return float(workers.sum() + np.clip(np.diff(workers), 0.0, None).sum() * startup_s)
 
 
 def fleet_policy(args: argparse.Namespace) -> PolicyConfig:
@@ -1078,6 +1094,12 @@ def run_fleet(args: argparse.Namespace, candidates: list[Candidate]) -> dict:
             flush=True,
         )
     peak_cost = runs.get("static-peak", {}).get("cost_usd")
+    static_s = runs.get("static-peak", {}).get("worker_hours", 0.0) * 3600.0
+    startup = sum(STARTUP_S) / 2
+    bounds = {
+        f"at_{u:g}": tracking_bound(probe, day, args.cores, u, startup)
+        for u in (config.target_utilization, config.high_utilization)
+    }
     return {
         "day": {
             "length_s": args.day_s,
@@ -1105,6 +1127,11 @@ def run_fleet(args: argparse.Namespace, candidates: list[Candidate]) -> dict:
             "high_utilization": config.high_utilization,
             "low_utilization": config.low_utilization,
             "vm_low_utilization": config.vm_low_utilization,
+        },
+        "tracking_bound": {
+            "what": " ".join(tracking_bound.__doc__.split(":")[0].split()),
+            "worker_s": {k: round(v) for k, v in bounds.items()},
+            "vs_static_peak": {k: round(v / static_s, 3) for k, v in bounds.items()} if static_s else None,
         },
         "runs": runs,
         "cost_vs_static_peak": {name: round(r["cost_usd"] / peak_cost, 3) for name, r in runs.items() if peak_cost},

@@ -190,3 +190,14 @@ def test_the_policies_are_told_replicas_serve_as_the_simulated_workers_run_them(
     linear = fleet_sim._linear_replicas(measured)
     assert all(p.replica_throughput_per_s == () for p in linear.profiles)
     assert [p.throughput_per_s for p in linear.profiles] == [p.throughput_per_s for p in measured.profiles]
+
+
+def test_the_tracking_bound_pays_the_load_at_its_utilization_and_a_start_up_per_worker_added() -> None:
+    sim = _probe_sim()
+    per_query = fleet_sim.core_s_per_query(sim, 0.5, 2)
+    flat = fleet_sim.Day(10.0, trough_qps=1000.0, peak_qps=1000.0, bursts=())
+    workers = 1000.0 * per_query / (2 * 0.5)
+    assert fleet_sim.tracking_bound(sim, flat, 2, 0.5, 60.0) == pytest.approx(10 * workers)  # nothing added
+    # The same load with a 3 s burst at twice the rate: its workers held 3 s and started once (60 s billed).
+    burst = fleet_sim.Day(10.0, trough_qps=1000.0, peak_qps=1000.0, bursts=((0.5, 3.0, 2.0),))
+    assert fleet_sim.tracking_bound(sim, burst, 2, 0.5, 60.0) == pytest.approx(13 * workers + 60 * workers)
