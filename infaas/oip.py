@@ -119,7 +119,7 @@ def _json_data(name: str, data: Any, dtype: np.dtype, shape: tuple[int, ...], co
     if flat and isinstance(data, list) and len(data) != count:
         raise OipError(f"input {name!r}: {len(data)} values given, shape {list(shape)} needs {count}")
     try:
-        conformed = _spec(name, dtype, (count,) if flat else shape).conform(data)
+        conformed = _spec(name, dtype, (count,) if flat else shape).conform(data, from_json=True)
     except InvalidInput as exc:
         raise OipError(
             f"input {name!r}: 'data' is not a list of {declared} values of shape {list(shape)} ({exc})"

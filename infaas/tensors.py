@@ -8,6 +8,7 @@ measurement -- goes through ``TensorSpec.conform``, so a value accepted in one p
 
 from __future__ import annotations
 
+from array import array as c_doubles
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,35 @@ from typing import Any
 import numpy as np
 
 from infaas.errors import InvalidInput
+
+# A JSON list at least this long that feeds a float tensor is converted by ``array('d')`` (see
+# ``_json_floats``): 0.74 ms against 1.20 ms for ``np.asarray`` on ResNet-18's 49,152 values; below about
+# 2,000 values the fixed cost of the extra checks makes it slower (64 values: 4.5 us against 2.3 us).
+FAST_JSON_FLOATS = 2048
+_EXACT_IN_FLOAT64 = 2.0**53  # every integer of smaller magnitude is a float64 exactly
+
+
+def _json_floats(values: list[Any]) -> np.ndarray | None:
+    """A flat list of JSON numbers as float64, exactly as ``np.asarray`` then ``astype`` would give them; ``None``
+    when that is not certain, so the caller takes the general rule (which also words any refusal).
+
+    ``array('d')`` converts in one C loop without numpy's type discovery pass. It refuses strings, nulls
+    and nested lists (``TypeError``) but would take booleans: a list whose first value is a boolean is left
+    to the general rule, which refuses a list of booleans and, like this, reads booleans among numbers as
+    0 and 1. A list of integers only is an int64 array to numpy, cast once to the tensor's dtype; here each
+    integer goes through float64 first, which is the same value while it is below 2**53 in magnitude, so a
+    larger value sends the list to the general rule. Only values from a JSON parser qualify: an object with
+    ``__float__`` (a ``Decimal``) would pass here where numpy refuses it.
+    """
+    if type(values[0]) is bool:
+        return None
+    try:
+        floats = np.frombuffer(c_doubles("d", values), dtype=np.float64)
+    except (TypeError, OverflowError):
+        return None
+    if not np.abs(floats).max() < _EXACT_IN_FLOAT64:
+        return None
+    return floats
 
 
 def _kind_ok(expected: np.dtype, got: np.dtype) -> bool:
@@ -46,7 +76,7 @@ class TensorSpec:
         """The form stored in the catalog and shown by the API: ``{"name", "dtype": "float32", "shape": [-1, 8]}``."""
         return {"name": self.name, "dtype": self.dtype.name, "shape": list(self.shape)}
 
-    def conform(self, value: Any, *, samples: bool = False) -> np.ndarray:
+    def conform(self, value: Any, *, samples: bool = False, from_json: bool = False) -> np.ndarray:
         """``value`` as an array of this tensor's dtype and shape; ``InvalidInput`` saying why it cannot be.
 
         A value without a dtype of its own (JSON lists) is taken by kind: numbers feed float tensors,
@@ -57,11 +87,23 @@ class TensorSpec:
         set): its first axis counts samples whatever the model's batch dimension says, because infaas cuts
         it into batches the model takes; and it is taken by kind like a JSON value, because numpy writes
         float64 unless told otherwise and refusing that would only annoy.
+
+        ``from_json=True`` says ``value`` came from a JSON parser (its leaves are only numbers, booleans,
+        strings and nulls): a long flat list for a float tensor then takes a faster conversion with the same
+        result (``_json_floats``).
         """
         if isinstance(value, np.ndarray):
             array = value
             if array.dtype != self.dtype and not (samples and _kind_ok(self.dtype, array.dtype)):
                 raise InvalidInput(f"input {self.name!r} has dtype {array.dtype}, the model expects {self.dtype}")
+        elif (
+            from_json
+            and self.dtype.kind == "f"
+            and type(value) is list
+            and len(value) >= FAST_JSON_FLOATS
+            and (floats := _json_floats(value)) is not None
+        ):
+            array = floats
         else:
             try:
                 array = np.asarray(value)
