@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import math
@@ -220,6 +221,7 @@ class Outcome:
     variant: str
     retry_after: bool = False  # a rejection that said when to retry (queueing was the cause)
     reason: str = ""  # why it was rejected or failed
+    sent_lag_ms: float = 0.0  # from the scheduled arrival to the client's sending it (the loop's dispatch lag)
 
 
 def tally(group: list[Outcome], duration: float) -> dict:
@@ -265,12 +267,14 @@ TIMELINE_S = 5.0  # seconds per bucket of ``timeline``
 
 
 def timeline(group: list[Outcome]) -> list[dict]:
-    """Per ``TIMELINE_S`` of the trace (by scheduled arrival): queries, and each class's outcomes other than in
-    time, so that where the misses fall (the step, the spike, after it) and of which kind is on record."""
+    """Per ``TIMELINE_S`` of the trace (by scheduled arrival): queries, each class's outcomes other than in time, and
+    the longest wait to be sent, so that where the misses fall (the step, the spike, after it), of which kind, and
+    whether the process itself was behind (the loop busy, a collector pause) is on record."""
     buckets: dict[int, dict] = {}
     for o in group:
-        b = buckets.setdefault(int(o.at_s // TIMELINE_S), {"queries": 0, "not_ok": {}})
+        b = buckets.setdefault(int(o.at_s // TIMELINE_S), {"queries": 0, "not_ok": {}, "max_sent_lag_ms": 0.0})
         b["queries"] += 1
+        b["max_sent_lag_ms"] = max(b["max_sent_lag_ms"], round(o.sent_lag_ms, 1))
         if o.status != "ok":
             by_status = b["not_ok"].setdefault(o.cls, {})
             by_status[o.status] = by_status.get(o.status, 0) + 1
@@ -295,6 +299,7 @@ class Run:
     started_wall: float = 0.0  # time.time() when the trace clock started
     decisions: list[dict] = field(default_factory=list)  # the autoscaler's, with trace time t_s
     estimates: dict = field(default_factory=dict)  # the engine's estimate correction and its error, at the end
+    gc_pauses_ms: list[tuple[int, float]] = field(default_factory=list)  # (generation, ms) of each collection
     worker_cores: float = WORKER_CORES  # billed per worker sample (a container's CPU limit with --provider docker)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -339,6 +344,21 @@ class Run:
             "by_tenant": by_tenant,
             "served_by": dict(sorted(served.items(), key=lambda kv: -kv[1])),
             "timeline": timeline(feasible),
+        }
+        lags = [o.sent_lag_ms for o in self.outcomes]
+        pauses = [ms for _gen, ms in self.gc_pauses_ms]
+        out["process"] = {
+            "sent_lag_ms": {
+                "p50": round(float(np.percentile(lags, 50)), 2),
+                "p99": round(float(np.percentile(lags, 99)), 2),
+                "max": round(max(lags), 2),
+            }
+            if lags
+            else None,
+            "gc_collections_by_generation": {
+                str(g): sum(1 for gen, _ms in self.gc_pauses_ms if gen == g) for g in (0, 1, 2)
+            },
+            "gc_pause_ms": {"total": round(sum(pauses), 1), "max": round(max(pauses), 2)} if pauses else None,
         }
         if self.estimates:
             out["estimates"] = self.estimates
@@ -393,7 +413,8 @@ async def _replay(
         if waited * 1000.0 > cls.budget_ms:
             # The query could not even be sent within its budget (this process was too busy to dispatch it):
             # the client gives up without sending it (a miss), as a real one with a timeout would.
-            run.add(Outcome(arrival.at_s, cls.name, arrival.who, waited * 1000.0, "timed-out", None, "timed-out"))
+            lag = waited * 1000.0
+            run.add(Outcome(arrival.at_s, cls.name, arrival.who, lag, "timed-out", None, "timed-out", sent_lag_ms=lag))
             return
         deadline = scheduled + cls.budget_ms / 1000.0
         retry_after, reason, status = False, "", ""
@@ -413,10 +434,22 @@ async def _replay(
         if not status:  # answered; an unknown accuracy meets only a floor of 0
             late = latency > cls.budget_ms
             status = "late" if late else "below-floor" if (accuracy or 0.0) < cls.floor else "ok"
-        run.add(Outcome(arrival.at_s, cls.name, arrival.who, latency, status, accuracy, variant, retry_after, reason))
+        lag = waited * 1000.0
+        run.add(
+            Outcome(arrival.at_s, cls.name, arrival.who, latency, status, accuracy, variant, retry_after, reason, lag)
+        )
+
+    collecting: dict[str, float] = {}
+
+    def on_gc(phase: str, info: dict) -> None:  # the collector's pauses, which stop this loop and every thread
+        if phase == "start":
+            collecting["at"] = time.perf_counter()
+        elif "at" in collecting:
+            run.gc_pauses_ms.append((info["generation"], (time.perf_counter() - collecting.pop("at")) * 1000.0))
 
     watcher = threading.Thread(target=sampler, daemon=True)
     watcher.start()
+    gc.callbacks.append(on_gc)
     pending: set[asyncio.Task[None]] = set()
     try:
         for arrival in trace:
@@ -429,6 +462,7 @@ async def _replay(
         if pending:
             await asyncio.gather(*pending)
     finally:
+        gc.callbacks.remove(on_gc)
         stop.set()
         watcher.join()
     if len(run.outcomes) != len(trace):  # a query's task failed outside the query: say so, never hide it
@@ -1293,7 +1327,8 @@ def code_version() -> dict:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
-    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty_files": git("status", "--porcelain", "--untracked-files=no").splitlines()}
+    dirty = git("status", "--porcelain", "--untracked-files=no").splitlines()
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty_files": dirty}
 
 
 def prices_of() -> dict[str, float]:

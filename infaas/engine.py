@@ -99,6 +99,19 @@ class _Dispatch:
     candidates: tuple[Candidate, ...]  # to choose again if the chosen worker turns out to be gone
 
 
+def _inline_ms(decision: Selection) -> float:
+    """How long the chosen run is expected to take, for the event-loop rule (``offload.run_is_short``): the corrected
+    tail estimate the budget was compared with (profile p99, queueing, the learnt slowdown of this placement), or
+    infinite when the variant must be loaded first.
+
+    Not the profiled median: on the trace benchmark's busy two cores at 1.5× load (``benchmarks/trace.py``), the
+    large MLP's cascade, profiled well under 1 ms for a 256-row query, took 58% of the loop's samples (py-spy)
+    running inline, while the queries behind it waited to be planned: 1,954 of 24,507 could not even be sent
+    within their budget.
+    """
+    return decision.estimated_ms if decision.loaded else float("inf")
+
+
 class QueryEngine:
     """Serves queries: candidate cache + live state + selector + worker clients."""
 
@@ -148,7 +161,8 @@ class QueryEngine:
         """``serve`` without the metrics.
 
         A small body is parsed and planned on the event loop, and the model runs there too when the
-        chosen instance is idle and takes under ``offload.INLINE_MAX_MS``; anything else runs in the pool.
+        chosen instance is idle and takes under ``offload.INLINE_MAX_MS`` (``_inline_ms``); anything else runs in
+        the pool.
         """
         if tracing.ENABLED:
             return await self._serve_traced(parse, body_bytes)
@@ -156,9 +170,9 @@ class QueryEngine:
             return await offload.in_pool(self._parse_and_run, parse)
         query, context = parse()
         plan = self._plan(query)
-        decision = plan.decision
-        expected_ms = decision.candidate.curve.service_ms(decision.batch) if decision.loaded else float("inf")
-        ran = await offload.short_inline_else_pool(expected_ms, lambda: self._try_now(plan), lambda: self._run(plan))
+        ran = await offload.short_inline_else_pool(
+            _inline_ms(plan.decision), lambda: self._try_now(plan), lambda: self._run(plan)
+        )
         return self._account(*ran), context
 
     def infer(self, query: Query, endpoint: str | None = None) -> Answer:
@@ -200,12 +214,10 @@ class QueryEngine:
             with tracer.start_as_current_span("parse"):
                 query, context = parse()
             plan = self._plan_traced(query)
-            decision = plan.decision
-            expected_ms = decision.candidate.curve.service_ms(decision.batch) if decision.loaded else float("inf")
             with tracer.start_as_current_span("run") as span:
                 started_ns = tracing.now_ns()
                 ran = await offload.short_inline_else_pool(
-                    expected_ms, lambda: self._try_now(plan), lambda: self._run(plan)
+                    _inline_ms(plan.decision), lambda: self._try_now(plan), lambda: self._run(plan)
                 )
                 self._describe_run(span, started_ns, *ran)
             with tracer.start_as_current_span("account"):

@@ -180,3 +180,35 @@ def test_the_record_carries_each_value_under_its_own_field(services: Services) -
     assert (record.tenant, record.batch, served.rows) == ("t9", 2, 2)
     assert (record.latency_ms, record.max_cost, record.min_accuracy, record.min_fidelity) == (500.0, 7.5, 0.25, 0.5)
     assert record.infeasible is False and isinstance(record.at, float) and record.at > 1e9
+
+
+def test_a_run_the_calibration_has_learnt_is_slow_leaves_the_loop(services: Services) -> None:
+    """The loop rule reads the corrected estimate, not the profile: a variant profiled at 0.05 ms that takes 5 ms on
+    this worker must not stall the event loop (every query behind it waits to be planned)."""
+    _seeded(services)
+    engine = services.engine
+    tried: list[str] = []
+    real_try_now = engine._try_now
+
+    def try_now(plan):  # type: ignore[no-untyped-def]
+        tried.append(plan.decision.variant.key)
+        return real_try_now(plan)
+
+    engine._try_now = try_now  # type: ignore[method-assign]
+    _serve(services, _query(), body_bytes=100)  # loads the variant (a cold run never tries the loop)
+    answer, _ = _serve(services, _query(), body_bytes=100)
+    assert tried == ["lin/fp32"]  # idle, loaded, profiled and observed fast: run on the loop
+    served = answer.served_by
+    for _ in range(200):
+        engine.calibration.observe(
+            f"{served.model}/{served.variant}",
+            served.worker,
+            served.raw_estimated_ms,
+            5.0,
+            worker_ms=4.9,
+            budget_ms=None,
+        )
+    tried.clear()
+    answer, _ = _serve(services, _query(), body_bytes=100)
+    assert answer.served_by.estimated_ms > offload.INLINE_MAX_MS
+    assert tried == []  # straight to the pool

@@ -60,14 +60,14 @@ def test_infeasible_classes_are_kept_out_of_the_feasible_miss_rate() -> None:
 
 
 def test_the_timeline_puts_each_outcome_in_its_bucket_by_class_and_kind() -> None:
-    def at(t: float, status: str, cls: str) -> Outcome:
-        return Outcome(t, cls, cls, 1.0, status, None, "m/v")
+    def at(t: float, status: str, cls: str, lag: float = 0.0) -> Outcome:
+        return Outcome(t, cls, cls, 1.0, status, None, "m/v", sent_lag_ms=lag)
 
-    group = [at(0.5, "ok", "a"), at(4.9, "late", "a"), at(5.0, "timed-out", "b"), at(12.0, "rejected", "a")]
+    group = [at(0.5, "ok", "a", 2.0), at(4.9, "late", "a"), at(5.0, "timed-out", "b", 11.0), at(12.0, "rejected", "a")]
     assert trace.timeline(group) == [
-        {"t_s": 0.0, "queries": 2, "not_ok": {"a": {"late": 1}}},
-        {"t_s": 5.0, "queries": 1, "not_ok": {"b": {"timed-out": 1}}},
-        {"t_s": 10.0, "queries": 1, "not_ok": {"a": {"rejected": 1}}},
+        {"t_s": 0.0, "queries": 2, "not_ok": {"a": {"late": 1}}, "max_sent_lag_ms": 2.0},
+        {"t_s": 5.0, "queries": 1, "not_ok": {"b": {"timed-out": 1}}, "max_sent_lag_ms": 11.0},
+        {"t_s": 10.0, "queries": 1, "not_ok": {"a": {"rejected": 1}}, "max_sent_lag_ms": 0.0},
     ]
 
 
