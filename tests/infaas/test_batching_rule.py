@@ -26,3 +26,32 @@ def test_batch_takes_in_order_up_to_max_rows_and_always_the_oldest() -> None:
     assert batch_size([3, 3, 3], 8) == 2
     assert batch_size([20, 1], 8) == 1  # bigger than a batch alone: runs alone
     assert batch_size([1] * 10, 8) == 8
+
+
+def test_no_hold_when_a_full_batch_is_not_cheaper_per_row() -> None:
+    # ResNet-18's static INT8: 2.15 ms per row alone, 2.18 per row at batch 16. Waiting buys nothing.
+    flat = ProfileCurve(
+        batches=(1, 16), latencies_ms=(2.15, 34.9), tails_ms=(3.0, 40.0), load_ms=5.0, memory_mb=10.0, best_batch=1
+    )
+    assert flush_at([(1.0, 1, None)], 16, flat) is None
+    assert flush_at([(1.0, 1, None), (1.001, 2, 9.0)], 16, flat) is None
+    # Three rows cost the batch-4 time shared by four; batch 4 is the best and no bigger batch is cheaper.
+    four = ProfileCurve(
+        batches=(1, 4, 8),
+        latencies_ms=(2.5, 8.0, 17.0),
+        tails_ms=(3.0, 9.0, 19.0),
+        load_ms=5.0,
+        memory_mb=10.0,
+        best_batch=4,
+    )
+    assert flush_at([(1.0, 3, None)], 8, four) is None
+    assert flush_at([(1.0, 1, None)], 8, four) == 1.0 + 0.017  # 2.0 ms per row at batch 4 against 2.5 alone
+    # Just cheaper than the band allows is still no reason to wait; clearly cheaper is.
+    band = ProfileCurve(
+        batches=(1, 16), latencies_ms=(2.0, 29.0), tails_ms=(3.0, 40.0), load_ms=5.0, memory_mb=10.0, best_batch=16
+    )
+    assert flush_at([(1.0, 1, None)], 16, band) is None
+    gain = ProfileCurve(
+        batches=(1, 16), latencies_ms=(2.0, 20.0), tails_ms=(3.0, 25.0), load_ms=5.0, memory_mb=10.0, best_batch=16
+    )
+    assert flush_at([(1.0, 1, None)], 16, gain) == 1.0 + 0.020
