@@ -18,10 +18,15 @@ The pipeline (three zoo models, one conditional edge)::
    run before each part and after the last), in this thread's CPU time (what the host's other work does not
    inflate) and wall time: the whole grid over the planner's median run.
 2. Estimator accuracy: the same trace replayed open-loop (each query sent at its arrival time, latency from
-   that time) through the real serving path at three rates, every stage pinned to its model's fastest variant,
-   and simulated with those variants, the instance's batch cap (its best profiled batch), one replica (the
-   autoscaler is off), the edge pass rates measured on validation rows, and the serving path's own per-stage
-   overhead sampled beforehand on a light open-loop load. Error = simulated P99 / measured P99 - 1.
+   that time) through the real serving path at several rates (``--rates``, 60 s each), every stage pinned to
+   its model's fastest variant, and simulated with those variants, the instance's batch cap (its best profiled
+   batch), one replica (the autoscaler is off), the edge pass rates measured on validation rows, and what the
+   serving path adds that no profile holds -- its own time around each stage's run, each query's time outside
+   its stages, each served run's time beyond its profile -- sampled from a replay of the 30 s before at the same
+   rate (another draw of arrivals; as the engine learns the path online), and, for comparison, from one
+   light-load replay (4 queries/s) before all rates. Error = simulated P99 (median of 21 simulations) /
+   measured P99 - 1. Each query's measured time is split (queue, run, path per stage; outside) to show what
+   its tail is made of, and each stage's share of visits that queued is compared with the simulation's.
 
 3. A bursty replayed trace (gamma gaps of CV² 4; the middle third at ``--bursty-burst`` x the planned rate) on
    the three-stage pipeline, replayed twice through the real serving path: infaas (the plan applied and tuned by
@@ -226,6 +231,7 @@ def replay(
     overhead: dict[str, list[float]] = {n: [] for n in spec.order}
     queue: dict[str, list[float]] = {n: [] for n in spec.order}
     service: dict[str, list[float]] = {n: [] for n in spec.order}
+    batches: dict[str, list[int]] = {n: [] for n in spec.order}  # rows of the session run each service time is of
     outside: list[float] = []
     parts: list[tuple[float, dict[str, float]] | None] = [None] * len(arrivals)
     failed: Counter[str] = Counter()
@@ -248,6 +254,7 @@ def replay(
                     overhead[name].append(own)
                     queue[name].append(stage["queue_ms"])
                     service[name].append(stage["service_ms"])
+                    batches[name].append(stage["batch"])
                     split |= {f"{name}.overhead": own, f"{name}.queue": stage["queue_ms"]}
                     split[f"{name}.service"] = stage["service_ms"]
                     split["outside"] -= stage["stage_ms"]
@@ -274,6 +281,7 @@ def replay(
         "overhead_ms": overhead,
         "queue_ms": queue,
         "service_ms": service,
+        "batches": batches,
         "outside_ms": outside,
         "parts": [p for p in parts if p is not None],
     }
@@ -305,9 +313,60 @@ def _p50_p99(values: tuple[float, ...]) -> list[float] | None:
 SIM_SEEDS = 21
 
 
+def path_samples(run: dict[str, Any], variants: dict[str, Any]) -> dict[str, Any]:
+    """What a replay measured of the serving path that no profile holds, as the estimator's samples: per stage
+    the path's own time around the run (``overhead``) and each run's time beyond its variant's profile at the
+    run's batch (``excess``), and each query's time outside its stages (``outside``)."""
+    curves = {n: ProfileCurve.of(variants[max(c, key=c.get)]) for n, c in run["served"].items() if c}
+    return {
+        "overhead": {n: tuple(v) for n, v in run["overhead_ms"].items()},
+        "excess": {
+            n: tuple(ms - curve.service_ms(b) for ms, b in zip(run["service_ms"][n], run["batches"][n], strict=True))
+            for n, curve in curves.items()
+        },
+        "outside": tuple(run["outside_ms"]),
+        "curves": curves,
+    }
+
+
+def _summary(samples: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "overhead_ms_p50_p99": {n: _p50_p99(v) for n, v in samples["overhead"].items()},
+        "excess_ms_p50_p99": {n: _p50_p99(v) for n, v in samples["excess"].items()},
+        "outside_ms_p50_p99": _p50_p99(samples["outside"]),
+    }
+
+
+def estimate(
+    spec: Any, samples: dict[str, Any], edge_pass: dict[int, float], arrivals: np.ndarray
+) -> tuple[float, list[Any]]:
+    """The simulated P99 (median of ``SIM_SEEDS`` runs) of ``arrivals`` with the stages served as sampled: each
+    stage's variant profile, its instance's batch cap (best profiled batch), one replica, the path's samples."""
+    configs = {
+        name: StageConfig(
+            curve, max(1, curve.best_batch), 1, samples["overhead"][name] or 0.0, samples["excess"][name] or 0.0
+        )
+        for name, curve in samples["curves"].items()
+    }
+    runs = [simulate(spec, configs, edge_pass, arrivals, seed=k, entry_ms=samples["outside"]) for k in range(SIM_SEEDS)]
+    return statistics.median(r.p99_ms for r in runs), runs
+
+
 def estimator_accuracy(
-    services: Services, zoo: Path, rates: list[float], seconds: float, warm_queries: int, calibration_rate: float
+    services: Services,
+    zoo: Path,
+    rates: list[float],
+    seconds: float,
+    warm_queries: int,
+    calibration_rate: float,
+    window_s: float,
 ) -> dict[str, Any]:
+    """Per rate, two estimates of the measured run's P99, each from serving-path samples taken on another replay
+    before it: (a) ``learnt``, the window just before at the same rate (another draw of its arrivals), as the
+    engine learns the path online from recent traffic (``infaas.calibration``): the error reported; (b)
+    ``light``, one light-load replay (``calibration_rate``) before all rates, where nothing queues. Both keep
+    queueing, batching and the profiles' run times to the simulation; (b) shows what the path's cost at idle
+    misses (on this host the path ran 1.9 ms at p50 at 4 queries/s and 0.9 ms at 80: a colder CPU)."""
     info, spec = registered(services, definition("bench-cascade", 1000.0, rates[0], seconds))
     images = np.load(load_zoo(zoo)[0].validation_path)["inputs"].astype(np.float32)
     # Every stage pinned to its model's fastest variant, as by hand: the variants simulated are the ones served
@@ -316,36 +375,38 @@ def estimator_accuracy(
     _unload_all(services)
     for i in range(warm_queries):  # loads every stage's instance
         _serve(services, spec, images[i % len(images)][None], pinned)
-    # The serving path's own time around the model runs, and a query's time outside its stages, sampled on a
-    # light open-loop load (no queueing at the instances): what the estimator adds to the profiled service times.
-    calibration = arrival_times(Arrivals(rate_per_s=calibration_rate, duration_s=seconds))
-    load_before = os.getloadavg()[0]
-    light = replay(services, spec, images, calibration, pinned)
-    overhead = {n: tuple(v) for n, v in light["overhead_ms"].items()}
-    outside = tuple(light["outside_ms"])
-    edge_pass = ScaleFactors.from_json(info.scale_factors).edges
     variants = {f"{m.name}/{v.name}": v for m in services.metadata.list_models() for v in m.variants if v.profiles}
+    edge_pass = ScaleFactors.from_json(info.scale_factors).edges
+    load_before = os.getloadavg()[0]
+    light_run = replay(
+        services, spec, images, arrival_times(Arrivals(rate_per_s=calibration_rate, duration_s=seconds)), pinned
+    )
+    light = path_samples(light_run, variants)
     rows = []
     for rate in rates:
-        arrivals = arrival_times(Arrivals(rate_per_s=rate, duration_s=seconds), seed=int(rate))
         load_start = os.getloadavg()[0]
+        window = replay(
+            services,
+            spec,
+            images,
+            arrival_times(Arrivals(rate_per_s=rate, duration_s=window_s), seed=1000 + int(rate)),
+            pinned,
+        )
+        learnt = path_samples(window, variants)
+        arrivals = arrival_times(Arrivals(rate_per_s=rate, duration_s=seconds), seed=int(rate))
         real = replay(services, spec, images, arrivals, pinned)
-        configs = {}
-        for name in spec.order:
-            counts = real["served"][name] or light["served"][name]
-            key = max(counts, key=counts.get)
-            curve = ProfileCurve.of(variants[key])
-            configs[name] = StageConfig(curve, max(1, curve.best_batch), 1, overhead[name] or 0.0)
-        runs = [simulate(spec, configs, edge_pass, arrivals, seed=k, entry_ms=outside) for k in range(SIM_SEEDS)]
-        simulated_p99 = statistics.median(r.p99_ms for r in runs)
+        simulated_p99, runs = estimate(spec, learnt, edge_pass, arrivals)
+        light_p99, _light_runs = estimate(spec, light, edge_pass, arrivals)
+        curves = learnt["curves"]
         rows.append(
             {
                 "rate_per_s": rate,
                 "queries": len(arrivals),
                 "measured_p99_ms": real["p99_ms"],
                 "simulated_p99_ms": simulated_p99,
-                "simulated_p99_ms_runs": sorted(r.p99_ms for r in runs),
                 "error": simulated_p99 / real["p99_ms"] - 1.0,
+                "simulated_p99_ms_runs": sorted(r.p99_ms for r in runs),
+                "light_calibrated": {"simulated_p99_ms": light_p99, "error": light_p99 / real["p99_ms"] - 1.0},
                 "measured_p50_ms": real["p50_ms"],
                 "simulated_p50_ms": statistics.fmean(r.p50_ms for r in runs),
                 "utilisation": {n: statistics.fmean(r.utilisation[n] for r in runs) for n in spec.order},
@@ -363,11 +424,11 @@ def estimator_accuracy(
                 "answered": real["answered"],
                 "failed": real["failed"],
                 "load_average_1m": {"start": load_start, "end": real["load_average_1m"]},
+                "learnt_window": {"seconds": window_s, "queries": window["answered"], **_summary(learnt)},
                 # What the model runs took here, against the profile the estimator draws from (same variant).
                 "service_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in real["service_ms"].items()},
-                "profile_ms_p50_p99": {
-                    n: [configs[n].curve.service_ms(1), configs[n].curve.tail_ms(1)] for n in spec.order
-                },
+                "profile_ms_p50_p99": {n: [c.service_ms(1), c.tail_ms(1)] for n, c in curves.items()},
+                "best_batch": {n: c.best_batch for n, c in curves.items()},
                 "queue_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in real["queue_ms"].items()},
                 "overhead_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in real["overhead_ms"].items()},
                 "outside_ms_p50_p99": _p50_p99(tuple(real["outside_ms"])),
@@ -379,14 +440,14 @@ def estimator_accuracy(
         "pipeline": parse_spec(info.spec).to_json(),
         "scale_factors": info.scale_factors,
         "simulations_per_rate": SIM_SEEDS,
-        "calibration": {
+        "light_calibration": {
             "rate_per_s": calibration_rate,
-            "queries": light["answered"],
-            "p99_ms": light["p99_ms"],
-            "load_average_1m": {"start": load_before, "end": light["load_average_1m"]},
-            "overhead_ms_p50_p99": {n: _p50_p99(v) for n, v in overhead.items()},
-            "outside_ms_p50_p99": _p50_p99(outside),
-            "service_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in light["service_ms"].items()},
+            "queries": light_run["answered"],
+            "p50_ms": light_run["p50_ms"],
+            "p99_ms": light_run["p99_ms"],
+            "load_average_1m": {"start": load_before, "end": light_run["load_average_1m"]},
+            "service_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in light_run["service_ms"].items()},
+            **_summary(light),
         },
         "rows": rows,
     }
@@ -629,6 +690,7 @@ def main() -> None:
     parser.add_argument("--rates", default="10,25,40,80", help="arrival rates (queries/s) of the accuracy runs")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each accuracy run")
     parser.add_argument("--calibration-rate", type=float, default=4.0, help="the light load overheads are sampled at")
+    parser.add_argument("--window-seconds", type=float, default=30.0, help="the window before each rate's run")
     # 1,500 q/s: the CNN stage needs a second replica (at 600 q/s one of everything met the objective)
     parser.add_argument("--brute-rate", type=float, default=1500.0)
     parser.add_argument("--brute-p99", type=float, default=25.0)
@@ -639,7 +701,10 @@ def main() -> None:
     parser.add_argument("--bursty-rate", type=float, default=30.0, help="the planned sample trace's rate (q/s)")
     parser.add_argument("--bursty-burst", type=float, default=2.5, help="the replayed trace's middle third: x rate")
     parser.add_argument("--bursty-seconds", type=float, default=90.0, help="length of the replayed trace")
-    parser.add_argument("--bursty-p99", type=float, default=100.0, help="the end-to-end P99 objective (ms)")
+    # 25 ms, as the planner's: at 100 ms (session 6) both deployments met it (0.0% misses each, p99 14 vs 55 ms),
+    # so nothing the plan decides was put to the test; at 25 ms the batching wait of a stage left at its best
+    # profiled batch (38 ms on the CNN) breaks the objective, as provisioning each model alone does.
+    parser.add_argument("--bursty-p99", type=float, default=25.0, help="the end-to-end P99 objective (ms)")
     parser.add_argument("--skip-bursty", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "pipelines.json")
     args = parser.parse_args()
@@ -655,7 +720,7 @@ def main() -> None:
         if not args.skip_accuracy:
             rates = [float(r) for r in args.rates.split(",")]
             results["estimator_accuracy"] = estimator_accuracy(
-                services, args.zoo, rates, args.seconds, 50, args.calibration_rate
+                services, args.zoo, rates, args.seconds, 50, args.calibration_rate, args.window_seconds
             )
         if not args.skip_bursty:
             results["bursty_trace"] = bursty_comparison(

@@ -66,3 +66,23 @@ def test_queued_share_counts_the_visits_that_found_the_replica_busy() -> None:
     arrivals = np.sort(np.concatenate([np.arange(10) * 1.0, np.arange(10) * 1.0 + 0.001]))
     result = simulate(spec, {"a": _fixed(5.0)}, {}, arrivals)
     assert result.queued == {"a": pytest.approx(0.5)}
+
+
+def test_a_run_excess_holds_the_replica_like_the_run() -> None:
+    """1 ms measured beyond a 4 ms profile: each run takes 5 ms, and a query 4.5 ms behind another still waits."""
+    spec = parse_spec(
+        {
+            "name": "p",
+            "p99_ms": 100.0,
+            "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
+            "stages": [{"name": "a", "model": "ma"}],
+            "edges": [{"from": "input.x", "to": "a.x"}],
+            "arrivals": {"rate_per_s": 1, "duration_s": 10},
+        }
+    )
+    arrivals = np.array([0.0, 0.0045])
+    plain = simulate(spec, {"a": _fixed(4.0)}, {}, arrivals)
+    config = _fixed(4.0)
+    slower = simulate(spec, {"a": StageConfig(config.curve, 1, 1, excess_ms=(1.0,))}, {}, arrivals)
+    assert plain.queued["a"] == 0.0 and list(plain.latencies_ms) == pytest.approx([4.0, 4.0])
+    assert slower.queued["a"] == 0.5 and list(slower.latencies_ms) == pytest.approx([5.0, 5.5])
