@@ -652,9 +652,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
     if accuracy:
         rows = accuracy["rows"]
         rates = [r["rate_per_s"] for r in rows]
-        width = 0.35 * (rates[1] - rates[0] if len(rates) > 1 else 1)
-        left.bar([r - width / 2 for r in rates], [r["measured_p99_ms"] for r in rows], width, label="measured")
-        left.bar([r + width / 2 for r in rates], [r["simulated_p99_ms"] for r in rows], width, label="simulated")
+        slots = np.arange(len(rates))
+        left.bar(slots - 0.27, [r["measured_p99_ms"] for r in rows], 0.27, label="measured")
+        left.bar(slots, [r["simulated_p99_ms"] for r in rows], 0.27, label="simulated (path learnt at the rate)")
+        left.bar(
+            slots + 0.27,
+            [r["light_calibrated"]["simulated_p99_ms"] for r in rows],
+            0.27,
+            label="simulated (path at 4 q/s)",
+        )
+        for slot, r in zip(slots, rows, strict=True):
+            left.annotate(f"{100 * r['error']:+.0f}%", (slot, r["simulated_p99_ms"]), ha="center", va="bottom")
+        left.set_xticks(slots, [f"{r:g}" for r in rates])
         left.set_xlabel("arrival rate (queries/s)")
         left.set_ylabel("end-to-end P99 (ms)")
         left.set_title("Estimator vs the real serving path")
