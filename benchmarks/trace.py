@@ -1060,6 +1060,7 @@ def main() -> None:
     zoo = load_zoo(args.zoo)
     inputs = np.load(zoo[0].validation_path)["inputs"].astype(np.float32)
     load_at_start = os.getloadavg()
+    code_at_start = code_version()  # other sessions commit while it runs
 
     with tempfile.TemporaryDirectory(prefix="infaas-trace-") as scratch:
         services = None
@@ -1264,7 +1265,7 @@ def main() -> None:
             "load_average_at_start": [round(x, 2) for x in load_at_start],
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
-        "code": code_version(),
+        "code": code_at_start,
         "deployment": deployment.describe(),
         "calibration": calibration,
         "trace": {
