@@ -144,3 +144,26 @@ def test_the_vm_level_may_drain_at_its_own_threshold() -> None:
     assert drains(CFG) == []
     assert len(drains(replace(CFG, vm_low_utilization=0.45))) == 6
     assert replace(CFG, vm_low_utilization=0.45).low_utilization == 0.3  # the model level's band is its own
+
+
+def _missing(view: ClusterView, miss: float) -> ClusterView:
+    workers = tuple(
+        replace(w, instances=tuple(replace(i, slo_miss_rate=miss) for i in w.instances)) for w in view.workers
+    )
+    return replace(view, workers=workers)
+
+
+def test_misses_at_near_zero_load_do_not_hold_a_fleet_that_idles() -> None:
+    # 20 workers at 0.05 utilization whose few queries miss 5% (cold loads, batches waiting at a trickle): not
+    # capacity's misses (they do not count as overload below low_utilization either), so the idle fleet is drained.
+    def drains(rate: float, config: PolicyConfig) -> int:
+        history, out = History(), 0
+        for n in range(4):
+            plan = vm_level.decide(_missing(fleet(rate, 100.0 + 10.0 * n, workers=20), 0.05), history, config)
+            history = plan.history
+            out += sum(1 for a in plan.actions if a.action == "drain_worker")
+        return out
+
+    assert drains(10.0, CFG) == 10
+    # Between low_utilization and the VM level's own threshold, misses still hold the scale-down back.
+    assert drains(80.0, replace(CFG, vm_low_utilization=0.45)) == 0
