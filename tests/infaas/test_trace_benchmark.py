@@ -301,3 +301,19 @@ def test_the_replay_sends_each_query_at_its_time_while_earlier_ones_are_still_be
     assert [o.status for o in run.outcomes] == ["ok"] * 40
     assert max(o.latency_ms for o in run.outcomes) < 600.0
     assert max(started) - min(started) < 0.195 + 0.3  # all sent within the trace's 195 ms (plus scheduling slack)
+
+
+def test_one_noisy_first_window_does_not_walk_the_staircase_down() -> None:
+    # The deployment holds 100 q/s; the very first window of the coarse staircase (at 20 q/s) is unlucky once.
+    noisy = iter([0.97])
+    seen: list[float] = []
+
+    def measure(rate: float) -> dict:
+        seen.append(rate)
+        if len(seen) == 2:  # the window after the baseline
+            return {"qps": rate, "in_time": next(noisy)}
+        return {"qps": rate, "in_time": 1.0 if rate <= 100.0 else 0.5}
+
+    result = trace.capacity(measure, repeats=5, start_qps=20.0, target=0.99)
+    assert seen[1] == seen[2] == 20.0  # measured again at the same rate, not lower
+    assert 100.0 / trace.STAIR_STEP < result["capacity_qps"] <= 100.0
