@@ -10,12 +10,20 @@ added by the autoscaler brings its own CPU quota, and a fixed deployment of N wo
 The front-end runs in this process in scale-out mode: the catalog in PostgreSQL (a database of its own, dropped
 afterwards unless ``--home`` keeps it for the next run), live state in Redis (a key prefix of its own, deleted
 afterwards), queries to the workers over HTTP, as ``infaas serve`` does with ``INFAAS_IN_PROCESS_WORKER=false``.
-The client threads and the engine stay outside the containers.
+The client (one asyncio loop, as in the in-process trace) and the engine stay outside the containers.
 
-On one host the quotas only add up to the host's cores: ``--max-workers`` × ``--cpus`` (4 × 0.5 here) is
-sized to the two cores of the machine this was written on, and the fixed-peak setup holds that ceiling for the
-whole trace. Variant profiles are measured by the front-end's jobs (the real pipeline, on the host without a
-limit), so they overstate what one container serves; the engine's estimate correction learns the difference.
+On one host the quotas only add up to the host's cores: ``--max-workers`` × ``--cpus`` (3 × 0.5 by default)
+leaves half a core of this two-core machine to the front-end, the client, Redis, PostgreSQL and dockerd (this
+process used 0.13-0.21 cores in the infaas runs of the first full run, ``front_end_cores``), and lets the VM level
+go from the one container every run starts from to three. The fixed-peak setup gets the containers the profile
+says the level's spike needs, at most ``--max-workers``. Variant profiles are measured by the front-end's jobs (the
+real pipeline, on the host without a limit), so they overstate what one container serves; the engine's estimate
+correction learns the difference, the autoscaler's utilization (rows against profiled throughput) does not.
+
+Besides the trace's outcomes, ``deployment`` in the JSON records each container (the run it served, seconds from
+``docker run`` to answering /health, then its CPU seconds, share of its quota used and CFS throttling, from its
+cgroup), each fixed run's split of a query's round trip (the worker's queue and service, and the rest: the HTTP
+path), each infaas run's worker containers over time with the VM level's actions, and this process's CPU.
 """
 
 from __future__ import annotations
@@ -25,11 +33,14 @@ import hashlib
 import logging
 import math
 import os
+import re
+import signal
 import threading
 import time
 import uuid
-from contextlib import suppress
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import docker
 import numpy as np
@@ -37,25 +48,173 @@ import redis
 from sqlalchemy import create_engine, text
 
 from autoscaler import Autoscaler, PolicyConfig
+from autoscaler.providers.base import WorkerHandle
 from autoscaler.providers.docker import CLUSTER_LABEL, DockerProvider, DockerSettings
 from benchmarks import trace
+from infaas import switch_interval
 from infaas.catalog import VariantInfo
 from infaas.config import Settings
+from infaas.selector import ProfileCurve
 from infaas.services import Services, build_services
 from infaas.worker import WorkerError
+from infaas.worker.instance import InferResult
+from infaas.worker.remote import RemoteWorkerClient
 
 log = logging.getLogger("trace.docker")
 
 PG_ADMIN_URL = os.environ.get("INFAAS_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("INFAAS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+# A run's containers carry the cluster label ``trace-<pid>-<run id>``: a run killed beyond any ``finally`` (SIGKILL,
+# a lost host session) leaves containers whose process is gone, and the next run removes exactly those.
+_CLUSTER = re.compile(r"^trace-(\d+)-[0-9a-f]{8}")
+
+
+def orphaned_clusters(clusters: set[str], alive: Callable[[int], bool]) -> set[str]:
+    """The trace runs' cluster labels among ``clusters`` whose process ``alive`` says is gone.
+
+    Other clusters (the compose stack's, the provider tests', a live run's) are never touched."""
+    out = set()
+    for cluster in clusters:
+        match = _CLUSTER.match(cluster)
+        if match is not None and not alive(int(match.group(1))):
+            out.add(cluster)
+    return out
+
+
+def reversals(counts: list[tuple[float, int]]) -> int:
+    """How often a worker count that was rising starts falling or the other way round (flapping shows as many).
+
+    ``counts`` are (time, workers) samples; repeated values are ignored. One scale-up held and scaled down after
+    the spike is one reversal; up, down, up again within a trace is two."""
+    steps = [b - a for (_t, a), (_u, b) in zip(counts, counts[1:], strict=False) if b != a]
+    return sum(1 for a, b in zip(steps, steps[1:], strict=False) if (a > 0) != (b > 0))
+
+
+def percentiles(values: list[float]) -> dict[str, float | int]:
+    """Count, p50, p99 and maximum of ``values`` (milliseconds or seconds), for the measurements this module records."""
+    if not values:
+        return {"n": 0}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {"n": len(values), "p50": round(float(p50), 3), "p99": round(float(p99), 3), "max": round(max(values), 3)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--provider docker`` options of ``benchmarks/trace.py``."""
     parser.add_argument("--cpus", type=float, default=0.5, help="docker: CPU limit of every worker container")
     parser.add_argument("--memory-mb", type=int, default=1024, help="docker: memory limit of every worker container")
-    parser.add_argument("--max-workers", type=int, default=4, help="docker: worker containers infaas may scale to")
+    parser.add_argument("--max-workers", type=int, default=3, help="docker: worker containers infaas may scale to")
     parser.add_argument("--image", default="infaas-worker:local", help="docker: the worker image (make images)")
+
+
+CGROUP_V1 = Path("/sys/fs/cgroup")  # dockerd with the cgroupfs driver and cgroup v1, as on this host
+
+
+def cpu_usage(container_id: str, root: Path = CGROUP_V1) -> dict[str, float]:
+    """A container's CPU seconds and CFS throttling so far, from its cgroup (empty where the files are not there).
+
+    Whether a run's containers used their quota (``quota_used`` near 1, many periods throttled) or idled says
+    whether the containers' CPU limits or something outside them (the front-end, the client) set the capacity."""
+    try:
+        used_ns = int((root / "cpuacct" / "docker" / container_id / "cpuacct.usage").read_text())
+        stat = dict(
+            line.split() for line in (root / "cpu" / "docker" / container_id / "cpu.stat").read_text().splitlines()
+        )
+    except (OSError, ValueError):
+        return {}
+    periods = int(stat.get("nr_periods", 0))
+    return {
+        "cpu_s": round(used_ns / 1e9, 3),
+        "throttled_periods": round(int(stat.get("nr_throttled", 0)) / periods, 4) if periods else 0.0,
+        "throttled_s": round(int(stat.get("throttled_time", 0)) / 1e9, 3),
+    }
+
+
+class _TimedProvider(DockerProvider):
+    """The docker provider, recording for each container how long it took from ``docker run`` to answering /health
+    (the interpreter's imports under the CPU limit, registration: what the VM level waits for) and, when it is
+    removed, how long it was up and the CPU it used (``cpu_usage``). ``tag`` names the run it served."""
+
+    def __init__(
+        self, settings: Settings, docker_settings: DockerSettings, records: list[dict], origin: float, tag: str
+    ) -> None:
+        super().__init__(settings, docker_settings)
+        self._records = records
+        self._origin = origin
+        self._tag = tag
+        self._mine: dict[str, dict] = {}  # container id (12) -> its record
+
+    def start_worker(self) -> WorkerHandle:
+        began = time.monotonic()
+        handle = super().start_worker()
+        record = {
+            "run": self._tag,
+            "at_s": round(began - self._origin, 2),
+            "start_to_healthy_s": round(time.monotonic() - began, 2),
+        }
+        self._records.append(record)
+        self._mine[handle.meta["container"]] = record
+        return handle
+
+    def _remove(self, container: Any) -> None:
+        record = self._mine.get(container.id[:12])
+        if record is not None:
+            up_s = time.monotonic() - self._origin - record["at_s"]
+            usage = cpu_usage(container.id)
+            record["up_s"] = round(up_s, 2)
+            record.update(usage)
+            if usage:
+                record["quota_used"] = round(usage["cpu_s"] / (up_s * self._docker.cpus), 3)
+        super()._remove(container)
+
+
+class _TimedClient(RemoteWorkerClient):
+    """A fixed deployment's HTTP client to a worker container, keeping per query the worker's own queue and service
+    times and the rest of the round trip: this process's HTTP path (encode, send, the worker's server, decode) and
+    its scheduling delays under load, what a container costs a query beside its CPU limit."""
+
+    def __init__(self, worker_id: str, address: str, samples: list[tuple[float, float, float]]) -> None:
+        super().__init__(worker_id, address)
+        self._samples = samples
+
+    def infer(self, variant: VariantInfo, inputs: dict[str, np.ndarray], deadline_s: float | None) -> InferResult:
+        began = time.perf_counter()
+        result = super().infer(variant, inputs, deadline_s)
+        round_trip = (time.perf_counter() - began) * 1000.0
+        self._samples.append((result.queue_ms, result.service_ms, round_trip - result.queue_ms - result.service_ms))
+        return result
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``kill``, ``timeout``) unwinds like Ctrl-C, so that ``close`` removes the containers."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_orphans(client: docker.DockerClient) -> list[str]:
+    """Remove the containers of earlier trace runs whose process is gone (``orphaned_clusters``); their names."""
+    containers = client.containers.list(all=True, filters={"label": CLUSTER_LABEL}, ignore_removed=True)
+    gone = orphaned_clusters({c.labels.get(CLUSTER_LABEL, "") for c in containers}, _pid_alive)
+    removed = []
+    for container in containers:
+        if container.labels.get(CLUSTER_LABEL) in gone:
+            container.remove(force=True)
+            removed.append(container.name)
+    if removed:
+        log.warning("removed %d containers an earlier trace run left behind: %s", len(removed), removed)
+    return removed
 
 
 class DockerDeployment(trace.Deployment):
@@ -64,20 +223,29 @@ class DockerDeployment(trace.Deployment):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.run_id = uuid.uuid4().hex[:8]
-        self.cluster = f"trace-{self.run_id}"
+        self.cluster = f"trace-{os.getpid()}-{self.run_id}"
         self.worker_cores = args.cpus
         self.results = "trace_docker"
         self.max_workers = args.max_workers
         self.what_is_simulated = (
             "What is simulated: the time scale is compressed as in the in-process trace (autoscaler periods of "
             "0.5 s and 1.5 s). Every worker is a container with a CPU quota, so an added worker adds CPU, but all "
-            f"the quotas ({args.max_workers} × {args.cpus:g} CPUs at most), the front-end and the client threads "
+            f"the quotas ({args.max_workers} × {args.cpus:g} CPUs at most), the front-end and the client "
             "share this host's cores (and other work on it: see the load averages). Cost is the price table × "
             "the containers' CPU limits × the time each was up."
         )
+        self._origin = time.monotonic()
         self._database: str | None = None
         self._keep_database = False
         self._base: DockerProvider | None = None
+        self._records: list[dict] = []  # every container: its run, start time, seconds to healthy, CPU used
+        self._tag = "probe and calibration"  # the run the containers started now serve
+        self._loads: list[float] = []  # a fixed deployment's first load of its variant in a fresh container, s
+        self._fixed: dict[str, dict] = {}  # per fixed run: the HTTP path's share of each query's round trip
+        self._scaling: dict[str, dict] = {}  # per infaas run: worker containers over time, the VM level's actions
+        self._left_behind: list[str] = []
+        _stop_on_sigterm()
+        self._orphans = remove_orphans(docker.from_env())
 
     # -- the front-end --------------------------------------------------------------------------------------
     def prepare(self, zoo_dir: Path, home: Path) -> Services:
@@ -111,6 +279,9 @@ class DockerDeployment(trace.Deployment):
             profile_max_seconds=2.0,
             heartbeat_s=0.25,
         )
+        # The front-end and the client threads share this process, as in the in-process trace: its switch interval
+        # is infaas serve's (at Python's 5 ms the in-process client could not send 813 of one run's queries in time).
+        switch_interval.apply(settings.switch_interval_ms)
         # A database kept from an earlier run (--home) has the zoo ready: then no jobs run here, so no background
         # work (such as the cascades a build queues for its task) takes CPU from the measurements.
         services = build_services(settings, with_jobs=False)
@@ -120,15 +291,15 @@ class DockerDeployment(trace.Deployment):
         services.close()
         return trace.register_zoo(build_services(settings), zoo_dir)
 
-    def _provider(self, services: Services, cluster: str) -> DockerProvider:
+    def _provider(self, settings: Settings, cluster: str) -> DockerProvider:
         docker_settings = DockerSettings(
             image=self.args.image, cpus=self.args.cpus, memory_mb=self.args.memory_mb, cluster=cluster
         )
-        return DockerProvider(services.settings, docker_settings)
+        return _TimedProvider(settings, docker_settings, self._records, self._origin, self._tag)
 
     def start(self, services: Services) -> None:
         """One worker container, the deployment each run starts from; returns once it is registered."""
-        self._base = self._provider(services, self.cluster)
+        self._base = self._provider(services.settings, self.cluster)
         self._base.start_worker()  # the engine finds it in live state, as it finds any worker
         _wait_registered(services, 1)
 
@@ -152,16 +323,35 @@ class DockerDeployment(trace.Deployment):
         infeasible: trace.Collection[str] = (),
     ) -> trace.Run:
         """Setup (a): one worker container to start from; the VM level adds and removes containers."""
+        self._tag = f"infaas {level:g}x"
         self.start(services)
         trace.fresh_engine_state(services, fair_share)
         provider = self._base
         assert provider is not None
         scaler = Autoscaler(services, provider=provider, config=config, stats_window_s=3.0)
+        cpu, wall = time.process_time(), time.monotonic()
         try:
             run = trace.run_infaas_with(services, scaler, arrivals, inputs, level, infeasible)
+            cpu, wall = time.process_time() - cpu, time.monotonic() - wall
         finally:
             self.stop(services)  # scaler.stop() stopped the containers it owned; this removes any left
         run.worker_cores = self.worker_cores
+        counts = [(t, w) for t, w, _r in run.samples]
+        changes = [(round(t, 1), w) for i, (t, w) in enumerate(counts) if i == 0 or w != counts[i - 1][1]]
+        key = f"infaas {level:g}x"
+        if key in self._scaling:  # the burst pair runs at a level already run
+            key = f"{key} (run {len(self._scaling) + 1})"
+        self._scaling[key] = {
+            "workers_over_time": changes,  # (trace seconds, worker containers registered)
+            "reversals": reversals(counts),
+            # This process's CPU (engine, autoscaler, HTTP clients, the client) per second, warm-up to drain.
+            "front_end_cores": round(cpu / wall, 3),
+            "vm_actions": [
+                (d["t_s"], d["action"], d["outcome"])
+                for d in run.decisions
+                if d["level"] == "vm" and d["action"] != "keep_worker"
+            ],
+        }
         return run
 
     def run_fixed(
@@ -182,15 +372,12 @@ class DockerDeployment(trace.Deployment):
         """
         workers = min(workers, self.max_workers)
         replicas = max(replicas, workers)
+        self._tag = f"{name} {level:g}x"
         fixed_settings = services.settings.model_copy(update={"redis_prefix": f"{self.cluster}-{name}"})
-        provider = DockerProvider(
-            fixed_settings,
-            DockerSettings(
-                image=self.args.image, cpus=self.args.cpus, memory_mb=self.args.memory_mb, cluster=f"{self.cluster}-f"
-            ),
-        )
+        provider = self._provider(fixed_settings, f"{self.cluster}-f")
+        samples: list[tuple[float, float, float]] = []
         started: list[threading.Thread] = []
-        handles = []
+        handles: list[WorkerHandle] = []
         lock = threading.Lock()
 
         def start_one() -> None:
@@ -206,9 +393,11 @@ class DockerDeployment(trace.Deployment):
                 t.join()
             if len(handles) != workers:
                 raise RuntimeError(f"{name}: {workers - len(handles)} of {workers} worker containers did not start")
-            pool = [provider.connect(h) for h in handles]
+            pool = [_TimedClient(h.id, h.address, samples) for h in handles]
             for client in pool:
+                began = time.monotonic()
                 client.load(variant)
+                self._loads.append(round(time.monotonic() - began, 3))
             loaded = workers
             for i in range(replicas - workers):
                 try:
@@ -216,9 +405,24 @@ class DockerDeployment(trace.Deployment):
                     loaded += 1
                 except WorkerError as exc:  # the container's budget is full: the run says how many it had
                     log.warning("%s: replica %d not added: %s", name, i + workers + 1, exc)
+            cpu, wall = time.process_time(), time.monotonic()
             run = trace.run_fixed_on(name, pool, variant, loaded, arrivals, inputs, level)
+            cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+            for client in pool:
+                client.close()
         finally:
             provider.close()
+        queue, service, http = ([s[k] for s in samples] for k in range(3))
+        self._fixed[f"{name} {level:g}x"] = {
+            "variant": variant.key,
+            "workers": workers,
+            "replicas": loaded,
+            "profiled_service_ms": round(ProfileCurve.of(variant).service_ms(trace.ROWS), 3),
+            "service_ms": percentiles(service),
+            "queue_ms": percentiles(queue),
+            "http_path_ms": percentiles(http),
+            "front_end_cores": round(cpu / wall, 3),
+        }
         run.worker_cores = self.worker_cores
         return run
 
@@ -235,26 +439,49 @@ class DockerDeployment(trace.Deployment):
             "memory_mb_per_worker": self.args.memory_mb,
             "max_workers": self.max_workers,
             "front_end": "this process: PostgreSQL catalog, Redis live state, no in-process worker",
+            "wall_s": round(time.monotonic() - self._origin, 1),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "containers": {
+                "started": len(self._records),
+                "start_to_healthy_s": percentiles([r["start_to_healthy_s"] for r in self._records]),
+                "each": self._records,
+                "first_load_s": percentiles(self._loads),
+                "left_behind_after_close": self._left_behind,
+                "orphans_removed_at_start": self._orphans,
+            },
+            "fixed_runs": self._fixed,
+            "infaas_scaling": self._scaling,
         }
 
     def close(self, services: Services | None) -> None:
-        """Remove every container, Redis key and (unless ``--home`` keeps it) the database this run made."""
-        with suppress(Exception):
-            for container in docker.from_env().containers.list(all=True, filters={"label": CLUSTER_LABEL}):
-                if container.labels.get(CLUSTER_LABEL, "").startswith(self.cluster):
-                    container.remove(force=True)
+        """Remove every container, Redis key and (unless ``--home`` keeps it) the database this run made.
+
+        Each container is removed on its own (one failure does not keep the others), and what is still listed
+        afterwards is logged and reported (``left_behind_after_close``)."""
+        client = docker.from_env()
+        for container in self._containers(client):
+            try:
+                container.remove(force=True)
+            except docker.errors.DockerException as exc:
+                log.error("could not remove container %s: %s", container.name, exc)
+        self._left_behind = [c.name for c in self._containers(client)]
+        if self._left_behind:
+            log.error("containers left behind: %s", self._left_behind)
         if services is not None:
             services.close()
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(match=f"{self.cluster}*", count=1000):
-            client.delete(key)
-        client.close()
+        keys = redis.Redis.from_url(REDIS_URL)
+        for key in keys.scan_iter(match=f"{self.cluster}*", count=1000):
+            keys.delete(key)
+        keys.close()
         if self._database and not self._keep_database:
             admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{self._database}" WITH (FORCE)'))
             admin.dispose()
+
+    def _containers(self, client: docker.DockerClient) -> list[Any]:
+        listed = client.containers.list(all=True, filters={"label": CLUSTER_LABEL}, ignore_removed=True)
+        return [c for c in listed if c.labels.get(CLUSTER_LABEL, "").startswith(self.cluster)]
 
 
 def _wait_registered(services: Services, count: int, timeout_s: float = 30.0) -> None:
