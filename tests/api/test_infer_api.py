@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from infaas import offload
 from infaas.config import Settings
 from infaas.engine import Query
 from infaas.errors import UnknownModel
@@ -228,6 +229,27 @@ def test_v2_json_infer_and_errors(client: TestClient) -> None:
     assert response.status_code == 400 and "best available is 0.9" in response.json()["error"]
     seed_tiny(client.app.state.services, "building", TINY, variant_status="building")  # type: ignore[attr-defined]
     assert client.post("/v2/models/building/infer", json=body).status_code == 503
+
+
+def test_v2_large_bodies_are_decoded_one_at_a_time(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.routes import v2
+
+    held: list[bool] = []
+    decode = v2.decode_request
+
+    def spy(body: bytes, header_length: str | None) -> object:
+        held.append(v2._LARGE_DECODES.locked())
+        return decode(body, header_length)
+
+    monkeypatch.setattr(v2, "decode_request", spy)
+    x = [0.5] * IN
+    small = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, IN], "data": x}]}
+    large = {**small, "id": "q" * (offload.INLINE_BODY_BYTES + 1)}  # decoded in the pool: under the lock
+    for body in (small, large):
+        response = client.post("/v2/models/tiny/infer", json=body)
+        assert response.status_code == 200, response.text
+    assert response.json()["id"] == large["id"]
+    assert held == [False, True]
 
 
 @pytest.mark.parametrize(
