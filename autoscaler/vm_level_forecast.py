@@ -10,13 +10,15 @@ The trend is Theil-Sen (the median of the pairwise slopes; the level the median 
 one odd sample (a 10 s burst, a failure's dip) does not tilt it, where a least-squares line reads a burst at the end
 of the window as a ramp. A falling trend is not carried: a step is never sized below the need now.
 
-Measured on fleet_sim's 720 s day at a 60-worker peak (seeds 1/2/3; misses of feasible queries, cost against
+Measured on fleet_sim's 720 s day at a 1,000-worker peak (seeds 1/2/3; misses of feasible queries, cost against
 static provisioning for the peak), with ``fleet_sim.fleet_policy``'s lifetime and scale-down threshold: the need now
-alone 3.6/6.3/6.9% at 0.65/0.95/0.89x; with this expected need 2.2/4.9/5.2% at 0.71/0.89/0.93x. Measured and dropped:
-the robust level alone, bursts left out of the step (5.5% at 0.68x, seed 1: the convex morning ramp read as it had
-been a minute before); the least need over half a start-up, its trend carried (5.7-8.2%); the trend of the need's
-logarithm (the early ramp's growth carried a start-up ahead ran the fleet to ``max_workers``: 2.8% at 1.14x); the
-windowed rate instead of the last second's (4.1/5.6/6.3%).
+alone 5.8/2.7/2.7% at 0.87/0.51/0.50x (seed 1 ran to ``max_workers``); with this expected need 1.6/2.0/1.9% at
+0.62/0.64/0.61x. Carried the shortest start-up (30 s) ahead instead of the mean: 1.4/2.3% at 0.60/0.71x (seeds 1/2).
+At a 60-worker peak: need now 3.6/6.3/6.9% at 0.65/0.95/0.89x, expected 2.2/4.9/5.2% at 0.71/0.89/0.93x. Dropped:
+the robust level alone, bursts left out of the step (60-worker peak: 5.5% at 0.68x, seed 1: the convex morning ramp
+read as it had been a minute before); the least need over half a start-up, its trend carried (5.7-8.2%); the trend of
+the need's logarithm (the early ramp's growth carried a start-up ahead ran the fleet to ``max_workers``: 2.8% at
+1.14x); the windowed rate instead of the last second's (4.1/5.6/6.3%).
 """
 
 from __future__ import annotations
