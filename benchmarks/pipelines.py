@@ -366,7 +366,7 @@ def estimator_accuracy(
     engine learns the path online from recent traffic (``infaas.calibration``): the error reported; (b)
     ``light``, one light-load replay (``calibration_rate``) before all rates, where nothing queues. Both keep
     queueing, batching and the profiles' run times to the simulation; (b) shows what the path's cost at idle
-    misses (on this host the path ran 1.9 ms at p50 at 4 queries/s and 0.9 ms at 80: a colder CPU)."""
+    misses (on this host a query's p50 was 1.9 ms at 10 queries/s and 0.9 ms at 80: a colder CPU)."""
     info, spec = registered(services, definition("bench-cascade", 1000.0, rates[0], seconds))
     images = np.load(load_zoo(zoo)[0].validation_path)["inputs"].astype(np.float32)
     # Every stage pinned to its model's fastest variant, as by hand: the variants simulated are the ones served

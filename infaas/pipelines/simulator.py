@@ -17,15 +17,15 @@ What is modelled, each as the serving path does it:
   way the selector reads them), plus ``excess_ms``: what a served run takes beyond the profile at its batch,
   measured on the serving path (a constant or samples; 0 by default). The profiler times runs back to
   back; a served run comes after the core sat idle or ran other work (caches and the predictor cold, a
-  sleeping core woken): the zoo CNN's INT8 run was profiled at p50 2.4 / p99 3.3 ms and served at 3.3 / 7.3 ms
-  at 4 queries/s, the logistic regression's at 0.006 ms and 0.16 ms. It holds the replica, as the run does.
+  sleeping core woken): the zoo CNN's INT8 run was profiled at p50 2.4 / p99 3.3 ms and served at 2.8 / 5.0 ms
+  at 10 queries/s, the logistic regression's at 0.006 ms and 0.14 ms. It holds the replica, as the run does.
 * ``overhead_ms`` per stage is the serving path's own cost around a model run (selection, the Python between
   stages, a thread being scheduled), measured on the serving path (a constant or samples), added as a
   delay before the stage's queue (it runs in the caller's thread, holding no replica); ``entry_ms`` likewise
   for a query's time outside its stages (waiting for a thread, the inputs checked, the DAG's bookkeeping). Both
   0 when plans are compared (they shift every plan alike). ``benchmarks/pipelines.py`` learns all three from
-  a replay just before the trace it predicts, at the same rate: at 4 queries/s the path ran 1.9 ms at p50, at
-  80 queries/s 0.9 ms (a colder CPU between queries), so samples from an idle system overstate a busy one's.
+  a replay just before the trace it predicts, at the same rate: a query's p50 was 1.9 ms at 10 queries/s and
+  0.9 ms at 80 (a colder CPU between queries), so samples from an idle system overstate a busier one's.
 
 It returns the P99 (and P50) of end-to-end latency, each stage's utilisation (busy replica time over
 replica time) and the share of its visits that found no free replica and queued (``queued``): with a batch cap
