@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from infaas import offload, tracing
-from infaas.calibration import Calibration
+from infaas.calibration import Calibration, Correction
 from infaas.candidates import CandidateCache
 from infaas.cascade_drift import CascadeMonitor
 from infaas.cascade_session import STAGE_OUTPUT, split_stages
@@ -99,17 +99,21 @@ class _Dispatch:
     candidates: tuple[Candidate, ...]  # to choose again if the chosen worker turns out to be gone
 
 
-def _inline_ms(decision: Selection) -> float:
-    """How long the chosen run is expected to take, for the event-loop rule (``offload.run_is_short``): the corrected
-    tail estimate the budget was compared with (profile p99, queueing, the learnt slowdown of this placement), or
-    infinite when the variant must be loaded first.
+def _inline_ms(decision: Selection, correct: Correction) -> float:
+    """How long the chosen run is expected to take, for the event-loop rule (``offload.run_is_short``): its profiled
+    median as this placement has been observed to run (the correction's share of it, without the serving path's
+    additive overhead, which is the engine's own time), or infinite when the variant must be loaded first.
 
-    Not the profiled median: on the trace benchmark's busy two cores at 1.5× load (``benchmarks/trace.py``), the
-    large MLP's cascade, profiled well under 1 ms for a 256-row query, took 58% of the loop's samples (py-spy)
-    running inline, while the queries behind it waited to be planned: 1,954 of 24,507 could not even be sent
-    within their budget.
+    Not the bare profile: on the trace benchmark's busy two cores at 1.5× load (``benchmarks/trace.py``), the large
+    MLP's cascade, profiled well under 1 ms for a 256-row query, took 58% of the loop's samples (py-spy) running
+    inline while the queries behind it waited to be planned: 1,954 of 24,507 could not even be sent within their
+    budget. Not the whole corrected estimate either: its overhead grows with the pool's waits under load, and then
+    even the tiniest model would leave the loop, adding a hop per query to the load that made the overhead grow.
     """
-    return decision.estimated_ms if decision.loaded else float("inf")
+    if not decision.loaded:
+        return float("inf")
+    key, worker = decision.candidate.key, decision.worker
+    return correct(key, worker, decision.candidate.curve.service_ms(decision.batch)) - correct(key, worker, 0.0)
 
 
 class QueryEngine:
@@ -171,7 +175,9 @@ class QueryEngine:
         query, context = parse()
         plan = self._plan(query)
         ran = await offload.short_inline_else_pool(
-            _inline_ms(plan.decision), lambda: self._try_now(plan), lambda: self._run(plan)
+            _inline_ms(plan.decision, self.calibration.correction()),
+            lambda: self._try_now(plan),
+            lambda: self._run(plan),
         )
         return self._account(*ran), context
 
@@ -217,7 +223,9 @@ class QueryEngine:
             with tracer.start_as_current_span("run") as span:
                 started_ns = tracing.now_ns()
                 ran = await offload.short_inline_else_pool(
-                    _inline_ms(plan.decision), lambda: self._try_now(plan), lambda: self._run(plan)
+                    _inline_ms(plan.decision, self.calibration.correction()),
+                    lambda: self._try_now(plan),
+                    lambda: self._run(plan),
                 )
                 self._describe_run(span, started_ns, *ran)
             with tracer.start_as_current_span("account"):

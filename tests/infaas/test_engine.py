@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from infaas import offload
-from infaas.engine import Answer, Query
+from infaas.engine import Answer, Query, _inline_ms
 from infaas.errors import InvalidInput, ModelNotReady, UnknownModel
 from infaas.selector import Infeasible, Requirements
 from infaas.services import Services
@@ -212,3 +212,19 @@ def test_a_run_the_calibration_has_learnt_is_slow_leaves_the_loop(services: Serv
     answer, _ = _serve(services, _query(), body_bytes=100)
     assert answer.served_by.estimated_ms > offload.INLINE_MAX_MS
     assert tried == []  # straight to the pool
+
+
+def test_a_slow_serving_path_alone_keeps_a_fast_run_on_the_loop(services: Services) -> None:
+    """The loop rule takes the correction's share of the run, not the serving path's additive overhead (the engine's
+    own time, which grows with the pool's waits under load): with a 5 ms overhead and no slowdown a 0.05 ms model
+    stays on the loop; with a 60x slowdown it leaves it."""
+    _seeded(services)
+    engine = services.engine
+    _serve(services, _query(), body_bytes=100)  # loads the variant
+    decision = engine._plan(_query()).decision
+    service_ms = decision.candidate.curve.service_ms(decision.batch)
+    assert decision.loaded and service_ms * 60.0 > offload.INLINE_MAX_MS > service_ms
+    assert _inline_ms(decision, lambda _k, _w, raw: 5.0 + raw) == pytest.approx(service_ms)
+    assert _inline_ms(decision, lambda _k, _w, raw: 0.1 + 60.0 * raw) == pytest.approx(60.0 * service_ms)
+    cold = replace(decision, loaded=False)
+    assert _inline_ms(cold, lambda _k, _w, raw: raw) == float("inf")  # a load first: never on the loop
