@@ -2,14 +2,17 @@
 
 What is real: the four zoo models (trained offline, ``infaas.examples.zoo``), their variants built and
 profiled by the real pipeline (registration → ``build_variants`` job → profiler), the real
-``QueryEngine`` (selector, candidate cache, live state), real ``LocalWorker``s with ONNX Runtime
-sessions, adaptive batching and replicas, and the real autoscaler loop (both levels) and its
-``InProcessProvider``. Every latency is measured wall-clock from the query's *scheduled* arrival (so
-dispatch lag under load counts) to its answer.
+``QueryEngine`` (selector, candidate cache, live state) driven through ``QueryEngine.serve``, the coroutine the
+HTTP server awaits, from one asyncio loop (planning on the loop, short runs inline, the rest in the thread pool,
+as ``infaas serve`` does; no HTTP and no JSON), real ``LocalWorker``s with ONNX Runtime sessions, adaptive
+batching and replicas, and the real autoscaler loop (both levels) and its ``InProcessProvider``. Every latency
+is measured wall-clock from the query's *scheduled* arrival (so dispatch lag under load counts: a query the
+loop could not start within its budget is a miss, ``timed-out``) to its answer.
 
 What is simulated: the time scale is compressed (a one-to-two-minute trace; autoscaler periods of 0.5 s
 and 1.5 s instead of 1 s and 10 s), and every "worker" is a ``LocalWorker`` in this process. They all share
-this machine's cores: a worker added by the VM-level autoscaler adds *accounted* capacity (its declared
+this machine's cores, so the VM level may hold only as many workers as the cores hold (``INPROCESS_MAX_WORKERS``:
+one 2-core worker on two cores); a worker it added beyond that would add *accounted* capacity (its declared
 cores are billed from the moment it starts until it is stopped), not physical CPU. Cost is therefore
 price table × declared worker core-seconds held, the way a VM bill would be. The same holds for the
 fixed deployments: (c)'s workers are billed for the peak but run on the same two cores, so its misses
