@@ -138,9 +138,9 @@ def _slo(parameters: dict[str, Any], key: str, high: float | None = None) -> flo
 
 # Large bodies are decoded in the thread pool (``infaas.offload``), one at a time: a decode holds the GIL
 # throughout (orjson, then the list to an array), so two at once take no less time, and each extra thread waiting
-# for the GIL forces a switch every switch interval. ResNet-18's 296 KB bodies at 16 connections on 2 cores, 3
-# paired rounds beside other sessions' work (load 5-8): 215 / 195 / 186 req/s without the lock, 230 / 213 / 191
-# with it (server CPU 6.2 / 7.1 / 7.3 against 6.0 / 6.4 / 7.2 ms per request).
+# for the GIL forces a switch every switch interval. ResNet-18's 296 KB bodies at 16 connections on 2 cores, 5
+# paired rounds beside other sessions' work (load 2-8): 215 / 195 / 186 / 197 / 252 req/s without the lock, 230 /
+# 213 / 191 / 192 / 252 with it, +3% on average; server CPU per request lower with it in 4 of the 5 pairs.
 _LARGE_DECODES = threading.Lock()
 _HEADER_NAME = HEADER.lower().encode("latin-1")
 
