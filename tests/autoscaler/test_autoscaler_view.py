@@ -91,7 +91,10 @@ def test_one_slow_worker_scales_only_its_own_instance(services: Services) -> Non
     observed = loads(scaler.view())
     assert observed["wa"].p99_ms == pytest.approx(25.0) and observed["wa"].slo_miss_rate == 0.0
     assert observed["wb"].p99_ms == pytest.approx(300.0) and observed["wb"].slo_miss_rate == 1.0
-    assert observed["wa"].rate_per_s == pytest.approx(40.0) == observed["wb"].rate_per_s
+    # Each instance's own 40/s (per-variant statistics would read 80/s on both). Within 10%: a stall of the host
+    # between recording and reading drops the oldest records from the 5 s window (38.6/s read once in CI at nice 10).
+    assert observed["wa"].rate_per_s == pytest.approx(40.0, rel=0.1)
+    assert observed["wb"].rate_per_s == pytest.approx(40.0, rel=0.1)
     assert set(scale_ups(scaler, CFG.up_periods + 1)) == {f"wb/{KEY}"}
 
 
