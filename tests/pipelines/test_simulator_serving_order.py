@@ -7,9 +7,23 @@ import numpy as np
 import pytest
 
 from infaas.pipelines.simulator import StageConfig, simulate
-from infaas.pipelines.spec import parse_spec
+from infaas.pipelines.spec import PipelineSpec, parse_spec
 from infaas.selector import ProfileCurve
 from tests.factories import profiles, variant_info
+
+
+def _spec(stages: tuple[str, ...], edges: list[tuple[str, str]]) -> PipelineSpec:
+    """A pipeline of stages named after their models (``a`` runs model ``ma``) on one float input ``x``."""
+    return parse_spec(
+        {
+            "name": "p",
+            "p99_ms": 100.0,
+            "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
+            "stages": [{"name": name, "model": f"m{name}"} for name in stages],
+            "edges": [{"from": source, "to": target} for source, target in edges],
+            "arrivals": {"rate_per_s": 1, "duration_s": 10},
+        }
+    )
 
 
 def _fixed(ms: float) -> StageConfig:
@@ -18,16 +32,7 @@ def _fixed(ms: float) -> StageConfig:
 
 
 def test_two_stages_fed_by_the_input_run_one_after_the_other() -> None:
-    spec = parse_spec(
-        {
-            "name": "p",
-            "p99_ms": 100.0,
-            "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
-            "stages": [{"name": "a", "model": "ma"}, {"name": "b", "model": "mb"}],
-            "edges": [{"from": "input.x", "to": "a.x"}, {"from": "input.x", "to": "b.x"}],
-            "arrivals": {"rate_per_s": 1, "duration_s": 10},
-        }
-    )
+    spec = _spec(("a", "b"), [("input.x", "a.x"), ("input.x", "b.x")])
     arrivals = np.arange(10) * 1.0  # one query a second: nothing ever queues
     result = simulate(spec, {"a": _fixed(5.0), "b": _fixed(3.0)}, {}, arrivals)
     assert result.p50_ms == pytest.approx(8.0)  # 5 + 3, not max(5, 3)
@@ -35,16 +40,7 @@ def test_two_stages_fed_by_the_input_run_one_after_the_other() -> None:
 
 
 def test_each_stage_overhead_is_paid_before_its_own_run() -> None:
-    spec = parse_spec(
-        {
-            "name": "p",
-            "p99_ms": 100.0,
-            "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
-            "stages": [{"name": "a", "model": "ma"}, {"name": "b", "model": "mb"}],
-            "edges": [{"from": "input.x", "to": "a.x"}, {"from": "a.y", "to": "b.x"}],
-            "arrivals": {"rate_per_s": 1, "duration_s": 10},
-        }
-    )
+    spec = _spec(("a", "b"), [("input.x", "a.x"), ("a.y", "b.x")])
     arrivals = np.arange(10) * 1.0
     configs = {"a": StageConfig(_fixed(5.0).curve, 1, 1, 0.5), "b": StageConfig(_fixed(3.0).curve, 1, 1, (1.0,))}
     result = simulate(spec, configs, {}, arrivals, entry_ms=(2.0,))
@@ -52,16 +48,7 @@ def test_each_stage_overhead_is_paid_before_its_own_run() -> None:
 
 
 def test_queued_share_counts_the_visits_that_found_the_replica_busy() -> None:
-    spec = parse_spec(
-        {
-            "name": "p",
-            "p99_ms": 100.0,
-            "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
-            "stages": [{"name": "a", "model": "ma"}],
-            "edges": [{"from": "input.x", "to": "a.x"}],
-            "arrivals": {"rate_per_s": 1, "duration_s": 10},
-        }
-    )
+    spec = _spec(("a",), [("input.x", "a.x")])
     # Pairs 1 ms apart on a 5 ms stage, pairs 1 s apart: every second query finds the replica busy.
     arrivals = np.sort(np.concatenate([np.arange(10) * 1.0, np.arange(10) * 1.0 + 0.001]))
     result = simulate(spec, {"a": _fixed(5.0)}, {}, arrivals)
@@ -70,16 +57,7 @@ def test_queued_share_counts_the_visits_that_found_the_replica_busy() -> None:
 
 def test_a_run_excess_holds_the_replica_like_the_run() -> None:
     """1 ms measured beyond a 4 ms profile: each run takes 5 ms, and a query 4.5 ms behind another still waits."""
-    spec = parse_spec(
-        {
-            "name": "p",
-            "p99_ms": 100.0,
-            "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
-            "stages": [{"name": "a", "model": "ma"}],
-            "edges": [{"from": "input.x", "to": "a.x"}],
-            "arrivals": {"rate_per_s": 1, "duration_s": 10},
-        }
-    )
+    spec = _spec(("a",), [("input.x", "a.x")])
     arrivals = np.array([0.0, 0.0045])
     plain = simulate(spec, {"a": _fixed(4.0)}, {}, arrivals)
     config = _fixed(4.0)
