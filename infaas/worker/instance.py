@@ -67,7 +67,7 @@ def flush_at(pending: Sequence[tuple[float, int, float | None]], max_batch: int,
     best = curve.best_batch
     if best <= held or curve.service_ms(best) / best >= (1.0 - INVARIANT_BAND) * _row_ms(curve, held):
         return None
-    service_s = curve.service_ms(max(rows, 1) + 1) / 1000.0
+    service_s = curve.service_ms(held + 1) / 1000.0
     at = pending[0][0] + curve.service_ms(max_batch) / 1000.0
     for _enqueued, _rows, deadline in pending:
         if deadline is not None:
