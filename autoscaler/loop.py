@@ -330,6 +330,7 @@ class Autoscaler:
                         fidelity_floor=fidelity_floors.get(key, 0.0),
                         budget_ms=budgets.get(key),
                         rows_per_query=rows_per_query,
+                        cpu_share=state.cpu_share,
                     )
                 )
             workers.append(

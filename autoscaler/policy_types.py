@@ -155,6 +155,11 @@ class InstanceLoad:
     # Arrival rate over the last second (rows/s): a windowed rate lags a burst (``rate_per_s`` over a 5 s window
     # reads a burst 1 s old at a fifth of its rate), so scaling up reads the larger of the two.
     recent_rate_per_s: float = 0.0
+    # The share of a whole core each of its worker's cores gets (``WorkerState.cpu_share``: a CPU quota below the
+    # advertised cores). Profiles are measured without a quota; a replica on a 0.5-CPU container serves half its
+    # profile, and both levels read its load against that (the docker trace's VM level, reading it against the
+    # profile, saw its containers at 7-41% while they refused queries, and never added one).
+    cpu_share: float = 1.0
 
     @property
     def demand_per_s(self) -> float:
@@ -162,8 +167,9 @@ class InstanceLoad:
         return max(self.rate_per_s, self.recent_rate_per_s)
 
     def capacity(self, option: VariantOption) -> float:
-        """Rows/s one replica of ``option`` sustains alone for the queries this instance receives, as profiled."""
-        return option.capacity(self.budget_ms, self.rows_per_query)
+        """Rows/s one replica of ``option`` sustains alone for the queries this instance receives: as profiled, at its
+        worker's ``cpu_share`` of the profiling host's cores."""
+        return option.capacity(self.budget_ms, self.rows_per_query) * self.cpu_share
 
     def speedups(self, option: VariantOption) -> tuple[float, ...]:
         """``option``'s measured replica speedups at the batch its capacity for these queries is taken at."""

@@ -15,13 +15,21 @@ registers. The rules, and why:
 - A pinned device (``infaas worker --gpu N``, ``INFAAS_WORKER_GPU``) must be one the driver shows and must
   be usable by one of the two; anything else is refused, naming the visible devices, rather than a worker
   that was asked for a GPU quietly serving on the CPU.
+- ``cpus``, the CPU time its cgroup's quota allows (``cgroup_cpu_limit``: ``docker run --cpus``, a Kubernetes
+  CPU limit, a systemd ``CPUQuota``), capped by the CPUs it may run on; ``None`` without a quota. A worker's
+  ``cores`` is a whole number of thread slots, so a container limited to 0.5 CPU advertised 1 core and the
+  autoscaler judged its load against a whole core: in the docker trace (session 7) its containers ran at 7-41%
+  of their quota while the engine refused queries, and the VM level never added one.
 
 The other side of the match, what a variant needs, is ``infaas.hardware_kinds.required_hardware``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from infaas import cuda, runtime
 from infaas.cuda import CudaDevice
@@ -43,14 +51,17 @@ class HardwareReport:
     devices: tuple[CudaDevice, ...]
     tensorrt: bool
     pinned: int | None = None
+    cpus: float | None = None  # CPU time the cgroup quota allows, in CPUs (``cgroup_cpu_limit``); None: no quota
 
 
 @dataclass(frozen=True)
 class Hardware:
-    """What a worker advertises: the kinds it runs, and the GPU its GPU variants run on (``None``: no GPU)."""
+    """What a worker advertises: the kinds it runs, the GPU its GPU variants run on (``None``: no GPU), and the
+    CPUs its quota allows (``None``: no quota, its cores are whole cores)."""
 
     kinds: tuple[str, ...]
     device: CudaDevice | None = None
+    cpus: float | None = None
 
     @property
     def device_id(self) -> int | None:
@@ -63,9 +74,11 @@ class Hardware:
         return (self.device.memory_mb or 0.0) if self.device is not None else 0.0
 
     def describe(self) -> str:
-        """``gpu, tensorrt on cuda:0 NVIDIA H200 (143771 MB)``, or ``cpu``: a worker's start-up line."""
+        """``gpu, tensorrt on cuda:0 NVIDIA H200 (143771 MB)``, ``cpu``, or ``cpu (quota 0.5 CPU)``: a worker's
+        start-up line."""
         kinds = ", ".join(self.kinds)
-        return f"{kinds} on {self.device.describe()}" if self.device is not None else kinds
+        line = f"{kinds} on {self.device.describe()}" if self.device is not None else kinds
+        return f"{line} (quota {self.cpus:g} CPU)" if self.cpus is not None else line
 
 
 CPU_ONLY = Hardware((CPU,))
@@ -95,24 +108,82 @@ def advertise(report: HardwareReport) -> Hardware:
     elif report.devices and (cuda_usable or report.tensorrt):
         device = report.devices[0]  # what ONNX Runtime and the CUDA runtime use when no device is named
     else:
-        return CPU_ONLY
+        return replace(CPU_ONLY, cpus=report.cpus)
     kinds = [CPU]
     if cuda_usable:
         kinds.append(GPU)
     if report.tensorrt:
         kinds.append(TENSORRT)
-    return Hardware(tuple(kinds), device)
+    return Hardware(tuple(kinds), device, report.cpus)
 
 
 def probe(pinned: int | None = None) -> HardwareReport:
     """Ask this host. ``tensorrt`` is imported only when the driver shows a device (it takes seconds)."""
     devices = cuda.cuda_devices()
+    quota = cgroup_cpu_limit()
     return HardwareReport(
         providers=tuple(runtime.available_providers()),
         devices=devices,
         tensorrt=bool(devices) and _tensorrt_imports(),
         pinned=pinned,
+        cpus=None if quota is None else min(quota, float(len(os.sched_getaffinity(0)))),
     )
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, membership: str | None = None) -> float | None:
+    """The CPUs this process's cgroup CPU quota allows (quota / period), or ``None`` when no quota applies.
+
+    ``membership`` is ``/proc/self/cgroup`` (read when ``None``): ``N:cpu,cpuacct:/path`` lines for cgroup v1
+    (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, -1: none), ``0::/path`` for v2 (``cpu.max``: ``max 100000``
+    or ``50000 100000``). The group's directory and each of its ancestors that exists under the controller's
+    mount count, and the smallest quota wins (a parent's limit binds its children). Inside a container the path
+    names the host's hierarchy while the mount *is* the container's own group, so only the mount's top matches
+    there; on a host, the top is the root group (no quota) and the process's own group is found by its path.
+    """
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    limits: list[float] = []
+    for line in membership.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _hierarchy, controllers, path = parts
+        if controllers == "":  # cgroup v2 (or the unified half of a hybrid host, where cpu.max is absent)
+            limits += _along(root, path, _v2_quota)
+        elif "cpu" in controllers.split(","):
+            mount = root / controllers
+            limits += _along(mount if mount.is_dir() else root / "cpu", path, _v1_quota)
+    return min(limits) if limits else None
+
+
+def _along(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
+    """The quotas ``read`` finds in the group at ``path`` under ``mount`` and every ancestor of it there."""
+    names = [name for name in path.split("/") if name]
+    found = (read(mount.joinpath(*names[:depth])) for depth in range(len(names), -1, -1))
+    return [quota for quota in found if quota is not None]
+
+
+def _v1_quota(group: Path) -> float | None:
+    try:
+        quota = int((group / "cpu.cfs_quota_us").read_text())
+        period = int((group / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _v2_quota(group: Path) -> float | None:
+    try:
+        quota, period = (group / "cpu.max").read_text().split()
+        return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def _tensorrt_imports() -> bool:

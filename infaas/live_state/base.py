@@ -29,6 +29,13 @@ class WorkerState:
     draining: bool = False
     device: str = ""  # the GPU its GPU variants run on ("cuda:0 NVIDIA H200 (143771 MB)"); "" without one
     device_memory_mb: float = 0.0  # that GPU's memory (0 when none or unknown)
+    cpus: float = 0.0  # CPUs its cgroup quota allows (``infaas.hardware.cgroup_cpu_limit``); 0: no quota
+
+    @property
+    def cpu_share(self) -> float:
+        """The share of a whole core each of its ``cores`` really gets: its quota over its cores, at most 1 (a
+        0.5-CPU container advertising one core runs its replicas at half their profiled speed); 1 without a quota."""
+        return min(1.0, self.cpus / self.cores) if self.cpus > 0 and self.cores > 0 else 1.0
 
     @property
     def memory_free_mb(self) -> float:

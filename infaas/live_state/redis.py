@@ -286,6 +286,7 @@ def _worker_from_hash(worker_id: str, h: dict[str, str]) -> WorkerState:
         draining=h.get("draining") == "1",
         device=h.get("device", ""),
         device_memory_mb=float(h.get("device_memory_mb", "0")),
+        cpus=float(h.get("cpus", "0")),
     )
 
 
@@ -416,6 +417,7 @@ class RedisLiveState(LiveState):
                 "draining": "1" if worker.draining else "0",
                 "device": worker.device,
                 "device_memory_mb": repr(worker.device_memory_mb),
+                "cpus": repr(worker.cpus),
             },
         )
         for key in (w, self._k("inst", worker.id), self._k("depth", worker.id)):

@@ -152,7 +152,7 @@ class LocalWorker(WorkerClient):
 
     def registration(self, address: str) -> WorkerState:
         """This worker as live state lists it, reachable at ``address`` ("local" in process): its cores,
-        memory, and the hardware kinds and GPU it really has."""
+        memory, the hardware kinds and GPU it really has, and the CPUs its quota allows."""
         return WorkerState(
             id=self.id,
             address=address,
@@ -162,6 +162,7 @@ class LocalWorker(WorkerClient):
             hardware=self.hardware.kinds,
             device=self.hardware.device.describe() if self.hardware.device is not None else "",
             device_memory_mb=self.hardware.device_memory_mb,
+            cpus=self.hardware.cpus or 0.0,
             heartbeat_at=time.time(),
         )
 

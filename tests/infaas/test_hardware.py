@@ -81,6 +81,7 @@ def test_the_probe_reads_the_host_and_imports_tensorrt_only_with_a_device(monkey
 
     monkeypatch.setattr(cuda, "cuda_devices", lambda: ())
     monkeypatch.setattr(runtime, "import_tensorrt", no_import)
+    monkeypatch.setattr(hardware, "cgroup_cpu_limit", lambda: None)  # a host without a CPU quota
     report = hardware.probe(pinned=None)
     assert report == HardwareReport(tuple(runtime.available_providers()), (), False, None)
 
