@@ -927,6 +927,11 @@ class Deployment:
     ) -> Run:
         return run_fixed(name, services, variant, workers, replicas, trace, inputs, level)
 
+    def calibrate(self, services: Services, serve: Serve, classes: list[QueryClass], inputs: np.ndarray) -> dict | None:
+        """The deployment's own capacity measurement, or ``None`` for ``calibrate``'s (``--provider docker``
+        measures its container's CPU instead)."""
+        return None
+
     def describe(self) -> dict:
         return {"provider": "inprocess", "max_workers": INPROCESS_MAX_WORKERS}
 
@@ -1168,9 +1173,10 @@ def main() -> None:
             if args.capacity:
                 calibration = {"method": "given on the command line (--capacity)", "capacity_qps": args.capacity}
             else:
-                calibration = calibrate(
+                feasible_classes = [c for c in classes if c.name not in infeasible]
+                calibration = deployment.calibrate(services, serve, feasible_classes, inputs) or calibrate(
                     serve,
-                    [c for c in classes if c.name not in infeasible],
+                    feasible_classes,
                     inputs,
                     repeats=args.calibrate_repeats,
                     window_s=args.calibrate_window,

@@ -16,9 +16,15 @@ On one host the quotas only add up to the host's cores: ``--max-workers`` × ``-
 leaves half a core of this two-core machine to the front-end, the client, Redis, PostgreSQL and dockerd (this
 process used 0.13-0.21 cores in the infaas runs of the first full run, ``front_end_cores``), and lets the VM level
 go from the one container every run starts from to three. The fixed-peak setup gets the containers the profile
-says the level's spike needs, at most ``--max-workers``. Variant profiles are measured by the front-end's jobs (the
-real pipeline, on the host without a limit), so they overstate what one container serves; the engine's estimate
-correction learns the difference, the autoscaler's utilization (rows against profiled throughput) does not.
+says the level's spike needs (a container's replica counted at its quota's share of a core), at most
+``--max-workers``. Variant profiles are measured by the front-end's jobs (the real pipeline, on the host without a
+limit), so they overstate what one container serves: each worker advertises its cgroup quota
+(``infaas.hardware.cgroup_cpu_limit``) and both autoscaler levels read its load at that share of the profile
+(``InstanceLoad.cpu_share``); the engine's estimate correction learns the latency difference.
+
+The capacity the load levels scale is one container's CPU (``cpu_capacity``): the rate of the class mix at which
+its quota is used up, fitted from its cgroup's CPU seconds against the queries it ran, so a level of 1.5x offers
+half as much work again as one container can do, and the VM level has to add containers to serve it.
 
 Besides the trace's outcomes, ``deployment`` in the JSON records each container (the run it served, seconds from
 ``docker run`` to answering /health, then its CPU seconds, share of its quota used and CFS throttling, from its
@@ -39,6 +45,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +114,87 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 CGROUP_V1 = Path("/sys/fs/cgroup")  # dockerd with the cgroupfs driver and cgroup v1, as on this host
+# The CPU calibration (``cpu_capacity``): window rates rise by CPU_STEP until a window uses CPU_STOP of the
+# container's quota (or CPU_WINDOWS windows), so the fit of CPU against queries is taken below saturation, where
+# queueing does not change what a query costs; ``--calibrate-repeats`` such staircases, the median of their fits.
+CPU_STEP = 1.5
+CPU_STOP = 0.6
+CPU_WINDOWS = 8
+# The VM level's timing for worker containers, over the trace's policy (which keeps PolicyConfig's VM defaults):
+# a container took 1.9-3.5 s from ``docker run`` to answering /health in session 7's runs, so a step is sized for
+# the need 3 s ahead; and an added container may be drained 15 s after it started (PolicyConfig's 600 s is a VM
+# billed by the minute that takes minutes to start: in a 60 s trace no container added for the 9 s spike could
+# ever go before the trace ended unless clearly idle for 6 periods in a row). 15 s still outlasts the spike.
+CONTAINER_VM_TIMING = {"vm_startup_s": 3.0, "vm_min_lifetime_s": 15.0}
+RAN = ("ok", "late", "below-floor")  # outcomes of queries that ran on a worker (not refused, not failed)
+
+
+def saturation_rate(windows: list[dict], cpus: float) -> dict:
+    """The rate of queries run at which a container would use all of its ``cpus`` quota, from calibration windows
+    (each ``ran`` queries run and ``cpu_s`` CPU seconds used over ``seconds``).
+
+    A least-squares line of CPU per second against queries run per second: its slope is a query's CPU and its
+    intercept what the worker uses idle (heartbeats); capacity = (``cpus`` - intercept) / slope. With fewer than
+    two distinct rates, or a fit that is not a cost per query (slope not positive, intercept negative: noise), the
+    line through the origin (total CPU over total queries) instead. Raises ``ValueError`` when no window ran
+    anything or used any CPU: there is nothing to fit.
+    """
+    points = [(w["ran"] / w["seconds"], w["cpu_s"] / w["seconds"]) for w in windows if w["seconds"] > 0]
+    ran = sum(x for x, _y in points)
+    used = sum(y for _x, y in points)
+    if ran <= 0 or used <= 0:
+        raise ValueError(f"no calibration window ran queries and used CPU: {windows}")
+    slope, intercept = used / ran, 0.0
+    if len({round(x, 6) for x, _y in points}) >= 2:
+        fit_slope, fit_intercept = np.polyfit([x for x, _y in points], [y for _x, y in points], 1)
+        if fit_slope > 0 and fit_intercept >= 0:
+            slope, intercept = float(fit_slope), float(fit_intercept)
+    return {
+        "capacity_qps": round(max(cpus - intercept, 0.0) / slope, 1),
+        "cpu_ms_per_query": round(slope * 1000.0, 3),
+        "idle_cpus": round(intercept, 4),
+    }
+
+
+def cpu_capacity(measure: Callable[[float], dict], *, cpus: float, start_qps: float, repeats: int) -> dict:
+    """The trace's capacity in docker mode: the rate of its class mix at which one container's CPU quota is used up.
+
+    ``measure`` runs one open-loop window at a rate and returns what ran and the CPU the container used
+    (``saturation_rate``'s fields, and ``quota_used``). Each of ``repeats`` staircases rises from ``start_qps`` by
+    ``CPU_STEP`` until a window uses ``CPU_STOP`` of the quota; the capacity is the median of their fits.
+
+    Why not the in-process trace's staircases (the highest rate with 99% of queries in time): on a 0.5-CPU
+    container that bar is set by the 10 ms class's tail (a query waiting out a CFS throttle), not by CPU. Two runs
+    of the same code calibrated 203.9 and 20.4 q/s, and the containers used 7-41% of their quota in every run,
+    so a load level of 1.5x did not mean more work than one container can do, and the VM level had no reason to add
+    one (session 7, ``trace_docker-61f950a.json`` and ``trace_docker.json`` of 9621cca).
+    """
+    stairs = []
+    for _ in range(repeats):
+        windows: list[dict] = []
+        rate = start_qps
+        while len(windows) < CPU_WINDOWS:
+            windows.append(measure(rate))
+            if windows[-1]["quota_used"] >= CPU_STOP:
+                break
+            rate *= CPU_STEP
+        stairs.append({**saturation_rate(windows, cpus), "windows": windows})
+    found = sorted(s["capacity_qps"] for s in stairs)
+    median = float(np.median(found))
+    return {
+        "method": (
+            f"CPU saturation of one {cpus:g}-CPU container: open-loop Poisson windows of the feasible class mix "
+            f"(autoscaler off) at rates rising x{CPU_STEP:g} from {start_qps:g} q/s until a window used "
+            f"{CPU_STOP:.0%} of the quota; capacity = (quota - idle CPU) / CPU per query run, from a least-squares "
+            f"fit of the container's cgroup CPU against queries run; the median of {repeats} staircases"
+        ),
+        "capacity_qps": round(median, 1),
+        "staircases_qps": [s["capacity_qps"] for s in stairs],
+        "min_qps": found[0],
+        "max_qps": found[-1],
+        "spread_over_median": round((found[-1] - found[0]) / median, 3) if median else None,
+        "staircases": stairs,
+    }
 
 
 def cpu_usage(container_id: str, root: Path = CGROUP_V1) -> dict[str, float]:
@@ -238,6 +326,7 @@ class DockerDeployment(trace.Deployment):
         self._database: str | None = None
         self._keep_database = False
         self._base: DockerProvider | None = None
+        self._base_container: str | None = None  # the full id of the container the runs start from
         self._records: list[dict] = []  # every container: its run, start time, seconds to healthy, CPU used
         self._tag = "probe and calibration"  # the run the containers started now serve
         self._loads: list[float] = []  # a fixed deployment's first load of its variant in a fresh container, s
@@ -300,8 +389,49 @@ class DockerDeployment(trace.Deployment):
     def start(self, services: Services) -> None:
         """One worker container, the deployment each run starts from; returns once it is registered."""
         self._base = self._provider(services.settings, self.cluster)
-        self._base.start_worker()  # the engine finds it in live state, as it finds any worker
+        handle = self._base.start_worker()  # the engine finds it in live state, as it finds any worker
+        self._base_container = docker.from_env().containers.get(handle.meta["container"]).id
         _wait_registered(services, 1)
+
+    def calibrate(
+        self, services: Services, serve: trace.Serve, classes: list[trace.QueryClass], inputs: np.ndarray
+    ) -> dict:
+        """``cpu_capacity`` of the container ``start`` ran, then one window at that capacity for the record (how
+        much of the quota it used, and the share of queries in time there)."""
+        if self._base_container is None or not cpu_usage(self._base_container):
+            raise SystemExit(
+                f"docker mode calibrates on the container's CPU from its cgroup v1 files under {CGROUP_V1} "
+                "(cpuacct/docker/<id>), which this host does not have; pass --capacity to skip the calibration"
+            )
+        container = self._base_container
+        seeds = iter(range(self.args.seed, self.args.seed + 10_000))
+
+        def window(rate: float) -> dict:
+            seconds = max(self.args.calibrate_window, 1.3 * trace.MIN_WINDOW_QUERIES / rate)
+            arrivals = trace.make_trace(classes, trace.Shape(seconds, rate, rate, rate), len(inputs), next(seeds))
+            trace.fresh_engine_state(services)
+            run = trace.Run("calibration", 0.0)
+            before, began = cpu_usage(container)["cpu_s"], time.monotonic()
+            trace.replay(arrivals, inputs, serve, run, lambda: (0, 0))
+            elapsed, used = time.monotonic() - began, cpu_usage(container)["cpu_s"] - before
+            counts = trace.tally(run.outcomes, seconds)
+            time.sleep(trace.STAIR_PAUSE_S)  # let queues drain before the next window
+            return {
+                "qps": round(rate, 1),
+                "queries": counts["queries"],
+                "ran": sum(counts["by_status"].get(k, 0) for k in RAN),
+                "seconds": round(elapsed, 3),
+                "cpu_s": round(used, 3),
+                "quota_used": round(used / (elapsed * self.args.cpus), 3),
+                "in_time": round(counts["in_time"] / counts["queries"], 4) if counts["queries"] else 1.0,
+                "not_ok": {k: v for k, v in counts["by_status"].items() if k != "ok"},
+            }
+
+        result = cpu_capacity(
+            window, cpus=self.args.cpus, start_qps=self.args.calibrate_start, repeats=self.args.calibrate_repeats
+        )
+        result["at_capacity"] = window(result["capacity_qps"])
+        return result
 
     def stop(self, services: Services) -> None:
         """Stop every worker container of this front-end (SIGTERM: each deregisters), then its clients."""
@@ -322,8 +452,11 @@ class DockerDeployment(trace.Deployment):
         fair_share: trace.FairShare | None = None,
         infeasible: trace.Collection[str] = (),
     ) -> trace.Run:
-        """Setup (a): one worker container to start from; the VM level adds and removes containers."""
+        """Setup (a): one worker container to start from; the VM level adds and removes containers.
+
+        With the VM level's timing for containers (``CONTAINER_VM_TIMING``), not for VMs."""
         self._tag = f"infaas {level:g}x"
+        config = replace(config, **CONTAINER_VM_TIMING)
         self.start(services)
         trace.fresh_engine_state(services, fair_share)
         provider = self._base
@@ -342,6 +475,7 @@ class DockerDeployment(trace.Deployment):
         if key in self._scaling:  # the burst pair runs at a level already run
             key = f"{key} (run {len(self._scaling) + 1})"
         self._scaling[key] = {
+            "vm_timing": CONTAINER_VM_TIMING,
             "workers_over_time": changes,  # (trace seconds, worker containers registered)
             "reversals": reversals(counts),
             # This process's CPU (engine, autoscaler, HTTP clients, the client) per second, warm-up to drain.
@@ -370,6 +504,10 @@ class DockerDeployment(trace.Deployment):
         They register under a live-state prefix of their own, so the front-end's selector and autoscaler never
         see them; queries go to them through their HTTP clients, least outstanding first.
         """
+        if name == "fixed-peak":
+            # The peak's replicas are counted at the profile (a whole core each); a container holds one replica at
+            # its quota's share of a core, so the peak needs that many more containers (still at most the ceiling).
+            workers = max(workers, math.ceil(replicas / min(1.0, self.args.cpus)))
         workers = min(workers, self.max_workers)
         replicas = max(replicas, workers)
         self._tag = f"{name} {level:g}x"
