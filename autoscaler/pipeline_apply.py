@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from autoscaler.pipeline_tuner import PlannedPipeline, PlannedStage
 from autoscaler.policy_types import Action, instance_target
 from infaas.catalog import VariantInfo
 from infaas.hardware_kinds import required_hardware, runs_on
+from infaas.pipelines.path import ServingPath
 from infaas.pipelines.simulator import arrival_times
 from infaas.pipelines.spec import parse_spec
 from infaas.pipelines.store import PipelineInfo, PipelineStore
@@ -54,6 +56,10 @@ def planned_pipeline(info: PipelineInfo, curves: Mapping[str, Candidate]) -> Pla
     trace = arrival_times(spec.arrivals)
     span = float(trace[-1] - trace[0]) if len(trace) > 1 else 0.0
     scale = plan.get("scale_factors") or (info.scale_factors or {}).get("stages", {})
+    # The serving path the plan was judged with (``infaas.pipelines.path``): a served run's measured excess over
+    # its profile is part of what one replica takes per batch, as the planner's simulation had it.
+    path = plan.get("serving_path") or {}
+    excess = {n: float(np.mean(v)) for n, v in (path.get("excess_ms") or {}).items() if v}
     stages = []
     for name, stage in plan["stages"].items():
         key = f"{stage['model']}/{stage['variant']}"
@@ -61,7 +67,7 @@ def planned_pipeline(info: PipelineInfo, curves: Mapping[str, Candidate]) -> Pla
         if candidate is None:
             return None  # rebuilt or deleted since planning: the plan no longer describes anything loadable
         batch = int(stage["batch"])
-        service_ms = candidate.curve.service_ms(batch)
+        service_ms = candidate.curve.service_ms(batch) + max(0.0, excess.get(name, 0.0))
         stages.append(
             PlannedStage(
                 name=name,
@@ -79,7 +85,16 @@ def planned_pipeline(info: PipelineInfo, curves: Mapping[str, Candidate]) -> Pla
         stages=tuple(stages),
         rate_per_s=(len(trace) - 1) / span if span > 0 else 0.0,
         envelope=pipeline_tuner.envelope(trace, pipeline_tuner.windows(service_s)),
+        path_work_ms=_path_work_ms(path, scale),
+        path_threads=int(path.get("threads", 1)),
     )
+
+
+def _path_work_ms(path: Mapping[str, Any], scale: Mapping[str, float]) -> float:
+    """Mean interpreter work per pipeline query in the plan's serving path (0 when it was not measured)."""
+    if "entry_ms" not in path:
+        return 0.0
+    return ServingPath.from_json(path).work_ms({n: float(s) for n, s in scale.items()})
 
 
 class PipelineScaler:

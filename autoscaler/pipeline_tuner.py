@@ -14,6 +14,11 @@ burst shorter than one query's service and a sustained rise are seen. Each perio
 * **Down**: when nothing exceeds, a stage above its planned replicas is brought down to the ``k`` of the largest
   rate of the last 30 s counted in 5 s windows, never below the plan.
 
+The sizes come from the planner's estimator (``infaas.pipelines.path``, ``infaas.pipelines.planner``): ``rho``
+is the simulated utilisation with the serving path's work included, ``mu`` counts each run's measured excess
+over its profile (``autoscaler.pipeline_apply.planned_pipeline``), and every decision records the front end's
+interpreter share at the rate it sized for (``front_end_utilisation``), which no replica count lowers.
+
 Pure: the control loop (``autoscaler.loop``) gives it the plan and the live arrival times and carries out (and
 records) the ``Action``s it returns, each with the inputs that triggered it.
 """
@@ -57,6 +62,13 @@ class PlannedPipeline:
     stages: tuple[PlannedStage, ...]
     rate_per_s: float
     envelope: tuple[tuple[float, float], ...]  # (window s, max rate /s) of the planned trace
+    path_work_ms: float = 0.0  # mean front-end interpreter work per query in the plan's serving path (0: unknown)
+    path_threads: int = 1
+
+    def front_end_utilisation(self, rate: float) -> float:
+        """The front end's interpreter busy share at ``rate`` queries/s, as the planner's estimator has it: more
+        replicas do not lower it, so a decision that scales stages past 1 here cannot meet the objective."""
+        return rate * self.path_work_ms / 1000.0 / max(1, self.path_threads)
 
 
 def windows(service_s: float) -> tuple[float, ...]:
@@ -137,6 +149,7 @@ def decide(
                 for w, r, p in exceeded
             ],
             "down_rate_per_s": round(down, 3),
+            "front_end_utilisation": round(pipeline.front_end_utilisation(up_rate if exceeded else down), 4),
         }
         target = f"{pipeline.name}/{stage.name}"
         if have < stage.replicas:

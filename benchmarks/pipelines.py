@@ -16,23 +16,29 @@ The pipeline (three zoo models, one conditional edge)::
    by the simulator on the same trace, with the planner's own feasibility probes (``planner.Judge``); the
    optimum's cost against the planner's. Timed in this process, interleaved (the grid in parts, a fresh planner
    run before each part and after the last), in this thread's CPU time (what the host's other work does not
-   inflate) and wall time: the whole grid over the planner's median run.
+   inflate) and wall time: the whole grid over the planner's median run. Judged with the stages alone: at
+   1,500 q/s one front end's interpreter (about 1 ms of path work a query) would be past saturation; this
+   compares the search with brute force on one judge.
 2. Estimator accuracy: the same trace replayed open-loop (each query sent at its arrival time, latency from
-   that time) through the real serving path at several rates (``--rates``, 60 s each), every stage pinned to
-   its model's fastest variant, and simulated with those variants, the instance's batch cap (its best profiled
-   batch), one replica (the autoscaler is off), the edge pass rates measured on validation rows, and what the
-   serving path adds that no profile holds -- its own time around each stage's run, each query's time outside
-   its stages, each served run's time beyond its profile -- sampled from a replay of the 30 s before at the same
-   rate (another draw of arrivals; as the engine learns the path online), and, for comparison, from one
-   light-load replay (4 queries/s) before all rates. Error = simulated P99 (median of 21 simulations) /
-   measured P99 - 1. Each query's measured time is split (queue, run, path per stage; outside) to show what
-   its tail is made of, and each stage's share of visits that queued is compared with the simulation's.
+   that time) through the real serving path at several rates (``--rates``, ``--seconds`` each, replayed as
+   ``--rounds`` segments with the rates interleaved, so the shared host's other work lands on every rate), every
+   stage pinned to its model's fastest variant, and simulated with those variants, the instance's batch cap (its
+   best profiled batch), one replica (the autoscaler is off), the edge pass rates measured on validation rows,
+   and the serving path's own work (``infaas.pipelines.path``): measured once, before every rate, from queries
+   served one after another (``--path-queries``, ``--path-gap-ms`` apart), and queued in the simulation for the
+   front end's one interpreter, so the path's time grows with the rate by the model, not by a refit. Nothing
+   measured at a rate feeds that rate's estimate. Error = simulated P99 (median of 21 simulations) / measured
+   P99 - 1. Beside it: the path as plain delays (no interpreter queue) and no path at all (the stages alone).
+   Each query's measured time is split (entry; queue, run, path per stage) to show what its tail is made of,
+   each stage's share of visits that queued is compared with the simulation's, and the host's other processes'
+   CPU during each segment is recorded.
 
 3. A bursty replayed trace (gamma gaps of CV² 4; the middle third at ``--bursty-burst`` x the planned rate) on
    the three-stage pipeline, replayed twice through the real serving path: infaas (the plan applied and tuned by
    the autoscaler, stepped every 0.5 s in this process) against the same pipeline provisioned stage by stage by
    hand (each model's own fastest variant, one replica, no autoscaler). Misses of the P99 objective (a failed
-   query is a miss) and the dollars the stages' replicas held (sampled every 0.25 s), for both.
+   query is a miss) and the dollars the stages' replicas held (sampled every 0.25 s), for both. The plan is
+   judged with the serving path measured in 2.
 
 Run: ``python -m benchmarks.pipelines --home /tmp/P-home`` (writes ``benchmarks/results/pipelines.json`` and
 ``benchmarks/results/pipelines.png``).
@@ -59,8 +65,11 @@ import numpy as np
 
 from autoscaler import Autoscaler, PolicyConfig
 from benchmarks.estimate_honesty import prepare
+from infaas import switch_interval
 from infaas.examples.zoo import load_zoo
 from infaas.pipelines.options import stage_options
+from infaas.pipelines.path import ServingPath, Split, split
+from infaas.pipelines.path import measure as measure_path
 from infaas.pipelines.planner import Judge, StageChoice, plan
 from infaas.pipelines.registry import plan_pipeline, register_pipeline, store_of
 from infaas.pipelines.scale import ScaleFactors
@@ -214,26 +223,30 @@ def _serve(
     return serve_pipeline(services.engine, spec, plan, {"image": image}, lambda _m: True, "local", arrived)
 
 
+def host_cpu() -> tuple[float, float, float, float]:
+    """(monotonic s, CPU seconds of every process, of niced ones, of this process) so far: over a run, what
+    the host's other work took beside this benchmark (``/proc/stat``, ``/proc/self/stat``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    mine = (int(own[11]) + int(own[12])) / tick  # utime, stime
+    return time.monotonic(), (user + nice + system + irq + softirq + steal) / tick, nice / tick, mine
+
+
 def replay(
     services: Services, spec: Any, images: np.ndarray, arrivals: np.ndarray, plan: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Send each query at its arrival time (open loop); latency from the arrival time to the answer (NaN for a
     query that failed: counted as a miss by the bursty comparison).
 
-    Each answered query's time is split into what the estimator models apart: per stage, the wait at the
-    instance (``queue_ms``), the model run (``service_ms``) and the serving path's own time around it
-    (``overhead_ms``: the stage's time less both -- selection, the hand-over, accounting); and ``outside_ms``,
-    everything not in a stage (the query waiting for a thread, the inputs checked, the arrival written, the
-    DAG's row bookkeeping between stages). ``parts`` keeps each query's split, to see what its tail is made of.
+    Each answered query's time is split as the estimator models it (``infaas.pipelines.path.split``): per stage,
+    the wait at the instance (``queue``), the model run (``service``) and the serving path's time around it
+    (``stage``), and ``entry``, everything outside the stages. The host's other work during the replay
+    (``other_cores``: other processes' CPU seconds per second, ``niced`` of them) says what shared the cores.
     """
     latencies = np.full(len(arrivals), np.nan)
-    served: dict[str, Counter[str]] = {n: Counter() for n in spec.order}
-    overhead: dict[str, list[float]] = {n: [] for n in spec.order}
-    queue: dict[str, list[float]] = {n: [] for n in spec.order}
-    service: dict[str, list[float]] = {n: [] for n in spec.order}
-    batches: dict[str, list[int]] = {n: [] for n in spec.order}  # rows of the session run each service time is of
-    outside: list[float] = []
-    parts: list[tuple[float, dict[str, float]] | None] = [None] * len(arrivals)
+    splits: list[Split] = []
     failed: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -245,22 +258,11 @@ def replay(
                 failed[type(exc).__name__] += 1
             return
         latencies[i] = (time.perf_counter() - due) * 1000.0
-        split = {"outside": float(latencies[i])}
+        parts = split(answer, float(latencies[i]))
         with lock:
-            for name, stage in answer.stages.items():
-                if "variant" in stage:
-                    served[name][f"{stage['model']}/{stage['variant']}"] += 1
-                    own = stage["stage_ms"] - stage["service_ms"] - stage["queue_ms"]
-                    overhead[name].append(own)
-                    queue[name].append(stage["queue_ms"])
-                    service[name].append(stage["service_ms"])
-                    batches[name].append(stage["batch"])
-                    split |= {f"{name}.overhead": own, f"{name}.queue": stage["queue_ms"]}
-                    split[f"{name}.service"] = stage["service_ms"]
-                    split["outside"] -= stage["stage_ms"]
-            outside.append(split["outside"])
-            parts[i] = (float(latencies[i]), split)
+            splits.append(parts)
 
+    cpu_before = host_cpu()
     start = time.perf_counter() + 0.1
     with ThreadPoolExecutor(max_workers=64) as pool:
         for i, at in enumerate(arrivals):
@@ -269,42 +271,63 @@ def replay(
             if wait > 0:
                 time.sleep(wait)
             pool.submit(one, i, due)
+    cpu_after = host_cpu()
+    seconds = cpu_after[0] - cpu_before[0]
     done = latencies[~np.isnan(latencies)]
+    served: dict[str, Counter[str]] = {n: Counter() for n in spec.order}
+    for s in splits:
+        for name, variant in s.variant.items():
+            served[name][variant] += 1
     return {
         "load_average_1m": os.getloadavg()[0],  # of this host's cores (os.cpu_count()), others' work included
-        "p99_ms": float(np.percentile(done, 99)),
-        "p50_ms": float(np.percentile(done, 50)),
+        "other_cores": ((cpu_after[1] - cpu_before[1]) - (cpu_after[3] - cpu_before[3])) / seconds,
+        "niced_cores": (cpu_after[2] - cpu_before[2]) / seconds,
+        "p99_ms": float(np.percentile(done, 99)) if len(done) else None,
+        "p50_ms": float(np.percentile(done, 50)) if len(done) else None,
         "answered": len(done),
         "failed": dict(failed),
         "latencies_ms": latencies,
         "served": {n: dict(c) for n, c in served.items()},
-        "overhead_ms": overhead,
-        "queue_ms": queue,
-        "service_ms": service,
-        "batches": batches,
-        "outside_ms": outside,
-        "parts": [p for p in parts if p is not None],
+        "splits": splits,
     }
 
 
-def tail_breakdown(parts: list[tuple[float, dict[str, float]]]) -> dict[str, Any]:
+def tail_breakdown(splits: list[Split]) -> dict[str, Any]:
     """What the slowest 1% of queries spent their time on (mean ms of each part over them), beside the same
     for the median query's neighbourhood (40th-60th percentile): which part makes the tail."""
-    ordered = sorted(parts, key=lambda p: p[0])
+    ordered = sorted(splits, key=lambda s: s.latency)
     n = len(ordered)
 
-    def mean_of(chosen: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
-        keys = sorted({k for _l, split in chosen for k in split})
-        return {k: statistics.fmean(split.get(k, 0.0) for _l, split in chosen) for k in keys} | {
-            "latency": statistics.fmean(latency for latency, _s in chosen)
+    def parts(s: Split) -> dict[str, float]:
+        out = {"entry": s.entry}
+        for name in s.stage:
+            out |= {f"{name}.stage": s.stage[name], f"{name}.queue": s.queue[name], f"{name}.run": s.service[name]}
+        return out
+
+    def mean_of(chosen: list[Split]) -> dict[str, float]:
+        split_parts = [parts(s) for s in chosen]
+        keys = sorted({k for p in split_parts for k in p})
+        return {k: statistics.fmean(p.get(k, 0.0) for p in split_parts) for k in keys} | {
+            "latency": statistics.fmean(s.latency for s in chosen)
         }
 
     top = ordered[min(n - 1, int(0.99 * n)) :]
     return {"slowest_1pct": mean_of(top), "p40_p60": mean_of(ordered[int(0.4 * n) : max(int(0.6 * n), 1)])}
 
 
-def _p50_p99(values: tuple[float, ...]) -> list[float] | None:
-    return [float(np.percentile(values, 50)), float(np.percentile(values, 99))] if values else None
+def _p50_p99(values: list[float] | tuple[float, ...]) -> list[float] | None:
+    return [float(np.percentile(values, 50)), float(np.percentile(values, 99))] if len(values) else None
+
+
+def path_summary(path: ServingPath) -> dict[str, Any]:
+    """The measured path's p50/p99 per part (ms) and how it was obtained."""
+    return {
+        "source": path.source,
+        "threads": path.threads,
+        "entry_ms_p50_p99": _p50_p99(path.entry),
+        "stage_ms_p50_p99": {n: _p50_p99(v) for n, v in path.stage.items()},
+        "excess_ms_p50_p99": {n: _p50_p99(v) for n, v in path.excess.items()},
+    }
 
 
 # Simulations per rate (service draws, paths); the estimate is their median P99. Not the mean: where a few more
@@ -313,43 +336,37 @@ def _p50_p99(values: tuple[float, ...]) -> list[float] | None:
 SIM_SEEDS = 21
 
 
-def path_samples(run: dict[str, Any], variants: dict[str, Any]) -> dict[str, Any]:
-    """What a replay measured of the serving path that no profile holds, as the estimator's samples: per stage
-    the path's own time around the run (``overhead``) and each run's time beyond its variant's profile at the
-    run's batch (``excess``), and each query's time outside its stages (``outside``)."""
-    curves = {n: ProfileCurve.of(variants[max(c, key=c.get)]) for n, c in run["served"].items() if c}
-    return {
-        "overhead": {n: tuple(v) for n, v in run["overhead_ms"].items()},
-        "excess": {
-            n: tuple(ms - curve.service_ms(b) for ms, b in zip(run["service_ms"][n], run["batches"][n], strict=True))
-            for n, curve in curves.items()
-        },
-        "outside": tuple(run["outside_ms"]),
-        "curves": curves,
-    }
-
-
-def _summary(samples: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "overhead_ms_p50_p99": {n: _p50_p99(v) for n, v in samples["overhead"].items()},
-        "excess_ms_p50_p99": {n: _p50_p99(v) for n, v in samples["excess"].items()},
-        "outside_ms_p50_p99": _p50_p99(samples["outside"]),
-    }
-
-
 def estimate(
-    spec: Any, samples: dict[str, Any], edge_pass: dict[int, float], arrivals: np.ndarray
-) -> tuple[float, list[Any]]:
-    """The simulated P99 (median of ``SIM_SEEDS`` runs) of ``arrivals`` with the stages served as sampled: each
-    stage's variant profile, its instance's batch cap (best profiled batch), one replica, the path's samples."""
+    spec: Any,
+    curves: dict[str, ProfileCurve],
+    path: ServingPath | None,
+    edge_pass: dict[int, float],
+    segments: list[np.ndarray],
+) -> dict[str, Any]:
+    """The simulated P99 (median of ``SIM_SEEDS`` runs) of the queries of ``segments`` (each replayed apart,
+    so each simulated apart, their latencies pooled) with each stage on its variant's profile, its instance's
+    batch cap (best profiled batch), one replica, and ``path``'s work and excess (none when ``None``)."""
+    excess = path.excess if path is not None else {}
     configs = {
-        name: StageConfig(
-            curve, max(1, curve.best_batch), 1, samples["overhead"][name] or 0.0, samples["excess"][name] or 0.0
-        )
-        for name, curve in samples["curves"].items()
+        name: StageConfig(curve, max(1, curve.best_batch), 1, excess.get(name, 0.0)) for name, curve in curves.items()
     }
-    runs = [simulate(spec, configs, edge_pass, arrivals, seed=k, entry_ms=samples["outside"]) for k in range(SIM_SEEDS)]
-    return statistics.median(r.p99_ms for r in runs), runs
+    p99s, p50s, utilisation, queued, interpreter = [], [], [], [], []
+    for k in range(SIM_SEEDS):
+        runs = [simulate(spec, configs, edge_pass, a, seed=k * 100 + j, path=path) for j, a in enumerate(segments)]
+        pooled = np.concatenate([r.latencies_ms for r in runs])
+        p99s.append(float(np.percentile(pooled, 99)))
+        p50s.append(float(np.percentile(pooled, 50)))
+        utilisation.append({n: statistics.fmean(r.utilisation[n] for r in runs) for n in spec.order})
+        queued.append({n: statistics.fmean(r.queued[n] for r in runs) for n in spec.order})
+        interpreter.append(statistics.fmean(r.interpreter for r in runs))
+    return {
+        "p99_ms": statistics.median(p99s),
+        "p99_ms_runs": sorted(p99s),
+        "p50_ms": statistics.fmean(p50s),
+        "utilisation": {n: statistics.fmean(u[n] for u in utilisation) for n in spec.order},
+        "queued": {n: statistics.fmean(q[n] for q in queued) for n in spec.order},
+        "interpreter": statistics.fmean(interpreter),
+    }
 
 
 def estimator_accuracy(
@@ -357,16 +374,21 @@ def estimator_accuracy(
     zoo: Path,
     rates: list[float],
     seconds: float,
+    rounds: int,
     warm_queries: int,
-    calibration_rate: float,
-    window_s: float,
-) -> dict[str, Any]:
-    """Per rate, two estimates of the measured run's P99, each from serving-path samples taken on another replay
-    before it: (a) ``learnt``, the window just before at the same rate (another draw of its arrivals), as the
-    engine learns the path online from recent traffic (``infaas.calibration``): the error reported; (b)
-    ``light``, one light-load replay (``calibration_rate``) before all rates, where nothing queues. Both keep
-    queueing, batching and the profiles' run times to the simulation; (b) shows what the path's cost at idle
-    misses (on this host a query's p50 was 1.9 ms at 10 queries/s and 0.9 ms at 80: a colder CPU)."""
+    path_queries: int,
+    path_gap_s: float,
+) -> tuple[dict[str, Any], ServingPath]:
+    """The estimator, with the serving path's work measured once (``infaas.pipelines.path.measure``: queries
+    one after another, before every rate), against the P99 measured at each rate. Each rate's ``seconds`` are
+    replayed as ``rounds`` segments, the rates interleaved (each round in another order), so a minute of
+    other work on the shared host lands on every rate rather than on one; its measured P99 is over all its
+    segments' queries, its simulated one over the same segments simulated. Beside the estimate: the same
+    simulation with the path's work as plain delays (no interpreter to wait for) and without any path (the
+    stages alone, what the planner judged with before), to show what each part of the model does. Returns the
+    results and the measured path (the bursty comparison's planner judges with it)."""
+    if rounds < 1 or seconds <= 0:
+        raise ValueError(f"rounds must be >= 1 and seconds > 0, got {rounds} and {seconds}")
     info, spec = registered(services, definition("bench-cascade", 1000.0, rates[0], seconds))
     images = np.load(load_zoo(zoo)[0].validation_path)["inputs"].astype(np.float32)
     # Every stage pinned to its model's fastest variant, as by hand: the variants simulated are the ones served
@@ -376,63 +398,96 @@ def estimator_accuracy(
     for i in range(warm_queries):  # loads every stage's instance
         _serve(services, spec, images[i % len(images)][None], pinned)
     variants = {f"{m.name}/{v.name}": v for m in services.metadata.list_models() for v in m.variants if v.profiles}
+    curves = {n: ProfileCurve.of(variants[f"{s['model']}/{s['variant']}"]) for n, s in pinned["stages"].items()}
     edge_pass = ScaleFactors.from_json(info.scale_factors).edges
     load_before = os.getloadavg()[0]
-    light_run = replay(
-        services, spec, images, arrival_times(Arrivals(rate_per_s=calibration_rate, duration_s=seconds)), pinned
+    cpu_before = host_cpu()
+    path = measure_path(
+        services.engine,
+        spec,
+        pinned,
+        [{"image": images[i][None]} for i in range(len(images))],
+        {f"{s['model']}/{s['variant']}": curves[n] for n, s in pinned["stages"].items()},
+        queries=path_queries,
+        gap_s=path_gap_s,
+        allowed=lambda _m: True,
+        tenant="local",
     )
-    light = path_samples(light_run, variants)
+    cpu_after = host_cpu()
+    measured_path = path_summary(path) | {
+        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
+        "other_cores": ((cpu_after[1] - cpu_before[1]) - (cpu_after[3] - cpu_before[3]))
+        / (cpu_after[0] - cpu_before[0]),
+    }
+    print(json.dumps(measured_path, default=float), flush=True)
+    segment_s = seconds / rounds
+    segments: dict[float, list[tuple[np.ndarray, dict[str, Any]]]] = {rate: [] for rate in rates}
+    for r in range(rounds):
+        for rate in rates[r % len(rates) :] + rates[: r % len(rates)]:
+            arrivals = arrival_times(Arrivals(rate_per_s=rate, duration_s=segment_s), seed=int(rate) * 100 + r)
+            segments[rate].append((arrivals, replay(services, spec, images, arrivals, pinned)))
+    no_queue = ServingPath(path.entry, path.stage, path.excess, threads=10**6, source=path.source)
     rows = []
     for rate in rates:
-        load_start = os.getloadavg()[0]
-        window = replay(
-            services,
-            spec,
-            images,
-            arrival_times(Arrivals(rate_per_s=rate, duration_s=window_s), seed=1000 + int(rate)),
-            pinned,
-        )
-        learnt = path_samples(window, variants)
-        arrivals = arrival_times(Arrivals(rate_per_s=rate, duration_s=seconds), seed=int(rate))
-        real = replay(services, spec, images, arrivals, pinned)
-        simulated_p99, runs = estimate(spec, learnt, edge_pass, arrivals)
-        light_p99, _light_runs = estimate(spec, light, edge_pass, arrivals)
-        curves = learnt["curves"]
+        runs = [run for _a, run in segments[rate]]
+        arrivals_of = [a for a, _run in segments[rate]]
+        latencies = np.concatenate([run["latencies_ms"] for run in runs])
+        done = latencies[~np.isnan(latencies)]
+        splits: list[Split] = [s for run in runs for s in run["splits"]]
+        measured_p99 = float(np.percentile(done, 99))
+        full = estimate(spec, curves, path, edge_pass, arrivals_of)
+        delays = estimate(spec, curves, no_queue, edge_pass, arrivals_of)
+        stages_only = estimate(spec, curves, None, edge_pass, arrivals_of)
+        measured_queue = {n: [s.queue[n] for s in splits if n in s.queue] for n in spec.order}
         rows.append(
             {
                 "rate_per_s": rate,
-                "queries": len(arrivals),
-                "measured_p99_ms": real["p99_ms"],
-                "simulated_p99_ms": simulated_p99,
-                "error": simulated_p99 / real["p99_ms"] - 1.0,
-                "simulated_p99_ms_runs": sorted(r.p99_ms for r in runs),
-                "light_calibrated": {"simulated_p99_ms": light_p99, "error": light_p99 / real["p99_ms"] - 1.0},
-                "measured_p50_ms": real["p50_ms"],
-                "simulated_p50_ms": statistics.fmean(r.p50_ms for r in runs),
-                "utilisation": {n: statistics.fmean(r.utilisation[n] for r in runs) for n in spec.order},
+                "queries": len(latencies),
+                "segments": [{"queries": len(a), "p99_ms": run["p99_ms"]} for a, run in segments[rate]],
+                "measured_p99_ms": measured_p99,
+                "simulated_p99_ms": full["p99_ms"],
+                "error": full["p99_ms"] / measured_p99 - 1.0,
+                "simulated_p99_ms_runs": full["p99_ms_runs"],
+                "path_without_queueing": {
+                    "simulated_p99_ms": delays["p99_ms"],
+                    "error": delays["p99_ms"] / measured_p99 - 1.0,
+                },
+                "stages_only": {
+                    "simulated_p99_ms": stages_only["p99_ms"],
+                    "error": stages_only["p99_ms"] / measured_p99 - 1.0,
+                },
+                "measured_p50_ms": float(np.percentile(done, 50)),
+                "simulated_p50_ms": full["p50_ms"],
+                "utilisation": full["utilisation"],
+                "interpreter_utilisation_simulated": full["interpreter"],
                 # Share of each stage's visits that found its replica busy and waited (for a batch): measured
-                # (a queue time above 0) and simulated (mean over the runs); past 1% of queries, the P99 waits.
+                # (a queue time above 0) and simulated; past 1% of queries, the P99 waits.
                 "queued_share": {
                     n: {
-                        "measured": float(np.mean(np.array(real["queue_ms"][n]) > 0)) if real["queue_ms"][n] else 0.0,
-                        "simulated": statistics.fmean(r.queued[n] for r in runs),
+                        "measured": float(np.mean(np.array(measured_queue[n]) > 0)) if measured_queue[n] else 0.0,
+                        "simulated": full["queued"][n],
                     }
                     for n in spec.order
                 },
-                "late_limit": late_limit(len(arrivals)),
-                "served": real["served"],
-                "answered": real["answered"],
-                "failed": real["failed"],
-                "load_average_1m": {"start": load_start, "end": real["load_average_1m"]},
-                "learnt_window": {"seconds": window_s, "queries": window["answered"], **_summary(learnt)},
+                "late_limit": late_limit(len(latencies)),
+                "served": {n: dict(sum((Counter(run["served"][n]) for run in runs), Counter())) for n in spec.order},
+                "answered": len(done),
+                "failed": dict(sum((Counter(run["failed"]) for run in runs), Counter())),
+                "load_average_1m": [run["load_average_1m"] for run in runs],
+                "other_cores": [run["other_cores"] for run in runs],
+                "niced_cores": [run["niced_cores"] for run in runs],
                 # What the model runs took here, against the profile the estimator draws from (same variant).
-                "service_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in real["service_ms"].items()},
+                "service_ms_p50_p99": {
+                    n: _p50_p99([s.service[n] for s in splits if n in s.service]) for n in spec.order
+                },
                 "profile_ms_p50_p99": {n: [c.service_ms(1), c.tail_ms(1)] for n, c in curves.items()},
                 "best_batch": {n: c.best_batch for n, c in curves.items()},
-                "queue_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in real["queue_ms"].items()},
-                "overhead_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in real["overhead_ms"].items()},
-                "outside_ms_p50_p99": _p50_p99(tuple(real["outside_ms"])),
-                "tail_breakdown_ms": tail_breakdown(real["parts"]),
+                "queue_ms_p50_p99": {n: _p50_p99(v) for n, v in measured_queue.items()},
+                "stage_path_ms_p50_p99": {
+                    n: _p50_p99([s.stage[n] for s in splits if n in s.stage]) for n in spec.order
+                },
+                "entry_ms_p50_p99": _p50_p99([s.entry for s in splits]),
+                "tail_breakdown_ms": tail_breakdown(splits),
             }
         )
         print(json.dumps(rows[-1], default=float), flush=True)
@@ -440,17 +495,11 @@ def estimator_accuracy(
         "pipeline": parse_spec(info.spec).to_json(),
         "scale_factors": info.scale_factors,
         "simulations_per_rate": SIM_SEEDS,
-        "light_calibration": {
-            "rate_per_s": calibration_rate,
-            "queries": light_run["answered"],
-            "p50_ms": light_run["p50_ms"],
-            "p99_ms": light_run["p99_ms"],
-            "load_average_1m": {"start": load_before, "end": light_run["load_average_1m"]},
-            "service_ms_p50_p99": {n: _p50_p99(tuple(v)) for n, v in light_run["service_ms"].items()},
-            **_summary(light),
-        },
+        "rounds": rounds,
+        "segment_s": segment_s,
+        "serving_path": measured_path,
         "rows": rows,
-    }
+    }, path
 
 
 # -- 3. a bursty replayed trace: plan + tuner against stage-by-stage provisioning --------------------------
@@ -539,17 +588,18 @@ def _misses(latencies: np.ndarray, objective_ms: float) -> dict[str, Any]:
 
 
 def bursty_comparison(
-    services: Services, zoo: Path, rate: float, burst: float, seconds: float, p99_ms: float
+    services: Services, zoo: Path, rate: float, burst: float, seconds: float, p99_ms: float, path: ServingPath | None
 ) -> dict[str, Any]:
     """The three-stage pipeline planned for a bursty sample trace at ``rate``, then a bursty trace whose middle
     third runs at ``burst`` x ``rate`` replayed twice: (a) infaas: the stored plan applied and tuned by the
     autoscaler (stepped every 0.5 s), queries pinned to the plan; (b) by hand: every stage on its model's
     fastest variant, one replica, its default batching, no autoscaler. Misses of the objective (failures
-    count) and the dollars the stages' replicas held, each."""
+    count) and the dollars the stages' replicas held, each. The planner judges with ``path``, the serving
+    path measured for the estimator's accuracy (same stages)."""
     raw = definition("bench-bursty", p99_ms, rate, 60.0)
     raw["arrivals"] = {"rate_per_s": rate, "burstiness": 4.0, "duration_s": 60.0}
     info, spec = registered(services, raw)
-    info = plan_pipeline(services, info, lambda _m: True)
+    info = plan_pipeline(services, info, lambda _m: True, path)  # judged with the measured path (None: stages only)
     plan = info.plan
     assert plan is not None
     models = {m.name: m for m in services.metadata.list_models()}
@@ -654,12 +704,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         rates = [r["rate_per_s"] for r in rows]
         slots = np.arange(len(rates))
         left.bar(slots - 0.27, [r["measured_p99_ms"] for r in rows], 0.27, label="measured")
-        left.bar(slots, [r["simulated_p99_ms"] for r in rows], 0.27, label="simulated (path learnt at the rate)")
+        left.bar(slots, [r["simulated_p99_ms"] for r in rows], 0.27, label="simulated (path measured once, queued)")
         left.bar(
-            slots + 0.27,
-            [r["light_calibrated"]["simulated_p99_ms"] for r in rows],
-            0.27,
-            label="simulated (path at 4 q/s)",
+            slots + 0.27, [r["stages_only"]["simulated_p99_ms"] for r in rows], 0.27, label="simulated (stages only)"
         )
         for slot, r in zip(slots, rows, strict=True):
             left.annotate(f"{100 * r['error']:+.0f}%", (slot, r["simulated_p99_ms"]), ha="center", va="bottom")
@@ -697,9 +744,10 @@ def main() -> None:
     parser.add_argument("--zoo", type=Path, default=Path(tempfile.gettempdir()) / "infaas-zoo")
     parser.add_argument("--home", type=Path, required=True, help="a registered, profiled zoo home (made if empty)")
     parser.add_argument("--rates", default="10,25,40,80", help="arrival rates (queries/s) of the accuracy runs")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of each accuracy run")
-    parser.add_argument("--calibration-rate", type=float, default=4.0, help="the light load overheads are sampled at")
-    parser.add_argument("--window-seconds", type=float, default=30.0, help="the window before each rate's run")
+    parser.add_argument("--seconds", type=float, default=60.0, help="replayed seconds per rate, in all its rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="segments per rate, the rates interleaved")
+    parser.add_argument("--path-queries", type=int, default=1500, help="sequential queries measuring the path")
+    parser.add_argument("--path-gap-ms", type=float, default=20.0, help="idle time between them")
     # 1,500 q/s: the CNN stage needs a second replica (at 600 q/s one of everything met the objective)
     parser.add_argument("--brute-rate", type=float, default=1500.0)
     parser.add_argument("--brute-p99", type=float, default=25.0)
@@ -719,8 +767,17 @@ def main() -> None:
     args = parser.parse_args()
     started = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average": os.getloadavg()}
     services = prepare(args.zoo, args.home)
+    # As ``infaas serve`` runs (``infaas.cli.main``): the replay's threads and the replicas share one interpreter,
+    # and at Python's 5 ms a query waiting for it waited up to 5 ms for a thread that held it.
+    switch_interval.apply(services.settings.switch_interval_ms)
+    path: ServingPath | None = None
     try:
-        results: dict[str, Any] = {"host_cpus": os.cpu_count(), "tree": tree_state(), "started": started}
+        results: dict[str, Any] = {
+            "host_cpus": os.cpu_count(),
+            "tree": tree_state(),
+            "started": started,
+            "switch_interval_ms": services.settings.switch_interval_ms,
+        }
         if not args.skip_brute_force:
             results["planner_vs_brute_force"] = planner_vs_brute_force(
                 services, args.brute_rate, args.brute_p99, args.brute_queries, args.brute_rounds
@@ -728,12 +785,12 @@ def main() -> None:
             print(json.dumps(results["planner_vs_brute_force"], default=float), flush=True)
         if not args.skip_accuracy:
             rates = [float(r) for r in args.rates.split(",")]
-            results["estimator_accuracy"] = estimator_accuracy(
-                services, args.zoo, rates, args.seconds, 50, args.calibration_rate, args.window_seconds
+            results["estimator_accuracy"], path = estimator_accuracy(
+                services, args.zoo, rates, args.seconds, args.rounds, 50, args.path_queries, args.path_gap_ms / 1000.0
             )
         if not args.skip_bursty:
             results["bursty_trace"] = bursty_comparison(
-                services, args.zoo, args.bursty_rate, args.bursty_burst, args.bursty_seconds, args.bursty_p99
+                services, args.zoo, args.bursty_rate, args.bursty_burst, args.bursty_seconds, args.bursty_p99, path
             )
     finally:
         services.close()

@@ -3,7 +3,8 @@
 1. Every stage starts at batch 1, one replica, its fastest variant (at batch 1, among those meeting the stage's
    accuracy floor, ``infaas.pipelines.options``).
 2. If the service time alone breaks the objective -- the P99 simulated with no queueing (the trace's queries
-   spaced apart) -- the pipeline is infeasible: the plan says so, with that best achievable P99.
+   spaced apart) -- the pipeline is infeasible: the plan says so, with that best achievable P99. Likewise, with a
+   serving path, when the trace breaks it with every stage at the replica ceiling (the front end's queue).
 3. Otherwise replicas are added to the bottleneck stage (highest simulated utilisation) until the simulated
    P99 meets the objective.
 4. Then, repeatedly, the feasible cost-cutting move that cuts cost most is taken, until none does (moves are
@@ -19,6 +20,12 @@ variant at the same replicas, a batch taken only if it frees a replica at once) 
 optimum; with the re-sized variant and the zero-cut batch it reaches the optimum.
 
 Cost is replicas x the per-hour price of the hardware a replica holds, summed over stages.
+
+Every candidate is judged with the serving path's work (``infaas.pipelines.path.ServingPath``) when one is
+given, as the estimator validated against the real path judges it: each query's path work queued for the front
+end's interpreter, each stage's runs slowed by the measured excess. A plan made without it (``path=None``)
+leaves out the ~1 ms per query the zoo pipeline's path adds, and the wait for the interpreter that grows with
+the rate (``docs/pipelines.md``); the plan document says which (``serving_path``).
 """
 
 from __future__ import annotations
@@ -31,11 +38,13 @@ from typing import Any
 import numpy as np
 
 from infaas.pipelines.options import StageOption
+from infaas.pipelines.path import ServingPath
 from infaas.pipelines.simulator import SimResult, StageConfig, simulate
 from infaas.pipelines.spec import PipelineSpec
 
 MAX_REPLICAS = 64  # per stage: past this, adding replicas is not what is missing
 SPACED_S = 10.0  # gap between queries when measuring the service time alone
+SATURATED = 0.95  # the path's interpreter busy share past which the trace outruns the front end
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class Plan:
     utilisation: dict[str, float]
     simulations: int
     seconds: float
+    path: ServingPath | None = None
+    interpreter: float = 0.0  # the simulated front end's interpreter busy share at the plan
 
     def to_json(self, options: Mapping[str, Sequence[StageOption]]) -> dict[str, Any]:
         stages = {}
@@ -82,6 +93,8 @@ class Plan:
             "stages": stages,
             "simulations": self.simulations,
             "planning_s": round(self.seconds, 3),
+            "serving_path": self.path.to_json() if self.path is not None else {"source": "not measured: stages only"},
+            "interpreter_utilisation": round(self.interpreter, 4),
         }
 
 
@@ -97,15 +110,19 @@ class Judge:
         edge_pass: Mapping[int, float],
         arrivals: np.ndarray,
         seed: int,
+        path: ServingPath | None = None,
     ) -> None:
         self.spec, self.options, self.edge_pass, self.arrivals, self.seed = spec, options, edge_pass, arrivals, seed
+        self.path = path
         self.runs = 0
         self._seen: dict[tuple, SimResult] = {}
         self._probed: dict[tuple, bool] = {}
 
     def configs(self, choices: Mapping[str, StageChoice]) -> dict[str, StageConfig]:
+        excess = self.path.excess if self.path is not None else {}
         return {
-            name: StageConfig(self.options[name][c.option].curve, c.batch, c.replicas) for name, c in choices.items()
+            name: StageConfig(self.options[name][c.option].curve, c.batch, c.replicas, excess.get(name, 0.0))
+            for name, c in choices.items()
         }
 
     def sim(self, choices: Mapping[str, StageChoice], arrivals: np.ndarray | None = None) -> SimResult:
@@ -113,7 +130,9 @@ class Judge:
         if key not in self._seen:
             self.runs += 1
             trace = self.arrivals if arrivals is None else arrivals
-            self._seen[key] = simulate(self.spec, self.configs(choices), self.edge_pass, trace, seed=self.seed)
+            self._seen[key] = simulate(
+                self.spec, self.configs(choices), self.edge_pass, trace, seed=self.seed, path=self.path
+            )
         return self._seen[key]
 
     def cost(self, choices: Mapping[str, StageChoice]) -> float:
@@ -131,6 +150,7 @@ class Judge:
                 self.edge_pass,
                 self.arrivals,
                 seed=self.seed,
+                path=self.path,
                 over_ms=self.spec.p99_ms,
             )
             if not probe.stopped:  # it ran the whole trace: as good as ``sim``'s
@@ -183,11 +203,15 @@ def spaced_trace(queries: int) -> np.ndarray:
 
 
 def service_time_p99(
-    spec: PipelineSpec, options: Mapping[str, Sequence[StageOption]], edge_pass: Mapping[int, float], seed: int = 0
+    spec: PipelineSpec,
+    options: Mapping[str, Sequence[StageOption]],
+    edge_pass: Mapping[int, float],
+    seed: int = 0,
+    path: ServingPath | None = None,
 ) -> float:
-    """The best achievable P99: every stage's fastest option, batch 1, no queueing."""
-    configs = {name: StageConfig(options[name][0].curve, 1, 1) for name in spec.order}
-    return simulate(spec, configs, edge_pass, spaced_trace(500), seed=seed).p99_ms
+    """The best achievable P99: every stage's fastest option, batch 1, no queueing (the path's work included)."""
+    judge = Judge(spec, options, edge_pass, spaced_trace(500), seed, path)
+    return judge.sim({name: StageChoice(0, 1, 1) for name in spec.order}).p99_ms
 
 
 def plan(
@@ -197,10 +221,12 @@ def plan(
     arrivals: np.ndarray,
     *,
     seed: int = 0,
+    path: ServingPath | None = None,
 ) -> Plan:
-    """Plan ``spec`` against its objective on ``arrivals``; ``options`` per stage, fastest first (non-empty)."""
+    """Plan ``spec`` against its objective on ``arrivals``; ``options`` per stage, fastest first (non-empty);
+    ``path``: the serving path's measured work, judged with every candidate (none: the stages alone)."""
     started = time.perf_counter()
-    judge = Judge(spec, options, edge_pass, arrivals, seed)
+    judge = Judge(spec, options, edge_pass, arrivals, seed, path)
     choices = {name: StageChoice(0, 1, 1) for name in spec.order}
 
     def done(feasible: bool, result: SimResult) -> Plan:
@@ -213,12 +239,22 @@ def plan(
             utilisation=result.utilisation,
             simulations=judge.runs,
             seconds=time.perf_counter() - started,
+            path=path,
+            interpreter=result.interpreter,
         )
 
     alone = judge.sim(choices, spaced_trace(len(arrivals)))
     if alone.p99_ms > spec.p99_ms:
         return done(False, alone)
+    if path is not None:
+        # The trace with every stage at its ceiling of replicas: what is left is the path's queue for the front
+        # end, which no replica shortens. Past the objective, growing stages (up to 64 each) would be in vain.
+        roomy = judge.sim({name: StageChoice(0, 1, MAX_REPLICAS) for name in spec.order})
+        if roomy.p99_ms > spec.p99_ms:
+            return done(False, roomy)
     while (result := judge.sim(choices)).p99_ms > spec.p99_ms:
+        if result.interpreter > SATURATED:  # the front end, not a stage, is the bottleneck: replicas cannot help
+            return done(False, result)
         growable = [n for n in spec.order if choices[n].replicas < MAX_REPLICAS]
         if not growable:
             return done(False, result)

@@ -16,6 +16,7 @@ from typing import Any
 from infaas.catalog import ModelInfo
 from infaas.errors import Unprocessable
 from infaas.pipelines.options import StageOption, stage_options
+from infaas.pipelines.path import ServingPath
 from infaas.pipelines.planner import plan, service_time_p99
 from infaas.pipelines.scale import ScaleFactors, measure
 from infaas.pipelines.simulator import arrival_times
@@ -70,8 +71,10 @@ def register_pipeline(
     return info, spec
 
 
-def _check_objective(spec: PipelineSpec, options: dict[str, list[StageOption]], scale: ScaleFactors) -> float:
-    best = service_time_p99(spec, options, scale.edges)
+def _check_objective(
+    spec: PipelineSpec, options: dict[str, list[StageOption]], scale: ScaleFactors, path: ServingPath | None = None
+) -> float:
+    best = service_time_p99(spec, options, scale.edges, path=path)
     if best > spec.p99_ms:
         raise ObjectiveBelowServiceTime(
             f"p99_ms {spec.p99_ms:g} is below the pipeline's service time: its fastest variants, with no queueing, "
@@ -80,12 +83,21 @@ def _check_objective(spec: PipelineSpec, options: dict[str, list[StageOption]], 
     return best
 
 
-def plan_pipeline(services: Services, info: PipelineInfo, allowed: Callable[[ModelInfo], bool]) -> PipelineInfo:
+def plan_pipeline(
+    services: Services, info: PipelineInfo, allowed: Callable[[ModelInfo], bool], path: ServingPath | None = None
+) -> PipelineInfo:
     """Plan a stored pipeline on its arrivals with the current profiles, store the plan and return it.
+
+    ``path``: the serving path's measured work (``infaas.pipelines.path.measure``), judged with every candidate;
+    when not given, the one the current plan was made with, if it had one (a re-plan keeps what was measured),
+    else none (the plan document's ``serving_path`` then says it was not measured).
 
     Refused (422, nothing stored) when a stage has no usable variant yet or the objective is below the
     service time.
     """
+    stored = (info.plan or {}).get("serving_path") or {}
+    if path is None and "entry_ms" in stored:
+        path = ServingPath.from_json(stored)
     spec = parse_spec(info.spec)
     served = check_against_catalog(spec, [m for m in services.metadata.list_models() if allowed(m)])
     options = {
@@ -98,8 +110,8 @@ def plan_pipeline(services: Services, info: PipelineInfo, allowed: Callable[[Mod
             f"stage(s) {empty} have no ready, profiled variant meeting their min_accuracy yet: wait for the builds"
         )
     scale = ScaleFactors.from_json(info.scale_factors)
-    service_ms = _check_objective(spec, options, scale)
-    planned = plan(spec, options, scale.edges, arrival_times(spec.arrivals))
+    service_ms = _check_objective(spec, options, scale, path)
+    planned = plan(spec, options, scale.edges, arrival_times(spec.arrivals), path=path)
     document = planned.to_json(options) | {
         "planned_at": datetime.now(UTC).isoformat(),
         "scale_factors": scale.stages,

@@ -19,13 +19,14 @@ What is modelled, each as the serving path does it:
   back; a served run comes after the core sat idle or ran other work (caches and the predictor cold, a
   sleeping core woken): the zoo CNN's INT8 run was profiled at p50 2.4 / p99 3.3 ms and served at 2.8 / 5.0 ms
   at 10 queries/s, the logistic regression's at 0.006 ms and 0.14 ms. It holds the replica, as the run does.
-* ``overhead_ms`` per stage is the serving path's own cost around a model run (selection, the Python between
-  stages, a thread being scheduled), measured on the serving path (a constant or samples), added as a
-  delay before the stage's queue (it runs in the caller's thread, holding no replica); ``entry_ms`` likewise
-  for a query's time outside its stages (waiting for a thread, the inputs checked, the DAG's bookkeeping). Both
-  0 when plans are compared (they shift every plan alike). ``benchmarks/pipelines.py`` learns all three from
-  a replay just before the trace it predicts, at the same rate: a query's p50 was 1.9 ms at 10 queries/s and
-  0.9 ms at 80 (a colder CPU between queries), so samples from an idle system overstate a busier one's.
+* The serving path's own time (``infaas.pipelines.path.ServingPath``, measured once with no query overlapping
+  another): each query's work outside its stages (``entry``, before its first stage) and around each stage's
+  run (``stage``, before the stage's queue, holding no replica) is *work for the front end's interpreter*:
+  ``threads`` of them (one process: one holds the GIL at a time), FIFO, so a query whose path work finds the
+  interpreter busy with another's waits for it. That wait is what makes the path slower as the rate rises with
+  nothing else changed; session 7 instead learnt the path's time from a replay at each rate just before the
+  measured one, which was within +-20% in one run and -73% in the next. Without a path (``path=None``) a query
+  spends no time outside the stages' queues and runs.
 
 It returns the P99 (and P50) of end-to-end latency, each stage's utilisation (busy replica time over
 replica time) and the share of its visits that found no free replica and queued (``queued``): with a batch cap
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from infaas.pipelines.path import ServingPath
 from infaas.pipelines.spec import Arrivals, PipelineSpec
 from infaas.selector import ProfileCurve
 from infaas.worker.instance import batch_size, flush_at
@@ -64,7 +66,6 @@ class StageConfig:
     curve: ProfileCurve
     max_batch: int
     replicas: int
-    overhead_ms: float | tuple[float, ...] = 0.0  # a constant, or measured samples drawn from per visit
     excess_ms: float | tuple[float, ...] = 0.0  # added to each run's profiled time: a constant, or samples
 
 
@@ -81,6 +82,7 @@ class SimResult:
     latencies_ms: np.ndarray = field(repr=False, compare=False)
     queued: dict[str, float] = field(default_factory=dict)  # per stage: share of its visits that queued
     stopped: bool = False
+    interpreter: float = 0.0  # the serving path's interpreters' busy share (0 without a path)
 
     def miss_rate(self, objective_ms: float) -> float:
         return float(np.mean(self.latencies_ms > objective_ms)) if self.queries else 0.0
@@ -188,15 +190,15 @@ def simulate(
     arrivals: np.ndarray,
     *,
     seed: int = 0,
-    entry_ms: tuple[float, ...] = (),
+    path: ServingPath | None = None,
     over_ms: float | None = None,
 ) -> SimResult:
     """Simulate every query of ``arrivals`` (seconds) through the pipeline; latencies from arrival to the last
-    stage it reached finishing. ``entry_ms``: a query's measured time outside its stages (the front end's own:
-    a thread picking it up, parsing, the DAG's bookkeeping), one drawn per query and spent before its first
-    stage; none by default. ``over_ms``:
-    stop once the P99 is known to exceed it (``late_limit`` queries finished later)."""
+    stage it reached finishing. ``path``: the serving path's work, queued for its interpreters (see the module
+    docstring); none by default. ``over_ms``: stop once the P99 is known to exceed it (``late_limit`` queries
+    finished later)."""
     env = simpy.Environment()
+    interpreter = simpy.Resource(env, capacity=path.threads) if path is not None else None
     finished = env.event()  # every query done, or enough late ones to decide
     late = [0, late_limit(len(arrivals)), 0]  # late so far, the limit, finished so far
     rng = np.random.default_rng(seed)
@@ -207,8 +209,9 @@ def simulate(
         for name in spec.order
     }
     latencies = np.zeros(len(arrivals))
+    interpreter_busy = [0.0]
 
-    def path() -> list[str]:
+    def path_of() -> list[str]:
         reached: set[str] = set()
         for name in spec.order:
             if not parents[name] <= reached:
@@ -217,14 +220,24 @@ def simulate(
                 reached.add(name)
         return [n for n in spec.order if n in reached]
 
+    def work(samples: tuple[float, ...] | None):  # type: ignore[no-untyped-def]  # a SimPy process
+        """The path's work of one draw from ``samples``, once the interpreter is free (FIFO)."""
+        if not samples or interpreter is None:
+            return
+        ms = samples[rng.integers(len(samples))]
+        if ms <= 0:
+            return
+        with interpreter.request() as turn:
+            yield turn
+            interpreter_busy[0] += ms / 1000.0
+            yield env.timeout(ms / 1000.0)
+
     def query(index: int, at: float):  # type: ignore[no-untyped-def]
-        if entry_ms:
-            yield env.timeout(entry_ms[rng.integers(len(entry_ms))] / 1000.0)
-        for name in path():  # in ``spec.order``, one at a time, as ``run_dag`` runs them
-            overhead = stages[name].overhead_ms
-            overhead_ms = overhead if isinstance(overhead, float | int) else overhead[rng.integers(len(overhead))]
-            if overhead_ms > 0:
-                yield env.timeout(overhead_ms / 1000.0)  # selection and the hand-over, holding no replica
+        if path is not None:
+            yield from work(path.entry)
+        for name in path_of():  # in ``spec.order``, one at a time, as ``run_dag`` runs them
+            if path is not None:
+                yield from work(path.stage.get(name))  # selection and the hand-over, holding no replica
             done = env.event()
             runners[name].submit(_Request(env.now, done))
             yield done
@@ -254,6 +267,7 @@ def simulate(
         latencies_ms=latencies,
         queued={name: r.queued / r.visits if r.visits else 0.0 for name, r in runners.items()},
         stopped=stopped,
+        interpreter=interpreter_busy[0] / (horizon * path.threads) if path is not None else 0.0,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from infaas.pipelines.path import ServingPath
 from infaas.pipelines.simulator import StageConfig, simulate
 from infaas.pipelines.spec import PipelineSpec, parse_spec
 from infaas.selector import ProfileCurve
@@ -39,11 +40,11 @@ def test_two_stages_fed_by_the_input_run_one_after_the_other() -> None:
     assert result.p99_ms == pytest.approx(8.0)
 
 
-def test_each_stage_overhead_is_paid_before_its_own_run() -> None:
+def test_each_stage_path_work_is_paid_before_its_own_run() -> None:
     spec = _spec(("a", "b"), [("input.x", "a.x"), ("a.y", "b.x")])
     arrivals = np.arange(10) * 1.0
-    configs = {"a": StageConfig(_fixed(5.0).curve, 1, 1, 0.5), "b": StageConfig(_fixed(3.0).curve, 1, 1, (1.0,))}
-    result = simulate(spec, configs, {}, arrivals, entry_ms=(2.0,))
+    path = ServingPath(entry=(2.0,), stage={"a": (0.5,), "b": (1.0,)})
+    result = simulate(spec, {"a": _fixed(5.0), "b": _fixed(3.0)}, {}, arrivals, path=path)
     assert result.p50_ms == pytest.approx(2.0 + 0.5 + 5.0 + 1.0 + 3.0)
 
 

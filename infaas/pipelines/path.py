@@ -1,0 +1,189 @@
+"""The serving path's own time in a pipeline query, as the estimator models it: work measured once, queued for
+the interpreter it needs.
+
+A pipeline query spends time that no profile holds: outside its stages (a thread picking it up, the inputs
+checked, its arrival written, the DAG's row bookkeeping: ``entry``), around each stage's run (selection, the
+hand-over to the instance and back: ``stage``), and each served run takes longer than the profiler's back-to-back
+runs (``excess``: the zoo CNN's INT8 run was profiled at p50 2.4 ms and served at 2.8 ms). The first two are
+Python in the front end's one process: one thread at a time holds the interpreter, so when queries overlap
+their path work waits for it, and the path's time grows with the rate even where every stage has replicas to
+spare. So the estimator does not take a path time learnt at each rate (session 7 learnt it from a replay at the
+same rate just before each measured one: within +-20% in one run, -73% in the next, where the 30 s window had
+not seen what the measured minute did) but the path's *work*, measured once with nothing overlapping
+(``measure``: queries served one after another), and queues it in the simulation for ``threads`` interpreters
+(``infaas.pipelines.simulator``), so its waiting follows the rate the simulation is asked about.
+
+``measure`` serves sequential queries through the real path (``serve_pipeline``) and splits each answer
+(``split``): entry = the query's latency less its stages' times; stage = a stage's time less its queue wait and
+run; excess = the run less its variant's profiled median at the run's batch. The planner takes the same
+``ServingPath`` (``infaas.pipelines.planner``), so a plan is judged with the time the path adds, and the plan
+document stores it (``to_json``: quantiles, with how it was obtained), so a re-plan and the tuner use the
+same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from infaas.catalog import ModelInfo
+from infaas.engine import QueryEngine
+from infaas.pipelines.serving import PipelineAnswer, serve_pipeline
+from infaas.pipelines.spec import PipelineSpec
+from infaas.selector import ProfileCurve
+
+QUANTILES = 200  # stored points per sample set: midpoints of 200 equal-probability bins, each drawn equally often
+
+
+def _samples(values: Iterable[float], what: str) -> tuple[float, ...]:
+    out = tuple(float(v) for v in values)
+    if not out:
+        raise ValueError(f"{what}: no samples")
+    if not all(np.isfinite(out)):
+        raise ValueError(f"{what}: samples must be finite")
+    return out
+
+
+@dataclass(frozen=True)
+class ServingPath:
+    """What the serving path adds to a pipeline query, as samples (ms) drawn per query or per stage visit.
+
+    ``entry`` and ``stage`` are the front end's work, queued for ``threads`` interpreters in the simulation;
+    ``excess`` is added to a stage's runs and holds its replica, as the run does. ``source`` says how it was
+    obtained (shown with every estimate made with it)."""
+
+    entry: tuple[float, ...]
+    stage: Mapping[str, tuple[float, ...]]
+    excess: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    threads: int = 1
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+        object.__setattr__(self, "entry", _samples(self.entry, "entry"))
+        object.__setattr__(self, "stage", {n: _samples(v, f"stage {n}") for n, v in self.stage.items()})
+        object.__setattr__(self, "excess", {n: _samples(v, f"excess {n}") for n, v in self.excess.items()})
+
+    def work_ms(self, visits: Mapping[str, float]) -> float:
+        """Mean interpreter work per query when stage ``n`` is reached by a share ``visits[n]`` of queries."""
+        return float(np.mean(self.entry)) + sum(
+            share * float(np.mean(self.stage[n])) for n, share in visits.items() if n in self.stage
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Quantiles of each sample set (``QUANTILES`` midpoints: a draw from them keeps the tail), and how it was
+        obtained."""
+        points = (np.arange(QUANTILES) + 0.5) / QUANTILES
+
+        def q(values: tuple[float, ...]) -> list[float]:
+            return [round(float(v), 4) for v in np.quantile(values, points)]
+
+        return {
+            "entry_ms": q(self.entry),
+            "stage_ms": {n: q(v) for n, v in self.stage.items()},
+            "excess_ms": {n: q(v) for n, v in self.excess.items()},
+            "threads": self.threads,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ServingPath:
+        return cls(
+            entry=tuple(raw["entry_ms"]),
+            stage={n: tuple(v) for n, v in raw["stage_ms"].items()},
+            excess={n: tuple(v) for n, v in raw.get("excess_ms", {}).items()},
+            threads=int(raw.get("threads", 1)),
+            source=str(raw.get("source", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Split:
+    """One answered query's time, split as the estimator models it (ms)."""
+
+    latency: float
+    entry: float  # outside every stage
+    stage: dict[str, float]  # per stage run: its time less queue and run
+    queue: dict[str, float]
+    service: dict[str, float]
+    batch: dict[str, int]
+    variant: dict[str, str]
+
+
+def split(answer: PipelineAnswer, latency_ms: float) -> Split:
+    """``answer``'s time as entry, per-stage path, queue and run; stages the query did not reach are left out."""
+    entry = latency_ms
+    parts: dict[str, dict[str, Any]] = {"stage": {}, "queue": {}, "service": {}, "batch": {}, "variant": {}}
+    for name, stage in answer.stages.items():
+        if "variant" not in stage:
+            continue
+        parts["stage"][name] = stage["stage_ms"] - stage["service_ms"] - stage["queue_ms"]
+        parts["queue"][name] = stage["queue_ms"]
+        parts["service"][name] = stage["service_ms"]
+        parts["batch"][name] = int(stage["batch"])
+        parts["variant"][name] = f"{stage['model']}/{stage['variant']}"
+        entry -= stage["stage_ms"]
+    return Split(latency_ms, entry, **parts)
+
+
+def from_splits(splits: list[Split], curves: Mapping[str, ProfileCurve], source: str, threads: int = 1) -> ServingPath:
+    """The path as sampled by ``splits``; ``curves`` per ``model/variant`` served (for the runs' excess)."""
+    names = sorted({n for s in splits for n in s.stage})
+    return ServingPath(
+        entry=tuple(s.entry for s in splits),
+        stage={n: tuple(s.stage[n] for s in splits if n in s.stage) for n in names},
+        excess={
+            n: tuple(
+                s.service[n] - curves[s.variant[n]].service_ms(s.batch[n])
+                for s in splits
+                if n in s.stage and s.variant[n] in curves
+            )
+            for n in names
+            if any(n in s.stage and s.variant[n] in curves for s in splits)
+        },
+        threads=threads,
+        source=source,
+    )
+
+
+def measure(
+    engine: QueryEngine,
+    spec: PipelineSpec,
+    plan: Mapping[str, Any] | None,
+    rows: list[Mapping[str, Any]],
+    curves: Mapping[str, ProfileCurve],
+    *,
+    queries: int,
+    gap_s: float,
+    allowed: Callable[[ModelInfo], bool],
+    tenant: str,
+) -> ServingPath:
+    """The path's work, measured once: ``queries`` queries served one after another through the real path
+    (``rows`` cycled as their inputs), each handed to a waiting thread as the front end hands a request (the
+    thread's wake-up is part of the path), ``gap_s`` idle between them, so none overlaps another and what each
+    spends is its own work, not a wait for another's."""
+    if queries < 100:
+        raise ValueError(f"queries must be at least 100 (a p99 of fewer is their maximum), got {queries}")
+    if gap_s < 0:
+        raise ValueError(f"gap_s must not be negative, got {gap_s}")
+    splits = []
+    with ThreadPoolExecutor(max_workers=1) as pool:  # handed to a waiting thread, as a front end hands a request
+        for i in range(queries):
+            started = time.perf_counter()
+            answer = pool.submit(serve_pipeline, engine, spec, plan, rows[i % len(rows)], allowed, tenant).result()
+            splits.append(split(answer, (time.perf_counter() - started) * 1000.0))
+            time.sleep(gap_s)
+    source = (
+        f"measured once: {queries} queries served one after another through the serving path, "
+        f"{gap_s * 1000:g} ms apart, at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    )
+    return from_splits(splits, curves, source)
+
+
+__all__ = ["QUANTILES", "ServingPath", "Split", "from_splits", "measure", "split"]
