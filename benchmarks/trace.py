@@ -614,9 +614,11 @@ def calibrate(
     with its spike at that rate missed 59% in the same conditions: clients that wait for their answers never
     queue up the way independent arrivals do, so a closed-loop rate is not one the open-loop trace is served at.
 
-    ``fresh`` runs before every window (the engine's learnt state from scratch), so that a window past capacity
-    does not decide the next one: what the estimate correction learns in an overloaded window would refuse the
-    next window's tight queries for hundreds of queries.
+    ``fresh`` runs before every window and puts back the deployment every trace run starts from
+    (``start_state``: what the warm-up loads, the engine's learnt state from scratch), so that a window past
+    capacity does not decide the next one: what the estimate correction learns in an overloaded window would
+    refuse the next window's tight queries for hundreds of queries, and a variant an overloaded window loaded
+    stayed loaded for every later window. Each window records which variants served its queries.
     """
     seed_of = iter(range(seed, seed + 10_000))
 
@@ -630,7 +632,17 @@ def calibrate(
         time.sleep(STAIR_PAUSE_S)  # let queues drain before the next window
         in_time = counts["in_time"] / counts["queries"] if counts["queries"] else 1.0
         not_ok = {k: v for k, v in counts["by_status"].items() if k != "ok"}  # what kept a window under the bar
-        return {"qps": round(rate, 1), "queries": counts["queries"], "in_time": round(in_time, 4), "not_ok": not_ok}
+        served: dict[str, int] = {}
+        for o in run.outcomes:
+            if o.accuracy is not None:
+                served[o.variant] = served.get(o.variant, 0) + 1
+        return {
+            "qps": round(rate, 1),
+            "queries": counts["queries"],
+            "in_time": round(in_time, 4),
+            "not_ok": not_ok,
+            "served_by": dict(sorted(served.items(), key=lambda kv: -kv[1])),
+        }
 
     result = capacity(window, repeats=repeats, start_qps=start_qps, target=target)
     method = (
@@ -712,6 +724,23 @@ class AdmitAll(FairShare):
 
     def admit(self, tenant: str, at_risk: bool) -> None:
         return None
+
+
+def start_state(services: Services, serve: Serve, classes: list[QueryClass], inputs: np.ndarray) -> None:
+    """Put back the deployment every trace run starts from, on the workers already running: every instance
+    unloaded, the engine's learnt state fresh, then the warm-up's loads (``_warm``), as ``run_infaas`` starts.
+
+    Before, a calibration window kept whatever the previous ones had loaded: when an overloaded window made the
+    selector load a cold variant to meet a budget, every later window ran with it too, so the staircases
+    measured two deployments, whichever the first overload happened to leave.
+    """
+    engine = services.engine
+    for instance in engine.live.instances():
+        client = engine.workers.get(instance.worker_id)
+        if client is not None:
+            client.unload(instance.variant_key)
+    fresh_engine_state(services)
+    _warm(serve, [Arrival(0.0, c, 0) for c in classes], inputs)
 
 
 def fresh_engine_state(services: Services, fair_share: FairShare | None = None) -> None:
@@ -1182,7 +1211,7 @@ def main() -> None:
                     window_s=args.calibrate_window,
                     start_qps=args.calibrate_start,
                     seed=args.seed,
-                    fresh=lambda: fresh_engine_state(services),
+                    fresh=lambda: start_state(services, serve, feasible_classes, inputs),
                 )
             deployment.stop(services)
             capacity = calibration["capacity_qps"]

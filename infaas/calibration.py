@@ -60,6 +60,15 @@ observations lie below (τ = 0.5 for the overhead). Hence:
   slow to believe good, the honest direction for a latency promise;
 * scale-free: steps are relative, so a 10 µs model and a 100 ms one converge equally fast.
 
+Separately, each placement's *runs* are tracked (``observe_run``, ``run_ms``): the median ratio of the time its
+worker reports running it (the session run alone: no queue, no serving path) to its profile at the run's batch.
+The engine's event-loop rule reads that (``infaas.engine._inline_ms``), not the latency correction: the correction's
+factor holds everything a query waited for beyond the overhead's median, including the thread pool's hop, so a
+fast model sent to the pool once learnt a factor that kept it there (a 0.01 ms model that waited 1.5 ms for a pool
+thread reads 150×, 1.4 ms: "too slow for the loop"), while one that ran on the loop kept a small one; the same
+command then measured 650 or 2,155 q/s (``benchmarks/trace.py``, session 7). A run's own time does not depend on
+which thread ran it, so the rule has one fixed point.
+
 The correction only moves an estimate towards what was observed; it never touches what was observed. The report
 keeps both errors (actual − raw, actual − corrected) and, for queries with a budget, the share of those promised
 (estimate ≤ budget) that met it, raw and corrected, so the correction's effect is visible rather than assumed.
@@ -89,6 +98,8 @@ PRIOR_MIN_RAW_MS = 1.0
 # autoscaler's idle unload (15 s in the trace, 120 s by default), so that a frozen placement is tried again
 # before it is unloaded for idling.
 STALE_S = 5.0
+# A placement's typical run against its profile (``observe_run``): the median, what the event-loop rule plans with.
+RUN_QUANTILE = 0.5
 REPORT_SAMPLES = 4096  # recent queries the report's error percentiles are taken over
 _log, _exp = math.log, math.exp
 
@@ -206,6 +217,7 @@ class Calibration:
         self._overhead_ms = 0.0  # the tracker's value, read on every correction
         self._factors: dict[tuple[str, str], _Quantile] = {}
         self._priors: dict[str, _WorkerPrior] = {}
+        self._runs: dict[tuple[str, str], _Quantile] = {}  # run time / profile, per placement (``observe_run``)
         self._samples: deque[_Sample] = deque(maxlen=REPORT_SAMPLES)
         self._observed = 0
 
@@ -281,6 +293,28 @@ class Calibration:
                 prior = self._priors[worker] = _WorkerPrior()
             prior.update(raw_ms, worker_part_ms, now)
 
+    def observe_run(self, key: str, worker: str, profiled_ms: float, run_ms: float) -> None:
+        """Account one model run of ``key`` on ``worker``: ``run_ms`` is what the worker reported the run took
+        (``InferResult.service_ms``), ``profiled_ms`` the profile's typical time at the run's batch."""
+        placement = (key, worker)
+        now = self._clock()
+        ratio = (run_ms if run_ms > _FLOOR_MS else _FLOOR_MS) / (profiled_ms if profiled_ms > _FLOOR_MS else _FLOOR_MS)
+        with self._lock:
+            tracker = self._runs.get(placement)
+            if tracker is None or tracker.seen_s < now - STALE_S:
+                self._runs[placement] = _Quantile(RUN_QUANTILE, ratio, now)
+            else:
+                tracker.update(ratio, now)
+
+    def run_ms(self, key: str, worker: str, profiled_ms: float) -> float:
+        """How long a run of ``key`` on ``worker`` profiled at ``profiled_ms`` takes there, typically: the profile
+        times the placement's median observed ratio (``observe_run``); the profile itself until a run was observed
+        there, or once none has been for ``STALE_S``."""
+        tracker = self._runs.get((key, worker))
+        if tracker is None or tracker.seen_s < self._clock() - STALE_S:
+            return profiled_ms
+        return tracker.value * profiled_ms
+
     def report(self) -> dict[str, object]:
         """Estimate error before and after correction over the recent queries, and the correction in force."""
         now = self._clock()
@@ -290,6 +324,7 @@ class Calibration:
                 f"{key} on {worker}": (t.value, t.count, now - t.seen_s) for (key, worker), t in self._factors.items()
             }
             priors = {w: (p.excess_ms, p.slowdown_value) for w, p in self._priors.items()}
+            runs = {f"{key} on {worker}": (t.value, t.count, now - t.seen_s) for (key, worker), t in self._runs.items()}
             observed, overhead = self._observed, self.overhead_ms
         out: dict[str, object] = {
             "observed": observed,
@@ -300,6 +335,10 @@ class Calibration:
             "factors": {
                 k: {"factor": round(v, 4), "observed": n, "age_s": round(age, 1)}  # expired past stale_after_s
                 for k, (v, n, age) in sorted(factors.items())
+            },
+            "run_factors": {  # a run's time over its profile, median (``observe_run``): what the event-loop rule reads
+                k: {"factor": round(v, 4), "observed": n, "age_s": round(age, 1)}
+                for k, (v, n, age) in sorted(runs.items())
             },
             "worker_priors": {
                 w: {"excess_ms": round(e, 4), "slowdown": round(f, 4)} for w, (e, f) in sorted(priors.items())

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from infaas import offload, tracing
-from infaas.calibration import Calibration, Correction
+from infaas.calibration import Calibration
 from infaas.candidates import CandidateCache
 from infaas.cascade_drift import CascadeMonitor
 from infaas.cascade_session import STAGE_OUTPUT, split_stages
@@ -99,21 +99,21 @@ class _Dispatch:
     candidates: tuple[Candidate, ...]  # to choose again if the chosen worker turns out to be gone
 
 
-def _inline_ms(decision: Selection, correct: Correction) -> float:
+def _inline_ms(decision: Selection, run_ms: Callable[[str, str, float], float]) -> float:
     """How long the chosen run is expected to take, for the event-loop rule (``offload.run_is_short``): its profiled
-    median as this placement has been observed to run (the correction's share of it, without the serving path's
-    additive overhead, which is the engine's own time), or infinite when the variant must be loaded first.
+    median at the query's batch as runs of this placement have been observed to take (``Calibration.run_ms``: the
+    worker's own run time, without any wait), or infinite when the variant must be loaded first.
 
     Not the bare profile: on the trace benchmark's busy two cores at 1.5× load (``benchmarks/trace.py``), the large
     MLP's cascade, profiled well under 1 ms for a 256-row query, took 58% of the loop's samples (py-spy) running
     inline while the queries behind it waited to be planned: 1,954 of 24,507 could not even be sent within their
-    budget. Not the whole corrected estimate either: its overhead grows with the pool's waits under load, and then
-    even the tiniest model would leave the loop, adding a hop per query to the load that made the overhead grow.
+    budget. Not the latency correction either (this rule's previous reading): its factor includes the waits of the
+    thread it ran on, the pool's hop among them, so it had two fixed points, a fast model kept in the pool by what
+    the pool made it wait or kept on the loop by never waiting (``infaas.calibration``, run times).
     """
     if not decision.loaded:
         return float("inf")
-    key, worker = decision.candidate.key, decision.worker
-    return correct(key, worker, decision.candidate.curve.service_ms(decision.batch)) - correct(key, worker, 0.0)
+    return run_ms(decision.candidate.key, decision.worker, decision.candidate.curve.service_ms(decision.batch))
 
 
 class QueryEngine:
@@ -175,7 +175,7 @@ class QueryEngine:
         query, context = parse()
         plan = self._plan(query)
         ran = await offload.short_inline_else_pool(
-            _inline_ms(plan.decision, self.calibration.correction()),
+            _inline_ms(plan.decision, self.calibration.run_ms),
             lambda: self._try_now(plan),
             lambda: self._run(plan),
         )
@@ -223,7 +223,7 @@ class QueryEngine:
             with tracer.start_as_current_span("run") as span:
                 started_ns = tracing.now_ns()
                 ran = await offload.short_inline_else_pool(
-                    _inline_ms(plan.decision, self.calibration.correction()),
+                    _inline_ms(plan.decision, self.calibration.run_ms),
                     lambda: self._try_now(plan),
                     lambda: self._run(plan),
                 )
@@ -411,6 +411,9 @@ class QueryEngine:
                 actual_ms,
                 worker_ms=queue_ms + result.service_ms,
                 budget_ms=latency_ms,
+            )
+            self.calibration.observe_run(
+                decision.candidate.key, worker, decision.candidate.curve.service_ms(result.batch), result.service_ms
             )
         return Answer(outputs, served_by, record)
 

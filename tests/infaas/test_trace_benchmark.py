@@ -317,3 +317,41 @@ def test_one_noisy_first_window_does_not_walk_the_staircase_down() -> None:
     result = trace.capacity(measure, repeats=5, start_qps=20.0, target=0.99)
     assert seen[1] == seen[2] == 20.0  # measured again at the same rate, not lower
     assert 100.0 / trace.STAIR_STEP < result["capacity_qps"] <= 100.0
+
+
+def test_each_calibration_window_starts_from_the_deployment_the_runs_start_from() -> None:
+    """``start_state``: what an earlier window loaded is unloaded, the engine's learnt state is new, and the warm-up
+    loads again what the runs start with (before, a variant an overloaded window loaded stayed for every later one,
+    and the staircases measured whichever deployment the first overload left)."""
+    from types import SimpleNamespace
+
+    unloaded: list[tuple[str, str]] = []
+
+    class Client:
+        def __init__(self, worker: str) -> None:
+            self.worker = worker
+
+        def unload(self, key: str) -> bool:
+            unloaded.append((self.worker, key))
+            return True
+
+    instances = [SimpleNamespace(worker_id="w1", variant_key="m/a"), SimpleNamespace(worker_id="w2", variant_key="m/b")]
+    old_calibration, old_fair_share = object(), object()
+    engine = SimpleNamespace(
+        live=SimpleNamespace(instances=lambda: list(instances)),
+        workers=SimpleNamespace(get=lambda worker: Client(worker)),
+        calibration=old_calibration,
+        fair_share=old_fair_share,
+    )
+    warmed: list[str] = []
+
+    async def serve(arrival: Arrival, x: np.ndarray, deadline: float) -> tuple[str, float | None]:
+        assert unloaded, "the warm-up runs after the unloads"
+        warmed.append(arrival.cls.name)
+        return "m/a", 1.0
+
+    classes = [QueryClass("a", 0.5, 10.0, 0.0, 1), QueryClass("b", 0.5, 10.0, 0.0, 1)]
+    trace.start_state(SimpleNamespace(engine=engine), serve, classes, np.zeros((4, 1), np.float32))
+    assert unloaded == [("w1", "m/a"), ("w2", "m/b")]
+    assert engine.calibration is not old_calibration and engine.fair_share is not old_fair_share
+    assert sorted(set(warmed)) == ["a", "b"]
