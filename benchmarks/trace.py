@@ -401,8 +401,12 @@ async def _replay(
 ) -> None:
     stop = threading.Event()
     # Every run starts from the same collector state, off the clock: a full collection of this process's ~150,000
-    # objects takes ~110 ms, and one left half-due by the previous run (or the set-up) would land in this one.
+    # objects takes ~90-110 ms, and one left half-due by the previous run (or the set-up) would land in this one.
+    # What survives it is the server's start-up state, frozen as ``infaas serve`` freezes its own (``api.app``):
+    # the run's full collections then scan only what the run made (88 ms of CPU before the freeze, ~0 after, on
+    # this benchmark's set-up; session 7's second run had full collections of 99-163 ms stop its loop at 1x/1.5x).
     gc.collect()
+    gc.freeze()
     run.started_wall = time.time()
     start = time.monotonic()  # the event loop's clock too: arrivals are scheduled and measured on it
 
@@ -469,6 +473,7 @@ async def _replay(
             await asyncio.gather(*pending)
     finally:
         gc.callbacks.remove(on_gc)
+        gc.unfreeze()  # the next run's collection frees what this one's set-up left
         stop.set()
         watcher.join()
     if len(run.outcomes) != len(trace):  # a query's task failed outside the query: say so, never hide it
