@@ -19,7 +19,7 @@ from api.limits import BodySizeLimit
 from api.routes import admin, cascades, decisions, infer, jobs, metrics, models, pipelines, topk, v2
 from api.schemas import ErrorOut
 from autoscaler import Autoscaler
-from infaas import __version__, logs, tracing
+from infaas import __version__, logs, process_group, tracing
 from infaas.config import Settings, get_settings
 from infaas.services import Services, build_services
 
@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             log.warning("INFAAS_ADMIN_KEY is not set: authentication is off and only localhost clients are served")
         if settings.metrics:
             metrics.open_metrics(app, running)
+        # One copy of an embedded `infaas serve --workers N`: the others' catalog changes reach this engine.
+        group = process_group.watch_catalog(settings, running.metadata.add_listener, running.engine.catalog_changed)
         running.start_serving()
         scaler = _start_autoscaler(running)
         # What start-up built lives as long as the process: frozen, so that full collections no longer scan it (the
@@ -72,6 +74,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             gc.unfreeze()
             if scaler is not None:
                 scaler.stop()
+            if group is not None:
+                group.close()
             if owned:
                 running.close()
 

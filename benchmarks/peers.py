@@ -9,11 +9,12 @@ What runs:
   on (``max_batch_size`` = the model's ``max_batch`` as registered in infaas, ``max_batch_time`` the best
   of ``--batch-times``, chosen by a short calibration run of each value), ``parallel_workers`` = the
   cores, each worker's session on ``cores // workers`` threads, ``debug`` off.
-* **infaas** (``infaas serve`` of this checkout, embedded defaults, a temporary ``INFAAS_HOME``; only the
-  profiler is shortened): the same ONNX files registered over HTTP with their validation sets; variants
-  built and profiled; then queried **by need** on OIP with ``parameters.slo_min_fidelity`` 0.99 (agreement
-  for the classifiers, cosine for the MiniLM embedding: none of the models carries a floor in its own
-  accuracy metric that 0.99 could mean the same thing for).
+* **infaas** (``infaas serve --workers`` = the cores, as MLServer's ``parallel_workers``, of this checkout,
+  embedded defaults, a temporary ``INFAAS_HOME``; only the profiler is shortened; ``--infaas-workers``): the
+  same ONNX files registered over HTTP with their validation sets; variants built and profiled; then queried
+  **by need** on OIP with ``parameters.slo_min_fidelity`` 0.99 (agreement for the classifiers, cosine for the
+  MiniLM embedding: none of the models carries a floor in its own accuracy metric that 0.99 could mean the
+  same thing for).
 
 Both servers get the machine's cores (``os.sched_getaffinity``; the JSON records them) and the very same
 request body: one OIP JSON file per model, whose ``parameters`` MLServer ignores. The load is ``wrk``
@@ -381,11 +382,12 @@ class MLServer:
 
 
 class Infaas:
-    """``infaas serve`` of this checkout on a temporary home, embedded defaults."""
+    """``infaas serve`` of this checkout on a temporary home, embedded defaults, ``workers`` processes."""
 
-    def __init__(self, work: Path, models: Sequence[PeerModel]) -> None:
+    def __init__(self, work: Path, models: Sequence[PeerModel], workers: int = 1) -> None:
         self.home = work / "infaas-home"
         self.models = models
+        self.workers = workers
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.settings = {"INFAAS_PROFILE_RUNS": "10", "INFAAS_PROFILE_MAX_SECONDS": "1"}
@@ -395,7 +397,7 @@ class Infaas:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFAAS_")}
         env.update(INFAAS_HOME=str(self.home), PYTHONPATH=str(ROOT), **self.settings)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "infaas", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "infaas", "serve", "--port", str(self.port), "--workers", str(self.workers)],
             cwd=ROOT,
             env=env,
             stdout=log.open("ab"),
@@ -580,6 +582,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measured runs per server and model (order alternates)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument(
+        "--infaas-workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="`infaas serve --workers`: processes on its port (default the cores, as MLServer's parallel_workers)",
+    )
+    parser.add_argument(
         "--batch-times",
         type=lambda s: [float(x) for x in s.split(",")],
         default=list(BATCH_TIMES_S),
@@ -634,7 +642,7 @@ def main(argv: list[str] | None = None) -> None:
         datatypes = {name: datatype for name, (datatype, _) in model.inputs.items()}
         bodies[model.name].write_bytes(oip_body(request_sample(model), datatypes, MIN_FIDELITY))
 
-    infaas = Infaas(work, models)
+    infaas = Infaas(work, models, args.infaas_workers)
     mlserver: MLServer | None = None
     measured: dict[str, dict[str, list[dict[str, Any]]]] = {m.name: {"infaas": [], "mlserver": []} for m in models}
     try:
@@ -731,6 +739,7 @@ def main(argv: list[str] | None = None) -> None:
             "endpoint": "POST /v2/models/{name}/infer (OIP JSON, the same body file for both servers)",
             "infaas": {
                 "env": infaas.settings,
+                "serve_workers": infaas.workers,
                 "build_s": round(build_s, 1),
                 "query": {"slo_min_fidelity": MIN_FIDELITY},
             },

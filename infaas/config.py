@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     metrics: bool = True
     # How long a thread may hold the GIL while another waits (infaas.switch_interval: why 0.5, not Python's 5 ms).
     switch_interval_ms: float = Field(default=0.5, gt=0)
+    # Processes ``infaas serve`` runs on its port, each a whole front-end (infaas/process_group.py); --workers.
+    serve_workers: int = Field(default=1, ge=1)
 
     # Workers.
     worker_id: str | None = None

@@ -57,6 +57,9 @@ def forwarded_header_options(trusted_proxies: str) -> dict[str, object]:
 def serve(
     host: str = typer.Option(None, help="interface to bind (default INFAAS_HOST, 127.0.0.1)"),
     port: int = typer.Option(None, help="port (default INFAAS_PORT, 8000)"),
+    workers: int = typer.Option(
+        None, help="processes serving the port, each a whole front-end (default INFAAS_SERVE_WORKERS, 1)"
+    ),
 ) -> None:
     """Run the API server (applies database migrations first).
 
@@ -64,12 +67,30 @@ def serve(
     ``api`` layer above it (``lint-imports``). ``create_app()`` reads the same process-wide
     ``get_settings()`` as here. What a connection may hold is bounded: its headers (time and size,
     ``api/http_protocol.py``), idle keep-alive time, and the number of connections and requests.
+
+    With ``--workers N`` uvicorn runs N processes accepting from the one socket (``infaas/process_group.py``:
+    what they share, and what is refused). Migrations run once, here, before any of them starts.
     """
+    import os
+
     import uvicorn
 
-    from infaas import logs, switch_interval, tracing
+    from infaas import logs, process_group, switch_interval, tracing
 
     settings = get_settings()
+    workers = settings.serve_workers if workers is None else workers
+    try:
+        process_group.check_serve_workers(settings, workers)
+    except ValueError as exc:
+        err.print(f"[red]error (--workers):[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if workers > 1:
+        from infaas.db.migrate import upgrade
+
+        settings.ensure_home()
+        upgrade(settings.resolved_database_url)
+        process_group.catalog_file_path(settings.home).unlink(missing_ok=True)  # a new group's announcements
+        os.environ.update(process_group.group_environment(settings, workers, os.environ))
     logs.setup(settings)
     switch_interval.apply(settings.switch_interval_ms)
     tracing.configure("infaas")
@@ -94,7 +115,8 @@ def serve(
         **forwarded_header_options(settings.trusted_proxies),
         access_log=False,  # no per-request log record (they were filtered out at "warning" anyway)
         timeout_keep_alive=settings.keep_alive_s,
-        limit_concurrency=settings.max_connections,  # connections + requests in flight; 503 past it
+        limit_concurrency=settings.max_connections,  # connections + requests in flight; 503 past it (per process)
+        workers=workers if workers > 1 else None,
     )
 
 
