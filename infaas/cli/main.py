@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -68,8 +69,9 @@ def serve(
     ``get_settings()`` as here. What a connection may hold is bounded: its headers (time and size,
     ``api/http_protocol.py``), idle keep-alive time, and the number of connections and requests.
 
-    With ``--workers N`` uvicorn runs N processes accepting from the one socket (``infaas/process_group.py``:
-    what they share, and what is refused). Migrations run once, here, before any of them starts.
+    With ``--workers N``, N uvicorn processes each accept on their own ``SO_REUSEPORT`` socket of the port
+    (``infaas/cli/serve_group.py``; what they share, and what is refused: ``infaas/process_group.py``). Migrations
+    run once, here, before any of them starts.
     """
     import os
 
@@ -102,8 +104,7 @@ def serve(
             "[yellow]No INFAAS_ADMIN_KEY set: binding to 127.0.0.1 only (set a key to listen elsewhere).[/yellow]"
         )
         host = "127.0.0.1"
-    uvicorn.run(
-        "api.app:create_app",
+    options: dict[str, Any] = dict(
         factory=True,
         host=host,
         port=port or settings.port,
@@ -116,8 +117,13 @@ def serve(
         access_log=False,  # no per-request log record (they were filtered out at "warning" anyway)
         timeout_keep_alive=settings.keep_alive_s,
         limit_concurrency=settings.max_connections,  # connections + requests in flight; 503 past it (per process)
-        workers=workers if workers > 1 else None,
     )
+    if workers > 1:
+        from infaas.cli.serve_group import run_group
+
+        run_group("api.app:create_app", workers=workers, **options)
+    else:
+        uvicorn.run("api.app:create_app", **options)
 
 
 def _require_usable_gpu(pinned: int) -> None:

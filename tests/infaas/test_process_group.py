@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
+from infaas.cli import serve_group
 from infaas.config import Settings, get_settings
 from infaas.process_group import (
     CatalogFile,
@@ -138,7 +141,8 @@ def test_serve_with_workers_migrates_once_and_starts_uvicorn_with_them(
     from infaas.cli.main import app
 
     seen: list[dict[str, object]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *_a, **kw: seen.append(kw))
+    monkeypatch.setattr(uvicorn, "run", lambda *_a, **kw: seen.append(kw | {"workers": 1}))
+    monkeypatch.setattr(serve_group, "run_group", lambda *_a, **kw: seen.append(kw))
     home = tmp_path / "home"
     monkeypatch.setenv("INFAAS_HOME", str(home))
     monkeypatch.delenv("INFAAS_REDIS_URL", raising=False)
@@ -157,7 +161,7 @@ def test_serve_with_workers_migrates_once_and_starts_uvicorn_with_them(
     monkeypatch.setenv("INFAAS_SERVE_WORKERS", "1")
     get_settings.cache_clear()
     assert CliRunner().invoke(app, ["serve", "--port", "1"]).exit_code == 0
-    assert [kw["workers"] for kw in seen] == [None]
+    assert [kw["workers"] for kw in seen] == [1]
 
 
 def test_serve_refuses_workers_with_keys_and_no_redis(
@@ -166,9 +170,66 @@ def test_serve_refuses_workers_with_keys_and_no_redis(
     from infaas.cli.main import app
 
     monkeypatch.setattr(uvicorn, "run", lambda *_a, **_kw: pytest.fail("uvicorn must not start"))
+    monkeypatch.setattr(serve_group, "run_group", lambda *_a, **_kw: pytest.fail("uvicorn must not start"))
     monkeypatch.setenv("INFAAS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("INFAAS_REDIS_URL", raising=False)
     monkeypatch.setenv("INFAAS_ADMIN_KEY", "k" * 32)
     result = CliRunner().invoke(app, ["serve", "--port", "1", "--workers", "2"])
     assert result.exit_code == 2
     assert "quotas" in result.output
+
+
+def test_connections_are_spread_over_the_processes_sockets() -> None:
+    """One socket per process with SO_REUSEPORT: 32 connections opened at once reach both (with uvicorn's one
+    shared socket, whichever process woke first accepted 16 of 16 from ``wrk``)."""
+    listeners = serve_group.reuse_port_sockets("127.0.0.1", 0, 2)
+    clients: list[socket.socket] = []
+    try:
+        port = listeners[0].getsockname()[1]
+        assert listeners[1].getsockname()[1] == port
+        for listener in listeners:  # already listening
+            listener.setblocking(False)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]
+        accepted = [0, 0]
+        deadline = time.monotonic() + 5
+        while sum(accepted) < 32 and time.monotonic() < deadline:
+            for index, listener in enumerate(listeners):
+                try:
+                    listener.accept()[0].close()
+                    accepted[index] += 1
+                except BlockingIOError:
+                    pass
+        assert sum(accepted) == 32
+        assert min(accepted) >= 4, accepted  # binomial(32, 1/2): below 4 has probability 2e-6
+    finally:
+        for sock in clients + listeners:
+            sock.close()
+
+
+class _FakeProcess:
+    def __init__(self, _config: object, sockets: list[object]) -> None:
+        self.sockets, self.alive, self.pid, self.exitcode = sockets, True, 0, None
+
+    def start(self) -> None: ...
+
+    def is_alive(self, timeout: float) -> bool:
+        return self.alive
+
+    def kill(self) -> None:
+        self.exitcode = -9
+
+    def join(self) -> None: ...
+
+
+def test_each_worker_keeps_its_own_socket_also_when_restarted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serve_group, "Process", _FakeProcess)
+    config = uvicorn.Config("api.app:create_app", factory=True, workers=3)
+    sockets = [object(), object(), object()]
+    supervisor = serve_group.ReusePortSupervisor(config, sockets)  # type: ignore[arg-type]
+    supervisor.init_processes()
+    assert [p.sockets for p in supervisor.processes] == [[s] for s in sockets]  # type: ignore[attr-defined]
+    supervisor.processes[1].alive = False  # type: ignore[attr-defined]
+    dead = supervisor.processes[1]
+    supervisor.keep_subprocess_alive()
+    assert supervisor.processes[1] is not dead
+    assert [p.sockets for p in supervisor.processes] == [[s] for s in sockets]  # type: ignore[attr-defined]
