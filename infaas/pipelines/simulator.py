@@ -20,13 +20,14 @@ What is modelled, each as the serving path does it:
   sleeping core woken): the zoo CNN's INT8 run was profiled at p50 2.4 / p99 3.3 ms and served at 2.8 / 5.0 ms
   at 10 queries/s, the logistic regression's at 0.006 ms and 0.14 ms. It holds the replica, as the run does.
 * The serving path's own time (``infaas.pipelines.path.ServingPath``, measured once with no query overlapping
-  another): each query's work outside its stages (``entry``, before its first stage) and around each stage's
-  run (``stage``, before the stage's queue, holding no replica) is *work for the front end's interpreter*:
-  ``threads`` of them (one process: one holds the GIL at a time), FIFO, so a query whose path work finds the
-  interpreter busy with another's waits for it. That wait is what makes the path slower as the rate rises with
-  nothing else changed; session 7 instead learnt the path's time from a replay at each rate just before the
-  measured one, which was within +-20% in one run and -73% in the next. Without a path (``path=None``) a query
-  spends no time outside the stages' queues and runs.
+  another): each query's time outside its stages (``entry``, before its first stage) and around each stage's
+  run (``stage``, before the stage's queue, holding no replica). Its CPU part (``entry_cpu``/``stage_cpu``,
+  the serving thread's CPU time where measured) is *work for the front end's interpreter*: ``threads`` of
+  them (one process: one holds the GIL at a time), FIFO, so a query whose path work finds the interpreter busy
+  with another's waits for it; the rest is a plain delay. That wait is what makes the path slower as the rate
+  rises with nothing else changed; session 7 instead learnt the path's time from a replay at each rate just
+  before the measured one, which was within +-20% in one run and -73% in the next. Without a path
+  (``path=None``) a query spends no time outside the stages' queues and runs.
 
 It returns the P99 (and P50) of end-to-end latency, each stage's utilisation (busy replica time over
 replica time) and the share of its visits that found no free replica and queued (``queued``): with a batch cap
@@ -220,24 +221,25 @@ def simulate(
                 reached.add(name)
         return [n for n in spec.order if n in reached]
 
-    def work(samples: tuple[float, ...] | None):  # type: ignore[no-untyped-def]  # a SimPy process
-        """The path's work of one draw from ``samples``, once the interpreter is free (FIFO)."""
-        if not samples or interpreter is None:
+    def work(stage: str | None):  # type: ignore[no-untyped-def]  # a SimPy process
+        """One draw of the path's time (the entry, or ``stage``'s): its delay, then its CPU part once the
+        interpreter is free (FIFO)."""
+        if path is None or (stage is not None and stage not in path.stage):
             return
-        ms = samples[rng.integers(len(samples))]
-        if ms <= 0:
+        ms, cpu_ms = path.draw(rng, stage)
+        if ms > cpu_ms:
+            yield env.timeout((ms - cpu_ms) / 1000.0)
+        if cpu_ms <= 0:
             return
         with interpreter.request() as turn:
             yield turn
-            interpreter_busy[0] += ms / 1000.0
-            yield env.timeout(ms / 1000.0)
+            interpreter_busy[0] += cpu_ms / 1000.0
+            yield env.timeout(cpu_ms / 1000.0)
 
     def query(index: int, at: float):  # type: ignore[no-untyped-def]
-        if path is not None:
-            yield from work(path.entry)
+        yield from work(None)
         for name in path_of():  # in ``spec.order``, one at a time, as ``run_dag`` runs them
-            if path is not None:
-                yield from work(path.stage.get(name))  # selection and the hand-over, holding no replica
+            yield from work(name)  # selection and the hand-over, holding no replica
             done = env.event()
             runners[name].submit(_Request(env.now, done))
             yield done

@@ -57,6 +57,12 @@ def test_the_path_is_measured_through_the_real_path_and_plans_keep_it(services: 
     assert len(path.entry) == 100 and set(path.stage) == set(path.excess) == {"f", "w"}
     assert all(len(v) == 100 for v in path.stage.values())
     assert min(path.entry) > 0.0 and "100 queries" in path.source
+    assert path.entry_cpu is not None and all(0.0 <= c <= t for c, t in zip(path.entry_cpu, path.entry, strict=True))
+    assert (
+        0.0
+        < path.work_ms({"f": 1.0, "w": 1.0})
+        <= float(np.mean(path.entry)) + sum(float(np.mean(v)) for v in path.stage.values())
+    )
     planned = plan_pipeline(services, info, lambda _m: True, path)
     assert planned.plan is not None and planned.plan["serving_path"]["source"] == path.source
     assert planned.plan["interpreter_utilisation"] > 0.0

@@ -53,6 +53,15 @@ def test_queries_that_overlap_wait_for_the_interpreter() -> None:
     assert sorted(two.latencies_ms) == pytest.approx([2.0, 2.0])
 
 
+def test_only_the_cpu_part_of_the_path_waits_for_the_interpreter() -> None:
+    """1 ms of path time of which 0.2 ms is CPU: two queries arriving together both wait out the 0.8 ms delay
+    side by side, then take the interpreter one after the other (1.0 and 1.2 ms, + the 1 ms run)."""
+    path = ServingPath(entry=(1.0,), stage={}, entry_cpu=(0.2,))
+    result = simulate(_spec(), _roomy(), {}, np.array([0.0, 0.0]), path=path)
+    assert sorted(result.latencies_ms) == pytest.approx([2.0, 2.2])
+    assert path.work_ms({}) == pytest.approx(0.2)
+
+
 def test_the_paths_time_grows_with_the_rate_from_work_measured_once() -> None:
     """The same measured work (0.8 ms a query) at 50 and 1,000 queries/s: the interpreter is 4% and 80% busy, and
     the P99 beyond work + run grows from nearly nothing to several work times (an M/D/1 wait), where a path
@@ -101,6 +110,14 @@ def test_the_stored_path_keeps_its_tail_and_refuses_bad_samples() -> None:
         ServingPath(entry=(), stage={})
     with pytest.raises(ValueError, match="finite"):
         ServingPath(entry=(1.0, math.nan), stage={})
+    with pytest.raises(ValueError, match="between 0 and"):
+        ServingPath(entry=(1.0,), stage={}, entry_cpu=(1.5,))
+    with pytest.raises(ValueError, match="1 samples for 2 times"):
+        ServingPath(entry=(1.0, 2.0), stage={}, entry_cpu=(0.5,))
+    # Each stored sample keeps its own CPU part (the slowest time with the CPU it had, not the largest CPU).
+    paired = ServingPath(entry=(0.5,) * 99 + (9.0,), stage={}, entry_cpu=(0.4,) * 99 + (0.1,))
+    again = ServingPath.from_json(paired.to_json())
+    assert again.entry_cpu is not None and again.entry[-1] == 9.0 and again.entry_cpu[-1] == 0.1
 
 
 def test_a_runs_excess_is_over_the_profile_at_its_own_batch() -> None:
@@ -114,6 +131,15 @@ def test_a_runs_excess_is_over_the_profile_at_its_own_batch() -> None:
     path = from_splits(splits, {"m/v": curve}, "test")
     assert path.excess["a"] == pytest.approx((0.5, 0.5, -1.0))
     assert path.stage["a"] == (0.1, 0.2, 0.3) and path.entry == (0.4, 0.5, 0.6, 0.7)
+    assert path.entry_cpu is None  # no CPU measured: the whole time is taken as work
+
+
+def test_the_serving_threads_cpu_is_spread_over_entry_and_stages() -> None:
+    """0.3 ms of CPU in a query whose path took 0.4 (entry) + 0.2 (stage): half of each is work."""
+    splits = [Split(3.0, 0.4, {"a": 0.2}, {"a": 0.0}, {"a": 2.4}, {"a": 1}, {"a": "m/v"}, cpu=0.3)]
+    path = from_splits(splits, {}, "test")
+    assert path.entry_cpu == pytest.approx((0.2,)) and path.stage_cpu == {"a": pytest.approx((0.1,))}
+    assert Split(1.0, 0.5, {}, {}, {}, {}, {}, cpu=9.0).cpu_share() == 1.0  # never more than the time
 
 
 def test_the_tuner_sizes_with_the_plans_excess_and_records_the_front_end() -> None:
