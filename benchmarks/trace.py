@@ -826,6 +826,7 @@ def run_infaas_with(
         engine.workers.stop()  # the next run starts from an empty front-end worker
     report = engine.calibration.report()
     run.estimates = {k: v for k, v in report.items() if k != "factors"}  # per placement: too many to keep
+    run.estimates["run_factors"] = engine.calibration.run_factors()  # what the loop rule read, per placement
     run.decisions = [
         {
             "t_s": round(_utc(d.at).timestamp() - run.started_wall, 2),

@@ -64,10 +64,10 @@ Separately, each placement's *runs* are tracked (``observe_run``, ``run_ms``): t
 worker reports running it (the session run alone: no queue, no serving path) to its profile at the run's batch.
 The engine's event-loop rule reads that (``infaas.engine._inline_ms``), not the latency correction: the correction's
 factor holds everything a query waited for beyond the overhead's median, including the thread pool's hop, so a
-fast model sent to the pool once learnt a factor that kept it there (a 0.01 ms model that waited 1.5 ms for a pool
-thread reads 150×, 1.4 ms: "too slow for the loop"), while one that ran on the loop kept a small one; the same
-command then measured 650 or 2,155 q/s (``benchmarks/trace.py``, session 7). A run's own time does not depend on
-which thread ran it, so the rule has one fixed point.
+fast model sent to the pool once could learn a factor that kept it there (e.g. a 0.01 ms model that waited 1.5 ms
+for a pool thread reads 150×, so 1.5 ms: "too slow for the loop"), while one that ran on the loop kept a small one:
+two fixed points, one of the mechanisms found for the same command calibrating 650 or 2,155 q/s in session 7
+(``benchmarks/trace.py``). A run's own time does not depend on which thread ran it, so the rule has one.
 
 The correction only moves an estimate towards what was observed; it never touches what was observed. The report
 keeps both errors (actual − raw, actual − corrected) and, for queries with a budget, the share of those promised
@@ -315,6 +315,15 @@ class Calibration:
             return profiled_ms
         return tracker.value * profiled_ms
 
+    def run_factors(self) -> dict[str, dict[str, float]]:
+        """Per placement (``"model/variant on worker"``), its runs' median time over their profile, how many were
+        observed and how long ago the last was (stale past ``STALE_S``): what the event-loop rule reads. Apart from
+        ``report``, which ``/v1/stats`` shows to tenants: these keys name every variant served."""
+        now = self._clock()
+        with self._lock:
+            runs = [(f"{key} on {worker}", t.value, t.count, now - t.seen_s) for (key, worker), t in self._runs.items()]
+        return {k: {"factor": round(v, 4), "observed": n, "age_s": round(age, 1)} for k, v, n, age in sorted(runs)}
+
     def report(self) -> dict[str, object]:
         """Estimate error before and after correction over the recent queries, and the correction in force."""
         now = self._clock()
@@ -324,7 +333,6 @@ class Calibration:
                 f"{key} on {worker}": (t.value, t.count, now - t.seen_s) for (key, worker), t in self._factors.items()
             }
             priors = {w: (p.excess_ms, p.slowdown_value) for w, p in self._priors.items()}
-            runs = {f"{key} on {worker}": (t.value, t.count, now - t.seen_s) for (key, worker), t in self._runs.items()}
             observed, overhead = self._observed, self.overhead_ms
         out: dict[str, object] = {
             "observed": observed,
@@ -335,10 +343,6 @@ class Calibration:
             "factors": {
                 k: {"factor": round(v, 4), "observed": n, "age_s": round(age, 1)}  # expired past stale_after_s
                 for k, (v, n, age) in sorted(factors.items())
-            },
-            "run_factors": {  # a run's time over its profile, median (``observe_run``): what the event-loop rule reads
-                k: {"factor": round(v, 4), "observed": n, "age_s": round(age, 1)}
-                for k, (v, n, age) in sorted(runs.items())
             },
             "worker_priors": {
                 w: {"excess_ms": round(e, 4), "slowdown": round(f, 4)} for w, (e, f) in sorted(priors.items())
