@@ -1196,8 +1196,9 @@ VALIDATION_TOLERANCE = {"miss_rate_abs": 0.01, "p99_ratio": (0.5, 2.0)}
 
 def validate(args: argparse.Namespace, candidates: list[Candidate]) -> dict:
     """Replay each load level of ``benchmarks/trace.py``'s recorded run on its setup (in-process workers of
-    ``WORKER_CORES`` cores, at most ``prepare``'s 4; its autoscaler periods and statistics window); compare the
-    feasible queries' miss rate and p99 with ``benchmarks/results/trace.json``'s infaas run at that level."""
+    ``WORKER_CORES`` cores, at most the recorded ``deployment.max_workers``: 4 before trace.py's in-process VM
+    ceiling, 1 since; its autoscaler periods and statistics window); compare the feasible queries' miss rate and p99
+    with ``benchmarks/results/trace.json``'s infaas run at that level."""
     from benchmarks.trace import WORKER_CORES, WORKER_MEMORY_MB
     from infaas.examples.zoo import load_digits_split
 
@@ -1229,7 +1230,7 @@ def validate(args: argparse.Namespace, candidates: list[Candidate]) -> dict:
             vm_period_s=1.5,
             stats_window_s=3.0,
             startup_s=(0.05, 0.2),  # in-process workers start at once
-            max_workers=4,
+            max_workers=measured.get("deployment", {}).get("max_workers", 4),
             seed=args.seed,
         )
         got = sim.run()
@@ -1296,6 +1297,7 @@ def main() -> None:
         "--vm-low-utilization", type=float, default=0.5, help="the VM level's scale-down threshold (see fleet_policy)"
     )
     parser.add_argument("--skip-validation", action="store_true")
+    parser.add_argument("--validation-only", action="store_true", help="replay trace.json's levels, no fleet day")
     parser.add_argument("--out", type=Path, default=RESULTS / "fleet_sim.json")
     args = parser.parse_args()
     candidates = load_candidates(args.home)
@@ -1305,9 +1307,12 @@ def main() -> None:
     catalog = repr(sorted((c.key, c.variant.profiles) for c in candidates)).encode()
     report["provenance"]["catalog_sha256"] = hashlib.sha256(catalog).hexdigest()[:16]
     if not args.skip_validation:
+        started = time.perf_counter()
         report["validation"] = validate(args, candidates)
+        report["validation"]["wall_s"] = round(time.perf_counter() - started, 1)
         print("validation:", json.dumps(report["validation"]), flush=True)
-    report.update(run_fleet(args, candidates))
+    if not args.validation_only:
+        report.update(run_fleet(args, candidates))
     report["provenance"]["load_average_end"] = list(os.getloadavg())
     args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(f"wrote {args.out}")

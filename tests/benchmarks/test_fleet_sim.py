@@ -1,6 +1,7 @@
 """The fleet simulator on a tiny fleet: every query counted exactly once, and the real policies doing the work."""
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -201,3 +202,24 @@ def test_the_tracking_bound_pays_the_load_at_its_utilization_and_a_start_up_per_
     # The same load with a 3 s burst at twice the rate: its workers held 3 s and started once (60 s billed).
     burst = fleet_sim.Day(10.0, trough_qps=1000.0, peak_qps=1000.0, bursts=((0.5, 3.0, 2.0),))
     assert fleet_sim.tracking_bound(sim, burst, 2, 0.5, 60.0) == pytest.approx(13 * workers + 60 * workers)
+
+
+def test_the_validation_replays_the_recorded_runs_worker_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    # trace.py's in-process deployment records its VM ceiling (deployment.max_workers: 1 since 11ce302's run);
+    # validate() replayed every level with up to 4 workers, a fleet the measured run could not grow to.
+    import json
+
+    measured = json.loads((fleet_sim.RESULTS / "trace.json").read_text())
+    ceilings: list[int] = []
+
+    class Recorded:
+        def __init__(self, *_args: object, max_workers: int, **_kwargs: object) -> None:
+            ceilings.append(max_workers)
+
+        def run(self) -> dict:
+            keys = ("queries", "slo_miss_rate", "p50_ms", "p99_ms", "peak_workers")
+            return {**dict.fromkeys(keys, 1.0), "by_class": {}, "decisions_by_action": {}}
+
+    monkeypatch.setattr(fleet_sim, "FleetSim", Recorded)
+    fleet_sim.validate(SimpleNamespace(seed=1), _candidates())  # type: ignore[arg-type]
+    assert ceilings == [measured["deployment"]["max_workers"]] * len(measured["levels"])
