@@ -656,6 +656,8 @@ def bursty_comparison(
     ]
     out["infaas"] = {
         **_misses(real["latencies_ms"], p99_ms),
+        "tail_breakdown_ms": tail_breakdown(real["splits"]),
+        "other_cores": real["other_cores"],
         "cost": meter.summary(),
         "failed": real["failed"],
         "served": real["served"],
@@ -677,6 +679,8 @@ def bursty_comparison(
         real = replay(services, spec, images, trace, by_hand)
     out["stage_by_stage"] = {
         **_misses(real["latencies_ms"], p99_ms),
+        "tail_breakdown_ms": tail_breakdown(real["splits"]),
+        "other_cores": real["other_cores"],
         "cost": meter.summary(),
         "failed": real["failed"],
         "served": real["served"],
