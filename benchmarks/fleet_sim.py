@@ -451,22 +451,27 @@ class FleetSim:
         if into <= self.tick_s:
             waiting = inst.queued_from + (inst.queued_to - inst.queued_from) * max(0.0, into) / self.tick_s
         else:
-            cls_rows = inst.window[-1][3] if inst.window else 1
-            drained = (into - self.tick_s) * self.round_rate(inst, cls_rows) * cls_rows
+            last = inst.window[-1] if inst.window else None
+            cls_rows = last[3] if last else 1
+            budget_ms = self.budgets.get(last[6]) if last else None
+            drained = (into - self.tick_s) * self.round_rate(inst, cls_rows, budget_ms) * cls_rows
             waiting = max(0.0, inst.queued_to - drained)
         return int(math.ceil(waiting)) + inst.assigned_rows
 
-    def batch_plan(self, inst: Instance, rows: int) -> tuple[int, float]:
-        """Queries per batch (the instance's batching rule, queries of ``rows`` rows) and its service seconds."""
-        plan = self.plans.get((inst.key, rows))
+    def batch_plan(self, inst: Instance, rows: int, budget_ms: float | None) -> tuple[int, float]:
+        """Queries per batch (the instance's batching rule, queries of ``rows`` rows waiting together, each with
+        ``budget_ms`` left) and its service seconds."""
+        plan = self.plans.get((inst.key, rows, budget_ms))
         if plan is None:
             curve = inst.candidate.curve
-            k = batch_size([rows] * max(1, curve.best_batch), max(1, curve.best_batch))
-            plan = self.plans[(inst.key, rows)] = (k, occupancy_ms(inst.candidate, k * rows) / 1000.0)
+            best = max(1, curve.best_batch)
+            deadlines = [None if budget_ms is None else budget_ms / 1000.0] * best
+            k = batch_size([rows] * best, best, deadlines, lambda r: curve.service_ms(r) / 1000.0)
+            plan = self.plans[(inst.key, rows, budget_ms)] = (k, occupancy_ms(inst.candidate, k * rows) / 1000.0)
         return plan
 
-    def round_rate(self, inst: Instance, rows: int) -> float:
-        k, service_s = self.batch_plan(inst, rows)
+    def round_rate(self, inst: Instance, rows: int, budget_ms: float | None) -> float:
+        k, service_s = self.batch_plan(inst, rows, budget_ms)
         worker = self.workers[inst.worker]
         return max(inst.replicas, 1) * k / (service_s * worker.slow)
 
@@ -477,7 +482,7 @@ class FleetSim:
         picks: dict[str, Candidate] = {}
         for cls in self.classes:
             pick = self.pick_idle(cls)
-            k, service_s = self.batch_plan(Instance(worker.id, pick, 1, 0.0), cls.rows)
+            k, service_s = self.batch_plan(Instance(worker.id, pick, 1, 0.0), cls.rows, cls.budget_ms)
             share = (cls.share_start + cls.share_end) / 2
             picks[pick.key] = pick
             need[pick.key] = need.get(pick.key, 0.0) + share * service_s / k * (pick.variant.threads or self.cores)
@@ -578,8 +583,8 @@ class FleetSim:
                 fresh = self.snapshot(view.group)
                 snap = view.snapshot = LiveSnapshot(fresh.workers, fresh.instances, depth)
             chunks += 1
-            k, service_s = self.batch_plan(inst, cls.rows)
-            per_tick = max(k, int(self.round_rate(inst, cls.rows) * self.tick_s))
+            k, service_s = self.batch_plan(inst, cls.rows, cls.budget_ms)
+            per_tick = max(k, int(self.round_rate(inst, cls.rows, cls.budget_ms) * self.tick_s))
             m = n if chunks >= self.max_chunks else min(n, per_tick)
             if chunks >= self.max_chunks and n > per_tick:
                 self.chunks_capped += 1
@@ -610,9 +615,9 @@ class FleetSim:
             tally.failed += m
             return
         curve = inst.candidate.curve
-        k, service_s = self.batch_plan(inst, cls.rows)
+        k, service_s = self.batch_plan(inst, cls.rows, cls.budget_ms)
         service_s *= worker.slow
-        rate = self.round_rate(inst, cls.rows)  # queries/s with full batches
+        rate = self.round_rate(inst, cls.rows, cls.budget_ms)  # queries/s with full batches
         gap = self.tick_s / m
         arrive = now + (np.arange(m) + 0.5) * gap
         start = max(inst.backlog_until, inst.ready_at)
@@ -994,7 +999,7 @@ def core_s_per_query(sim_probe: FleetSim, fraction: float, cores: int) -> float:
     core_s = 0.0
     for cls, s in zip(sim_probe.classes, shares, strict=True):
         pick = sim_probe.pick_idle(cls)
-        k, service_s = sim_probe.batch_plan(Instance("probe", pick, 1, 0.0), cls.rows)
+        k, service_s = sim_probe.batch_plan(Instance("probe", pick, 1, 0.0), cls.rows, cls.budget_ms)
         core_s += s / total * service_s / k * (pick.variant.threads or cores)
     return core_s
 

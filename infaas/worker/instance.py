@@ -6,7 +6,9 @@ Otherwise the request is queued and one replica thread gathers a batch: it flush
 reaches the variant's best profiled batch size (highest throughput) or when waiting longer would
 spend the tightest queued request's slack (deadline − now − estimated service time), whichever
 comes first; the wait is also capped at one best-batch service time so requests without a deadline
-are not held for long. Multi-row requests are concatenated along axis 0 and split back.
+are not held for long. A run takes the waiting requests in order up to that batch, but leaves for the next
+run a request that would make a run ending by all its requests' deadlines end after one (``batch_size``).
+Multi-row requests are concatenated along axis 0 and split back.
 
 Queue depth is reported (``on_depth``) in rows outstanding, not requests: the selector prices the wait as
 the time to drain those rows at this batching, and a queued 64-row request costs 64 times a 1-row one.
@@ -15,6 +17,7 @@ the time to drain those rows at this batching, and a queued 64-row request costs
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 import time
 from collections import deque
@@ -86,13 +89,36 @@ def _row_ms(curve: ProfileCurve, rows: int) -> float:
     return (times[i - 1] + (times[i] - times[i - 1]) * (rows - low) / (high - low)) / rows
 
 
-def batch_size(pending_rows: Sequence[int], max_batch: int) -> int:
+def batch_size(
+    pending_rows: Sequence[int],
+    max_batch: int,
+    deadlines: Sequence[float | None] = (),
+    service_s: Callable[[int], float] | None = None,
+    now: float = 0.0,
+) -> int:
     """How many of the waiting requests (their rows, oldest first) one session run takes: in order, up to
-    ``max_batch`` rows, and always the oldest even when it alone is bigger."""
+    ``max_batch`` rows, and always the oldest even when it alone is bigger.
+
+    With ``deadlines`` (each request's, ``None``: none) and ``service_s`` (seconds a run of that many rows takes),
+    a request is left for the next run when adding it would make a run that ends by every deadline of the batch
+    end after one (its own or an earlier request's). Why: filling up to the best batch whatever the deadlines,
+    four 16-row queries of the zoo CNN (best batch 64) ran together in 463 ms against their 400 ms budget and all
+    four were late, where the oldest alone took about a quarter of that (``benchmarks/fleet_sim.py``, session 8:
+    373,000 late queries on the 2,880 s day, static-peak's 1.2-1.6% of that class among them). A run that
+    already misses a deadline keeps filling: its late requests lose nothing more, and bigger runs drain the
+    queue behind them sooner.
+    """
     taken = rows = 0
-    for r in pending_rows:
+    earliest = math.inf  # the batch's tightest deadline so far
+    for i, r in enumerate(pending_rows):
         if taken and rows + r > max_batch:
             break
+        deadline = deadlines[i] if i < len(deadlines) else None
+        due = math.inf if deadline is None else deadline
+        if taken and service_s is not None and min(earliest, due) < math.inf:
+            if now + service_s(rows) <= earliest and now + service_s(rows + r) > min(earliest, due):
+                break
+        earliest = min(earliest, due)
         taken += 1
         rows += r
     return taken
@@ -298,7 +324,14 @@ class Instance:
                 if at is None or now >= at:
                     break
                 self._cond.wait(at - now)
-            taken = batch_size([r.rows for r in self._pending], self.max_batch)
+            pending = self._pending
+            taken = batch_size(
+                [r.rows for r in pending],
+                self.max_batch,
+                [r.deadline for r in pending],
+                lambda rows: self.curve.service_ms(rows) / 1000.0,
+                time.monotonic(),
+            )
             return [self._pending.popleft() for _ in range(taken)]
         finally:
             self._gathering = False

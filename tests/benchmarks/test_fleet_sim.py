@@ -141,13 +141,13 @@ def test_queries_routed_in_a_tick_are_not_read_as_queued_before_they_arrive() ->
     choice = fast_selector.fast_select(sim.requirements(cls), [fast], sim.snapshot([worker]), fleet_sim.PRICES)
     sim.serve(inst, worker, cls, choice, 10, 0.0)  # 10 queries over [0, 1 s) at 8,000 queries/s capacity
     inst.assigned_rows = 0  # the tick is over
-    k, _service = sim.batch_plan(inst, 1)
+    k, _service = sim.batch_plan(inst, 1, cls.budget_ms)
     assert sim.depth_rows(inst, 0.0) == 0  # nothing had arrived
     assert max(sim.depth_rows(inst, t) for t in (0.25, 0.5, 0.99, 1.0, 1.5)) <= k
     # A backlog is read as one: 30,000 queries in a tick at 8,000/s leave 22,000 waiting at its end.
     sim.serve(inst, worker, cls, choice, 30_000, 2.0)
     inst.assigned_rows = 0
-    rate = sim.round_rate(inst, 1)
+    rate = sim.round_rate(inst, 1, cls.budget_ms)
     assert sim.depth_rows(inst, 2.0) == 0
     assert sim.depth_rows(inst, 3.0) == pytest.approx(30_000 - rate, rel=0.01)
     assert 0 < sim.depth_rows(inst, 3.5) < sim.depth_rows(inst, 3.0)

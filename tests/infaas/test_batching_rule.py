@@ -55,3 +55,21 @@ def test_no_hold_when_a_full_batch_is_not_cheaper_per_row() -> None:
         batches=(1, 16), latencies_ms=(2.0, 20.0), tails_ms=(3.0, 25.0), load_ms=5.0, memory_mb=10.0, best_batch=16
     )
     assert flush_at([(1.0, 1, None)], 16, gain) == 1.0 + 0.020
+
+
+def test_a_request_that_would_make_the_batch_miss_a_deadline_waits_for_the_next_run() -> None:
+    # One row runs in 2 ms, two or more in 10 ms (the batch-8 profile).
+    assert batch_size([1, 1], 8, [1.005, None], _service, now=1.0) == 1  # 10 ms would miss the oldest's 5 ms
+    assert batch_size([1, 1], 8, [None, 1.005], _service, now=1.0) == 1  # ... or the newcomer's own
+    assert batch_size([1, 1], 8, [1.020, 1.020], _service, now=1.0) == 2  # both meet 20 ms together
+    assert batch_size([1, 1, 1], 8, [1.020, 1.008, 1.030], _service, now=1.0) == 1
+
+
+def test_a_batch_already_late_keeps_filling_and_no_deadlines_fill_to_the_best_batch() -> None:
+    assert batch_size([1, 1, 1], 8, [1.001, 1.001, 1.001], _service, now=1.0) == 3  # late alone: run them all
+    assert batch_size([1, 1, 1], 8, [None, None, None], _service, now=1.0) == 3
+    assert batch_size([1, 1, 1], 8) == 3  # no service estimate: rows alone decide
+
+
+def _service(rows: int) -> float:
+    return CURVE.service_ms(rows) / 1000.0

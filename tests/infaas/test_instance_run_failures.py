@@ -3,6 +3,7 @@ runtime's message, and requests batched with it are not failed for it."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,20 @@ def test_a_remote_worker_passes_the_failure_back_as_invalid_input(tmp_path: Path
         with pytest.raises(InvalidInput, match=r"could not run on this input: .*idx=42"):
             client.infer(variant, {"i": np.array([42], np.int64)}, None)
         client.close()
+
+
+@pytest.mark.parametrize(("budget_s", "runs"), [(2.0, [1, 1, 1, 1]), (None, [1, 3])])
+def test_queued_requests_are_not_batched_past_their_deadlines(budget_s: float | None, runs: list[int]) -> None:
+    # Profiled 1 s alone and 3 s for 2-4 rows (best batch 4): with a 2 s budget, any two together would be late.
+    session = _gated_session()
+    curve = ProfileCurve.of(variant_info("gather", "v", profiles({1: 1000.0, 4: 3000.0})))
+    instance = Instance("gather/v", lambda: session, curve)
+
+    def send(index: int) -> None:
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        instance.infer({"i": np.array([index], np.int64)}, deadline)
+
+    queued = [lambda index=index: send(index) for index in (1, 2, 3)]
+    session.release(queue_behind_gate(instance, session, lambda: send(0), queued))
+    assert session.batches == runs
+    instance.close()
