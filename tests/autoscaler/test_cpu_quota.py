@@ -11,24 +11,13 @@ from pathlib import Path
 import pytest
 
 from autoscaler import Autoscaler, model_level, vm_level
-from autoscaler.policy_types import ClusterView, History, InstanceLoad, PolicyConfig, VariantOption, WorkerLoad
+from autoscaler.policy_types import ClusterView, History, InstanceLoad, WorkerLoad
 from infaas.config import Settings
 from infaas.live_state import InstanceState, WorkerState
 from infaas.services import Services, build_services
 from tests.autoscaler.test_autoscaler_view import KEY, MODEL, loads, record
+from tests.autoscaler.test_vm_level_sizing import CFG, OPTION  # 100 rows/s per one-core replica, no quota
 from tests.factories import mlp_model, profiles, seed_model
-
-CFG = PolicyConfig()
-OPTION = VariantOption(
-    key="m/v",
-    model="m",
-    accuracy=0.9,
-    curve=((1, 10.0, 100.0),),
-    p99_ms=15.0,
-    memory_mb=10.0,
-    cores=1,
-    cost_per_hour=0.05,
-)  # 100 rows/s per one-core replica, profiled on a host without a quota
 
 
 def one_container(rate: float, share: float, now: float) -> ClusterView:
