@@ -60,7 +60,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if settings.metrics:
             metrics.open_metrics(app, running)
         # One copy of an embedded `infaas serve --workers N`: the others' catalog changes reach this engine.
-        group = process_group.watch_catalog(settings, running.metadata.add_listener, running.engine.catalog_changed)
+        engine = running.engine
+        group = process_group.watch_catalog(
+            settings, running.metadata.add_listener, engine.catalog_changed, engine.cache.catch_up_on_miss
+        )
         running.start_serving()
         scaler = _start_autoscaler(running)
         # What start-up built lives as long as the process: frozen, so that full collections no longer scan it (the

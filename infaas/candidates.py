@@ -2,11 +2,17 @@
 
 Rebuilt lazily from the metadata store after any catalog change. ``MetadataStore`` calls our
 listener in-process; a scaled-out deployment calls ``invalidate()`` from its pub/sub subscriber.
+
+Another process's change reaches us within a poll, so a name this cache does not know, or a model it holds
+no ready variant of, first asks the announcer to catch up (``catch_up_on_miss``): a model registered through
+one process of ``infaas serve --workers 2`` answered 404 on the other for up to a poll after its 201 (CI,
+session 8). Only misses pay it (one ``os.stat`` for the process group's file), not the query path.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from infaas.catalog import ModelInfo
@@ -30,7 +36,18 @@ class CandidateCache:
         self._wanted = 1  # bumped by invalidate(); the index is stale while _built != _wanted
         self._built = 0
         self._index = _Index()
+        self._catch_up: Callable[[], object] | None = None
         metadata.add_listener(lambda _model_name: self.invalidate())
+
+    def catch_up_on_miss(self, catch_up: Callable[[], object]) -> None:
+        """Call ``catch_up`` (which may ``invalidate()`` through the engine) before answering that a model is
+        unknown or has no ready variant, so that what another process announced has been heard."""
+        self._catch_up = catch_up
+
+    def _caught_up(self) -> _Index:
+        if self._catch_up is not None:
+            self._catch_up()
+        return self._current()
 
     def invalidate(self) -> None:
         """Mark the cache stale; the next read rebuilds it."""
@@ -63,15 +80,16 @@ class CandidateCache:
 
     def model(self, name: str) -> ModelInfo | None:
         """A registered model, ready or not."""
-        return self._current().models.get(name)
+        found = self._current().models.get(name)
+        return found if found is not None else self._caught_up().models.get(name)
 
     def models_for_task(self, task: str) -> tuple[ModelInfo, ...]:
         """Every model registered for a task."""
-        return self._current().models_by_task.get(task, ())
+        return self._current().models_by_task.get(task) or self._caught_up().models_by_task.get(task, ())
 
     def for_model(self, name: str) -> tuple[Candidate, ...]:
         """Ready, profiled variants of one model."""
-        return self._current().by_model.get(name, ())
+        return self._current().by_model.get(name) or self._caught_up().by_model.get(name, ())
 
     def all_models(self) -> tuple[ModelInfo, ...]:
         """Every registered model."""

@@ -79,16 +79,22 @@ def catalog_file_path(home: Path) -> Path:
 
 
 def watch_catalog(
-    settings: Settings, add_listener: Callable[[Callable[[str], None]], None], catalog_changed: Callable[[str], None]
+    settings: Settings,
+    add_listener: Callable[[Callable[[str], None]], None],
+    catalog_changed: Callable[[str], None],
+    catch_up_on_miss: Callable[[Callable[[], object]], None],
 ) -> CatalogFile | None:
     """In one copy of an embedded ``infaas serve --workers N``: announce this copy's catalog changes (through
-    ``add_listener``, the metadata store's) and pass the others' to ``catalog_changed`` (the engine's). ``None``
-    for a single process, or with Redis, whose live state already announces changes between front-ends."""
+    ``add_listener``, the metadata store's), pass the others' to ``catalog_changed`` (the engine's), and read
+    them at once when the catalog misses a model (``catch_up_on_miss``, the candidate cache's), so a model
+    registered through one copy is known to all as soon as its registration answered. ``None`` for a single
+    process, or with Redis, whose live state already announces changes between front-ends."""
     if settings.serve_workers == 1 or settings.redis_url:
         return None
     announcements = CatalogFile(catalog_file_path(settings.home))
     add_listener(announcements.changed)
     announcements.on_change(catalog_changed)
+    catch_up_on_miss(announcements.poll)
     announcements.start()
     return announcements
 
@@ -112,6 +118,7 @@ class CatalogFile:
         self._callbacks: list[Callable[[str], None]] = []
         self._offset = self._size()  # earlier changes are already in the catalog this process reads at start
         self._partial = b""
+        self._reading = threading.RLock()  # the poller thread, and request threads catching up on a miss
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -160,6 +167,10 @@ class CatalogFile:
 
     def poll(self) -> list[str]:
         """Read what was appended since the last poll and notify; the other processes' model names, in order."""
+        with self._reading:
+            return self._poll()
+
+    def _poll(self) -> list[str]:
         size = self._size()
         if size < self._offset:
             self._offset, self._partial = 0, b""

@@ -81,7 +81,10 @@ def pair(tmp_path: Path) -> Iterator[tuple[Services, Services, Settings]]:
 
 def test_a_model_registered_in_one_process_is_served_by_the_other(pair: tuple[Services, Services, Settings]) -> None:
     first, second, settings = pair
-    watchers = [watch_catalog(settings, s.metadata.add_listener, s.engine.catalog_changed) for s in (first, second)]
+    watchers = [
+        watch_catalog(settings, s.metadata.add_listener, s.engine.catalog_changed, s.engine.cache.catch_up_on_miss)
+        for s in (first, second)
+    ]
     try:
         assert second.engine.cache.for_model("mlp") == ()  # its index is built, and would stay stale
         model = mlp_model().SerializeToString()
@@ -94,14 +97,35 @@ def test_a_model_registered_in_one_process_is_served_by_the_other(pair: tuple[Se
             watcher.close()
 
 
+def test_a_miss_reads_the_announcements_at_once(pair: tuple[Services, Services, Settings], tmp_path: Path) -> None:
+    """No poller runs here: what the second process knows after the first's registration answered comes from
+    reading the announcements on the miss itself (CI, session 8: a 404 on the other process after a 201)."""
+    first, second, _ = pair
+    path = tmp_path / "changes"
+    announcer, listener = CatalogFile(path), CatalogFile(path)
+    first.metadata.add_listener(announcer.changed)
+    listener.on_change(second.engine.catalog_changed)
+    assert second.engine.cache.model("mlp") is None  # its index is built before the model exists
+    seed_model(first, "mlp", mlp_model().SerializeToString(), task=TASK, variants={"cpu-fp32": profiles({1: 0.1})})
+    assert second.engine.cache.model("mlp") is None  # without catching up, stale until a poll
+    second.engine.cache.catch_up_on_miss(listener.poll)
+    model = second.engine.cache.model("mlp")
+    assert model is not None and model.name == "mlp"
+    assert [c.variant.name for c in second.engine.cache.for_model("mlp")] == ["cpu-fp32"]
+    assert [m.name for m in second.engine.cache.models_for_task(TASK)] == ["mlp"]
+    first.metadata.delete_model("mlp")
+    assert second.engine.cache.model("mlp") is not None  # a hit does not read the file: the query path stays free
+    assert listener.poll() and second.engine.cache.model("mlp") is None
+
+
 def test_one_process_or_redis_needs_no_catalog_file(tmp_path: Path) -> None:
     def never(_: object) -> None:
         raise AssertionError("no listener expected")
 
     one = Settings(home=tmp_path, serve_workers=1)
-    assert watch_catalog(one, never, never) is None
+    assert watch_catalog(one, never, never, never) is None
     redis = Settings(home=tmp_path, serve_workers=2, redis_url="redis://127.0.0.1:6379/0")
-    assert watch_catalog(redis, never, never) is None
+    assert watch_catalog(redis, never, never, never) is None
 
 
 def test_what_several_processes_cannot_serve_is_refused(tmp_path: Path) -> None:
