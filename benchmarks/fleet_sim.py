@@ -625,6 +625,7 @@ class FleetSim:
             wait = np.maximum(0.0, (start - arrive[0]) + np.arange(m) * (1.0 / rate - gap))
             done = max(start, arrive[0]) + m / rate
             lat = wait + service_s
+            waited = wait
         else:  # sparse: the batching rule decides how long a batch gathers
             flush = flush_at(
                 [(arrive[0], cls.rows, arrive[0] + cls.budget_ms / 1000.0)], max(1, curve.best_batch), curve
@@ -634,7 +635,8 @@ class FleetSim:
             b_service = occupancy_ms(inst.candidate, b * cls.rows) / 1000.0 * worker.slow
             position = np.arange(m) % b
             lat = np.minimum(hold, (b - 1) * gap) - position * gap
-            lat = np.maximum(lat, 0.0) + b_service
+            waited = np.maximum(lat, 0.0)
+            lat = waited + b_service
             done = arrive[-1] + b_service
         tail = self.np_rng.random(m) < TAIL_SHARE
         lat_ms = lat * 1000.0 + tail * (curve.tail_ms(k * cls.rows) - curve.service_ms(k * cls.rows))
@@ -651,7 +653,14 @@ class FleetSim:
             for i in sorted({0, m // 2, m - 1}):
                 actual = float(lat_ms[i])
                 self.calibration.observe(
-                    inst.key, worker.id, choice.raw_estimated_ms, actual, worker_ms=actual, budget_ms=cls.budget_ms
+                    inst.key,
+                    worker.id,
+                    choice.raw_estimated_ms,
+                    actual,
+                    worker_ms=actual,
+                    budget_ms=cls.budget_ms,
+                    queue_ms=choice.raw_queue_ms,
+                    waited_ms=float(waited[i]) * 1000.0,
                 )
         inst.window.append(
             (now, lat_ms, 0 if choice.infeasible else late, cls.rows, m, choice.infeasible, cls.name, late)
