@@ -307,6 +307,7 @@ class Run:
     decisions: list[dict] = field(default_factory=list)  # the autoscaler's, with trace time t_s
     estimates: dict = field(default_factory=dict)  # the engine's estimate correction and its error, at the end
     gc_pauses_ms: list[tuple[int, float]] = field(default_factory=list)  # (generation, ms) of each collection
+    cpu: dict = field(default_factory=dict)  # the replay's CPU: this process's and the machine's (``_replay``)
     worker_cores: float = WORKER_CORES  # billed per worker sample (a container's CPU limit with --provider docker)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -366,6 +367,7 @@ class Run:
                 str(g): sum(1 for gen, _ms in self.gc_pauses_ms if gen == g) for g in (0, 1, 2)
             },
             "gc_pause_ms": {"total": round(sum(pauses), 1), "max": round(max(pauses), 2)} if pauses else None,
+            **self.cpu,
         }
         if self.estimates:
             out["estimates"] = self.estimates
@@ -376,6 +378,18 @@ class Run:
             out["decisions_by_action"] = dict(sorted(by_action.items()))
             out["decisions"] = self.decisions
         return out
+
+
+def host_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (``/proc/stat``: all but idle and iowait), or None
+    where there is no ``/proc/stat``. With this process's CPU over the same time, what the host's other processes
+    took from the cores while a run was measured (``fleet_sim.trace_host`` replays it)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal (guest is in user)
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def replay(
@@ -465,6 +479,7 @@ async def _replay(
     watcher.start()
     gc.callbacks.append(on_gc)
     pending: set[asyncio.Task[None]] = set()
+    cpu_at, host_at = time.process_time(), host_busy_s()
     try:
         for arrival in trace:
             delay = start + arrival.at_s - time.monotonic()
@@ -475,6 +490,13 @@ async def _replay(
             task.add_done_callback(pending.discard)
         if pending:
             await asyncio.gather(*pending)
+        host_now = host_busy_s()
+        run.cpu = {
+            "cpu_s": round(time.process_time() - cpu_at, 3),  # every thread of this process
+            "wall_s": round(time.monotonic() - start, 3),
+        }
+        if host_at is not None and host_now is not None:
+            run.cpu["host_cpu_s"] = round(host_now - host_at, 2)
     finally:
         gc.callbacks.remove(on_gc)
         gc.unfreeze()  # the next run's collection frees what this one's set-up left

@@ -1,5 +1,6 @@
 """The fleet simulator on a tiny fleet: every query counted exactly once, and the real policies doing the work."""
 
+from collections import defaultdict
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -215,11 +216,176 @@ def test_the_validation_replays_the_recorded_runs_worker_ceiling(monkeypatch: py
     class Recorded:
         def __init__(self, *_args: object, max_workers: int, **_kwargs: object) -> None:
             ceilings.append(max_workers)
+            self.tally = defaultdict(fleet_sim.Tally)
 
         def run(self) -> dict:
-            keys = ("queries", "slo_miss_rate", "p50_ms", "p99_ms", "peak_workers")
-            return {**dict.fromkeys(keys, 1.0), "by_class": {}, "decisions_by_action": {}}
+            return {"peak_workers": 1, "by_class": {}, "decisions_by_action": {}}
 
     monkeypatch.setattr(fleet_sim, "FleetSim", Recorded)
-    fleet_sim.validate(SimpleNamespace(seed=1), _candidates())  # type: ignore[arg-type]
+    args = SimpleNamespace(seed=1, trace_json=fleet_sim.RESULTS / "trace.json")
+    fleet_sim.validate(args, _candidates())  # type: ignore[arg-type]
     assert ceilings == [measured["deployment"]["max_workers"]] * len(measured["levels"])
+
+
+def _host_replay(
+    rate_qps: float, host: fleet_sim.Host | None, budget_ms: float = 200.0, variant: int = 0, **cls_kw: object
+) -> dict:
+    """A 20 s replay of Poisson arrivals (seeded) of one class on one variant (``_candidates()[variant]``, the fast
+    one's 0.5 ms a query by default) on one 2-core in-process worker, as ``validate`` replays trace.py."""
+    import random
+    from collections import deque
+
+    cls = fleet_sim.QueryClass("cheap", budget_ms, 0.0, 1, 1.0, 1.0, **cls_kw)  # type: ignore[arg-type]
+    rng, t, times = random.Random(7), 0.0, []
+    while (t := t + rng.expovariate(rate_qps)) < 20.0:
+        times.append(t)
+    n = len(times)
+    arrivals = deque((at, "cheap") for at in times)
+    sim = fleet_sim.FleetSim(
+        _candidates()[variant : variant + 1],
+        [cls],
+        fleet_sim.Setup("trace-replay", False, False, 1, False),
+        arrivals=arrivals,
+        length_s=21.0,
+        cores=2,
+        memory_mb=1024.0,
+        config=PolicyConfig(),
+        tick_s=0.01,
+        group=4,
+        host=host,
+    )
+    report = sim.run()
+    assert report["conserved"] and report["queries"] == n
+    return report | {"outcome": fleet_sim.trace_outcome(sim, ["cheap"])}
+
+
+def test_on_the_trace_host_path_work_queues_for_the_one_interpreter() -> None:
+    # trace.py's serving path, client and workers share one interpreter and two cores: with 8 ms of path work a
+    # query, 50 q/s keep the interpreter 40% busy and 110 q/s 88%. Without the host the worker alone answers
+    # in about a millisecond at any rate (the validation's simulated p99 of ~20 ms against 51-71 ms measured).
+    host = fleet_sim.Host(cores=2, path_cpu_ms=8.0, other_cores=0.0, source="test")
+    alone = _host_replay(110.0, None)
+    light = _host_replay(50.0, host)
+    busy = _host_replay(110.0, host)
+    assert alone["p99_ms"] < 3.0
+    assert light["p50_ms"] >= 8.0  # every query does its path work
+    assert busy["p99_ms"] > light["p99_ms"] + 4.0  # and waits for the interpreter more as the rate rises
+    assert busy["p99_ms"] >= 16.0  # at least one other query's path ahead of it at the tail
+    assert busy["timed_out"] == 0 and busy["outcome"]["miss_rate"] == 0.0
+
+
+def test_the_host_times_out_what_the_interpreter_cannot_start_within_its_budget() -> None:
+    # 150 q/s of 8 ms path work need 1.2 interpreters: the backlog grows until queries wait past their 50 ms budget
+    # and the client gives up before sending (trace.py's ``timed-out``), which counts as a miss, not an answer.
+    host = fleet_sim.Host(cores=2, path_cpu_ms=8.0, other_cores=0.0, source="test")
+    report = _host_replay(150.0, host, budget_ms=50.0)
+    outcome = report["outcome"]
+    assert report["timed_out"] > 0.05 * report["queries"]
+    assert outcome["by_status"]["timed-out"] == report["timed_out"]
+    assert outcome["miss_rate"] >= report["timed_out"] / report["queries"]
+    assert outcome["p99_ms"] <= 50.0 + 8.0 * 2  # what was answered had started within its budget
+
+
+def test_the_hosts_other_work_slows_the_path_and_the_runs() -> None:
+    # The host's other processes keeping 3 of its 2 cores' worth busy: everything gets 2/4 of a core, so the
+    # path's 2 ms take 4 ms.
+    quiet = _host_replay(20.0, fleet_sim.Host(cores=2, path_cpu_ms=2.0, other_cores=0.0, source="test"))
+    loaded = _host_replay(20.0, fleet_sim.Host(cores=2, path_cpu_ms=2.0, other_cores=3.0, source="test"))
+    assert loaded["p50_ms"] >= 1.9 * quiet["p50_ms"]
+
+
+def test_a_reject_class_gets_the_503_when_the_interpreter_ate_its_budget() -> None:
+    # A 10 ms class asking for a 503 rather than a late answer: with 9 ms of path work at 100 q/s the interpreter is
+    # 90% busy, and a query that waited for it has too little left for the selector to promise: refused, as the
+    # measured run's ``rejected`` (the real selector decides, with the remaining budget trace.py passes).
+    host = fleet_sim.Host(cores=2, path_cpu_ms=9.0, other_cores=0.0, source="test")
+    best_effort = _host_replay(100.0, host, budget_ms=10.0)
+    reject = _host_replay(100.0, host, budget_ms=10.0, on_infeasible="reject")
+    assert best_effort["rejected"] == 0
+    assert reject["rejected"] > 0
+    assert reject["outcome"]["reject_rate"] == pytest.approx(reject["rejected"] / reject["queries"], abs=1e-4)
+
+
+def test_the_host_asks_the_fair_share_and_sheds_what_it_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The front end's fair share is asked once per selected query, by tenant (the class, as trace.py sends them),
+    # with at_risk as the engine passes it (at risk from queueing: the selection's slo_at_risk and not infeasible);
+    # its 429 is counted as shed, and nothing runs. Here it refuses every query after the first 100.
+    from infaas.fair_share import OverFairShare
+
+    asked: list[tuple[str, bool]] = []
+    selected: list[bool] = []
+    real_select = fleet_sim.fast_select
+
+    def select(*args: object, **kwargs: object) -> object:
+        choice = real_select(*args, **kwargs)
+        selected.append(choice.slo_at_risk and not choice.infeasible)
+        return choice
+
+    class Refusing:
+        def __init__(self, clock: object = None) -> None:
+            pass
+
+        def admit(self, tenant: str, at_risk: bool) -> None:
+            asked.append((tenant, at_risk))
+            if len(asked) > 100:
+                raise OverFairShare("over its share", retry_after_s=1.0)
+
+    monkeypatch.setattr(fleet_sim, "FairShare", Refusing)
+    monkeypatch.setattr(fleet_sim, "fast_select", select)
+    host = fleet_sim.Host(cores=2, path_cpu_ms=0.5, other_cores=0.0, source="test")
+    report = _host_replay(100.0, host)
+    assert len(asked) == report["queries"] == len(selected)
+    assert [risk for _t, risk in asked] == selected
+    assert {t for t, _risk in asked} == {"cheap"}
+    assert report["shed"] == report["queries"] - 100 and sum(report["served_by"].values()) == 100
+
+
+def test_the_trace_host_comes_from_the_recorded_run() -> None:
+    # With the run's CPU recorded, the path's work is the process's CPU less the served runs' profiled CPU, over every
+    # query offered; the other processes' cores are the machine's busy CPU less the process's, over the wall time.
+    variants = {"m/a": {"p50_b256_ms": 2.0, "threads": 1}, "m/b": {"p50_b256_ms": 1.0, "threads": 2}}
+    run = {"served_by": {"m/a": 500, "m/b": 250}, "process": {"cpu_s": 3.0, "host_cpu_s": 63.0, "wall_s": 60.0}}
+    measured = {
+        "machine": {"cpus": 2},
+        "trace": {"classes": [{"name": "c", "rows": 256}]},
+        "variants": variants,
+        "levels": {"1": {"queries": 1000, "setups": {"infaas": run}}},
+    }
+    host = fleet_sim.trace_host(measured, "1")
+    assert host.cores == 2
+    assert host.path_cpu_ms == pytest.approx((3000.0 - 500 * 2.0 - 250 * 1.0 * 2) / 1000)
+    assert host.other_cores == pytest.approx(1.0)
+    # Without it (older files): the engine's measured path time at the lowest level, for every level; no other load.
+    older = {
+        "machine": {"cpus": 2},
+        "levels": {
+            "1.5": {"queries": 10, "setups": {"infaas": {"estimates": {"overhead_ms": 0.6}}}},
+            "0.7": {"queries": 10, "setups": {"infaas": {"estimates": {"overhead_ms": 2.1}}}},
+        },
+    }
+    assert fleet_sim.trace_host(older, "1.5").path_cpu_ms == 2.1
+    assert fleet_sim.trace_host(older, "1.5").other_cores == 0.0
+
+
+def test_trace_records_the_cpu_the_host_replay_is_built_from() -> None:
+    # trace_host reads a run's process.cpu_s, host_cpu_s and wall_s; trace.py's replay records them (a 0.3 s replay
+    # of 30 queries against a serve that burns a little CPU on the loop).
+    import asyncio
+
+    import numpy as np
+
+    from benchmarks import trace
+
+    cls = trace.QueryClass("cheap", 1.0, 50.0, 0.0, 1)
+    arrivals = [trace.Arrival(i * 0.01, cls, 0) for i in range(30)]
+
+    async def serve(_arrival: object, _x: object, _deadline: float) -> tuple[str, float | None]:
+        sum(range(20_000))
+        await asyncio.sleep(0)
+        return "m/a", 0.9
+
+    run = trace.Run("infaas", 1.0)
+    trace.replay(arrivals, np.zeros((4, 1)), serve, run, lambda: (1, 1))
+    process = run.summary(0.3, {"cpu-core": 0.048}, set())["process"]
+    assert 0.0 < process["cpu_s"] <= process["host_cpu_s"] + 0.05
+    assert 0.29 <= process["wall_s"] < 5.0
