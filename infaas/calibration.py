@@ -47,8 +47,8 @@ pessimistic again): at most about one query per ``STALE_S`` per placement really
 A query's modelled *queue* (the rows ahead of it, ``selector._queue_ms``, already a tail: each round at its
 profiled p99) is corrected apart, by the placement's ``queue`` factor: the median of the wait its worker reported
 over the wait the model predicted, from queued queries only, starting from 1 (the model) and moving one step per
-query like every tracker here. The tail factor is learnt from a queued query's time without its reported wait, so
-it is the tail of the service and path alone. Before,
+query like every tracker here. The tail factor is learnt
+from a queued query's time without its reported wait, so it is the tail of the service and path alone. Before,
 the tail factor multiplied the whole estimate, queue included, though it was learnt mostly on queries that
 waited for nothing: a placement whose p98 run was 1.5x its profile read a modelled 300 ms queue as 450 ms, so in
 the 1,000-worker fleet simulation (session 8) bursts over-read the need and the selector spilled queries onto
@@ -312,7 +312,6 @@ class Calibration:
                     queue_in_force = queue_ms * queued.value
                 else:  # starts from the model, so one query that waited for nothing moves it one step, not to 0
                     queued = self._queues[placement] = _Quantile(QUEUE_QUANTILE, 1.0, now)
-                    queued.count = 0  # the model's point, not an observation
                 queued.update(waited_ms / queue_ms, now)
             # ``_corrected`` inlined (the placement is looked up once): this runs on every query.
             tracker = self._factors.get(placement)
@@ -384,9 +383,6 @@ class Calibration:
                 f"{key} on {worker}": (t.value, t.count, now - t.seen_s) for (key, worker), t in self._factors.items()
             }
             priors = {w: (p.excess_ms, p.slowdown_value) for w, p in self._priors.items()}
-            queues = {
-                f"{key} on {worker}": (t.value, t.count, now - t.seen_s) for (key, worker), t in self._queues.items()
-            }
             observed, overhead = self._observed, self.overhead_ms
         out: dict[str, object] = {
             "observed": observed,
@@ -397,10 +393,6 @@ class Calibration:
             "factors": {
                 k: {"factor": round(v, 4), "observed": n, "age_s": round(age, 1)}  # expired past stale_after_s
                 for k, (v, n, age) in sorted(factors.items())
-            },
-            "queue_factors": {  # reported wait / modelled queue, from queued queries; expired past stale_after_s
-                k: {"factor": round(v, 4), "observed": n, "age_s": round(age, 1)}
-                for k, (v, n, age) in sorted(queues.items())
             },
             "worker_priors": {
                 w: {"excess_ms": round(e, 4), "slowdown": round(f, 4)} for w, (e, f) in sorted(priors.items())

@@ -191,7 +191,6 @@ def stats(services: ServicesDep, principal: PrincipalDep, window_s: float = Quer
     estimates = engine.calibration.report()
     if not principal.is_admin:
         estimates.pop("factors")  # names every variant served, whoever's
-        estimates.pop("queue_factors")  # so do these
         estimates.pop("worker_priors")  # names the workers, which only admins see
     content: dict[str, Any] = {"window_s": window_s, "variants": out, "rejected": rejected, "estimates": estimates}
     if engine.cascades is not None:  # live escalation share per cascade and whether drift made it stale

@@ -223,14 +223,10 @@ def test_stats_show_estimate_corrections_per_placement_to_admins_only(
     world: tuple[TestClient, Services, Tenants],
 ) -> None:
     client, services, tenants = world
-    services.engine.calibration.observe(
-        f"{PRIVATE}/cpu-fp32", "local", 3.0, 4.0, worker_ms=3.5, budget_ms=None, queue_ms=2.0, waited_ms=2.5
-    )
+    services.engine.calibration.observe(f"{PRIVATE}/cpu-fp32", "local", 1.0, 2.0, worker_ms=1.5, budget_ms=None)
     seen_by_bob = client.get("/v1/stats", headers=tenants.bob).json()["estimates"]
     assert seen_by_bob["observed"] == 1 and "factors" not in seen_by_bob  # the key would name Alice's private model
-    assert "queue_factors" not in seen_by_bob
     assert "worker_priors" not in seen_by_bob  # names the workers, shown to admins only
     seen_by_admin = client.get("/v1/stats", headers=tenants.admin).json()["estimates"]
     assert list(seen_by_admin["factors"]) == [f"{PRIVATE}/cpu-fp32 on local"]
-    assert list(seen_by_admin["queue_factors"]) == [f"{PRIVATE}/cpu-fp32 on local"]
     assert list(seen_by_admin["worker_priors"]) == ["local"]

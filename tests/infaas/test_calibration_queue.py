@@ -45,8 +45,6 @@ def test_the_queue_factor_follows_what_queued_queries_waited() -> None:
     # The wait is the queue factor's: the tail factor still says the runs are as profiled.
     assert calibration.factor(KEY, WORKER) == pytest.approx(1.0, rel=0.12)
     assert calibration.correct(KEY, WORKER, 6.0, 48.0) == pytest.approx(6.0 + 96.0, rel=0.12)
-    shown = calibration.report()["queue_factors"][f"{KEY} on {WORKER}"]  # what /v1/stats shows
-    assert shown["observed"] == 200 and shown["factor"] == pytest.approx(2.0, rel=0.12)
 
 
 def test_one_query_that_waited_for_nothing_moves_the_queue_factor_one_step() -> None:
