@@ -768,7 +768,6 @@ class FleetSim:
             wait = np.maximum(0.0, (start - arrive[0]) + np.arange(m) * (1.0 / rate - gap))
             done = max(start, arrive[0]) + m / rate
             lat = wait + service_s
-            waited = wait
         else:  # sparse: the batching rule decides how long a batch gathers
             flush = flush_at(
                 [(arrive[0], cls.rows, arrive[0] + cls.budget_ms / 1000.0)], max(1, curve.best_batch), curve
@@ -778,8 +777,7 @@ class FleetSim:
             b_service = occupancy_ms(inst.candidate, b * cls.rows) / 1000.0 * worker.slow
             position = np.arange(m) % b
             lat = np.minimum(hold, (b - 1) * gap) - position * gap
-            waited = np.maximum(lat, 0.0)
-            lat = waited + b_service
+            lat = np.maximum(lat, 0.0) + b_service
             done = arrive[-1] + b_service
         tail = self.np_rng.random(m) < TAIL_SHARE
         lat_ms = lat * 1000.0 + tail * (curve.tail_ms(k * cls.rows) - curve.service_ms(k * cls.rows)) + host_ms
@@ -802,8 +800,6 @@ class FleetSim:
                     actual,
                     worker_ms=actual - host_ms,  # the engine learns the path's time as its overhead
                     budget_ms=cls.budget_ms,
-                    queue_ms=choice.raw_queue_ms,
-                    waited_ms=float(waited[i]) * 1000.0,
                 )
         inst.window.append(
             (now, lat_ms, 0 if choice.infeasible else late, cls.rows, m, choice.infeasible, cls.name, late)

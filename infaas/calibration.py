@@ -6,7 +6,7 @@ the HTTP hop to a remote worker), nor a worker slower than the one the variant w
 co-located load), nor the queue model's own error. Before this module a 0.01 ms estimate was served in 0.34 ms
 and called "meeting" a 0.01 ms budget. The engine now corrects every raw estimate as
 
-    corrected = overhead + factor[(variant, worker)] × raw + queue_factor[(variant, worker)] × queue
+    corrected = overhead + factor[(variant, worker)] × raw
 
 * ``overhead`` is the serving path's typical time: the median of a query's actual latency minus what the worker
   reported (its queue plus service time), one value for this front-end, since the path does not depend on the
@@ -43,18 +43,6 @@ accurate class was refused as at risk. The slowdown needs its own expiry: it is 
 models, on the example zoo often that one instance alone, so it froze with it. A stale estimate proven wrong
 costs its first query (a restarted tracker starts at that query's ratio, so one slow observation makes it
 pessimistic again): at most about one query per ``STALE_S`` per placement really slower than its worker's prior.
-
-A query's modelled *queue* (the rows ahead of it, ``selector._queue_ms``, already a tail: each round at its
-profiled p99) is corrected apart, by the placement's ``queue`` factor: the median of the wait its worker reported
-over the wait the model predicted, from queued queries only, starting from 1 (the model) and moving one step per
-query like every tracker here. The tail factor is learnt
-from a queued query's time without its reported wait, so it is the tail of the service and path alone. Before,
-the tail factor multiplied the whole estimate, queue included, though it was learnt mostly on queries that
-waited for nothing: a placement whose p98 run was 1.5x its profile read a modelled 300 ms queue as 450 ms, so in
-the 1,000-worker fleet simulation (session 8) bursts over-read the need and the selector spilled queries onto
-costlier variants; queue waits of many rows concentrate around their mean, where one run's tail does not.
-A query whose model predicted no queue keeps its whole time, waits included, in the tail factor: waits nothing
-predicted (a batch forming, a core taken) are the serving path's to learn.
 
 One tail per placement, not a tail of the path plus a tail of the worker's time: the two are correlated (both
 stretch when the machine is busy), and summing two p99s promised almost nothing on a loaded two-core host (a
@@ -112,15 +100,11 @@ PRIOR_MIN_RAW_MS = 1.0
 STALE_S = 5.0
 # A placement's typical run against its profile (``observe_run``): the median, what the event-loop rule plans with.
 RUN_QUANTILE = 0.5
-# A placement's reported wait against its modelled queue: the median, since the model is already a tail (module
-# docstring).
-QUEUE_QUANTILE = 0.5
 REPORT_SAMPLES = 4096  # recent queries the report's error percentiles are taken over
 _log, _exp = math.log, math.exp
 
-# What the selector calls: (variant key, worker id, raw estimate ms without the queue, modelled queue ms) ->
-# corrected estimate ms. The queue may be left out (0).
-Correction = Callable[..., float]
+# What the selector calls: (variant key, worker id, raw estimate ms) -> corrected estimate ms.
+Correction = Callable[[str, str, float], float]
 Clock = Callable[[], float]  # seconds, monotonic
 
 
@@ -234,7 +218,6 @@ class Calibration:
         self._factors: dict[tuple[str, str], _Quantile] = {}
         self._priors: dict[str, _WorkerPrior] = {}
         self._runs: dict[tuple[str, str], _Quantile] = {}  # run time / profile, per placement (``observe_run``)
-        self._queues: dict[tuple[str, str], _Quantile] = {}  # reported wait / modelled queue, per placement
         self._samples: deque[_Sample] = deque(maxlen=REPORT_SAMPLES)
         self._observed = 0
 
@@ -249,80 +232,48 @@ class Calibration:
         tracker = self._factors.get((key, worker))
         return tracker.value if tracker is not None else 1.0
 
-    def correct(self, key: str, worker: str, raw_ms: float, queue_ms: float = 0.0) -> float:
-        """The corrected estimate for a raw one without its queue (``raw_ms``) and a modelled ``queue_ms``, now (a
-        ``Correction``).
+    def correct(self, key: str, worker: str, raw_ms: float) -> float:
+        """The corrected estimate for a raw one, now (a ``Correction``).
 
         An unobserved or expired placement gets its worker's prior; on a worker with nothing fresh, the raw estimate.
-        The queue is scaled by the placement's queue factor (1 unobserved or expired).
         """
-        return self._corrected(self._clock(), key, worker, raw_ms, queue_ms)
-
-    def queue_factor(self, key: str, worker: str) -> float:
-        """The placement's typical reported wait over its modelled queue (1 until observed, or once expired)."""
-        tracker = self._queues.get((key, worker))
-        return tracker.value if tracker is not None and tracker.seen_s >= self._clock() - STALE_S else 1.0
+        return self._corrected(self._clock(), key, worker, raw_ms)
 
     def correction(self) -> Correction:
         """``correct`` with the clock read once: what one selection uses, so that every placement it compares is
         judged at the same instant, by the reference selector and the fast one alike."""
         return partial(self._corrected, self._clock())
 
-    def _corrected(self, now: float, key: str, worker: str, raw_ms: float, queue_ms: float = 0.0) -> float:
-        # Called per placement on every query: one dictionary look-up when the placement is fresh and not queued.
+    def _corrected(self, now: float, key: str, worker: str, raw_ms: float) -> float:
+        # Called per placement on every query: one dictionary look-up when the placement is fresh.
         horizon = now - STALE_S
-        if queue_ms:
-            queued = self._queues.get((key, worker))
-            if queued is not None and queued.seen_s >= horizon:
-                queue_ms *= queued.value
         tracker = self._factors.get((key, worker))
         if tracker is not None and tracker.seen_s >= horizon:
-            return self._overhead_ms + tracker.value * raw_ms + queue_ms
+            return self._overhead_ms + tracker.value * raw_ms
         prior = self._priors.get(worker)
-        return self._overhead_ms + (raw_ms if prior is None else prior.estimate(raw_ms, horizon)) + queue_ms
+        return self._overhead_ms + (raw_ms if prior is None else prior.estimate(raw_ms, horizon))
 
     def observe(
-        self,
-        key: str,
-        worker: str,
-        raw_ms: float,
-        actual_ms: float,
-        *,
-        worker_ms: float,
-        budget_ms: float | None,
-        queue_ms: float = 0.0,
-        waited_ms: float = 0.0,
+        self, key: str, worker: str, raw_ms: float, actual_ms: float, *, worker_ms: float, budget_ms: float | None
     ) -> None:
         """Account one query served by an instance that was already loaded.
 
-        ``raw_ms`` is the whole raw estimate, of which ``queue_ms`` was the modelled queue; ``worker_ms`` is what
-        the worker reported (queue + service), of which ``waited_ms`` was the wait before the run; the rest of
-        ``actual_ms`` is the serving path. Queries that loaded a variant are not observed: their time is a one-off
-        load the profile measured.
+        ``worker_ms`` is what the worker reported (queue + service); the rest of ``actual_ms`` is the serving path.
+        Queries that loaded a variant are not observed: their time is a one-off load the profile measured.
         """
         placement = (key, worker)
         now = self._clock()
-        unqueued_ms = raw_ms - queue_ms if queue_ms > 0 else raw_ms
         with self._lock:
-            horizon = now - STALE_S
-            queue_in_force = queue_ms
-            if queue_ms > 0:
-                queued = self._queues.get(placement)
-                if queued is not None and queued.seen_s >= horizon:
-                    queue_in_force = queue_ms * queued.value
-                else:  # starts from the model, so one query that waited for nothing moves it one step, not to 0
-                    queued = self._queues[placement] = _Quantile(QUEUE_QUANTILE, 1.0, now)
-                queued.update(waited_ms / queue_ms, now)
             # ``_corrected`` inlined (the placement is looked up once): this runs on every query.
+            horizon = now - STALE_S
             tracker = self._factors.get(placement)
             if tracker is not None and tracker.seen_s < horizon:
                 tracker = None  # expired: the estimate in force was the prior's, and this query starts it again
             prior = self._priors.get(worker)
             if tracker is not None:
-                corrected_ms = self._overhead_ms + tracker.value * unqueued_ms + queue_in_force
+                corrected_ms = self._overhead_ms + tracker.value * raw_ms
             else:
-                base = unqueued_ms if prior is None else prior.estimate(unqueued_ms, horizon)
-                corrected_ms = self._overhead_ms + base + queue_in_force
+                corrected_ms = self._overhead_ms + (raw_ms if prior is None else prior.estimate(raw_ms, horizon))
             self._samples.append(_Sample(raw_ms, corrected_ms, actual_ms, budget_ms))
             self._observed += 1
             path_ms = actual_ms - worker_ms
@@ -332,16 +283,15 @@ class Calibration:
             else:
                 overhead.update(path_ms, now)
             self._overhead_ms = overhead_ms = overhead.value
-            # A queued query's modelled wait is the queue factor's; its time without the wait is the tail factor's.
-            worker_part_ms = actual_ms - overhead_ms - (waited_ms if queue_ms > 0 else 0.0)
-            ratio = worker_part_ms / (unqueued_ms if unqueued_ms > _FLOOR_MS else _FLOOR_MS)
+            worker_part_ms = actual_ms - overhead_ms
+            ratio = worker_part_ms / (raw_ms if raw_ms > _FLOOR_MS else _FLOOR_MS)
             if tracker is None:
                 self._factors[placement] = _Quantile(TAIL_QUANTILE, ratio, now)
             else:
                 tracker.update(ratio, now)
             if prior is None:
                 prior = self._priors[worker] = _WorkerPrior()
-            prior.update(unqueued_ms, worker_part_ms, now)
+            prior.update(raw_ms, worker_part_ms, now)
 
     def observe_run(self, key: str, worker: str, profiled_ms: float, run_ms: float) -> None:
         """Account one model run of ``key`` on ``worker``: ``run_ms`` is what the worker reported the run took

@@ -411,8 +411,6 @@ class QueryEngine:
                 actual_ms,
                 worker_ms=queue_ms + result.service_ms,
                 budget_ms=latency_ms,
-                queue_ms=decision.raw_queue_ms,
-                waited_ms=queue_ms,
             )
             self.calibration.observe_run(
                 decision.candidate.key, worker, decision.candidate.curve.service_ms(result.batch), result.service_ms

@@ -313,7 +313,7 @@ class FastSelector:
                     if queue is None:
                         queue = queues[(rows, replicas)] = _queue_ms(rows, replicas, curve)
                 raw = tail + queue
-                est = raw if correct is None else correct(key, worker.id, tail, queue)
+                est = raw if correct is None else correct(key, worker.id, raw)
                 if cost <= limit and (budget is None or est <= budget):
                     feasible.append((cost, False, est, key, i, seq, candidate, worker, raw))
                     if cost < cheapest:

@@ -309,9 +309,6 @@ class Selection:
     # At risk even with empty queues and the variant loaded: no placement meets the budget at all, so the miss
     # is not one that replicas fix (the autoscaler's statistics count it apart). False when not at risk.
     infeasible: bool = False
-    # Of raw_estimated_ms, the modelled wait behind outstanding rows (0 for a cold placement): what the engine's
-    # calibration compares with the wait the worker reports (``Calibration.observe``).
-    raw_queue_ms: float = 0.0
 
     @property
     def variant(self) -> VariantInfo:
@@ -418,9 +415,9 @@ def _options(
             continue
         queue = _queue_ms(live.depth(worker.id, key), max(inst.replicas, 1), curve)
         raw = tail + queue
-        est = raw if correct is None else correct(key, worker.id, tail, queue)
+        est = raw if correct is None else correct(key, worker.id, raw)
         if queue and correct is not None:
-            queue = est - correct(key, worker.id, tail)  # the queue's share of est, as corrected
+            queue = est - correct(key, worker.id, tail)  # the correction is affine: this is queue's share of est
         out.append(_Option(candidate, worker, True, est, raw, queue, query_cost(candidate, worker, service, prices)))
     loaded_on = {inst.worker_id for inst in instances}
     cold = [w for w in usable if w.id not in loaded_on]
@@ -591,5 +588,4 @@ def _selection(option: _Option, batch: int, at_risk: bool, why: str) -> Selectio
         loaded=option.loaded,
         slo_at_risk=at_risk,
         reason=reason,
-        raw_queue_ms=option.raw_ms - option.candidate.curve.tail_ms(batch) if option.loaded else 0.0,
     )

@@ -40,8 +40,8 @@ def test_the_correction_is_what_the_budget_is_compared_with() -> None:
     raw = select(needs, [SLOW], snapshot, PRICES)
     assert not raw.slo_at_risk and raw.estimated_ms == raw.raw_estimated_ms == 5.0 * P99
 
-    def overhead(_key: str, _worker: str, raw_ms: float, queue_ms: float = 0.0) -> float:
-        return 5.0 + raw_ms + queue_ms  # a 5 ms serving path the profile never saw
+    def overhead(_key: str, _worker: str, raw_ms: float) -> float:
+        return 5.0 + raw_ms  # a 5 ms serving path the profile never saw
 
     corrected = select(needs, [SLOW], snapshot, PRICES, correct=overhead)
     assert corrected.slo_at_risk and corrected.estimated_ms == 5.0 + 5.0 * P99
@@ -65,8 +65,8 @@ def test_retry_after_uses_the_corrected_queue_share() -> None:
     # 8 rows queued: raw 6 + 24 ms; doubled by calibration: 12 + 48 ms. Without the queue, 12 ms meets 13 ms.
     busy = live(loaded=LOADED, depth={("w1", "m/slow"): 8})
 
-    def doubled(_key: str, _worker: str, raw_ms: float, queue_ms: float = 0.0) -> float:
-        return 2.0 * (raw_ms + queue_ms)
+    def doubled(_key: str, _worker: str, raw_ms: float) -> float:
+        return 2.0 * raw_ms
 
     needs = Requirements(model="m", latency_ms=13.0, on_infeasible="reject")
     with pytest.raises(Infeasible) as excinfo:

@@ -92,17 +92,15 @@ def _requirements(rng: random.Random) -> Requirements:
     )
 
 
-def _correction(rng: random.Random) -> Callable[..., float] | None:
+def _correction(rng: random.Random) -> Callable[[str, str, float], float] | None:
     if rng.random() < 0.3:
         return None
     overhead = rng.choice((0.0, 0.5, 2.0))
-    factors: dict[tuple[str, str], tuple[float, float]] = {}
+    factors: dict[tuple[str, str], float] = {}
 
-    def correct(key: str, worker: str, raw_ms: float, queue_ms: float = 0.0) -> float:
-        factor, queue_factor = factors.setdefault(
-            (key, worker), (rng.choice((0.5, 1.0, 1.0, 1.3, 3.0)), rng.choice((0.5, 1.0, 2.0)))
-        )
-        return overhead + factor * raw_ms + queue_factor * queue_ms
+    def correct(key: str, worker: str, raw_ms: float) -> float:
+        factor = factors.setdefault((key, worker), rng.choice((0.5, 1.0, 1.0, 1.3, 3.0)))
+        return overhead + factor * raw_ms
 
     return correct
 
